@@ -1,0 +1,65 @@
+# Options whose defaults follow what this machine has. Each can be forced with -D.
+include(CheckLanguage)
+
+# CUDA: on when a CUDA compiler is found (PATH, CUDACXX or the standard /usr/local/cuda).
+if(NOT DEFINED CMAKE_CUDA_COMPILER AND NOT DEFINED ENV{CUDACXX} AND EXISTS /usr/local/cuda/bin/nvcc)
+  set(CMAKE_CUDA_COMPILER /usr/local/cuda/bin/nvcc CACHE FILEPATH "CUDA compiler")
+endif()
+check_language(CUDA)
+set(_hearth_has_cuda OFF)
+if(CMAKE_CUDA_COMPILER)
+  set(_hearth_has_cuda ON)
+endif()
+option(HEARTH_CUDA "Build the CUDA backend" ${_hearth_has_cuda})
+
+# Vulkan: on when the loader, headers and glslc are present.
+find_package(Vulkan QUIET COMPONENTS glslc)
+set(_hearth_has_vulkan OFF)
+if(Vulkan_FOUND AND Vulkan_GLSLC_EXECUTABLE)
+  set(_hearth_has_vulkan ON)
+endif()
+option(HEARTH_VULKAN "Build the Vulkan backend" ${_hearth_has_vulkan})
+
+# RDMA through UCX: on when ucx is found by pkg-config.
+find_package(PkgConfig QUIET)
+set(_hearth_has_ucx OFF)
+if(PkgConfig_FOUND)
+  pkg_check_modules(UCX QUIET ucx)
+  if(UCX_FOUND)
+    set(_hearth_has_ucx ON)
+  endif()
+endif()
+option(HEARTH_RDMA "Build the RDMA (UCX) transport" ${_hearth_has_ucx})
+
+option(HEARTH_BUILD_TESTS "Build the tests" ON)
+option(HEARTH_WERROR "Treat compiler warnings as errors (on in CI)" OFF)
+set(HEARTH_SANITIZE "" CACHE STRING "Sanitizers, ';'-separated: address;undefined or thread")
+
+if(HEARTH_CUDA)
+  enable_language(CUDA)
+endif()
+if(HEARTH_VULKAN AND NOT Vulkan_FOUND)
+  message(FATAL_ERROR "HEARTH_VULKAN=ON but the Vulkan SDK (libvulkan-dev, glslc) was not found")
+endif()
+if(HEARTH_RDMA AND NOT UCX_FOUND)
+  message(FATAL_ERROR "HEARTH_RDMA=ON but UCX (libucx-dev) was not found")
+endif()
+
+# Flags every hearth target gets (through the hearth_flags interface library).
+add_library(hearth_flags INTERFACE)
+target_compile_options(hearth_flags INTERFACE
+  $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wpedantic -Wshadow -Wconversion -Wno-sign-conversion
+                            -Wnon-virtual-dtor -Wimplicit-fallthrough>
+  # The scalar reference kernels must round exactly like the independent references:
+  # never fuse a*b+c into an FMA behind our back (explicit FMA intrinsics are unaffected).
+  $<$<COMPILE_LANGUAGE:CXX>:-ffp-contract=off>)
+if(HEARTH_WERROR)
+  target_compile_options(hearth_flags INTERFACE $<$<COMPILE_LANGUAGE:CXX>:-Werror>)
+endif()
+target_include_directories(hearth_flags INTERFACE ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR}/generated)
+if(HEARTH_SANITIZE)
+  string(REPLACE ";" "," _hearth_san "${HEARTH_SANITIZE}")
+  target_compile_options(hearth_flags INTERFACE -fsanitize=${_hearth_san} -fno-sanitize-recover=all
+                                                -fno-omit-frame-pointer)
+  target_link_options(hearth_flags INTERFACE -fsanitize=${_hearth_san})
+endif()
