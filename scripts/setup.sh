@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian 12 machine lacks to build hearth, then configures and builds it.
+# Idempotent and non-interactive: apt runs only when a package is missing; a second run only
+# rebuilds what changed.
+#
+#   scripts/setup.sh [--no-build] [--build-dir DIR] [-- extra cmake args...]
+#
+# Environment: HEARTH_BUILD_TYPE (default Release), HEARTH_CMAKE_ARGS (extra configure args).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD_DIR="$ROOT/build"
+DO_BUILD=1
+EXTRA_ARGS=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --no-build) DO_BUILD=0; shift ;;
+    --build-dir) BUILD_DIR="$2"; shift 2 ;;
+    --) shift; EXTRA_ARGS+=("$@"); break ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown argument '$1'" >&2; exit 2 ;;
+  esac
+done
+
+log() { echo "[setup] $*" >&2; }
+
+PACKAGES=(
+  build-essential cmake ninja-build ccache pkg-config git ca-certificates curl
+  python3 python3-pip python3-venv
+  libfmt-dev libcli11-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev libssl-dev
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$pkg")
+  fi
+done
+if [[ ${#missing[@]} -gt 0 ]]; then
+  SUDO=()
+  if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null || { echo "setup.sh: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+    SUDO=(sudo)
+  fi
+  log "installing: ${missing[*]}"
+  "${SUDO[@]}" apt-get update -q
+  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+  log "all build dependencies present"
+fi
+
+[[ $DO_BUILD -eq 1 ]] || exit 0
+
+CMAKE_ARGS=(-S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE="${HEARTH_BUILD_TYPE:-Release}")
+command -v ccache >/dev/null && CMAKE_ARGS+=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache)
+# shellcheck disable=SC2206
+[[ -n "${HEARTH_CMAKE_ARGS:-}" ]] && CMAKE_ARGS+=(${HEARTH_CMAKE_ARGS})
+CMAKE_ARGS+=("${EXTRA_ARGS[@]}")
+
+log "configuring $BUILD_DIR"
+cmake "${CMAKE_ARGS[@]}" >&2
+log "building with $(nproc) jobs"
+cmake --build "$BUILD_DIR" -j "$(nproc)" >&2
+log "built $BUILD_DIR/bin/hearth"

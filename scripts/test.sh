@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Sets up, builds and runs every test of hearth — what CI runs (.ci/run calls this).
+#
+#   1. installs missing Debian packages (scripts/setup.sh)
+#   2. fetches the default models the model tests compare against (scripts/get-model.sh)
+#   3. builds build/ with warnings as errors and runs the whole suite with CTest
+#   4. builds build-san/ with AddressSanitizer + UBSan and runs the hardening suites there
+#      (GGUF reader, malformed files, fuzzing, quant kernels)
+#
+# HEARTH_OFFLINE=1 skips the model download (the model tests then report themselves skipped).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+JOBS="$(nproc)"
+log() { echo "[test] $*" >&2; }
+
+scripts/setup.sh --no-build
+
+if [[ "${HEARTH_OFFLINE:-0}" != "1" ]]; then
+  log "fetching the default models"
+  scripts/get-model.sh smollm2 >/dev/null
+  scripts/get-model.sh gemma3-270m >/dev/null
+fi
+
+CCACHE=()
+command -v ccache >/dev/null && CCACHE=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+
+log "building build/ (warnings are errors)"
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DHEARTH_WERROR=ON "${CCACHE[@]}" >/dev/null
+cmake --build build -j "$JOBS"
+log "running the test suite"
+(cd build && ctest --output-on-failure -j "$JOBS" --timeout 900)
+
+log "building build-san/ (AddressSanitizer + UndefinedBehaviorSanitizer)"
+cmake -S . -B build-san -G Ninja -DCMAKE_BUILD_TYPE=Debug -DHEARTH_WERROR=ON -DHEARTH_CUDA=OFF \
+  "-DHEARTH_SANITIZE=address;undefined" "${CCACHE[@]}" >/dev/null
+cmake --build build-san -j "$JOBS" --target test_core test_quants test_gguf
+log "running the hardening suites under sanitizers"
+(cd build-san && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  ctest --output-on-failure -j "$JOBS" -L sanitize --timeout 900)
+log "all tests passed"
