@@ -35,7 +35,7 @@ json value_json(const gguf::Value& value, bool full_arrays) {
               case gguf::ValueType::BOOL: list.push_back(v.template at<bool>(i)); break;
               case gguf::ValueType::STRING: list.push_back(std::string(v.strings[i])); break;
               case gguf::ValueType::ARRAY:
-                list.push_back(json{{"type", "array"}, {"count", v.arrays[i].count}});
+                list.push_back(json{{"type", gguf::value_type_name(v.arrays[i].elem_type)}, {"count", v.arrays[i].count}});
                 break;
             }
           }
