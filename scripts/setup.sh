@@ -27,7 +27,7 @@ log() { echo "[setup] $*" >&2; }
 PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git ca-certificates curl
   python3 python3-pip python3-venv
-  libfmt-dev libcli11-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev libssl-dev
+  libfmt-dev libcli11-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev libssl-dev libpcre2-dev
 )
 
 missing=()

@@ -1,0 +1,73 @@
+// Token sampling over a vector of logits: penalties, then temperature, top-k, top-p, min-p, a
+// seeded draw; greedy when temperature <= 0. Also logprobs of the chosen token and the top-N.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "engine/tokenizer.h"
+
+namespace hearth::engine {
+
+struct SamplingParams {
+  float temperature = 0.8f;        // <= 0: greedy (argmax)
+  int32_t top_k = 40;              // <= 0: off
+  float top_p = 0.95f;             // >= 1: off
+  float min_p = 0.05f;             // <= 0: off; keep tokens with p >= min_p * p(max)
+  float repeat_penalty = 1.0f;     // 1: off; divides positive logits, multiplies negative ones
+  int32_t repeat_last_n = 64;      // window of previous tokens the penalties look at
+  float presence_penalty = 0.0f;   // subtracted once from tokens present in the window
+  float frequency_penalty = 0.0f;  // subtracted per occurrence in the window
+  uint64_t seed = 0;               // same seed, same logits -> same tokens
+  int32_t n_logprobs = 0;          // top-N alternatives to report (0: none)
+};
+
+struct TokenLogprob {
+  Token token;
+  float logprob;  // log-softmax of the raw logits (before penalties and temperature)
+};
+
+struct SampledToken {
+  Token token;
+  float logprob;                     // of the chosen token, as in TokenLogprob
+  std::vector<TokenLogprob> top;     // n_logprobs best, highest first
+};
+
+class Sampler {
+ public:
+  explicit Sampler(const SamplingParams& params);
+
+  // Samples from `logits` (size = vocabulary) given the tokens of the sequence so far
+  // (prompt and generated; the penalties look at the last repeat_last_n of them).
+  SampledToken sample(std::span<const float> logits, std::span<const Token> history);
+
+  const SamplingParams& params() const { return params_; }
+
+ private:
+  SamplingParams params_;
+  std::mt19937_64 rng_;
+  std::vector<std::pair<float, Token>> candidates_;  // reused between calls
+};
+
+// Finds stop strings in streamed text without ever emitting any part of one: text that could
+// be the start of a stop string is held back until it is clearly not.
+class StopStringMatcher {
+ public:
+  explicit StopStringMatcher(std::vector<std::string> stops);
+  // Appends `text`; returns what can be emitted now. Sets `stopped` when a stop string
+  // completed (the returned text then ends just before it and the rest is dropped).
+  std::string push(std::string_view text, bool& stopped);
+  // End of stream: the held-back text (no stop string completed).
+  std::string flush();
+
+ private:
+  std::vector<std::string> stops_;
+  std::string held_;
+};
+
+}  // namespace hearth::engine
