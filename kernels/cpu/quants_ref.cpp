@@ -112,6 +112,14 @@ void dequantize_row_q8_0(const BlockQ8_0* x, float* y, int64_t n) {
   }
 }
 
+void dequantize_row_q8_1(const BlockQ8_1* x, float* y, int64_t n) {
+  const int64_t nb = block_count(n, kQK8_0);
+  for (int64_t b = 0; b < nb; ++b, y += kQK8_0) {
+    const float d = f16(x[b].d);
+    for (int j = 0; j < kQK8_0; ++j) y[j] = static_cast<float>(x[b].qs[j]) * d;
+  }
+}
+
 void dequantize_row_q2_K(const BlockQ2_K* x, float* y, int64_t n) {
   const int64_t nb = block_count(n, kQK_K);
   for (int64_t b = 0; b < nb; ++b) {
@@ -358,6 +366,23 @@ void quantize_row_q8_0(const float* x, BlockQ8_0* y, int64_t n) {
   }
 }
 
+void quantize_row_q8_1(const float* x, BlockQ8_1* y, int64_t n) {
+  const int64_t nb = block_count(n, kQK8_0);
+  for (int64_t b = 0; b < nb; ++b, x += kQK8_0) {
+    float amax = 0.0f;
+    for (int j = 0; j < kQK8_0; ++j) amax = std::max(amax, std::fabs(x[j]));
+    const float d = amax / 127;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    y[b].d = fp32_to_fp16(d);
+    int sum = 0;
+    for (int j = 0; j < kQK8_0; ++j) {
+      y[b].qs[j] = static_cast<int8_t>(nearest_int(x[j] * id));
+      sum += y[b].qs[j];
+    }
+    y[b].s = fp32_to_fp16(static_cast<float>(sum) * d);  // lets Q4_1 / Q5_1 apply their min cheaply
+  }
+}
+
 void quantize_row_q8_K(const float* x, BlockQ8_K* y, int64_t n) {
   const int64_t nb = block_count(n, kQK_K);
   for (int64_t b = 0; b < nb; ++b, x += kQK_K) {
@@ -400,6 +425,7 @@ bool can_dequantize(DType type) {
     case DType::Q5_0:
     case DType::Q5_1:
     case DType::Q8_0:
+    case DType::Q8_1:
     case DType::Q2_K:
     case DType::Q3_K:
     case DType::Q4_K:
@@ -422,6 +448,7 @@ bool can_quantize(DType type) {
     case DType::Q5_0:
     case DType::Q5_1:
     case DType::Q8_0:
+    case DType::Q8_1:
     case DType::Q8_K:
       return true;
     default:
@@ -439,6 +466,7 @@ void dequantize_row(DType type, const void* src, float* dst, int64_t n) {
     case DType::Q5_0: return dequantize_row_q5_0(static_cast<const BlockQ5_0*>(src), dst, n);
     case DType::Q5_1: return dequantize_row_q5_1(static_cast<const BlockQ5_1*>(src), dst, n);
     case DType::Q8_0: return dequantize_row_q8_0(static_cast<const BlockQ8_0*>(src), dst, n);
+    case DType::Q8_1: return dequantize_row_q8_1(static_cast<const BlockQ8_1*>(src), dst, n);
     case DType::Q2_K: return dequantize_row_q2_K(static_cast<const BlockQ2_K*>(src), dst, n);
     case DType::Q3_K: return dequantize_row_q3_K(static_cast<const BlockQ3_K*>(src), dst, n);
     case DType::Q4_K: return dequantize_row_q4_K(static_cast<const BlockQ4_K*>(src), dst, n);
@@ -460,6 +488,7 @@ void quantize_row(DType type, const float* src, void* dst, int64_t n) {
     case DType::Q5_0: return quantize_row_q5_0(src, static_cast<BlockQ5_0*>(dst), n);
     case DType::Q5_1: return quantize_row_q5_1(src, static_cast<BlockQ5_1*>(dst), n);
     case DType::Q8_0: return quantize_row_q8_0(src, static_cast<BlockQ8_0*>(dst), n);
+    case DType::Q8_1: return quantize_row_q8_1(src, static_cast<BlockQ8_1*>(dst), n);
     case DType::Q8_K: return quantize_row_q8_K(src, static_cast<BlockQ8_K*>(dst), n);
     default: break;
   }

@@ -1,0 +1,248 @@
+#include "kernels/cpu/cpu_backend.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "core/error.h"
+#include "core/fp16.h"
+#include "kernels/cpu/dot_ref.h"
+#include "kernels/cpu/ops_ref.h"
+#include "kernels/cpu/quants_ref.h"
+
+namespace hearth::kernels {
+
+Tensor Tensor::rows(int64_t first, int64_t count) const {
+  HEARTH_CHECK(first >= 0 && count >= 0 && first + count <= n_rows(), "rows [{}, +{}) of {}", first, count, n_rows());
+  Tensor t = *this;
+  t.ne = {ne[0], count, 1, 1};
+  t.data = static_cast<uint8_t*>(data) + static_cast<size_t>(first) * row_bytes();
+  return t;
+}
+
+namespace {
+
+float* f32(Tensor& t) {
+  HEARTH_CHECK(t.type == DType::F32, "expected an f32 tensor, got {}", dtype_name(t.type));
+  return static_cast<float*>(t.data);
+}
+const float* f32(const Tensor& t) {
+  HEARTH_CHECK(t.type == DType::F32, "expected an f32 tensor, got {}", dtype_name(t.type));
+  return static_cast<const float*>(t.data);
+}
+
+std::shared_ptr<void> allocate(size_t bytes) {
+  const size_t rounded = (bytes + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
+  HEARTH_CHECK(p != nullptr, "out of memory allocating {} bytes", bytes);
+  return {p, std::free};
+}
+
+}  // namespace
+
+CpuBackend::CpuBackend(int n_threads) : pool_(n_threads) {}
+
+std::string CpuBackend::name() const { return "cpu"; }
+
+bool CpuBackend::supports_weight_type(DType type) const { return ref::can_vec_dot(type) && ref::can_dequantize(type); }
+
+Tensor CpuBackend::new_tensor(DType type, std::array<int64_t, 4> ne) {
+  Tensor t;
+  t.type = type;
+  t.ne = ne;
+  auto memory = allocate(t.n_bytes());
+  t.data = memory.get();
+  t.storage = std::move(memory);
+  return t;
+}
+
+Tensor CpuBackend::weight(DType type, std::array<int64_t, 4> ne, const void* host, std::shared_ptr<const void> keep_alive) {
+  Tensor t;
+  t.type = type;
+  t.ne = ne;
+  t.data = const_cast<void*>(host);  // never written: weights are read-only by contract
+  t.storage = std::move(keep_alive);
+  return t;
+}
+
+void CpuBackend::write(Tensor& dst, const void* host, size_t bytes) {
+  HEARTH_CHECK(bytes <= dst.n_bytes());
+  std::memcpy(dst.data, host, bytes);
+}
+
+void CpuBackend::read(const Tensor& src, void* host, size_t bytes) {
+  HEARTH_CHECK(bytes <= src.n_bytes());
+  std::memcpy(host, src.data, bytes);
+}
+
+void CpuBackend::get_rows(const Tensor& table, std::span<const int32_t> ids, Tensor& out) {
+  const int64_t d = table.ne[0];
+  HEARTH_CHECK(out.ne[0] == d && out.n_rows() == static_cast<int64_t>(ids.size()));
+  float* y = f32(out);
+  const size_t row_bytes = table.row_bytes();
+  for (size_t i = 0; i < ids.size(); ++i) {
+    HEARTH_CHECK(ids[i] >= 0 && ids[i] < table.n_rows(), "row {} of {}", ids[i], table.n_rows());
+    ref::dequantize_row(table.type, static_cast<const uint8_t*>(table.data) + static_cast<size_t>(ids[i]) * row_bytes,
+                        y + static_cast<int64_t>(i) * d, d);
+  }
+}
+
+void CpuBackend::matmul(const Tensor& w, const Tensor& x, Tensor& y) {
+  const int64_t k = w.ne[0], m = w.n_rows(), n = x.n_rows();
+  HEARTH_CHECK(x.ne[0] == k && y.ne[0] == m && y.n_rows() == n, "matmul shapes w[{},{}] x[{},{}] y[{},{}]", m, k, n,
+               x.ne[0], y.n_rows(), y.ne[0]);
+  HEARTH_CHECK(ref::can_vec_dot(w.type), "no dot product for {}", dtype_name(w.type));
+  const float* xs = f32(x);
+  float* ys = f32(y);
+  // Activations are quantized once to the format the weight type pairs with, then every
+  // weight row is dotted with every activation row.
+  const DType xq_type = ref::vec_dot_type(w.type);
+  const size_t xq_row_bytes = dtype_row_bytes(xq_type, k);
+  const void* xq = xs;
+  std::vector<uint8_t> quantized;
+  if (xq_type != DType::F32) {
+    quantized.resize(xq_row_bytes * static_cast<size_t>(n));
+    pool_.parallel_for(n, [&](int64_t t0, int64_t t1, int) {
+      for (int64_t t = t0; t < t1; ++t) {
+        ref::quantize_row(xq_type, xs + t * k, quantized.data() + static_cast<size_t>(t) * xq_row_bytes, k);
+      }
+    });
+    xq = quantized.data();
+  }
+  pool_.parallel_for(
+      m, [&](int64_t r0, int64_t r1, int) { ref::matmul_rows(w.type, w.data, k, r0, r1, xq, xq_row_bytes, n, ys, m); },
+      16);
+}
+
+void CpuBackend::rms_norm(const Tensor& x, const Tensor* weight, float eps, Tensor& y) {
+  const int64_t d = x.ne[0];
+  HEARTH_CHECK(weight == nullptr || weight->ne[0] == d, "norm weight of {} for rows of {}", weight ? weight->ne[0] : 0, d);
+  const float* xs = f32(x);
+  float* ys = f32(y);
+  const float* ws = weight != nullptr ? f32(*weight) : nullptr;
+  pool_.parallel_for(
+      x.n_rows(),
+      [&](int64_t r0, int64_t r1, int) {
+        for (int64_t r = r0; r < r1; ++r) ref::rms_norm_row(xs + r * d, ws, eps, ys + r * d, d);
+      },
+      8);
+}
+
+void CpuBackend::add(const Tensor& a, const Tensor& b, Tensor& y) {
+  HEARTH_CHECK(a.n_elements() == b.n_elements() && a.n_elements() == y.n_elements());
+  const float* as = f32(a);
+  const float* bs = f32(b);
+  float* ys = f32(y);
+  for (int64_t i = 0; i < a.n_elements(); ++i) ys[i] = as[i] + bs[i];
+}
+
+void CpuBackend::add_bias(Tensor& x, const Tensor& bias) {
+  const int64_t d = x.ne[0];
+  HEARTH_CHECK(bias.ne[0] == d);
+  float* xs = f32(x);
+  const float* bs = f32(bias);
+  for (int64_t r = 0; r < x.n_rows(); ++r) {
+    for (int64_t i = 0; i < d; ++i) xs[r * d + i] += bs[i];
+  }
+}
+
+void CpuBackend::scale(Tensor& x, float s) {
+  float* xs = f32(x);
+  for (int64_t i = 0; i < x.n_elements(); ++i) xs[i] *= s;
+}
+
+void CpuBackend::softcap(Tensor& x, float cap) {
+  float* xs = f32(x);
+  for (int64_t i = 0; i < x.n_elements(); ++i) xs[i] = cap * std::tanh(xs[i] / cap);
+}
+
+void CpuBackend::rope(Tensor& x, int n_heads, std::span<const int32_t> positions, const RopeParams& params) {
+  const int64_t n_tokens = static_cast<int64_t>(positions.size());
+  const int64_t head_dim = x.n_elements() / (n_tokens * n_heads);
+  HEARTH_CHECK(head_dim * n_tokens * n_heads == x.n_elements());
+  float* xs = f32(x);
+  pool_.parallel_for(n_tokens, [&](int64_t t0, int64_t t1, int) {
+    for (int64_t t = t0; t < t1; ++t) {
+      ref::rope_token(xs + t * n_heads * head_dim, n_heads, head_dim, positions[static_cast<size_t>(t)], params);
+    }
+  });
+}
+
+void CpuBackend::glu(const Tensor& gate, const Tensor& up, Activation act, Tensor& y) {
+  HEARTH_CHECK(gate.n_elements() == up.n_elements() && gate.n_elements() == y.n_elements());
+  const float* g = f32(gate);
+  const float* u = f32(up);
+  float* ys = f32(y);
+  pool_.parallel_for(
+      gate.n_elements(),
+      [&](int64_t i0, int64_t i1, int) {
+        for (int64_t i = i0; i < i1; ++i) {
+          ys[i] = (act == Activation::Silu ? ref::silu(g[i]) : ref::gelu_tanh(g[i])) * u[i];
+        }
+      },
+      4096);
+}
+
+KvLayer CpuBackend::new_kv_layer(DType type, int32_t n_seq, int32_t n_ctx, int64_t kv_dim) {
+  HEARTH_CHECK(type == DType::F16 || type == DType::F32, "KV cache type {} not supported", dtype_name(type));
+  KvLayer layer;
+  layer.n_seq = n_seq;
+  layer.n_ctx = n_ctx;
+  layer.k = new_tensor(type, {kv_dim, n_ctx, n_seq, 1});
+  layer.v = new_tensor(type, {kv_dim, n_ctx, n_seq, 1});
+  return layer;
+}
+
+void CpuBackend::kv_store(KvLayer& cache, const Tensor& k, const Tensor& v, std::span<const KvSlot> slots) {
+  const int64_t kv_dim = cache.k.ne[0];
+  HEARTH_CHECK(k.ne[0] == kv_dim && v.ne[0] == kv_dim && k.n_rows() == static_cast<int64_t>(slots.size()));
+  const float* ks = f32(k);
+  const float* vs = f32(v);
+  for (size_t t = 0; t < slots.size(); ++t) {
+    const KvSlot s = slots[t];
+    HEARTH_CHECK(s.seq >= 0 && s.seq < cache.n_seq && s.pos >= 0 && s.pos < cache.n_ctx, "slot ({}, {})", s.seq, s.pos);
+    const int64_t row = static_cast<int64_t>(s.seq) * cache.n_ctx + s.pos;
+    const float* kt = ks + static_cast<int64_t>(t) * kv_dim;
+    const float* vt = vs + static_cast<int64_t>(t) * kv_dim;
+    if (cache.k.type == DType::F16) {
+      auto* kd = static_cast<uint16_t*>(cache.k.data) + row * kv_dim;
+      auto* vd = static_cast<uint16_t*>(cache.v.data) + row * kv_dim;
+      for (int64_t i = 0; i < kv_dim; ++i) {
+        kd[i] = fp32_to_fp16(kt[i]);
+        vd[i] = fp32_to_fp16(vt[i]);
+      }
+    } else {
+      std::memcpy(static_cast<float*>(cache.k.data) + row * kv_dim, kt, static_cast<size_t>(kv_dim) * sizeof(float));
+      std::memcpy(static_cast<float*>(cache.v.data) + row * kv_dim, vt, static_cast<size_t>(kv_dim) * sizeof(float));
+    }
+  }
+}
+
+void CpuBackend::attention(const Tensor& q, const KvLayer& cache, std::span<const KvSlot> slots,
+                           const AttentionParams& p, Tensor& out) {
+  const int64_t n_tokens = static_cast<int64_t>(slots.size());
+  const int64_t kv_dim = cache.k.ne[0];
+  HEARTH_CHECK(kv_dim == static_cast<int64_t>(p.n_head_kv) * p.head_dim && p.n_head % p.n_head_kv == 0);
+  HEARTH_CHECK(q.n_elements() == n_tokens * p.n_head * p.head_dim && out.n_elements() == q.n_elements());
+  const float* qs = f32(q);
+  float* os = f32(out);
+  const int group = p.n_head / p.n_head_kv;
+  const size_t elem = cache.k.type == DType::F16 ? 2 : 4;
+  std::vector<std::vector<float>> scores(static_cast<size_t>(pool_.size()), std::vector<float>(static_cast<size_t>(cache.n_ctx)));
+  pool_.parallel_for(n_tokens * p.n_head, [&](int64_t i0, int64_t i1, int thread) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t t = i / p.n_head;
+      const int h = static_cast<int>(i % p.n_head);
+      const KvSlot s = slots[static_cast<size_t>(t)];
+      const int32_t first = p.window > 0 ? std::max(0, s.pos - p.window + 1) : 0;
+      const size_t seq_offset = static_cast<size_t>(s.seq) * static_cast<size_t>(cache.n_ctx) * static_cast<size_t>(kv_dim) * elem;
+      ref::attention_head(qs + (t * p.n_head + h) * p.head_dim, static_cast<const uint8_t*>(cache.k.data) + seq_offset,
+                          static_cast<const uint8_t*>(cache.v.data) + seq_offset, cache.k.type, kv_dim,
+                          static_cast<int64_t>(h / group) * p.head_dim, p.head_dim, first, s.pos, p.scale, p.softcap,
+                          scores[static_cast<size_t>(thread)].data(), os + (t * p.n_head + h) * p.head_dim);
+    }
+  });
+}
+
+}  // namespace hearth::kernels

@@ -1,0 +1,48 @@
+// The CPU backend: host memory, weights used in place from the memory-mapped file, ops split
+// across a thread pool by rows. Today its kernels are the scalar references (clear, exact);
+// the SIMD paths (AVX2, AVX-512, NEON) plug in behind the same ops.
+#pragma once
+
+#include <memory>
+
+#include "core/thread_pool.h"
+#include "kernels/backend.h"
+
+namespace hearth::kernels {
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int n_threads);
+
+  std::string name() const override;
+  bool supports_weight_type(DType type) const override;
+
+  Tensor new_tensor(DType type, std::array<int64_t, 4> ne) override;
+  Tensor weight(DType type, std::array<int64_t, 4> ne, const void* host, std::shared_ptr<const void> keep_alive) override;
+  void write(Tensor& dst, const void* host, size_t bytes) override;
+  void read(const Tensor& src, void* host, size_t bytes) override;
+
+  void get_rows(const Tensor& table, std::span<const int32_t> ids, Tensor& out) override;
+  void matmul(const Tensor& w, const Tensor& x, Tensor& y) override;
+  void rms_norm(const Tensor& x, const Tensor* weight, float eps, Tensor& y) override;
+  void add(const Tensor& a, const Tensor& b, Tensor& y) override;
+  void add_bias(Tensor& x, const Tensor& bias) override;
+  void scale(Tensor& x, float s) override;
+  void softcap(Tensor& x, float cap) override;
+  void rope(Tensor& x, int n_heads, std::span<const int32_t> positions, const RopeParams& params) override;
+  void glu(const Tensor& gate, const Tensor& up, Activation act, Tensor& y) override;
+
+  KvLayer new_kv_layer(DType type, int32_t n_seq, int32_t n_ctx, int64_t kv_dim) override;
+  void kv_store(KvLayer& cache, const Tensor& k, const Tensor& v, std::span<const KvSlot> slots) override;
+  void attention(const Tensor& q, const KvLayer& cache, std::span<const KvSlot> slots, const AttentionParams& params,
+                 Tensor& out) override;
+
+  void synchronize() override {}
+
+  int n_threads() const { return pool_.size(); }
+
+ private:
+  ThreadPool pool_;
+};
+
+}  // namespace hearth::kernels
