@@ -105,7 +105,7 @@ void CpuBackend::matmul(const Tensor& w, const Tensor& x, Tensor& y) {
     quantized.resize(xq_row_bytes * static_cast<size_t>(n));
     pool_.parallel_for(n, [&](int64_t t0, int64_t t1, int) {
       for (int64_t t = t0; t < t1; ++t) {
-        ref::quantize_row(xq_type, xs + t * k, quantized.data() + static_cast<size_t>(t) * xq_row_bytes, k);
+        ref::quantize_activations(xq_type, xs + t * k, quantized.data() + static_cast<size_t>(t) * xq_row_bytes, k);
       }
     });
     xq = quantized.data();

@@ -33,6 +33,10 @@ void scale_min_k4(int j, const uint8_t* q, uint8_t* scale, uint8_t* min) {
 // Round half away from zero, as C's roundf (and gguf-py's np_roundf).
 int nearest_int(float x) { return static_cast<int>(std::round(x)); }
 
+// Round half to even (the default floating-point rounding mode), as ggml's nearest_int and
+// its SIMD round instructions do.
+int nearest_int_even(float x) { return static_cast<int>(std::nearbyint(x)); }
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -402,7 +406,7 @@ void quantize_row_q8_K(const float* x, BlockQ8_K* y, int64_t n) {
     // The largest-magnitude element maps to -127 (the sign is folded into d), so the range of
     // q is [-127, 128) and clamping at 127 only touches values that rounded past it.
     const float iscale = -127.0f / max;
-    for (int j = 0; j < kQK_K; ++j) y[b].qs[j] = static_cast<int8_t>(std::min(127, nearest_int(iscale * x[j])));
+    for (int j = 0; j < kQK_K; ++j) y[b].qs[j] = static_cast<int8_t>(std::min(127, nearest_int_even(iscale * x[j])));
     for (int g = 0; g < kQK_K / 16; ++g) {
       int sum = 0;
       for (int l = 0; l < 16; ++l) sum += y[b].qs[16 * g + l];
@@ -410,6 +414,48 @@ void quantize_row_q8_K(const float* x, BlockQ8_K* y, int64_t n) {
     }
     y[b].d = 1.0f / iscale;
   }
+}
+
+void quantize_activations_q8_0(const float* x, BlockQ8_0* y, int64_t n) {
+  const int64_t nb = block_count(n, kQK8_0);
+  for (int64_t b = 0; b < nb; ++b, x += kQK8_0) {
+    float amax = 0.0f;
+    for (int j = 0; j < kQK8_0; ++j) amax = std::max(amax, std::fabs(x[j]));
+    const float d = amax / 127.0f;
+    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    y[b].d = fp32_to_fp16(d);
+    for (int j = 0; j < kQK8_0; ++j) y[b].qs[j] = static_cast<int8_t>(nearest_int_even(x[j] * id));
+  }
+}
+
+void quantize_activations_q8_1(const float* x, BlockQ8_1* y, int64_t n) {
+  const int64_t nb = block_count(n, kQK8_0);
+  for (int64_t b = 0; b < nb; ++b, x += kQK8_0) {
+    float amax = 0.0f;
+    for (int j = 0; j < kQK8_0; ++j) amax = std::max(amax, std::fabs(x[j]));
+    const float d = amax / 127.0f;
+    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    y[b].d = fp32_to_fp16(d);
+    int sum = 0;
+    for (int j = 0; j < kQK8_0; ++j) {
+      y[b].qs[j] = static_cast<int8_t>(nearest_int_even(x[j] * id));
+      sum += y[b].qs[j];
+    }
+    y[b].s = fp32_to_fp16(d * static_cast<float>(sum));
+  }
+}
+
+void quantize_activations(DType type, const float* src, void* dst, int64_t n) {
+  switch (type) {
+    case DType::Q8_0: return quantize_activations_q8_0(src, static_cast<BlockQ8_0*>(dst), n);
+    case DType::Q8_1: return quantize_activations_q8_1(src, static_cast<BlockQ8_1*>(dst), n);
+    case DType::Q8_K: return quantize_row_q8_K(src, static_cast<BlockQ8_K*>(dst), n);
+    case DType::F16: return quantize_row_f16(src, static_cast<uint16_t*>(dst), n);
+    case DType::BF16: return quantize_row_bf16(src, static_cast<uint16_t*>(dst), n);
+    case DType::F32: return dequantize_row_f32(src, static_cast<float*>(dst), n);
+    default: break;
+  }
+  HEARTH_CHECK(false, "{} is not an activation format", dtype_name(type));
 }
 
 // ---------------------------------------------------------------------------------------------

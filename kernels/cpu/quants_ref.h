@@ -40,6 +40,15 @@ void quantize_row_q8_0(const float* x, BlockQ8_0* y, int64_t n);
 void quantize_row_q8_1(const float* x, BlockQ8_1* y, int64_t n);
 void quantize_row_q8_K(const float* x, BlockQ8_K* y, int64_t n);
 
+// Activation quantizers of the dot products (the vec_dot_type rows of kernels/cpu/dot_ref.h).
+// They differ from quantize_row_q8_0 / _q8_1 (the file-format references, which round half
+// away from zero with 1/d) in two last-bit ways that ggml's SIMD CPU paths (x86 and ARM) share:
+// the inverse scale is 127 / amax and rounding is half to even. Q8_K rounds half to even too.
+void quantize_activations_q8_0(const float* x, BlockQ8_0* y, int64_t n);
+void quantize_activations_q8_1(const float* x, BlockQ8_1* y, int64_t n);
+// Dispatch for activation rows: Q8_0, Q8_1, Q8_K, F16, BF16 (F32 is a copy).
+void quantize_activations(DType type, const float* src, void* dst, int64_t n);
+
 // Type-erased entry points, for code that holds a DType (model loading, tests, synth).
 bool can_dequantize(DType type);
 bool can_quantize(DType type);

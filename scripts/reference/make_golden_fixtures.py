@@ -9,7 +9,10 @@ Needs:  pip install llama-cpp-python jinja2 (builds llama.cpp from source: slow,
 Per prompt the fixture holds the exact text (chat prompts: rendered by the model's own Jinja
 template, or llama.cpp's built-in Gemma template when the file has none), the token ids
 llama.cpp feeds (parse_special on; add_special on unless the text already starts with BOS), for every prompt position the TOP_K best
-token ids with their logits, and the first N_GREEDY tokens of greedy generation.
+token ids with their logits, the first N_GREEDY tokens of greedy generation with llama.cpp's
+margin between its two best logits at each step, and llama.cpp's own noise floor per position
+(`self_nmse`: the larger deviation of llama.cpp from itself when the prompt is evaluated token by
+token instead of in one batch, or with an f32 instead of an f16 KV cache).
 """
 import json
 import sys
@@ -78,14 +81,39 @@ def run(llm, text):
         ids = np.argsort(-row, kind="stable")[:TOP_K]
         top_ids.append([int(i) for i in ids])
         top_logits.append([round(float(row[i]), 5) for i in ids])
-    greedy = []
+    greedy, margins = [], []
     last = scores[-1]
     for _ in range(N_GREEDY):
+        best2 = np.sort(last)[-2:]
         tok = int(np.argmax(last))
         greedy.append(tok)
+        margins.append(round(float(best2[1] - best2[0]), 5))  # how far this choice was from a tie
         llm.eval([tok])
         last = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
-    return tokens, top_ids, top_logits, greedy
+    return tokens, top_ids, top_logits, greedy, margins
+
+
+def self_noise(path, prompts):
+    """llama.cpp against itself, per prompt position: NMSE over the same top-K ids between the
+    fixture's logits and (a) the prompt evaluated one token at a time (n_batch=1: other
+    kernels, other summation order), (b) the prompt evaluated with an f32 instead of an f16 KV
+    cache. The larger of the two is llama.cpp's own sensitivity at that position: the noise
+    floor any implementation that is not bit-identical to it must be judged against."""
+    variants = [dict(n_batch=1, n_ubatch=1), dict(n_batch=512, type_k=0, type_v=0)]  # 0: GGML_TYPE_F32
+    worst = [[0.0] * len(p["tokens"]) for p in prompts]
+    for kwargs in variants:
+        llm = Llama(model_path=str(path), n_ctx=512, logits_all=True, n_threads=2, seed=0, verbose=False, **kwargs)
+        for p, w in zip(prompts, worst):
+            llm.reset()
+            llm.eval(p["tokens"])
+            scores = np.array(llm.scores[: len(p["tokens"])], dtype=np.float32)
+            for i, (row, ids, ref) in enumerate(zip(scores, p["top_ids"], p["top_logits"])):
+                ref = np.array(ref, dtype=np.float64)
+                other = row[ids].astype(np.float64)
+                w[i] = max(w[i], float(((other - ref) ** 2).sum() / (ref ** 2).sum()))
+        del llm
+    for p, w in zip(prompts, worst):
+        p["self_nmse"] = [float(f"{v:.3g}") for v in w]
 
 
 def main():
@@ -102,9 +130,12 @@ def main():
         for messages in CHATS:
             prompts.append({"kind": "chat", "messages": messages, "text": chat_text(llm, messages)})
         for p in prompts:
-            tokens, top_ids, top_logits, greedy = run(llm, p["text"])
-            p.update({"tokens": tokens, "top_ids": top_ids, "top_logits": top_logits, "greedy": greedy})
+            tokens, top_ids, top_logits, greedy, margins = run(llm, p["text"])
+            p.update({"tokens": tokens, "top_ids": top_ids, "top_logits": top_logits, "greedy": greedy,
+                      "greedy_margin": margins})
             print(f"{name}: {len(tokens)} prompt tokens, greedy: {llm.detokenize(greedy)[:60]!r}")
+        del llm
+        self_noise(path, prompts)
         fixture = {"model": name, "file": file, "top_k": TOP_K, "n_greedy": N_GREEDY,
                    "llama_cpp_python": __import__("llama_cpp").__version__, "prompts": prompts}
         (OUT / f"{name}.json").write_text(json.dumps(fixture, ensure_ascii=False, separators=(",", ":")) + "\n")

@@ -1,6 +1,22 @@
 // Whole-model output against llama.cpp on the same GGUF files (fixtures by
-// scripts/reference/make_golden_fixtures.py): for every prompt, the logits at every position
-// (top-1 identical, NMSE over llama.cpp's top-K logits <= 1e-3) and 48 greedy tokens.
+// scripts/reference/make_golden_fixtures.py), for every prompt of both default models: the
+// logits at every prompt position, and 48 greedy steps with llama.cpp's tokens fed back (so one
+// step's disagreement does not hide the rest).
+//
+// Why the bounds are statistical. llama.cpp is not bit-reproducible against *itself*: evaluated
+// token by token instead of in one batch, or with an f32 instead of an f16 KV cache, its logits
+// move by an NMSE of up to 3.5e-3 (SmolLM2) and 0.2 (Gemma 3) at some positions, its top-1
+// changes at 4-5 positions and its greedy continuations change for 4 of 9 (SmolLM2) and 8 of 9
+// (Gemma 3) prompts. The fixture records that self-deviation per position (`self_nmse`). Any
+// implementation that is not a bit-for-bit clone of llama.cpp's SIMD kernels lands in the same
+// noise, so "top-1 identical at every position" cannot be the assertion. What is asserted:
+//  - the median NMSE over llama.cpp's top-K logits is <= 1e-3;
+//  - at >= 95% of positions the NMSE is <= 1e-3, or within an order of magnitude of
+//    llama.cpp's own deviation at that position;
+//  - the top-1 token agrees at >= 95% of positions and the greedy token at >= 95% of steps.
+// A plausible bug is far outside this: with Gemma 3's local-layer rope base wrong (1e6 instead
+// of 1e4) the median NMSE is 4.9e-3 and top-1 / greedy agreement fall to 88% / 87%. The exact
+// counts (positions above 1e-3, disagreements, near-ties) are printed on every run.
 // Needs the default models (scripts/get-model.sh); skipped without them.
 #include <gtest/gtest.h>
 
@@ -10,6 +26,7 @@
 #include <cmath>
 
 #include "engine/gguf.h"
+#include "engine/model.h"
 #include "engine/model_config.h"
 #include "engine/stage.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -21,6 +38,9 @@ namespace {
 using json = nlohmann::json;
 
 constexpr double kMaxNmse = 1e-3;
+constexpr double kSelfNoiseFactor = 10.0;
+constexpr double kMinAgreement = 0.95;
+constexpr double kTieMargin = 0.25;  // logits: closer than this, llama.cpp's choice is a near-tie
 
 int32_t argmax(std::span<const float> v) {
   return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin());
@@ -44,12 +64,16 @@ TEST_P(GoldenVsLlamaCpp, LogitsAtEveryPositionAndGreedyTokens) {
   StageOptions options;
   options.n_ctx = 256;
   Stage stage(file, config, backend, 0, config.n_layer, options);
+  const auto vocab = static_cast<size_t>(config.n_vocab);
+  const bool verbose = std::getenv("HEARTH_GOLDEN_VERBOSE") != nullptr;
 
-  double worst_nmse = 0.0;
-  int positions = 0;
+  int positions = 0, over_bound = 0, within_self_noise = 0, top1_strict_miss = 0, top1_ties = 0;
+  int steps = 0, greedy_strict_miss = 0, greedy_ties = 0, prompts_identical = 0;
+  std::vector<double> all_nmse;
   for (const json& prompt : fixture_["prompts"]) {
     SCOPED_TRACE(prompt["text"].get<std::string>());
     const auto tokens = prompt["tokens"].get<std::vector<Token>>();
+    const auto self_nmse = prompt["self_nmse"].get<std::vector<double>>();
     const int32_t n = static_cast<int32_t>(tokens.size());
     std::vector<kernels::KvSlot> slots;
     std::vector<int32_t> rows;
@@ -59,15 +83,13 @@ TEST_P(GoldenVsLlamaCpp, LogitsAtEveryPositionAndGreedyTokens) {
     }
     std::vector<float> logits;
     stage.forward({.tokens = tokens, .hidden = {}, .slots = slots, .output_rows = rows}, logits);
-    ASSERT_EQ(logits.size(), static_cast<size_t>(n) * static_cast<size_t>(config.n_vocab));
+    ASSERT_EQ(logits.size(), static_cast<size_t>(n) * vocab);
 
+    bool identical = true;
     for (int32_t i = 0; i < n; ++i) {
-      const std::span<const float> row(logits.data() + static_cast<size_t>(i) * static_cast<size_t>(config.n_vocab),
-                                       static_cast<size_t>(config.n_vocab));
+      const std::span<const float> row(logits.data() + static_cast<size_t>(i) * vocab, vocab);
       const auto ids = prompt["top_ids"][static_cast<size_t>(i)].get<std::vector<int32_t>>();
       const auto ref = prompt["top_logits"][static_cast<size_t>(i)].get<std::vector<double>>();
-      EXPECT_EQ(argmax(row), ids[0]) << "top-1 differs at position " << i << " (ours " << row[static_cast<size_t>(argmax(row))]
-                                     << ", llama.cpp's top " << ref[0] << ", ours for it " << row[static_cast<size_t>(ids[0])] << ")";
       double err = 0.0, norm = 0.0;
       for (size_t j = 0; j < ids.size(); ++j) {
         const double d = double(row[static_cast<size_t>(ids[j])]) - ref[j];
@@ -75,35 +97,76 @@ TEST_P(GoldenVsLlamaCpp, LogitsAtEveryPositionAndGreedyTokens) {
         norm += ref[j] * ref[j];
       }
       const double nmse = err / std::max(norm, 1e-30);
-      worst_nmse = std::max(worst_nmse, nmse);
-      EXPECT_LE(nmse, kMaxNmse) << "position " << i;
-      if (std::getenv("HEARTH_GOLDEN_VERBOSE")) std::printf("pos %d nmse %.3g top %d/%d\n", i, nmse, argmax(row), ids[0]);
+      all_nmse.push_back(nmse);
       ++positions;
+      if (nmse > kMaxNmse) {
+        ++over_bound;
+        if (nmse <= kSelfNoiseFactor * self_nmse[static_cast<size_t>(i)]) ++within_self_noise;
+      }
+
+      const int32_t ours = argmax(row);
+      if (ours != ids[0]) {
+        ++top1_strict_miss;
+        identical = false;
+        top1_ties += ref[0] - ref[1] < kTieMargin && ours == ids[1];
+      }
+      if (verbose) std::printf("pos %d nmse %.3g (self %.3g) top %d/%d\n", i, nmse, self_nmse[static_cast<size_t>(i)], ours, ids[0]);
     }
 
-    // Greedy continuation, one token at a time through the KV cache.
+    // Greedy generation with llama.cpp's tokens fed back.
     const auto want = prompt["greedy"].get<std::vector<Token>>();
-    std::vector<Token> got;
-    Token next = argmax(std::span<const float>(logits.data() + static_cast<size_t>(n - 1) * static_cast<size_t>(config.n_vocab),
-                                               static_cast<size_t>(config.n_vocab)));
-    for (size_t step = 0; step < want.size(); ++step) {
-      got.push_back(next);
-      const kernels::KvSlot slot{0, n + static_cast<int32_t>(step)};
-      const int32_t row0 = 0;
-      stage.forward({.tokens = std::span<const Token>(&next, 1), .hidden = {}, .slots = std::span(&slot, 1),
-                     .output_rows = std::span(&row0, 1)},
-                    logits);
-      next = argmax(logits);
-      if (std::getenv("HEARTH_GOLDEN_VERBOSE") && step + 1 < want.size() && got.size() == step + 1 &&
-          std::equal(got.begin(), got.end(), want.begin()) && next != want[step + 1]) {
-        std::printf("diverge at step %zu: ours %d (%.4f) vs llama.cpp %d (ours %.4f)\n", step + 1, next,
-                    logits[static_cast<size_t>(next)], want[step + 1], logits[static_cast<size_t>(want[step + 1])]);
+    const auto margin = prompt["greedy_margin"].get<std::vector<double>>();
+    std::span<const float> last(logits.data() + static_cast<size_t>(n - 1) * vocab, vocab);
+    std::vector<float> step_logits;
+    for (size_t s = 0; s < want.size(); ++s) {
+      ++steps;
+      const Token ours = argmax(last);
+      if (ours != want[s]) {
+        ++greedy_strict_miss;
+        identical = false;
+        greedy_ties += margin[s] < kTieMargin;
       }
+      const kernels::KvSlot slot{0, n + static_cast<int32_t>(s)};
+      const int32_t row0 = 0;
+      stage.forward({.tokens = std::span<const Token>(&want[s], 1), .hidden = {}, .slots = std::span(&slot, 1),
+                     .output_rows = std::span(&row0, 1)},
+                    step_logits);
+      last = step_logits;
     }
-    EXPECT_EQ(got, want);
+    prompts_identical += identical;
   }
-  RecordProperty("worst_nmse", std::to_string(worst_nmse));
-  std::printf("[ golden   ] %s: %d positions, worst NMSE %.3g\n", GetParam().c_str(), positions, worst_nmse);
+  std::sort(all_nmse.begin(), all_nmse.end());
+  const double median = all_nmse[all_nmse.size() / 2];
+  EXPECT_LE(median, kMaxNmse);
+  EXPECT_GE(positions - (over_bound - within_self_noise), kMinAgreement * positions)
+      << "positions whose NMSE exceeds both 1e-3 and 10x llama.cpp's own deviation";
+  EXPECT_GE(positions - top1_strict_miss, kMinAgreement * positions) << "top-1 agreement";
+  EXPECT_GE(steps - greedy_strict_miss, kMinAgreement * steps) << "greedy agreement";
+  std::printf(
+      "[ golden   ] %s: %d positions: median NMSE %.2g, max %.2g; %d above 1e-3 (%d of them within 10x llama.cpp's own "
+      "deviation there); top-1 differs at %d (%d near-ties). %d greedy steps: %d differ (%d near-ties). "
+      "%d of %zu prompts identical in every top-1 and every greedy token.\n",
+      GetParam().c_str(), positions, median, all_nmse.back(), over_bound, within_self_noise,
+      top1_strict_miss, top1_ties, steps, greedy_strict_miss, greedy_ties, prompts_identical, fixture_["prompts"].size());
+}
+
+// The text side of the same prompts: hearth's chat template renders llama.cpp's exact prompt
+// text, and hearth's tokenizer gives exactly the token ids llama.cpp fed the model.
+TEST_P(GoldenVsLlamaCpp, PromptTextAndTokensMatch) {
+  kernels::CpuBackend backend(1);
+  ModelOptions options;
+  options.n_ctx = 64;
+  const Model model(path_, backend, options);
+  for (const json& prompt : fixture_["prompts"]) {
+    const std::string text = prompt["text"].get<std::string>();
+    SCOPED_TRACE(text);
+    if (prompt["kind"] == "chat") {
+      std::vector<ChatMessage> messages;
+      for (const json& m : prompt["messages"]) messages.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
+      EXPECT_EQ(model.format_chat(messages), text);
+    }
+    EXPECT_EQ(model.tokenize_prompt(text), prompt["tokens"].get<std::vector<Token>>());
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(DefaultModels, GoldenVsLlamaCpp, testing::Values("smollm2", "gemma3-270m"),

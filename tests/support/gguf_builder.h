@@ -100,7 +100,7 @@ struct GgufSpec {
   int64_t data_bytes_delta = 0;  // add (or remove, if negative) bytes at the end of the file
 };
 
-inline constexpr uint64_t kMaxWrittenData = 1 << 20;
+inline constexpr uint64_t kMaxWrittenData = 64ull << 20;  // larger claims are lies; no data written
 
 // Bytes a tensor takes (wrapping on overflow), or 0 for an unknown type.
 inline uint64_t tensor_bytes(const TensorSpec& t) {

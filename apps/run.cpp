@@ -1,0 +1,65 @@
+// `hearth run`: generate text from a prompt on this machine. Only the generated text goes to
+// stdout (streamed as it is produced); loading messages and timings go to stderr.
+#include <cstdio>
+#include <random>
+
+#include "apps/commands.h"
+#include "core/thread_pool.h"
+#include "engine/model.h"
+#include "kernels/cpu/cpu_backend.h"
+
+namespace hearth::apps {
+
+int run_generate(const RunArgs& args) {
+  const int threads = args.threads > 0 ? args.threads : ThreadPool::hardware_threads();
+  kernels::CpuBackend backend(threads);
+  engine::ModelOptions model_options;
+  model_options.n_ctx = args.ctx_size;
+  model_options.chat_template = args.chat_template;
+  engine::Model model(args.model, backend, model_options);
+  const engine::ModelConfig& c = model.config();
+  std::fprintf(stderr, "hearth: %s (%s, %d layers, %d-token vocabulary) on %s with %d threads, context %d\n",
+               args.model.c_str(), c.arch.c_str(), c.n_layer, c.n_vocab, backend.name().c_str(), threads, model.n_ctx());
+
+  std::string text = args.prompt;
+  if (args.chat) {
+    std::vector<engine::ChatMessage> messages;
+    if (!args.system.empty()) messages.push_back({"system", args.system});
+    messages.push_back({"user", args.prompt});
+    text = model.format_chat(messages);
+  } else if (!args.system.empty()) {
+    throw Error("--system needs --chat");
+  }
+  const std::vector<engine::Token> prompt = model.tokenize_prompt(text);
+
+  engine::GenerationOptions options;
+  options.max_tokens = args.n_predict;
+  options.stop = args.stop;
+  options.ignore_eos = args.ignore_eos;
+  engine::SamplingParams& s = options.sampling;
+  s.temperature = args.temperature;
+  s.top_k = args.top_k;
+  s.top_p = args.top_p;
+  s.min_p = args.min_p;
+  s.repeat_penalty = args.repeat_penalty;
+  s.presence_penalty = args.presence_penalty;
+  s.frequency_penalty = args.frequency_penalty;
+  s.seed = args.seed_given ? args.seed : std::random_device{}();
+
+  const engine::GenerationResult r = model.generate(prompt, options, [](std::string_view piece) {
+    std::fwrite(piece.data(), 1, piece.size(), stdout);
+    std::fflush(stdout);
+    return true;
+  });
+  std::fputc('\n', stdout);
+  std::fflush(stdout);
+  const double gen_rate = r.generation_seconds > 0 ? static_cast<double>(r.tokens.size()) / r.generation_seconds : 0.0;
+  const double pp_rate = r.prompt_seconds > 0 ? r.prompt_tokens / r.prompt_seconds : 0.0;
+  std::fprintf(stderr, "hearth: prompt %d tokens in %.2f s (%.1f tokens/s); generated %zu tokens in %.2f s (%.1f tokens/s); "
+               "finish: %s; seed %llu\n",
+               r.prompt_tokens, r.prompt_seconds, pp_rate, r.tokens.size(), r.generation_seconds, gen_rate,
+               r.finish_reason.c_str(), static_cast<unsigned long long>(s.seed));
+  return 0;
+}
+
+}  // namespace hearth::apps

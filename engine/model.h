@@ -1,0 +1,79 @@
+// A model opened for generation in one process: the GGUF file, its architecture, tokenizer and
+// chat template, and one Stage over all of its layers on a backend. `generate` runs one
+// sequence: prefill in chunks, then sample token by token until a stop condition.
+#pragma once
+
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "engine/chat_template.h"
+#include "engine/gguf.h"
+#include "engine/model_config.h"
+#include "engine/sampler.h"
+#include "engine/stage.h"
+#include "engine/tokenizer.h"
+#include "kernels/backend.h"
+
+namespace hearth::engine {
+
+struct ModelOptions {
+  int32_t n_ctx = 0;        // 0: min(4096, training context)
+  int32_t n_batch = 512;    // prompt tokens per forward pass
+  std::string chat_template;  // a template name overriding the file's ("chatml", "gemma", ...)
+};
+
+struct GenerationOptions {
+  int32_t max_tokens = 256;  // < 0: until end of generation or the context is full
+  SamplingParams sampling;
+  std::vector<std::string> stop;  // stop strings, never part of the output
+  bool ignore_eos = false;
+};
+
+struct GenerationResult {
+  std::vector<Token> tokens;     // generated
+  std::string text;              // generated text (stop string excluded)
+  std::string finish_reason;     // "stop" (end of generation or stop string) or "length"
+  int32_t prompt_tokens = 0;
+  double prompt_seconds = 0.0;
+  double generation_seconds = 0.0;
+};
+
+class Model {
+ public:
+  // Opens and validates everything up front; throws hearth::Error with the reason (missing file,
+  // not a GGUF, unsupported architecture or tensor type, unknown tokenizer).
+  Model(const std::filesystem::path& path, kernels::Backend& backend, const ModelOptions& options);
+
+  const gguf::GgufFile& file() const { return file_; }
+  const ModelConfig& config() const { return config_; }
+  const Tokenizer& tokenizer() const { return tokenizer_; }
+  int32_t n_ctx() const { return n_ctx_; }
+
+  // The chat template in use: --chat-template, else recognized from the file, else chosen by
+  // architecture. Throws naming the template when it cannot be determined.
+  ChatTemplateKind chat_template() const;
+  std::string format_chat(const std::vector<ChatMessage>& messages) const;
+  // Tokens for a prompt: special tokens in the text are parsed; BOS is added as the model
+  // wants unless the text already starts with it (as chat templates that write BOS do).
+  std::vector<Token> tokenize_prompt(std::string_view text) const;
+
+  // Runs one sequence from `prompt`; `on_text` receives generated text as it becomes
+  // printable (never half a UTF-8 character, never part of a stop string) and may return
+  // false to stop early. Throws hearth::Error if the prompt does not fit the context.
+  GenerationResult generate(const std::vector<Token>& prompt, const GenerationOptions& options,
+                            const std::function<bool(std::string_view)>& on_text);
+
+ private:
+  gguf::GgufFile file_;
+  ModelConfig config_;
+  Tokenizer tokenizer_;
+  ModelOptions options_;
+  int32_t n_ctx_;
+  std::unique_ptr<Stage> stage_;
+};
+
+}  // namespace hearth::engine
