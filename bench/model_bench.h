@@ -1,0 +1,43 @@
+// End-to-end model benchmark in llama-bench's terms: pp<N> (prompt processing: N tokens in
+// batches, tokens/s) and tg<N> (generation: N tokens one at a time, tokens/s), each repeated
+// and reported as mean ± sd, optionally at a filled context depth — and the physical limit of
+// tg beside it: measured memory bandwidth / bytes of weights read per token.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "engine/gguf.h"
+#include "engine/model_config.h"
+#include "kernels/backend.h"
+
+namespace hearth::bench {
+
+struct ModelBenchParams {
+  int32_t n_prompt = 512;     // pp test size (0: skip)
+  int32_t n_gen = 128;        // tg test size (0: skip)
+  int32_t depth = 0;          // context already filled before each test
+  int32_t repetitions = 5;
+  int32_t n_batch = 512;
+  uint64_t seed = 1234;       // random token ids
+};
+
+struct TestResult {
+  std::string name;           // "pp512", "tg128", "pp512 @ d4096"
+  int32_t n_tokens = 0;
+  std::vector<double> tokens_per_second;  // one per repetition
+  double mean() const;
+  double stddev() const;
+};
+
+// Bytes of weights a decode step reads: every layer tensor and the output head, plus one
+// embedding row.
+uint64_t weight_bytes_per_token(const gguf::GgufFile& file, const engine::ModelConfig& config);
+
+// Runs the tests on a Stage over every layer on `backend` (one warm-up run first).
+std::vector<TestResult> run_model_bench(const gguf::GgufFile& file, const engine::ModelConfig& config,
+                                        kernels::Backend& backend, const ModelBenchParams& params);
+
+}  // namespace hearth::bench
