@@ -39,4 +39,38 @@ struct RunArgs {
 };
 int run_generate(const RunArgs& args);
 
+// `hearth synth`: a synthetic GGUF model for benchmarks (engine/synth.h does the work).
+struct SynthArgs {
+  bool list_shapes = false;
+  std::string shape;        // a built-in shape, or empty for the dimensions below
+  bool custom_dims = false;  // any of --arch/--embd/--layers/--heads/--kv-heads/--ff/--vocab given
+  std::string arch = "llama";
+  int32_t embd = 0;
+  int32_t layers = 0;
+  int32_t heads = 0;
+  int32_t kv_heads = 0;     // 0: as many as --heads
+  int32_t ff = 0;
+  int32_t vocab = 32000;
+  std::string type;
+  std::string tokenizer_from;
+  uint64_t seed = 0;
+  bool force = false;
+  int32_t threads = 0;
+  std::string output;
+};
+int run_synth(const SynthArgs& args);
+
+// `hearth bench`: pp/tg tokens/s in llama-bench's terms, with the bandwidth limit.
+struct BenchArgs {
+  std::string model;
+  int32_t n_prompt = 512;
+  int32_t n_gen = 128;
+  int32_t depth = 0;
+  int32_t repetitions = 5;
+  int32_t n_batch = 512;
+  int32_t threads = 0;
+  std::string output = "md";
+};
+int run_bench(const BenchArgs& args);
+
 }  // namespace hearth::apps

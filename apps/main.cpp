@@ -50,6 +50,42 @@ int main(int argc, char** argv) {
   run->add_option("-t,--threads", run_args.threads, "CPU threads (0: all)")->capture_default_str();
   run->add_flag("--ignore-eos", run_args.ignore_eos, "Keep generating past the end-of-generation token");
 
+  hearth::apps::SynthArgs synth_args;
+  CLI::App* synth = app.add_subcommand(
+      "synth", "Write a synthetic GGUF model (real dimensions, random weights) for benchmarks");
+  synth->footer(
+      "Usage: hearth synth (--shape NAME | --arch llama --embd N --layers N --heads N --kv-heads N --ff N [--vocab N])\n"
+      "             --type TYPE [--tokenizer-from MODEL.gguf] [--seed S] [--force] -o OUT.gguf\n"
+      "       hearth synth --list-shapes");
+  synth->add_flag("--list-shapes", synth_args.list_shapes, "List the built-in shapes and exit");
+  synth->add_option("--shape", synth_args.shape, "A built-in shape (see --list-shapes)");
+  synth->add_option("--arch", synth_args.arch, "Architecture of a custom shape: llama or qwen2")->capture_default_str();
+  synth->add_option("--embd", synth_args.embd, "Custom shape: embedding length");
+  synth->add_option("--layers", synth_args.layers, "Custom shape: number of layers");
+  synth->add_option("--heads", synth_args.heads, "Custom shape: attention heads");
+  synth->add_option("--kv-heads", synth_args.kv_heads, "Custom shape: key/value heads (default: --heads)");
+  synth->add_option("--ff", synth_args.ff, "Custom shape: feed-forward length");
+  synth->add_option("--vocab", synth_args.vocab, "Custom shape: vocabulary size")->capture_default_str();
+  synth->add_option("--type", synth_args.type, "Weight type: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, F16, BF16, F32");
+  synth->add_option("--tokenizer-from", synth_args.tokenizer_from,
+                    "Copy the tokenizer (every tokenizer.* key) from this GGUF; the vocabulary size follows it")
+      ->check(CLI::ExistingFile);
+  synth->add_option("--seed", synth_args.seed, "Seed of the random weights")->capture_default_str();
+  synth->add_flag("--force", synth_args.force, "Overwrite the output file if it exists");
+  synth->add_option("-t,--threads", synth_args.threads, "CPU threads (0: all)")->capture_default_str();
+  synth->add_option("-o,--output", synth_args.output, "The .gguf file to write");
+
+  hearth::apps::BenchArgs bench_args;
+  CLI::App* bench = app.add_subcommand("bench", "Measure prompt (pp) and generation (tg) tokens/s, llama-bench style");
+  bench->add_option("-m,--model", bench_args.model, "Path to a .gguf file")->required()->check(CLI::ExistingFile);
+  bench->add_option("-p,--n-prompt", bench_args.n_prompt, "Prompt tokens of the pp test (0: skip)")->capture_default_str();
+  bench->add_option("-n,--n-gen", bench_args.n_gen, "Generated tokens of the tg test (0: skip)")->capture_default_str();
+  bench->add_option("-d,--depth", bench_args.depth, "Context already filled before each test")->capture_default_str();
+  bench->add_option("-r,--repetitions", bench_args.repetitions, "Repetitions of each test")->capture_default_str();
+  bench->add_option("-b,--batch-size", bench_args.n_batch, "Prompt tokens per forward pass")->capture_default_str();
+  bench->add_option("-t,--threads", bench_args.threads, "CPU threads (0: all)")->capture_default_str();
+  bench->add_option("-o,--output", bench_args.output, "Output format: md, json, csv")->capture_default_str();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -58,9 +94,16 @@ int main(int argc, char** argv) {
 
   try {
     if (*info) return hearth::apps::run_info(info_args);
+    if (*bench) return hearth::apps::run_bench(bench_args);
     if (*run) {
       run_args.seed_given = run->count("--seed") > 0;
       return hearth::apps::run_generate(run_args);
+    }
+    if (*synth) {
+      for (const char* option : {"--arch", "--embd", "--layers", "--heads", "--kv-heads", "--ff", "--vocab"}) {
+        if (synth->count(option) > 0) synth_args.custom_dims = true;
+      }
+      return hearth::apps::run_synth(synth_args);
     }
   } catch (const hearth::Error& e) {
     std::fprintf(stderr, "hearth: error: %s\n", e.what());

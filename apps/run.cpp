@@ -18,8 +18,9 @@ int run_generate(const RunArgs& args) {
   model_options.chat_template = args.chat_template;
   engine::Model model(args.model, backend, model_options);
   const engine::ModelConfig& c = model.config();
-  std::fprintf(stderr, "hearth: %s (%s, %d layers, %d-token vocabulary) on %s with %d threads, context %d\n",
-               args.model.c_str(), c.arch.c_str(), c.n_layer, c.n_vocab, backend.name().c_str(), threads, model.n_ctx());
+  std::fprintf(stderr, "hearth: %s (%s, %d layers, %d-token vocabulary) on %s [%s] with %d threads, context %d\n",
+               args.model.c_str(), c.arch.c_str(), c.n_layer, c.n_vocab, backend.name().c_str(),
+               kernels::cpu_description().c_str(), threads, model.n_ctx());
 
   std::string text = args.prompt;
   if (args.chat) {

@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "core/fp16.h"
+#include "kernels/cpu/dot.h"
 #include "kernels/cpu/dot_ref.h"
 #include "kernels/cpu/ops_ref.h"
 #include "kernels/cpu/quants_ref.h"
@@ -41,7 +42,14 @@ std::shared_ptr<void> allocate(size_t bytes) {
 
 }  // namespace
 
-CpuBackend::CpuBackend(int n_threads) : pool_(n_threads) {}
+CpuBackend::CpuBackend(int n_threads) : CpuBackend(n_threads, cpu_level()) {}
+
+CpuBackend::CpuBackend(int n_threads, CpuLevel level) : pool_(n_threads), level_(level) {
+  if (level > cpu_supported_level()) {
+    throw Error(fmt::format("CPU level {} requested, this CPU supports at most {}", cpu_level_name(level),
+                            cpu_level_name(cpu_supported_level())));
+  }
+}
 
 std::string CpuBackend::name() const { return "cpu"; }
 
@@ -92,12 +100,13 @@ void CpuBackend::matmul(const Tensor& w, const Tensor& x, Tensor& y) {
   const int64_t k = w.ne[0], m = w.n_rows(), n = x.n_rows();
   HEARTH_CHECK(x.ne[0] == k && y.ne[0] == m && y.n_rows() == n, "matmul shapes w[{},{}] x[{},{}] y[{},{}]", m, k, n,
                x.ne[0], y.n_rows(), y.ne[0]);
-  HEARTH_CHECK(ref::can_vec_dot(w.type), "no dot product for {}", dtype_name(w.type));
+  const DotKernel& kernel = dot_kernel(w.type, level_);
+  HEARTH_CHECK(kernel.vec_dot != nullptr, "no dot product for {}", dtype_name(w.type));
   const float* xs = f32(x);
   float* ys = f32(y);
   // Activations are quantized once to the format the weight type pairs with, then every
   // weight row is dotted with every activation row.
-  const DType xq_type = ref::vec_dot_type(w.type);
+  const DType xq_type = kernel.vec_dot_type;
   const size_t xq_row_bytes = dtype_row_bytes(xq_type, k);
   const void* xq = xs;
   std::vector<uint8_t> quantized;
@@ -105,13 +114,14 @@ void CpuBackend::matmul(const Tensor& w, const Tensor& x, Tensor& y) {
     quantized.resize(xq_row_bytes * static_cast<size_t>(n));
     pool_.parallel_for(n, [&](int64_t t0, int64_t t1, int) {
       for (int64_t t = t0; t < t1; ++t) {
-        ref::quantize_activations(xq_type, xs + t * k, quantized.data() + static_cast<size_t>(t) * xq_row_bytes, k);
+        kernel.quantize(xs + t * k, quantized.data() + static_cast<size_t>(t) * xq_row_bytes, k);
       }
     });
     xq = quantized.data();
   }
+  const size_t w_row_bytes = w.row_bytes();
   pool_.parallel_for(
-      m, [&](int64_t r0, int64_t r1, int) { ref::matmul_rows(w.type, w.data, k, r0, r1, xq, xq_row_bytes, n, ys, m); },
+      m, [&](int64_t r0, int64_t r1, int) { matmul_rows(kernel, w.data, w_row_bytes, k, r0, r1, xq, xq_row_bytes, n, ys, m); },
       16);
 }
 

@@ -1,18 +1,23 @@
 // The CPU backend: host memory, weights used in place from the memory-mapped file, ops split
-// across a thread pool by rows. Today its kernels are the scalar references (clear, exact);
-// the SIMD paths (AVX2, AVX-512, NEON) plug in behind the same ops.
+// across a thread pool by rows. Matmuls run the best dot-product kernels for the CPU level
+// (kernels/cpu/dot.h: AVX2 / AVX-512 where available, else the scalar references); the
+// other ops are the scalar references for now.
 #pragma once
 
 #include <memory>
 
 #include "core/thread_pool.h"
+#include "kernels/cpu/cpu_features.h"
 #include "kernels/backend.h"
 
 namespace hearth::kernels {
 
 class CpuBackend final : public Backend {
  public:
+  // `level`: the SIMD level of the kernels, cpu_level() by default (throws hearth::Error when
+  // HEARTH_CPU_LEVEL asks for a level this CPU lacks); must not exceed cpu_supported_level().
   explicit CpuBackend(int n_threads);
+  CpuBackend(int n_threads, CpuLevel level);
 
   std::string name() const override;
   bool supports_weight_type(DType type) const override;
@@ -40,9 +45,11 @@ class CpuBackend final : public Backend {
   void synchronize() override {}
 
   int n_threads() const { return pool_.size(); }
+  CpuLevel level() const { return level_; }
 
  private:
   ThreadPool pool_;
+  CpuLevel level_;
 };
 
 }  // namespace hearth::kernels

@@ -1,0 +1,103 @@
+// `hearth bench`: llama-bench style pp/tg throughput of a model on this machine, with the
+// memory-bandwidth limit of generation beside it.
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "apps/commands.h"
+#include "bench/memory_bandwidth.h"
+#include "bench/model_bench.h"
+#include "core/build_info.h"
+#include "core/thread_pool.h"
+#include "engine/model_config.h"
+#include "engine/model_info.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/cpu_features.h"
+
+namespace hearth::apps {
+
+namespace {
+std::string human_size(double bytes) {
+  if (bytes >= 1024.0 * 1024 * 1024) return fmt::format("{:.2f} GiB", bytes / (1024.0 * 1024 * 1024));
+  return fmt::format("{:.2f} MiB", bytes / (1024.0 * 1024));
+}
+std::string human_params(uint64_t n) {
+  if (n >= 1'000'000'000) return fmt::format("{:.2f} B", static_cast<double>(n) / 1e9);
+  return fmt::format("{:.2f} M", static_cast<double>(n) / 1e6);
+}
+}  // namespace
+
+int run_bench(const BenchArgs& args) {
+  if (args.output != "md" && args.output != "json" && args.output != "csv") {
+    throw Error(fmt::format("unknown output format '{}' (md, json, csv)", args.output));
+  }
+  const int threads = args.threads > 0 ? args.threads : ThreadPool::hardware_threads();
+  const gguf::GgufFile file = gguf::GgufFile::open(args.model);
+  const engine::ModelConfig config = engine::ModelConfig::from_gguf(file);
+  kernels::CpuBackend backend(threads);
+  const std::string backend_desc = fmt::format("{} [{}]", backend.name(), kernels::cpu_description());
+
+  bench::ModelBenchParams p;
+  p.n_prompt = args.n_prompt;
+  p.n_gen = args.n_gen;
+  p.depth = args.depth;
+  p.repetitions = args.repetitions;
+  p.n_batch = args.n_batch;
+  std::fprintf(stderr, "hearth bench: %s on %s, %d threads, %d repetitions...\n", args.model.c_str(),
+               backend_desc.c_str(), threads, p.repetitions);
+  const auto results = bench::run_model_bench(file, config, backend, p);
+  const bench::BandwidthResult bw = bench::measure_triad_bandwidth(threads);
+  const uint64_t bytes_per_token = bench::weight_bytes_per_token(file, config);
+  const double limit = bw.bytes_per_second / static_cast<double>(bytes_per_token);
+
+  const auto info = engine::model_info_json(file);
+  const std::string model_desc = fmt::format("{} {}", config.arch, info["file_type"].is_null() ? std::string("?") : info["file_type"].get<std::string>());
+  const uint64_t params = info["parameters"].get<uint64_t>();
+  const double size = static_cast<double>(info["tensor_bytes"].get<uint64_t>());
+
+  if (args.output == "json") {
+    nlohmann::ordered_json out;
+    out["model"] = args.model;
+    out["model_type"] = model_desc;
+    out["size_bytes"] = info["tensor_bytes"];
+    out["params"] = params;
+    out["backend"] = backend_desc;
+    out["threads"] = threads;
+    out["build_commit"] = build::kCommit;
+    out["memory_bandwidth_bytes_per_s"] = bw.bytes_per_second;
+    out["weight_bytes_per_token"] = bytes_per_token;
+    out["tg_limit_tokens_per_s"] = limit;
+    for (const auto& r : results) {
+      out["tests"].push_back({{"test", r.name},
+                              {"tokens_per_s_mean", r.mean()},
+                              {"tokens_per_s_sd", r.stddev()},
+                              {"samples", r.tokens_per_second},
+                              {"fraction_of_limit", r.name.starts_with("tg") ? r.mean() / limit : 0.0}});
+    }
+    std::printf("%s\n", out.dump(2).c_str());
+    return 0;
+  }
+  if (args.output == "csv") {
+    std::printf("model,size,params,backend,threads,test,t_s_mean,t_s_sd,build_commit\n");
+    for (const auto& r : results) {
+      std::printf("\"%s\",%.0f,%llu,%s,%d,%s,%.3f,%.3f,%s\n", model_desc.c_str(), size,
+                  static_cast<unsigned long long>(params), backend_desc.c_str(), threads, r.name.c_str(), r.mean(),
+                  r.stddev(), build::kCommit);
+    }
+    return 0;
+  }
+  std::printf("| model | size | params | backend | threads | test | t/s |\n");
+  std::printf("| --- | ---: | ---: | --- | ---: | --- | ---: |\n");
+  for (const auto& r : results) {
+    std::printf("| %s | %s | %s | %s | %d | %s | %.2f ± %.2f |\n", model_desc.c_str(), human_size(size).c_str(),
+                human_params(params).c_str(), backend_desc.c_str(), threads, r.name.c_str(), r.mean(), r.stddev());
+  }
+  std::printf("\nbandwidth limit: %.1f GB/s measured (triad, %d threads) / %s of weights per token = %.1f tokens/s",
+              bw.bytes_per_second / 1e9, bw.threads, human_size(static_cast<double>(bytes_per_token)).c_str(), limit);
+  for (const auto& r : results) {
+    if (r.name.starts_with("tg")) std::printf("; %s reaches %.1f%% of it", r.name.c_str(), 100.0 * r.mean() / limit);
+  }
+  std::printf("\nbuild: %s (%s)\n", build::kCommit, build::kBuildType);
+  return 0;
+}
+
+}  // namespace hearth::apps

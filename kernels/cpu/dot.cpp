@@ -1,0 +1,162 @@
+#include "kernels/cpu/dot.h"
+
+#include <algorithm>
+#include <array>
+
+#include "core/error.h"
+#include "kernels/cpu/dot_ref.h"
+#include "kernels/cpu/quants_ref.h"
+#if defined(HEARTH_X86_KERNELS)
+#include "kernels/cpu/x86/dot_x86.h"
+#endif
+
+namespace hearth::kernels {
+namespace {
+
+// Type ids run up to Q1_0 (41); the table is indexed by them.
+constexpr size_t kTypeSlots = 64;
+constexpr size_t kLevels = 3;
+
+template <DType T>
+float ref_dot(int64_t n, const void* w, const void* x) {
+  return ref::vec_dot(T, n, w, x);
+}
+template <DType T>
+void ref_quantize(const float* x, void* y, int64_t n) {
+  ref::quantize_activations(T, x, y, n);
+}
+
+using Table = std::array<DotKernel, kTypeSlots>;
+
+template <DType W>
+void set_ref(Table& t) {
+  DotKernel& k = t[static_cast<size_t>(W)];
+  k.vec_dot_type = ref::vec_dot_type(W);
+  k.vec_dot = ref_dot<W>;
+  switch (k.vec_dot_type) {
+    case DType::Q8_0: k.quantize = ref_quantize<DType::Q8_0>; break;
+    case DType::Q8_1: k.quantize = ref_quantize<DType::Q8_1>; break;
+    case DType::Q8_K: k.quantize = ref_quantize<DType::Q8_K>; break;
+    case DType::F16: k.quantize = ref_quantize<DType::F16>; break;
+    case DType::BF16: k.quantize = ref_quantize<DType::BF16>; break;
+    default: k.quantize = ref_quantize<DType::F32>; break;
+  }
+}
+
+Table scalar_table() {
+  Table t{};
+  set_ref<DType::F32>(t);
+  set_ref<DType::F16>(t);
+  set_ref<DType::BF16>(t);
+  set_ref<DType::Q4_0>(t);
+  set_ref<DType::Q4_1>(t);
+  set_ref<DType::Q5_0>(t);
+  set_ref<DType::Q5_1>(t);
+  set_ref<DType::Q8_0>(t);
+  set_ref<DType::Q2_K>(t);
+  set_ref<DType::Q3_K>(t);
+  set_ref<DType::Q4_K>(t);
+  set_ref<DType::Q5_K>(t);
+  set_ref<DType::Q6_K>(t);
+  for (size_t i = 0; i < kTypeSlots; ++i) {
+    // Every type the reference can dot must be in the table (guards against a new type).
+    if (dtype_traits_or_null(static_cast<uint32_t>(i)) != nullptr && ref::can_vec_dot(static_cast<DType>(i))) {
+      HEARTH_CHECK(t[i].vec_dot != nullptr, "no scalar dot for {}", dtype_name(static_cast<DType>(i)));
+    }
+  }
+  return t;
+}
+
+#if defined(HEARTH_X86_KERNELS)
+// Overrides the entries of `t` with one x86 level's kernels (namespace `ns`).
+#define HEARTH_SET_BLOCK(ns, wtype, name)                           \
+  t[static_cast<size_t>(DType::wtype)].vec_dot = x86::ns::vec_dot_##name;       \
+  t[static_cast<size_t>(DType::wtype)].vec_dot_rows = x86::ns::vec_dot_##name##_4; \
+  t[static_cast<size_t>(DType::wtype)].simd_dot = true;
+#define HEARTH_SET_PLAIN(ns, wtype, name)                                   \
+  t[static_cast<size_t>(DType::wtype)].vec_dot = x86::ns::vec_dot_##name; \
+  t[static_cast<size_t>(DType::wtype)].simd_dot = true;
+#define HEARTH_X86_TABLE(ns)                                                              \
+  Table ns##_table() {                                                                    \
+    Table t = scalar_table();                                                             \
+    HEARTH_SET_BLOCK(ns, Q8_0, q8_0)                                                      \
+    HEARTH_SET_BLOCK(ns, Q4_0, q4_0)                                                      \
+    HEARTH_SET_BLOCK(ns, Q4_1, q4_1)                                                      \
+    HEARTH_SET_BLOCK(ns, Q5_0, q5_0)                                                      \
+    HEARTH_SET_BLOCK(ns, Q5_1, q5_1)                                                      \
+    HEARTH_SET_BLOCK(ns, Q4_K, q4_K)                                                      \
+    HEARTH_SET_BLOCK(ns, Q5_K, q5_K)                                                      \
+    HEARTH_SET_BLOCK(ns, Q6_K, q6_K)                                                      \
+    HEARTH_SET_PLAIN(ns, F16, f16)                                                        \
+    HEARTH_SET_PLAIN(ns, BF16, bf16)                                                      \
+    HEARTH_SET_PLAIN(ns, F32, f32)                                                        \
+    for (DotKernel& k : t) {                                                              \
+      if (k.vec_dot == nullptr) continue;                                                 \
+      switch (k.vec_dot_type) {                                                           \
+        case DType::Q8_0: k.quantize = x86::ns::quantize_q8_0; k.simd_quantize = true; break; \
+        case DType::Q8_1: k.quantize = x86::ns::quantize_q8_1; k.simd_quantize = true; break; \
+        case DType::Q8_K: k.quantize = x86::ns::quantize_q8_K; k.simd_quantize = true; break; \
+        default: break;                                                                   \
+      }                                                                                   \
+    }                                                                                     \
+    return t;                                                                             \
+  }
+HEARTH_X86_TABLE(avx2)
+HEARTH_X86_TABLE(avx512)
+#undef HEARTH_X86_TABLE
+#undef HEARTH_SET_PLAIN
+#undef HEARTH_SET_BLOCK
+#endif
+
+const std::array<Table, kLevels>& tables() {
+  static const std::array<Table, kLevels> all = [] {
+    std::array<Table, kLevels> a;
+    a[0] = scalar_table();
+#if defined(HEARTH_X86_KERNELS)
+    a[1] = avx2_table();
+    // The AVX-512 kernels are built with VNNI; without it the level runs the AVX2 kernels.
+    a[2] = cpu_has_vnni() ? avx512_table() : a[1];
+#else
+    a[1] = a[0];
+    a[2] = a[0];
+#endif
+    return a;
+  }();
+  return all;
+}
+
+}  // namespace
+
+const DotKernel& dot_kernel(DType weight, CpuLevel level) {
+  const auto type = static_cast<size_t>(weight);
+  HEARTH_CHECK(type < kTypeSlots, "type id {}", type);
+  return tables()[static_cast<size_t>(level)][type];
+}
+
+void matmul_rows(const DotKernel& kernel, const void* w, size_t w_row_bytes, int64_t k, int64_t r0, int64_t r1,
+                 const void* xq, size_t xq_row_bytes, int64_t n, float* y, int64_t y_stride) {
+  HEARTH_CHECK(kernel.vec_dot != nullptr, "no dot product for this weight type");
+  const auto* wb = static_cast<const uint8_t*>(w);
+  const auto* xb = static_cast<const uint8_t*>(xq);
+  // Weight rows in tiles of about 16 KiB: a tile stays in L1 while every group of tokens
+  // passes over it, so each weight byte comes from memory once per call.
+  const int64_t tile = std::max<int64_t>(1, static_cast<int64_t>(16384 / std::max<size_t>(w_row_bytes, 1)));
+  const int64_t n_grouped = kernel.vec_dot_rows != nullptr ? n / kDotRows * kDotRows : 0;
+  for (int64_t rt = r0; rt < r1; rt += tile) {
+    const int64_t rt_end = std::min(r1, rt + tile);
+    for (int64_t t = 0; t < n_grouped; t += kDotRows) {
+      const uint8_t* x = xb + static_cast<size_t>(t) * xq_row_bytes;
+      for (int64_t r = rt; r < rt_end; ++r) {
+        float out[kDotRows];
+        kernel.vec_dot_rows(k, wb + static_cast<size_t>(r) * w_row_bytes, x, xq_row_bytes, out);
+        for (int i = 0; i < kDotRows; ++i) y[(t + i) * y_stride + r] = out[i];
+      }
+    }
+    for (int64_t t = n_grouped; t < n; ++t) {
+      const uint8_t* x = xb + static_cast<size_t>(t) * xq_row_bytes;
+      for (int64_t r = rt; r < rt_end; ++r) y[t * y_stride + r] = kernel.vec_dot(k, wb + static_cast<size_t>(r) * w_row_bytes, x);
+    }
+  }
+}
+
+}  // namespace hearth::kernels
