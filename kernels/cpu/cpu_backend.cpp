@@ -229,6 +229,41 @@ void CpuBackend::kv_store(KvLayer& cache, const Tensor& k, const Tensor& v, std:
   }
 }
 
+namespace {
+
+// One query head over f32 K/V rows (`stride` floats apart, this head at `head_offset`): the
+// arithmetic of ref::attention_head (q and the probabilities rounded to f16 when the cache is
+// f16) in float with independent partial sums, and p.V accumulated row by row, so the compiler
+// vectorizes both loops. Agrees with the reference to float rounding (tests/kernels).
+void attention_head_fast(const float* q, const float* k, const float* v, int64_t stride, int64_t head_offset,
+                         int64_t head_dim, int32_t first, int32_t last, float scale, float softcap, bool half_inputs,
+                         float* qr, float* scores, float* out) {
+  for (int64_t d = 0; d < head_dim; ++d) qr[d] = half_inputs ? fp16_to_fp32(fp32_to_fp16(q[d])) : q[d];
+  float max_score = -INFINITY;
+  for (int32_t j = first; j <= last; ++j) {
+    float s = ref::dot_f32(qr, k + j * stride + head_offset, head_dim) * scale;
+    if (softcap > 0.0f) s = softcap * std::tanh(s / softcap);
+    scores[j - first] = s;
+    max_score = std::max(max_score, s);
+  }
+  double sum = 0.0;
+  for (int32_t j = first; j <= last; ++j) {
+    const float e = std::exp(scores[j - first] - max_score);
+    scores[j - first] = e;
+    sum += e;
+  }
+  const float inv = static_cast<float>(1.0 / sum);
+  for (int64_t d = 0; d < head_dim; ++d) out[d] = 0.0f;
+  for (int32_t j = first; j <= last; ++j) {
+    float pj = scores[j - first] * inv;
+    if (half_inputs) pj = fp16_to_fp32(fp32_to_fp16(pj));
+    const float* vr = v + j * stride + head_offset;
+    for (int64_t d = 0; d < head_dim; ++d) out[d] += pj * vr[d];
+  }
+}
+
+}  // namespace
+
 void CpuBackend::attention(const Tensor& q, const KvLayer& cache, std::span<const KvSlot> slots,
                            const AttentionParams& p, Tensor& out) {
   const int64_t n_tokens = static_cast<int64_t>(slots.size());
@@ -238,19 +273,56 @@ void CpuBackend::attention(const Tensor& q, const KvLayer& cache, std::span<cons
   const float* qs = f32(q);
   float* os = f32(out);
   const int group = p.n_head / p.n_head_kv;
-  const size_t elem = cache.k.type == DType::F16 ? 2 : 4;
-  std::vector<std::vector<float>> scores(static_cast<size_t>(pool_.size()), std::vector<float>(static_cast<size_t>(cache.n_ctx)));
+  const bool half = cache.k.type == DType::F16;
+
+  // The K/V rows each sequence of the batch reads, as f32: converted once here (f16 cache) or
+  // used in place (f32 cache), instead of once per query head.
+  std::vector<int32_t> rows_needed(static_cast<size_t>(cache.n_seq), -1);
+  for (const KvSlot& s : slots) rows_needed[static_cast<size_t>(s.seq)] = std::max(rows_needed[static_cast<size_t>(s.seq)], s.pos + 1);
+  std::vector<const float*> k_rows(static_cast<size_t>(cache.n_seq)), v_rows(static_cast<size_t>(cache.n_seq));
+  std::vector<std::vector<float>> converted;
+  for (int32_t seq = 0; seq < cache.n_seq; ++seq) {
+    const int32_t rows = rows_needed[static_cast<size_t>(seq)];
+    if (rows <= 0) continue;
+    const size_t seq_row0 = static_cast<size_t>(seq) * static_cast<size_t>(cache.n_ctx);
+    if (!half) {
+      k_rows[static_cast<size_t>(seq)] = static_cast<const float*>(cache.k.data) + seq_row0 * static_cast<size_t>(kv_dim);
+      v_rows[static_cast<size_t>(seq)] = static_cast<const float*>(cache.v.data) + seq_row0 * static_cast<size_t>(kv_dim);
+      continue;
+    }
+    const size_t n = static_cast<size_t>(rows) * static_cast<size_t>(kv_dim);
+    converted.emplace_back(2 * n);
+    float* kf = converted.back().data();
+    float* vf = kf + n;
+    const uint16_t* kh = static_cast<const uint16_t*>(cache.k.data) + seq_row0 * static_cast<size_t>(kv_dim);
+    const uint16_t* vh = static_cast<const uint16_t*>(cache.v.data) + seq_row0 * static_cast<size_t>(kv_dim);
+    pool_.parallel_for(
+        static_cast<int64_t>(n),
+        [&](int64_t i0, int64_t i1, int) {
+          for (int64_t i = i0; i < i1; ++i) {
+            kf[i] = fp16_to_fp32(kh[i]);
+            vf[i] = fp16_to_fp32(vh[i]);
+          }
+        },
+        4096);
+    k_rows[static_cast<size_t>(seq)] = kf;
+    v_rows[static_cast<size_t>(seq)] = vf;
+  }
+
+  const size_t per_thread = static_cast<size_t>(cache.n_ctx) + static_cast<size_t>(p.head_dim);
+  std::vector<float> scratch(static_cast<size_t>(pool_.size()) * per_thread);
   pool_.parallel_for(n_tokens * p.n_head, [&](int64_t i0, int64_t i1, int thread) {
+    float* qr = scratch.data() + static_cast<size_t>(thread) * per_thread;
+    float* scores = qr + p.head_dim;
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t t = i / p.n_head;
       const int h = static_cast<int>(i % p.n_head);
       const KvSlot s = slots[static_cast<size_t>(t)];
       const int32_t first = p.window > 0 ? std::max(0, s.pos - p.window + 1) : 0;
-      const size_t seq_offset = static_cast<size_t>(s.seq) * static_cast<size_t>(cache.n_ctx) * static_cast<size_t>(kv_dim) * elem;
-      ref::attention_head(qs + (t * p.n_head + h) * p.head_dim, static_cast<const uint8_t*>(cache.k.data) + seq_offset,
-                          static_cast<const uint8_t*>(cache.v.data) + seq_offset, cache.k.type, kv_dim,
-                          static_cast<int64_t>(h / group) * p.head_dim, p.head_dim, first, s.pos, p.scale, p.softcap,
-                          scores[static_cast<size_t>(thread)].data(), os + (t * p.n_head + h) * p.head_dim);
+      attention_head_fast(qs + (t * p.n_head + h) * p.head_dim, k_rows[static_cast<size_t>(s.seq)],
+                          v_rows[static_cast<size_t>(s.seq)], kv_dim, static_cast<int64_t>(h / group) * p.head_dim,
+                          p.head_dim, first, s.pos, p.scale, p.softcap, half, qr, scores,
+                          os + (t * p.n_head + h) * p.head_dim);
     }
   });
 }
