@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "core/error.h"
 #include "core/fp16.h"
@@ -36,6 +37,33 @@ int nearest_int(float x) { return static_cast<int>(std::round(x)); }
 // Round half to even (the default floating-point rounding mode), as ggml's nearest_int and
 // its SIMD round instructions do.
 int nearest_int_even(float x) { return static_cast<int>(std::nearbyint(x)); }
+
+// Q8_0 / Q8_1 blocks: d = amax / 127, q = round(x / d); Q8_1 also stores s = d * sum(q), which
+// lets Q4_1 / Q5_1 apply their minimum cheaply. The two conventions differ in the last bit:
+// the file format (gguf-py, ggml's reference) uses 1/d and rounds half away from zero; ggml's
+// SIMD activation paths use 127/amax and round half to even (kActivation).
+template <bool kActivation, class Block>
+void quantize_q8_blocks(const float* x, Block* y, int64_t n) {
+  const int64_t nb = block_count(n, kQK8_0);
+  for (int64_t b = 0; b < nb; ++b, x += kQK8_0) {
+    float amax = 0.0f;
+    for (int j = 0; j < kQK8_0; ++j) amax = std::max(amax, std::fabs(x[j]));
+    const float d = amax / 127;
+    float id;
+    if constexpr (kActivation) {
+      id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    } else {
+      id = d != 0.0f ? 1.0f / d : 0.0f;
+    }
+    y[b].d = fp32_to_fp16(d);
+    int sum = 0;
+    for (int j = 0; j < kQK8_0; ++j) {
+      y[b].qs[j] = static_cast<int8_t>(kActivation ? nearest_int_even(x[j] * id) : nearest_int(x[j] * id));
+      sum += y[b].qs[j];
+    }
+    if constexpr (std::is_same_v<Block, BlockQ8_1>) y[b].s = fp32_to_fp16(static_cast<float>(sum) * d);
+  }
+}
 
 }  // namespace
 
@@ -358,34 +386,9 @@ void quantize_row_q5_1(const float* x, BlockQ5_1* y, int64_t n) {
   }
 }
 
-void quantize_row_q8_0(const float* x, BlockQ8_0* y, int64_t n) {
-  const int64_t nb = block_count(n, kQK8_0);
-  for (int64_t b = 0; b < nb; ++b, x += kQK8_0) {
-    float amax = 0.0f;
-    for (int j = 0; j < kQK8_0; ++j) amax = std::max(amax, std::fabs(x[j]));
-    const float d = amax / 127;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    y[b].d = fp32_to_fp16(d);
-    for (int j = 0; j < kQK8_0; ++j) y[b].qs[j] = static_cast<int8_t>(nearest_int(x[j] * id));
-  }
-}
+void quantize_row_q8_0(const float* x, BlockQ8_0* y, int64_t n) { quantize_q8_blocks<false>(x, y, n); }
 
-void quantize_row_q8_1(const float* x, BlockQ8_1* y, int64_t n) {
-  const int64_t nb = block_count(n, kQK8_0);
-  for (int64_t b = 0; b < nb; ++b, x += kQK8_0) {
-    float amax = 0.0f;
-    for (int j = 0; j < kQK8_0; ++j) amax = std::max(amax, std::fabs(x[j]));
-    const float d = amax / 127;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    y[b].d = fp32_to_fp16(d);
-    int sum = 0;
-    for (int j = 0; j < kQK8_0; ++j) {
-      y[b].qs[j] = static_cast<int8_t>(nearest_int(x[j] * id));
-      sum += y[b].qs[j];
-    }
-    y[b].s = fp32_to_fp16(static_cast<float>(sum) * d);  // lets Q4_1 / Q5_1 apply their min cheaply
-  }
-}
+void quantize_row_q8_1(const float* x, BlockQ8_1* y, int64_t n) { quantize_q8_blocks<false>(x, y, n); }
 
 void quantize_row_q8_K(const float* x, BlockQ8_K* y, int64_t n) {
   const int64_t nb = block_count(n, kQK_K);
@@ -416,34 +419,9 @@ void quantize_row_q8_K(const float* x, BlockQ8_K* y, int64_t n) {
   }
 }
 
-void quantize_activations_q8_0(const float* x, BlockQ8_0* y, int64_t n) {
-  const int64_t nb = block_count(n, kQK8_0);
-  for (int64_t b = 0; b < nb; ++b, x += kQK8_0) {
-    float amax = 0.0f;
-    for (int j = 0; j < kQK8_0; ++j) amax = std::max(amax, std::fabs(x[j]));
-    const float d = amax / 127.0f;
-    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
-    y[b].d = fp32_to_fp16(d);
-    for (int j = 0; j < kQK8_0; ++j) y[b].qs[j] = static_cast<int8_t>(nearest_int_even(x[j] * id));
-  }
-}
+void quantize_activations_q8_0(const float* x, BlockQ8_0* y, int64_t n) { quantize_q8_blocks<true>(x, y, n); }
 
-void quantize_activations_q8_1(const float* x, BlockQ8_1* y, int64_t n) {
-  const int64_t nb = block_count(n, kQK8_0);
-  for (int64_t b = 0; b < nb; ++b, x += kQK8_0) {
-    float amax = 0.0f;
-    for (int j = 0; j < kQK8_0; ++j) amax = std::max(amax, std::fabs(x[j]));
-    const float d = amax / 127.0f;
-    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
-    y[b].d = fp32_to_fp16(d);
-    int sum = 0;
-    for (int j = 0; j < kQK8_0; ++j) {
-      y[b].qs[j] = static_cast<int8_t>(nearest_int_even(x[j] * id));
-      sum += y[b].qs[j];
-    }
-    y[b].s = fp32_to_fp16(d * static_cast<float>(sum));
-  }
-}
+void quantize_activations_q8_1(const float* x, BlockQ8_1* y, int64_t n) { quantize_q8_blocks<true>(x, y, n); }
 
 void quantize_activations(DType type, const float* src, void* dst, int64_t n) {
   switch (type) {
