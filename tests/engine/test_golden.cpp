@@ -16,7 +16,9 @@
 //  - the top-1 token agrees at >= 95% of positions and the greedy token at >= 95% of steps.
 // A plausible bug is far outside this: with Gemma 3's local-layer rope base wrong (1e6 instead
 // of 1e4) the median NMSE is 4.9e-3 and top-1 / greedy agreement fall to 88% / 87%. The exact
-// counts (positions above 1e-3, disagreements, near-ties) are printed on every run.
+// counts (positions above 1e-3, disagreements, near-ties) are printed on every run. The factor
+// 10 and the 95% were chosen after those counts had been measured (an order of magnitude and a
+// round share); the strict per-position criterion is what the printed counts report against.
 // Needs the default models (scripts/get-model.sh); skipped without them.
 #include <gtest/gtest.h>
 
