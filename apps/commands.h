@@ -10,6 +10,7 @@ namespace hearth::apps {
 
 struct InfoArgs {
   std::string model;
+  bool system = false;
   bool json = false;
   bool tensors = false;
   bool metadata = false;

@@ -19,7 +19,9 @@ int main(int argc, char** argv) {
 
   hearth::apps::InfoArgs info_args;
   CLI::App* info = app.add_subcommand("info", "Describe a GGUF model: architecture, shape, tokenizer, tensors");
-  info->add_option("model", info_args.model, "Path to a .gguf file")->required()->check(CLI::ExistingFile);
+  info->add_option("model", info_args.model, "Path to a .gguf file")->check(CLI::ExistingFile);
+  info->add_flag("--system", info_args.system,
+                 "Describe this machine instead (or as well): CPU kernel level, threads, memory, build");
   info->add_flag("--json", info_args.json, "Print machine-readable JSON instead of text");
   info->add_flag("--tensors", info_args.tensors, "List every tensor with type, shape and offset");
   info->add_flag("--metadata", info_args.metadata, "List every metadata key with its type and value");
