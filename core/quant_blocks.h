@@ -106,6 +106,30 @@ struct BlockQ8_K {
   int16_t bsums[kQK_K / 16];
 };
 
+// The 8 six-bit scales and mins of a Q4_K / Q5_K block from its 12 packed bytes: bytes 0..3
+// hold scales 0..3 and bytes 4..7 mins 0..3 (low 6 bits); for sub-blocks 4..7 the low 4 bits
+// come from bytes 8..11 and the high 2 bits from the top of bytes 0..7.
+inline void unpack_scales_mins_k4(const uint8_t* q, int scale[8], int min[8]) {
+  for (int j = 0; j < 4; ++j) {
+    scale[j] = q[j] & 63;
+    min[j] = q[j + 4] & 63;
+  }
+  for (int j = 4; j < 8; ++j) {
+    scale[j] = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+    min[j] = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
+// The 16 signed 6-bit scales of a Q3_K block (already minus 32): low 4 bits from bytes 0..7
+// (two per byte), high 2 bits from bytes 8..11 (four per byte).
+inline void unpack_scales_q3_K(const uint8_t* s, int scale[16]) {
+  for (int i = 0; i < 16; ++i) {
+    const int low = (s[i % 8] >> (4 * (i / 8))) & 0xF;
+    const int high = (s[8 + i % 4] >> (2 * (i / 4))) & 3;
+    scale[i] = (low | (high << 4)) - 32;
+  }
+}
+
 static_assert(sizeof(BlockQ4_0) == 18);
 static_assert(sizeof(BlockQ4_1) == 20);
 static_assert(sizeof(BlockQ5_0) == 22);

@@ -106,6 +106,28 @@ struct Fragment {
   size_t length;
 };
 
+// A character (or stray byte) of a word being merged, linked to its neighbours; merging a pair
+// grows the left symbol and unlinks the right one (its length becomes 0).
+struct Symbol {
+  uint32_t start;
+  uint32_t length;
+  int32_t prev;
+  int32_t next;
+};
+
+// The word cut into UTF-8 characters, as both BPE variants start merging from.
+std::vector<Symbol> split_symbols(std::string_view word) {
+  std::vector<Symbol> symbols;
+  for (size_t pos = 0; pos < word.size();) {
+    const size_t len = std::min(word.size() - pos, unicode::sequence_length_from_lead(static_cast<uint8_t>(word[pos])));
+    const auto index = static_cast<int32_t>(symbols.size());
+    symbols.push_back({static_cast<uint32_t>(pos), static_cast<uint32_t>(len), index - 1,
+                       pos + len == word.size() ? -1 : index + 1});
+    pos += len;
+  }
+  return symbols;
+}
+
 }  // namespace
 
 struct Tokenizer::Impl {
@@ -640,20 +662,7 @@ void Tokenizer::Impl::encode_bpe_word(std::string_view word, std::vector<Token>&
       return;
     }
   }
-  struct Symbol {
-    uint32_t start;
-    uint32_t length;  // 0 once merged into its left neighbour
-    int32_t prev;
-    int32_t next;
-  };
-  std::vector<Symbol> symbols;
-  for (size_t pos = 0; pos < word.size();) {
-    const size_t len = std::min(word.size() - pos, unicode::sequence_length_from_lead(static_cast<uint8_t>(word[pos])));
-    const auto index = static_cast<int32_t>(symbols.size());
-    symbols.push_back({static_cast<uint32_t>(pos), static_cast<uint32_t>(len), index - 1,
-                       pos + len == word.size() ? -1 : index + 1});
-    pos += len;
-  }
+  std::vector<Symbol> symbols = split_symbols(word);
 
   struct Bigram {
     int32_t left;
@@ -725,20 +734,7 @@ void Tokenizer::Impl::encode_spm(std::string_view text_in, std::vector<Token>& o
   }
   const std::string_view s = text_buf;
 
-  struct Symbol {
-    uint32_t start;
-    uint32_t length;
-    int32_t prev;
-    int32_t next;
-  };
-  std::vector<Symbol> symbols;
-  for (size_t pos = 0; pos < s.size();) {
-    const size_t len = std::min(s.size() - pos, unicode::sequence_length_from_lead(static_cast<uint8_t>(s[pos])));
-    const auto index = static_cast<int32_t>(symbols.size());
-    symbols.push_back({static_cast<uint32_t>(pos), static_cast<uint32_t>(len), index - 1,
-                       pos + len == s.size() ? -1 : index + 1});
-    pos += len;
-  }
+  std::vector<Symbol> symbols = split_symbols(s);
 
   struct Bigram {
     int32_t left;

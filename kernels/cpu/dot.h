@@ -34,9 +34,10 @@ struct DotKernel {
 // dot product (see ref::can_vec_dot).
 const DotKernel& dot_kernel(DType weight, CpuLevel level);
 
-// y[t * y_stride + r] = dot(w row r, xq row t) for weight rows [r0, r1) and tokens [0, n),
-// as ref::matmul_rows but with `kernel`'s functions: tokens go kDotRows at a time through
-// vec_dot_rows, over tiles of weight rows small enough to stay in L1 meanwhile.
+// y[t * y_stride + r] = dot(w row r, xq row t) for weight rows [r0, r1) and tokens [0, n), `xq`
+// holding n activation rows already quantized to the kernel's activation type, xq_row_bytes
+// apart: tokens go kDotRows at a time through vec_dot_rows, over tiles of weight rows small
+// enough to stay in L1 meanwhile.
 void matmul_rows(const DotKernel& kernel, const void* w, size_t w_row_bytes, int64_t k, int64_t r0, int64_t r1,
                  const void* xq, size_t xq_row_bytes, int64_t n, float* y, int64_t y_stride);
 

@@ -116,10 +116,7 @@ float dot_q3_K_q8_K(int64_t n, const BlockQ3_K* x, const BlockQ8_K* y) {
   float sum = 0.0f;
   for (int64_t b = 0; b < blocks(n, kQK_K); ++b) {
     int scales[16];
-    const uint8_t* s = x[b].scales;
-    for (int i = 0; i < 16; ++i) {
-      scales[i] = (((s[i % 8] >> (4 * (i / 8))) & 0xF) | (((s[8 + i % 4] >> (2 * (i / 4))) & 3) << 4)) - 32;
-    }
+    unpack_scales_q3_K(x[b].scales, scales);
     int isum = 0;
     int is = 0;
     uint8_t mask = 1;
@@ -142,26 +139,16 @@ float dot_q3_K_q8_K(int64_t n, const BlockQ3_K* x, const BlockQ8_K* y) {
   return sum;
 }
 
-void scale_min_k4(int j, const uint8_t* q, int* scale, int* min) {
-  if (j < 4) {
-    *scale = q[j] & 63;
-    *min = q[j + 4] & 63;
-  } else {
-    *scale = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
-    *min = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-  }
-}
-
 float dot_q4_K_q8_K(int64_t n, const BlockQ4_K* x, const BlockQ8_K* y) {
   float sum = 0.0f;
   for (int64_t b = 0; b < blocks(n, kQK_K); ++b) {
     int isum = 0, summs = 0;
+    int sc[8], mn[8];
+    unpack_scales_mins_k4(x[b].scales, sc, mn);
     const uint8_t* q4 = x[b].qs;
     const int8_t* q8 = y[b].qs;
     for (int j = 0; j < 8; j += 2, q4 += 32) {
-      int sc0, m0, sc1, m1;
-      scale_min_k4(j, x[b].scales, &sc0, &m0);
-      scale_min_k4(j + 1, x[b].scales, &sc1, &m1);
+      const int sc0 = sc[j], m0 = mn[j], sc1 = sc[j + 1], m1 = mn[j + 1];
       int s0 = 0, s1 = 0;
       for (int l = 0; l < 32; ++l) {
         s0 += (q4[l] & 0xF) * q8[l];
@@ -182,14 +169,14 @@ float dot_q5_K_q8_K(int64_t n, const BlockQ5_K* x, const BlockQ8_K* y) {
   float sum = 0.0f;
   for (int64_t b = 0; b < blocks(n, kQK_K); ++b) {
     int isum = 0, summs = 0;
+    int sc[8], mn[8];
+    unpack_scales_mins_k4(x[b].scales, sc, mn);
     const uint8_t* ql = x[b].qs;
     const uint8_t* qh = x[b].qh;
     const int8_t* q8 = y[b].qs;
     uint8_t bit_low = 1, bit_high = 2;
     for (int j = 0; j < 8; j += 2, ql += 32) {
-      int sc0, m0, sc1, m1;
-      scale_min_k4(j, x[b].scales, &sc0, &m0);
-      scale_min_k4(j + 1, x[b].scales, &sc1, &m1);
+      const int sc0 = sc[j], m0 = mn[j], sc1 = sc[j + 1], m1 = mn[j + 1];
       int s0 = 0, s1 = 0;
       for (int l = 0; l < 32; ++l) {
         s0 += ((ql[l] & 0xF) + ((qh[l] & bit_low) ? 16 : 0)) * q8[l];

@@ -6,7 +6,6 @@
 
 #include "core/error.h"
 #include "core/fp16.h"
-#include "kernels/cpu/dot_ref.h"
 #include "kernels/cpu/quants_ref.h"
 
 namespace hearth::kernels::ref {
@@ -22,17 +21,6 @@ float dot_f32(const float* a, const float* b, int64_t n) {
   for (; i < n; ++i) sum += a[i] * b[i];
   for (int l = 0; l < 8; ++l) sum += acc[l];
   return sum;
-}
-
-void matmul_rows(DType w_type, const void* w, int64_t k, int64_t r0, int64_t r1, const void* xq, size_t xq_row_bytes,
-                 int64_t n, float* y, int64_t y_stride) {
-  const size_t row_bytes = dtype_row_bytes(w_type, k);
-  const auto* base = static_cast<const uint8_t*>(w);
-  const auto* xs = static_cast<const uint8_t*>(xq);
-  for (int64_t r = r0; r < r1; ++r) {
-    const uint8_t* row = base + static_cast<size_t>(r) * row_bytes;
-    for (int64_t t = 0; t < n; ++t) y[t * y_stride + r] = vec_dot(w_type, k, row, xs + static_cast<size_t>(t) * xq_row_bytes);
-  }
 }
 
 void rms_norm_row(const float* x, const float* weight, float eps, float* y, int64_t n) {

@@ -14,11 +14,6 @@ namespace hearth::kernels::ref {
 // sum_i a[i] * b[i]
 float dot_f32(const float* a, const float* b, int64_t n);
 
-// y[t * y_stride + r] = vec_dot(w row r, xq row t) for weight rows [r0, r1) and tokens [0, n):
-// `xq` holds n activation rows already quantized to vec_dot_type(w_type), `xq_row_bytes` apart.
-void matmul_rows(DType w_type, const void* w, int64_t k, int64_t r0, int64_t r1, const void* xq, size_t xq_row_bytes,
-                 int64_t n, float* y, int64_t y_stride);
-
 void rms_norm_row(const float* x, const float* weight, float eps, float* y, int64_t n);
 
 // Rotates one token's heads in place: x [n_heads, head_dim].

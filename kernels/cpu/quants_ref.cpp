@@ -18,19 +18,6 @@ int64_t block_count(int64_t n, int64_t block) {
 
 float f16(uint16_t h) { return fp16_to_fp32(h); }
 
-// Scale and min of sub-block j (0..7) from the 12 packed bytes of Q4_K / Q5_K:
-// bytes 0..3 hold 6-bit scales 0..3, bytes 4..7 6-bit mins 0..3; for j >= 4 the low 4 bits
-// come from bytes 8..11 and the high 2 bits from the top of bytes 0..7.
-void scale_min_k4(int j, const uint8_t* q, uint8_t* scale, uint8_t* min) {
-  if (j < 4) {
-    *scale = q[j] & 63;
-    *min = q[j + 4] & 63;
-  } else {
-    *scale = static_cast<uint8_t>((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
-    *min = static_cast<uint8_t>((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
-  }
-}
-
 // Round half away from zero, as C's roundf (and gguf-py's np_roundf).
 int nearest_int(float x) { return static_cast<int>(std::round(x)); }
 
@@ -176,14 +163,8 @@ void dequantize_row_q3_K(const BlockQ3_K* x, float* y, int64_t n) {
   const int64_t nb = block_count(n, kQK_K);
   for (int64_t b = 0; b < nb; ++b) {
     const float d = f16(x[b].d);
-    // 16 signed 6-bit scales: low 4 bits from bytes 0..7 (two per byte), high 2 bits from 8..11.
     int scales[16];
-    const uint8_t* s = x[b].scales;
-    for (int i = 0; i < 16; ++i) {
-      const int low = (s[i % 8] >> (4 * (i / 8))) & 0xF;
-      const int high = (s[8 + i % 4] >> (2 * (i / 4))) & 3;
-      scales[i] = (low | (high << 4)) - 32;
-    }
+    unpack_scales_q3_K(x[b].scales, scales);
     const uint8_t* q = x[b].qs;
     const uint8_t* hm = x[b].hmask;
     uint8_t mask = 1;
@@ -207,15 +188,14 @@ void dequantize_row_q4_K(const BlockQ4_K* x, float* y, int64_t n) {
   for (int64_t b = 0; b < nb; ++b) {
     const float d = f16(x[b].d);
     const float dmin = f16(x[b].dmin);
+    int sc[8], m[8];
+    unpack_scales_mins_k4(x[b].scales, sc, m);
     const uint8_t* q = x[b].qs;
     for (int j = 0; j < 8; j += 2, q += 32) {  // 64 elements from 32 bytes: low then high nibbles
-      uint8_t sc, m;
-      scale_min_k4(j, x[b].scales, &sc, &m);
-      const float d1 = d * static_cast<float>(sc);
-      const float m1 = dmin * static_cast<float>(m);
-      scale_min_k4(j + 1, x[b].scales, &sc, &m);
-      const float d2 = d * static_cast<float>(sc);
-      const float m2 = dmin * static_cast<float>(m);
+      const float d1 = d * static_cast<float>(sc[j]);
+      const float m1 = dmin * static_cast<float>(m[j]);
+      const float d2 = d * static_cast<float>(sc[j + 1]);
+      const float m2 = dmin * static_cast<float>(m[j + 1]);
       for (int l = 0; l < 32; ++l) *y++ = d1 * static_cast<float>(q[l] & 0xF) - m1;
       for (int l = 0; l < 32; ++l) *y++ = d2 * static_cast<float>(q[l] >> 4) - m2;
     }
@@ -229,15 +209,14 @@ void dequantize_row_q5_K(const BlockQ5_K* x, float* y, int64_t n) {
     const float dmin = f16(x[b].dmin);
     const uint8_t* ql = x[b].qs;
     const uint8_t* qh = x[b].qh;
+    int sc[8], m[8];
+    unpack_scales_mins_k4(x[b].scales, sc, m);
     uint8_t bit_low = 1, bit_high = 2;
     for (int j = 0; j < 8; j += 2, ql += 32) {
-      uint8_t sc, m;
-      scale_min_k4(j, x[b].scales, &sc, &m);
-      const float d1 = d * static_cast<float>(sc);
-      const float m1 = dmin * static_cast<float>(m);
-      scale_min_k4(j + 1, x[b].scales, &sc, &m);
-      const float d2 = d * static_cast<float>(sc);
-      const float m2 = dmin * static_cast<float>(m);
+      const float d1 = d * static_cast<float>(sc[j]);
+      const float m1 = dmin * static_cast<float>(m[j]);
+      const float d2 = d * static_cast<float>(sc[j + 1]);
+      const float m2 = dmin * static_cast<float>(m[j + 1]);
       for (int l = 0; l < 32; ++l) {
         *y++ = d1 * static_cast<float>((ql[l] & 0xF) + ((qh[l] & bit_low) ? 16 : 0)) - m1;
       }

@@ -190,18 +190,6 @@ inline void load_bsums(const uint8_t* y, int16_t* bsums) {
   std::memcpy(bsums, y + offsetof(BlockQ8_K, bsums), sizeof(int16_t) * (kQK_K / 16));
 }
 
-// The packed 6-bit scales and mins of Q4_K / Q5_K (as dot_ref's scale_min_k4).
-inline void scales_mins_k4(const uint8_t* q, int* sc, int* mn) {
-  for (int j = 0; j < 4; ++j) {
-    sc[j] = q[j] & 63;
-    mn[j] = q[j + 4] & 63;
-  }
-  for (int j = 4; j < 8; ++j) {
-    sc[j] = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
-    mn[j] = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-  }
-}
-
 // Q4_K and Q5_K: 8 sub-blocks of 32, x = d sc q - dmin m. `decode(p, lo, hi)` gives the
 // unsigned quants of sub-blocks 2p and 2p+1 of the block.
 template <class Block, int NR, class Decode>
@@ -217,7 +205,7 @@ void dot_k4(int64_t n, const void* w, const void* x, size_t x_stride, float* out
   }
   for (int64_t b = 0; b < nb; ++b, wb += sizeof(Block)) {
     int sc[8], mn[8];
-    scales_mins_k4(wb + offsetof(Block, scales), sc, mn);
+    unpack_scales_mins_k4(wb + offsetof(Block, scales), sc, mn);
     __m256i sumi[NR];
     for (int r = 0; r < NR; ++r) sumi[r] = _mm256_setzero_si256();
     for (int p = 0; p < 4; ++p) {
