@@ -28,6 +28,8 @@ PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git ca-certificates curl
   python3 python3-pip python3-venv
   libfmt-dev libcli11-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev libssl-dev libpcre2-dev
+  libcpp-httplib-dev                      # HTTP server (hearth serve) and client (hearth bench serve)
+  g++-aarch64-linux-gnu qemu-user         # NEON kernels cross-built and tested under emulation
 )
 
 missing=()
