@@ -23,6 +23,8 @@ namespace hearth::engine {
 struct ModelOptions {
   int32_t n_ctx = 0;        // 0: min(4096, training context)
   int32_t n_batch = 512;    // prompt tokens per forward pass
+  int32_t n_seq = 1;        // sequence slots of the KV cache (each n_ctx positions); generate() uses slot 0
+  DType kv_type = DType::F16;
   std::string chat_template;  // a template name overriding the file's ("chatml", "gemma", ...)
 };
 
@@ -52,6 +54,8 @@ class Model {
   const ModelConfig& config() const { return config_; }
   const Tokenizer& tokenizer() const { return tokenizer_; }
   int32_t n_ctx() const { return n_ctx_; }
+  // The stage over every layer (for a Scheduler's LocalExecutor).
+  Stage& stage() { return *stage_; }
 
   // The chat template in use: --chat-template, else recognized from the file, else chosen by
   // architecture. Throws naming the template when it cannot be determined.

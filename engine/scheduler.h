@@ -1,0 +1,167 @@
+// Continuous batching. Sequences join and leave the running batch at token granularity: each
+// step runs one forward pass holding one token for every decoding sequence plus prompt chunks
+// of newly admitted ones (up to a token budget), so decode reads the weights once per step for
+// all of them and a long prompt never stalls the others for more than one chunk. The number of
+// sequence slots of the KV cache bounds admission; a bounded queue holds the rest and refuses
+// beyond it.
+//
+// The scheduler knows nothing of HTTP or of where the layers run: a BatchExecutor runs a step
+// (one process: LocalExecutor over a Stage holding every layer; a cluster: the pipeline) and
+// returns the sampled tokens. Callbacks run on the scheduler's thread and must be quick.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/model.h"
+#include "engine/sampler.h"
+#include "engine/stage.h"
+#include "engine/tokenizer.h"
+
+namespace hearth::engine {
+
+// One sequence's share of a step: `tokens` at positions pos0, pos0 + 1, ... of sequence slot
+// `slot`; when `sample`, the executor samples the token that follows the last of them.
+struct BatchEntry {
+  int32_t slot = 0;
+  int32_t pos0 = 0;
+  std::span<const Token> tokens;
+  bool sample = false;
+};
+
+class BatchExecutor {
+ public:
+  virtual ~BatchExecutor() = default;
+  virtual int32_t n_slots() const = 0;  // sequences the KV cache holds at once
+  virtual int32_t n_ctx() const = 0;    // positions per sequence
+  // A new sequence in `slot`: its sampler starts from `params` and an empty history.
+  virtual void begin_sequence(int32_t slot, const SamplingParams& params) = 0;
+  virtual void end_sequence(int32_t slot) = 0;
+  // Runs every entry's tokens through the model (they join their slot's history, which the
+  // penalties read) and returns one sampled token per entry with `sample`, in entry order.
+  // Throws hearth::Error when the step cannot run (the scheduler then fails those sequences).
+  virtual std::vector<SampledToken> step(std::span<const BatchEntry> entries) = 0;
+};
+
+// Every layer in this process: a Stage over all layers with one KV slot per sequence.
+class LocalExecutor final : public BatchExecutor {
+ public:
+  explicit LocalExecutor(Stage& stage);
+  int32_t n_slots() const override { return stage_.options().n_seq; }
+  int32_t n_ctx() const override { return stage_.options().n_ctx; }
+  void begin_sequence(int32_t slot, const SamplingParams& params) override;
+  void end_sequence(int32_t slot) override;
+  std::vector<SampledToken> step(std::span<const BatchEntry> entries) override;
+
+ private:
+  struct Slot {
+    std::optional<Sampler> sampler;
+    std::vector<Token> history;
+  };
+  Stage& stage_;
+  std::vector<Slot> slots_;
+  std::vector<Token> tokens_;
+  std::vector<kernels::KvSlot> kv_slots_;
+  std::vector<int32_t> output_rows_;
+  std::vector<float> logits_;
+};
+
+// One generated token as the scheduler reports it.
+struct TokenEvent {
+  SampledToken sampled;  // token, logprob, top alternatives
+  std::string text;      // text that became visible with it (may be empty: a UTF-8 character
+                         // or a possible stop string is still incomplete)
+};
+
+struct SequenceResult {
+  std::string finish_reason;  // "stop", "length", "cancelled" or "error"
+  std::string error;          // why, when "error"
+  std::string tail;           // visible text released at the end (after the last TokenEvent)
+  int32_t prompt_tokens = 0;
+  int32_t completion_tokens = 0;
+};
+
+struct SequenceRequest {
+  std::vector<Token> prompt;       // non-empty, shorter than the context
+  GenerationOptions options;       // max_tokens < 0: until end of generation or the context is full
+  std::function<void(const TokenEvent&)> on_token;
+  std::function<void(const SequenceResult&)> on_finish;  // called exactly once
+};
+
+// Handle of a submitted sequence: cancel() frees its slot at the next step (e.g. the client
+// went away); on_finish then reports "cancelled".
+class SequenceHandle {
+ public:
+  void cancel() { cancelled_.store(true, std::memory_order_relaxed); }
+  bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<bool> cancelled_{false};
+};
+
+struct SchedulerOptions {
+  int32_t max_queue = 16;    // sequences waiting for a slot; more are refused
+  int32_t step_tokens = 512;  // tokens per step (decode tokens first, then prompt chunks)
+};
+
+struct SchedulerStats {
+  int32_t running = 0;             // sequences holding a slot
+  int32_t waiting = 0;             // queued
+  int32_t slots = 0;
+  int64_t kv_positions_used = 0;   // cached positions of running sequences
+  int64_t kv_positions_total = 0;  // slots * n_ctx
+  uint64_t prompt_tokens = 0;      // processed since start
+  uint64_t generated_tokens = 0;
+  uint64_t steps = 0;
+  double busy_seconds = 0.0;       // time spent inside executor steps
+};
+
+class Scheduler {
+ public:
+  Scheduler(BatchExecutor& executor, const Tokenizer& tokenizer, const SchedulerOptions& options);
+  ~Scheduler();  // finishes every queued and running sequence with "cancelled", then stops
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  // Queues all of `requests` (the choices of one API request) or none: returns nullopt when the
+  // queue has no room for all of them. Throws hearth::Error for a request that can never run
+  // (empty prompt, prompt not shorter than the context, more sequences than slots).
+  std::optional<std::vector<std::shared_ptr<SequenceHandle>>> submit(std::vector<SequenceRequest> requests);
+
+  SchedulerStats stats() const;
+  int32_t n_ctx() const { return executor_.n_ctx(); }
+
+ private:
+  struct Sequence;
+  void loop();
+  void run_step(std::unique_lock<std::mutex>& lock);
+  // Reports the end once. `release_held`: emit text held back for an incomplete character or a
+  // possible stop string (not after a completed stop string, nor on cancel or error).
+  void finish(Sequence& seq, const std::string& reason, const std::string& error, bool release_held);
+
+  BatchExecutor& executor_;
+  const Tokenizer& tokenizer_;
+  SchedulerOptions options_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<std::unique_ptr<Sequence>> queue_;     // guarded by mutex_
+  std::vector<std::unique_ptr<Sequence>> running_;  // scheduler thread only (size read under mutex_)
+  std::vector<int32_t> free_slots_;
+  SchedulerStats stats_;  // guarded by mutex_
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
+}  // namespace hearth::engine

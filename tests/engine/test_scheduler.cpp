@@ -1,0 +1,271 @@
+// Continuous batching on the default model: sequences that run together produce exactly the
+// tokens they produce alone (and that `Model::generate` produces), prompts prefilled in small
+// chunks give the same tokens as whole ones, the queue bound refuses, cancel frees the slot.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <future>
+#include <mutex>
+#include <thread>
+
+#include "engine/model.h"
+#include "engine/scheduler.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "tests/support/fixtures.h"
+
+namespace hearth::engine {
+namespace {
+
+std::filesystem::path smollm2() { return test::models_dir() / "SmolLM2-135M-Instruct.Q4_1.gguf"; }
+
+const std::vector<std::string> kPrompts = {
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village by the sea, there lived an old fisherman who",
+    "1, 2, 3, 4,",
+    "Water boils at",
+    "The three primary colors are",
+};
+
+// What one sequence produced.
+struct Outcome {
+  std::vector<Token> tokens;
+  std::string text;
+  SequenceResult result;
+};
+
+// Collects a sequence's events; wait() blocks until on_finish.
+class Collector {
+ public:
+  SequenceRequest request(std::vector<Token> prompt, const GenerationOptions& options) {
+    SequenceRequest r;
+    r.prompt = std::move(prompt);
+    r.options = options;
+    r.on_token = [this](const TokenEvent& e) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      outcome_.tokens.push_back(e.sampled.token);
+      outcome_.text += e.text;
+    };
+    r.on_finish = [this](const SequenceResult& result) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      outcome_.result = result;
+      outcome_.text += result.tail;
+      done_ = true;
+      cv_.notify_all();
+    };
+    return r;
+  }
+  Outcome wait() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    EXPECT_TRUE(cv_.wait_for(lock, std::chrono::minutes(5), [&] { return done_; }));
+    return outcome_;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  Outcome outcome_;
+};
+
+// Stats are updated at the end of a step, just after the callbacks of that step ran.
+SchedulerStats wait_idle(const Scheduler& scheduler) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  SchedulerStats stats = scheduler.stats();
+  while ((stats.running != 0 || stats.waiting != 0) && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    stats = scheduler.stats();
+  }
+  return stats;
+}
+
+class SchedulerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!std::filesystem::exists(smollm2())) GTEST_SKIP() << "default model not fetched (scripts/get-model.sh smollm2)";
+  }
+
+  std::unique_ptr<Model> open(int32_t n_seq, int32_t n_ctx = 512) {
+    ModelOptions options;
+    options.n_ctx = n_ctx;
+    options.n_seq = n_seq;
+    return std::make_unique<Model>(smollm2(), backend_, options);
+  }
+
+  static GenerationOptions greedy(int32_t max_tokens) {
+    GenerationOptions o;
+    o.max_tokens = max_tokens;
+    o.sampling.temperature = 0.0f;
+    return o;
+  }
+
+  // Runs `prompts` concurrently (all submitted at once) and returns their outcomes.
+  static std::vector<Outcome> run_together(Scheduler& scheduler, const Model& model,
+                                           const std::vector<std::string>& prompts, const GenerationOptions& options) {
+    std::vector<std::unique_ptr<Collector>> collectors;
+    std::vector<SequenceRequest> requests;
+    for (const std::string& p : prompts) {
+      collectors.push_back(std::make_unique<Collector>());
+      requests.push_back(collectors.back()->request(model.tokenize_prompt(p), options));
+    }
+    auto handles = scheduler.submit(std::move(requests));
+    EXPECT_TRUE(handles.has_value());
+    std::vector<Outcome> outcomes;
+    for (auto& c : collectors) outcomes.push_back(c->wait());
+    return outcomes;
+  }
+
+  kernels::CpuBackend backend_{2};
+};
+
+TEST_F(SchedulerTest, ConcurrentSequencesMatchSequencesAloneAndModelGenerate) {
+  const GenerationOptions options = greedy(24);
+  auto model = open(static_cast<int32_t>(kPrompts.size()));
+  LocalExecutor executor(model->stage());
+  Scheduler scheduler(executor, model->tokenizer(), {});
+
+  std::vector<Outcome> alone;
+  for (const std::string& p : kPrompts) alone.push_back(run_together(scheduler, *model, {p}, options)[0]);
+  const std::vector<Outcome> together = run_together(scheduler, *model, kPrompts, options);
+  for (size_t i = 0; i < kPrompts.size(); ++i) {
+    EXPECT_EQ(together[i].tokens, alone[i].tokens) << kPrompts[i];
+    EXPECT_EQ(together[i].text, alone[i].text) << kPrompts[i];
+    EXPECT_EQ(together[i].result.finish_reason, alone[i].result.finish_reason);
+    EXPECT_EQ(together[i].result.completion_tokens, static_cast<int32_t>(together[i].tokens.size()));
+    EXPECT_EQ(together[i].result.prompt_tokens, static_cast<int32_t>(model->tokenize_prompt(kPrompts[i]).size()));
+  }
+  const SchedulerStats stats = wait_idle(scheduler);
+  EXPECT_EQ(stats.running, 0);
+  EXPECT_EQ(stats.waiting, 0);
+  EXPECT_GT(stats.generated_tokens, 0u);
+
+  // The single-sequence path of `hearth run` agrees token for token.
+  auto single = open(1);
+  for (size_t i = 0; i < 2; ++i) {
+    const GenerationResult r = single->generate(single->tokenize_prompt(kPrompts[i]), options, nullptr);
+    EXPECT_EQ(r.tokens, alone[i].tokens) << kPrompts[i];
+    EXPECT_EQ(r.text, alone[i].text);
+  }
+}
+
+TEST_F(SchedulerTest, PromptsPrefilledInSmallChunksGiveTheSameTokens) {
+  const GenerationOptions options = greedy(12);
+  auto model = open(3);
+  LocalExecutor executor(model->stage());
+  const std::vector<std::string> prompts(kPrompts.begin(), kPrompts.begin() + 3);
+  std::vector<Outcome> a;
+  {  // one scheduler per executor at a time: the first one's thread is joined here
+    Scheduler whole(executor, model->tokenizer(), {});
+    a = run_together(whole, *model, prompts, options);
+  }
+
+  SchedulerOptions small;
+  small.step_tokens = 5;  // prompts take several steps, interleaved with the others' decodes
+  Scheduler chunked(executor, model->tokenizer(), small);
+  const std::vector<Outcome> b = run_together(chunked, *model, prompts, options);
+  for (size_t i = 0; i < prompts.size(); ++i) EXPECT_EQ(a[i].tokens, b[i].tokens) << prompts[i];
+}
+
+TEST_F(SchedulerTest, SeededSamplingIsReproducibleInAnyCompany) {
+  GenerationOptions options;
+  options.max_tokens = 16;
+  options.sampling.temperature = 1.0f;
+  options.sampling.seed = 1234;
+  auto model = open(3);
+  LocalExecutor executor(model->stage());
+  Scheduler scheduler(executor, model->tokenizer(), {});
+  const Outcome alone = run_together(scheduler, *model, {kPrompts[2]}, options)[0];
+  const std::vector<Outcome> together = run_together(scheduler, *model, {kPrompts[0], kPrompts[2], kPrompts[1]}, options);
+  EXPECT_EQ(together[1].tokens, alone.tokens);
+}
+
+TEST_F(SchedulerTest, StopStringsAndLengthLimits) {
+  auto model = open(2);
+  LocalExecutor executor(model->stage());
+  Scheduler scheduler(executor, model->tokenizer(), {});
+  const Outcome free_run = run_together(scheduler, *model, {"1, 2, 3, 4,"}, greedy(20))[0];
+  ASSERT_EQ(free_run.result.finish_reason, "length");
+  EXPECT_EQ(free_run.result.completion_tokens, 20);
+  ASSERT_NE(free_run.text.find(" 7"), std::string::npos) << free_run.text;
+
+  GenerationOptions stop = greedy(20);
+  stop.stop = {" 7"};
+  const Outcome stopped = run_together(scheduler, *model, {"1, 2, 3, 4,"}, stop)[0];
+  EXPECT_EQ(stopped.result.finish_reason, "stop");
+  EXPECT_EQ(stopped.text, free_run.text.substr(0, free_run.text.find(" 7")));
+  EXPECT_LT(stopped.result.completion_tokens, 20);
+}
+
+TEST_F(SchedulerTest, QueueBoundRefusesAndCancelFreesTheSlot) {
+  auto model = open(1);
+  LocalExecutor executor(model->stage());
+  SchedulerOptions options;
+  options.max_queue = 1;
+  Scheduler scheduler(executor, model->tokenizer(), options);
+  const std::vector<Token> prompt = model->tokenize_prompt(kPrompts[0]);
+
+  // One slot + a queue of one: two sequences fit, a third is refused, and a group of two that
+  // does not fit whole is refused whole.
+  Collector a, b, c;
+  auto ha = scheduler.submit([&] {
+    std::vector<SequenceRequest> r;
+    r.push_back(a.request(prompt, greedy(-1)));  // until the context is full: must be cancelled
+    return r;
+  }());
+  ASSERT_TRUE(ha.has_value());
+  auto hb = scheduler.submit([&] {
+    std::vector<SequenceRequest> r;
+    r.push_back(b.request(prompt, greedy(4)));
+    return r;
+  }());
+  ASSERT_TRUE(hb.has_value());
+  std::vector<SequenceRequest> third;
+  third.push_back(c.request(prompt, greedy(4)));
+  EXPECT_FALSE(scheduler.submit(std::move(third)).has_value());
+
+  // Cancel the first: it reports "cancelled", and the waiting one gets the slot and completes.
+  (*ha)[0]->cancel();
+  const Outcome first = a.wait();
+  EXPECT_EQ(first.result.finish_reason, "cancelled");
+  const Outcome second = b.wait();
+  EXPECT_EQ(second.result.finish_reason, "length");
+  EXPECT_EQ(second.result.completion_tokens, 4);
+  const SchedulerStats stats = wait_idle(scheduler);
+  EXPECT_EQ(stats.running, 0);
+  EXPECT_EQ(stats.kv_positions_used, 0);
+}
+
+TEST_F(SchedulerTest, RequestsThatCanNeverRunAreRefusedWithTheReason) {
+  auto model = open(2, 32);
+  LocalExecutor executor(model->stage());
+  Scheduler scheduler(executor, model->tokenizer(), {});
+  std::vector<SequenceRequest> too_long(1);
+  too_long[0].prompt.assign(40, model->tokenize_prompt("a")[0]);
+  try {
+    scheduler.submit(std::move(too_long));
+    FAIL() << "a prompt longer than the context was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("40 tokens but the context holds 32"), std::string::npos) << e.what();
+  }
+  std::vector<SequenceRequest> too_many(3);
+  for (auto& r : too_many) r.prompt = {1};
+  EXPECT_THROW(scheduler.submit(std::move(too_many)), Error);
+  std::vector<SequenceRequest> empty(1);
+  EXPECT_THROW(scheduler.submit(std::move(empty)), Error);
+}
+
+TEST_F(SchedulerTest, ContextFullEndsWithLength) {
+  auto model = open(1, 24);
+  LocalExecutor executor(model->stage());
+  Scheduler scheduler(executor, model->tokenizer(), {});
+  GenerationOptions options = greedy(-1);
+  options.ignore_eos = true;
+  const std::vector<Token> prompt = model->tokenize_prompt(kPrompts[0]);
+  const Outcome o = run_together(scheduler, *model, {kPrompts[0]}, options)[0];
+  EXPECT_EQ(o.result.finish_reason, "length");
+  EXPECT_EQ(o.result.completion_tokens, 24 - static_cast<int32_t>(prompt.size()));
+}
+
+}  // namespace
+}  // namespace hearth::engine
