@@ -74,4 +74,21 @@ struct BenchArgs {
 };
 int run_bench(const BenchArgs& args);
 
+// `hearth serve`: the OpenAI-compatible HTTP API (server/), continuous batching (engine/scheduler).
+struct ServeArgs {
+  std::string model;
+  std::string host = "127.0.0.1";
+  int port = 8080;
+  std::string api_key;
+  std::string api_key_file;
+  int32_t parallel = 4;
+  int32_t queue = 16;
+  int32_t ctx_size = 0;
+  int32_t batch_size = 512;
+  std::string alias;
+  std::string chat_template;
+  int32_t threads = 0;
+};
+int run_serve(const ServeArgs& args);
+
 }  // namespace hearth::apps

@@ -88,6 +88,27 @@ int main(int argc, char** argv) {
   bench->add_option("-t,--threads", bench_args.threads, "CPU threads (0: all)")->capture_default_str();
   bench->add_option("-o,--output", bench_args.output, "Output format: md, json, csv")->capture_default_str();
 
+  hearth::apps::ServeArgs serve_args;
+  CLI::App* serve = app.add_subcommand("serve", "Serve a model through an OpenAI-compatible HTTP API");
+  serve->add_option("-m,--model", serve_args.model, "Path to a .gguf file")->required()->check(CLI::ExistingFile);
+  serve->add_option("--host", serve_args.host, "Address to listen on (0.0.0.0: every interface)")->capture_default_str();
+  serve->add_option("--port", serve_args.port, "Port to listen on (0: any free port)")->capture_default_str();
+  serve->add_option("--api-key", serve_args.api_key, "Require 'Authorization: Bearer KEY' on the API");
+  serve->add_option("--api-key-file", serve_args.api_key_file, "Read the API key from this file (first line)")
+      ->check(CLI::ExistingFile);
+  serve->add_option("-P,--parallel", serve_args.parallel, "Sequences generated at once (KV-cache slots)")
+      ->capture_default_str();
+  serve->add_option("--queue", serve_args.queue, "Sequences that may wait for a slot; beyond: 503 + Retry-After")
+      ->capture_default_str();
+  serve->add_option("-c,--ctx-size", serve_args.ctx_size, "Context of each sequence in tokens (0: min(4096, the model's))")
+      ->capture_default_str();
+  serve->add_option("-b,--batch-size", serve_args.batch_size, "Tokens per forward step (decodes + prompt chunks)")
+      ->capture_default_str();
+  serve->add_option("--alias", serve_args.alias, "Model name in the API (default: the file name without .gguf)");
+  serve->add_option("--chat-template", serve_args.chat_template,
+                    "Use this template instead of the model's: chatml, llama3, llama2, mistral, zephyr, gemma, phi3, deepseek");
+  serve->add_option("-t,--threads", serve_args.threads, "CPU threads (0: all)")->capture_default_str();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -95,6 +116,7 @@ int main(int argc, char** argv) {
   }
 
   try {
+    if (*serve) return hearth::apps::run_serve(serve_args);
     if (*info) return hearth::apps::run_info(info_args);
     if (*bench) return hearth::apps::run_bench(bench_args);
     if (*run) {

@@ -3,7 +3,9 @@
 #
 #   1. installs missing Debian packages (scripts/setup.sh)
 #   2. fetches the default models the model tests compare against (scripts/get-model.sh)
-#   3. builds build/ with warnings as errors and runs the whole suite with CTest
+#   3. builds build/ with warnings as errors and runs the whole suite with CTest, then the OpenAI
+#      API suite (pytest + the official openai client, in a virtualenv .venv-api) against a real
+#      `hearth serve`
 #   4. builds build-san/ with AddressSanitizer + UBSan and runs the hardening suites there
 #      (GGUF reader, malformed files, fuzzing, quant kernels, tokenizer, chat templates, sampler,
 #      model loading)
@@ -32,6 +34,11 @@ cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DHEARTH_WERROR=O
 cmake --build build -j "$JOBS"
 log "running the test suite"
 (cd build && ctest --output-on-failure -j "$JOBS" --timeout 900)
+
+log "OpenAI API tests: the official openai client against a real hearth serve (tests/api, pytest)"
+if [[ ! -x .venv-api/bin/python ]]; then python3 -m venv .venv-api; fi
+.venv-api/bin/pip install -q --disable-pip-version-check openai==3.54.0 httpx==0.28.1 pytest==9.2.0
+HEARTH_BIN="$ROOT/build/bin/hearth" .venv-api/bin/python -m pytest -q -p no:cacheprovider tests/api
 
 log "building build-san/ (AddressSanitizer + UndefinedBehaviorSanitizer)"
 cmake -S . -B build-san -G Ninja -DCMAKE_BUILD_TYPE=Debug -DHEARTH_WERROR=ON -DHEARTH_CUDA=OFF \

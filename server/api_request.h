@@ -1,0 +1,59 @@
+// The OpenAI request bodies of /v1/chat/completions and /v1/completions, parsed and checked:
+// every field's type and range, with an ApiError naming the field (OpenAI's `param`) for
+// anything wrong. Unknown fields are ignored, as local OpenAI-compatible servers do.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "engine/chat_template.h"
+#include "engine/sampler.h"
+#include "engine/tokenizer.h"
+
+namespace hearth::server {
+
+// An error as OpenAI reports it: HTTP status + {"error": {message, type, param, code}}.
+class ApiError : public std::runtime_error {
+ public:
+  ApiError(int status_, const std::string& message, std::string type_ = "invalid_request_error",
+           std::string param_ = "", std::string code_ = "")
+      : std::runtime_error(message), status(status_), type(std::move(type_)), param(std::move(param_)),
+        code(std::move(code_)) {}
+  int status;
+  std::string type;
+  std::string param;  // empty: null
+  std::string code;   // empty: null
+};
+
+nlohmann::json error_body(const std::string& message, const std::string& type, const std::string& param,
+                          const std::string& code);
+
+struct CompletionRequest {
+  bool chat = true;
+  std::string model;
+  std::vector<engine::ChatMessage> messages;          // chat
+  std::optional<std::string> prompt_text;             // completions: a text prompt
+  std::optional<std::vector<engine::Token>> prompt_tokens;  // completions: token ids
+  bool stream = false;
+  bool include_usage = false;   // stream_options.include_usage
+  int32_t max_tokens = -1;      // -1: until end of generation or the context is full
+  engine::SamplingParams sampling;
+  bool seed_given = false;
+  std::vector<std::string> stop;
+  int32_t n = 1;
+  bool logprobs = false;
+  int32_t top_logprobs = 0;     // alternatives per token (chat: top_logprobs; completions: logprobs)
+  bool ignore_eos = false;      // extension (llama.cpp's name): generate exactly max_tokens
+};
+
+// Throws ApiError(400) for a body that is not an object, a missing messages/prompt, a wrong type
+// or an out-of-range value (the field is named in `param`), or a feature not offered (echo,
+// tools, suffix, best_of > n, response_format other than text).
+CompletionRequest parse_completion_request(const nlohmann::json& body, bool chat);
+
+}  // namespace hearth::server

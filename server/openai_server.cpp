@@ -1,0 +1,607 @@
+#include "server/openai_server.h"
+
+#include <httplib.h>
+#include <openssl/crypto.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <ctime>
+#include <deque>
+#include <mutex>
+#include <random>
+
+#include "core/build_info.h"
+#include "core/error.h"
+#include "server/api_request.h"
+
+namespace hearth::server {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+// Generated text is whole UTF-8 characters, but a single token's piece (logprobs) may not be.
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+double seconds_between(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+
+std::string random_id(const char* prefix) {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  return fmt::format("{}{:016x}{:08x}", prefix, rng(), static_cast<uint32_t>(rng()));
+}
+
+void send_error(httplib::Response& res, int status, const std::string& message, const std::string& type,
+                const std::string& param = "", const std::string& code = "") {
+  res.status = status;
+  res.set_content(dump(error_body(message, type, param, code)), "application/json");
+}
+
+void send_error(httplib::Response& res, const ApiError& e) { send_error(res, e.status, e.what(), e.type, e.param, e.code); }
+
+// One event of a sequence, passed from the scheduler thread to the HTTP thread.
+struct Event {
+  int choice = 0;
+  bool finished = false;
+  std::string text;
+  std::optional<engine::SampledToken> sampled;
+  engine::SequenceResult result;
+};
+
+// The state of one API request (its n choices) shared by the HTTP thread and the scheduler.
+struct Exchange {
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::deque<Event> events;
+  int running = 0;  // choices not finished
+  std::vector<std::shared_ptr<engine::SequenceHandle>> handles;
+  Clock::time_point start = Clock::now();
+  std::vector<std::optional<Clock::time_point>> last_token;  // per choice
+
+  void cancel() {
+    std::lock_guard<std::mutex> lock(mutex);
+    for (auto& h : handles) h->cancel();
+  }
+};
+
+}  // namespace
+
+struct OpenAiServer::Impl {
+  ServerOptions options;
+  httplib::Server http;
+  ServerMetrics metrics;
+  std::atomic<engine::Model*> model{nullptr};
+  std::atomic<engine::Scheduler*> scheduler{nullptr};
+  std::string fingerprint = fmt::format("hearth-{}", build::kCommit);
+  int64_t created = static_cast<int64_t>(std::time(nullptr));
+
+  explicit Impl(ServerOptions o) : options(std::move(o)) {}
+
+  void routes();
+  bool authorized(const httplib::Request& req, httplib::Response& res) const;
+  engine::Model* ready(httplib::Response& res);
+  void completions(const httplib::Request& req, httplib::Response& res, bool chat);
+  std::vector<engine::Token> prompt_tokens(engine::Model& model, const CompletionRequest& r) const;
+  json logprob_entry(const engine::Tokenizer& tok, const engine::SampledToken& s) const;
+  std::string endpoint_label(const std::string& path) const;
+};
+
+bool OpenAiServer::Impl::authorized(const httplib::Request& req, httplib::Response& res) const {
+  if (options.api_key.empty()) return true;
+  const std::string header = req.get_header_value("Authorization");
+  const std::string prefix = "Bearer ";
+  if (header.empty()) {
+    send_error(res, 401, "You didn't provide an API key. Send it in the Authorization header: 'Authorization: Bearer KEY'.",
+               "invalid_request_error", "", "invalid_api_key");
+    return false;
+  }
+  const std::string given = header.starts_with(prefix) ? header.substr(prefix.size()) : header;
+  const bool same = given.size() == options.api_key.size() &&
+                    CRYPTO_memcmp(given.data(), options.api_key.data(), given.size()) == 0;
+  if (!same) {
+    send_error(res, 401, "Incorrect API key provided.", "invalid_request_error", "", "invalid_api_key");
+    return false;
+  }
+  return true;
+}
+
+engine::Model* OpenAiServer::Impl::ready(httplib::Response& res) {
+  engine::Model* m = model.load();
+  if (m == nullptr) {
+    res.set_header("Retry-After", "5");
+    send_error(res, 503, "The model is still loading; retry shortly.", "unavailable_error", "", "model_loading");
+  }
+  return m;
+}
+
+std::string OpenAiServer::Impl::endpoint_label(const std::string& path) const {
+  for (const char* known : {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/tokenize",
+                            "/detokenize"}) {
+    if (path == known) return path;
+  }
+  return "other";
+}
+
+std::vector<engine::Token> OpenAiServer::Impl::prompt_tokens(engine::Model& m, const CompletionRequest& r) const {
+  if (r.chat) {
+    std::string text;
+    try {
+      text = m.format_chat(r.messages);
+    } catch (const Error& e) {  // a conversation the model's template cannot express
+      throw ApiError(400, e.what(), "invalid_request_error", "messages");
+    }
+    return m.tokenize_prompt(text);
+  }
+  if (r.prompt_tokens) {
+    for (engine::Token t : *r.prompt_tokens) {
+      if (t >= m.tokenizer().vocab_size()) {
+        throw ApiError(400, fmt::format("token id {} is outside the vocabulary of {}", t, m.tokenizer().vocab_size()),
+                       "invalid_request_error", "prompt");
+      }
+    }
+    return *r.prompt_tokens;
+  }
+  return m.tokenize_prompt(*r.prompt_text);
+}
+
+json OpenAiServer::Impl::logprob_entry(const engine::Tokenizer& tok, const engine::SampledToken& s) const {
+  auto one = [&](engine::Token t, float lp) {
+    const std::string piece = tok.token_to_piece(t, /*render_special=*/true);
+    json bytes = json::array();
+    for (unsigned char c : piece) bytes.push_back(static_cast<int>(c));
+    return json{{"token", piece}, {"logprob", lp}, {"bytes", bytes}};
+  };
+  json entry = one(s.token, s.logprob);
+  json top = json::array();
+  for (const engine::TokenLogprob& t : s.top) top.push_back(one(t.token, t.logprob));
+  entry["top_logprobs"] = top;
+  return entry;
+}
+
+void OpenAiServer::Impl::completions(const httplib::Request& req, httplib::Response& res, bool chat) {
+  engine::Model* m = ready(res);
+  if (m == nullptr) return;
+  engine::Scheduler& sched = *scheduler.load();
+  json body;
+  try {
+    body = json::parse(req.body);
+  } catch (const json::parse_error& e) {
+    send_error(res, 400,
+               fmt::format("We could not parse the JSON body of your request: {}", e.what()), "invalid_request_error");
+    return;
+  }
+  CompletionRequest r;
+  std::vector<engine::Token> prompt;
+  try {
+    r = parse_completion_request(body, chat);
+    prompt = prompt_tokens(*m, r);
+    if (prompt.empty()) throw ApiError(400, "the prompt is empty", "invalid_request_error", chat ? "messages" : "prompt");
+    if (static_cast<int32_t>(prompt.size()) >= sched.n_ctx()) {
+      throw ApiError(400,
+                     fmt::format("This model's maximum context length is {} tokens. However, your {} resulted in {} "
+                                 "tokens. Please reduce the length of the {}.",
+                                 sched.n_ctx(), chat ? "messages" : "prompt", prompt.size(), chat ? "messages" : "prompt"),
+                     "invalid_request_error", chat ? "messages" : "prompt", "context_length_exceeded");
+    }
+  } catch (const ApiError& e) {
+    send_error(res, e);
+    return;
+  }
+
+  auto exchange = std::make_shared<Exchange>();
+  exchange->last_token.resize(static_cast<size_t>(r.n));
+  std::vector<engine::SequenceRequest> sequences;
+  const uint64_t base_seed = r.seed_given ? r.sampling.seed : std::random_device{}();
+  for (int i = 0; i < r.n; ++i) {
+    engine::SequenceRequest s;
+    s.prompt = prompt;
+    s.options.max_tokens = r.max_tokens;
+    s.options.sampling = r.sampling;
+    s.options.sampling.seed = base_seed + static_cast<uint64_t>(i);
+    s.options.stop = r.stop;
+    s.options.ignore_eos = r.ignore_eos;
+    std::weak_ptr<Exchange> weak = exchange;
+    s.on_token = [this, weak, i](const engine::TokenEvent& e) {
+      auto ex = weak.lock();
+      if (!ex) return;
+      const Clock::time_point now = Clock::now();
+      {
+        std::lock_guard<std::mutex> lock(ex->mutex);
+        auto& last = ex->last_token[static_cast<size_t>(i)];
+        if (last) {
+          metrics.inter_token_latency(seconds_between(*last, now));
+        } else {
+          metrics.time_to_first_token(seconds_between(ex->start, now));
+        }
+        last = now;
+        ex->events.push_back({i, false, e.text, e.sampled, {}});
+      }
+      ex->cv.notify_all();
+    };
+    s.on_finish = [this, weak, i](const engine::SequenceResult& result) {
+      auto ex = weak.lock();
+      if (!ex) return;
+      {
+        std::lock_guard<std::mutex> lock(ex->mutex);
+        ex->events.push_back({i, true, {}, std::nullopt, result});
+        if (--ex->running == 0) metrics.request_duration(seconds_between(ex->start, Clock::now()));
+      }
+      ex->cv.notify_all();
+    };
+    sequences.push_back(std::move(s));
+  }
+  exchange->running = r.n;
+  std::optional<std::vector<std::shared_ptr<engine::SequenceHandle>>> handles;
+  try {
+    handles = sched.submit(std::move(sequences));
+  } catch (const Error& e) {
+    send_error(res, 400, e.what(), "invalid_request_error", "n");
+    return;
+  }
+  if (!handles) {
+    metrics.refused();
+    res.set_header("Retry-After", "1");
+    send_error(res, 503, "The server is busy: every slot is taken and the queue is full. Retry shortly.",
+               "server_overloaded", "", "server_overloaded");
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(exchange->mutex);
+    exchange->handles = std::move(*handles);
+  }
+
+  const std::string id = random_id(chat ? "chatcmpl-" : "cmpl-");
+  const int64_t created_at = static_cast<int64_t>(std::time(nullptr));
+  const std::string model_name = options.model_id;
+  const engine::Tokenizer& tok = m->tokenizer();
+  const int32_t n_prompt = static_cast<int32_t>(prompt.size());
+  const std::string object = chat ? "chat.completion" : "text_completion";
+
+  if (!r.stream) {
+    std::vector<std::string> texts(static_cast<size_t>(r.n));
+    std::vector<std::vector<engine::SampledToken>> sampled(static_cast<size_t>(r.n));
+    std::vector<engine::SequenceResult> results(static_cast<size_t>(r.n));
+    {
+      std::unique_lock<std::mutex> lock(exchange->mutex);
+      exchange->cv.wait(lock, [&] { return exchange->running == 0; });
+      for (Event& e : exchange->events) {
+        const size_t c = static_cast<size_t>(e.choice);
+        if (e.finished) {
+          results[c] = e.result;
+          texts[c] += e.result.tail;
+        } else {
+          texts[c] += e.text;
+          sampled[c].push_back(*e.sampled);
+        }
+      }
+    }
+    int32_t completion_tokens = 0;
+    json choices = json::array();
+    for (int i = 0; i < r.n; ++i) {
+      const auto c = static_cast<size_t>(i);
+      if (results[c].finish_reason == "error" || results[c].finish_reason == "cancelled") {
+        send_error(res, 500, fmt::format("generation failed: {}", results[c].error.empty() ? results[c].finish_reason : results[c].error),
+                   "server_error");
+        return;
+      }
+      completion_tokens += results[c].completion_tokens;
+      json choice = {{"index", i}, {"finish_reason", results[c].finish_reason}, {"logprobs", nullptr}};
+      if (chat) {
+        choice["message"] = {{"role", "assistant"}, {"content", texts[c]}};
+        if (r.logprobs) {
+          json content = json::array();
+          for (const auto& s : sampled[c]) content.push_back(logprob_entry(tok, s));
+          choice["logprobs"] = {{"content", content}};
+        }
+      } else {
+        choice["text"] = texts[c];
+        if (r.logprobs) {
+          json tokens = json::array(), token_logprobs = json::array(), top = json::array(), offsets = json::array();
+          size_t offset = 0;
+          for (const auto& s : sampled[c]) {
+            const std::string piece = tok.token_to_piece(s.token, true);
+            tokens.push_back(piece);
+            token_logprobs.push_back(s.logprob);
+            json alternatives = json::object();
+            for (const auto& t : s.top) alternatives[tok.token_to_piece(t.token, true)] = t.logprob;
+            top.push_back(alternatives);
+            offsets.push_back(offset);
+            offset += piece.size();
+          }
+          choice["logprobs"] = {{"tokens", tokens}, {"token_logprobs", token_logprobs}, {"top_logprobs", top},
+                                {"text_offset", offsets}};
+        }
+      }
+      choices.push_back(choice);
+    }
+    json out = {{"id", id},
+                {"object", object},
+                {"created", created_at},
+                {"model", model_name},
+                {"system_fingerprint", fingerprint},
+                {"choices", choices},
+                {"usage",
+                 {{"prompt_tokens", n_prompt},
+                  {"completion_tokens", completion_tokens},
+                  {"total_tokens", n_prompt + completion_tokens}}}};
+    res.set_content(dump(out), "application/json");
+    return;
+  }
+
+  // Streamed: Server-Sent Events as OpenAI sends them.
+  const std::string chunk_object = chat ? "chat.completion.chunk" : "text_completion";
+  auto chunk = [=, this](json choices) {
+    json c = {{"id", id},       {"object", chunk_object}, {"created", created_at},
+              {"model", model_name}, {"system_fingerprint", fingerprint}, {"choices", std::move(choices)}};
+    if (r.include_usage) c["usage"] = nullptr;
+    return "data: " + dump(c) + "\n\n";
+  };
+  auto choice_delta = [chat](int index, const std::string& text) {
+    if (chat) return json{{"index", index}, {"delta", {{"content", text}}}, {"logprobs", nullptr}, {"finish_reason", nullptr}};
+    return json{{"index", index}, {"text", text}, {"logprobs", nullptr}, {"finish_reason", nullptr}};
+  };
+  res.set_header("Cache-Control", "no-cache");
+  res.set_header("X-Accel-Buffering", "no");
+  res.set_chunked_content_provider(
+      "text/event-stream",
+      [=, this, &tok](size_t /*offset*/, httplib::DataSink& sink) {
+        auto write = [&](const std::string& s) { return sink.write(s.data(), s.size()); };
+        if (chat) {  // the first delta of each choice carries the role
+          for (int i = 0; i < r.n; ++i) {
+            json first = {{"index", i}, {"delta", {{"role", "assistant"}, {"content", ""}}}, {"logprobs", nullptr},
+                          {"finish_reason", nullptr}};
+            if (!write(chunk(json::array({first})))) {
+              exchange->cancel();
+              return false;
+            }
+          }
+        }
+        int32_t completion_tokens = 0;
+        int finished = 0;
+        Clock::time_point last_write = Clock::now();
+        while (finished < r.n) {
+          std::deque<Event> batch;
+          {
+            std::unique_lock<std::mutex> lock(exchange->mutex);
+            exchange->cv.wait_for(lock, std::chrono::milliseconds(250), [&] { return !exchange->events.empty(); });
+            batch.swap(exchange->events);
+          }
+          if (batch.empty()) {
+            // Nothing to say yet (a long prompt): an SSE comment keeps the connection honest, and
+            // a failed write tells us the client has gone.
+            if (seconds_between(last_write, Clock::now()) > 1.0) {
+              if (!write(": keep-alive\n\n")) {
+                exchange->cancel();
+                return false;
+              }
+              last_write = Clock::now();
+            }
+            continue;
+          }
+          for (Event& e : batch) {
+            std::string out;
+            if (!e.finished) {
+              if (e.text.empty() && !r.logprobs) continue;
+              json delta = choice_delta(e.choice, e.text);
+              if (r.logprobs) {
+                if (chat) {
+                  delta["logprobs"] = {{"content", json::array({logprob_entry(tok, *e.sampled)})}};
+                } else {
+                  json alternatives = json::object();
+                  for (const auto& t : e.sampled->top) alternatives[tok.token_to_piece(t.token, true)] = t.logprob;
+                  delta["logprobs"] = {{"tokens", json::array({tok.token_to_piece(e.sampled->token, true)})},
+                                       {"token_logprobs", json::array({e.sampled->logprob})},
+                                       {"top_logprobs", json::array({alternatives})}};
+                }
+              }
+              out = chunk(json::array({delta}));
+            } else {
+              ++finished;
+              completion_tokens += e.result.completion_tokens;
+              if (e.result.finish_reason == "error" || e.result.finish_reason == "cancelled") {
+                json err = error_body(fmt::format("generation failed: {}", e.result.error.empty() ? e.result.finish_reason : e.result.error),
+                                      "server_error", "", "");
+                write("data: " + dump(err) + "\n\n");
+                exchange->cancel();
+                return false;
+              }
+              if (!e.result.tail.empty()) out += chunk(json::array({choice_delta(e.choice, e.result.tail)}));
+              json last = chat ? json{{"index", e.choice}, {"delta", json::object()}, {"logprobs", nullptr},
+                                      {"finish_reason", e.result.finish_reason}}
+                               : json{{"index", e.choice}, {"text", ""}, {"logprobs", nullptr},
+                                      {"finish_reason", e.result.finish_reason}};
+              out += chunk(json::array({last}));
+            }
+            if (!write(out)) {
+              exchange->cancel();
+              return false;
+            }
+            last_write = Clock::now();
+          }
+        }
+        std::string tail;
+        if (r.include_usage) {
+          json u = {{"id", id},
+                    {"object", chunk_object},
+                    {"created", created_at},
+                    {"model", model_name},
+                    {"system_fingerprint", fingerprint},
+                    {"choices", json::array()},
+                    {"usage",
+                     {{"prompt_tokens", n_prompt},
+                      {"completion_tokens", completion_tokens},
+                      {"total_tokens", n_prompt + completion_tokens}}}};
+          tail += "data: " + dump(u) + "\n\n";
+        }
+        tail += "data: [DONE]\n\n";
+        if (!write(tail)) return false;
+        sink.done();
+        return true;
+      },
+      [exchange](bool success) {
+        if (!success) exchange->cancel();  // the client went away: free the slots
+      });
+}
+
+void OpenAiServer::Impl::routes() {
+  http.new_task_queue = [n = options.http_threads] { return new httplib::ThreadPool(static_cast<size_t>(n)); };
+  http.set_payload_max_length(options.max_body_bytes);
+  http.set_read_timeout(30);
+  http.set_write_timeout(30);
+  http.set_keep_alive_timeout(30);
+  http.set_default_headers({{"Access-Control-Allow-Origin", "*"}});
+
+  http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    if (req.method == "OPTIONS") {  // CORS preflight from browser clients
+      res.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+      res.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type");
+      res.status = 204;
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    const bool open = req.path == "/health" || req.path == "/metrics";
+    if (!open && !authorized(req, res)) return httplib::Server::HandlerResponse::Handled;
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
+  http.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return;  // already an OpenAI error
+    if (res.status == 404) {
+      send_error(res, 404, fmt::format("Unknown request URL: {} {}.", req.method, req.path), "invalid_request_error", "",
+                 "unknown_url");
+    } else if (res.status == 413) {
+      send_error(res, 413, "The request body is too large.", "invalid_request_error", "", "request_too_large");
+    } else {
+      send_error(res, res.status, fmt::format("HTTP error {}", res.status), "invalid_request_error");
+    }
+  });
+  http.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+    std::string what = "unknown error";
+    try {
+      std::rethrow_exception(ep);
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+    }
+    send_error(res, 500, fmt::format("internal error: {}", what), "server_error");
+  });
+  http.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+    metrics.request_finished(endpoint_label(req.path), res.status);
+  });
+
+  http.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+    if (model.load() == nullptr) {
+      res.set_header("Retry-After", "5");
+      json body = error_body("The model is still loading.", "unavailable_error", "", "model_loading");
+      body["status"] = "loading";
+      res.status = 503;
+      res.set_content(dump(body), "application/json");
+      return;
+    }
+    res.set_content(R"({"status":"ok"})", "application/json");
+  });
+  http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    ServerMetrics::Snapshot s;
+    if (engine::Scheduler* sch = scheduler.load()) {
+      const engine::SchedulerStats st = sch->stats();
+      s = {st.running, st.waiting, st.slots, st.kv_positions_used, st.kv_positions_total, st.prompt_tokens,
+           st.generated_tokens, st.steps, st.busy_seconds, true};
+    }
+    res.set_content(metrics.render(s), "text/plain; version=0.0.4");
+  });
+  http.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
+    engine::Model* m = ready(res);
+    if (m == nullptr) return;
+    json entry = {{"id", options.model_id},
+                  {"object", "model"},
+                  {"created", created},
+                  {"owned_by", "hearth"},
+                  {"meta", {{"n_ctx", scheduler.load()->n_ctx()}, {"n_vocab", m->config().n_vocab},
+                            {"arch", m->config().arch}}}};
+    res.set_content(dump(json{{"object", "list"}, {"data", json::array({entry})}}), "application/json");
+  });
+  http.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) { completions(req, res, true); });
+  http.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) { completions(req, res, false); });
+  // The chat and completions routes without the /v1 prefix, as llama.cpp's server also accepts.
+  http.Post("/chat/completions", [this](const httplib::Request& req, httplib::Response& res) { completions(req, res, true); });
+  http.Post("/completions", [this](const httplib::Request& req, httplib::Response& res) { completions(req, res, false); });
+
+  http.Post("/tokenize", [this](const httplib::Request& req, httplib::Response& res) {
+    engine::Model* m = ready(res);
+    if (m == nullptr) return;
+    try {
+      const json body = json::parse(req.body);
+      if (!body.is_object() || !body.contains("content") || !body["content"].is_string()) {
+        throw ApiError(400, "'content' must be a string", "invalid_request_error", "content");
+      }
+      const bool add_special = body.value("add_special", false);
+      const bool with_pieces = body.value("with_pieces", false);
+      const std::vector<engine::Token> tokens =
+          m->tokenizer().encode(body["content"].get<std::string>(), add_special, /*parse_special=*/true);
+      json out = json::array();
+      for (engine::Token t : tokens) {
+        if (with_pieces) {
+          out.push_back({{"id", t}, {"piece", m->tokenizer().token_to_piece(t, true)}});
+        } else {
+          out.push_back(t);
+        }
+      }
+      res.set_content(dump(json{{"tokens", out}}), "application/json");
+    } catch (const json::exception& e) {
+      send_error(res, 400, fmt::format("invalid request: {}", e.what()), "invalid_request_error");
+    } catch (const ApiError& e) {
+      send_error(res, e);
+    }
+  });
+  http.Post("/detokenize", [this](const httplib::Request& req, httplib::Response& res) {
+    engine::Model* m = ready(res);
+    if (m == nullptr) return;
+    try {
+      const json body = json::parse(req.body);
+      if (!body.is_object() || !body.contains("tokens") || !body["tokens"].is_array()) {
+        throw ApiError(400, "'tokens' must be an array of token ids", "invalid_request_error", "tokens");
+      }
+      std::vector<engine::Token> tokens;
+      for (const json& t : body["tokens"]) {
+        if (!t.is_number_integer() || t.get<int64_t>() < 0 || t.get<int64_t>() >= m->tokenizer().vocab_size()) {
+          throw ApiError(400, fmt::format("'{}' is not a token id of this model (0..{})", t.dump(), m->tokenizer().vocab_size() - 1),
+                         "invalid_request_error", "tokens");
+        }
+        tokens.push_back(t.get<engine::Token>());
+      }
+      res.set_content(dump(json{{"content", m->tokenizer().decode(tokens)}}), "application/json");
+    } catch (const json::exception& e) {
+      send_error(res, 400, fmt::format("invalid request: {}", e.what()), "invalid_request_error");
+    } catch (const ApiError& e) {
+      send_error(res, e);
+    }
+  });
+}
+
+OpenAiServer::OpenAiServer(ServerOptions options) : impl_(std::make_unique<Impl>(std::move(options))) { impl_->routes(); }
+
+OpenAiServer::~OpenAiServer() { stop(); }
+
+int OpenAiServer::bind() {
+  const ServerOptions& o = impl_->options;
+  if (o.port == 0) {
+    const int port = impl_->http.bind_to_any_port(o.host);
+    if (port <= 0) throw Error(fmt::format("cannot listen on {}: no free port", o.host));
+    return port;
+  }
+  if (!impl_->http.bind_to_port(o.host, o.port)) {
+    throw Error(fmt::format("cannot listen on {}:{} (in use, or not an address of this machine)", o.host, o.port));
+  }
+  return o.port;
+}
+
+void OpenAiServer::attach(engine::Model& model, engine::Scheduler& scheduler) {
+  impl_->scheduler.store(&scheduler);
+  impl_->model.store(&model);
+}
+
+bool OpenAiServer::run() { return impl_->http.listen_after_bind(); }
+
+void OpenAiServer::stop() {
+  if (impl_->http.is_running()) impl_->http.stop();
+}
+
+}  // namespace hearth::server
