@@ -1,15 +1,27 @@
 #!/usr/bin/env bash
 # The main job, from a fresh Debian 12 machine: install what is missing, build hearth, fetch the
-# default model (SmolLM2-135M-Instruct Q4_1), describe it with `hearth info`, then answer a
-# question with it. (Serving over the OpenAI API replaces the last step once `serve` lands.)
+# default model (SmolLM2-135M-Instruct Q4_1), describe it with `hearth info`, answer one question
+# with it, then serve it through the OpenAI-compatible API until Ctrl-C.
 #
-#   scripts/start.sh [MODEL] [PROMPT]    MODEL: smollm2 (default), gemma3-270m, a URL or a path
+#   scripts/start.sh [MODEL] [PORT]    MODEL: smollm2 (default), gemma3-270m, a URL or a path
+#
+# Environment: HEARTH_HOST (default 127.0.0.1), HEARTH_PARALLEL (default 4), HEARTH_API_KEY (none).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/scripts/setup.sh"
 MODEL_PATH="$("$ROOT/scripts/get-model.sh" "${1:-smollm2}")"
+PORT="${2:-8080}"
+HOST="${HEARTH_HOST:-127.0.0.1}"
 "$ROOT/build/bin/hearth" info "$MODEL_PATH"
 echo
-PROMPT="${2:-In two sentences, why is the sky blue?}"
-echo "> $PROMPT"
-exec "$ROOT/build/bin/hearth" run -m "$MODEL_PATH" --chat --temp 0 -n 128 -p "$PROMPT"
+echo "> In one sentence, why is the sky blue?"
+"$ROOT/build/bin/hearth" run -m "$MODEL_PATH" --chat --temp 0 -n 64 -p "In one sentence, why is the sky blue?" 2>/dev/null
+echo
+ARGS=(serve -m "$MODEL_PATH" --host "$HOST" --port "$PORT" --parallel "${HEARTH_PARALLEL:-4}")
+[[ -n "${HEARTH_API_KEY:-}" ]] && ARGS+=(--api-key "$HEARTH_API_KEY")
+cat >&2 <<MSG
+Serving the OpenAI API on http://$HOST:$PORT/v1 (Ctrl-C stops). Try:
+  curl http://$HOST:$PORT/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{"messages": [{"role": "user", "content": "Hello!"}]}'
+MSG
+exec "$ROOT/build/bin/hearth" "${ARGS[@]}"
