@@ -4,7 +4,9 @@
 #   1. installs missing Debian packages (scripts/setup.sh)
 #   2. fetches the default models the model tests compare against (scripts/get-model.sh)
 #   3. builds build/ with warnings as errors and runs the whole suite with CTest
-#   4. builds build-san/ with AddressSanitizer + UBSan and runs the hardening suites there
+#   4. cross-builds the CPU kernels and their tests for aarch64 and runs them under qemu-user on
+#      a CPU with and one without the ARMv8.2 dot products (scripts/test-arm.sh)
+#   5. builds build-san/ with AddressSanitizer + UBSan and runs the hardening suites there
 #      (GGUF reader, malformed files, fuzzing, quant kernels, tokenizer, chat templates, sampler,
 #      model loading)
 #
@@ -32,6 +34,9 @@ cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DHEARTH_WERROR=O
 cmake --build build -j "$JOBS"
 log "running the test suite"
 (cd build && ctest --output-on-failure -j "$JOBS" --timeout 900)
+
+log "aarch64 NEON kernels: cross build, tests under qemu (scripts/test-arm.sh)"
+scripts/test-arm.sh
 
 log "building build-san/ (AddressSanitizer + UndefinedBehaviorSanitizer)"
 cmake -S . -B build-san -G Ninja -DCMAKE_BUILD_TYPE=Debug -DHEARTH_WERROR=ON -DHEARTH_CUDA=OFF \
