@@ -27,6 +27,16 @@ cmake -S . -B build-arm -G Ninja -DCMAKE_TOOLCHAIN_FILE=cmake/toolchain-aarch64.
   -DHEARTH_KERNELS_ONLY=ON -DHEARTH_WERROR=ON --no-warn-unused-cli "${CCACHE[@]}" >/dev/null
 cmake --build build-arm -j "$JOBS" --target "${TESTS[@]}"
 
+# dot_dotprod.cpp is compiled with +dotprod: an inline function it emits as a weak symbol could
+# be the copy the linker keeps for baseline callers too, and fault on a CPU without sdot.
+obj=build-arm/kernels/CMakeFiles/hearth_kernels.dir/cpu/arm/dot_dotprod.cpp.o
+weak="$(aarch64-linux-gnu-nm -C "$obj" | awk '$2 ~ /^[WVu]$/')"
+if [[ -n "$weak" ]]; then
+  log "dot_dotprod.cpp exports weak symbols built with +dotprod (keep its helpers inside it):"
+  echo "$weak"
+  exit 1
+fi
+
 # cpu model -> the level detection must pick on it
 CPUS=("max:dotprod" "cortex-a57:neon")
 failed=0

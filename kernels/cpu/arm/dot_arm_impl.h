@@ -44,7 +44,7 @@ inline float load_f32(const uint8_t* p) {
   return f;
 }
 inline int8x16_t load_s8(const uint8_t* p) { return vreinterpretq_s8_u8(vld1q_u8(p)); }
-// Four f16 / bf16 / eight-byte-aligned-or-not f32 values widened to f32 (byte loads: any address).
+// Four f16 / bf16 / f32 values at any address (byte loads), widened to f32.
 inline float32x4_t f16x4(const uint8_t* p) { return vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8(p))); }
 inline float32x4_t bf16x4(const uint8_t* p) { return vreinterpretq_f32_u32(vshll_n_u16(vreinterpret_u16_u8(vld1_u8(p)), 16)); }
 inline float32x4_t f32x4(const uint8_t* p) { return vreinterpretq_f32_u8(vld1q_u8(p)); }
