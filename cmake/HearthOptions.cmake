@@ -1,7 +1,17 @@
 # Options whose defaults follow what this machine has. Each can be forced with -D.
 include(CheckLanguage)
 
+# Kernels-only builds (cross builds, e.g. cmake/toolchain-aarch64.cmake): core, kernels and the
+# kernel tests, nothing that needs a prebuilt library for the target (cmake/KernelsOnly.cmake).
+# The GPU backends and RDMA are off there: their detection would find the host's SDKs.
+option(HEARTH_KERNELS_ONLY "Build only core, kernels and the kernel tests (cross builds)" OFF)
+
 # CUDA: on when a CUDA compiler is found (PATH, CUDACXX or the standard /usr/local/cuda).
+if(HEARTH_KERNELS_ONLY)
+  set(_hearth_has_cuda OFF)
+  set(_hearth_has_vulkan OFF)
+  set(_hearth_has_ucx OFF)
+else()
 if(NOT DEFINED CMAKE_CUDA_COMPILER AND NOT DEFINED ENV{CUDACXX} AND EXISTS /usr/local/cuda/bin/nvcc)
   set(CMAKE_CUDA_COMPILER /usr/local/cuda/bin/nvcc CACHE FILEPATH "CUDA compiler")
 endif()
@@ -29,12 +39,16 @@ if(PkgConfig_FOUND)
     set(_hearth_has_ucx ON)
   endif()
 endif()
+endif()  # HEARTH_KERNELS_ONLY
 option(HEARTH_RDMA "Build the RDMA (UCX) transport" ${_hearth_has_ucx})
 
 option(HEARTH_BUILD_TESTS "Build the tests" ON)
 option(HEARTH_WERROR "Treat compiler warnings as errors (on in CI)" OFF)
 set(HEARTH_SANITIZE "" CACHE STRING "Sanitizers, ';'-separated: address;undefined or thread")
 
+if(HEARTH_KERNELS_ONLY AND (HEARTH_CUDA OR HEARTH_VULKAN OR HEARTH_RDMA))
+  message(FATAL_ERROR "HEARTH_KERNELS_ONLY=ON builds the CPU kernels only: leave HEARTH_CUDA/VULKAN/RDMA off")
+endif()
 if(HEARTH_CUDA)
   enable_language(CUDA)
 endif()

@@ -6,7 +6,9 @@
 #   3. builds build/ with warnings as errors and runs the whole suite with CTest, then the OpenAI
 #      API suite (pytest + the official openai client, in a virtualenv .venv-api) against a real
 #      `hearth serve`
-#   4. builds build-san/ with AddressSanitizer + UBSan and runs the hardening suites there
+#   4. cross-builds the CPU kernels and their tests for aarch64 and runs them under qemu-user on
+#      a CPU with and one without the ARMv8.2 dot products (scripts/test-arm.sh)
+#   5. builds build-san/ with AddressSanitizer + UBSan and runs the hardening suites there
 #      (GGUF reader, malformed files, fuzzing, quant kernels, tokenizer, chat templates, sampler,
 #      model loading)
 #
@@ -39,6 +41,9 @@ log "OpenAI API tests: the official openai client against a real hearth serve (t
 if [[ ! -x .venv-api/bin/python ]]; then python3 -m venv .venv-api; fi
 .venv-api/bin/pip install -q --disable-pip-version-check openai==3.54.0 httpx==0.28.1 pytest==9.2.0
 HEARTH_BIN="$ROOT/build/bin/hearth" .venv-api/bin/python -m pytest -q -p no:cacheprovider tests/api
+
+log "aarch64 NEON kernels: cross build, tests under qemu (scripts/test-arm.sh)"
+scripts/test-arm.sh
 
 log "building build-san/ (AddressSanitizer + UndefinedBehaviorSanitizer)"
 cmake -S . -B build-san -G Ninja -DCMAKE_BUILD_TYPE=Debug -DHEARTH_WERROR=ON -DHEARTH_CUDA=OFF \

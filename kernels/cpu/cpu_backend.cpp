@@ -45,8 +45,8 @@ std::shared_ptr<void> allocate(size_t bytes) {
 CpuBackend::CpuBackend(int n_threads) : CpuBackend(n_threads, cpu_level()) {}
 
 CpuBackend::CpuBackend(int n_threads, CpuLevel level) : pool_(n_threads), level_(level) {
-  if (level > cpu_supported_level()) {
-    throw Error(fmt::format("CPU level {} requested, this CPU supports at most {}", cpu_level_name(level),
+  if (!cpu_level_supported(level)) {
+    throw Error(fmt::format("CPU level {} requested, this CPU lacks it (best level here: {})", cpu_level_name(level),
                             cpu_level_name(cpu_supported_level())));
   }
 }

@@ -15,7 +15,7 @@ namespace hearth::kernels {
 class CpuBackend final : public Backend {
  public:
   // `level`: the SIMD level of the kernels, cpu_level() by default (throws hearth::Error when
-  // HEARTH_CPU_LEVEL asks for a level this CPU lacks); must not exceed cpu_supported_level().
+  // HEARTH_CPU_LEVEL asks for a level this CPU lacks); must satisfy cpu_level_supported().
   explicit CpuBackend(int n_threads);
   CpuBackend(int n_threads, CpuLevel level);
 

@@ -4,6 +4,11 @@
 
 #include "core/error.h"
 
+#if defined(__aarch64__) && defined(__linux__)
+#include <asm/hwcap.h>
+#include <sys/auxv.h>
+#endif
+
 namespace hearth::kernels {
 
 std::string_view cpu_level_name(CpuLevel level) {
@@ -11,12 +16,14 @@ std::string_view cpu_level_name(CpuLevel level) {
     case CpuLevel::Scalar: return "scalar";
     case CpuLevel::Avx2: return "avx2";
     case CpuLevel::Avx512: return "avx512";
+    case CpuLevel::Neon: return "neon";
+    case CpuLevel::Dotprod: return "dotprod";
   }
   return "?";
 }
 
 std::optional<CpuLevel> cpu_level_from_name(std::string_view name) {
-  for (CpuLevel l : {CpuLevel::Scalar, CpuLevel::Avx2, CpuLevel::Avx512}) {
+  for (CpuLevel l : kAllCpuLevels) {
     if (cpu_level_name(l) == name) return l;
   }
   return std::nullopt;
@@ -35,9 +42,34 @@ CpuLevel cpu_supported_level() {
     return CpuLevel::Avx2;
   }();
   return level;
+#elif defined(__aarch64__) && defined(__linux__)
+  static const CpuLevel level = [] {
+    const unsigned long hwcap = getauxval(AT_HWCAP);
+    if ((hwcap & HWCAP_ASIMD) == 0) return CpuLevel::Scalar;
+    return (hwcap & HWCAP_ASIMDDP) != 0 ? CpuLevel::Dotprod : CpuLevel::Neon;
+  }();
+  return level;
+#elif defined(__aarch64__)
+  // Advanced SIMD is part of every aarch64 platform hearth targets; the dot products are not
+  // detected outside Linux (no getauxval), so they stay unused there.
+  return CpuLevel::Neon;
 #else
   return CpuLevel::Scalar;
 #endif
+}
+
+namespace {
+
+bool is_arm_level(CpuLevel l) { return l == CpuLevel::Neon || l == CpuLevel::Dotprod; }
+
+}  // namespace
+
+bool cpu_level_supported(CpuLevel level) {
+  if (level == CpuLevel::Scalar) return true;
+  const CpuLevel top = cpu_supported_level();
+  if (top == CpuLevel::Scalar || is_arm_level(level) != is_arm_level(top)) return false;
+  // Same chain: its levels are consecutive enum values in chain order.
+  return static_cast<int>(level) <= static_cast<int>(top);
 }
 
 bool cpu_has_vnni() {
@@ -59,9 +91,10 @@ CpuLevel decide_level() {
   const char* env = std::getenv("HEARTH_CPU_LEVEL");
   if (env == nullptr || *env == '\0') return supported;
   const std::optional<CpuLevel> wanted = cpu_level_from_name(env);
-  if (!wanted) throw Error(fmt::format("HEARTH_CPU_LEVEL={}: expected scalar, avx2 or avx512", env));
-  if (*wanted > supported) {
-    throw Error(fmt::format("HEARTH_CPU_LEVEL={}: this CPU supports at most {}", env, cpu_level_name(supported)));
+  if (!wanted) throw Error(fmt::format("HEARTH_CPU_LEVEL={}: expected scalar, avx2, avx512, neon or dotprod", env));
+  if (!cpu_level_supported(*wanted)) {
+    throw Error(fmt::format("HEARTH_CPU_LEVEL={}: this CPU lacks it (best level here: {})", env,
+                            cpu_level_name(supported)));
   }
   return *wanted;
 }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <iterator>
 
 #include "core/error.h"
 #include "kernels/cpu/dot_ref.h"
@@ -9,13 +10,16 @@
 #if defined(HEARTH_X86_KERNELS)
 #include "kernels/cpu/x86/dot_x86.h"
 #endif
+#if defined(HEARTH_ARM_KERNELS)
+#include "kernels/cpu/arm/dot_arm.h"
+#endif
 
 namespace hearth::kernels {
 namespace {
 
 // Type ids run up to Q1_0 (41); the table is indexed by them.
 constexpr size_t kTypeSlots = 64;
-constexpr size_t kLevels = 3;
+constexpr size_t kLevels = std::size(kAllCpuLevels);
 
 template <DType T>
 float ref_dot(int64_t n, const void* w, const void* x) {
@@ -67,58 +71,70 @@ Table scalar_table() {
   return t;
 }
 
-#if defined(HEARTH_X86_KERNELS)
-// Overrides the entries of `t` with one x86 level's kernels (namespace `ns`).
-#define HEARTH_SET_BLOCK(ns, wtype, name)                           \
-  t[static_cast<size_t>(DType::wtype)].vec_dot = x86::ns::vec_dot_##name;       \
-  t[static_cast<size_t>(DType::wtype)].vec_dot_rows = x86::ns::vec_dot_##name##_4; \
+// A copy of the scalar table with one SIMD level's kernels (namespace `ns`, e.g. x86::avx2)
+// for the types it covers, and its activation quantizers for every type whose activations
+// are Q8_0 / Q8_1 / Q8_K. Every SIMD namespace provides the same set of functions.
+#define HEARTH_SET_BLOCK(ns, wtype, name)                                       \
+  t[static_cast<size_t>(DType::wtype)].vec_dot = ns::vec_dot_##name;            \
+  t[static_cast<size_t>(DType::wtype)].vec_dot_rows = ns::vec_dot_##name##_4;   \
   t[static_cast<size_t>(DType::wtype)].simd_dot = true;
-#define HEARTH_SET_PLAIN(ns, wtype, name)                                   \
-  t[static_cast<size_t>(DType::wtype)].vec_dot = x86::ns::vec_dot_##name; \
+#define HEARTH_SET_PLAIN(ns, wtype, name)                            \
+  t[static_cast<size_t>(DType::wtype)].vec_dot = ns::vec_dot_##name; \
   t[static_cast<size_t>(DType::wtype)].simd_dot = true;
-#define HEARTH_X86_TABLE(ns)                                                              \
-  Table ns##_table() {                                                                    \
-    Table t = scalar_table();                                                             \
-    HEARTH_SET_BLOCK(ns, Q8_0, q8_0)                                                      \
-    HEARTH_SET_BLOCK(ns, Q4_0, q4_0)                                                      \
-    HEARTH_SET_BLOCK(ns, Q4_1, q4_1)                                                      \
-    HEARTH_SET_BLOCK(ns, Q5_0, q5_0)                                                      \
-    HEARTH_SET_BLOCK(ns, Q5_1, q5_1)                                                      \
-    HEARTH_SET_BLOCK(ns, Q4_K, q4_K)                                                      \
-    HEARTH_SET_BLOCK(ns, Q5_K, q5_K)                                                      \
-    HEARTH_SET_BLOCK(ns, Q6_K, q6_K)                                                      \
-    HEARTH_SET_PLAIN(ns, F16, f16)                                                        \
-    HEARTH_SET_PLAIN(ns, BF16, bf16)                                                      \
-    HEARTH_SET_PLAIN(ns, F32, f32)                                                        \
-    for (DotKernel& k : t) {                                                              \
-      if (k.vec_dot == nullptr) continue;                                                 \
-      switch (k.vec_dot_type) {                                                           \
-        case DType::Q8_0: k.quantize = x86::ns::quantize_q8_0; k.simd_quantize = true; break; \
-        case DType::Q8_1: k.quantize = x86::ns::quantize_q8_1; k.simd_quantize = true; break; \
-        case DType::Q8_K: k.quantize = x86::ns::quantize_q8_K; k.simd_quantize = true; break; \
-        default: break;                                                                   \
-      }                                                                                   \
-    }                                                                                     \
-    return t;                                                                             \
+#define HEARTH_SIMD_TABLE(fn, ns)                                                                  \
+  Table fn() {                                                                                     \
+    Table t = scalar_table();                                                                      \
+    HEARTH_SET_BLOCK(ns, Q8_0, q8_0)                                                               \
+    HEARTH_SET_BLOCK(ns, Q4_0, q4_0)                                                               \
+    HEARTH_SET_BLOCK(ns, Q4_1, q4_1)                                                               \
+    HEARTH_SET_BLOCK(ns, Q5_0, q5_0)                                                               \
+    HEARTH_SET_BLOCK(ns, Q5_1, q5_1)                                                               \
+    HEARTH_SET_BLOCK(ns, Q4_K, q4_K)                                                               \
+    HEARTH_SET_BLOCK(ns, Q5_K, q5_K)                                                               \
+    HEARTH_SET_BLOCK(ns, Q6_K, q6_K)                                                               \
+    HEARTH_SET_PLAIN(ns, F16, f16)                                                                 \
+    HEARTH_SET_PLAIN(ns, BF16, bf16)                                                               \
+    HEARTH_SET_PLAIN(ns, F32, f32)                                                                 \
+    for (DotKernel& k : t) {                                                                       \
+      if (k.vec_dot == nullptr) continue;                                                          \
+      switch (k.vec_dot_type) {                                                                    \
+        case DType::Q8_0: k.quantize = ns::quantize_q8_0; k.simd_quantize = true; break;           \
+        case DType::Q8_1: k.quantize = ns::quantize_q8_1; k.simd_quantize = true; break;           \
+        case DType::Q8_K: k.quantize = ns::quantize_q8_K; k.simd_quantize = true; break;           \
+        default: break;                                                                            \
+      }                                                                                            \
+    }                                                                                              \
+    return t;                                                                                      \
   }
-HEARTH_X86_TABLE(avx2)
-HEARTH_X86_TABLE(avx512)
-#undef HEARTH_X86_TABLE
+#if defined(HEARTH_X86_KERNELS)
+HEARTH_SIMD_TABLE(avx2_table, x86::avx2)
+HEARTH_SIMD_TABLE(avx512_table, x86::avx512)
+#endif
+#if defined(HEARTH_ARM_KERNELS)
+HEARTH_SIMD_TABLE(neon_table, arm::neon)
+HEARTH_SIMD_TABLE(dotprod_table, arm::dotprod)
+#endif
+#undef HEARTH_SIMD_TABLE
 #undef HEARTH_SET_PLAIN
 #undef HEARTH_SET_BLOCK
-#endif
 
+// Indexed by CpuLevel. A level of the other architecture keeps the scalar table; it is never
+// selected (cpu_level_supported() is false for it), the entry only keeps the indexing simple.
 const std::array<Table, kLevels>& tables() {
   static const std::array<Table, kLevels> all = [] {
     std::array<Table, kLevels> a;
-    a[0] = scalar_table();
+    a.fill(scalar_table());
 #if defined(HEARTH_X86_KERNELS)
-    a[1] = avx2_table();
+    a[static_cast<size_t>(CpuLevel::Avx2)] = avx2_table();
     // The AVX-512 kernels are built with VNNI; without it the level runs the AVX2 kernels.
-    a[2] = cpu_has_vnni() ? avx512_table() : a[1];
-#else
-    a[1] = a[0];
-    a[2] = a[0];
+    a[static_cast<size_t>(CpuLevel::Avx512)] = cpu_has_vnni() ? avx512_table() : avx2_table();
+#endif
+#if defined(HEARTH_ARM_KERNELS)
+    a[static_cast<size_t>(CpuLevel::Neon)] = neon_table();
+    // Without sdot the level is never selected; should a caller break dot_kernel's contract
+    // anyway, it gets the plain NEON kernels instead of an illegal instruction.
+    a[static_cast<size_t>(CpuLevel::Dotprod)] =
+        cpu_level_supported(CpuLevel::Dotprod) ? dotprod_table() : a[static_cast<size_t>(CpuLevel::Neon)];
 #endif
     return a;
   }();

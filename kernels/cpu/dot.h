@@ -30,7 +30,7 @@ struct DotKernel {
 };
 
 // The kernels for weights of `weight` type at `level` (which the caller has checked the CPU
-// supports: cpu_supported_level() >= level). Never fails; vec_dot is null for types without a
+// supports: cpu_level_supported(level)). Never fails; vec_dot is null for types without a
 // dot product (see ref::can_vec_dot).
 const DotKernel& dot_kernel(DType weight, CpuLevel level);
 

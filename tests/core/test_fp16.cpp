@@ -51,9 +51,15 @@ TEST(Fp16, RoundsToNearestEven) {
   EXPECT_TRUE(is_f16_nan(fp32_to_fp16(std::numeric_limits<float>::quiet_NaN())));
 }
 
-#if defined(__FLT16_MAX__)
-// The compiler's own _Float16 conversion (libgcc's soft-float routine or the hardware's) is an
-// independent implementation of the same IEEE rounding.
+// The compiler's own half-precision conversion (libgcc's soft-float routine or the hardware's)
+// is an independent implementation of the same IEEE rounding. g++ 12 has no _Float16 in C++ on
+// aarch64; its __fp16 (IEEE format, converted by fcvt) serves there.
+#if defined(__aarch64__)
+#define HEARTH_COMPILER_F16 __fp16
+#elif defined(__FLT16_MAX__)
+#define HEARTH_COMPILER_F16 _Float16
+#endif
+#if defined(HEARTH_COMPILER_F16)
 TEST(Fp16, AgreesWithCompilerFloat16OnRandomFloats) {
   std::mt19937 rng(7);
   std::uniform_int_distribution<uint32_t> bits;
@@ -63,7 +69,7 @@ TEST(Fp16, AgreesWithCompilerFloat16OnRandomFloats) {
     if (i % 2 == 0) x = (x & 0x807fffffu) | ((100u + (x >> 23) % 50u) << 23);
     const float f = std::bit_cast<float>(x);
     if (std::isnan(f)) continue;
-    const auto expected = std::bit_cast<uint16_t>(static_cast<_Float16>(f));
+    const auto expected = std::bit_cast<uint16_t>(static_cast<HEARTH_COMPILER_F16>(f));
     ASSERT_EQ(fp32_to_fp16(f), expected) << "float bits 0x" << std::hex << x;
   }
 }

@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -22,13 +24,12 @@
 namespace hearth::kernels {
 namespace {
 
-constexpr CpuLevel kLevels[] = {CpuLevel::Scalar, CpuLevel::Avx2, CpuLevel::Avx512};
 constexpr DType kWeightTypes[] = {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1,
                                   DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K,
                                   DType::F16,  DType::BF16, DType::F32};
 constexpr int kBlockCounts[] = {1, 2, 3, 7, 17, 33};
 
-bool level_supported(CpuLevel level) { return level <= cpu_supported_level(); }
+bool level_supported(CpuLevel level) { return cpu_level_supported(level); }
 
 // Byte offsets of the f16 scale fields of each block (as scripts/reference/make_quant_fixtures.py):
 // these get sane scales; every other byte is uniformly random.
@@ -209,7 +210,7 @@ std::string dot_name(const ::testing::TestParamInfo<std::tuple<CpuLevel, DType>>
   return std::string(cpu_level_name(std::get<0>(info.param))) + "_" + std::string(dtype_name(std::get<1>(info.param)));
 }
 
-INSTANTIATE_TEST_SUITE_P(Levels, DotSimd, ::testing::Combine(::testing::ValuesIn(kLevels), ::testing::ValuesIn(kWeightTypes)),
+INSTANTIATE_TEST_SUITE_P(Levels, DotSimd, ::testing::Combine(::testing::ValuesIn(kAllCpuLevels), ::testing::ValuesIn(kWeightTypes)),
                          dot_name);
 
 // --- activation quantizers -------------------------------------------------------------------
@@ -258,34 +259,77 @@ std::string quant_name(const ::testing::TestParamInfo<std::tuple<CpuLevel, DType
 }
 
 INSTANTIATE_TEST_SUITE_P(Levels, QuantizeSimd,
-                         ::testing::Combine(::testing::ValuesIn(kLevels),
+                         ::testing::Combine(::testing::ValuesIn(kAllCpuLevels),
                                             ::testing::Values(DType::Q8_0, DType::Q4_1, DType::Q4_K)),
                          quant_name);
 
 // --- dispatch and detection ------------------------------------------------------------------
 
 TEST(CpuFeatures, LevelNamesRoundTrip) {
-  for (CpuLevel l : kLevels) EXPECT_EQ(cpu_level_from_name(cpu_level_name(l)), l);
+  for (CpuLevel l : kAllCpuLevels) EXPECT_EQ(cpu_level_from_name(cpu_level_name(l)), l);
   EXPECT_FALSE(cpu_level_from_name("sse2").has_value());
-  EXPECT_LE(cpu_level(), cpu_supported_level());
+  EXPECT_TRUE(cpu_level_supported(cpu_level()));
+  EXPECT_TRUE(cpu_level_supported(cpu_supported_level()));
   EXPECT_FALSE(cpu_description().empty());
 }
 
+// Reports the level this process runs at (scripts/test-arm.sh prints it per emulated CPU) and,
+// when HEARTH_EXPECT_CPU_LEVEL is set, checks it: detection must find what the CPU has.
+TEST(CpuFeatures, ActiveLevelIsTheExpectedOne) {
+  std::printf("[ cpu      ] kernels at %s\n", cpu_description().c_str());
+  const char* expected = std::getenv("HEARTH_EXPECT_CPU_LEVEL");
+  if (expected == nullptr || *expected == '\0') GTEST_SKIP() << "HEARTH_EXPECT_CPU_LEVEL not set";
+  EXPECT_EQ(cpu_level_name(cpu_level()), std::string_view(expected)) << cpu_description();
+}
+
+// Levels are per architecture: the supported ones are Scalar up to cpu_supported_level() on
+// this build's chain, and never a level of the other architecture.
+TEST(CpuFeatures, SupportedLevelsFollowTheArchitecture) {
+  EXPECT_TRUE(cpu_level_supported(CpuLevel::Scalar));
+#if defined(__x86_64__)
+  EXPECT_FALSE(cpu_level_supported(CpuLevel::Neon));
+  EXPECT_FALSE(cpu_level_supported(CpuLevel::Dotprod));
+  EXPECT_EQ(cpu_level_supported(CpuLevel::Avx2), cpu_supported_level() != CpuLevel::Scalar);
+  EXPECT_EQ(cpu_level_supported(CpuLevel::Avx512), cpu_supported_level() == CpuLevel::Avx512);
+#elif defined(__aarch64__)
+  EXPECT_FALSE(cpu_level_supported(CpuLevel::Avx2));
+  EXPECT_FALSE(cpu_level_supported(CpuLevel::Avx512));
+  EXPECT_TRUE(cpu_level_supported(CpuLevel::Neon));  // Advanced SIMD is part of armv8-a
+  EXPECT_EQ(cpu_level_supported(CpuLevel::Dotprod), cpu_supported_level() == CpuLevel::Dotprod);
+#endif
+}
+
 TEST(CpuFeatures, BackendRefusesUnsupportedLevel) {
-  if (cpu_supported_level() == CpuLevel::Avx512) GTEST_SKIP() << "every level is supported here";
-  EXPECT_THROW(CpuBackend(1, CpuLevel::Avx512), hearth::Error);
+  int refused = 0;
+  for (CpuLevel l : kAllCpuLevels) {
+    if (cpu_level_supported(l)) continue;
+    EXPECT_THROW(CpuBackend(1, l), hearth::Error) << cpu_level_name(l);
+    ++refused;
+  }
+  EXPECT_GE(refused, 2);  // at least the other architecture's levels
 }
 
 TEST(DotDispatch, SimdWhereExpected) {
-  // The scalar level is the reference itself; on x86 the SIMD levels cover the common types.
+  // The scalar level is the reference itself; the SIMD levels cover the common types.
   for (DType t : kWeightTypes) EXPECT_FALSE(dot_kernel(t, CpuLevel::Scalar).simd_dot);
 #if defined(__x86_64__)
-  if (!level_supported(CpuLevel::Avx2)) GTEST_SKIP() << "no AVX2";
-  for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q4_K, DType::Q6_K, DType::Q5_K}) {
-    EXPECT_TRUE(dot_kernel(t, CpuLevel::Avx2).simd_dot) << dtype_name(t);
-    EXPECT_TRUE(dot_kernel(t, CpuLevel::Avx2).simd_quantize) << dtype_name(t);
-  }
+  const CpuLevel simd = CpuLevel::Avx2;
+#elif defined(__aarch64__)
+  const CpuLevel simd = CpuLevel::Neon;
+#else
+  GTEST_SKIP() << "no SIMD kernels for this architecture";
+  const CpuLevel simd = CpuLevel::Scalar;
 #endif
+  if (!level_supported(simd)) GTEST_SKIP() << "no " << cpu_level_name(simd);
+  for (CpuLevel l : kAllCpuLevels) {
+    if (l == CpuLevel::Scalar || !level_supported(l)) continue;
+    for (DType t : {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q4_K, DType::Q5_K,
+                    DType::Q6_K}) {
+      EXPECT_TRUE(dot_kernel(t, l).simd_dot) << cpu_level_name(l) << " " << dtype_name(t);
+      EXPECT_TRUE(dot_kernel(t, l).simd_quantize) << cpu_level_name(l) << " " << dtype_name(t);
+      EXPECT_NE(dot_kernel(t, l).vec_dot_rows, nullptr) << cpu_level_name(l) << " " << dtype_name(t);
+    }
+  }
 }
 
 }  // namespace

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Cross-builds the CPU kernels and their tests for aarch64 (cmake/toolchain-aarch64.cmake, a
+# kernels-only build in build-arm/) and runs them under qemu-user on two emulated CPUs, so both
+# aarch64 kernel levels are exercised:
+#   -cpu max         has the ARMv8.2 dot products: detection must choose `dotprod`
+#   -cpu cortex-a57  armv8.0 without them:          detection must choose `neon`
+# (test_dot_simd also runs every level below the chosen one, scalar included.)
+# scripts/test.sh calls this after the main suite; it can be run alone. Any failure fails it.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+JOBS="$(nproc)"
+SYSROOT=/usr/aarch64-linux-gnu
+log() { echo "[test-arm] $*" >&2; }
+
+for tool in aarch64-linux-gnu-g++ qemu-aarch64; do
+  command -v "$tool" >/dev/null || { log "missing $tool (scripts/setup.sh installs it)"; exit 1; }
+done
+
+CCACHE=()
+command -v ccache >/dev/null && CCACHE=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+
+TESTS=(test_core test_quants test_attention test_dot_simd)
+log "building build-arm/ (aarch64 cross build, kernels only, warnings are errors)"
+cmake -S . -B build-arm -G Ninja -DCMAKE_TOOLCHAIN_FILE=cmake/toolchain-aarch64.cmake -DCMAKE_BUILD_TYPE=Release \
+  -DHEARTH_KERNELS_ONLY=ON -DHEARTH_WERROR=ON --no-warn-unused-cli "${CCACHE[@]}" >/dev/null
+cmake --build build-arm -j "$JOBS" --target "${TESTS[@]}"
+
+# dot_dotprod.cpp is compiled with +dotprod: an inline function it emits as a weak symbol could
+# be the copy the linker keeps for baseline callers too, and fault on a CPU without sdot.
+obj=build-arm/kernels/CMakeFiles/hearth_kernels.dir/cpu/arm/dot_dotprod.cpp.o
+weak="$(aarch64-linux-gnu-nm -C "$obj" | awk '$2 ~ /^[WVu]$/')"
+if [[ -n "$weak" ]]; then
+  log "dot_dotprod.cpp exports weak symbols built with +dotprod (keep its helpers inside it):"
+  echo "$weak"
+  exit 1
+fi
+
+# cpu model -> the level detection must pick on it
+CPUS=("max:dotprod" "cortex-a57:neon")
+failed=0
+for entry in "${CPUS[@]}"; do
+  cpu="${entry%%:*}" want="${entry##*:}"
+  for t in "${TESTS[@]}"; do
+    start=$SECONDS
+    if out="$(QEMU_CPU="$cpu" QEMU_LD_PREFIX="$SYSROOT" HEARTH_EXPECT_CPU_LEVEL="$want" \
+              qemu-aarch64 "build-arm/bin/$t" --gtest_brief=1 2>&1)"; then
+      status=ok
+    else
+      status=FAILED
+      failed=1
+      echo "$out"
+    fi
+    level="$(grep -o 'kernels at .*' <<<"$out" | head -1 || true)"
+    passed="$(grep -o 'PASSED.*' <<<"$out" | tail -1 || true)"
+    log "qemu -cpu $cpu: $t $status ($passed${level:+; $level}) in $((SECONDS - start))s"
+  done
+done
+if [[ $failed -ne 0 ]]; then
+  log "aarch64 kernel tests FAILED"
+  exit 1
+fi
+log "aarch64 kernel tests passed on ${#CPUS[@]} emulated CPUs"
