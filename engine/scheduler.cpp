@@ -12,23 +12,28 @@ LocalExecutor::LocalExecutor(Stage& stage) : stage_(stage), slots_(static_cast<s
   HEARTH_CHECK(stage.is_first() && stage.is_last(), "a local executor needs every layer");
 }
 
-void LocalExecutor::begin_sequence(int32_t slot, const SamplingParams& params) {
-  Slot& s = slots_.at(static_cast<size_t>(slot));
-  s.sampler.emplace(params);
-  s.history.clear();
+void LocalExecutor::submit(std::span<const BatchEntry> entries) {
+  try {
+    done_.emplace_back(run(entries));
+  } catch (const Error& e) {
+    done_.emplace_back(std::string(e.what()));
+  }
 }
 
-void LocalExecutor::end_sequence(int32_t slot) {
-  Slot& s = slots_.at(static_cast<size_t>(slot));
-  s.sampler.reset();
-  s.history.clear();
+std::vector<SampledToken> LocalExecutor::collect() {
+  HEARTH_CHECK(!done_.empty(), "collect() without a submitted step");
+  auto result = std::move(done_.front());
+  done_.pop_front();
+  if (auto* error = std::get_if<std::string>(&result)) throw Error(*error);
+  return std::move(std::get<std::vector<SampledToken>>(result));
 }
 
-std::vector<SampledToken> LocalExecutor::step(std::span<const BatchEntry> entries) {
+std::vector<SampledToken> LocalExecutor::run(std::span<const BatchEntry> entries) {
   tokens_.clear();
   kv_slots_.clear();
   output_rows_.clear();
   for (const BatchEntry& e : entries) {
+    HEARTH_CHECK(e.slot >= 0 && e.slot < n_slots(), "slot {} of {}", e.slot, n_slots());
     for (size_t i = 0; i < e.tokens.size(); ++i) {
       tokens_.push_back(e.tokens[i]);
       kv_slots_.push_back({e.slot, e.pos0 + static_cast<int32_t>(i)});
@@ -41,8 +46,12 @@ std::vector<SampledToken> LocalExecutor::step(std::span<const BatchEntry> entrie
   const size_t n_vocab = static_cast<size_t>(stage_.config().n_vocab);
   size_t row = 0;
   for (const BatchEntry& e : entries) {
-    Slot& s = slots_.at(static_cast<size_t>(e.slot));
-    HEARTH_CHECK(s.sampler.has_value(), "step for slot {} without begin_sequence", e.slot);
+    Slot& s = slots_[static_cast<size_t>(e.slot)];
+    if (e.begin != nullptr) {
+      s.sampler.emplace(*e.begin);
+      s.history.clear();
+    }
+    HEARTH_CHECK(s.sampler.has_value(), "slot {} stepped before its sequence began", e.slot);
     s.history.insert(s.history.end(), e.tokens.begin(), e.tokens.end());
     if (!e.sample) continue;
     sampled.push_back(s.sampler->sample(std::span<const float>(logits_.data() + row * n_vocab, n_vocab), s.history));
@@ -62,6 +71,8 @@ struct Scheduler::Sequence {
   std::vector<Token> generated;
   std::optional<IncrementalDecoder> decoder;
   std::optional<StopStringMatcher> stops;
+  bool begun = false;       // its first entry has been submitted (the executor knows its sampler)
+  bool in_flight = false;   // part of a submitted step not yet collected
   bool finished = false;
 
   int32_t prompt_size() const { return static_cast<int32_t>(request.prompt.size()); }
@@ -146,14 +157,81 @@ void Scheduler::finish(Sequence& seq, const std::string& reason, const std::stri
   if (seq.request.on_finish) seq.request.on_finish(result);
 }
 
+// A submitted step: what it holds, to apply the results when it is collected.
+struct Scheduler::Step {
+  std::vector<BatchEntry> entries;
+  std::vector<Sequence*> members;                         // every sequence in the step
+  std::vector<Sequence*> sampled_for;                     // one per sampling entry, in order
+  std::vector<Sequence*> decoded;                         // fed back their last token
+  std::vector<std::pair<Sequence*, int32_t>> prefilled;   // prompt tokens taken
+  std::chrono::steady_clock::time_point start;
+};
+
 void Scheduler::loop() {
   std::unique_lock<std::mutex> lock(mutex_);
   while (true) {
-    wake_.wait(lock, [&] { return stopping_ || !queue_.empty() || !running_.empty(); });
+    wake_.wait(lock, [&] {
+      if (stopping_ || !queue_.empty() || !in_flight_.empty()) return true;
+      return std::any_of(running_.begin(), running_.end(), [](const auto& s) { return !s->in_flight; });
+    });
     if (stopping_) break;
-    run_step(lock);
+
+    // Admit from the queue into free slots, dropping what was cancelled while waiting.
+    std::vector<std::unique_ptr<Sequence>> dropped;
+    for (auto it = queue_.begin(); it != queue_.end();) {
+      if ((*it)->handle->cancelled()) {
+        dropped.push_back(std::move(*it));
+        it = queue_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    while (!queue_.empty() && !free_slots_.empty()) {
+      std::unique_ptr<Sequence> seq = std::move(queue_.front());
+      queue_.pop_front();
+      seq->slot = free_slots_.back();
+      free_slots_.pop_back();
+      running_.push_back(std::move(seq));
+    }
+    stats_.waiting = static_cast<int32_t>(queue_.size());
+    lock.unlock();
+
+    for (auto& seq : dropped) finish(*seq, "cancelled", "", false);
+    // Cancelled sequences leave between their steps.
+    for (auto& seq : running_) {
+      if (!seq->finished && !seq->in_flight && seq->handle->cancelled()) finish(*seq, "cancelled", "", false);
+    }
+    const int32_t n_active = static_cast<int32_t>(
+        std::count_if(running_.begin(), running_.end(), [](const auto& s) { return !s->finished; }));
+    while (static_cast<int32_t>(in_flight_.size()) < executor_.max_in_flight() && launch_step(n_active)) {
+    }
+    if (!in_flight_.empty()) complete_step();
+
+    // Free the slots of finished sequences that no step still holds.
+    std::vector<int32_t> released;
+    for (auto& seq : running_) {
+      if (seq->finished && !seq->in_flight) released.push_back(seq->slot);
+    }
+    std::erase_if(running_, [](const std::unique_ptr<Sequence>& s) { return s->finished && !s->in_flight; });
+
+    lock.lock();
+    for (int32_t slot : released) free_slots_.push_back(slot);
+    stats_.running = static_cast<int32_t>(running_.size());
+    int64_t used = 0;
+    for (auto& seq : running_) used += seq->n_past;
+    stats_.kv_positions_used = used;
   }
-  // Shutting down: nobody waits forever.
+  // Shutting down: nobody waits forever. Steps still in flight are collected first, so the
+  // executor holds no pointer into the sequences.
+  lock.unlock();
+  while (!in_flight_.empty()) {
+    try {
+      executor_.collect();
+    } catch (const Error&) {
+    }
+    in_flight_.pop_front();
+  }
+  lock.lock();
   std::vector<std::unique_ptr<Sequence>> left;
   for (auto& s : queue_) left.push_back(std::move(s));
   queue_.clear();
@@ -163,130 +241,96 @@ void Scheduler::loop() {
   for (auto& s : left) finish(*s, "cancelled", "the server is shutting down", false);
 }
 
-// Called with the lock held; releases it while the executor runs.
-void Scheduler::run_step(std::unique_lock<std::mutex>& lock) {
-  // Admit from the queue into free slots, dropping what was cancelled while waiting.
-  std::vector<std::unique_ptr<Sequence>> dropped;
-  for (auto it = queue_.begin(); it != queue_.end();) {
-    if ((*it)->handle->cancelled()) {
-      dropped.push_back(std::move(*it));
-      it = queue_.erase(it);
-    } else {
-      ++it;
-    }
-  }
-  std::vector<Sequence*> admitted;
-  while (!queue_.empty() && !free_slots_.empty()) {
-    std::unique_ptr<Sequence> seq = std::move(queue_.front());
-    queue_.pop_front();
-    seq->slot = free_slots_.back();
-    free_slots_.pop_back();
-    admitted.push_back(seq.get());
-    running_.push_back(std::move(seq));
-  }
-  stats_.waiting = static_cast<int32_t>(queue_.size());
-  lock.unlock();
-
-  for (auto& seq : dropped) finish(*seq, "cancelled", "", false);
-  for (Sequence* seq : admitted) executor_.begin_sequence(seq->slot, seq->request.options.sampling);
-
-  // Cancelled running sequences leave before the step.
-  std::vector<int32_t> released;
-  for (auto& seq : running_) {
-    if (!seq->finished && seq->handle->cancelled()) finish(*seq, "cancelled", "", false);
-  }
-
-  // The batch: one token per decoding sequence, then prompt chunks in admission order.
-  std::vector<BatchEntry> entries;
-  std::vector<Sequence*> sampled_for;
-  std::vector<Sequence*> decoded;
+bool Scheduler::launch_step(int32_t n_active) {
+  // With several steps in flight (a pipeline), the active sequences are spread over them so
+  // that every stage has a share; one step in flight takes them all.
+  const int32_t depth = std::max(1, executor_.max_in_flight());
+  const int32_t group = std::max(1, (n_active + depth - 1) / depth);
+  auto step = std::make_unique<Step>();
   int32_t budget = options_.step_tokens;
+  // One token per decoding sequence, then prompt chunks in admission order.
   for (auto& seq : running_) {
-    if (seq->finished || seq->prefilling()) continue;
-    entries.push_back({seq->slot, seq->n_past, std::span<const Token>(&seq->generated.back(), 1), true});
-    sampled_for.push_back(seq.get());
-    decoded.push_back(seq.get());
+    if (static_cast<int32_t>(step->members.size()) >= group) break;
+    if (seq->finished || seq->in_flight || seq->prefilling()) continue;
+    step->entries.push_back({seq->slot, seq->n_past, std::span<const Token>(&seq->generated.back(), 1), true, nullptr});
+    step->sampled_for.push_back(seq.get());
+    step->decoded.push_back(seq.get());
+    step->members.push_back(seq.get());
     --budget;
   }
-  std::vector<std::pair<Sequence*, int32_t>> prefilled;  // sequence, tokens taken this step
   for (auto& seq : running_) {
-    if (budget <= 0) break;
-    if (seq->finished || !seq->prefilling()) continue;
+    if (budget <= 0 || static_cast<int32_t>(step->members.size()) >= group) break;
+    if (seq->finished || seq->in_flight || !seq->prefilling()) continue;
     const int32_t count = std::min(budget, seq->prompt_size() - seq->n_past);
     const bool completes = seq->n_past + count == seq->prompt_size();
-    entries.push_back({seq->slot, seq->n_past,
-                       std::span<const Token>(seq->request.prompt.data() + seq->n_past, static_cast<size_t>(count)),
-                       completes});
-    if (completes) sampled_for.push_back(seq.get());
-    prefilled.emplace_back(seq.get(), count);
+    const SamplingParams* begin = seq->begun ? nullptr : &seq->request.options.sampling;
+    step->entries.push_back({seq->slot, seq->n_past,
+                             std::span<const Token>(seq->request.prompt.data() + seq->n_past, static_cast<size_t>(count)),
+                             completes, begin});
+    if (completes) step->sampled_for.push_back(seq.get());
+    step->prefilled.emplace_back(seq.get(), count);
+    step->members.push_back(seq.get());
     budget -= count;
   }
+  if (step->entries.empty()) return false;
+  for (Sequence* seq : step->members) {
+    seq->in_flight = true;
+    seq->begun = true;
+  }
+  step->start = std::chrono::steady_clock::now();
+  executor_.submit(step->entries);
+  in_flight_.push_back(std::move(step));
+  return true;
+}
 
+void Scheduler::complete_step() {
+  std::unique_ptr<Step> step = std::move(in_flight_.front());
+  in_flight_.pop_front();
+  std::vector<SampledToken> sampled;
+  std::string error;
+  try {
+    sampled = executor_.collect();
+    HEARTH_CHECK(sampled.size() == step->sampled_for.size(), "executor returned {} tokens for {} sequences",
+                 sampled.size(), step->sampled_for.size());
+  } catch (const Error& e) {
+    error = e.what();
+  }
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - step->start).count();
+  for (Sequence* seq : step->members) seq->in_flight = false;
   uint64_t n_prompt = 0, n_generated = 0;
-  double seconds = 0.0;
-  if (!entries.empty()) {
-    const auto start = std::chrono::steady_clock::now();
-    std::vector<SampledToken> sampled;
-    std::string step_error;
-    try {
-      sampled = executor_.step(entries);
-      HEARTH_CHECK(sampled.size() == sampled_for.size(), "executor returned {} tokens for {} sequences", sampled.size(),
-                   sampled_for.size());
-    } catch (const Error& e) {
-      step_error = e.what();
+  if (!error.empty()) {
+    for (Sequence* seq : step->members) finish(*seq, "error", error, false);
+  } else {
+    for (auto& [seq, count] : step->prefilled) {
+      seq->n_past += count;
+      n_prompt += static_cast<uint64_t>(count);
     }
-    seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (!step_error.empty()) {
-      for (const BatchEntry& e : entries) {
-        for (auto& seq : running_) {
-          if (seq->slot == e.slot) finish(*seq, "error", step_error, false);
-        }
+    for (Sequence* seq : step->decoded) ++seq->n_past;  // the fed-back token is now cached
+    for (size_t i = 0; i < step->sampled_for.size(); ++i) {
+      Sequence& seq = *step->sampled_for[i];
+      if (seq.finished) continue;  // cancelled meanwhile
+      const SampledToken& st = sampled[i];
+      if (!seq.request.options.ignore_eos && tokenizer_.is_end_of_generation(st.token)) {
+        finish(seq, "stop", "", true);
+        continue;
       }
-    } else {
-      for (auto& [seq, count] : prefilled) {
-        seq->n_past += count;
-        n_prompt += static_cast<uint64_t>(count);
-      }
-      for (Sequence* seq : decoded) ++seq->n_past;  // the fed-back token is now cached
-      for (size_t i = 0; i < sampled_for.size(); ++i) {
-        Sequence& seq = *sampled_for[i];
-        const SampledToken& st = sampled[i];
-        if (!seq.request.options.ignore_eos && tokenizer_.is_end_of_generation(st.token)) {
-          finish(seq, "stop", "", true);
-          continue;
-        }
-        seq.generated.push_back(st.token);
-        ++n_generated;
-        bool stopped = false;
-        TokenEvent event{st, seq.stops->push(seq.decoder->push(st.token), stopped)};
-        if (seq.request.on_token) seq.request.on_token(event);
-        if (stopped) {
-          finish(seq, "stop", "", /*release_held=*/false);  // the stop string ends the text
-        } else if (static_cast<int32_t>(seq.generated.size()) >= seq.limit) {
-          finish(seq, "length", "", true);
-        }
+      seq.generated.push_back(st.token);
+      ++n_generated;
+      bool stopped = false;
+      TokenEvent event{st, seq.stops->push(seq.decoder->push(st.token), stopped)};
+      if (seq.request.on_token) seq.request.on_token(event);
+      if (stopped) {
+        finish(seq, "stop", "", /*release_held=*/false);  // the stop string ends the text
+      } else if (static_cast<int32_t>(seq.generated.size()) >= seq.limit) {
+        finish(seq, "length", "", true);
       }
     }
   }
-
-  // Free the slots of finished sequences.
-  for (auto& seq : running_) {
-    if (seq->finished) {
-      executor_.end_sequence(seq->slot);
-      released.push_back(seq->slot);
-    }
-  }
-  std::erase_if(running_, [](const std::unique_ptr<Sequence>& s) { return s->finished; });
-
-  lock.lock();
-  for (int32_t slot : released) free_slots_.push_back(slot);
-  stats_.running = static_cast<int32_t>(running_.size());
-  int64_t used = 0;
-  for (auto& seq : running_) used += seq->n_past;
-  stats_.kv_positions_used = used;
+  std::lock_guard<std::mutex> lock(mutex_);
   stats_.prompt_tokens += n_prompt;
   stats_.generated_tokens += n_generated;
-  if (!entries.empty()) ++stats_.steps;
+  ++stats_.steps;
   stats_.busy_seconds += seconds;
 }
 

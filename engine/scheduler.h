@@ -22,6 +22,7 @@
 #include <span>
 #include <string>
 #include <thread>
+#include <variant>
 #include <vector>
 
 #include "engine/model.h"
@@ -32,39 +33,47 @@
 namespace hearth::engine {
 
 // One sequence's share of a step: `tokens` at positions pos0, pos0 + 1, ... of sequence slot
-// `slot`; when `sample`, the executor samples the token that follows the last of them.
+// `slot`; when `sample`, the executor samples the token that follows the last of them. `begin`
+// marks the first entry of a new sequence in that slot: its sampler starts from these
+// parameters and its token history (which the penalties read) starts empty. Every token of an
+// entry joins the slot's history.
 struct BatchEntry {
   int32_t slot = 0;
   int32_t pos0 = 0;
   std::span<const Token> tokens;
   bool sample = false;
+  const SamplingParams* begin = nullptr;
 };
 
+// Runs steps of the continuous batch. Steps are submitted and collected in order; a pipeline of
+// S stages keeps up to max_in_flight() steps moving at once, so every stage has work.
 class BatchExecutor {
  public:
   virtual ~BatchExecutor() = default;
   virtual int32_t n_slots() const = 0;  // sequences the KV cache holds at once
   virtual int32_t n_ctx() const = 0;    // positions per sequence
-  // A new sequence in `slot`: its sampler starts from `params` and an empty history.
-  virtual void begin_sequence(int32_t slot, const SamplingParams& params) = 0;
-  virtual void end_sequence(int32_t slot) = 0;
-  // Runs every entry's tokens through the model (they join their slot's history, which the
-  // penalties read) and returns one sampled token per entry with `sample`, in entry order.
-  // Throws hearth::Error when the step cannot run (the scheduler then fails those sequences).
-  virtual std::vector<SampledToken> step(std::span<const BatchEntry> entries) = 0;
+  virtual int32_t max_in_flight() const { return 1; }
+  // Starts a step. The entries (and the tokens and parameters they point to) stay valid and
+  // unchanged until the step is collected. May block while max_in_flight() steps are running.
+  virtual void submit(std::span<const BatchEntry> entries) = 0;
+  // The oldest submitted step's sampled tokens: one per entry with `sample`, in entry order.
+  // Blocks until it is done; throws hearth::Error when it failed (a dead stage, a bad input).
+  virtual std::vector<SampledToken> collect() = 0;
 };
 
-// Every layer in this process: a Stage over all layers with one KV slot per sequence.
+// Every layer in this process: a Stage over all layers with one KV slot per sequence. A step
+// runs inside submit(); collect() hands its result over.
 class LocalExecutor final : public BatchExecutor {
  public:
   explicit LocalExecutor(Stage& stage);
   int32_t n_slots() const override { return stage_.options().n_seq; }
   int32_t n_ctx() const override { return stage_.options().n_ctx; }
-  void begin_sequence(int32_t slot, const SamplingParams& params) override;
-  void end_sequence(int32_t slot) override;
-  std::vector<SampledToken> step(std::span<const BatchEntry> entries) override;
+  void submit(std::span<const BatchEntry> entries) override;
+  std::vector<SampledToken> collect() override;
 
  private:
+  std::vector<SampledToken> run(std::span<const BatchEntry> entries);
+
   struct Slot {
     std::optional<Sampler> sampler;
     std::vector<Token> history;
@@ -75,6 +84,7 @@ class LocalExecutor final : public BatchExecutor {
   std::vector<kernels::KvSlot> kv_slots_;
   std::vector<int32_t> output_rows_;
   std::vector<float> logits_;
+  std::deque<std::variant<std::vector<SampledToken>, std::string>> done_;  // results or errors
 };
 
 // One generated token as the scheduler reports it.
@@ -144,8 +154,11 @@ class Scheduler {
 
  private:
   struct Sequence;
+  struct Step;
   void loop();
-  void run_step(std::unique_lock<std::mutex>& lock);
+  // Builds and submits a step from sequences that are not in flight; false when there is none.
+  bool launch_step(int32_t n_active);
+  void complete_step();
   // Reports the end once. `release_held`: emit text held back for an incomplete character or a
   // possible stop string (not after a completed stop string, nor on cancel or error).
   void finish(Sequence& seq, const std::string& reason, const std::string& error, bool release_held);
@@ -157,7 +170,8 @@ class Scheduler {
   mutable std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<std::unique_ptr<Sequence>> queue_;     // guarded by mutex_
-  std::vector<std::unique_ptr<Sequence>> running_;  // scheduler thread only (size read under mutex_)
+  std::vector<std::unique_ptr<Sequence>> running_;  // scheduler thread only
+  std::deque<std::unique_ptr<Step>> in_flight_;     // scheduler thread only
   std::vector<int32_t> free_slots_;
   SchedulerStats stats_;  // guarded by mutex_
   bool stopping_ = false;
