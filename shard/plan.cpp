@@ -634,9 +634,9 @@ int coordinator_index(const ClusterSpec& cluster) {
   return -1;
 }
 
-// More than 8 nodes: one order — the coordinator's host first, nodes of one host together,
-// hosts and nodes by bandwidth, fastest first.
-std::vector<size_t> greedy_order(const ClusterSpec& cluster) {
+}  // namespace
+
+std::vector<size_t> greedy_node_order(const ClusterSpec& cluster) {
   const int coord = coordinator_index(cluster);
   std::vector<size_t> order(cluster.nodes.size());
   std::iota(order.begin(), order.end(), size_t{0});
@@ -656,6 +656,8 @@ std::vector<size_t> greedy_order(const ClusterSpec& cluster) {
   });
   return order;
 }
+
+namespace {
 
 // One order of the nodes, any of them skipped (when allowed): V[k][i] is the best value of the
 // stages before node order[k] given that it starts at layer i (phase 1: the slowest stage;
@@ -864,7 +866,7 @@ PipelinePlan make_plan(const ModelCost& cost, const ClusterSpec& cluster, const 
     Search search(table, options, std::move(successors), std::move(starts), coordinator_index(cluster));
     best = search.run();
   } else {
-    best = solve_fixed_order(table, options, greedy_order(cluster));
+    best = solve_fixed_order(table, options, greedy_node_order(cluster));
   }
   if (best.order.empty()) throw_infeasible(model);
   return build_plan(model, best.order, best.ranges, false);

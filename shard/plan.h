@@ -205,6 +205,10 @@ struct PipelinePlan {
 // naming what does not fit when no plan exists.
 PipelinePlan make_plan(const ModelCost& cost, const ClusterSpec& cluster, const PlanOptions& options);
 
+// The one order tried beyond `exhaustive_order_limit` nodes: the coordinator's host first, the
+// nodes of one host together, hosts and nodes by bandwidth (fastest first). Indices into nodes.
+std::vector<size_t> greedy_node_order(const ClusterSpec& cluster);
+
 // A split forced by the user, one entry per node in cluster order (an empty range drops that
 // node), checked against memory like any plan. Throws hearth::Error naming the node that does not fit.
 PipelinePlan make_manual_plan(const ModelCost& cost, const ClusterSpec& cluster, const PlanOptions& options,
