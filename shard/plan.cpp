@@ -300,6 +300,7 @@ ClusterSpec parse_cluster_json(const nlohmann::json& json, const std::string& so
     } else if (mem.is_number()) {
       const double v = mem.get<double>();
       if (v < 0) throw Error(fmt::format("{}: memory must not be negative", at));
+      if (!(v < 1.8e19)) throw Error(fmt::format("{}: memory is too large", at));
       n.memory_bytes = static_cast<uint64_t>(v);
     } else {
       throw Error(fmt::format("{}: memory must be a number of bytes or a size string", at));
@@ -806,14 +807,17 @@ PipelinePlan build_plan(const PlanModel& m, const std::vector<size_t>& order, co
     if (m.cluster.nodes[i].memory_bytes > m.cluster.nodes[largest].memory_bytes) largest = i;
   }
   const NodeSpec& big = m.cluster.nodes[largest];
+  // One layer as a middle stage: without the embedding table or the head (checked next).
+  const uint64_t positions = static_cast<uint64_t>(m.options.n_ctx) * static_cast<uint64_t>(m.options.n_seq);
   for (int32_t l = 0; l < c.n_layer; ++l) {
-    bool fits = false;
-    for (size_t n = 0; n < N && !fits; ++n) fits = m.fits(n, l, l + 1) || (l == 0 && c.n_layer == 1);
-    if (!fits) {
+    const uint64_t layer = c.layer_bytes[static_cast<size_t>(l)];
+    const uint64_t need = layer + c.shared_bytes + c.kv_bytes_per_token(l, m.options.kv_type) * positions +
+                          compute_buffer_bytes(c, m.options, false) + m.options.reserve_bytes;
+    if (need > big.memory_bytes) {
       throw Error(fmt::format(
-          "layer {} alone ({} with its KV cache, compute buffers and reserve) exceeds every node's free memory "
-          "(the largest, {}, has {})",
-          l, format_bytes(m.stage_memory(l, l + 1)), big.name, format_bytes(big.memory_bytes)));
+          "layer {} alone ({} of weights; {} with its KV cache, compute buffers and reserve) exceeds every node's "
+          "free memory (the largest, {}, has {})",
+          l, format_bytes(layer), format_bytes(need), big.name, format_bytes(big.memory_bytes)));
     }
   }
   const auto first_fits = [&](bool first) {

@@ -234,6 +234,23 @@ TEST(Plan, RefusesALayerTooBigForEveryNode) {
   }
 }
 
+TEST(Plan, RefusesAnEmbeddingTableTooBigForEveryNode) {
+  // Each layer fits anywhere, the total fits, but no node holds layer 0 with the 300 MiB table.
+  const ModelCost cost = model_of({50 * MiB, 50 * MiB, 50 * MiB, 50 * MiB}, 300 * MiB);
+  ClusterSpec cluster;
+  cluster.nodes = {node("a", 340 * MiB, 10), node("b", 340 * MiB, 10)};
+  try {
+    make_plan(cost, cluster, small_options());
+    FAIL() << "planned a first stage larger than any node";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no node can hold the first stage: layer 0 with the embedding table (300.0 MiB)"),
+              std::string::npos)
+        << e.what();
+  }
+  cluster.nodes[1].memory_bytes = 360 * MiB;
+  EXPECT_EQ(make_plan(cost, cluster, small_options()).stages.front().node, "b");
+}
+
 TEST(Plan, KvCacheCountsAgainstMemory) {
   // 2 layers x 64 KV values x 2 bytes x n_ctx: with a large context they no longer fit one node.
   const ModelCost cost = model_of({10 * MiB, 10 * MiB});
@@ -433,6 +450,9 @@ TEST(NodesFile, RefusesBadFilesClearly) {
             "nodes.json: node a: memory: '16 GiBs': unknown size unit 'GiBs' (B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)");
   EXPECT_EQ(parse_error(R"([{"name": "a", "memory": "lots", "bandwidth_gbps": 1}])").substr(0, 37),
             "nodes.json: node a: memory: 'lots' is");
+  EXPECT_EQ(parse_error(R"([{"name": "a", "memory": 1e30, "bandwidth_gbps": 1}])"), "nodes.json: node a: memory is too large");
+  EXPECT_EQ(parse_error(R"([{"name": "a", "memory": 0, "bandwidth_gbps": 1}])"),
+            "nodes.json: node a: memory must be more than 0 bytes");
   EXPECT_EQ(parse_error(R"([{"name": "a", "memory": "1G", "bandwidth_gbps": -3}])"),
             "nodes.json: node a: bandwidth_gbps must be a positive number of GB/s");
   EXPECT_EQ(parse_error(R"([{"name": "a", "memory": "1G", "bandwidth_gbps": 1, "bandwith": 2}])"),
