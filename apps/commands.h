@@ -90,5 +90,23 @@ struct ServeArgs {
   int32_t threads = 0;
 };
 int run_serve(const ServeArgs& args);
+// `hearth plan`: the pipeline plan (which node runs which layers) for a model on a cluster.
+struct PlanArgs {
+  std::string model;
+  std::string nodes_file;            // JSON description of the nodes (shard/plan.h)
+  std::vector<std::string> workers;  // live workers to ask (shard/probe.h)
+  int32_t local = 0;                 // N hypothetical nodes sharing this machine
+  double bandwidth_gbps = 0;         // --local: GB/s per node (0: measure)
+  std::string memory;                // --local: memory to share (empty: available memory)
+  int32_t ctx_size = 0;              // 0: min(4096, the model's)
+  int32_t parallel = 1;
+  std::string kv_type = "f16";
+  std::string wire_dtype = "f16";
+  std::string split;                 // "0-10,10-24" or "10,14": forced split, one entry per node
+  std::string coordinator;           // overrides the file's coordinator
+  bool keep_all_nodes = false;
+  std::string output = "md";
+};
+int run_plan(const PlanArgs& args);
 
 }  // namespace hearth::apps

@@ -108,6 +108,40 @@ int main(int argc, char** argv) {
   serve->add_option("--chat-template", serve_args.chat_template,
                     "Use this template instead of the model's: chatml, llama3, llama2, mistral, zephyr, gemma, phi3, deepseek");
   serve->add_option("-t,--threads", serve_args.threads, "CPU threads (0: all)")->capture_default_str();
+  hearth::apps::PlanArgs plan_args;
+  CLI::App* plan = app.add_subcommand("plan", "Split a model across nodes: layers per node, memory, estimated tokens/s");
+  plan->footer(
+      "Usage: hearth plan -m MODEL (--nodes FILE | --workers HOST:PORT,... | --local N [--bandwidth GBPS] [--memory SIZE])\n"
+      "                   [-c N] [--parallel N] [--kv-type f16|f32|q8_0] [--wire-dtype f32|f16|q8_0]\n"
+      "                   [--split 0-10,10-30 | --split 10,20] [--coordinator NAME] [--keep-all-nodes] [-o md|json]\n"
+      "\n"
+      "The nodes file is JSON: a list of nodes, or {\"nodes\": [...], \"links\": [...], \"default_link\": {...},\n"
+      "\"local_link\": {...}, \"coordinator\": NAME}. A node: {\"name\": \"desktop\", \"host\": \"192.168.1.10:7070\"\n"
+      "(optional; nodes of one host use the local link), \"backend\": \"cpu\"|\"cuda\"|\"vulkan\", \"memory\": \"10GiB\"\n"
+      "(or bytes), \"bandwidth_gbps\": 300 (measured matvec GB/s), \"layer_overhead_ms\": 0.1 (optional)}.\n"
+      "A link: {\"a\": NODE, \"b\": NODE, \"gbps\": 1, \"latency_ms\": 0.2}; unlisted pairs use default_link\n"
+      "(1 Gbit/s, 0.2 ms) or, on one host, local_link (40 Gbit/s, 0.02 ms).\n"
+      "Stage time = weight bytes read per token / bandwidth + layers x overhead + the hop to the next stage;\n"
+      "the plan minimises the slowest stage, then the time of one token, and fits weights + KV cache\n"
+      "(context x parallel sequences) + compute buffers + 64 MiB in each node's memory.");
+  plan->add_option("-m,--model", plan_args.model, "Path to a .gguf file")->required()->check(CLI::ExistingFile);
+  plan->add_option("--nodes", plan_args.nodes_file, "JSON file describing the nodes (format below)")
+      ->check(CLI::ExistingFile);
+  plan->add_option("--workers", plan_args.workers, "Live workers to ask for their capabilities (host:port,...)")
+      ->delimiter(',');
+  plan->add_option("--local", plan_args.local, "N hypothetical nodes on this machine, sharing its memory");
+  plan->add_option("--bandwidth", plan_args.bandwidth_gbps, "--local: memory bandwidth in GB/s (default: measured)");
+  plan->add_option("--memory", plan_args.memory, "--local: memory the nodes share (default: available memory)");
+  plan->add_option("-c,--ctx-size", plan_args.ctx_size, "Context size per sequence (0: min(4096, the model's))")
+      ->capture_default_str();
+  plan->add_option("--parallel", plan_args.parallel, "Parallel sequences (KV cache slots)")->capture_default_str();
+  plan->add_option("--kv-type", plan_args.kv_type, "KV cache type: f16, f32, q8_0")->capture_default_str();
+  plan->add_option("--wire-dtype", plan_args.wire_dtype, "Activations on links: f32, f16, q8_0")->capture_default_str();
+  plan->add_option("--split", plan_args.split,
+                   "Force a split, one entry per node in file order: ranges 0-10,10-30 or counts 10,20 (0: unused)");
+  plan->add_option("--coordinator", plan_args.coordinator, "The node that runs tokenizer, sampler and server");
+  plan->add_flag("--keep-all-nodes", plan_args.keep_all_nodes, "Give every node at least one layer");
+  plan->add_option("-o,--output", plan_args.output, "Output format: md, json")->capture_default_str();
 
   try {
     app.parse(argc, argv);
@@ -117,6 +151,7 @@ int main(int argc, char** argv) {
 
   try {
     if (*serve) return hearth::apps::run_serve(serve_args);
+    if (*plan) return hearth::apps::run_plan(plan_args);
     if (*info) return hearth::apps::run_info(info_args);
     if (*bench) return hearth::apps::run_bench(bench_args);
     if (*run) {

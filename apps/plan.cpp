@@ -1,0 +1,85 @@
+// `hearth plan`: which node runs which layers, with the memory each stage needs and the
+// tokens/s the split should reach, computed from the model file and a description of the nodes.
+#include <unistd.h>
+
+#include <cstdio>
+
+#include "apps/commands.h"
+#include "bench/memory_bandwidth.h"
+#include "core/thread_pool.h"
+#include "engine/gguf.h"
+#include "engine/model_config.h"
+#include "shard/plan.h"
+#include "shard/probe.h"
+
+namespace hearth::apps {
+
+namespace {
+
+uint64_t available_memory_bytes() {
+  const long pages = ::sysconf(_SC_AVPHYS_PAGES), page_size = ::sysconf(_SC_PAGESIZE);
+  if (pages <= 0 || page_size <= 0) throw Error("cannot read this machine's available memory: give --memory");
+  return static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_size);
+}
+
+// N hypothetical nodes on this machine: its memory split evenly, each with the whole bandwidth
+// (true for one sequence; several in flight share it, so the pipelined bound is optimistic).
+shard::ClusterSpec local_cluster(const PlanArgs& args) {
+  if (args.local < 1) throw Error("--local needs at least one node");
+  const uint64_t memory = args.memory.empty() ? available_memory_bytes() : shard::parse_size(args.memory);
+  double bandwidth = args.bandwidth_gbps;
+  if (bandwidth <= 0) {
+    const auto measured = bench::measure_triad_bandwidth(ThreadPool::hardware_threads(), size_t{64} << 20, 3);
+    bandwidth = measured.bytes_per_second / 1e9;
+    std::fprintf(stderr, "hearth plan: this machine's memory bandwidth (triad, %d threads): %.1f GB/s\n",
+                 measured.threads, bandwidth);
+  }
+  shard::ClusterSpec cluster;
+  for (int32_t i = 0; i < args.local; ++i) {
+    shard::NodeSpec n;
+    n.name = fmt::format("local-{}", i);
+    n.host = "localhost";
+    n.backend = "cpu";
+    n.memory_bytes = memory / static_cast<uint64_t>(args.local);
+    n.bandwidth_gbps = bandwidth;
+    cluster.nodes.push_back(std::move(n));
+  }
+  cluster.coordinator = "local-0";
+  return cluster;
+}
+
+}  // namespace
+
+int run_plan(const PlanArgs& args) {
+  if (args.output != "md" && args.output != "json") throw Error(fmt::format("unknown output format '{}' (md, json)", args.output));
+  const int sources = (!args.nodes_file.empty() ? 1 : 0) + (!args.workers.empty() ? 1 : 0) + (args.local > 0 ? 1 : 0);
+  if (sources != 1) throw Error("hearth plan needs exactly one of --nodes FILE, --workers HOST:PORT,... or --local N");
+
+  const gguf::GgufFile file = gguf::GgufFile::open(args.model);
+  const engine::ModelConfig config = engine::ModelConfig::from_gguf(file);
+  const shard::ModelCost cost = shard::ModelCost::from_gguf(file, config);
+
+  shard::ClusterSpec cluster;
+  if (!args.nodes_file.empty()) cluster = shard::load_cluster_file(args.nodes_file);
+  else if (!args.workers.empty()) cluster = shard::probe_workers(args.workers);
+  else cluster = local_cluster(args);
+  if (!args.coordinator.empty()) cluster.coordinator = args.coordinator;
+
+  shard::PlanOptions options;
+  options.n_ctx = args.ctx_size > 0 ? args.ctx_size : std::min(4096, config.n_ctx_train > 0 ? config.n_ctx_train : 4096);
+  options.n_seq = args.parallel;
+  options.kv_type = shard::parse_plan_dtype(args.kv_type, "--kv-type");
+  options.wire_dtype = shard::parse_plan_dtype(args.wire_dtype, "--wire-dtype");
+  options.allow_drop_nodes = !args.keep_all_nodes;
+
+  const shard::PipelinePlan plan =
+      args.split.empty()
+          ? shard::make_plan(cost, cluster, options)
+          : shard::make_manual_plan(cost, cluster, options,
+                                    shard::parse_split(args.split, cost.n_layer, cluster.nodes.size()));
+  const std::string out = args.output == "json" ? plan.to_json().dump(2) + "\n" : plan.to_markdown();
+  std::fwrite(out.data(), 1, out.size(), stdout);
+  return 0;
+}
+
+}  // namespace hearth::apps
