@@ -8,7 +8,44 @@ namespace hearth::engine {
 
 // ---- LocalExecutor ----------------------------------------------------------------------
 
-LocalExecutor::LocalExecutor(Stage& stage) : stage_(stage), slots_(static_cast<size_t>(stage.options().n_seq)) {
+void flatten_entries(std::span<const BatchEntry> entries, std::vector<Token>& tokens,
+                     std::vector<kernels::KvSlot>& slots, std::vector<int32_t>& output_rows) {
+  tokens.clear();
+  slots.clear();
+  output_rows.clear();
+  for (const BatchEntry& e : entries) {
+    for (size_t i = 0; i < e.tokens.size(); ++i) {
+      tokens.push_back(e.tokens[i]);
+      slots.push_back({e.slot, e.pos0 + static_cast<int32_t>(i)});
+    }
+    if (e.sample) output_rows.push_back(static_cast<int32_t>(tokens.size()) - 1);
+  }
+}
+
+std::vector<SampledToken> SlotSamplers::sample(std::span<const BatchEntry> entries, std::span<const float> logits,
+                                               size_t n_vocab) {
+  std::vector<SampledToken> sampled;
+  size_t row = 0;
+  for (const BatchEntry& e : entries) {
+    if (e.slot < 0 || static_cast<size_t>(e.slot) >= slots_.size()) {
+      throw Error(fmt::format("sequence slot {} is outside the {} slots", e.slot, slots_.size()));
+    }
+    Slot& s = slots_[static_cast<size_t>(e.slot)];
+    if (e.begin != nullptr) {
+      s.sampler.emplace(*e.begin);
+      s.history.clear();
+    }
+    if (!s.sampler) throw Error(fmt::format("sequence slot {} was stepped before its sequence began", e.slot));
+    s.history.insert(s.history.end(), e.tokens.begin(), e.tokens.end());
+    if (!e.sample) continue;
+    HEARTH_CHECK((row + 1) * n_vocab <= logits.size(), "{} logit rows for more sampling entries", logits.size() / n_vocab);
+    sampled.push_back(s.sampler->sample(logits.subspan(row * n_vocab, n_vocab), s.history));
+    ++row;
+  }
+  return sampled;
+}
+
+LocalExecutor::LocalExecutor(Stage& stage) : stage_(stage), samplers_(stage.options().n_seq) {
   HEARTH_CHECK(stage.is_first() && stage.is_last(), "a local executor needs every layer");
 }
 
@@ -29,35 +66,9 @@ std::vector<SampledToken> LocalExecutor::collect() {
 }
 
 std::vector<SampledToken> LocalExecutor::run(std::span<const BatchEntry> entries) {
-  tokens_.clear();
-  kv_slots_.clear();
-  output_rows_.clear();
-  for (const BatchEntry& e : entries) {
-    HEARTH_CHECK(e.slot >= 0 && e.slot < n_slots(), "slot {} of {}", e.slot, n_slots());
-    for (size_t i = 0; i < e.tokens.size(); ++i) {
-      tokens_.push_back(e.tokens[i]);
-      kv_slots_.push_back({e.slot, e.pos0 + static_cast<int32_t>(i)});
-    }
-    if (e.sample) output_rows_.push_back(static_cast<int32_t>(tokens_.size()) - 1);
-  }
+  flatten_entries(entries, tokens_, kv_slots_, output_rows_);
   stage_.forward({.tokens = tokens_, .hidden = {}, .slots = kv_slots_, .output_rows = output_rows_}, logits_);
-
-  std::vector<SampledToken> sampled;
-  const size_t n_vocab = static_cast<size_t>(stage_.config().n_vocab);
-  size_t row = 0;
-  for (const BatchEntry& e : entries) {
-    Slot& s = slots_[static_cast<size_t>(e.slot)];
-    if (e.begin != nullptr) {
-      s.sampler.emplace(*e.begin);
-      s.history.clear();
-    }
-    HEARTH_CHECK(s.sampler.has_value(), "slot {} stepped before its sequence began", e.slot);
-    s.history.insert(s.history.end(), e.tokens.begin(), e.tokens.end());
-    if (!e.sample) continue;
-    sampled.push_back(s.sampler->sample(std::span<const float>(logits_.data() + row * n_vocab, n_vocab), s.history));
-    ++row;
-  }
-  return sampled;
+  return samplers_.sample(entries, logits_, static_cast<size_t>(stage_.config().n_vocab));
 }
 
 // ---- Scheduler --------------------------------------------------------------------------

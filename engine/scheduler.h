@@ -45,6 +45,30 @@ struct BatchEntry {
   const SamplingParams* begin = nullptr;
 };
 
+// The stage input of a step's entries: every token with its KV slot, and the rows whose logits
+// are wanted (the last token of each sampling entry).
+void flatten_entries(std::span<const BatchEntry> entries, std::vector<Token>& tokens,
+                     std::vector<kernels::KvSlot>& slots, std::vector<int32_t>& output_rows);
+
+// The sampling half of a step, per sequence slot: a Sampler and the token history its
+// penalties read. Used where the logits are: in this process, or on a pipeline's last stage.
+class SlotSamplers {
+ public:
+  explicit SlotSamplers(int32_t n_slots) : slots_(static_cast<size_t>(n_slots)) {}
+  // Applies the entries in order (a `begin` resets its slot; every token joins its slot's
+  // history) and samples one token per sampling entry from consecutive rows of `logits`
+  // [n_sampling_entries, n_vocab]. Throws hearth::Error for a slot out of range or a slot
+  // stepped before its sequence began (a peer can send that).
+  std::vector<SampledToken> sample(std::span<const BatchEntry> entries, std::span<const float> logits, size_t n_vocab);
+
+ private:
+  struct Slot {
+    std::optional<Sampler> sampler;
+    std::vector<Token> history;
+  };
+  std::vector<Slot> slots_;
+};
+
 // Runs steps of the continuous batch. Steps are submitted and collected in order; a pipeline of
 // S stages keeps up to max_in_flight() steps moving at once, so every stage has work.
 class BatchExecutor {
@@ -74,12 +98,8 @@ class LocalExecutor final : public BatchExecutor {
  private:
   std::vector<SampledToken> run(std::span<const BatchEntry> entries);
 
-  struct Slot {
-    std::optional<Sampler> sampler;
-    std::vector<Token> history;
-  };
   Stage& stage_;
-  std::vector<Slot> slots_;
+  SlotSamplers samplers_;
   std::vector<Token> tokens_;
   std::vector<kernels::KvSlot> kv_slots_;
   std::vector<int32_t> output_rows_;
