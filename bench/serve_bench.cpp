@@ -239,6 +239,13 @@ GoodputBounds parse_goodput(std::string_view spec) {
   return bounds;
 }
 
+namespace {
+// "HTTP 429: message" for a refused request, the message alone when the HTTP status says nothing.
+std::string failure_message(const RequestRecord& r) {
+  return r.http_status > 0 && r.http_status != 200 ? fmt::format("HTTP {}: {}", r.http_status, r.error) : r.error;
+}
+}  // namespace
+
 ServeSummary summarize(const std::vector<RequestRecord>& records, double duration_s, const GoodputBounds& bounds) {
   ServeSummary s;
   s.requests = records.size();
@@ -249,7 +256,7 @@ ServeSummary summarize(const std::vector<RequestRecord>& records, double duratio
     if (!r.ok) {
       ++s.failed;
       if (r.http_status == 429 || r.http_status == 503) ++s.refused;
-      const std::string message = r.http_status > 0 ? fmt::format("HTTP {}: {}", r.http_status, r.error) : r.error;
+      const std::string message = failure_message(r);
       if (s.first_errors.size() < 5 && std::find(s.first_errors.begin(), s.first_errors.end(), message) == s.first_errors.end()) {
         s.first_errors.push_back(message);
       }
@@ -447,6 +454,10 @@ class Sender {
 
     if (timed_out || (!result && result.error() == httplib::Error::Read && end >= deadline)) {
       record.error = fmt::format("timed out after {} s", params_.timeout_s);
+    } else if (!result && record.http_status == 200) {
+      // The server accepted the request and then closed or broke the stream.
+      record.error = fmt::format("stream cut off after {} content chunk(s): {} error", reader.delta_times().size(),
+                                 httplib::to_string(result.error()));
     } else if (!result) {
       record.error = fmt::format("{} ({})", httplib::to_string(result.error()), endpoint_.scheme_host_port);
     } else if (record.http_status != 200) {
@@ -562,7 +573,7 @@ ServeBenchResult run_serve_bench(const ServeBenchParams& params, const std::func
     say(fmt::format("{} warm-up request(s)...", params.warmup));
     run_closed_loop(endpoint, params, prompts, std::min(params.warmup, params.concurrency), records, [] {});
     for (const auto& r : records) {
-      if (!r.ok) say(fmt::format("warm-up request failed: {}{}", r.http_status > 0 ? fmt::format("HTTP {}: ", r.http_status) : "", r.error));
+      if (!r.ok) say("warm-up request failed: " + failure_message(r));
     }
   }
 

@@ -332,6 +332,7 @@ class FakeOpenAiServer {
   std::chrono::milliseconds gap{20};
   bool inject_failures = false;
   bool send_usage = true;
+  int cut_after = -1;  // >= 0: drop the connection after this many content chunks
   std::string api_key;
 
   FakeOpenAiServer() {
@@ -393,6 +394,7 @@ class FakeOpenAiServer {
       if (chat) chunk({{"choices", {{{"index", 0}, {"delta", {{"role", "assistant"}}}}}}});
       std::this_thread::sleep_for(first_delay);
       for (int64_t i = 0; i < n; ++i) {
+        if (i == cut_after) return false;  // httplib closes the connection mid-stream
         if (i > 0) std::this_thread::sleep_for(gap);
         if (i % 3 == 1) sink.write(": ping\n\n", 8);
         const std::string piece = " w" + std::to_string(i);
@@ -529,6 +531,21 @@ TEST(ServeBenchRun, OpenLoopPoissonArrivals) {
   for (double g : poisson_gaps(40, 40, 3)) arrivals += g;
   EXPECT_GE(s.duration_s, arrivals) << "the last request cannot leave before its arrival time";
   EXPECT_LT(s.duration_s, arrivals + 5.0);
+}
+
+TEST(ServeBenchRun, AStreamCutOffIsAFailure) {
+  FakeOpenAiServer server;
+  server.first_delay = 5ms;
+  server.gap = 5ms;
+  server.cut_after = 2;
+  ServeBenchParams p = fake_params(server);
+  p.requests = 2;
+  const ServeSummary s = run_serve_bench(p, nullptr).summary;
+  EXPECT_EQ(s.completed, 0u);
+  EXPECT_EQ(s.failed, 2u);
+  EXPECT_EQ(s.refused, 0u);
+  ASSERT_EQ(s.first_errors.size(), 1u);
+  EXPECT_NE(s.first_errors[0].find("stream cut off after 2 content chunk(s)"), std::string::npos) << s.first_errors[0];
 }
 
 TEST(ServeBenchRun, ApiKeyIsSent) {
