@@ -425,7 +425,8 @@ class Sender {
     httplib::Request req;
     req.method = "POST";
     req.path = endpoint_.path;
-    req.headers = {{"Accept", "text/event-stream"}};
+    // identity: a compressed stream could hold deltas back and distort their timestamps.
+    req.headers = {{"Accept", "text/event-stream"}, {"Accept-Encoding", "identity"}};
     if (!params_.api_key.empty()) req.headers.emplace("Authorization", "Bearer " + params_.api_key);
     req.body = request_body(params_, prompt);
     req.set_header("Content-Type", "application/json");
