@@ -451,7 +451,7 @@ TEST(ServeBenchRun, ClosedLoopCountsTokensAndLatencies) {
   // Timing from the fake's sleeps; the upper bounds leave room for a loaded machine and sanitizers.
   EXPECT_GE(s.ttft.p50, 60);
   EXPECT_LT(s.ttft.p50, 60 + 1000);
-  EXPECT_GE(s.tpot.mean, 20 * 0.9);
+  EXPECT_GE(s.tpot.mean, 20 * 0.75);  // a late first delta shortens e2e − TTFT
   EXPECT_LT(s.tpot.mean, 20 + 200);
   EXPECT_EQ(s.itl.count, 12u * 7);
   EXPECT_GE(s.itl.p50, 15);
