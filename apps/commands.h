@@ -108,5 +108,25 @@ struct PlanArgs {
   std::string output = "md";
 };
 int run_plan(const PlanArgs& args);
+// `hearth bench serve`: load on an OpenAI-compatible server (bench/serve_bench.h does the work).
+struct BenchServeArgs {
+  std::string url;
+  std::string model;
+  int32_t concurrency = 1;
+  double rate = 0;          // > 0: open loop (Poisson); excludes --concurrency
+  int32_t requests = 100;
+  int32_t input_len = 128;
+  int32_t output_len = 128;
+  double temperature = 0.0;
+  std::string api_key;
+  std::string endpoint = "chat";
+  uint64_t seed = 1;
+  int32_t warmup = 1;
+  std::string goodput;      // "ttft:MS,tpot:MS"
+  double timeout_s = 300;
+  bool ignore_eos = true;
+  std::string output = "md";
+};
+int run_bench_serve(const BenchServeArgs& args);
 
 }  // namespace hearth::apps

@@ -79,7 +79,8 @@ int main(int argc, char** argv) {
 
   hearth::apps::BenchArgs bench_args;
   CLI::App* bench = app.add_subcommand("bench", "Measure prompt (pp) and generation (tg) tokens/s, llama-bench style");
-  bench->add_option("-m,--model", bench_args.model, "Path to a .gguf file")->required()->check(CLI::ExistingFile);
+  bench->add_option("-m,--model", bench_args.model, "Path to a .gguf file (required unless `bench serve`)")
+      ->check(CLI::ExistingFile);
   bench->add_option("-p,--n-prompt", bench_args.n_prompt, "Prompt tokens of the pp test (0: skip)")->capture_default_str();
   bench->add_option("-n,--n-gen", bench_args.n_gen, "Generated tokens of the tg test (0: skip)")->capture_default_str();
   bench->add_option("-d,--depth", bench_args.depth, "Context already filled before each test")->capture_default_str();
@@ -142,6 +143,35 @@ int main(int argc, char** argv) {
   plan->add_option("--coordinator", plan_args.coordinator, "The node that runs tokenizer, sampler and server");
   plan->add_flag("--keep-all-nodes", plan_args.keep_all_nodes, "Give every node at least one layer");
   plan->add_option("-o,--output", plan_args.output, "Output format: md, json")->capture_default_str();
+  hearth::apps::BenchServeArgs bench_serve_args;
+  CLI::App* bench_serve = bench->add_subcommand(
+      "serve", "Load an OpenAI-compatible server (hearth serve, llama.cpp, vLLM): TTFT/TPOT/ITL, throughput, goodput");
+  bench_serve->footer(
+      "Prompts are seeded random common English words, about one token each (the chat template adds a few);\n"
+      "the mean input length printed is the server's usage.prompt_tokens. Without --rate, --concurrency\n"
+      "clients send back to back (closed loop); with --rate R, requests arrive as a Poisson process.");
+  bench_serve->add_option("--url", bench_serve_args.url, "Server base URL, e.g. http://127.0.0.1:8080 (/v1 is added unless present)")
+      ->required();
+  bench_serve->add_option("--model", bench_serve_args.model, "Model name sent in each request")->required();
+  auto* concurrency = bench_serve->add_option("-c,--concurrency", bench_serve_args.concurrency, "Closed loop: concurrent clients")
+                          ->capture_default_str();
+  bench_serve->add_option("--rate", bench_serve_args.rate, "Open loop: Poisson arrivals at R requests/s")->excludes(concurrency);
+  bench_serve->add_option("-n,--requests", bench_serve_args.requests, "Measured requests")->capture_default_str();
+  bench_serve->add_option("--input-len", bench_serve_args.input_len, "Prompt length in words (≈ tokens)")->capture_default_str();
+  bench_serve->add_option("--output-len", bench_serve_args.output_len, "max_tokens of each request")->capture_default_str();
+  bench_serve->add_option("--temperature", bench_serve_args.temperature, "Sampling temperature sent")->capture_default_str();
+  bench_serve->add_option("--api-key", bench_serve_args.api_key, "Sent as 'Authorization: Bearer KEY'");
+  bench_serve->add_option("--endpoint", bench_serve_args.endpoint, "chat (/v1/chat/completions) or completions (/v1/completions)")
+      ->capture_default_str();
+  bench_serve->add_option("--seed", bench_serve_args.seed, "Seed of prompts and arrival times")->capture_default_str();
+  bench_serve->add_option("--warmup", bench_serve_args.warmup, "Requests sent and discarded first")->capture_default_str();
+  bench_serve->add_option("--goodput", bench_serve_args.goodput, "Latency bounds of goodput in ms, e.g. ttft:500,tpot:50");
+  bench_serve->add_option("--timeout", bench_serve_args.timeout_s, "Seconds one request may take")->capture_default_str();
+  bench_serve->add_flag("--ignore-eos,!--no-ignore-eos", bench_serve_args.ignore_eos,
+                        "Send the non-standard \"ignore_eos\": true so servers that know it generate exactly "
+                        "--output-len tokens (--no-ignore-eos for servers that refuse unknown fields, e.g. OpenAI's)")
+      ->capture_default_str();
+  bench_serve->add_option("-o,--output", bench_serve_args.output, "Output format: md, json")->capture_default_str();
 
   try {
     app.parse(argc, argv);
@@ -153,7 +183,11 @@ int main(int argc, char** argv) {
     if (*serve) return hearth::apps::run_serve(serve_args);
     if (*plan) return hearth::apps::run_plan(plan_args);
     if (*info) return hearth::apps::run_info(info_args);
-    if (*bench) return hearth::apps::run_bench(bench_args);
+    if (*bench_serve) return hearth::apps::run_bench_serve(bench_serve_args);
+    if (*bench) {
+      if (bench_args.model.empty()) throw hearth::Error("bench needs -m MODEL (or: hearth bench serve --url URL --model NAME)");
+      return hearth::apps::run_bench(bench_args);
+    }
     if (*run) {
       run_args.seed_given = run->count("--seed") > 0;
       return hearth::apps::run_generate(run_args);
