@@ -6,7 +6,7 @@
 #   3. builds build/ with warnings as errors and runs the whole suite with CTest
 #   4. builds build-san/ with AddressSanitizer + UBSan and runs the hardening suites there
 #      (GGUF reader, malformed files, fuzzing, quant kernels, tokenizer, chat templates, sampler,
-#      model loading)
+#      model loading, transport framing, handshake, fuzzing and heartbeats)
 #
 # HEARTH_OFFLINE=1 skips the model download (the model tests then report themselves skipped).
 set -euo pipefail
@@ -37,7 +37,7 @@ log "building build-san/ (AddressSanitizer + UndefinedBehaviorSanitizer)"
 cmake -S . -B build-san -G Ninja -DCMAKE_BUILD_TYPE=Debug -DHEARTH_WERROR=ON -DHEARTH_CUDA=OFF \
   "-DHEARTH_SANITIZE=address;undefined" "${CCACHE[@]}" >/dev/null
 cmake --build build-san -j "$JOBS" --target test_core test_quants test_attention test_dot_simd test_gguf test_gguf_writer test_tokenizer \
-  test_chat_template test_sampler test_model
+  test_chat_template test_sampler test_model test_transport
 log "running the hardening suites under sanitizers"
 (cd build-san && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --output-on-failure -j "$JOBS" -L sanitize --timeout 900)

@@ -61,17 +61,19 @@ void LinkMonitor::run() {
       declare_dead(link_.close_reason());
       return;
     }
-    // Bytes waiting unread prove the peer was alive after the receiver last read: count them as
-    // arrival, so a busy receiver does not get its peer declared dead.
+    // Bytes waiting unread prove the peer was alive after the receiver last read — unless it
+    // has hung up since: then nothing more can come, and what is left is the receiver's to read.
+    const bool hung_up = link_.peer_hung_up();
+    const bool unread = link_.has_unread_input();
     auto last_receive = link_.last_receive_time();
-    if (link_.has_unread_input()) last_receive = now;
+    if (unread && !hung_up) last_receive = now;
     const auto silent = now - last_receive;
-    if (silent >= options_.dead_after || link_.peer_hung_up()) {
+    if ((hung_up && !unread) || silent >= options_.dead_after) {
       const std::string reason =
-          link_.peer_hung_up()
-              ? std::string("the peer closed the connection")
-              : fmt::format("peer silent for {:.1f} s (heartbeat timeout)",
-                            std::chrono::duration<double>(silent).count());
+          hung_up ? std::string(unread ? "the peer closed the connection (input left unread)"
+                                       : "the peer closed the connection")
+                  : fmt::format("peer silent for {:.1f} s (heartbeat timeout)",
+                                std::chrono::duration<double>(silent).count());
       if (!link_.is_closed()) {
         log_line(fmt::format("link to {}: {}", link_.peer(), reason));
         link_.close(reason);

@@ -92,7 +92,7 @@ class Link {
   Clock::time_point last_send_time() const { return Clock::time_point(Clock::duration(last_send_.load())); }
   // True when the peer has sent bytes that no receive() has consumed yet (it was alive then).
   virtual bool has_unread_input() const = 0;
-  // True when the peer has closed its end and nothing is left to read.
+  // True when the peer has closed its end of the connection (input may still be left unread).
   virtual bool peer_hung_up() const = 0;
 
   // Set by handshake() once both sides proved the cluster key; the capabilities the peer sent.

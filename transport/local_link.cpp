@@ -61,7 +61,7 @@ bool LocalLink::has_unread_input() const {
 
 bool LocalLink::peer_hung_up() const {
   std::lock_guard lock(shared_->mutex);
-  return shared_->closed[1 - end_] && shared_->queue[end_].empty();
+  return shared_->closed[1 - end_];
 }
 
 void LocalLink::send_frame(MessageType type, std::span<const ByteSpan> segments, uint64_t payload_length,

@@ -171,7 +171,7 @@ bool TcpLink::has_unread_input() const {
 bool TcpLink::peer_hung_up() const {
   pollfd p{fd_, POLLIN | POLLRDHUP, 0};
   if (::poll(&p, 1, 0) != 1) return false;
-  return (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) && !has_unread_input();
+  return (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
 }
 
 void TcpLink::send_frame(MessageType type, std::span<const ByteSpan> segments, uint64_t payload_length,
