@@ -23,7 +23,11 @@ class Receiver {
             ended_at_ = std::chrono::steady_clock::now();
           }
         }) {}
-  ~Receiver() { thread_.join(); }
+  ~Receiver() { join(); }
+  // Waits for the receiver to end (the link must be closing).
+  void join() {
+    if (thread_.joinable()) thread_.join();
+  }
   std::string error() const {
     std::lock_guard lock(mutex_);
     return error_;
@@ -37,18 +41,23 @@ class Receiver {
   std::thread thread_;
 };
 
+// Records when the monitor reported the peer dead; the test measures from `started`, which
+// it sets (in its own thread) to the moment the peer went quiet.
 struct DeathClock {
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
-  std::atomic<double> dead_after_s{-1};
+  std::atomic<std::chrono::steady_clock::rep> dead_at{0};
   LinkMonitor::DeadCallback callback() {
-    return [this](const std::string&) { dead_after_s = seconds_since(started); };
+    return [this](const std::string&) { dead_at = std::chrono::steady_clock::now().time_since_epoch().count(); };
   }
-  // Waits (up to `limit` s) for the callback; the seconds it took, or -1.
+  // Waits (up to `limit` s) for the report; seconds from `started` to it, or -1.
   double wait(double limit) {
-    while (dead_after_s.load() < 0 && seconds_since(started) < limit) {
+    const auto t0 = std::chrono::steady_clock::now();
+    while (dead_at.load() == 0 && seconds_since(t0) < limit) {
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
-    return dead_after_s.load();
+    if (dead_at.load() == 0) return -1;
+    const std::chrono::steady_clock::time_point at{std::chrono::steady_clock::duration(dead_at.load())};
+    return std::chrono::duration<double>(at - started).count();
   }
 };
 
@@ -75,12 +84,13 @@ TEST(Heartbeat, SilentPeerIsDeclaredDeadWithinThreeSeconds) {
   LinkPair p = tcp_pair();
   // p.b keeps its socket open but never sends anything (no monitor, no heartbeats).
   DeathClock clock;
+  clock.started = p.a->last_receive_time();
   LinkMonitor monitor(*p.a, {}, clock.callback());
   Receiver receiver(*p.a);
   const double t = clock.wait(20.0);
   // Default options: dead 3 s after the last byte; the bound above 3 s is slack for a loaded
   // machine's scheduler, not part of the contract.
-  EXPECT_GE(t, 2.9);
+  EXPECT_GE(t, 2.999);
   EXPECT_LE(t, 3.0 + 1.0);
   EXPECT_TRUE(monitor.peer_dead());
   EXPECT_NE(monitor.reason().find("heartbeat timeout"), std::string::npos) << monitor.reason();
@@ -94,7 +104,8 @@ TEST(Heartbeat, SilentPeerIsDeclaredDeadWithinThreeSeconds) {
   } catch (const LinkClosed& e) {
     EXPECT_NE(std::string(e.what()).find("heartbeat timeout"), std::string::npos) << e.what();
   }
-  // ~Receiver joins: the receiver was woken by the close.
+  receiver.join();
+  EXPECT_NE(receiver.error().find("heartbeat timeout"), std::string::npos) << receiver.error();
 }
 
 TEST(Heartbeat, ClosedPeerIsDeclaredDeadImmediately) {
@@ -139,11 +150,12 @@ TEST(Heartbeat, GracefullyClosedPeerWithNobodyReadingIsDeadAfterTheTimeout) {
   LogCapture log;
   LinkPair p = tcp_pair();
   DeathClock clock;
+  clock.started = p.a->last_receive_time();
   HeartbeatOptions fast{Timeout(100), Timeout(500)};
   LinkMonitor monitor(*p.a, fast, clock.callback());
   p.b.reset();
   const double t = clock.wait(20.0);
-  EXPECT_GE(t, 0.45);
+  EXPECT_GE(t, 0.499);
   EXPECT_LT(t, 0.5 + 1.0);
   EXPECT_NE(monitor.reason().find("input left unread"), std::string::npos) << monitor.reason();
 }
@@ -166,12 +178,14 @@ TEST(Heartbeat, LocalLinkSilentPeer) {
   LogCapture log;
   LinkPair p = local_pair();
   DeathClock clock;
+  clock.started = p.a->last_receive_time();
   HeartbeatOptions fast{Timeout(100), Timeout(400)};
   LinkMonitor monitor(*p.a, fast, clock.callback());
   Receiver receiver(*p.a);
   const double t = clock.wait(20.0);
-  EXPECT_GE(t, 0.35);
+  EXPECT_GE(t, 0.399);
   EXPECT_LT(t, 0.4 + 1.0);
+  receiver.join();  // the close woke it; its error is set once it has ended
   EXPECT_NE(receiver.error().find("heartbeat timeout"), std::string::npos) << receiver.error();
 }
 
