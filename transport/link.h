@@ -57,7 +57,8 @@ class Link {
   // Sends one message whose payload is the concatenation of `segments` (scatter-gather: the
   // segments are written from where they lie, never copied into a frame). Blocks until the
   // whole frame is handed to the transport or `timeout` passes (LinkTimeout; the link is then
-  // closed, since a half-written frame cannot be taken back). `type` must be known to this
+  // closed, since a half-written frame cannot be taken back). Waiting for another thread's
+  // frame to finish is not bounded by `timeout`; the runtime's single sender never waits. `type` must be known to this
   // link's FrameLimits and the payload within its limit, and must not be Heartbeat or Close
   // (use close()): programming errors.
   void send(MessageType type, std::span<const ByteSpan> segments, Timeout timeout = kNoTimeout);
@@ -95,7 +96,8 @@ class Link {
   // True when the peer has closed its end of the connection (input may still be left unread).
   virtual bool peer_hung_up() const = 0;
 
-  // Set by handshake() once both sides proved the cluster key; the capabilities the peer sent.
+  // Set by handshake() once both sides proved the cluster key; the capabilities the peer sent
+  // (written once, before the link is shared between threads).
   bool authenticated() const { return authenticated_.load(std::memory_order_acquire); }
   const std::string& peer_capabilities() const { return peer_capabilities_; }
   void mark_authenticated(std::string peer_capabilities);

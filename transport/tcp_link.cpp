@@ -18,6 +18,7 @@
 #include <cerrno>
 #include <climits>
 #include <cstring>
+#include <new>
 
 namespace hearth::transport {
 
@@ -248,7 +249,12 @@ std::optional<Message> TcpLink::receive_frame(ByteBuffer& buffer, Clock::time_po
     if (header_got_ == kFrameHeaderSize) {
       // Every field is checked before the payload gets a single byte of memory.
       header_ = decode_frame_header(header_bytes_, limits(), receive_sequence_);
-      buffer.resize_for_overwrite(header_.payload_length);
+      try {
+        buffer.resize_for_overwrite(header_.payload_length);
+      } catch (const std::bad_alloc&) {
+        throw LinkError(fmt::format("out of memory for a {} payload of {} bytes", limits().describe(header_.type),
+                                    header_.payload_length));
+      }
       frame_buffer_ = &buffer;
       payload_got_ = 0;
     }

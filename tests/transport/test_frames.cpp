@@ -126,6 +126,68 @@ TEST_P(FramesOverLink, CloseFromAnotherThreadWakesABlockedReceive) {
   EXPECT_EQ(p.b->close_reason(), "shutting down");
 }
 
+TEST_P(FramesOverLink, ConcurrentSendersNeverInterleaveFrames) {
+  LinkPair p = make();
+  constexpr int kThreads = 4, kPerThread = 200;
+  std::vector<std::thread> senders;
+  for (int t = 0; t < kThreads; ++t) {
+    senders.emplace_back([&, t] {
+      // Thread t sends payloads of 1..5000 bytes, all bytes equal to t, in three segments.
+      for (int i = 0; i < kPerThread; ++i) {
+        const std::vector<std::byte> body(1 + (i * 37 + t * 1009) % 5000, std::byte(t));
+        const ByteSpan all(body);
+        const ByteSpan segments[] = {all.first(1), all.subspan(1, (all.size() - 1) / 2),
+                                     all.subspan(1 + (all.size() - 1) / 2)};
+        p.a->send(kData, segments, Timeout(30000));
+        p.a->try_send_heartbeat();  // heartbeats from any thread never land inside a frame
+      }
+    });
+  }
+  ByteBuffer buffer;
+  int counts[kThreads] = {};
+  for (int n = 0; n < kThreads * kPerThread; ++n) {
+    auto m = p.b->receive(buffer, Timeout(30000));
+    ASSERT_TRUE(m);
+    ASSERT_FALSE(m->payload.empty());
+    const auto t = static_cast<int>(m->payload[0]);
+    ASSERT_LT(t, kThreads);
+    for (std::byte b : m->payload) ASSERT_EQ(static_cast<int>(b), t);
+    ++counts[t];
+  }
+  for (auto& s : senders) s.join();
+  for (int c : counts) EXPECT_EQ(c, kPerThread);
+}
+
+TEST_P(FramesOverLink, ThousandsOfSegments) {
+  LinkPair p = make();
+  std::string text(3000, ' ');
+  for (size_t i = 0; i < text.size(); ++i) text[i] = static_cast<char>('a' + i % 26);
+  std::vector<ByteSpan> segments;
+  for (size_t i = 0; i < text.size(); ++i) segments.push_back(as_bytes(std::string_view(text).substr(i, 1)));
+  std::thread sender([&] { p.a->send(kData, segments, Timeout(30000)); });
+  ByteBuffer buffer;
+  auto m = p.b->receive(buffer, Timeout(30000));
+  sender.join();
+  ASSERT_TRUE(m);
+  EXPECT_EQ(as_string(m->payload), text);
+}
+
+TEST_P(FramesOverLink, SendToAPeerThatDoesNotReadTimesOutAndClosesTheLink) {
+  LinkPair p = make();
+  const std::vector<std::byte> big(1u << 20);
+  LogCapture log;
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    for (int i = 0; i < 1000; ++i) p.a->send(kData, big, Timeout(200));  // never read by p.b
+    FAIL() << "the sends should have timed out";
+  } catch (const LinkTimeout& e) {
+    EXPECT_NE(std::string(e.what()).find("timed out"), std::string::npos) << e.what();
+  }
+  EXPECT_LT(seconds_since(t0), 30.0);
+  EXPECT_TRUE(p.a->is_closed());
+  EXPECT_THROW(p.a->send(kSmall, as_bytes("x"), Timeout(100)), LinkClosed);
+}
+
 INSTANTIATE_TEST_SUITE_P(Links, FramesOverLink, ::testing::Values("tcp", "local"),
                          [](const auto& param_info) { return param_info.param; });
 
