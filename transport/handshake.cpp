@@ -218,7 +218,7 @@ class Exchange {
   [[noreturn]] void refuse(const std::string& local, const std::string& to_peer) {
     const std::string message = fmt::format("handshake with {} failed: {}", link_.peer(), local);
     log_line(message);
-    link_.close(to_peer);
+    link_.close(message, to_peer);
     throw HandshakeError(message);
   }
 

@@ -104,11 +104,11 @@ std::optional<Message> Link::receive(ByteBuffer& buffer, Timeout timeout) {
   }
 }
 
-void Link::close(std::string_view reason) {
-  close_impl(std::string(reason), true, false);
+void Link::close(std::string_view reason, std::string_view tell_peer) {
+  close_impl(std::string(reason), true, false, tell_peer);
 }
 
-void Link::close_impl(std::string reason, bool notify_peer, bool log) {
+void Link::close_impl(std::string reason, bool notify_peer, bool log, std::string_view tell_peer) {
   {
     std::lock_guard lock(reason_mutex_);
     if (closed_.load()) return;
@@ -119,7 +119,8 @@ void Link::close_impl(std::string reason, bool notify_peer, bool log) {
   if (notify_peer) {
     std::unique_lock lock(send_mutex_, std::try_to_lock);
     if (lock.owns_lock() && writable_now()) {
-      const std::string_view r = std::string_view(reason).substr(0, kMaxCloseReasonBytes);
+      const std::string_view message = tell_peer.empty() ? std::string_view(reason) : tell_peer;
+      const std::string_view r = message.substr(0, kMaxCloseReasonBytes);
       const ByteSpan payload(reinterpret_cast<const std::byte*>(r.data()), r.size());
       try {
         send_frame(msg::kClose, std::span<const ByteSpan>(&payload, 1), payload.size(),

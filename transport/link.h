@@ -75,7 +75,10 @@ class Link {
 
   // Closes the link (idempotent). When no frame is being sent, tells the peer why with a Close
   // frame first (best effort, at most ~100 ms). Wakes blocked calls in other threads.
-  void close(std::string_view reason = "closed");
+  void close(std::string_view reason = "closed") { close(reason, reason); }
+  // The same, recording `reason` locally and telling the peer `tell_peer` (a refusal phrased
+  // for the other side: "authentication failed: your proof ... does not match").
+  void close(std::string_view reason, std::string_view tell_peer);
 
   // Sends an empty Heartbeat if no frame is being sent and the transport can take it without
   // waiting; returns whether one was sent. For LinkMonitor.
@@ -119,8 +122,9 @@ class Link {
   void note_received() { last_receive_.store(Clock::now().time_since_epoch().count()); }
 
  private:
-  // Closes with `reason`; `notify_peer`: try to send a Close frame; `log`: report it.
-  void close_impl(std::string reason, bool notify_peer, bool log);
+  // Closes with `reason`; `notify_peer`: try to send a Close frame saying `tell_peer` (or
+  // `reason` when empty); `log`: report it.
+  void close_impl(std::string reason, bool notify_peer, bool log, std::string_view tell_peer = {});
   [[noreturn]] void rethrow_closed();
 
   const std::string peer_;

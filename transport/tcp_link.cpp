@@ -94,7 +94,8 @@ AddrInfoPtr resolve(const std::string& host, uint16_t port, bool passive) {
   const std::string service = std::to_string(port);
   const int rc = ::getaddrinfo(host.c_str(), service.c_str(), &hints, &result);
   if (rc != 0) {
-    throw LinkError(fmt::format("cannot resolve '{}': {}", host, rc == EAI_SYSTEM ? errno_text(errno) : ::gai_strerror(rc)));
+    const std::string why = rc == EAI_SYSTEM ? errno_text(errno) : ::gai_strerror(rc);
+    throw LinkError(fmt::format("cannot resolve '{}': {}", host, why));
   }
   return AddrInfoPtr(result);
 }

@@ -250,7 +250,8 @@ TEST(TransportFuzz, MutatedFramesNeverHurtTheEndpointOrAnHonestPeer) {
 
   std::printf("[ fuzz     ] %llu bad frames + %llu valid frames with flipped payload bytes on %llu connections "
               "in %.2f s; honest peer: %llu round trips\n",
-              static_cast<unsigned long long>(frames_sent.load()), static_cast<unsigned long long>(valid_mutated.load()),
+              static_cast<unsigned long long>(frames_sent.load()),
+              static_cast<unsigned long long>(valid_mutated.load()),
               static_cast<unsigned long long>(bad_connections.load()), fuzz_seconds,
               static_cast<unsigned long long>(honest_round_trips.load()));
   EXPECT_GE(frames_sent.load() + valid_mutated.load(), 10000u);

@@ -77,6 +77,10 @@ TEST_P(HandshakeOverLink, WrongKeyIsRefusedOnBothSides) {
   EXPECT_FALSE(p.a->authenticated());
   EXPECT_FALSE(p.b->authenticated());
   EXPECT_TRUE(log_.contains("peer failed authentication"));
+  // Each side's link records its own view; the responder told the initiator its side.
+  EXPECT_NE(p.b->close_reason().find("peer failed authentication"), std::string::npos) << p.b->close_reason();
+  EXPECT_NE(p.a->close_reason().find("peer closed the link: authentication failed"), std::string::npos)
+      << p.a->close_reason();
 }
 
 TEST_P(HandshakeOverLink, VersionMismatchIsNamedOnBothSides) {
@@ -95,9 +99,9 @@ TEST_P(HandshakeOverLink, VersionMismatchIsNamedOnBothSides) {
     EXPECT_NE(r.responder.error.find(fmt::format("peer speaks protocol version {}, we speak {}", theirs, ours)),
               std::string::npos)
         << r.responder.error;
-    EXPECT_NE(r.initiator.error.find(fmt::format(
-                  "peer refused the handshake: protocol version mismatch: you speak {}, this node speaks {}", theirs, ours)),
-              std::string::npos)
+    const std::string told = fmt::format(
+        "peer refused the handshake: protocol version mismatch: you speak {}, this node speaks {}", theirs, ours);
+    EXPECT_NE(r.initiator.error.find(told), std::string::npos)
         << r.initiator.error;
   }
 }
@@ -187,7 +191,8 @@ TEST(Handshake, ReplayedHelloAndAuthAreRefused) {
   };
   std::thread up([&] { forward(*left.b, *right.a, tap.from_initiator); });
   std::thread down([&] { forward(*right.a, *left.b, tap.from_responder); });
-  auto responder = std::async(std::launch::async, [&] { return run_handshake(*right.b, Role::responder, key_a(), {}); });
+  auto responder =
+      std::async(std::launch::async, [&] { return run_handshake(*right.b, Role::responder, key_a(), {}); });
   const Outcome first = run_handshake(*left.a, Role::initiator, key_a(), {});
   up.join();
   down.join();
