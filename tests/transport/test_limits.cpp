@@ -17,6 +17,10 @@ void note_allocation(size_t n) {
 }
 }  // namespace
 
+// These replace the global allocation functions, so their malloc/free pairing is the point;
+// GCC cannot see that through the replacement and warns at -O2.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 void* operator new(size_t n) {
   note_allocation(n);
   if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
@@ -38,6 +42,7 @@ void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
 void operator delete(void* p, size_t, std::align_val_t) noexcept { std::free(p); }
 void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
 void operator delete[](void* p, size_t, std::align_val_t) noexcept { std::free(p); }
+#pragma GCC diagnostic pop
 
 namespace hearth::transport::test {
 namespace {
