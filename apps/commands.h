@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "apps/cluster.h"
+
 namespace hearth::apps {
 
 struct InfoArgs {
@@ -37,6 +39,7 @@ struct RunArgs {
   int32_t ctx_size = 0;
   int32_t threads = 0;
   bool ignore_eos = false;
+  ClusterArgs cluster;
 };
 int run_generate(const RunArgs& args);
 
@@ -88,13 +91,25 @@ struct ServeArgs {
   std::string alias;
   std::string chat_template;
   int32_t threads = 0;
+  ClusterArgs cluster;
 };
 int run_serve(const ServeArgs& args);
+
+// `hearth worker`: a cluster node (shard/worker.h).
+struct WorkerArgs {
+  std::string listen = "127.0.0.1:7070";
+  std::string cluster_key;
+  int32_t threads = 0;
+  std::vector<std::string> model_dirs;
+  std::string memory;
+};
+int run_worker(const WorkerArgs& args);
 // `hearth plan`: the pipeline plan (which node runs which layers) for a model on a cluster.
 struct PlanArgs {
   std::string model;
   std::string nodes_file;            // JSON description of the nodes (shard/plan.h)
   std::vector<std::string> workers;  // live workers to ask (shard/probe.h)
+  std::string cluster_key;           // their key file, with --workers
   int32_t local = 0;                 // N hypothetical nodes sharing this machine
   double bandwidth_gbps = 0;         // --local: GB/s per node (0: measure)
   std::string memory;                // --local: memory to share (empty: available memory)

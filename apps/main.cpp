@@ -51,6 +51,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   run->add_option("-t,--threads", run_args.threads, "CPU threads (0: all)")->capture_default_str();
   run->add_flag("--ignore-eos", run_args.ignore_eos, "Keep generating past the end-of-generation token");
+  hearth::apps::add_cluster_options(*run, run_args.cluster);
 
   hearth::apps::SynthArgs synth_args;
   CLI::App* synth = app.add_subcommand(
@@ -109,6 +110,17 @@ int main(int argc, char** argv) {
   serve->add_option("--chat-template", serve_args.chat_template,
                     "Use this template instead of the model's: chatml, llama3, llama2, mistral, zephyr, gemma, phi3, deepseek");
   serve->add_option("-t,--threads", serve_args.threads, "CPU threads (0: all)")->capture_default_str();
+  hearth::apps::add_cluster_options(*serve, serve_args.cluster);
+
+  hearth::apps::WorkerArgs worker_args;
+  CLI::App* worker = app.add_subcommand("worker", "Run pipeline stages for a coordinator (a node of a cluster)");
+  worker->add_option("--listen", worker_args.listen, "HOST:PORT to listen on (port 0: any free port)")->capture_default_str();
+  worker->add_option("--cluster-key", worker_args.cluster_key, "The cluster's key file (hex); peers without it are refused")
+      ->required()
+      ->check(CLI::ExistingFile);
+  worker->add_option("-t,--threads", worker_args.threads, "CPU threads (0: all)")->capture_default_str();
+  worker->add_option("--model-dir", worker_args.model_dirs, "Where to look for the coordinator's model (repeatable)");
+  worker->add_option("--memory", worker_args.memory, "Memory this worker offers (e.g. 8GiB; default: what is available)");
   hearth::apps::PlanArgs plan_args;
   CLI::App* plan = app.add_subcommand("plan", "Split a model across nodes: layers per node, memory, estimated tokens/s");
   plan->footer(
@@ -130,6 +142,8 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   plan->add_option("--workers", plan_args.workers, "Live workers to ask for their capabilities (host:port,...)")
       ->delimiter(',');
+  plan->add_option("--cluster-key", plan_args.cluster_key, "The workers' key file (hex), with --workers")
+      ->check(CLI::ExistingFile);
   plan->add_option("--local", plan_args.local, "N hypothetical nodes on this machine, sharing its memory");
   plan->add_option("--bandwidth", plan_args.bandwidth_gbps, "--local: memory bandwidth in GB/s (default: measured)");
   plan->add_option("--memory", plan_args.memory, "--local: memory the nodes share (default: available memory)");
@@ -181,6 +195,7 @@ int main(int argc, char** argv) {
 
   try {
     if (*serve) return hearth::apps::run_serve(serve_args);
+    if (*worker) return hearth::apps::run_worker(worker_args);
     if (*plan) return hearth::apps::run_plan(plan_args);
     if (*info) return hearth::apps::run_info(info_args);
     if (*bench_serve) return hearth::apps::run_bench_serve(bench_serve_args);

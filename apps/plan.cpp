@@ -11,6 +11,7 @@
 #include "engine/model_config.h"
 #include "shard/plan.h"
 #include "shard/probe.h"
+#include "transport/handshake.h"
 
 namespace hearth::apps {
 
@@ -61,7 +62,10 @@ int run_plan(const PlanArgs& args) {
 
   shard::ClusterSpec cluster;
   if (!args.nodes_file.empty()) cluster = shard::load_cluster_file(args.nodes_file);
-  else if (!args.workers.empty()) cluster = shard::probe_workers(args.workers);
+  else if (!args.workers.empty()) {
+    if (args.cluster_key.empty()) throw Error("--workers needs --cluster-key FILE (the key the workers were started with)");
+    cluster = shard::probe_workers(args.workers, transport::load_cluster_key(args.cluster_key));
+  }
   else cluster = local_cluster(args);
   if (!args.coordinator.empty()) cluster.coordinator = args.coordinator;
 

@@ -1,14 +1,69 @@
 // `hearth run`: generate text from a prompt on this machine. Only the generated text goes to
 // stdout (streamed as it is produced); loading messages and timings go to stderr.
 #include <cstdio>
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <optional>
 #include <random>
 
 #include "apps/commands.h"
 #include "core/thread_pool.h"
 #include "engine/model.h"
+#include "engine/scheduler.h"
 #include "kernels/cpu/cpu_backend.h"
 
 namespace hearth::apps {
+
+namespace {
+
+// One sequence through the pipeline: the same scheduler the server uses, on a cluster executor.
+engine::GenerationResult generate_on_cluster(const RunArgs& args, engine::Model& model, const std::vector<engine::Token>& prompt,
+                                             const engine::GenerationOptions& options,
+                                             const std::function<bool(std::string_view)>& print) {
+  const int threads = args.threads > 0 ? args.threads : ThreadPool::hardware_threads();
+  std::unique_ptr<ClusterRuntime> cluster = start_cluster(args.cluster, model, model.n_ctx(), 1, threads);
+  std::fprintf(stderr, "hearth: pipeline: %s\n", cluster->describe().c_str());
+  engine::Scheduler scheduler(cluster->executor(), model.tokenizer(), {});
+  engine::GenerationResult result;
+  result.prompt_tokens = static_cast<int32_t>(prompt.size());
+  std::mutex mutex;
+  std::condition_variable done_cv;
+  bool done = false;
+  std::string error;
+  const auto start = std::chrono::steady_clock::now();
+  std::optional<std::chrono::steady_clock::time_point> first_token;
+  std::vector<engine::SequenceRequest> requests(1);
+  requests[0].prompt = prompt;
+  requests[0].options = options;
+  requests[0].on_token = [&](const engine::TokenEvent& e) {
+    if (!first_token) first_token = std::chrono::steady_clock::now();
+    result.tokens.push_back(e.sampled.token);
+    result.text += e.text;
+    print(e.text);
+  };
+  requests[0].on_finish = [&](const engine::SequenceResult& r) {
+    result.text += r.tail;
+    print(r.tail);
+    std::lock_guard<std::mutex> lock(mutex);
+    result.finish_reason = r.finish_reason;
+    error = r.error;
+    done = true;
+    done_cv.notify_all();
+  };
+  if (!scheduler.submit(std::move(requests))) throw Error("the scheduler refused the request");
+  std::unique_lock<std::mutex> lock(mutex);
+  done_cv.wait(lock, [&] { return done; });
+  if (result.finish_reason == "error") throw Error(error);
+  const auto end = std::chrono::steady_clock::now();
+  const auto first = first_token.value_or(end);
+  result.prompt_seconds = std::chrono::duration<double>(first - start).count();
+  result.generation_seconds = std::chrono::duration<double>(end - first).count();
+  return result;
+}
+
+}  // namespace
 
 int run_generate(const RunArgs& args) {
   const int threads = args.threads > 0 ? args.threads : ThreadPool::hardware_threads();
@@ -16,6 +71,7 @@ int run_generate(const RunArgs& args) {
   engine::ModelOptions model_options;
   model_options.n_ctx = args.ctx_size;
   model_options.chat_template = args.chat_template;
+  model_options.load_weights = !args.cluster.enabled();  // a cluster's workers hold the layers
   engine::Model model(args.model, backend, model_options);
   const engine::ModelConfig& c = model.config();
   std::fprintf(stderr, "hearth: %s (%s, %d layers, %d-token vocabulary) on %s [%s] with %d threads, context %d\n",
@@ -47,11 +103,13 @@ int run_generate(const RunArgs& args) {
   s.frequency_penalty = args.frequency_penalty;
   s.seed = args.seed_given ? args.seed : std::random_device{}();
 
-  const engine::GenerationResult r = model.generate(prompt, options, [](std::string_view piece) {
+  auto print = [](std::string_view piece) {
     std::fwrite(piece.data(), 1, piece.size(), stdout);
     std::fflush(stdout);
     return true;
-  });
+  };
+  const engine::GenerationResult r =
+      args.cluster.enabled() ? generate_on_cluster(args, model, prompt, options, print) : model.generate(prompt, options, print);
   std::fputc('\n', stdout);
   std::fflush(stdout);
   const double gen_rate = r.generation_seconds > 0 ? static_cast<double>(r.tokens.size()) / r.generation_seconds : 0.0;

@@ -14,6 +14,7 @@
 #include "engine/scheduler.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "server/openai_server.h"
+#include "apps/cluster.h"
 
 namespace hearth::apps {
 
@@ -60,7 +61,8 @@ int run_serve(const ServeArgs& args) {
   const int threads = args.threads > 0 ? args.threads : ThreadPool::hardware_threads();
   std::unique_ptr<kernels::CpuBackend> backend;
   std::unique_ptr<engine::Model> model;
-  std::unique_ptr<engine::LocalExecutor> executor;
+  std::unique_ptr<engine::LocalExecutor> local;
+  std::unique_ptr<ClusterRuntime> cluster;
   std::unique_ptr<engine::Scheduler> scheduler;
   try {
     backend = std::make_unique<kernels::CpuBackend>(threads);
@@ -68,8 +70,17 @@ int run_serve(const ServeArgs& args) {
     model_options.n_ctx = args.ctx_size;
     model_options.n_seq = args.parallel;
     model_options.chat_template = args.chat_template;
+    model_options.load_weights = !args.cluster.enabled();  // a cluster's workers hold the layers
     model = std::make_unique<engine::Model>(args.model, *backend, model_options);
-    executor = std::make_unique<engine::LocalExecutor>(model->stage());
+    engine::BatchExecutor* executor = nullptr;
+    if (args.cluster.enabled()) {
+      cluster = start_cluster(args.cluster, *model, model->n_ctx(), args.parallel, threads);
+      std::fprintf(stderr, "hearth: pipeline: %s\n", cluster->describe().c_str());
+      executor = &cluster->executor();
+    } else {
+      local = std::make_unique<engine::LocalExecutor>(model->stage());
+      executor = local.get();
+    }
     engine::SchedulerOptions scheduler_options;
     scheduler_options.max_queue = args.queue;
     scheduler_options.step_tokens = args.batch_size;
@@ -94,6 +105,7 @@ int run_serve(const ServeArgs& args) {
   http.stop();
   listener.join();
   scheduler.reset();  // finishes what is still running as cancelled
+  cluster.reset();    // then the pipeline and its local workers
   return 0;
 }
 

@@ -13,7 +13,8 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 }  // namespace
 
 Model::Model(const std::filesystem::path& path, kernels::Backend& backend, const ModelOptions& options)
-    : file_(gguf::GgufFile::open(path)),
+    : path_(path),
+      file_(gguf::GgufFile::open(path)),
       config_(ModelConfig::from_gguf(file_)),
       tokenizer_(Tokenizer::from_gguf(file_)),
       options_(options) {
@@ -29,7 +30,12 @@ Model::Model(const std::filesystem::path& path, kernels::Backend& backend, const
   if (options.n_seq < 1) throw Error(fmt::format("{} parallel sequences: need at least 1", options.n_seq));
   stage_options.n_seq = options.n_seq;
   stage_options.kv_type = options.kv_type;
-  stage_ = std::make_unique<Stage>(file_, config_, backend, 0, config_.n_layer, stage_options);
+  if (options.load_weights) stage_ = std::make_unique<Stage>(file_, config_, backend, 0, config_.n_layer, stage_options);
+}
+
+Stage& Model::stage() {
+  HEARTH_CHECK(stage_ != nullptr, "the model was opened without its weights");
+  return *stage_;
 }
 
 ChatTemplateKind Model::chat_template() const {
@@ -81,6 +87,7 @@ GenerationResult Model::generate(const std::vector<Token>& prompt, const Generat
                             "--ctx-size (the model was trained with {})",
                             result.prompt_tokens, n_ctx_, config_.n_ctx_train));
   }
+  Stage& stage = this->stage();
   Sampler sampler(options.sampling);
   std::vector<Token> history(prompt);
   std::vector<float> logits;
@@ -94,7 +101,7 @@ GenerationResult Model::generate(const std::vector<Token>& prompt, const Generat
     for (int32_t i = 0; i < count; ++i) slots.push_back({0, begin + i});
     const bool last_chunk = begin + count == result.prompt_tokens;
     const int32_t last_row = count - 1;
-    stage_->forward({.tokens = std::span<const Token>(prompt.data() + begin, static_cast<size_t>(count)),
+    stage.forward({.tokens = std::span<const Token>(prompt.data() + begin, static_cast<size_t>(count)),
                      .hidden = {},
                      .slots = slots,
                      .output_rows = last_chunk ? std::span<const int32_t>(&last_row, 1) : std::span<const int32_t>()},
@@ -131,7 +138,7 @@ GenerationResult Model::generate(const std::vector<Token>& prompt, const Generat
     if (step + 1 == limit) break;
     const kernels::KvSlot slot{0, static_cast<int32_t>(history.size()) - 1};
     const int32_t row0 = 0;
-    stage_->forward({.tokens = std::span<const Token>(&token, 1), .hidden = {}, .slots = std::span(&slot, 1),
+    stage.forward({.tokens = std::span<const Token>(&token, 1), .hidden = {}, .slots = std::span(&slot, 1),
                      .output_rows = std::span(&row0, 1)},
                     logits);
   }

@@ -25,6 +25,7 @@ struct ModelOptions {
   int32_t n_batch = 512;    // prompt tokens per forward pass
   int32_t n_seq = 1;        // sequence slots of the KV cache (each n_ctx positions); generate() uses slot 0
   DType kv_type = DType::F16;
+  bool load_weights = true;  // false: tokenizer, template and config only (a cluster's coordinator)
   std::string chat_template;  // a template name overriding the file's ("chatml", "gemma", ...)
 };
 
@@ -54,8 +55,9 @@ class Model {
   const ModelConfig& config() const { return config_; }
   const Tokenizer& tokenizer() const { return tokenizer_; }
   int32_t n_ctx() const { return n_ctx_; }
-  // The stage over every layer (for a Scheduler's LocalExecutor).
-  Stage& stage() { return *stage_; }
+  // The stage over every layer (for a Scheduler's LocalExecutor); needs load_weights.
+  Stage& stage();
+  const std::filesystem::path& path() const { return path_; }
 
   // The chat template in use: --chat-template, else recognized from the file, else chosen by
   // architecture. Throws naming the template when it cannot be determined.
@@ -72,6 +74,7 @@ class Model {
                             const std::function<bool(std::string_view)>& on_text);
 
  private:
+  std::filesystem::path path_;
   gguf::GgufFile file_;
   ModelConfig config_;
   Tokenizer tokenizer_;

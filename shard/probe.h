@@ -1,17 +1,19 @@
-// What live workers offer the planner: memory, backend, measured bandwidth and link speed,
-// asked over the wire. The transport layer (transport/) is not in this build yet.
+// Asking live workers what they offer: each is reached and authenticated with the cluster key,
+// and its capabilities (backend, memory, threads) become a NodeSpec for the planner.
 #pragma once
 
 #include <string>
 #include <vector>
 
 #include "shard/plan.h"
+#include "transport/handshake.h"
 
 namespace hearth::shard {
 
-// Connects to each worker (host:port), asks for its capabilities and measures the links between
-// them. Until the transport integration lands this throws hearth::Error saying so: describe the
-// nodes in a file instead (`hearth plan --nodes FILE`).
-ClusterSpec probe_workers(const std::vector<std::string>& addresses);
+// Nodes named worker-0, worker-1, ... in the order given, with their host:port as address.
+// Bandwidth is not measured by workers yet: every node gets `default_bandwidth_gbps`. Throws
+// hearth::Error naming the worker that cannot be reached or refuses the key.
+ClusterSpec probe_workers(const std::vector<std::string>& addresses, const transport::ClusterKey& key,
+                          double default_bandwidth_gbps = 10.0);
 
 }  // namespace hearth::shard

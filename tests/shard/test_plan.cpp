@@ -13,6 +13,10 @@
 #include "engine/model_config.h"
 #include "shard/plan.h"
 #include "shard/probe.h"
+#include "shard/wire.h"
+#include "transport/tcp_link.h"
+#include "shard/wire.h"
+#include "transport/tcp_link.h"
 
 namespace hearth::shard {
 namespace {
@@ -482,13 +486,20 @@ TEST(NodesFile, SizeStrings) {
   EXPECT_THROW(parse_size("99999999999TiB"), Error);
 }
 
-TEST(Probe, WorkersAreNotAvailableYet) {
+TEST(Probe, AnUnreachableWorkerIsNamed) {
+  // A port nobody listens on: bind one, then close it.
+  std::string address;
+  {
+    transport::TcpListener listener(pipeline_frame_limits());
+    address = listener.address();
+  }
   try {
-    probe_workers({"10.0.0.2:7070"});
+    probe_workers({address}, transport::generate_cluster_key());
     FAIL();
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("use --nodes FILE"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("worker " + address), std::string::npos) << e.what();
   }
+  EXPECT_THROW(probe_workers({}, transport::generate_cluster_key()), Error);
 }
 
 // ---------------------------------------------------------------------------------------------

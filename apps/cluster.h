@@ -1,0 +1,39 @@
+// The cluster options `hearth run` and `hearth serve` share: --local-stages N (worker processes
+// on this machine) or --workers H:P,... --cluster-key FILE, and how activations travel.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/model.h"
+#include "engine/scheduler.h"
+
+namespace CLI {
+class App;
+}
+
+namespace hearth::apps {
+
+struct ClusterArgs {
+  int32_t local_stages = 0;
+  std::vector<std::string> workers;
+  std::string cluster_key;
+  std::string wire_dtype = "f32";
+  bool enabled() const { return local_stages > 0 || !workers.empty(); }
+};
+
+void add_cluster_options(CLI::App& command, ClusterArgs& args);
+
+// The executor of a cluster run: the workers (started here for --local-stages) and the
+// pipeline over them, planned for the model. `threads`: CPU threads of this machine, shared
+// by local workers.
+struct ClusterRuntime {
+  virtual ~ClusterRuntime() = default;
+  virtual engine::BatchExecutor& executor() = 0;
+  virtual std::string describe() const = 0;
+};
+std::unique_ptr<ClusterRuntime> start_cluster(const ClusterArgs& args, const engine::Model& model, int32_t n_ctx,
+                                              int32_t n_seq, int threads);
+
+}  // namespace hearth::apps

@@ -1,0 +1,43 @@
+// `hearth worker`: a node of a cluster. Prints "hearth worker: listening on HOST:PORT" on
+// stdout once it accepts peers (what --local-stages reads), then serves coordinators until
+// SIGINT / SIGTERM.
+#include <signal.h>
+
+#include <cstdio>
+#include <thread>
+
+#include "apps/commands.h"
+#include "core/error.h"
+#include "shard/plan.h"
+#include "shard/worker.h"
+#include "transport/tcp_link.h"
+
+namespace hearth::apps {
+
+int run_worker(const WorkerArgs& args) {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+
+  const transport::HostPort listen = transport::parse_host_port(args.listen);
+  shard::WorkerOptions options;
+  options.host = listen.host;
+  options.port = listen.port;
+  options.threads = args.threads;
+  for (const std::string& dir : args.model_dirs) options.model_dirs.emplace_back(dir);
+  if (!args.memory.empty()) options.memory_bytes = shard::parse_size(args.memory);
+  shard::Worker worker(options, transport::load_cluster_key(args.cluster_key));
+  std::printf("hearth worker: listening on %s\n", worker.address().c_str());
+  std::fflush(stdout);
+  std::thread server([&] { worker.run(); });
+  int received = 0;
+  sigwait(&signals, &received);
+  worker.stop();
+  server.join();
+  return 0;
+}
+
+}  // namespace hearth::apps

@@ -1,0 +1,140 @@
+#include "shard/local_cluster.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <random>
+
+#include "core/error.h"
+
+extern char** environ;
+
+namespace hearth::shard {
+
+namespace {
+
+// Reads the first line the child writes to `fd` (its address), waiting up to `seconds`.
+std::string read_line(int fd, double seconds, pid_t pid) {
+  std::string line;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (line.find('\n') == std::string::npos) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) throw Error(fmt::format("worker process {} did not report its address in time", pid));
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
+    char buffer[256];
+    const ssize_t got = ::read(fd, buffer, sizeof(buffer));
+    if (got <= 0) throw Error(fmt::format("worker process {} exited before it listened (see its messages above)", pid));
+    line.append(buffer, static_cast<size_t>(got));
+  }
+  line.resize(line.find('\n'));
+  return line;
+}
+
+uint64_t available_memory() {
+  std::ifstream in("/proc/meminfo");
+  std::string key, unit;
+  uint64_t kib = 0;
+  while (in >> key >> kib >> unit) {
+    if (key == "MemAvailable:") return kib * 1024;
+  }
+  return 8ull << 30;
+}
+
+}  // namespace
+
+LocalCluster::LocalCluster(const std::filesystem::path& hearth, int n, int threads_per_worker)
+    : key_(transport::generate_cluster_key()) {
+  if (n < 1 || n > 64) throw Error(fmt::format("--local-stages {}: must be 1..64", n));
+  char dir_template[] = "/tmp/hearth-cluster-XXXXXX";
+  if (::mkdtemp(dir_template) == nullptr) throw Error("cannot create a directory for the cluster key in /tmp");
+  dir_ = dir_template;
+  const std::filesystem::path key_file = dir_ / "cluster.key";
+  transport::write_cluster_key(key_file, key_);
+  try {
+    for (int i = 0; i < n; ++i) {
+      int out[2];
+      if (::pipe2(out, O_CLOEXEC) != 0) throw Error("pipe failed");
+      posix_spawn_file_actions_t actions;
+      posix_spawn_file_actions_init(&actions);
+      posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
+      const std::string exe = hearth.string();
+      const std::string threads = std::to_string(threads_per_worker);
+      const std::string key_path = key_file.string();
+      std::vector<std::string> args = {exe, "worker", "--listen", "127.0.0.1:0", "--cluster-key", key_path, "--threads", threads};
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      pid_t pid = 0;
+      const int rc = ::posix_spawn(&pid, exe.c_str(), &actions, nullptr, argv.data(), environ);
+      posix_spawn_file_actions_destroy(&actions);
+      ::close(out[1]);
+      if (rc != 0) {
+        ::close(out[0]);
+        throw Error(fmt::format("cannot start {} worker: {}", exe, std::strerror(rc)));
+      }
+      pids_.push_back(pid);
+      try {
+        const std::string line = read_line(out[0], 30.0, pid);
+        ::close(out[0]);
+        const std::string prefix = "listening on ";
+        const size_t at = line.find(prefix);
+        if (at == std::string::npos) throw Error(fmt::format("worker process {} said '{}'", pid, line));
+        addresses_.push_back(line.substr(at + prefix.size()));
+      } catch (...) {
+        ::close(out[0]);
+        throw;
+      }
+    }
+  } catch (...) {
+    for (pid_t pid : pids_) {
+      ::kill(pid, SIGTERM);
+      ::waitpid(pid, nullptr, 0);
+    }
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+    throw;
+  }
+}
+
+LocalCluster::~LocalCluster() {
+  for (pid_t pid : pids_) ::kill(pid, SIGTERM);
+  for (pid_t pid : pids_) ::waitpid(pid, nullptr, 0);
+  std::error_code ec;
+  std::filesystem::remove_all(dir_, ec);
+}
+
+ClusterSpec local_cluster_spec(const std::vector<std::string>& addresses) {
+  ClusterSpec cluster;
+  const uint64_t memory = available_memory() / std::max<size_t>(1, addresses.size());
+  for (size_t i = 0; i < addresses.size(); ++i) {
+    NodeSpec node;
+    node.name = fmt::format("local-{}", i);
+    node.address = addresses[i];
+    node.host = "127.0.0.1";
+    node.memory_bytes = memory;
+    node.bandwidth_gbps = 10.0;  // equal nodes: the split balances bytes read per token
+    cluster.nodes.push_back(node);
+  }
+  return cluster;
+}
+
+std::vector<PipelineStageSpec> plan_stages(const gguf::GgufFile& file, const engine::ModelConfig& config,
+                                           const ClusterSpec& cluster, const PlanOptions& options) {
+  const ModelCost cost = ModelCost::from_gguf(file, config);
+  const PipelinePlan plan = make_plan(cost, cluster, options);
+  std::vector<PipelineStageSpec> stages;
+  for (const StagePlan& s : plan.stages) {
+    if (s.address.empty()) throw Error(fmt::format("node {} has no address to reach it at", s.node));
+    stages.push_back({s.address, s.first, s.last});
+  }
+  return stages;
+}
+
+}  // namespace hearth::shard

@@ -1,0 +1,49 @@
+// A cluster on this machine: `hearth worker` processes on 127.0.0.1 with a fresh cluster key,
+// started for `--local-stages N` (one machine, several stages: the same code path as a real
+// cluster) and stopped with it. Also the split of a model over a list of workers.
+#pragma once
+
+#include <sys/types.h>
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "engine/gguf.h"
+#include "engine/model_config.h"
+#include "shard/pipeline.h"
+#include "shard/plan.h"
+#include "transport/handshake.h"
+
+namespace hearth::shard {
+
+class LocalCluster {
+ public:
+  // Starts n workers from the executable `hearth` (the running binary: /proc/self/exe), each
+  // with `threads_per_worker` threads, and waits until each has printed its address. Throws
+  // hearth::Error when one fails to start.
+  LocalCluster(const std::filesystem::path& hearth, int n, int threads_per_worker);
+  ~LocalCluster();  // SIGTERM to every worker, then wait; removes the key file
+  LocalCluster(const LocalCluster&) = delete;
+  LocalCluster& operator=(const LocalCluster&) = delete;
+
+  const std::vector<std::string>& addresses() const { return addresses_; }
+  const transport::ClusterKey& key() const { return key_; }
+  pid_t pid(size_t i) const { return pids_.at(i); }
+
+ private:
+  transport::ClusterKey key_;
+  std::filesystem::path dir_;
+  std::vector<pid_t> pids_;
+  std::vector<std::string> addresses_;
+};
+
+// The stages for these workers: the planner's split (shard/plan.h) of `cluster` (whose nodes
+// carry the workers' addresses), in pipeline order. Throws hearth::Error when it cannot fit.
+std::vector<PipelineStageSpec> plan_stages(const gguf::GgufFile& file, const engine::ModelConfig& config,
+                                           const ClusterSpec& cluster, const PlanOptions& options);
+
+// `n` equal nodes on this machine sharing its available memory (for --local-stages).
+ClusterSpec local_cluster_spec(const std::vector<std::string>& addresses);
+
+}  // namespace hearth::shard

@@ -1,0 +1,291 @@
+#include "shard/worker.h"
+
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+#include <optional>
+
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "engine/gguf.h"
+#include "engine/model_config.h"
+#include "engine/scheduler.h"
+#include "engine/stage.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/cpu_features.h"
+#include "shard/stage_assignment.h"
+#include "shard/wire.h"
+#include "transport/byte_buffer.h"
+#include "transport/heartbeat.h"
+#include "transport/log.h"
+
+namespace hearth::shard {
+
+using nlohmann::json;
+using transport::Link;
+
+namespace {
+
+uint64_t available_memory_bytes() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  uint64_t kib = 0;
+  std::string unit;
+  while (in >> key >> kib >> unit) {
+    if (key == "MemAvailable:") return kib * 1024;
+  }
+  return 0;
+}
+
+// Finds the coordinator's model here: its own path when that holds the same file, else a file
+// of the same size and identity in one of the model directories.
+std::filesystem::path find_model(const StageAssignment& a, const std::vector<std::filesystem::path>& dirs) {
+  std::error_code ec;
+  if (std::filesystem::is_regular_file(a.model_path, ec) && std::filesystem::file_size(a.model_path, ec) == a.model_size &&
+      model_identity(a.model_path) == a.model_identity) {
+    return a.model_path;
+  }
+  for (const auto& dir : dirs) {
+    for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+      if (!entry.is_regular_file(ec) || entry.file_size(ec) != a.model_size) continue;
+      if (model_identity(entry.path()) == a.model_identity) return entry.path();
+    }
+  }
+  throw Error(fmt::format("this worker has no copy of the model {} ({} bytes, identity {}): put one in a --model-dir", a.model_name,
+                          a.model_size, a.model_identity.substr(0, 16)));
+}
+
+}  // namespace
+
+Worker::Worker(WorkerOptions options, transport::ClusterKey key)
+    : options_(std::move(options)),
+      key_(std::move(key)),
+      listener_(pipeline_frame_limits(), options_.host, options_.port) {}
+
+Worker::~Worker() {
+  stop();
+  std::unique_lock<std::mutex> lock(mutex_);
+  threads_done_.wait(lock, [&] { return active_threads_ == 0; });
+}
+
+std::string Worker::capabilities() const {
+  const int threads = options_.threads > 0 ? options_.threads : ThreadPool::hardware_threads();
+  const uint64_t memory = options_.memory_bytes > 0 ? options_.memory_bytes : available_memory_bytes();
+  return json{{"role", "worker"},
+              {"backend", "cpu"},
+              {"cpu", kernels::cpu_description()},
+              {"threads", threads},
+              {"memory_bytes", memory}}
+      .dump();
+}
+
+void Worker::stop() {
+  stopping_ = true;
+  listener_.close();
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (Link* link : open_links_) link->close("the worker is stopping");
+  upstream_ready_.notify_all();
+}
+
+void Worker::run() {
+  transport::log_line(fmt::format("hearth worker: listening on {}", address()));
+  while (!stopping_) {
+    std::unique_ptr<transport::TcpLink> link = listener_.accept(transport::Timeout(500));
+    if (!link) continue;
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++active_threads_;
+    std::thread([this, l = std::move(link)]() mutable {
+      serve_connection(std::move(l));
+      std::lock_guard<std::mutex> done(mutex_);
+      --active_threads_;
+      threads_done_.notify_all();
+    }).detach();
+  }
+}
+
+void Worker::track(Link* link, bool add) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (add) {
+    open_links_.push_back(link);
+    if (stopping_) link->close("the worker is stopping");
+  } else {
+    std::erase(open_links_, link);
+  }
+}
+
+void Worker::serve_connection(std::unique_ptr<transport::TcpLink> link) {
+  const std::string peer = link->peer();
+  json caps;
+  try {
+    transport::HandshakeOptions hs;
+    hs.capabilities = capabilities();
+    const transport::HandshakeResult result = transport::handshake(*link, transport::Role::responder, key_, hs);
+    caps = json::parse(result.peer_capabilities);
+    if (!caps.is_object() || !caps.contains("role") || !caps["role"].is_string()) throw WireError("capabilities without a role");
+  } catch (const std::exception& e) {
+    ++refused_;
+    transport::log_line(fmt::format("hearth worker: refused {}: {}", peer, e.what()));
+    return;
+  }
+  const std::string role = caps["role"].get<std::string>();
+  if (role == "probe") return;  // the capabilities were all it wanted
+  if (role == "coordinator") {
+    run_session(std::move(link));
+  } else if (role == "upstream" && caps.contains("session") && caps["session"].is_number_unsigned()) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    upstream_[caps["session"].get<uint64_t>()] = std::move(link);
+    upstream_ready_.notify_all();
+  } else {
+    ++refused_;
+    link->close("unknown role");
+    transport::log_line(fmt::format("hearth worker: refused {}: unknown role '{}'", peer, role));
+  }
+}
+
+std::unique_ptr<transport::TcpLink> Worker::take_upstream(uint64_t session, transport::Timeout timeout) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  upstream_ready_.wait_for(lock, timeout, [&] { return stopping_.load() || upstream_.count(session) > 0; });
+  auto it = upstream_.find(session);
+  if (it == upstream_.end()) throw Error("the previous stage did not connect in time");
+  auto link = std::move(it->second);
+  upstream_.erase(it);
+  return link;
+}
+
+void Worker::run_session(std::unique_ptr<transport::TcpLink> control) {
+  const std::string coordinator = control->peer();
+  track(control.get(), true);
+  std::unique_ptr<transport::TcpLink> upstream, downstream;
+  std::vector<std::unique_ptr<transport::LinkMonitor>> monitors;
+  std::thread control_reader;
+  auto close_all = [&](const std::string& reason) {
+    for (Link* l : {static_cast<Link*>(control.get()), static_cast<Link*>(upstream.get()), static_cast<Link*>(downstream.get())}) {
+      if (l != nullptr) l->close(reason);
+    }
+  };
+  try {
+    transport::ByteBuffer buffer;
+    const auto m = control->receive(buffer, transport::Timeout(60000));
+    if (!m) throw Error("no LoadStage within 60 s");
+    if (m->type != msg::kLoadStage) throw WireError(fmt::format("expected LoadStage, got message type {}", m->type));
+    json request;
+    try {
+      request = json::parse(std::string(reinterpret_cast<const char*>(m->payload.data()), m->payload.size()));
+    } catch (const json::exception& e) {
+      throw WireError(fmt::format("LoadStage is not JSON: {}", e.what()));
+    }
+    const StageAssignment a = StageAssignment::from_json(request);
+
+    std::optional<gguf::GgufFile> file;
+    std::optional<engine::ModelConfig> config;
+    std::unique_ptr<kernels::CpuBackend> backend;
+    std::unique_ptr<engine::Stage> stage;
+    try {
+      const std::filesystem::path path = find_model(a, options_.model_dirs);
+      file.emplace(gguf::GgufFile::open(path));
+      config.emplace(engine::ModelConfig::from_gguf(*file));
+      if (a.last > config->n_layer) throw Error(fmt::format("layers [{}, {}) of a {}-layer model", a.first, a.last, config->n_layer));
+      const int threads = options_.threads > 0 ? options_.threads : ThreadPool::hardware_threads();
+      backend = std::make_unique<kernels::CpuBackend>(threads);
+      engine::StageOptions so;
+      so.n_ctx = a.n_ctx;
+      so.n_seq = a.n_seq;
+      so.kv_type = a.kv_type;
+      stage = std::make_unique<engine::Stage>(*file, *config, *backend, a.first, a.last, so);
+      if (a.wire == WireDtype::Q8_0 && config->n_embd % 32 != 0) throw Error("q8_0 on the wire needs n_embd % 32 == 0");
+      if (!a.next.empty()) {
+        downstream = transport::tcp_connect(a.next, transport::Timeout(10000), pipeline_frame_limits());
+        transport::HandshakeOptions hs;
+        hs.capabilities = json{{"role", "upstream"}, {"session", a.session}}.dump();
+        transport::handshake(*downstream, transport::Role::initiator, key_, hs);
+        track(downstream.get(), true);
+      } else if (!stage->is_last()) {
+        throw Error("a stage that is not the last needs the address of the next one");
+      }
+      if (!stage->is_first()) {
+        upstream = take_upstream(a.session, transport::Timeout(60000));
+        track(upstream.get(), true);
+      }
+    } catch (const Error& e) {
+      const std::string text = json{{"ok", false}, {"error", e.what()}}.dump();
+      control->send(msg::kStageReady, std::as_bytes(std::span(text.data(), text.size())), transport::Timeout(5000));
+      throw;
+    }
+    const std::string ready = json{{"ok", true},
+                                   {"first", a.first},
+                                   {"last", a.last},
+                                   {"backend", backend->name()},
+                                   {"cpu", kernels::cpu_description()}}
+                                  .dump();
+    control->send(msg::kStageReady, std::as_bytes(std::span(ready.data(), ready.size())), transport::Timeout(5000));
+    transport::log_line(fmt::format("hearth worker: stage {}/{} (layers [{}, {}) of {}) for {}", a.stage + 1, a.n_stages,
+                                    a.first, a.last, a.model_name, coordinator));
+
+    // A dead neighbour closes every link of the session, which ends the loop below.
+    for (Link* l : {static_cast<Link*>(control.get()), static_cast<Link*>(upstream.get()), static_cast<Link*>(downstream.get())}) {
+      if (l == nullptr) continue;
+      monitors.push_back(std::make_unique<transport::LinkMonitor>(
+          *l, options_.heartbeat, [&close_all, peer = l->peer()](const std::string& why) { close_all(fmt::format("{}: {}", peer, why)); }));
+    }
+    Link& in = upstream ? static_cast<Link&>(*upstream) : static_cast<Link&>(*control);
+    Link& out = downstream ? static_cast<Link&>(*downstream) : static_cast<Link&>(*control);
+    if (&in != control.get()) {
+      // The coordinator sends nothing more on this link, but its heartbeats must be read.
+      control_reader = std::thread([&] {
+        transport::ByteBuffer b;
+        try {
+          while (true) {
+            if (auto other = control->receive(b); other) {
+              throw WireError(fmt::format("unexpected message type {} from the coordinator", other->type));
+            }
+          }
+        } catch (const Error& e) {
+          close_all(e.what());
+        }
+      });
+    }
+
+    const int64_t n_embd = config->n_embd;
+    const size_t n_vocab = static_cast<size_t>(config->n_vocab);
+    engine::SlotSamplers samplers(a.n_seq);
+    BatchMessage batch;
+    std::vector<engine::Token> tokens;
+    std::vector<kernels::KvSlot> kv_slots;
+    std::vector<int32_t> output_rows;
+    std::vector<float> hidden, result;
+    std::vector<std::byte> wire_bytes;
+    transport::ByteBuffer in_buffer;
+    while (true) {
+      const auto message = in.receive(in_buffer);
+      if (!message) continue;
+      if (message->type != msg::kBatch) throw WireError(fmt::format("expected Batch, got message type {}", message->type));
+      decode_batch(message->payload, a.n_seq, a.n_ctx, !stage->is_first(), n_embd, batch);
+      engine::flatten_entries(batch.entries, tokens, kv_slots, output_rows);
+      if (!stage->is_first()) {
+        hidden.resize(tokens.size() * static_cast<size_t>(n_embd));
+        decode_hidden(batch.hidden_dtype, batch.hidden, n_embd, hidden);
+      }
+      stage->forward({.tokens = tokens, .hidden = hidden, .slots = kv_slots, .output_rows = output_rows}, result);
+      if (stage->is_last()) {
+        const std::vector<engine::SampledToken> sampled = samplers.sample(batch.entries, result, n_vocab);
+        const std::vector<std::byte> payload = encode_sampled(batch.id, sampled);
+        out.send(msg::kSampled, payload);
+      } else {
+        const std::vector<std::byte> head = encode_batch_head(batch.id, batch.entries, n_embd, a.wire);
+        encode_hidden(a.wire, result, n_embd, wire_bytes);
+        const transport::ByteSpan segments[] = {head, wire_bytes};
+        out.send(msg::kBatch, segments);
+      }
+    }
+  } catch (const std::exception& e) {
+    transport::log_line(fmt::format("hearth worker: session with {} ended: {}", coordinator, e.what()));
+    close_all(e.what());
+  }
+  if (control_reader.joinable()) control_reader.join();
+  monitors.clear();
+  for (Link* l : {static_cast<Link*>(control.get()), static_cast<Link*>(upstream.get()), static_cast<Link*>(downstream.get())}) {
+    if (l != nullptr) track(l, false);
+  }
+}
+
+}  // namespace hearth::shard

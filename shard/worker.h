@@ -1,0 +1,76 @@
+// A worker node (`hearth worker`): listens for authenticated peers, loads the stage a
+// coordinator assigns, and runs it: batches arrive from the coordinator (stage 0) or the
+// previous stage, hidden states go straight to the next stage, and the last stage samples and
+// returns tokens to the coordinator. Every connection is handled on its own thread: a peer that
+// fails the handshake or sends a bad frame loses only its own link, never the node or another
+// session.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "transport/handshake.h"
+#include "transport/heartbeat.h"
+#include "transport/tcp_link.h"
+
+namespace hearth::shard {
+
+struct WorkerOptions {
+  std::string host = "127.0.0.1";
+  uint16_t port = 0;                       // 0: any free port (see Worker::address())
+  int threads = 0;                         // CPU threads (0: all)
+  std::vector<std::filesystem::path> model_dirs;  // where to look for the coordinator's model
+  uint64_t memory_bytes = 0;               // advertised budget (0: the machine's available memory)
+  transport::HeartbeatOptions heartbeat{};
+};
+
+class Worker {
+ public:
+  Worker(WorkerOptions options, transport::ClusterKey key);
+  ~Worker();  // stop() and join every thread
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  const std::string& address() const { return listener_.address(); }
+  // Accepts peers until stop(); returns then. Runs on the caller's thread.
+  void run();
+  void stop();
+
+  // What the worker tells a peer at the handshake (JSON): role, backend, threads, memory.
+  std::string capabilities() const;
+  // Connections refused so far (handshake or bad frames), for tests and logs.
+  uint64_t refused() const { return refused_.load(); }
+
+ private:
+  struct Session;
+  void serve_connection(std::unique_ptr<transport::TcpLink> link);
+  // A coordinator's session: LoadStage, then batches until a link of the session ends.
+  void run_session(std::unique_ptr<transport::TcpLink> control);
+  // Registers (or forgets) a link stop() must close.
+  void track(transport::Link* link, bool add);
+  // The upstream link of `session` (from the previous stage), waiting for it to arrive.
+  std::unique_ptr<transport::TcpLink> take_upstream(uint64_t session, transport::Timeout timeout);
+
+  WorkerOptions options_;
+  transport::ClusterKey key_;
+  transport::TcpListener listener_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<uint64_t> refused_{0};
+
+  std::mutex mutex_;
+  std::condition_variable upstream_ready_;
+  std::map<uint64_t, std::unique_ptr<transport::TcpLink>> upstream_;  // by session
+  std::condition_variable threads_done_;
+  int active_threads_ = 0;                     // connection threads still running
+  std::vector<transport::Link*> open_links_;  // closed by stop()
+};
+
+}  // namespace hearth::shard
