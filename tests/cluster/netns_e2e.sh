@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# End to end across network namespaces (separate hosts joined by shaped veth links): greedy text
+# through 2, 3 and 4 worker hosts equals the single-process text. Exit 77 (skipped) when not
+# root or when this kernel/container does not allow network namespaces.
+#   tests/cluster/netns_e2e.sh HEARTH_BINARY MODEL
+set -uo pipefail
+HEARTH="$1"
+MODEL="$2"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+NETNS="$ROOT/scripts/netns-cluster.sh"
+[[ $(id -u) -eq 0 ]] || { echo "skipped: needs root"; exit 77; }
+[[ -f "$MODEL" ]] || { echo "skipped: $MODEL not fetched"; exit 77; }
+ip netns add hearth-e2e-probe 2>/dev/null || { echo "skipped: network namespaces not allowed here"; exit 77; }
+ip netns del hearth-e2e-probe
+trap 'HEARTH="$HEARTH" "$NETNS" down >/dev/null 2>&1' EXIT
+
+PROMPT="Write one sentence about the sea."
+want="$("$HEARTH" run -m "$MODEL" --chat --temp 0 -n 32 --ignore-eos -p "$PROMPT" 2>/dev/null)" || exit 1
+[[ -n "$want" ]] || { echo "FAIL: empty single-process output"; exit 1; }
+for n in 2 3 4; do
+  rate=1gbit
+  [[ $n -eq 3 ]] && rate=100mbit
+  workers="$(HEARTH="$HEARTH" "$NETNS" up "$n" --rate "$rate")" || { echo "FAIL: netns-cluster.sh up $n"; exit 1; }
+  got="$("$HEARTH" run -m "$MODEL" --chat --temp 0 -n 32 --ignore-eos -p "$PROMPT" --workers "$workers" \
+         --cluster-key /tmp/hearth-netns/cluster.key 2>/tmp/hearth-netns-e2e.err)"
+  if [[ "$got" != "$want" ]]; then
+    echo "FAIL: $n hosts ($rate) gave different text"; echo "want: $want"; echo "got:  $got"; cat /tmp/hearth-netns-e2e.err
+    exit 1
+  fi
+  echo "ok: $n hosts ($rate links): same 32 greedy tokens as one process"
+  HEARTH="$HEARTH" "$NETNS" down
+done
