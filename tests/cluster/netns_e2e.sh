@@ -10,8 +10,19 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 NETNS="$ROOT/scripts/netns-cluster.sh"
 [[ $(id -u) -eq 0 ]] || { echo "skipped: needs root"; exit 77; }
 [[ -f "$MODEL" ]] || { echo "skipped: $MODEL not fetched"; exit 77; }
-ip netns add hearth-e2e-probe 2>/dev/null || { echo "skipped: network namespaces not allowed here"; exit 77; }
-ip netns del hearth-e2e-probe
+# What the cluster script needs: a namespace, a veth pair into it, a bridge, tbf shaping.
+probe() {
+  ip netns add hearth-e2e-probe &&
+    ip link add hearth-e2e-v type veth peer name eth0 netns hearth-e2e-probe &&
+    ip link add hearth-e2e-br type bridge &&
+    tc qdisc add dev hearth-e2e-v root tbf rate 1gbit burst 256kb latency 50ms
+}
+probe_ok=1
+probe >/dev/null 2>&1 || probe_ok=0
+ip link del hearth-e2e-br >/dev/null 2>&1
+ip link del hearth-e2e-v >/dev/null 2>&1
+ip netns del hearth-e2e-probe >/dev/null 2>&1
+[[ $probe_ok -eq 1 ]] || { echo "skipped: network namespaces, veth, bridges or tc not allowed here"; exit 77; }
 trap 'HEARTH="$HEARTH" "$NETNS" down >/dev/null 2>&1' EXIT
 
 PROMPT="Write one sentence about the sea."
