@@ -185,19 +185,22 @@ TEST_F(PipelineTest, TwoThreeAndFourStagesGiveTheSingleProcessTokens) {
 
 TEST_F(PipelineTest, WorkerProcessesGiveTheSingleProcessTokens) {
   const std::vector<Outcome>& want = reference();
-  LocalCluster cluster(HEARTH_BINARY, 3, 1);
-  const std::vector<PipelineStageSpec> stages =
-      plan_stages(model_->file(), model_->config(), local_cluster_spec(cluster.addresses()), [] {
-        PlanOptions p;
-        p.n_ctx = 256;
-        p.n_seq = 9;
-        p.allow_drop_nodes = false;
-        return p;
-      }());
-  ASSERT_EQ(stages.size(), 3u);
-  PipelineExecutor pipeline(smollm2(), model_->config(), stages, cluster.key(), options());
-  const std::vector<Outcome> got = run_all(pipeline, model_->tokenizer(), prompts_, kTokens);
-  for (size_t i = 0; i < prompts_.size(); ++i) EXPECT_EQ(got[i].tokens, want[i].tokens) << "prompt " << i;
+  for (int n_stages : {2, 3, 4}) {
+    SCOPED_TRACE(fmt::format("{} worker processes", n_stages));
+    LocalCluster cluster(HEARTH_BINARY, n_stages, 1);
+    const std::vector<PipelineStageSpec> stages =
+        plan_stages(model_->file(), model_->config(), local_cluster_spec(cluster.addresses()), [] {
+          PlanOptions p;
+          p.n_ctx = 256;
+          p.n_seq = 9;
+          p.allow_drop_nodes = false;
+          return p;
+        }());
+    ASSERT_EQ(stages.size(), static_cast<size_t>(n_stages));
+    PipelineExecutor pipeline(smollm2(), model_->config(), stages, cluster.key(), options());
+    const std::vector<Outcome> got = run_all(pipeline, model_->tokenizer(), prompts_, kTokens);
+    for (size_t i = 0; i < prompts_.size(); ++i) EXPECT_EQ(got[i].tokens, want[i].tokens) << "prompt " << i;
+  }
 }
 
 TEST_F(PipelineTest, WireDtypesCostABoundedLogitError) {
