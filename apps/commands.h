@@ -102,6 +102,8 @@ struct WorkerArgs {
   int32_t threads = 0;
   std::vector<std::string> model_dirs;
   std::string memory;
+  std::string cache_dir;  // empty: $XDG_CACHE_HOME/hearth/weights or ~/.cache/hearth/weights
+  bool no_cache = false;
 };
 int run_worker(const WorkerArgs& args);
 // `hearth plan`: the pipeline plan (which node runs which layers) for a model on a cluster.

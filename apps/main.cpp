@@ -121,6 +121,10 @@ int main(int argc, char** argv) {
   worker->add_option("-t,--threads", worker_args.threads, "CPU threads (0: all)")->capture_default_str();
   worker->add_option("--model-dir", worker_args.model_dirs, "Where to look for the coordinator's model (repeatable)");
   worker->add_option("--memory", worker_args.memory, "Memory this worker offers (e.g. 8GiB; default: what is available)");
+  worker->add_option("--cache-dir", worker_args.cache_dir,
+                     "Where weights streamed by a coordinator are kept (default: ~/.cache/hearth/weights)");
+  worker->add_flag("--no-weight-streaming", worker_args.no_cache,
+                   "Refuse to receive weights: only serve models found locally");
   hearth::apps::PlanArgs plan_args;
   CLI::App* plan = app.add_subcommand("plan", "Split a model across nodes: layers per node, memory, estimated tokens/s");
   plan->footer(

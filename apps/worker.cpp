@@ -4,6 +4,8 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <thread>
 
 #include "apps/commands.h"
@@ -29,6 +31,15 @@ int run_worker(const WorkerArgs& args) {
   options.threads = args.threads;
   for (const std::string& dir : args.model_dirs) options.model_dirs.emplace_back(dir);
   if (!args.memory.empty()) options.memory_bytes = shard::parse_size(args.memory);
+  if (!args.no_cache) {
+    if (!args.cache_dir.empty()) {
+      options.cache_dir = args.cache_dir;
+    } else if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg != nullptr && *xdg != '\0') {
+      options.cache_dir = std::filesystem::path(xdg) / "hearth" / "weights";
+    } else if (const char* home = std::getenv("HOME"); home != nullptr && *home != '\0') {
+      options.cache_dir = std::filesystem::path(home) / ".cache" / "hearth" / "weights";
+    }
+  }
   shard::Worker worker(options, transport::load_cluster_key(args.cluster_key));
   std::printf("hearth worker: listening on %s\n", worker.address().c_str());
   std::fflush(stdout);

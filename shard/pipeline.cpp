@@ -2,10 +2,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include <optional>
 #include <random>
 
 #include "core/error.h"
 #include "shard/stage_assignment.h"
+#include "shard/weights.h"
 #include "transport/byte_buffer.h"
 #include "transport/log.h"
 
@@ -66,26 +68,52 @@ PipelineExecutor::PipelineExecutor(const std::filesystem::path& model_path, cons
       const std::string text = a.to_json().dump();
       s.link->send(msg::kLoadStage, std::as_bytes(std::span(text.data(), text.size())), options.connect_timeout);
     }
-    // Every worker loads and connects to its successor; wait for all of them.
+    // Every worker loads and connects to its successor; wait for all of them. A worker without
+    // the model first asks for its stage's bytes (need_weights), then answers again.
+    std::optional<gguf::GgufFile> file;
     for (size_t i = 0; i < stages_.size(); ++i) {
       Stage& s = stages_[i];
+      const std::string name = stage_name(i, s.spec);
       transport::ByteBuffer buffer;
-      std::optional<transport::Message> m;
-      try {
-        m = s.link->receive(buffer, options.load_timeout);
-      } catch (const Error& e) {
-        throw Error(fmt::format("{}: {}", stage_name(i, s.spec), e.what()));
-      }
-      if (!m) throw Error(fmt::format("{}: not loaded after {} s", stage_name(i, s.spec), options.load_timeout.count() / 1000));
-      if (m->type != msg::kStageReady) throw Error(fmt::format("{}: answered message type {}", stage_name(i, s.spec), m->type));
-      json ready;
-      try {
-        ready = json::parse(std::string(reinterpret_cast<const char*>(m->payload.data()), m->payload.size()));
-      } catch (const json::exception&) {
-        throw Error(fmt::format("{}: answered something that is not JSON", stage_name(i, s.spec)));
-      }
-      if (!ready.value("ok", false)) {
-        throw Error(fmt::format("{}: {}", stage_name(i, s.spec), ready.value("error", std::string("failed to load"))));
+      while (true) {
+        std::optional<transport::Message> m;
+        try {
+          m = s.link->receive(buffer, options.load_timeout);
+        } catch (const Error& e) {
+          throw Error(fmt::format("{}: {}", name, e.what()));
+        }
+        if (!m) throw Error(fmt::format("{}: not loaded after {} s", name, options.load_timeout.count() / 1000));
+        if (m->type != msg::kStageReady) throw Error(fmt::format("{}: answered message type {}", name, m->type));
+        json ready;
+        try {
+          ready = json::parse(std::string(reinterpret_cast<const char*>(m->payload.data()), m->payload.size()));
+        } catch (const json::exception&) {
+          throw Error(fmt::format("{}: answered something that is not JSON", name));
+        }
+        if (ready.value("ok", false)) break;
+        if (!ready.value("need_weights", false)) {
+          throw Error(fmt::format("{}: {}", name, ready.value("error", std::string("failed to load"))));
+        }
+        if (!file) file.emplace(gguf::GgufFile::open(model_path));
+        std::vector<ByteRange> held;
+        try {
+          held = ranges_from_json(ready.at("have"), base.model_size);
+        } catch (const std::exception& e) {
+          throw Error(fmt::format("{}: bad list of cached ranges: {}", name, e.what()));
+        }
+        const std::vector<ByteRange> need = subtract_ranges(stage_byte_ranges(*file, config, s.spec.first, s.spec.last), held);
+        const uint64_t total = total_bytes(need);
+        if (total > 0) transport::log_line(fmt::format("hearth: sending {:.1f} MiB of weights to {}", double(total) / (1 << 20), name));
+        int last_tenth = 0;
+        send_weights(*s.link, model_path, need, [&](uint64_t sent, uint64_t all) {
+          const int tenth = static_cast<int>(10 * sent / std::max<uint64_t>(1, all));
+          if (tenth > last_tenth) {
+            last_tenth = tenth;
+            transport::log_line(fmt::format("hearth: {}: weights {}% ({:.1f} / {:.1f} MiB)", name, tenth * 10,
+                                            double(sent) / (1 << 20), double(all) / (1 << 20)));
+          }
+        });
+        weight_bytes_sent_ += total;
       }
     }
   } catch (...) {

@@ -58,6 +58,8 @@ class PipelineExecutor final : public engine::BatchExecutor {
   // Bytes sent to stage 0 and received from the last stage so far (payloads).
   uint64_t bytes_sent() const;
   uint64_t bytes_received() const;
+  // Weight bytes streamed to workers that had no copy of the model.
+  uint64_t weight_bytes_sent() const { return weight_bytes_sent_; }
 
  private:
   struct Stage {
@@ -81,6 +83,7 @@ class PipelineExecutor final : public engine::BatchExecutor {
   uint64_t next_id_ = 0;         // id of the next submitted step
   uint64_t next_collect_ = 0;    // id the next collect() returns
   uint64_t bytes_sent_ = 0, bytes_received_ = 0;
+  uint64_t weight_bytes_sent_ = 0;
 };
 
 }  // namespace hearth::shard

@@ -19,6 +19,8 @@ std::shared_ptr<const transport::FrameLimits> pipeline_frame_limits() {
     l->allow(msg::kStageReady, kMaxJsonBytes, "StageReady");
     l->allow(msg::kBatch, kMaxBatchBytes, "Batch");
     l->allow(msg::kSampled, kMaxSampledBytes, "Sampled");
+    l->allow(msg::kWeightChunk, kWeightChunkBytes + 8, "WeightChunk");
+    l->allow(msg::kWeightsDone, 0, "WeightsDone");
     return l;
   }();
   return limits;

@@ -8,6 +8,7 @@
 //   Batch      coordinator -> stage 0 -> stage 1 ... : a step's entries, tokens, sampling
 //              parameters of sequences that begin, and (after stage 0) the hidden states
 //   Sampled    last stage -> coordinator: one token (+ logprobs) per sampling entry
+//   WeightChunk, WeightsDone  coordinator -> worker without the model: u64 file offset + bytes
 #pragma once
 
 #include <cstdint>
@@ -28,7 +29,11 @@ inline constexpr transport::MessageType kLoadStage = transport::kFirstUserMessag
 inline constexpr transport::MessageType kStageReady = transport::kFirstUserMessageType + 1;
 inline constexpr transport::MessageType kBatch = transport::kFirstUserMessageType + 2;
 inline constexpr transport::MessageType kSampled = transport::kFirstUserMessageType + 3;
+inline constexpr transport::MessageType kWeightChunk = transport::kFirstUserMessageType + 4;
+inline constexpr transport::MessageType kWeightsDone = transport::kFirstUserMessageType + 5;
 }  // namespace msg
+
+inline constexpr uint64_t kWeightChunkBytes = 8u << 20;  // file bytes per WeightChunk (+ 8-byte offset)
 
 inline constexpr uint64_t kMaxJsonBytes = 64 * 1024;
 inline constexpr uint64_t kMaxBatchBytes = 256ull << 20;

@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cstring>
 #include <fstream>
 #include <optional>
 
@@ -14,6 +15,7 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/cpu_features.h"
 #include "shard/stage_assignment.h"
+#include "shard/weights.h"
 #include "shard/wire.h"
 #include "transport/byte_buffer.h"
 #include "transport/heartbeat.h"
@@ -39,9 +41,10 @@ uint64_t available_memory_bytes() {
 
 // Finds the coordinator's model here: its own path when that holds the same file, else a file
 // of the same size and identity in one of the model directories.
-std::filesystem::path find_model(const StageAssignment& a, const std::vector<std::filesystem::path>& dirs) {
+std::filesystem::path find_model(const StageAssignment& a, const std::vector<std::filesystem::path>& dirs,
+                                 bool use_coordinator_path) {
   std::error_code ec;
-  if (std::filesystem::is_regular_file(a.model_path, ec) && std::filesystem::file_size(a.model_path, ec) == a.model_size &&
+  if (use_coordinator_path && std::filesystem::is_regular_file(a.model_path, ec) && std::filesystem::file_size(a.model_path, ec) == a.model_size &&
       model_identity(a.model_path) == a.model_identity) {
     return a.model_path;
   }
@@ -54,6 +57,8 @@ std::filesystem::path find_model(const StageAssignment& a, const std::vector<std
   throw Error(fmt::format("this worker has no copy of the model {} ({} bytes, identity {}): put one in a --model-dir", a.model_name,
                           a.model_size, a.model_identity.substr(0, 16)));
 }
+
+std::span<const std::byte> as_bytes(const std::string& s) { return std::as_bytes(std::span(s.data(), s.size())); }
 
 }  // namespace
 
@@ -152,6 +157,28 @@ std::unique_ptr<transport::TcpLink> Worker::take_upstream(uint64_t session, tran
   return link;
 }
 
+// No copy here: ask the coordinator for the stage's bytes beyond what the cache holds, and
+// store what it sends. Returns the cache file.
+std::filesystem::path Worker::receive_weights(transport::Link& control, const StageAssignment& a) {
+  WeightCache cache(options_.cache_dir, a.model_identity, a.model_size);
+  const std::string ask = json{{"ok", false}, {"need_weights", true}, {"have", ranges_to_json(cache.held())}}.dump();
+  control.send(msg::kStageReady, as_bytes(ask), transport::Timeout(5000));
+  transport::ByteBuffer buffer;
+  while (true) {
+    // Other stages may be streamed first: wait generously.
+    const auto m = control.receive(buffer, transport::Timeout(600000));
+    if (!m) throw Error("the coordinator sent no weights for 10 minutes");
+    if (m->type == msg::kWeightsDone) break;
+    if (m->type != msg::kWeightChunk || m->payload.size() < 8) throw WireError("expected WeightChunk or WeightsDone");
+    uint64_t offset = 0;
+    std::memcpy(&offset, m->payload.data(), 8);
+    cache.write(offset, m->payload.subspan(8));
+    weight_bytes_ += m->payload.size() - 8;
+  }
+  cache.commit();
+  return cache.path();
+}
+
 void Worker::run_session(std::unique_ptr<transport::TcpLink> control) {
   const std::string coordinator = control->peer();
   track(control.get(), true);
@@ -181,7 +208,13 @@ void Worker::run_session(std::unique_ptr<transport::TcpLink> control) {
     std::unique_ptr<kernels::CpuBackend> backend;
     std::unique_ptr<engine::Stage> stage;
     try {
-      const std::filesystem::path path = find_model(a, options_.model_dirs);
+      std::filesystem::path path;
+      try {
+        path = find_model(a, options_.model_dirs, options_.use_coordinator_path);
+      } catch (const Error&) {
+        if (options_.cache_dir.empty()) throw;
+        path = receive_weights(*control, a);
+      }
       file.emplace(gguf::GgufFile::open(path));
       config.emplace(engine::ModelConfig::from_gguf(*file));
       if (a.last > config->n_layer) throw Error(fmt::format("layers [{}, {}) of a {}-layer model", a.first, a.last, config->n_layer));
@@ -212,6 +245,7 @@ void Worker::run_session(std::unique_ptr<transport::TcpLink> control) {
       throw;
     }
     const std::string ready = json{{"ok", true},
+                                   {"weight_bytes_received", weight_bytes_.load()},
                                    {"first", a.first},
                                    {"last", a.last},
                                    {"backend", backend->name()},

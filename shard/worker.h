@@ -29,6 +29,10 @@ struct WorkerOptions {
   int threads = 0;                         // CPU threads (0: all)
   std::vector<std::filesystem::path> model_dirs;  // where to look for the coordinator's model
   uint64_t memory_bytes = 0;               // advertised budget (0: the machine's available memory)
+  // Weights streamed by coordinators are kept here (shard/weights.h); empty: never accept them.
+  std::filesystem::path cache_dir;
+  // Use the coordinator's own path when this machine has it (false: act as another machine).
+  bool use_coordinator_path = true;
   transport::HeartbeatOptions heartbeat{};
 };
 
@@ -48,12 +52,15 @@ class Worker {
   std::string capabilities() const;
   // Connections refused so far (handshake or bad frames), for tests and logs.
   uint64_t refused() const { return refused_.load(); }
+  // Weight bytes received from coordinators so far.
+  uint64_t weight_bytes_received() const { return weight_bytes_.load(); }
 
  private:
   struct Session;
   void serve_connection(std::unique_ptr<transport::TcpLink> link);
   // A coordinator's session: LoadStage, then batches until a link of the session ends.
   void run_session(std::unique_ptr<transport::TcpLink> control);
+  std::filesystem::path receive_weights(transport::Link& control, const struct StageAssignment& a);
   // Registers (or forgets) a link stop() must close.
   void track(transport::Link* link, bool add);
   // The upstream link of `session` (from the previous stage), waiting for it to arrive.
@@ -64,6 +71,7 @@ class Worker {
   transport::TcpListener listener_;
   std::atomic<bool> stopping_{false};
   std::atomic<uint64_t> refused_{0};
+  std::atomic<uint64_t> weight_bytes_{0};
 
   std::mutex mutex_;
   std::condition_variable upstream_ready_;

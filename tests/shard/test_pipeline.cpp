@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <signal.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
@@ -23,6 +24,7 @@
 #include "shard/local_cluster.h"
 #include "shard/pipeline.h"
 #include "shard/stage_assignment.h"
+#include "shard/weights.h"
 #include "shard/wire.h"
 #include "shard/worker.h"
 #include "tests/support/fixtures.h"
@@ -125,6 +127,19 @@ std::vector<PipelineStageSpec> even_stages(const std::vector<std::string>& addre
   const int32_t n = static_cast<int32_t>(addresses.size());
   for (int32_t i = 0; i < n; ++i) stages.push_back({addresses[static_cast<size_t>(i)], n_layer * i / n, n_layer * (i + 1) / n});
   return stages;
+}
+
+TEST(WeightRanges, MergeAndSubtract) {
+  EXPECT_EQ(merge_ranges({{10, 5}, {0, 3}, {3, 2}, {14, 6}, {30, 0}}), (std::vector<ByteRange>{{0, 5}, {10, 10}}));
+  const std::vector<ByteRange> want = {{0, 100}, {200, 50}};
+  EXPECT_EQ(subtract_ranges(want, {}), want);
+  EXPECT_EQ(subtract_ranges(want, {{0, 100}, {200, 50}}), std::vector<ByteRange>{});
+  EXPECT_EQ(subtract_ranges(want, {{10, 20}, {90, 120}}), (std::vector<ByteRange>{{0, 10}, {30, 60}, {210, 40}}));
+  EXPECT_EQ(total_bytes({{0, 10}, {30, 60}}), 70u);
+  EXPECT_EQ(ranges_from_json(json::parse("[[5, 5], [0, 5]]"), 100), (std::vector<ByteRange>{{0, 10}}));
+  EXPECT_THROW(ranges_from_json(json::parse("[[90, 20]]"), 100), WireError);
+  EXPECT_THROW(ranges_from_json(json::parse("[[1]]"), 100), WireError);
+  EXPECT_THROW(ranges_from_json(json::parse("{}"), 100), WireError);
 }
 
 class PipelineTest : public ::testing::Test {
@@ -310,6 +325,48 @@ TEST_F(PipelineTest, AWorkerWithoutTheModelSaysSoAndStaysUp) {
                             options());
   const std::vector<Outcome> got = run_all(pipeline, model_->tokenizer(), {prompts_[0]}, kTokens);
   EXPECT_EQ(got[0].tokens, reference()[0].tokens);
+}
+
+TEST_F(PipelineTest, WeightsAreStreamedOnceToWorkersWithoutTheModel) {
+  const std::filesystem::path cache = std::filesystem::temp_directory_path() / fmt::format("hearth-test-cache-{}", ::getpid());
+  std::filesystem::remove_all(cache);
+  const transport::ClusterKey key = transport::generate_cluster_key();
+  std::vector<std::unique_ptr<Worker>> workers;
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 2; ++i) {
+    WorkerOptions o;
+    o.threads = 1;
+    o.memory_bytes = 1ull << 30;
+    o.cache_dir = cache / fmt::format("worker{}", i);  // two machines: two caches
+    o.use_coordinator_path = false;                    // and neither sees the coordinator's file
+    workers.push_back(std::make_unique<Worker>(o, key));
+    threads.emplace_back([w = workers.back().get()] { w->run(); });
+  }
+  const std::vector<std::string> addresses = {workers[0]->address(), workers[1]->address()};
+  const std::vector<PipelineStageSpec> stages = even_stages(addresses, model_->config().n_layer);
+  const gguf::GgufFile& file = model_->file();
+  uint64_t expected = 0;
+  for (const auto& s : stages) {
+    const uint64_t stage_bytes = total_bytes(stage_byte_ranges(file, model_->config(), s.first, s.last));
+    EXPECT_LT(stage_bytes, std::filesystem::file_size(smollm2()));  // each stage gets only its part
+    expected += stage_bytes;
+  }
+  {
+    PipelineExecutor pipeline(smollm2(), model_->config(), stages, key, options());
+    EXPECT_EQ(pipeline.weight_bytes_sent(), expected);
+    const std::vector<Outcome> got = run_all(pipeline, model_->tokenizer(), prompts_, kTokens);
+    for (size_t i = 0; i < prompts_.size(); ++i) EXPECT_EQ(got[i].tokens, reference()[i].tokens) << "prompt " << i;
+  }
+  EXPECT_EQ(workers[0]->weight_bytes_received() + workers[1]->weight_bytes_received(), expected);
+  {  // A second run (a restarted coordinator) finds everything in the caches: nothing is sent.
+    PipelineExecutor again(smollm2(), model_->config(), stages, key, options());
+    EXPECT_EQ(again.weight_bytes_sent(), 0u);
+    const std::vector<Outcome> got = run_all(again, model_->tokenizer(), {prompts_[0]}, kTokens);
+    EXPECT_EQ(got[0].tokens, reference()[0].tokens);
+  }
+  for (auto& w : workers) w->stop();
+  for (auto& t : threads) t.join();
+  std::filesystem::remove_all(cache);
 }
 
 TEST_F(PipelineTest, HostileFramesLeaveTheWorkerServingItsRealPeer) {
