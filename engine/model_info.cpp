@@ -301,7 +301,7 @@ std::string model_info_text(const json& info) {
     out += "\nmetadata:\n";
     for (const json& kv : info["metadata"]) {
       std::string type = kv["type"].get<std::string>();
-      if (kv.contains("elem_type")) type += "[" + kv["elem_type"].get<std::string>() + "]";
+      if (kv.contains("elem_type")) type += fmt::format("[{}]", kv["elem_type"].get<std::string>());
       std::string value = kv["value"].is_string() ? kv["value"].get<std::string>() : kv["value"].dump();
       if (value.size() > 100) value = value.substr(0, 97) + "...";
       for (char& ch : value) {
