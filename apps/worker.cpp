@@ -9,7 +9,9 @@
 #include <thread>
 
 #include "apps/commands.h"
+#include "bench/memory_bandwidth.h"
 #include "core/error.h"
+#include "core/thread_pool.h"
 #include "shard/plan.h"
 #include "shard/worker.h"
 #include "transport/tcp_link.h"
@@ -40,6 +42,10 @@ int run_worker(const WorkerArgs& args) {
       options.cache_dir = std::filesystem::path(home) / ".cache" / "hearth" / "weights";
     }
   }
+  // What the planner weighs stages by: the memory bandwidth this worker's threads sustain
+  // (a STREAM-style triad over 3 x 64 MiB, a fraction of a second).
+  const int threads = args.threads > 0 ? args.threads : ThreadPool::hardware_threads();
+  options.bandwidth_gbps = bench::measure_triad_bandwidth(threads, size_t{64} << 20, 3).bytes_per_second / 1e9;
   shard::Worker worker(options, transport::load_cluster_key(args.cluster_key));
   std::printf("hearth worker: listening on %s\n", worker.address().c_str());
   std::fflush(stdout);

@@ -34,8 +34,6 @@ ClusterSpec probe_workers(const std::vector<std::string>& addresses, const trans
     node.host = transport::parse_host_port(address).host;
     node.backend = caps.value("backend", std::string("cpu"));
     node.memory_bytes = caps.value("memory_bytes", uint64_t{0});
-    // Workers do not measure their bandwidth yet: every node counts as equally fast, so the
-    // split follows memory and the layers' sizes.
     node.bandwidth_gbps = caps.value("bandwidth_gbps", default_bandwidth_gbps);
     if (node.memory_bytes == 0) throw Error(fmt::format("worker {} did not say how much memory it has", address));
     cluster.nodes.push_back(node);

@@ -10,8 +10,8 @@
 
 namespace hearth::shard {
 
-// Nodes named worker-0, worker-1, ... in the order given, with their host:port as address.
-// Bandwidth is not measured by workers yet: every node gets `default_bandwidth_gbps`. Throws
+// Nodes named worker-0, worker-1, ... in the order given, with their host:port as address and
+// the bandwidth each measured at start (`default_bandwidth_gbps` for one that did not). Throws
 // hearth::Error naming the worker that cannot be reached or refuses the key.
 ClusterSpec probe_workers(const std::vector<std::string>& addresses, const transport::ClusterKey& key,
                           double default_bandwidth_gbps = 10.0);

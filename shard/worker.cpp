@@ -76,12 +76,13 @@ Worker::~Worker() {
 std::string Worker::capabilities() const {
   const int threads = options_.threads > 0 ? options_.threads : ThreadPool::hardware_threads();
   const uint64_t memory = options_.memory_bytes > 0 ? options_.memory_bytes : available_memory_bytes();
-  return json{{"role", "worker"},
-              {"backend", "cpu"},
-              {"cpu", kernels::cpu_description()},
-              {"threads", threads},
-              {"memory_bytes", memory}}
-      .dump();
+  json caps = {{"role", "worker"},
+               {"backend", "cpu"},
+               {"cpu", kernels::cpu_description()},
+               {"threads", threads},
+               {"memory_bytes", memory}};
+  if (options_.bandwidth_gbps > 0) caps["bandwidth_gbps"] = options_.bandwidth_gbps;
+  return caps.dump();
 }
 
 void Worker::stop() {

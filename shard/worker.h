@@ -29,6 +29,7 @@ struct WorkerOptions {
   int threads = 0;                         // CPU threads (0: all)
   std::vector<std::filesystem::path> model_dirs;  // where to look for the coordinator's model
   uint64_t memory_bytes = 0;               // advertised budget (0: the machine's available memory)
+  double bandwidth_gbps = 0;               // measured memory bandwidth, advertised to planners (0: unknown)
   // Weights streamed by coordinators are kept here (shard/weights.h); empty: never accept them.
   std::filesystem::path cache_dir;
   // Use the coordinator's own path when this machine has it (false: act as another machine).
