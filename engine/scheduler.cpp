@@ -50,11 +50,14 @@ LocalExecutor::LocalExecutor(Stage& stage) : stage_(stage), samplers_(stage.opti
 }
 
 void LocalExecutor::submit(std::span<const BatchEntry> entries) {
+  const auto start = std::chrono::steady_clock::now();
   try {
     done_.emplace_back(run(entries));
   } catch (const Error& e) {
     done_.emplace_back(std::string(e.what()));
   }
+  busy_ns_ += static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count());
 }
 
 std::vector<SampledToken> LocalExecutor::collect() {
@@ -147,8 +150,13 @@ std::optional<std::vector<std::shared_ptr<SequenceHandle>>> Scheduler::submit(st
 }
 
 SchedulerStats Scheduler::stats() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return stats_;
+  SchedulerStats s;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    s = stats_;
+  }
+  s.stage_busy_seconds = executor_.stage_busy_seconds();
+  return s;
 }
 
 void Scheduler::finish(Sequence& seq, const std::string& reason, const std::string& error, bool release_held) {

@@ -83,6 +83,8 @@ class BatchExecutor {
   // The oldest submitted step's sampled tokens: one per entry with `sample`, in entry order.
   // Blocks until it is done; throws hearth::Error when it failed (a dead stage, a bad input).
   virtual std::vector<SampledToken> collect() = 0;
+  // Seconds each stage has spent computing so far (any thread may ask).
+  virtual std::vector<double> stage_busy_seconds() const = 0;
 };
 
 // Every layer in this process: a Stage over all layers with one KV slot per sequence. A step
@@ -94,9 +96,11 @@ class LocalExecutor final : public BatchExecutor {
   int32_t n_ctx() const override { return stage_.options().n_ctx; }
   void submit(std::span<const BatchEntry> entries) override;
   std::vector<SampledToken> collect() override;
+  std::vector<double> stage_busy_seconds() const override { return {static_cast<double>(busy_ns_.load()) * 1e-9}; }
 
  private:
   std::vector<SampledToken> run(std::span<const BatchEntry> entries);
+  std::atomic<uint64_t> busy_ns_{0};
 
   Stage& stage_;
   SlotSamplers samplers_;
@@ -154,7 +158,8 @@ struct SchedulerStats {
   uint64_t prompt_tokens = 0;      // processed since start
   uint64_t generated_tokens = 0;
   uint64_t steps = 0;
-  double busy_seconds = 0.0;       // time spent inside executor steps
+  double busy_seconds = 0.0;       // time from submitting steps to collecting them
+  std::vector<double> stage_busy_seconds;  // computing, per pipeline stage (one in a single process)
 };
 
 class Scheduler {

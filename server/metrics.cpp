@@ -70,9 +70,12 @@ std::string ServerMetrics::render(const Snapshot& s) const {
   counter("hearth_prompt_tokens_total", "Prompt tokens processed", static_cast<double>(s.prompt_tokens));
   counter("hearth_generation_tokens_total", "Tokens generated", static_cast<double>(s.generated_tokens));
   counter("hearth_batch_steps_total", "Forward steps of the continuous batch", static_cast<double>(s.steps));
+  counter("hearth_step_seconds_total", "Time from submitting batch steps to collecting their tokens", s.busy_seconds);
   out += "# HELP hearth_stage_busy_seconds_total Time each pipeline stage spent computing\n"
          "# TYPE hearth_stage_busy_seconds_total counter\n";
-  out += fmt::format("hearth_stage_busy_seconds_total{{stage=\"0\"}} {}\n", s.busy_seconds);
+  for (size_t i = 0; i < s.stage_busy_seconds.size(); ++i) {
+    out += fmt::format("hearth_stage_busy_seconds_total{{stage=\"{}\"}} {}\n", i, s.stage_busy_seconds[i]);
+  }
 
   std::lock_guard<std::mutex> lock(mutex_);
   counter("hearth_requests_refused_total", "Requests refused because the queue was full", static_cast<double>(refused_));

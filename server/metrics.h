@@ -45,6 +45,7 @@ class ServerMetrics {
     uint64_t generated_tokens = 0;
     uint64_t steps = 0;
     double busy_seconds = 0.0;
+    std::vector<double> stage_busy_seconds;
     bool loaded = false;
   };
   std::string render(const Snapshot& snapshot) const;

@@ -503,7 +503,7 @@ void OpenAiServer::Impl::routes() {
     if (engine::Scheduler* sch = scheduler.load()) {
       const engine::SchedulerStats st = sch->stats();
       s = {st.running, st.waiting, st.slots, st.kv_positions_used, st.kv_positions_total, st.prompt_tokens,
-           st.generated_tokens, st.steps, st.busy_seconds, true};
+           st.generated_tokens, st.steps, st.busy_seconds, st.stage_busy_seconds, true};
     }
     res.set_content(metrics.render(s), "text/plain; version=0.0.4");
   });

@@ -48,6 +48,7 @@ PipelineExecutor::PipelineExecutor(const std::filesystem::path& model_path, cons
   base.model_identity = model_identity(model_path);
 
   stages_.resize(specs.size());
+  stage_busy_.assign(specs.size(), 0.0);
   try {
     for (size_t i = 0; i < specs.size(); ++i) {
       Stage& s = stages_[i];
@@ -169,10 +170,15 @@ void PipelineExecutor::read_loop(size_t i) {
         throw WireError(fmt::format("unexpected message type {}", m->type));
       }
       uint64_t id = 0;
-      std::vector<engine::SampledToken> tokens = decode_sampled(m->payload, n_vocab_, id);
+      std::vector<float> seconds;
+      std::vector<engine::SampledToken> tokens = decode_sampled(m->payload, n_vocab_, id, &seconds);
+      if (seconds.size() != stages_.size()) {
+        throw WireError(fmt::format("the step passed {} stages, the pipeline has {}", seconds.size(), stages_.size()));
+      }
       {
         std::lock_guard<std::mutex> lock(mutex_);
         bytes_received_ += m->payload.size();
+        for (size_t k = 0; k < seconds.size(); ++k) stage_busy_[k] += seconds[k];
         results_.emplace_back(id, std::move(tokens));
       }
       changed_.notify_all();
@@ -218,6 +224,11 @@ std::vector<engine::SampledToken> PipelineExecutor::collect() {
     throw Error(fmt::format("the pipeline failed: {}", failure_));
   }
   return std::move(tokens);
+}
+
+std::vector<double> PipelineExecutor::stage_busy_seconds() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return stage_busy_;
 }
 
 uint64_t PipelineExecutor::bytes_sent() const {

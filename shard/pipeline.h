@@ -53,6 +53,8 @@ class PipelineExecutor final : public engine::BatchExecutor {
   int32_t max_in_flight() const override { return static_cast<int32_t>(stages_.size()); }
   void submit(std::span<const engine::BatchEntry> entries) override;
   std::vector<engine::SampledToken> collect() override;
+  // Compute seconds of each stage so far, as the workers measured them.
+  std::vector<double> stage_busy_seconds() const override;
 
   size_t n_stages() const { return stages_.size(); }
   // Bytes sent to stage 0 and received from the last stage so far (payloads).
@@ -84,6 +86,7 @@ class PipelineExecutor final : public engine::BatchExecutor {
   uint64_t next_collect_ = 0;    // id the next collect() returns
   uint64_t bytes_sent_ = 0, bytes_received_ = 0;
   uint64_t weight_bytes_sent_ = 0;
+  std::vector<double> stage_busy_;
 };
 
 }  // namespace hearth::shard

@@ -189,8 +189,27 @@ engine::SamplingParams get_params(Reader& r) {
 
 }  // namespace
 
+namespace {
+void put_stage_seconds(Writer& w, std::span<const float> stage_seconds) {
+  HEARTH_CHECK(stage_seconds.size() <= kMaxStages);
+  w.put(static_cast<uint32_t>(stage_seconds.size()));
+  for (float f : stage_seconds) w.put(f);
+}
+
+std::vector<float> get_stage_seconds(Reader& r, const char* what) {
+  const uint32_t n = r.get<uint32_t>();
+  if (n > kMaxStages) throw WireError(fmt::format("{} message lists {} stages", what, n));
+  std::vector<float> out(n);
+  for (float& f : out) {
+    f = r.get<float>();
+    if (!std::isfinite(f) || f < 0) throw WireError(fmt::format("{} message has a bad stage time", what));
+  }
+  return out;
+}
+}  // namespace
+
 std::vector<std::byte> encode_batch_head(uint64_t id, std::span<const engine::BatchEntry> entries, int64_t n_embd,
-                                         WireDtype hidden_dtype) {
+                                         WireDtype hidden_dtype, std::span<const float> stage_seconds) {
   Writer w;
   uint32_t n_tokens = 0;
   uint32_t n_begins = 0;
@@ -218,6 +237,7 @@ std::vector<std::byte> encode_batch_head(uint64_t id, std::span<const engine::Ba
   for (const auto& e : entries) {
     for (engine::Token t : e.tokens) w.put(t);
   }
+  put_stage_seconds(w, stage_seconds);
   return std::move(w.bytes);
 }
 
@@ -277,6 +297,7 @@ void decode_batch(std::span<const std::byte> payload, int32_t n_slots, int32_t n
     t = r.get<engine::Token>();
     if (t < 0) throw WireError(fmt::format("Batch message has token id {}", t));
   }
+  out.stage_seconds = get_stage_seconds(r, "Batch");
   out.entries.clear();
   size_t at = 0, param = 0;
   for (const Raw& e : raw) {
@@ -300,7 +321,8 @@ void decode_batch(std::span<const std::byte> payload, int32_t n_slots, int32_t n
   r.finish();
 }
 
-std::vector<std::byte> encode_sampled(uint64_t id, std::span<const engine::SampledToken> tokens) {
+std::vector<std::byte> encode_sampled(uint64_t id, std::span<const engine::SampledToken> tokens,
+                                      std::span<const float> stage_seconds) {
   Writer w;
   w.put(id);
   w.put(static_cast<uint32_t>(tokens.size()));
@@ -313,10 +335,12 @@ std::vector<std::byte> encode_sampled(uint64_t id, std::span<const engine::Sampl
       w.put(alt.logprob);
     }
   }
+  put_stage_seconds(w, stage_seconds);
   return std::move(w.bytes);
 }
 
-std::vector<engine::SampledToken> decode_sampled(std::span<const std::byte> payload, int32_t n_vocab, uint64_t& id) {
+std::vector<engine::SampledToken> decode_sampled(std::span<const std::byte> payload, int32_t n_vocab, uint64_t& id,
+                                                 std::vector<float>* stage_seconds) {
   Reader r(payload, "Sampled");
   id = r.get<uint64_t>();
   const uint32_t n = r.get<uint32_t>();
@@ -341,6 +365,8 @@ std::vector<engine::SampledToken> decode_sampled(std::span<const std::byte> payl
       t.top.push_back(alt);
     }
   }
+  std::vector<float> seconds = get_stage_seconds(r, "Sampled");
+  if (stage_seconds != nullptr) *stage_seconds = std::move(seconds);
   r.finish();
   return out;
 }

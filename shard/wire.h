@@ -40,6 +40,7 @@ inline constexpr uint64_t kMaxBatchBytes = 256ull << 20;
 inline constexpr uint64_t kMaxSampledBytes = 4u << 20;
 inline constexpr uint32_t kMaxBatchTokens = 8192;
 inline constexpr uint32_t kMaxTopLogprobs = 64;
+inline constexpr uint32_t kMaxStages = 64;
 
 // The limits every pipeline link is created with.
 std::shared_ptr<const transport::FrameLimits> pipeline_frame_limits();
@@ -69,6 +70,7 @@ struct BatchMessage {
   int64_t n_embd = 0;                 // 0: no hidden states (to stage 0)
   WireDtype hidden_dtype = WireDtype::F32;
   std::span<const std::byte> hidden;  // views the receive buffer
+  std::vector<float> stage_seconds;   // compute time of each stage this step has passed
 
   BatchMessage() = default;
   BatchMessage(const BatchMessage&) = delete;
@@ -76,16 +78,20 @@ struct BatchMessage {
 };
 
 // The header, entries, begins and tokens of a step (everything but the hidden states).
+// `stage_seconds`: the compute time of the stages the step has passed (at most kMaxStages).
 std::vector<std::byte> encode_batch_head(uint64_t id, std::span<const engine::BatchEntry> entries, int64_t n_embd,
-                                         WireDtype hidden_dtype);
+                                         WireDtype hidden_dtype, std::span<const float> stage_seconds = {});
 // Decodes and checks a Batch payload: slots < n_slots, positions inside n_ctx, counts and the
 // exact size; `expect_hidden` says whether this stage needs hidden states (not stage 0) and
 // `n_embd` their width.
 void decode_batch(std::span<const std::byte> payload, int32_t n_slots, int32_t n_ctx, bool expect_hidden,
                   int64_t n_embd, BatchMessage& out);
 
-std::vector<std::byte> encode_sampled(uint64_t id, std::span<const engine::SampledToken> tokens);
-// Decodes and checks a Sampled payload (token ids < n_vocab).
-std::vector<engine::SampledToken> decode_sampled(std::span<const std::byte> payload, int32_t n_vocab, uint64_t& id);
+std::vector<std::byte> encode_sampled(uint64_t id, std::span<const engine::SampledToken> tokens,
+                                      std::span<const float> stage_seconds = {});
+// Decodes and checks a Sampled payload (token ids < n_vocab); `stage_seconds` (if given)
+// receives every stage's compute time for the step.
+std::vector<engine::SampledToken> decode_sampled(std::span<const std::byte> payload, int32_t n_vocab, uint64_t& id,
+                                                 std::vector<float>* stage_seconds = nullptr);
 
 }  // namespace hearth::shard

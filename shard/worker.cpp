@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <cstring>
 #include <fstream>
 #include <optional>
@@ -300,13 +301,17 @@ void Worker::run_session(std::unique_ptr<transport::TcpLink> control) {
         hidden.resize(tokens.size() * static_cast<size_t>(n_embd));
         decode_hidden(batch.hidden_dtype, batch.hidden, n_embd, hidden);
       }
+      const auto started = std::chrono::steady_clock::now();
       stage->forward({.tokens = tokens, .hidden = hidden, .slots = kv_slots, .output_rows = output_rows}, result);
+      std::vector<float> stage_seconds = batch.stage_seconds;
       if (stage->is_last()) {
         const std::vector<engine::SampledToken> sampled = samplers.sample(batch.entries, result, n_vocab);
-        const std::vector<std::byte> payload = encode_sampled(batch.id, sampled);
+        stage_seconds.push_back(std::chrono::duration<float>(std::chrono::steady_clock::now() - started).count());
+        const std::vector<std::byte> payload = encode_sampled(batch.id, sampled, stage_seconds);
         out.send(msg::kSampled, payload);
       } else {
-        const std::vector<std::byte> head = encode_batch_head(batch.id, batch.entries, n_embd, a.wire);
+        stage_seconds.push_back(std::chrono::duration<float>(std::chrono::steady_clock::now() - started).count());
+        const std::vector<std::byte> head = encode_batch_head(batch.id, batch.entries, n_embd, a.wire, stage_seconds);
         encode_hidden(a.wire, result, n_embd, wire_bytes);
         const transport::ByteSpan segments[] = {head, wire_bytes};
         out.send(msg::kBatch, segments);

@@ -195,6 +195,10 @@ TEST_F(PipelineTest, TwoThreeAndFourStagesGiveTheSingleProcessTokens) {
     }
     // Token ids to stage 0, a few bytes of tokens back: no vocabulary of floats on the wire.
     EXPECT_LT(pipeline.bytes_received(), 64u * prompts_.size() * kTokens);
+    // Every stage reports the time it computed (the server's per-stage busy metric).
+    const std::vector<double> busy = pipeline.stage_busy_seconds();
+    ASSERT_EQ(busy.size(), n_stages);
+    for (double b : busy) EXPECT_GT(b, 0.0);
   }
 }
 
