@@ -5,6 +5,7 @@
 #include <iterator>
 
 #include "core/error.h"
+#include "core/fp16.h"
 #include "kernels/cpu/dot_ref.h"
 #include "kernels/cpu/quants_ref.h"
 #if defined(HEARTH_X86_KERNELS)
@@ -147,6 +148,32 @@ const DotKernel& dot_kernel(DType weight, CpuLevel level) {
   const auto type = static_cast<size_t>(weight);
   HEARTH_CHECK(type < kTypeSlots, "type id {}", type);
   return tables()[static_cast<size_t>(level)][type];
+}
+
+namespace {
+void convert_f16_to_f32_ref(const uint16_t* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = fp16_to_fp32(x[i]);
+}
+}  // namespace
+
+ConvertF16Fn convert_f16_to_f32_kernel(CpuLevel level) {
+  HEARTH_CHECK(static_cast<size_t>(level) < kLevels, "level {}", static_cast<int>(level));
+  switch (level) {
+#if defined(HEARTH_X86_KERNELS)
+    // F16C is part of the Avx2 level; the AVX-512 level adds nothing to a conversion.
+    case CpuLevel::Avx2:
+    case CpuLevel::Avx512: return x86::avx2::convert_f16_to_f32;
+#endif
+#if defined(HEARTH_ARM_KERNELS)
+    case CpuLevel::Neon:
+    case CpuLevel::Dotprod: return arm::neon::convert_f16_to_f32;
+#endif
+    default: return convert_f16_to_f32_ref;
+  }
+}
+
+void convert_f16_to_f32(const uint16_t* x, float* y, int64_t n, CpuLevel level) {
+  convert_f16_to_f32_kernel(level)(x, y, n);
 }
 
 void matmul_rows(const DotKernel& kernel, const void* w, size_t w_row_bytes, int64_t k, int64_t r0, int64_t r1,
