@@ -20,10 +20,18 @@ using VecDotRowsFn = void (*)(int64_t n, const void* w, const void* x, size_t x_
 // One activation row of n floats -> dtype_row_bytes(vec_dot_type, n) bytes.
 using QuantizeFn = void (*)(const float* x, void* y, int64_t n);
 
+// vec_dot_rows for weight types of 32-element blocks against Q8_0 / Q8_1 activations, with
+// the activations' f16 block scales given already widened to float, block major: xd[4 b + r]
+// is d of block b of row r, and for Q8_1 xs[4 b + r] its s (xs unused for Q8_0). Results are
+// bit-identical to vec_dot per row; it saves converting the same scales for every weight row.
+using VecDotRowsScaledFn = void (*)(int64_t n, const void* w, const void* x, size_t x_stride, const float* xd,
+                                    const float* xs, float* out);
+
 struct DotKernel {
   DType vec_dot_type = DType::F32;
   VecDotFn vec_dot = nullptr;        // null when the weight type has no dot product
   VecDotRowsFn vec_dot_rows = nullptr;  // null: call vec_dot per row
+  VecDotRowsScaledFn vec_dot_rows_scaled = nullptr;  // null: use vec_dot_rows
   QuantizeFn quantize = nullptr;
   bool simd_dot = false;       // vec_dot is a SIMD kernel
   bool simd_quantize = false;  // quantize is a SIMD kernel

@@ -21,6 +21,8 @@
 #define HEARTH_X86_BLOCK_DOTS(X) X(q8_0) X(q4_0) X(q4_1) X(q5_0) X(q5_1) X(q4_K) X(q5_K) X(q6_K)
 #define HEARTH_X86_PLAIN_DOTS(X) X(f16) X(bf16) X(f32)
 #define HEARTH_X86_QUANTIZERS(X) X(q8_0) X(q8_1) X(q8_K)
+// Four-row kernels with pre-widened activation scales (kernels/cpu/dot.h, VecDotRowsScaledFn).
+#define HEARTH_X86_SCALED_DOTS(X) X(q8_0) X(q4_0) X(q5_0) X(q4_1) X(q5_1)
 
 #define HEARTH_X86_DECLARE_LEVEL(ns)                                                                    \
   namespace hearth::kernels::x86::ns {                                                                  \
@@ -29,10 +31,14 @@
   HEARTH_X86_PLAIN_DOTS(HEARTH_X86_DECLARE_DOT)                                                         \
   HEARTH_X86_QUANTIZERS(HEARTH_X86_DECLARE_QUANTIZE)                                                    \
   void convert_f16_to_f32(const uint16_t* x, float* y, int64_t n);                                      \
+  HEARTH_X86_SCALED_DOTS(HEARTH_X86_DECLARE_DOT4S)                                                      \
   }
 #define HEARTH_X86_DECLARE_DOT(t) float vec_dot_##t(int64_t n, const void* w, const void* x);
 #define HEARTH_X86_DECLARE_DOT4(t) \
   void vec_dot_##t##_4(int64_t n, const void* w, const void* x, size_t x_stride, float* out);
+#define HEARTH_X86_DECLARE_DOT4S(t)                                                                    \
+  void vec_dot_##t##_4s(int64_t n, const void* w, const void* x, size_t x_stride, const float* xd, const float* xs, \
+                        float* out);
 #define HEARTH_X86_DECLARE_QUANTIZE(t) void quantize_##t(const float* x, void* y, int64_t n);
 
 HEARTH_X86_DECLARE_LEVEL(avx2)
