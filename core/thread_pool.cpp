@@ -89,11 +89,18 @@ void ThreadPool::parallel_for(int64_t n, const Job& fn, int64_t min_chunk) {
     fn(0, n, 0);
     return;
   }
+  // Seqlock writer: an odd generation while the job is written (a worker with no chunk in the
+  // previous job may be reading it right now, and must not take a half-written job for the old
+  // one), the next even one publishes it.
+  const uint64_t gen = generation_.load(std::memory_order_relaxed);
+  generation_.store(gen + 1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_release);
   job_.store(&fn, std::memory_order_relaxed);
   job_n_.store(n, std::memory_order_relaxed);
   job_chunks_.store(chunks, std::memory_order_relaxed);
   pending_.store(chunks - 1, std::memory_order_relaxed);
-  generation_.fetch_add(1, std::memory_order_seq_cst);  // publishes the stores above
+  generation_.store(gen + 2, std::memory_order_seq_cst);  // publishes the stores above
+  std::atomic_thread_fence(std::memory_order_seq_cst);    // store above before the load below
   if (sleepers_.load(std::memory_order_seq_cst) > 0) {
     { std::lock_guard<std::mutex> lock(mutex_); }
     work_ready_.notify_all();
@@ -111,22 +118,25 @@ void ThreadPool::wait_for_workers() {
   if (spin_until(done, spin_)) return;
   std::unique_lock<std::mutex> lock(mutex_);
   caller_sleeping_.store(true, std::memory_order_seq_cst);
+  std::atomic_thread_fence(std::memory_order_seq_cst);  // store above before the pending_ loads
   work_done_.wait(lock, [this] { return pending_.load(std::memory_order_seq_cst) == 0; });
   caller_sleeping_.store(false, std::memory_order_relaxed);
 }
 
 uint64_t ThreadPool::wait_for_job(uint64_t seen) {
   uint64_t gen = seen;
+  // Odd: a job is being written; wait for the even generation that publishes it.
   const auto arrived = [&] {
     gen = generation_.load(std::memory_order_acquire);
-    return gen != seen || stopping_.load(std::memory_order_relaxed);
+    return (gen != seen && gen % 2 == 0) || stopping_.load(std::memory_order_relaxed);
   };
   if (spin_until(arrived, spin_)) return gen;
   std::unique_lock<std::mutex> lock(mutex_);
   sleepers_.fetch_add(1, std::memory_order_seq_cst);
+  std::atomic_thread_fence(std::memory_order_seq_cst);  // before the generation_ loads
   work_ready_.wait(lock, [&] {
     gen = generation_.load(std::memory_order_seq_cst);
-    return gen != seen || stopping_.load(std::memory_order_seq_cst);
+    return (gen != seen && gen % 2 == 0) || stopping_.load(std::memory_order_seq_cst);
   });
   sleepers_.fetch_sub(1, std::memory_order_relaxed);
   return gen;
@@ -137,8 +147,8 @@ void ThreadPool::worker_loop(int index) {
   for (;;) {
     uint64_t gen = wait_for_job(seen);
     if (stopping_.load(std::memory_order_acquire)) return;
-    // Seqlock read of the job: consistent when the generation did not move meanwhile. A job
-    // this worker has a chunk of cannot move (its caller waits for the chunk).
+    // Seqlock read of the job: consistent when the (even) generation did not move meanwhile.
+    // A job this worker has a chunk of cannot move (its caller waits for the chunk).
     const Job* job;
     int64_t n;
     int chunks;
@@ -147,10 +157,9 @@ void ThreadPool::worker_loop(int index) {
       n = job_n_.load(std::memory_order_relaxed);
       chunks = job_chunks_.load(std::memory_order_relaxed);
       std::atomic_thread_fence(std::memory_order_acquire);
-      const uint64_t again = generation_.load(std::memory_order_relaxed);
-      if (again == gen) break;
-      gen = again;
-      std::atomic_thread_fence(std::memory_order_acquire);
+      if (generation_.load(std::memory_order_relaxed) == gen) break;
+      gen = wait_for_job(seen);  // a newer job is being written or was published: read that one
+      if (stopping_.load(std::memory_order_acquire)) return;
     }
     seen = gen;
     if (index >= chunks) continue;
@@ -159,7 +168,9 @@ void ThreadPool::worker_loop(int index) {
       const auto [begin, end] = chunk_range(n, chunks, index);
       (*job)(begin, end, index);
     }
-    if (pending_.fetch_sub(1, std::memory_order_seq_cst) == 1 && caller_sleeping_.load(std::memory_order_seq_cst)) {
+    const bool last = pending_.fetch_sub(1, std::memory_order_seq_cst) == 1;
+    std::atomic_thread_fence(std::memory_order_seq_cst);  // before the caller_sleeping_ load
+    if (last && caller_sleeping_.load(std::memory_order_seq_cst)) {
       { std::lock_guard<std::mutex> lock(mutex_); }
       work_done_.notify_one();
     }

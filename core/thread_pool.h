@@ -49,8 +49,8 @@ class ThreadPool {
   using Job = std::function<void(int64_t, int64_t, int)>;
 
   void worker_loop(int index);
-  // Spins, then sleeps, until generation_ differs from `seen` or the pool stops; returns the
-  // generation seen (meaningless once stopping_).
+  // Spins, then sleeps, until generation_ is even and differs from `seen`, or the pool stops;
+  // returns the generation seen (meaningless once stopping_).
   uint64_t wait_for_job(uint64_t seen);
   void wait_for_workers();
 
@@ -58,9 +58,10 @@ class ThreadPool {
   std::chrono::microseconds spin_;
   std::vector<std::thread> workers_;
 
-  // The job of generation_: written by the caller before it bumps generation_, read by the
-  // workers as a seqlock (re-checking generation_ after reading), since a worker with no chunk
-  // in a job is not waited for and may still be reading when the next job is published.
+  // The job of generation_, under a seqlock: the caller makes generation_ odd, writes the job,
+  // makes it even again; workers read the job between two equal even generations, since a
+  // worker with no chunk in a job is not waited for and may still be reading it when the next
+  // job is written.
   std::atomic<const Job*> job_{nullptr};
   std::atomic<int64_t> job_n_{0};
   std::atomic<int> job_chunks_{0};
@@ -69,8 +70,11 @@ class ThreadPool {
   std::atomic<bool> stopping_{false};
 
   // Sleeping side. sleepers_ / caller_sleeping_ say whether a notify is needed at all, so the
-  // fast path takes no lock; both sides use seq_cst so that either the sleeper sees the new
-  // state before it sleeps or the waker sees the sleeper and notifies under the mutex.
+  // fast path takes no lock. Each side stores, then a seq_cst fence, then loads the other's
+  // variable (Dekker), so either the sleeper sees the new state before it sleeps or the waker
+  // sees the sleeper and notifies after taking the mutex. Without the explicit fences (seq_cst
+  // store, then seq_cst load) test_thread_pool hung now and then under qemu-user emulating an
+  // aarch64 CPU without LSE atomics; with them it does not.
   std::mutex mutex_;
   std::condition_variable work_ready_;
   std::condition_variable work_done_;
