@@ -203,12 +203,18 @@ void dot_signed_q8_0_scaled(int64_t n, const void* w, const void* x, size_t x_st
     const __m256i qx = decode(wb);
     const __m256i ax = _mm256_sign_epi8(qx, qx);
     const __m256 scales = _mm256_castps128_ps256(_mm_mul_ps(_mm_set1_ps(load_f16(wb + offsetof(Block, d))), _mm_loadu_ps(xd + 4 * b)));
-    for (int r = 0; r < 4; ++r) {
+    // Called with constant r, four times: keeps acc[] in registers (a loop over r was compiled
+    // with acc[] in memory, a store-to-load chain per row).
+    const auto row = [&](int r) {
       const uint8_t* y = xb + r * x_stride + static_cast<size_t>(b) * kQ8_0Bytes;
       const __m256i sy = _mm256_sign_epi8(load32(y + offsetof(BlockQ8_0, qs)), qx);
       const __m256 p = _mm256_cvtepi32_ps(dot_us8(ax, sy));
       acc[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(scales, lane[r]), p, acc[r]);
-    }
+    };
+    row(0);
+    row(1);
+    row(2);
+    row(3);
   }
   for (int r = 0; r < 4; ++r) out[r] = hsum(acc[r]);
 }
@@ -230,11 +236,15 @@ void dot_unsigned_q8_1_scaled(int64_t n, const void* w, const void* x, size_t x_
     const __m256i qx = decode(wb);
     const __m256 scales = _mm256_castps128_ps256(_mm_mul_ps(_mm_set1_ps(load_f16(wb + offsetof(Block, d))), _mm_loadu_ps(xd + 4 * b)));
     summ = _mm_add_ps(summ, _mm_mul_ps(_mm_set1_ps(load_f16(wb + offsetof(Block, m))), _mm_loadu_ps(xs + 4 * b)));
-    for (int r = 0; r < 4; ++r) {
+    const auto row = [&](int r) {  // constant r: see dot_signed_q8_0_scaled
       const uint8_t* y = xb + r * x_stride + static_cast<size_t>(b) * kQ8_1Bytes;
       const __m256 p = _mm256_cvtepi32_ps(dot_us8(qx, load32(y + offsetof(BlockQ8_1, qs))));
       acc[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(scales, lane[r]), p, acc[r]);
-    }
+    };
+    row(0);
+    row(1);
+    row(2);
+    row(3);
   }
   float sm[4];
   _mm_storeu_ps(sm, summ);
