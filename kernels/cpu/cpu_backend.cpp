@@ -231,33 +231,34 @@ void CpuBackend::kv_store(KvLayer& cache, const Tensor& k, const Tensor& v, std:
 
 namespace {
 
-// One query head over f32 K/V rows (`stride` floats apart, this head at `head_offset`): the
-// arithmetic of ref::attention_head (q and the probabilities rounded to f16 when the cache is
-// f16) in float with independent partial sums, and p.V accumulated row by row, so the compiler
-// vectorizes both loops. Agrees with the reference to float rounding (tests/kernels).
-void attention_head_fast(const float* q, const float* k, const float* v, int64_t stride, int64_t head_offset,
-                         int64_t head_dim, int32_t first, int32_t last, float scale, float softcap, bool half_inputs,
-                         float* qr, float* scores, float* out) {
+// One query head over `n_rows` f32 K/V rows (`stride` floats apart, this head's slice at the
+// start of each row; row 0 is the window's first position): the arithmetic of
+// ref::attention_head (q and the probabilities rounded to f16 when the cache is f16) in float
+// with independent partial sums, and p.V accumulated row by row, so the compiler vectorizes
+// both loops. Agrees with the reference to float rounding (tests/kernels).
+void attention_head_fast(const float* q, const float* k, const float* v, int64_t stride, int64_t head_dim,
+                         int64_t n_rows, float scale, float softcap, bool half_inputs, float* qr, float* scores,
+                         float* out) {
   for (int64_t d = 0; d < head_dim; ++d) qr[d] = half_inputs ? fp16_to_fp32(fp32_to_fp16(q[d])) : q[d];
   float max_score = -INFINITY;
-  for (int32_t j = first; j <= last; ++j) {
-    float s = ref::dot_f32(qr, k + j * stride + head_offset, head_dim) * scale;
+  for (int64_t j = 0; j < n_rows; ++j) {
+    float s = ref::dot_f32(qr, k + j * stride, head_dim) * scale;
     if (softcap > 0.0f) s = softcap * std::tanh(s / softcap);
-    scores[j - first] = s;
+    scores[j] = s;
     max_score = std::max(max_score, s);
   }
   double sum = 0.0;
-  for (int32_t j = first; j <= last; ++j) {
-    const float e = std::exp(scores[j - first] - max_score);
-    scores[j - first] = e;
+  for (int64_t j = 0; j < n_rows; ++j) {
+    const float e = std::exp(scores[j] - max_score);
+    scores[j] = e;
     sum += e;
   }
   const float inv = static_cast<float>(1.0 / sum);
   for (int64_t d = 0; d < head_dim; ++d) out[d] = 0.0f;
-  for (int32_t j = first; j <= last; ++j) {
-    float pj = scores[j - first] * inv;
+  for (int64_t j = 0; j < n_rows; ++j) {
+    float pj = scores[j] * inv;
     if (half_inputs) pj = fp16_to_fp32(fp32_to_fp16(pj));
-    const float* vr = v + j * stride + head_offset;
+    const float* vr = v + j * stride;
     for (int64_t d = 0; d < head_dim; ++d) out[d] += pj * vr[d];
   }
 }
@@ -270,59 +271,70 @@ void CpuBackend::attention(const Tensor& q, const KvLayer& cache, std::span<cons
   const int64_t kv_dim = cache.k.ne[0];
   HEARTH_CHECK(kv_dim == static_cast<int64_t>(p.n_head_kv) * p.head_dim && p.n_head % p.n_head_kv == 0);
   HEARTH_CHECK(q.n_elements() == n_tokens * p.n_head * p.head_dim && out.n_elements() == q.n_elements());
+  if (n_tokens == 0) return;
   const float* qs = f32(q);
   float* os = f32(out);
   const int group = p.n_head / p.n_head_kv;
   const bool half = cache.k.type == DType::F16;
+  const ConvertF16Fn to_f32 = convert_f16_to_f32_kernel(level_);
 
-  // The K/V rows each sequence of the batch reads, as f32: converted once here (f16 cache) or
-  // used in place (f32 cache), instead of once per query head.
-  std::vector<int32_t> rows_needed(static_cast<size_t>(cache.n_seq), -1);
-  for (const KvSlot& s : slots) rows_needed[static_cast<size_t>(s.seq)] = std::max(rows_needed[static_cast<size_t>(s.seq)], s.pos + 1);
-  std::vector<const float*> k_rows(static_cast<size_t>(cache.n_seq)), v_rows(static_cast<size_t>(cache.n_seq));
-  std::vector<std::vector<float>> converted;
-  for (int32_t seq = 0; seq < cache.n_seq; ++seq) {
-    const int32_t rows = rows_needed[static_cast<size_t>(seq)];
-    if (rows <= 0) continue;
-    const size_t seq_row0 = static_cast<size_t>(seq) * static_cast<size_t>(cache.n_ctx);
-    if (!half) {
-      k_rows[static_cast<size_t>(seq)] = static_cast<const float*>(cache.k.data) + seq_row0 * static_cast<size_t>(kv_dim);
-      v_rows[static_cast<size_t>(seq)] = static_cast<const float*>(cache.v.data) + seq_row0 * static_cast<size_t>(kv_dim);
-      continue;
-    }
-    const size_t n = static_cast<size_t>(rows) * static_cast<size_t>(kv_dim);
-    converted.emplace_back(2 * n);
-    float* kf = converted.back().data();
-    float* vf = kf + n;
-    const uint16_t* kh = static_cast<const uint16_t*>(cache.k.data) + seq_row0 * static_cast<size_t>(kv_dim);
-    const uint16_t* vh = static_cast<const uint16_t*>(cache.v.data) + seq_row0 * static_cast<size_t>(kv_dim);
-    pool_.parallel_for(
-        static_cast<int64_t>(n),
-        [&](int64_t i0, int64_t i1, int) {
-          for (int64_t i = i0; i < i1; ++i) {
-            kf[i] = fp16_to_fp32(kh[i]);
-            vf[i] = fp16_to_fp32(vh[i]);
-          }
-        },
-        4096);
-    k_rows[static_cast<size_t>(seq)] = kf;
-    v_rows[static_cast<size_t>(seq)] = vf;
+  int32_t max_rows = 0;
+  for (const KvSlot& s : slots) {
+    HEARTH_CHECK(s.seq >= 0 && s.seq < cache.n_seq && s.pos >= 0 && s.pos < cache.n_ctx, "slot ({}, {})", s.seq, s.pos);
+    max_rows = std::max(max_rows, s.pos + 1);
   }
 
-  const size_t per_thread = static_cast<size_t>(cache.n_ctx) + static_cast<size_t>(p.head_dim);
-  std::vector<float> scratch(static_cast<size_t>(pool_.size()) * per_thread);
-  pool_.parallel_for(n_tokens * p.n_head, [&](int64_t i0, int64_t i1, int thread) {
-    float* qr = scratch.data() + static_cast<size_t>(thread) * per_thread;
+  // One job per (token, kv head, part of its query-head group). With an f16 cache the job
+  // converts the rows of its kv head's slice that its token reads to f32 once, in its own
+  // scratch, for all its query heads (no pass over whole caches, no extra parallel_for per
+  // sequence). When there are too few (token, kv head) pairs to keep the threads busy (decode
+  // of one sequence), each query head is its own job and converts the slice itself: the
+  // conversion is cheap next to the two products over the same rows.
+  const int parts = n_tokens * p.n_head_kv >= 4 * static_cast<int64_t>(pool_.size()) ? 1 : group;
+  const int heads_per_part = group / parts;
+  const size_t slice = static_cast<size_t>(max_rows) * static_cast<size_t>(p.head_dim);
+  const size_t per_thread = static_cast<size_t>(p.head_dim) + static_cast<size_t>(max_rows) + (half ? 2 * slice : 0);
+  // Not zeroed: every element a job reads it has written first.
+  const auto scratch = std::make_unique_for_overwrite<float[]>(static_cast<size_t>(pool_.size()) * per_thread);
+  pool_.parallel_for(n_tokens * p.n_head_kv * parts, [&](int64_t i0, int64_t i1, int thread) {
+    float* qr = scratch.get() + static_cast<size_t>(thread) * per_thread;
     float* scores = qr + p.head_dim;
+    float* k_conv = scores + max_rows;
+    float* v_conv = k_conv + slice;
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t t = i / p.n_head;
-      const int h = static_cast<int>(i % p.n_head);
+      const int64_t t = i / (int64_t{p.n_head_kv} * parts);
+      const int kv_head = static_cast<int>(i / parts % p.n_head_kv);
+      const int part = static_cast<int>(i % parts);
       const KvSlot s = slots[static_cast<size_t>(t)];
       const int32_t first = p.window > 0 ? std::max(0, s.pos - p.window + 1) : 0;
-      attention_head_fast(qs + (t * p.n_head + h) * p.head_dim, k_rows[static_cast<size_t>(s.seq)],
-                          v_rows[static_cast<size_t>(s.seq)], kv_dim, static_cast<int64_t>(h / group) * p.head_dim,
-                          p.head_dim, first, s.pos, p.scale, p.softcap, half, qr, scores,
-                          os + (t * p.n_head + h) * p.head_dim);
+      const int64_t n_rows = s.pos - first + 1;
+      // Element offset of row `first` of this sequence, at this kv head's slice.
+      const size_t at = (static_cast<size_t>(s.seq) * static_cast<size_t>(cache.n_ctx) + static_cast<size_t>(first)) *
+                            static_cast<size_t>(kv_dim) +
+                        static_cast<size_t>(kv_head) * static_cast<size_t>(p.head_dim);
+      const float* k;
+      const float* v;
+      int64_t stride;
+      if (half) {
+        const uint16_t* kh = static_cast<const uint16_t*>(cache.k.data) + at;
+        const uint16_t* vh = static_cast<const uint16_t*>(cache.v.data) + at;
+        for (int64_t j = 0; j < n_rows; ++j) {
+          to_f32(kh + j * kv_dim, k_conv + j * p.head_dim, p.head_dim);
+          to_f32(vh + j * kv_dim, v_conv + j * p.head_dim, p.head_dim);
+        }
+        k = k_conv;
+        v = v_conv;
+        stride = p.head_dim;
+      } else {
+        k = static_cast<const float*>(cache.k.data) + at;
+        v = static_cast<const float*>(cache.v.data) + at;
+        stride = kv_dim;
+      }
+      for (int g = part * heads_per_part; g < (part + 1) * heads_per_part; ++g) {
+        const int64_t h = int64_t{kv_head} * group + g;
+        attention_head_fast(qs + (t * p.n_head + h) * p.head_dim, k, v, stride, p.head_dim, n_rows, p.scale,
+                            p.softcap, half, qr, scores, os + (t * p.n_head + h) * p.head_dim);
+      }
     }
   });
 }

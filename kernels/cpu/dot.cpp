@@ -2,9 +2,14 @@
 
 #include <algorithm>
 #include <array>
+#include <cstddef>
+#include <cstring>
 #include <iterator>
+#include <vector>
 
 #include "core/error.h"
+#include "core/fp16.h"
+#include "core/quant_blocks.h"
 #include "kernels/cpu/dot_ref.h"
 #include "kernels/cpu/quants_ref.h"
 #if defined(HEARTH_X86_KERNELS)
@@ -107,8 +112,24 @@ Table scalar_table() {
     return t;                                                                                      \
   }
 #if defined(HEARTH_X86_KERNELS)
-HEARTH_SIMD_TABLE(avx2_table, x86::avx2)
-HEARTH_SIMD_TABLE(avx512_table, x86::avx512)
+HEARTH_SIMD_TABLE(avx2_simd_table, x86::avx2)
+HEARTH_SIMD_TABLE(avx512_simd_table, x86::avx512)
+#define HEARTH_SET_SCALED(ns, wtype, name) \
+  t[static_cast<size_t>(DType::wtype)].vec_dot_rows_scaled = ns::vec_dot_##name##_4s;
+#define HEARTH_X86_TABLE(fn, base, ns)  \
+  Table fn() {                          \
+    Table t = base();                   \
+    HEARTH_SET_SCALED(ns, Q8_0, q8_0)   \
+    HEARTH_SET_SCALED(ns, Q4_0, q4_0)   \
+    HEARTH_SET_SCALED(ns, Q5_0, q5_0)   \
+    HEARTH_SET_SCALED(ns, Q4_1, q4_1)   \
+    HEARTH_SET_SCALED(ns, Q5_1, q5_1)   \
+    return t;                           \
+  }
+HEARTH_X86_TABLE(avx2_table, avx2_simd_table, x86::avx2)
+HEARTH_X86_TABLE(avx512_table, avx512_simd_table, x86::avx512)
+#undef HEARTH_X86_TABLE
+#undef HEARTH_SET_SCALED
 #endif
 #if defined(HEARTH_ARM_KERNELS)
 HEARTH_SIMD_TABLE(neon_table, arm::neon)
@@ -149,6 +170,32 @@ const DotKernel& dot_kernel(DType weight, CpuLevel level) {
   return tables()[static_cast<size_t>(level)][type];
 }
 
+namespace {
+void convert_f16_to_f32_ref(const uint16_t* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = fp16_to_fp32(x[i]);
+}
+}  // namespace
+
+ConvertF16Fn convert_f16_to_f32_kernel(CpuLevel level) {
+  HEARTH_CHECK(static_cast<size_t>(level) < kLevels, "level {}", static_cast<int>(level));
+  switch (level) {
+#if defined(HEARTH_X86_KERNELS)
+    // F16C is part of the Avx2 level; the AVX-512 level adds nothing to a conversion.
+    case CpuLevel::Avx2:
+    case CpuLevel::Avx512: return x86::avx2::convert_f16_to_f32;
+#endif
+#if defined(HEARTH_ARM_KERNELS)
+    case CpuLevel::Neon:
+    case CpuLevel::Dotprod: return arm::neon::convert_f16_to_f32;
+#endif
+    default: return convert_f16_to_f32_ref;
+  }
+}
+
+void convert_f16_to_f32(const uint16_t* x, float* y, int64_t n, CpuLevel level) {
+  convert_f16_to_f32_kernel(level)(x, y, n);
+}
+
 void matmul_rows(const DotKernel& kernel, const void* w, size_t w_row_bytes, int64_t k, int64_t r0, int64_t r1,
                  const void* xq, size_t xq_row_bytes, int64_t n, float* y, int64_t y_stride) {
   HEARTH_CHECK(kernel.vec_dot != nullptr, "no dot product for this weight type");
@@ -158,13 +205,44 @@ void matmul_rows(const DotKernel& kernel, const void* w, size_t w_row_bytes, int
   // passes over it, so each weight byte comes from memory once per call.
   const int64_t tile = std::max<int64_t>(1, static_cast<int64_t>(16384 / std::max<size_t>(w_row_bytes, 1)));
   const int64_t n_grouped = kernel.vec_dot_rows != nullptr ? n / kDotRows * kDotRows : 0;
+  // For the scaled kernels: each group's activation block scales as floats, [group][block][row].
+  std::vector<float> xd, xs;
+  const int64_t nb = k / 32;
+  const bool scaled = kernel.vec_dot_rows_scaled != nullptr && n_grouped > 0;
+  if (scaled) {
+    HEARTH_CHECK(kernel.vec_dot_type == DType::Q8_0 || kernel.vec_dot_type == DType::Q8_1);
+    const bool q8_1 = kernel.vec_dot_type == DType::Q8_1;
+    const size_t block_bytes = q8_1 ? sizeof(BlockQ8_1) : sizeof(BlockQ8_0);
+    const size_t d_at = q8_1 ? offsetof(BlockQ8_1, d) : offsetof(BlockQ8_0, d);
+    xd.resize(static_cast<size_t>(n_grouped * nb));
+    if (q8_1) xs.resize(xd.size());
+    for (int64_t t = 0; t < n_grouped; ++t) {
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* block = xb + static_cast<size_t>(t) * xq_row_bytes + static_cast<size_t>(b) * block_bytes;
+        const size_t at = static_cast<size_t>((t / kDotRows * nb + b) * kDotRows + t % kDotRows);
+        uint16_t h;
+        std::memcpy(&h, block + d_at, sizeof(h));
+        xd[at] = fp16_to_fp32(h);
+        if (q8_1) {
+          std::memcpy(&h, block + offsetof(BlockQ8_1, s), sizeof(h));
+          xs[at] = fp16_to_fp32(h);
+        }
+      }
+    }
+  }
   for (int64_t rt = r0; rt < r1; rt += tile) {
     const int64_t rt_end = std::min(r1, rt + tile);
     for (int64_t t = 0; t < n_grouped; t += kDotRows) {
       const uint8_t* x = xb + static_cast<size_t>(t) * xq_row_bytes;
+      const size_t scales_at = static_cast<size_t>(t * nb);  // (t / kDotRows) * nb * kDotRows
       for (int64_t r = rt; r < rt_end; ++r) {
         float out[kDotRows];
-        kernel.vec_dot_rows(k, wb + static_cast<size_t>(r) * w_row_bytes, x, xq_row_bytes, out);
+        if (scaled) {
+          kernel.vec_dot_rows_scaled(k, wb + static_cast<size_t>(r) * w_row_bytes, x, xq_row_bytes,
+                                     xd.data() + scales_at, xs.empty() ? nullptr : xs.data() + scales_at, out);
+        } else {
+          kernel.vec_dot_rows(k, wb + static_cast<size_t>(r) * w_row_bytes, x, xq_row_bytes, out);
+        }
         for (int i = 0; i < kDotRows; ++i) y[(t + i) * y_stride + r] = out[i];
       }
     }

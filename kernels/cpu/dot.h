@@ -20,10 +20,18 @@ using VecDotRowsFn = void (*)(int64_t n, const void* w, const void* x, size_t x_
 // One activation row of n floats -> dtype_row_bytes(vec_dot_type, n) bytes.
 using QuantizeFn = void (*)(const float* x, void* y, int64_t n);
 
+// vec_dot_rows for weight types of 32-element blocks against Q8_0 / Q8_1 activations, with
+// the activations' f16 block scales given already widened to float, block major: xd[4 b + r]
+// is d of block b of row r, and for Q8_1 xs[4 b + r] its s (xs unused for Q8_0). Results are
+// bit-identical to vec_dot per row; it saves converting the same scales for every weight row.
+using VecDotRowsScaledFn = void (*)(int64_t n, const void* w, const void* x, size_t x_stride, const float* xd,
+                                    const float* xs, float* out);
+
 struct DotKernel {
   DType vec_dot_type = DType::F32;
   VecDotFn vec_dot = nullptr;        // null when the weight type has no dot product
   VecDotRowsFn vec_dot_rows = nullptr;  // null: call vec_dot per row
+  VecDotRowsScaledFn vec_dot_rows_scaled = nullptr;  // null: use vec_dot_rows
   QuantizeFn quantize = nullptr;
   bool simd_dot = false;       // vec_dot is a SIMD kernel
   bool simd_quantize = false;  // quantize is a SIMD kernel
@@ -33,6 +41,13 @@ struct DotKernel {
 // supports: cpu_level_supported(level)). Never fails; vec_dot is null for types without a
 // dot product (see ref::can_vec_dot).
 const DotKernel& dot_kernel(DType weight, CpuLevel level);
+
+// y[i] = the IEEE half x[i] as a float, for i in [0, n): exact (as core/fp16.h), F16C / NEON
+// conversions where the level has them. x and y need no alignment.
+using ConvertF16Fn = void (*)(const uint16_t* x, float* y, int64_t n);
+ConvertF16Fn convert_f16_to_f32_kernel(CpuLevel level);
+// The same, looked up per call (for callers that convert long runs).
+void convert_f16_to_f32(const uint16_t* x, float* y, int64_t n, CpuLevel level);
 
 // y[t * y_stride + r] = dot(w row r, xq row t) for weight rows [r0, r1) and tokens [0, n), `xq`
 // holding n activation rows already quantized to the kernel's activation type, xq_row_bytes

@@ -1,6 +1,7 @@
 // The SIMD dot products and activation quantizers (kernels/cpu/dot.h at each CPU level) against
 // the scalar references: dots within a rounding tolerance, quantizers byte for byte, the
-// several-rows kernels bit-identical to the one-row ones, and CpuBackend::matmul end to end.
+// several-rows kernels (with and without pre-widened activation scales) bit-identical to the
+// one-row ones, and CpuBackend::matmul end to end.
 // Levels this CPU lacks are skipped, so the suite runs (and passes) on any machine.
 #include <gtest/gtest.h>
 
@@ -15,6 +16,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/fp16.h"
+#include "core/quant_blocks.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/dot.h"
@@ -161,6 +163,45 @@ TEST_P(DotSimd, RowsKernelEqualsOneRowKernel) {
     kernel.vec_dot_rows(n, wm.data(), xq.data() + 1, stride, out);
     for (int r = 0; r < kDotRows; ++r) {
       // Same arithmetic, so the same bits: a token's logits do not depend on batching.
+      EXPECT_EQ(out[r], kernel.vec_dot(n, wm.data(), xq.data() + 1 + r * stride)) << "row " << r << " n=" << n;
+    }
+  }
+}
+
+// The four-row kernel with pre-widened activation scales: bit-identical to the one-row kernel
+// (and so to the plain four-row kernel), scales laid out block major as matmul_rows does.
+TEST_P(DotSimd, ScaledRowsKernelEqualsOneRowKernel) {
+  const DotKernel& kernel = dot_kernel(type(), level());
+  if (kernel.vec_dot_rows_scaled == nullptr) GTEST_SKIP() << "no scaled several-rows kernel";
+  ASSERT_TRUE(kernel.vec_dot_type == DType::Q8_0 || kernel.vec_dot_type == DType::Q8_1);
+  const bool q8_1 = kernel.vec_dot_type == DType::Q8_1;
+  std::mt19937 rng(199 + static_cast<unsigned>(type()));
+  for (int blocks : kBlockCounts) {
+    const int64_t n = row_length(type(), blocks);
+    const std::vector<uint8_t> w = random_weights(type(), n, rng);
+    const size_t stride = dtype_row_bytes(kernel.vec_dot_type, n) + 3;
+    std::vector<uint8_t> xq(stride * kDotRows + 1);
+    std::vector<float> xd(static_cast<size_t>(blocks) * kDotRows), xs(xd.size());
+    for (int r = 0; r < kDotRows; ++r) {
+      const std::vector<float> xf = random_activations(n, rng);
+      std::vector<uint8_t> row(stride - 3);
+      ref::quantize_activations(kernel.vec_dot_type, xf.data(), row.data(), n);
+      std::memcpy(xq.data() + 1 + r * stride, row.data(), row.size());
+      const size_t block_bytes = q8_1 ? sizeof(BlockQ8_1) : sizeof(BlockQ8_0);
+      for (int b = 0; b < blocks; ++b) {
+        uint16_t d, sum;
+        std::memcpy(&d, row.data() + b * block_bytes + (q8_1 ? offsetof(BlockQ8_1, d) : offsetof(BlockQ8_0, d)), 2);
+        xd[static_cast<size_t>(b * kDotRows + r)] = fp16_to_fp32(d);
+        if (q8_1) {
+          std::memcpy(&sum, row.data() + b * block_bytes + offsetof(BlockQ8_1, s), 2);
+          xs[static_cast<size_t>(b * kDotRows + r)] = fp16_to_fp32(sum);
+        }
+      }
+    }
+    const Misaligned wm(w, 1);
+    float out[kDotRows];
+    kernel.vec_dot_rows_scaled(n, wm.data(), xq.data() + 1, stride, xd.data(), q8_1 ? xs.data() : nullptr, out);
+    for (int r = 0; r < kDotRows; ++r) {
       EXPECT_EQ(out[r], kernel.vec_dot(n, wm.data(), xq.data() + 1 + r * stride)) << "row " << r << " n=" << n;
     }
   }

@@ -11,6 +11,7 @@
 //  - vec_dot_*_4 computes out[r] = vec_dot(w, x + r * x_stride) for r in 0..3 with exactly the
 //    arithmetic of the one-row function, so a token's result does not depend on batching.
 //  - quantize_* write bytes identical to ref::quantize_activations.
+//  - convert_f16_to_f32 is exact (as core/fp16.h's fp16_to_fp32), subnormals included.
 #pragma once
 
 #include <cstddef>
@@ -20,6 +21,8 @@
 #define HEARTH_X86_BLOCK_DOTS(X) X(q8_0) X(q4_0) X(q4_1) X(q5_0) X(q5_1) X(q4_K) X(q5_K) X(q6_K)
 #define HEARTH_X86_PLAIN_DOTS(X) X(f16) X(bf16) X(f32)
 #define HEARTH_X86_QUANTIZERS(X) X(q8_0) X(q8_1) X(q8_K)
+// Four-row kernels with pre-widened activation scales (kernels/cpu/dot.h, VecDotRowsScaledFn).
+#define HEARTH_X86_SCALED_DOTS(X) X(q8_0) X(q4_0) X(q5_0) X(q4_1) X(q5_1)
 
 #define HEARTH_X86_DECLARE_LEVEL(ns)                                                                    \
   namespace hearth::kernels::x86::ns {                                                                  \
@@ -27,10 +30,15 @@
   HEARTH_X86_BLOCK_DOTS(HEARTH_X86_DECLARE_DOT4)                                                        \
   HEARTH_X86_PLAIN_DOTS(HEARTH_X86_DECLARE_DOT)                                                         \
   HEARTH_X86_QUANTIZERS(HEARTH_X86_DECLARE_QUANTIZE)                                                    \
+  void convert_f16_to_f32(const uint16_t* x, float* y, int64_t n);                                      \
+  HEARTH_X86_SCALED_DOTS(HEARTH_X86_DECLARE_DOT4S)                                                      \
   }
 #define HEARTH_X86_DECLARE_DOT(t) float vec_dot_##t(int64_t n, const void* w, const void* x);
 #define HEARTH_X86_DECLARE_DOT4(t) \
   void vec_dot_##t##_4(int64_t n, const void* w, const void* x, size_t x_stride, float* out);
+#define HEARTH_X86_DECLARE_DOT4S(t)                                                                    \
+  void vec_dot_##t##_4s(int64_t n, const void* w, const void* x, size_t x_stride, const float* xd, const float* xs, \
+                        float* out);
 #define HEARTH_X86_DECLARE_QUANTIZE(t) void quantize_##t(const float* x, void* y, int64_t n);
 
 HEARTH_X86_DECLARE_LEVEL(avx2)

@@ -182,6 +182,89 @@ void dot_q5_1(int64_t n, const void* w, const void* x, size_t x_stride, float* o
   });
 }
 
+// The same four-row products with the activations' block scales already widened to float, block
+// major (xd[4 b + r], and for Q8_1 xs[4 b + r]): the four dw * dy products take one vector
+// multiply and the four m * s sums one multiply and one add, instead of two scalar f16
+// conversions and their arithmetic per row and block. The values and the order of every
+// rounding are those of the one-row kernel, so the results are bit-identical to it.
+template <class Block, class Decode>
+void dot_signed_q8_0_scaled(int64_t n, const void* w, const void* x, size_t x_stride, const float* xd, float* out,
+                            Decode decode) {
+  const auto* wb = static_cast<const uint8_t*>(w);
+  const auto* xb = static_cast<const uint8_t*>(x);
+  const int64_t nb = n / kQK8_0;
+  __m256 acc[4];
+  __m256i lane[4];
+  for (int r = 0; r < 4; ++r) {
+    acc[r] = _mm256_setzero_ps();
+    lane[r] = _mm256_set1_epi32(r);
+  }
+  for (int64_t b = 0; b < nb; ++b, wb += sizeof(Block)) {
+    const __m256i qx = decode(wb);
+    const __m256i ax = _mm256_sign_epi8(qx, qx);
+    const __m256 scales = _mm256_castps128_ps256(_mm_mul_ps(_mm_set1_ps(load_f16(wb + offsetof(Block, d))), _mm_loadu_ps(xd + 4 * b)));
+    // Called with constant r, four times: keeps acc[] in registers (a loop over r was compiled
+    // with acc[] in memory, a store-to-load chain per row).
+    const auto row = [&](int r) {
+      const uint8_t* y = xb + r * x_stride + static_cast<size_t>(b) * kQ8_0Bytes;
+      const __m256i sy = _mm256_sign_epi8(load32(y + offsetof(BlockQ8_0, qs)), qx);
+      const __m256 p = _mm256_cvtepi32_ps(dot_us8(ax, sy));
+      acc[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(scales, lane[r]), p, acc[r]);
+    };
+    row(0);
+    row(1);
+    row(2);
+    row(3);
+  }
+  for (int r = 0; r < 4; ++r) out[r] = hsum(acc[r]);
+}
+
+template <class Block, class Decode>
+void dot_unsigned_q8_1_scaled(int64_t n, const void* w, const void* x, size_t x_stride, const float* xd, const float* xs,
+                              float* out, Decode decode) {
+  const auto* wb = static_cast<const uint8_t*>(w);
+  const auto* xb = static_cast<const uint8_t*>(x);
+  const int64_t nb = n / kQK8_0;
+  __m256 acc[4];
+  __m256i lane[4];
+  for (int r = 0; r < 4; ++r) {
+    acc[r] = _mm256_setzero_ps();
+    lane[r] = _mm256_set1_epi32(r);
+  }
+  __m128 summ = _mm_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b, wb += sizeof(Block)) {
+    const __m256i qx = decode(wb);
+    const __m256 scales = _mm256_castps128_ps256(_mm_mul_ps(_mm_set1_ps(load_f16(wb + offsetof(Block, d))), _mm_loadu_ps(xd + 4 * b)));
+    summ = _mm_add_ps(summ, _mm_mul_ps(_mm_set1_ps(load_f16(wb + offsetof(Block, m))), _mm_loadu_ps(xs + 4 * b)));
+    const auto row = [&](int r) {  // constant r: see dot_signed_q8_0_scaled
+      const uint8_t* y = xb + r * x_stride + static_cast<size_t>(b) * kQ8_1Bytes;
+      const __m256 p = _mm256_cvtepi32_ps(dot_us8(qx, load32(y + offsetof(BlockQ8_1, qs))));
+      acc[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(scales, lane[r]), p, acc[r]);
+    };
+    row(0);
+    row(1);
+    row(2);
+    row(3);
+  }
+  float sm[4];
+  _mm_storeu_ps(sm, summ);
+  for (int r = 0; r < 4; ++r) out[r] = hsum(acc[r]) + sm[r];
+}
+
+inline __m256i decode_q8_0(const uint8_t* b) { return load32(b + offsetof(BlockQ8_0, qs)); }
+inline __m256i decode_q4_0(const uint8_t* b) {
+  return _mm256_sub_epi8(nibbles_32(b + offsetof(BlockQ4_0, qs)), _mm256_set1_epi8(8));
+}
+inline __m256i decode_q5_0(const uint8_t* b) {
+  const __m256i high = _mm256_andnot_si256(bits_32(b + offsetof(BlockQ5_0, qh)), _mm256_set1_epi8(static_cast<char>(0xF0)));
+  return _mm256_or_si256(nibbles_32(b + offsetof(BlockQ5_0, qs)), high);
+}
+inline __m256i decode_q4_1(const uint8_t* b) { return nibbles_32(b + offsetof(BlockQ4_1, qs)); }
+inline __m256i decode_q5_1(const uint8_t* b) {
+  const __m256i high = _mm256_and_si256(bits_32(b + offsetof(BlockQ5_1, qh)), _mm256_set1_epi8(0x10));
+  return _mm256_or_si256(nibbles_32(b + offsetof(BlockQ5_1, qs)), high);
+}
+
 // --- k-quants against Q8_K -----------------------------------------------------------------
 
 constexpr size_t kQ8_KBytes = sizeof(BlockQ8_K);
@@ -391,6 +474,24 @@ inline int quantize_block_32(const float* x, uint8_t* qs, float* d_out) {
 HEARTH_X86_BLOCK_DOTS(HEARTH_X86_DEFINE_DOT)
 #undef HEARTH_X86_DEFINE_DOT
 
+#define HEARTH_X86_DEFINE_DOT4S_SIGNED(t, Block)                                                          \
+  void vec_dot_##t##_4s(int64_t n, const void* w, const void* x, size_t x_stride, const float* xd, const float*, \
+                        float* out) {                                                                    \
+    dot_signed_q8_0_scaled<Block>(n, w, x, x_stride, xd, out, decode_##t);                               \
+  }
+#define HEARTH_X86_DEFINE_DOT4S_UNSIGNED(t, Block)                                                        \
+  void vec_dot_##t##_4s(int64_t n, const void* w, const void* x, size_t x_stride, const float* xd,        \
+                        const float* xs, float* out) {                                                   \
+    dot_unsigned_q8_1_scaled<Block>(n, w, x, x_stride, xd, xs, out, decode_##t);                         \
+  }
+HEARTH_X86_DEFINE_DOT4S_SIGNED(q8_0, BlockQ8_0)
+HEARTH_X86_DEFINE_DOT4S_SIGNED(q4_0, BlockQ4_0)
+HEARTH_X86_DEFINE_DOT4S_SIGNED(q5_0, BlockQ5_0)
+HEARTH_X86_DEFINE_DOT4S_UNSIGNED(q4_1, BlockQ4_1)
+HEARTH_X86_DEFINE_DOT4S_UNSIGNED(q5_1, BlockQ5_1)
+#undef HEARTH_X86_DEFINE_DOT4S_SIGNED
+#undef HEARTH_X86_DEFINE_DOT4S_UNSIGNED
+
 float vec_dot_f16(int64_t n, const void* w, const void* x) {
   const auto* a = static_cast<const uint16_t*>(w);
   const auto* b = static_cast<const uint16_t*>(x);
@@ -457,6 +558,14 @@ float vec_dot_f32(int64_t n, const void* w, const void* x) {
     sum += static_cast<double>(fa) * static_cast<double>(fb);
   }
   return static_cast<float>(sum);
+}
+
+void convert_f16_to_f32(const uint16_t* x, float* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i))));
+  }
+  for (; i < n; ++i) y[i] = _cvtsh_ss(x[i]);  // exact, subnormals included
 }
 
 void quantize_q8_0(const float* x, void* y, int64_t n) {
