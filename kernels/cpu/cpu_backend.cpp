@@ -236,13 +236,13 @@ namespace {
 // ref::attention_head (q and the probabilities rounded to f16 when the cache is f16) in float
 // with independent partial sums, and p.V accumulated row by row, so the compiler vectorizes
 // both loops. Agrees with the reference to float rounding (tests/kernels).
-void attention_head_fast(const float* q, const float* k, const float* v, int64_t stride, int64_t head_dim,
-                         int64_t n_rows, float scale, float softcap, bool half_inputs, float* qr, float* scores,
-                         float* out) {
+void attention_head_fast(const AttentionKernels& kernels, const float* q, const float* k, const float* v,
+                         int64_t stride, int64_t head_dim, int64_t n_rows, float scale, float softcap, bool half_inputs,
+                         float* qr, float* scores, float* out) {
   for (int64_t d = 0; d < head_dim; ++d) qr[d] = half_inputs ? fp16_to_fp32(fp32_to_fp16(q[d])) : q[d];
   float max_score = -INFINITY;
   for (int64_t j = 0; j < n_rows; ++j) {
-    float s = ref::dot_f32(qr, k + j * stride, head_dim) * scale;
+    float s = kernels.dot(qr, k + j * stride, head_dim) * scale;
     if (softcap > 0.0f) s = softcap * std::tanh(s / softcap);
     scores[j] = s;
     max_score = std::max(max_score, s);
@@ -258,8 +258,7 @@ void attention_head_fast(const float* q, const float* k, const float* v, int64_t
   for (int64_t j = 0; j < n_rows; ++j) {
     float pj = scores[j] * inv;
     if (half_inputs) pj = fp16_to_fp32(fp32_to_fp16(pj));
-    const float* vr = v + j * stride;
-    for (int64_t d = 0; d < head_dim; ++d) out[d] += pj * vr[d];
+    kernels.axpy(pj, v + j * stride, out, head_dim);
   }
 }
 
@@ -277,6 +276,7 @@ void CpuBackend::attention(const Tensor& q, const KvLayer& cache, std::span<cons
   const int group = p.n_head / p.n_head_kv;
   const bool half = cache.k.type == DType::F16;
   const ConvertF16Fn to_f32 = convert_f16_to_f32_kernel(level_);
+  const AttentionKernels attn = attention_kernels(level_);
 
   int32_t max_rows = 0;
   for (const KvSlot& s : slots) {
@@ -332,7 +332,7 @@ void CpuBackend::attention(const Tensor& q, const KvLayer& cache, std::span<cons
       }
       for (int g = part * heads_per_part; g < (part + 1) * heads_per_part; ++g) {
         const int64_t h = int64_t{kv_head} * group + g;
-        attention_head_fast(qs + (t * p.n_head + h) * p.head_dim, k, v, stride, p.head_dim, n_rows, p.scale,
+        attention_head_fast(attn, qs + (t * p.n_head + h) * p.head_dim, k, v, stride, p.head_dim, n_rows, p.scale,
                             p.softcap, half, qr, scores, os + (t * p.n_head + h) * p.head_dim);
       }
     }
