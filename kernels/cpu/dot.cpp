@@ -251,6 +251,15 @@ void matmul_rows(const DotKernel& kernel, const void* w, size_t w_row_bytes, int
       }
     }
   }
+  // Leftover tokens beyond the groups of four: with two or three of them, a padded group of four.
+  std::vector<uint8_t> padded;
+  if (kernel.vec_dot_rows != nullptr && n - n_grouped >= 2) {
+    padded.resize(static_cast<size_t>(kDotRows) * xq_row_bytes);
+    for (int64_t i = 0; i < kDotRows; ++i) {
+      const int64_t t = std::min(n - 1, n_grouped + i);
+      std::memcpy(padded.data() + static_cast<size_t>(i) * xq_row_bytes, xb + static_cast<size_t>(t) * xq_row_bytes, xq_row_bytes);
+    }
+  }
   for (int64_t rt = r0; rt < r1; rt += tile) {
     const int64_t rt_end = std::min(r1, rt + tile);
     for (int64_t t = 0; t < n_grouped; t += kDotRows) {
@@ -266,6 +275,18 @@ void matmul_rows(const DotKernel& kernel, const void* w, size_t w_row_bytes, int
         }
         for (int i = 0; i < kDotRows; ++i) y[(t + i) * y_stride + r] = out[i];
       }
+    }
+    if (!padded.empty()) {
+      // Two or three leftover tokens: one four-row call per weight row over the padded copy
+      // (its duplicate rows are computed and dropped) decodes each weight block once instead of
+      // once per token; the four-row kernels give the one-row kernels' bits.
+      const int64_t left = n - n_grouped;
+      for (int64_t r = rt; r < rt_end; ++r) {
+        float out[kDotRows];
+        kernel.vec_dot_rows(k, wb + static_cast<size_t>(r) * w_row_bytes, padded.data(), xq_row_bytes, out);
+        for (int64_t i = 0; i < left; ++i) y[(n_grouped + i) * y_stride + r] = out[i];
+      }
+      continue;
     }
     for (int64_t t = n_grouped; t < n; ++t) {
       const uint8_t* x = xb + static_cast<size_t>(t) * xq_row_bytes;

@@ -247,6 +247,42 @@ TEST_P(DotSimd, MatmulMatchesDoublePrecision) {
   }
 }
 
+// A token's products do not depend on its company: matmul of n tokens (groups of four, a padded
+// group for two or three leftovers, single rows) gives each token the bits it gets alone — what
+// makes continuous batching deterministic.
+TEST_P(DotSimd, MatmulGivesEachTokenTheSameBitsInAnyBatch) {
+  const DType wt = type();
+  const int64_t k = row_length(wt, 2), m = 5;
+  std::mt19937 rng(11 + static_cast<unsigned>(wt));
+  std::vector<uint8_t> w;
+  for (int64_t r = 0; r < m; ++r) {
+    const std::vector<uint8_t> row = random_weights(wt, k, rng);
+    w.insert(w.end(), row.begin(), row.end());
+  }
+  CpuBackend backend(2, level());
+  Tensor wt_t = backend.weight(wt, {k, m, 1, 1}, w.data(), nullptr);
+  const int64_t max_n = 7;
+  const std::vector<float> x = random_activations(k * max_n, rng);
+  auto run = [&](int64_t first, int64_t n) {
+    Tensor xt = backend.new_tensor(DType::F32, {k, n, 1, 1});
+    backend.write(xt, x.data() + first * k, static_cast<size_t>(n * k) * sizeof(float));
+    Tensor yt = backend.new_tensor(DType::F32, {m, n, 1, 1});
+    backend.matmul(wt_t, xt, yt);
+    std::vector<float> y(static_cast<size_t>(m * n));
+    backend.read(yt, y.data(), y.size() * sizeof(float));
+    return y;
+  };
+  for (int64_t n = 1; n <= max_n; ++n) {
+    const std::vector<float> together = run(0, n);
+    for (int64_t t = 0; t < n; ++t) {
+      const std::vector<float> alone = run(t, 1);
+      for (int64_t r = 0; r < m; ++r) {
+        EXPECT_EQ(together[static_cast<size_t>(t * m + r)], alone[static_cast<size_t>(r)]) << "n=" << n << " token " << t << " row " << r;
+      }
+    }
+  }
+}
+
 std::string dot_name(const ::testing::TestParamInfo<std::tuple<CpuLevel, DType>>& info) {
   return std::string(cpu_level_name(std::get<0>(info.param))) + "_" + std::string(dtype_name(std::get<1>(info.param)));
 }
