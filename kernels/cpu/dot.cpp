@@ -222,6 +222,22 @@ void matmul_rows(const DotKernel& kernel, const void* w, size_t w_row_bytes, int
   HEARTH_CHECK(kernel.vec_dot != nullptr, "no dot product for this weight type");
   const auto* wb = static_cast<const uint8_t*>(w);
   const auto* xb = static_cast<const uint8_t*>(xq);
+  // Two or three tokens beyond the groups of four: copy the activations and repeat the last
+  // token to fill a last group, so those tokens too share each decoded weight block (the
+  // repeated rows are computed and dropped; four-row kernels give one-row bits).
+  const int64_t n_out = n;
+  std::vector<uint8_t> padded;
+  if (kernel.vec_dot_rows != nullptr && n % kDotRows >= 2) {
+    const int64_t n_padded = (n / kDotRows + 1) * kDotRows;
+    padded.resize(static_cast<size_t>(n_padded) * xq_row_bytes);
+    std::memcpy(padded.data(), xb, static_cast<size_t>(n) * xq_row_bytes);
+    for (int64_t t = n; t < n_padded; ++t) {
+      std::memcpy(padded.data() + static_cast<size_t>(t) * xq_row_bytes, xb + static_cast<size_t>(n - 1) * xq_row_bytes,
+                  xq_row_bytes);
+    }
+    xb = padded.data();
+    n = n_padded;
+  }
   // Weight rows in tiles of about 16 KiB: a tile stays in L1 while every group of tokens
   // passes over it, so each weight byte comes from memory once per call.
   const int64_t tile = std::max<int64_t>(1, static_cast<int64_t>(16384 / std::max<size_t>(w_row_bytes, 1)));
@@ -251,15 +267,6 @@ void matmul_rows(const DotKernel& kernel, const void* w, size_t w_row_bytes, int
       }
     }
   }
-  // Leftover tokens beyond the groups of four: with two or three of them, a padded group of four.
-  std::vector<uint8_t> padded;
-  if (kernel.vec_dot_rows != nullptr && n - n_grouped >= 2) {
-    padded.resize(static_cast<size_t>(kDotRows) * xq_row_bytes);
-    for (int64_t i = 0; i < kDotRows; ++i) {
-      const int64_t t = std::min(n - 1, n_grouped + i);
-      std::memcpy(padded.data() + static_cast<size_t>(i) * xq_row_bytes, xb + static_cast<size_t>(t) * xq_row_bytes, xq_row_bytes);
-    }
-  }
   for (int64_t rt = r0; rt < r1; rt += tile) {
     const int64_t rt_end = std::min(r1, rt + tile);
     for (int64_t t = 0; t < n_grouped; t += kDotRows) {
@@ -273,20 +280,8 @@ void matmul_rows(const DotKernel& kernel, const void* w, size_t w_row_bytes, int
         } else {
           kernel.vec_dot_rows(k, wb + static_cast<size_t>(r) * w_row_bytes, x, xq_row_bytes, out);
         }
-        for (int i = 0; i < kDotRows; ++i) y[(t + i) * y_stride + r] = out[i];
+        for (int i = 0; i < kDotRows && t + i < n_out; ++i) y[(t + i) * y_stride + r] = out[i];
       }
-    }
-    if (!padded.empty()) {
-      // Two or three leftover tokens: one four-row call per weight row over the padded copy
-      // (its duplicate rows are computed and dropped) decodes each weight block once instead of
-      // once per token; the four-row kernels give the one-row kernels' bits.
-      const int64_t left = n - n_grouped;
-      for (int64_t r = rt; r < rt_end; ++r) {
-        float out[kDotRows];
-        kernel.vec_dot_rows(k, wb + static_cast<size_t>(r) * w_row_bytes, padded.data(), xq_row_bytes, out);
-        for (int64_t i = 0; i < left; ++i) y[(n_grouped + i) * y_stride + r] = out[i];
-      }
-      continue;
     }
     for (int64_t t = n_grouped; t < n; ++t) {
       const uint8_t* x = xb + static_cast<size_t>(t) * xq_row_bytes;
