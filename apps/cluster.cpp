@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "core/error.h"
+#include "core/system_memory.h"
 #include "shard/local_cluster.h"
 #include "shard/pipeline.h"
 #include "shard/probe.h"
@@ -38,7 +39,8 @@ class Runtime final : public ClusterRuntime {
       const int per_worker = std::max(1, threads / args.local_stages);
       local_ = std::make_unique<shard::LocalCluster>("/proc/self/exe", args.local_stages, per_worker);
       key = local_->key();
-      cluster = shard::local_cluster_spec(local_->addresses());
+      // Equal nodes: the split balances bytes read per token whatever bandwidth they share.
+      cluster = shard::local_cluster_spec(args.local_stages, available_memory_bytes(), 10.0, local_->addresses());
     } else {
       if (args.cluster_key.empty()) throw Error("--workers needs --cluster-key FILE (the key the workers were started with)");
       key = transport::load_cluster_key(args.cluster_key);

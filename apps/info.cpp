@@ -1,11 +1,10 @@
-#include <unistd.h>
-
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <thread>
 
 #include "apps/commands.h"
 #include "core/build_info.h"
+#include "core/system_memory.h"
 #include "core/thread_pool.h"
 #include "engine/gguf.h"
 #include "engine/model_info.h"
@@ -23,11 +22,8 @@ nlohmann::ordered_json system_json() {
   j["cpu_supported_level"] = std::string(kernels::cpu_level_name(kernels::cpu_supported_level()));
   j["cpu_vnni"] = kernels::cpu_has_vnni();
   j["hardware_threads"] = ThreadPool::hardware_threads();
-  const long pages = ::sysconf(_SC_PHYS_PAGES), page_size = ::sysconf(_SC_PAGESIZE);
-  const long available = ::sysconf(_SC_AVPHYS_PAGES);
-  j["memory_bytes"] = pages > 0 && page_size > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_size) : 0;
-  j["memory_available_bytes"] =
-      available > 0 && page_size > 0 ? static_cast<uint64_t>(available) * static_cast<uint64_t>(page_size) : 0;
+  j["memory_bytes"] = total_memory_bytes();
+  j["memory_available_bytes"] = available_memory_bytes();
   j["backends"] = {"cpu"};
   j["build"] = {{"version", build::kVersion}, {"commit", build::kCommit}, {"compiler", build::kCompiler},
                 {"type", build::kBuildType}, {"cuda_option", build::kCuda}, {"vulkan_option", build::kVulkan},

@@ -1,14 +1,15 @@
 // `hearth plan`: which node runs which layers, with the memory each stage needs and the
 // tokens/s the split should reach, computed from the model file and a description of the nodes.
-#include <unistd.h>
 
 #include <cstdio>
 
 #include "apps/commands.h"
 #include "bench/memory_bandwidth.h"
+#include "core/system_memory.h"
 #include "core/thread_pool.h"
 #include "engine/gguf.h"
 #include "engine/model_config.h"
+#include "shard/local_cluster.h"
 #include "shard/plan.h"
 #include "shard/probe.h"
 #include "transport/handshake.h"
@@ -17,17 +18,12 @@ namespace hearth::apps {
 
 namespace {
 
-uint64_t available_memory_bytes() {
-  const long pages = ::sysconf(_SC_AVPHYS_PAGES), page_size = ::sysconf(_SC_PAGESIZE);
-  if (pages <= 0 || page_size <= 0) throw Error("cannot read this machine's available memory: give --memory");
-  return static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_size);
-}
-
 // N hypothetical nodes on this machine: its memory split evenly, each with the whole bandwidth
 // (true for one sequence; several in flight share it, so the pipelined bound is optimistic).
 shard::ClusterSpec local_cluster(const PlanArgs& args) {
   if (args.local < 1) throw Error("--local needs at least one node");
-  const uint64_t memory = args.memory.empty() ? available_memory_bytes() : shard::parse_size(args.memory);
+  uint64_t memory = args.memory.empty() ? available_memory_bytes() : shard::parse_size(args.memory);
+  if (memory == 0) throw Error("cannot read this machine's available memory: give --memory");
   double bandwidth = args.bandwidth_gbps;
   if (bandwidth <= 0) {
     const auto measured = bench::measure_triad_bandwidth(ThreadPool::hardware_threads(), size_t{64} << 20, 3);
@@ -35,18 +31,7 @@ shard::ClusterSpec local_cluster(const PlanArgs& args) {
     std::fprintf(stderr, "hearth plan: this machine's memory bandwidth (triad, %d threads): %.1f GB/s\n",
                  measured.threads, bandwidth);
   }
-  shard::ClusterSpec cluster;
-  for (int32_t i = 0; i < args.local; ++i) {
-    shard::NodeSpec n;
-    n.name = fmt::format("local-{}", i);
-    n.host = "localhost";
-    n.backend = "cpu";
-    n.memory_bytes = memory / static_cast<uint64_t>(args.local);
-    n.bandwidth_gbps = bandwidth;
-    cluster.nodes.push_back(std::move(n));
-  }
-  cluster.coordinator = "local-0";
-  return cluster;
+  return shard::local_cluster_spec(args.local, memory, bandwidth);
 }
 
 }  // namespace

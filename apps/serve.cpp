@@ -1,13 +1,12 @@
 // `hearth serve`: the OpenAI-compatible HTTP API over a model on this machine. The port answers
 // at once (/health: 503 while the model loads, then 200); SIGINT / SIGTERM stop it cleanly.
-#include <signal.h>
-
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <thread>
 
 #include "apps/commands.h"
+#include "apps/stop_signals.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "engine/model.h"
@@ -37,13 +36,7 @@ int run_serve(const ServeArgs& args) {
   if (args.queue < 0) throw Error(fmt::format("--queue {}: must be >= 0", args.queue));
   if (!args.api_key.empty() && !args.api_key_file.empty()) throw Error("give --api-key or --api-key-file, not both");
 
-  // SIGINT / SIGTERM are taken by sigwait below; every thread started from here inherits the mask.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  ::signal(SIGPIPE, SIG_IGN);  // a client that hangs up must not end the server
+  StopSignals stop_signals;  // before any thread starts
 
   server::ServerOptions options;
   options.host = args.host;
@@ -99,9 +92,7 @@ int run_serve(const ServeArgs& args) {
                kernels::cpu_description().c_str(), threads, args.parallel, model->n_ctx(), args.queue,
                options.api_key.empty() ? "" : "; API key required");
 
-  int received = 0;
-  sigwait(&signals, &received);
-  std::fprintf(stderr, "hearth: %s received, stopping\n", received == SIGINT ? "SIGINT" : "SIGTERM");
+  std::fprintf(stderr, "hearth: %s received, stopping\n", stop_signals.wait());
   http.stop();
   listener.join();
   scheduler.reset();  // finishes what is still running as cancelled

@@ -1,14 +1,13 @@
 // `hearth worker`: a node of a cluster. Prints "hearth worker: listening on HOST:PORT" on
 // stdout once it accepts peers (what --local-stages reads), then serves coordinators until
 // SIGINT / SIGTERM.
-#include <signal.h>
-
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <thread>
 
 #include "apps/commands.h"
+#include "apps/stop_signals.h"
 #include "bench/memory_bandwidth.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -19,12 +18,7 @@
 namespace hearth::apps {
 
 int run_worker(const WorkerArgs& args) {
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  ::signal(SIGPIPE, SIG_IGN);
+  StopSignals stop_signals;  // before any thread starts
 
   const transport::HostPort listen = transport::parse_host_port(args.listen);
   shard::WorkerOptions options;
@@ -50,8 +44,7 @@ int run_worker(const WorkerArgs& args) {
   std::printf("hearth worker: listening on %s\n", worker.address().c_str());
   std::fflush(stdout);
   std::thread server([&] { worker.run(); });
-  int received = 0;
-  sigwait(&signals, &received);
+  stop_signals.wait();
   worker.stop();
   server.join();
   return 0;

@@ -39,6 +39,32 @@ void send_error(httplib::Response& res, int status, const std::string& message, 
 
 void send_error(httplib::Response& res, const ApiError& e) { send_error(res, e.status, e.what(), e.type, e.param, e.code); }
 
+json usage_json(int32_t prompt_tokens, int32_t completion_tokens) {
+  return {{"prompt_tokens", prompt_tokens},
+          {"completion_tokens", completion_tokens},
+          {"total_tokens", prompt_tokens + completion_tokens}};
+}
+
+// The legacy completions `logprobs` object for these tokens (`text_offset` counted from the
+// first of them when `with_offsets`).
+json completion_logprobs(const engine::Tokenizer& tok, std::span<const engine::SampledToken> sampled, bool with_offsets) {
+  json tokens = json::array(), token_logprobs = json::array(), top = json::array(), offsets = json::array();
+  size_t offset = 0;
+  for (const auto& s : sampled) {
+    const std::string piece = tok.token_to_piece(s.token, true);
+    tokens.push_back(piece);
+    token_logprobs.push_back(s.logprob);
+    json alternatives = json::object();
+    for (const auto& t : s.top) alternatives[tok.token_to_piece(t.token, true)] = t.logprob;
+    top.push_back(alternatives);
+    offsets.push_back(offset);
+    offset += piece.size();
+  }
+  json out = {{"tokens", tokens}, {"token_logprobs", token_logprobs}, {"top_logprobs", top}};
+  if (with_offsets) out["text_offset"] = offsets;
+  return out;
+}
+
 // One event of a sequence, passed from the scheduler thread to the HTTP thread.
 struct Event {
   int choice = 0;
@@ -295,22 +321,7 @@ void OpenAiServer::Impl::completions(const httplib::Request& req, httplib::Respo
         }
       } else {
         choice["text"] = texts[c];
-        if (r.logprobs) {
-          json tokens = json::array(), token_logprobs = json::array(), top = json::array(), offsets = json::array();
-          size_t offset = 0;
-          for (const auto& s : sampled[c]) {
-            const std::string piece = tok.token_to_piece(s.token, true);
-            tokens.push_back(piece);
-            token_logprobs.push_back(s.logprob);
-            json alternatives = json::object();
-            for (const auto& t : s.top) alternatives[tok.token_to_piece(t.token, true)] = t.logprob;
-            top.push_back(alternatives);
-            offsets.push_back(offset);
-            offset += piece.size();
-          }
-          choice["logprobs"] = {{"tokens", tokens}, {"token_logprobs", token_logprobs}, {"top_logprobs", top},
-                                {"text_offset", offsets}};
-        }
+        if (r.logprobs) choice["logprobs"] = completion_logprobs(tok, sampled[c], true);
       }
       choices.push_back(choice);
     }
@@ -320,10 +331,7 @@ void OpenAiServer::Impl::completions(const httplib::Request& req, httplib::Respo
                 {"model", model_name},
                 {"system_fingerprint", fingerprint},
                 {"choices", choices},
-                {"usage",
-                 {{"prompt_tokens", n_prompt},
-                  {"completion_tokens", completion_tokens},
-                  {"total_tokens", n_prompt + completion_tokens}}}};
+                {"usage", usage_json(n_prompt, completion_tokens)}};
     res.set_content(dump(out), "application/json");
     return;
   }
@@ -387,11 +395,7 @@ void OpenAiServer::Impl::completions(const httplib::Request& req, httplib::Respo
                 if (chat) {
                   delta["logprobs"] = {{"content", json::array({logprob_entry(tok, *e.sampled)})}};
                 } else {
-                  json alternatives = json::object();
-                  for (const auto& t : e.sampled->top) alternatives[tok.token_to_piece(t.token, true)] = t.logprob;
-                  delta["logprobs"] = {{"tokens", json::array({tok.token_to_piece(e.sampled->token, true)})},
-                                       {"token_logprobs", json::array({e.sampled->logprob})},
-                                       {"top_logprobs", json::array({alternatives})}};
+                  delta["logprobs"] = completion_logprobs(tok, std::span(&*e.sampled, 1), false);
                 }
               }
               out = chunk(json::array({delta}));
@@ -427,10 +431,7 @@ void OpenAiServer::Impl::completions(const httplib::Request& req, httplib::Respo
                     {"model", model_name},
                     {"system_fingerprint", fingerprint},
                     {"choices", json::array()},
-                    {"usage",
-                     {{"prompt_tokens", n_prompt},
-                      {"completion_tokens", completion_tokens},
-                      {"total_tokens", n_prompt + completion_tokens}}}};
+                    {"usage", usage_json(n_prompt, completion_tokens)}};
           tail += "data: " + dump(u) + "\n\n";
         }
         tail += "data: [DONE]\n\n";

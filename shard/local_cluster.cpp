@@ -8,7 +8,6 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <fstream>
 #include <random>
 
 #include "core/error.h"
@@ -35,16 +34,6 @@ std::string read_line(int fd, double seconds, pid_t pid) {
   }
   line.resize(line.find('\n'));
   return line;
-}
-
-uint64_t available_memory() {
-  std::ifstream in("/proc/meminfo");
-  std::string key, unit;
-  uint64_t kib = 0;
-  while (in >> key >> kib >> unit) {
-    if (key == "MemAvailable:") return kib * 1024;
-  }
-  return 8ull << 30;
 }
 
 }  // namespace
@@ -110,18 +99,21 @@ LocalCluster::~LocalCluster() {
   std::filesystem::remove_all(dir_, ec);
 }
 
-ClusterSpec local_cluster_spec(const std::vector<std::string>& addresses) {
+ClusterSpec local_cluster_spec(int32_t n, uint64_t memory, double bandwidth_gbps,
+                               const std::vector<std::string>& addresses) {
+  HEARTH_CHECK(n >= 1 && (addresses.empty() || addresses.size() == static_cast<size_t>(n)));
   ClusterSpec cluster;
-  const uint64_t memory = available_memory() / std::max<size_t>(1, addresses.size());
-  for (size_t i = 0; i < addresses.size(); ++i) {
+  for (int32_t i = 0; i < n; ++i) {
     NodeSpec node;
     node.name = fmt::format("local-{}", i);
-    node.address = addresses[i];
-    node.host = "127.0.0.1";
-    node.memory_bytes = memory;
-    node.bandwidth_gbps = 10.0;  // equal nodes: the split balances bytes read per token
-    cluster.nodes.push_back(node);
+    if (!addresses.empty()) node.address = addresses[static_cast<size_t>(i)];
+    node.host = "localhost";
+    node.backend = "cpu";
+    node.memory_bytes = memory / static_cast<uint64_t>(n);
+    node.bandwidth_gbps = bandwidth_gbps;
+    cluster.nodes.push_back(std::move(node));
   }
+  cluster.coordinator = "local-0";
   return cluster;
 }
 

@@ -43,7 +43,10 @@ class LocalCluster {
 std::vector<PipelineStageSpec> plan_stages(const gguf::GgufFile& file, const engine::ModelConfig& config,
                                            const ClusterSpec& cluster, const PlanOptions& options);
 
-// `n` equal nodes on this machine sharing its available memory (for --local-stages).
-ClusterSpec local_cluster_spec(const std::vector<std::string>& addresses);
+// `n` equal nodes on this machine (`hearth plan --local`, `--local-stages`): `memory` split
+// evenly, each with `bandwidth_gbps`, named local-0…, the first one the coordinator; node i
+// gets addresses[i] when given.
+ClusterSpec local_cluster_spec(int32_t n, uint64_t memory, double bandwidth_gbps,
+                               const std::vector<std::string>& addresses = {});
 
 }  // namespace hearth::shard

@@ -66,8 +66,7 @@ PipelineExecutor::PipelineExecutor(const std::filesystem::path& model_path, cons
       a.first = s.spec.first;
       a.last = s.spec.last;
       a.next = i + 1 < specs.size() ? specs[i + 1].address : "";
-      const std::string text = a.to_json().dump();
-      s.link->send(msg::kLoadStage, std::as_bytes(std::span(text.data(), text.size())), options.connect_timeout);
+      send_json(*s.link, msg::kLoadStage, a.to_json(), options.connect_timeout);
     }
     // Every worker loads and connects to its successor; wait for all of them. A worker without
     // the model first asks for its stage's bytes (need_weights), then answers again.
@@ -87,9 +86,9 @@ PipelineExecutor::PipelineExecutor(const std::filesystem::path& model_path, cons
         if (m->type != msg::kStageReady) throw Error(fmt::format("{}: answered message type {}", name, m->type));
         json ready;
         try {
-          ready = json::parse(std::string(reinterpret_cast<const char*>(m->payload.data()), m->payload.size()));
-        } catch (const json::exception&) {
-          throw Error(fmt::format("{}: answered something that is not JSON", name));
+          ready = parse_json(m->payload, "StageReady");
+        } catch (const WireError& e) {
+          throw Error(fmt::format("{}: {}", name, e.what()));
         }
         if (ready.value("ok", false)) break;
         if (!ready.value("need_weights", false)) {

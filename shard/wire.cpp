@@ -26,6 +26,19 @@ std::shared_ptr<const transport::FrameLimits> pipeline_frame_limits() {
   return limits;
 }
 
+void send_json(transport::Link& link, transport::MessageType type, const nlohmann::json& j, transport::Timeout timeout) {
+  const std::string text = j.dump();
+  link.send(type, std::as_bytes(std::span(text.data(), text.size())), timeout);
+}
+
+nlohmann::json parse_json(std::span<const std::byte> payload, const char* what) {
+  try {
+    return nlohmann::json::parse(std::string(reinterpret_cast<const char*>(payload.data()), payload.size()));
+  } catch (const nlohmann::json::exception& e) {
+    throw WireError(fmt::format("{} is not JSON: {}", what, e.what()));
+  }
+}
+
 WireDtype wire_dtype_from_name(const std::string& name) {
   if (name == "f32") return WireDtype::F32;
   if (name == "f16") return WireDtype::F16;

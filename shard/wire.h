@@ -11,6 +11,8 @@
 //   WeightChunk, WeightsDone  coordinator -> worker without the model: u64 file offset + bytes
 #pragma once
 
+#include <nlohmann/json.hpp>
+
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -21,6 +23,7 @@
 #include "engine/sampler.h"
 #include "engine/scheduler.h"
 #include "transport/frame.h"
+#include "transport/link.h"
 
 namespace hearth::shard {
 
@@ -49,6 +52,11 @@ class WireError : public Error {
  public:
   using Error::Error;
 };
+
+// The JSON messages (LoadStage, StageReady): sent as UTF-8 text; parsed with a WireError naming
+// the message when the payload is not JSON.
+void send_json(transport::Link& link, transport::MessageType type, const nlohmann::json& j, transport::Timeout timeout);
+nlohmann::json parse_json(std::span<const std::byte> payload, const char* what);
 
 // How hidden states travel between stages.
 enum class WireDtype : uint8_t { F32 = 0, F16 = 1, Q8_0 = 2 };

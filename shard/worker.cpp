@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "core/error.h"
+#include "core/system_memory.h"
 #include "core/thread_pool.h"
 #include "engine/gguf.h"
 #include "engine/model_config.h"
@@ -29,17 +30,6 @@ using transport::Link;
 
 namespace {
 
-uint64_t available_memory_bytes() {
-  std::ifstream in("/proc/meminfo");
-  std::string key;
-  uint64_t kib = 0;
-  std::string unit;
-  while (in >> key >> kib >> unit) {
-    if (key == "MemAvailable:") return kib * 1024;
-  }
-  return 0;
-}
-
 // Finds the coordinator's model here: its own path when that holds the same file, else a file
 // of the same size and identity in one of the model directories.
 std::filesystem::path find_model(const StageAssignment& a, const std::vector<std::filesystem::path>& dirs,
@@ -58,8 +48,6 @@ std::filesystem::path find_model(const StageAssignment& a, const std::vector<std
   throw Error(fmt::format("this worker has no copy of the model {} ({} bytes, identity {}): put one in a --model-dir", a.model_name,
                           a.model_size, a.model_identity.substr(0, 16)));
 }
-
-std::span<const std::byte> as_bytes(const std::string& s) { return std::as_bytes(std::span(s.data(), s.size())); }
 
 }  // namespace
 
@@ -163,8 +151,8 @@ std::unique_ptr<transport::TcpLink> Worker::take_upstream(uint64_t session, tran
 // store what it sends. Returns the cache file.
 std::filesystem::path Worker::receive_weights(transport::Link& control, const StageAssignment& a) {
   WeightCache cache(options_.cache_dir, a.model_identity, a.model_size);
-  const std::string ask = json{{"ok", false}, {"need_weights", true}, {"have", ranges_to_json(cache.held())}}.dump();
-  control.send(msg::kStageReady, as_bytes(ask), transport::Timeout(5000));
+  send_json(control, msg::kStageReady, {{"ok", false}, {"need_weights", true}, {"have", ranges_to_json(cache.held())}},
+            transport::Timeout(5000));
   transport::ByteBuffer buffer;
   while (true) {
     // Other stages may be streamed first: wait generously.
@@ -197,13 +185,7 @@ void Worker::run_session(std::unique_ptr<transport::TcpLink> control) {
     const auto m = control->receive(buffer, transport::Timeout(60000));
     if (!m) throw Error("no LoadStage within 60 s");
     if (m->type != msg::kLoadStage) throw WireError(fmt::format("expected LoadStage, got message type {}", m->type));
-    json request;
-    try {
-      request = json::parse(std::string(reinterpret_cast<const char*>(m->payload.data()), m->payload.size()));
-    } catch (const json::exception& e) {
-      throw WireError(fmt::format("LoadStage is not JSON: {}", e.what()));
-    }
-    const StageAssignment a = StageAssignment::from_json(request);
+    const StageAssignment a = StageAssignment::from_json(parse_json(m->payload, "LoadStage"));
 
     std::optional<gguf::GgufFile> file;
     std::optional<engine::ModelConfig> config;
@@ -242,18 +224,17 @@ void Worker::run_session(std::unique_ptr<transport::TcpLink> control) {
         track(upstream.get(), true);
       }
     } catch (const Error& e) {
-      const std::string text = json{{"ok", false}, {"error", e.what()}}.dump();
-      control->send(msg::kStageReady, std::as_bytes(std::span(text.data(), text.size())), transport::Timeout(5000));
+      send_json(*control, msg::kStageReady, {{"ok", false}, {"error", e.what()}}, transport::Timeout(5000));
       throw;
     }
-    const std::string ready = json{{"ok", true},
-                                   {"weight_bytes_received", weight_bytes_.load()},
-                                   {"first", a.first},
-                                   {"last", a.last},
-                                   {"backend", backend->name()},
-                                   {"cpu", kernels::cpu_description()}}
-                                  .dump();
-    control->send(msg::kStageReady, std::as_bytes(std::span(ready.data(), ready.size())), transport::Timeout(5000));
+    send_json(*control, msg::kStageReady,
+              {{"ok", true},
+               {"weight_bytes_received", weight_bytes_.load()},
+               {"first", a.first},
+               {"last", a.last},
+               {"backend", backend->name()},
+               {"cpu", kernels::cpu_description()}},
+              transport::Timeout(5000));
     transport::log_line(fmt::format("hearth worker: stage {}/{} (layers [{}, {}) of {}) for {}", a.stage + 1, a.n_stages,
                                     a.first, a.last, a.model_name, coordinator));
 

@@ -208,7 +208,7 @@ TEST_F(PipelineTest, WorkerProcessesGiveTheSingleProcessTokens) {
     SCOPED_TRACE(fmt::format("{} worker processes", n_stages));
     LocalCluster cluster(HEARTH_BINARY, n_stages, 1);
     const std::vector<PipelineStageSpec> stages =
-        plan_stages(model_->file(), model_->config(), local_cluster_spec(cluster.addresses()), [] {
+        plan_stages(model_->file(), model_->config(), local_cluster_spec(n_stages, 8ull << 30, 10.0, cluster.addresses()), [] {
           PlanOptions p;
           p.n_ctx = 256;
           p.n_seq = 9;
@@ -315,13 +315,12 @@ TEST_F(PipelineTest, AWorkerWithoutTheModelSaysSoAndStaysUp) {
   transport::HandshakeOptions hs;
   hs.capabilities = json{{"role", "coordinator"}}.dump();
   transport::handshake(*link, transport::Role::initiator, key, hs);
-  const std::string text = a.to_json().dump();
-  link->send(msg::kLoadStage, std::as_bytes(std::span(text.data(), text.size())));
+  send_json(*link, msg::kLoadStage, a.to_json(), transport::Timeout(5000));
   transport::ByteBuffer buffer;
   const auto reply = link->receive(buffer, transport::Timeout(10000));
   ASSERT_TRUE(reply.has_value());
   ASSERT_EQ(reply->type, msg::kStageReady);
-  const json ready = json::parse(std::string(reinterpret_cast<const char*>(reply->payload.data()), reply->payload.size()));
+  const json ready = parse_json(reply->payload, "StageReady");
   EXPECT_FALSE(ready["ok"].get<bool>());
   EXPECT_NE(ready["error"].get<std::string>().find("no copy of the model elsewhere.gguf"), std::string::npos) << ready.dump();
   // The worker still serves a real pipeline afterwards.
