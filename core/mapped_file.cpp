@@ -63,4 +63,14 @@ MappedFile::~MappedFile() {
   if (mapping_ != nullptr) ::munmap(mapping_, size_);
 }
 
+void MappedFile::release(std::span<const uint8_t> bytes) const {
+  if (mapping_ == nullptr || bytes.empty()) return;
+  HEARTH_CHECK(bytes.data() >= data_ && bytes.data() + bytes.size() <= data_ + size_, "release of bytes outside {}", name_);
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = (reinterpret_cast<uintptr_t>(bytes.data()) + page - 1) / page * page;
+  const auto end = reinterpret_cast<uintptr_t>(bytes.data() + bytes.size()) / page * page;
+  // Advice only: a failure leaves the pages resident, which is harmless.
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
 }  // namespace hearth

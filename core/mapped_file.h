@@ -28,6 +28,10 @@ class MappedFile {
   size_t size() const { return size_; }
   std::span<const uint8_t> bytes() const { return {data_, size_}; }
   const std::string& name() const { return name_; }
+  // Drops the pages wholly inside `bytes` (a range of this file) from this process's memory,
+  // for bytes that were copied elsewhere; reading them again faults them back in from the file.
+  // Nothing happens for an in-memory file.
+  void release(std::span<const uint8_t> bytes) const;
 
  private:
   MappedFile() = default;

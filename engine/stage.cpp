@@ -29,7 +29,11 @@ Tensor Stage::load(const gguf::GgufFile& file, const std::string& name, std::arr
     throw Error(fmt::format("{}: tensor '{}' has type {}, which the {} backend does not support yet", file.path(), name,
                             dtype_name(info->type), backend_.name()));
   }
-  return backend_.weight(info->type, info->ne, file.tensor_data(*info).data(), mapping_);
+  const std::span<const uint8_t> bytes = file.tensor_data(*info);
+  Tensor t = backend_.weight(info->type, info->ne, bytes.data(), mapping_);
+  // The backend copied (repacked) the bytes: the mapped original need not stay resident.
+  if (t.data != bytes.data()) mapping_->release(bytes);
+  return t;
 }
 
 Stage::Stage(const gguf::GgufFile& file, const ModelConfig& config, kernels::Backend& backend, int32_t first,

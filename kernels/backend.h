@@ -20,6 +20,10 @@ struct Tensor {
   std::array<int64_t, 4> ne{1, 1, 1, 1};
   void* data = nullptr;                 // backend address (a host pointer on the CPU backend)
   std::shared_ptr<const void> storage;  // keeps the memory (or the file mapping) alive
+  // 0: the plain rows described above. Another value is a backend's own arrangement of a
+  // weight's bytes (the CPU backend's interleaved rows, kernels/cpu/packed.h), which only that
+  // backend's matmul and get_rows read; rows() and n_bytes() do not apply to it.
+  uint8_t layout = 0;
 
   int64_t n_elements() const { return ne[0] * ne[1] * ne[2] * ne[3]; }
   int64_t n_rows() const { return ne[1] * ne[2] * ne[3]; }
@@ -77,7 +81,8 @@ class Backend {
   // A new tensor in backend memory, contents undefined.
   virtual Tensor new_tensor(DType type, std::array<int64_t, 4> ne) = 0;
   // A weight from host bytes (e.g. a memory-mapped file). The CPU backend uses the bytes in
-  // place, keeping `keep_alive`; device backends copy them.
+  // place, keeping `keep_alive`, or repacks them for its kernels; device backends copy them.
+  // The result's data points elsewhere than `host` exactly when the bytes were copied.
   virtual Tensor weight(DType type, std::array<int64_t, 4> ne, const void* host, std::shared_ptr<const void> keep_alive) = 0;
   virtual void write(Tensor& dst, const void* host, size_t bytes) = 0;
   virtual void read(const Tensor& src, void* host, size_t bytes) = 0;

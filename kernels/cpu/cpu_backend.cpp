@@ -1,5 +1,7 @@
 #include "kernels/cpu/cpu_backend.h"
 
+#include <sys/mman.h>
+
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -10,11 +12,13 @@
 #include "kernels/cpu/dot.h"
 #include "kernels/cpu/dot_ref.h"
 #include "kernels/cpu/ops_ref.h"
+#include "kernels/cpu/packed.h"
 #include "kernels/cpu/quants_ref.h"
 
 namespace hearth::kernels {
 
 Tensor Tensor::rows(int64_t first, int64_t count) const {
+  HEARTH_CHECK(layout == 0, "rows() of a weight in a backend's own layout");
   HEARTH_CHECK(first >= 0 && count >= 0 && first + count <= n_rows(), "rows [{}, +{}) of {}", first, count, n_rows());
   Tensor t = *this;
   t.ne = {ne[0], count, 1, 1};
@@ -23,6 +27,9 @@ Tensor Tensor::rows(int64_t first, int64_t count) const {
 }
 
 namespace {
+
+// Tensor::layout of weights repacked for the packed matmul (kernels/cpu/packed.h).
+constexpr uint8_t kPackedLayout = 1;
 
 float* f32(Tensor& t) {
   HEARTH_CHECK(t.type == DType::F32, "expected an f32 tensor, got {}", dtype_name(t.type));
@@ -34,9 +41,15 @@ const float* f32(const Tensor& t) {
 }
 
 std::shared_ptr<void> allocate(size_t bytes) {
-  const size_t rounded = (bytes + 63) / 64 * 64;
-  void* p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
+  // Buffers of 2 MiB and more (repacked weights, KV caches) are aligned to 2 MiB and asked to
+  // be backed by transparent huge pages: a pass over a matrix then walks one page table entry
+  // per 2 MiB instead of one per 4 KiB.
+  constexpr size_t kHuge = size_t{2} << 20;
+  const size_t align = bytes >= kHuge ? kHuge : 64;
+  const size_t rounded = (bytes + align - 1) / align * align;
+  void* p = std::aligned_alloc(align, rounded == 0 ? align : rounded);
   HEARTH_CHECK(p != nullptr, "out of memory allocating {} bytes", bytes);
+  if (align == kHuge) ::madvise(p, rounded, MADV_HUGEPAGE);  // advice: refused is harmless
   return {p, std::free};
 }
 
@@ -44,7 +57,8 @@ std::shared_ptr<void> allocate(size_t bytes) {
 
 CpuBackend::CpuBackend(int n_threads) : CpuBackend(n_threads, cpu_level()) {}
 
-CpuBackend::CpuBackend(int n_threads, CpuLevel level) : pool_(n_threads), level_(level) {
+CpuBackend::CpuBackend(int n_threads, CpuLevel level, bool pack_weights)
+    : pool_(n_threads), level_(level), pack_weights_(pack_weights) {
   if (!cpu_level_supported(level)) {
     throw Error(fmt::format("CPU level {} requested, this CPU lacks it (best level here: {})", cpu_level_name(level),
                             cpu_level_name(cpu_supported_level())));
@@ -69,6 +83,17 @@ Tensor CpuBackend::weight(DType type, std::array<int64_t, 4> ne, const void* hos
   Tensor t;
   t.type = type;
   t.ne = ne;
+  // Matrices of a type with packed kernels at this level are repacked (same size, rows
+  // interleaved by 16): their matmul then runs the packed kernels, at every batch size.
+  if (pack_weights_ && packed_kernel(type, level_) != nullptr && ne[0] % 32 == 0 && ne[2] == 1 && ne[3] == 1) {
+    const int64_t k = ne[0], m = ne[1];
+    auto memory = allocate(packed_bytes(type, k, m));
+    pool_.parallel_for(packed_groups(m), [&](int64_t g0, int64_t g1, int) { pack_groups(type, host, k, m, memory.get(), g0, g1); });
+    t.data = memory.get();
+    t.storage = std::move(memory);
+    t.layout = kPackedLayout;
+    return t;
+  }
   t.data = const_cast<void*>(host);  // never written: weights are read-only by contract
   t.storage = std::move(keep_alive);
   return t;
@@ -89,10 +114,15 @@ void CpuBackend::get_rows(const Tensor& table, std::span<const int32_t> ids, Ten
   HEARTH_CHECK(out.ne[0] == d && out.n_rows() == static_cast<int64_t>(ids.size()));
   float* y = f32(out);
   const size_t row_bytes = table.row_bytes();
+  std::vector<uint8_t> native(table.layout == kPackedLayout ? row_bytes : 0);
   for (size_t i = 0; i < ids.size(); ++i) {
     HEARTH_CHECK(ids[i] >= 0 && ids[i] < table.n_rows(), "row {} of {}", ids[i], table.n_rows());
-    ref::dequantize_row(table.type, static_cast<const uint8_t*>(table.data) + static_cast<size_t>(ids[i]) * row_bytes,
-                        y + static_cast<int64_t>(i) * d, d);
+    const uint8_t* row = static_cast<const uint8_t*>(table.data) + static_cast<size_t>(ids[i]) * row_bytes;
+    if (table.layout == kPackedLayout) {
+      unpack_row(table.type, table.data, d, ids[i], native.data());
+      row = native.data();
+    }
+    ref::dequantize_row(table.type, row, y + static_cast<int64_t>(i) * d, d);
   }
 }
 
@@ -100,10 +130,23 @@ void CpuBackend::matmul(const Tensor& w, const Tensor& x, Tensor& y) {
   const int64_t k = w.ne[0], m = w.n_rows(), n = x.n_rows();
   HEARTH_CHECK(x.ne[0] == k && y.ne[0] == m && y.n_rows() == n, "matmul shapes w[{},{}] x[{},{}] y[{},{}]", m, k, n,
                x.ne[0], y.n_rows(), y.ne[0]);
-  const DotKernel& kernel = dot_kernel(w.type, level_);
-  HEARTH_CHECK(kernel.vec_dot != nullptr, "no dot product for {}", dtype_name(w.type));
   const float* xs = f32(x);
   float* ys = f32(y);
+  if (w.layout == kPackedLayout) {
+    const PackedKernel* packed = packed_kernel(w.type, level_);
+    HEARTH_CHECK(packed != nullptr, "a packed {} weight without packed kernels", dtype_name(w.type));
+    const size_t act_bytes = packed_act_row_bytes(k);
+    std::vector<uint8_t> xa(act_bytes * static_cast<size_t>(n));
+    pool_.parallel_for(n, [&](int64_t t0, int64_t t1, int) {
+      for (int64_t t = t0; t < t1; ++t) packed->quantize(w.type, xs + t * k, xa.data() + static_cast<size_t>(t) * act_bytes, k);
+    });
+    pool_.parallel_for(packed_groups(m), [&](int64_t g0, int64_t g1, int) {
+      packed->gemm(w.data, k, m, g0, g1, xa.data(), act_bytes, n, ys, m);
+    });
+    return;
+  }
+  const DotKernel& kernel = dot_kernel(w.type, level_);
+  HEARTH_CHECK(kernel.vec_dot != nullptr, "no dot product for {}", dtype_name(w.type));
   // Activations are quantized once to the format the weight type pairs with, then every
   // weight row is dotted with every activation row.
   const DType xq_type = kernel.vec_dot_type;

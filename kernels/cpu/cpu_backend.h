@@ -1,7 +1,8 @@
-// The CPU backend: host memory, weights used in place from the memory-mapped file, ops split
-// across a thread pool by rows. Matmuls run the best dot-product kernels for the CPU level
-// (kernels/cpu/dot.h: AVX2 / AVX-512 where available, else the scalar references); the
-// other ops are the scalar references for now.
+// The CPU backend: host memory, weights used in place from the memory-mapped file (or repacked
+// at load, rows interleaved by 16, where the CPU level has packed matmul kernels:
+// kernels/cpu/packed.h), ops split across a thread pool by rows. Other matmuls run the best
+// dot-product kernels for the CPU level (kernels/cpu/dot.h: AVX2 / AVX-512 where available,
+// else the scalar references).
 #pragma once
 
 #include <memory>
@@ -16,8 +17,11 @@ class CpuBackend final : public Backend {
  public:
   // `level`: the SIMD level of the kernels, cpu_level() by default (throws hearth::Error when
   // HEARTH_CPU_LEVEL asks for a level this CPU lacks); must satisfy cpu_level_supported().
+  // `pack_weights`: repack weights for the packed matmul where the level has its kernels
+  // (kernels/cpu/packed.h); false keeps every weight in its native rows (tests and the kernel
+  // lab compare the two paths).
   explicit CpuBackend(int n_threads);
-  CpuBackend(int n_threads, CpuLevel level);
+  CpuBackend(int n_threads, CpuLevel level, bool pack_weights = true);
 
   std::string name() const override;
   bool supports_weight_type(DType type) const override;
@@ -50,6 +54,7 @@ class CpuBackend final : public Backend {
  private:
   ThreadPool pool_;
   CpuLevel level_;
+  bool pack_weights_;
 };
 
 }  // namespace hearth::kernels

@@ -296,6 +296,12 @@ TEST_F(PipelineTest, AWrongClusterKeyIsRefusedAtTheHandshake) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("authentication"), std::string::npos) << e.what();
   }
+  // The worker counts the refusal on its connection's thread, which may finish after the
+  // coordinator has already seen the link fail.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+  while (cluster.worker(0).refused() == 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
   EXPECT_GE(cluster.worker(0).refused(), 1u);
 }
 

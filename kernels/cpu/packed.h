@@ -1,0 +1,109 @@
+// Weights repacked for the CPU matmul: 16 rows interleaved so that one 512-bit integer dot
+// product computes a partial sum for each of 16 rows at once, against one token's four
+// activation bytes broadcast to every lane. The sum of a block stays in its row's lane, so no
+// horizontal reduction is ever needed, and one decoded weight block serves up to
+// kPackTokens tokens from registers. The CPU backend repacks a weight at load when its type and
+// the CPU level have a packed kernel (packed_kernel() != nullptr) and then releases the mapped
+// original; get_rows reads rows back out of the packed layout.
+//
+// Layout, for a weight [m, k] of 32-element blocks (nb = k / 32 blocks per row): rows in groups
+// of 16 (the last group padded with zero rows), group g at g * packed_group_bytes. Inside a
+// group, regions one after the other, each indexed by block b:
+//   qs   nb x 256 bytes (4-bit types) or nb x 512 (Q8_0). For 4- and 5-bit types, the 64 bytes
+//        at 64 i (i = 0..3) hold, at 4 r + c, byte 4 i + c of row r's native qs: low nibbles are
+//        elements 4 i + c, high nibbles 16 + 4 i + c. For Q8_0, the 64 bytes at 64 j hold, at
+//        4 r + c, element 4 j + c of row r plus 128 (as u8).
+//   d    nb x 16 f16: the rows' scales.
+//   m    nb x 16 f16: the rows' mins (Q4_1, Q5_1 only).
+//   qh   nb x 8 u64 (Q5_0, Q5_1 only): bit 4 r + c of word j is the fifth bit of element
+//        4 j + c of row r.
+// The byte count equals the native one for whole groups.
+//
+// Activations for a packed matmul are quantized per token to a row of packed_act_row_bytes:
+// k int8 (Q8_0's rounding), then nb float scales (Q8_0's f16 scale widened), then nb 32-bit
+// corrections: for types with an offset (Q4_0: 8, Q5_0: 16, Q8_0: 128, stored quants = q + o)
+// the int32 -o * sum(q_x); for types with a min (Q4_1, Q5_1) the float d_x * sum(q_x).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "core/dtype.h"
+#include "kernels/cpu/cpu_features.h"
+
+namespace hearth::kernels {
+
+inline constexpr int kPackRows = 16;
+inline constexpr int kPackTokens = 8;  // tokens per register tile of the kernels
+
+// Whether the packed layout is defined for this type (kernels may still be missing for a level).
+bool packable_type(DType type);
+
+// The layout's parameters for a packable type, and the byte offsets of a group's regions.
+// Always inlined: the SIMD translation units use them too, and an out-of-line copy compiled
+// with their flags must never be the one the linker keeps for baseline code.
+struct PackedFormat {
+  bool q8 = false;       // 32 int8 quants per block row (Q8_0) instead of nibbles
+  bool has_min = false;  // Q4_1, Q5_1
+  bool has_qh = false;   // Q5_0, Q5_1
+  int offset = 0;        // stored quant = value + offset (types without a min)
+};
+[[gnu::always_inline]] constexpr PackedFormat packed_format(DType type) {
+  switch (type) {
+    case DType::Q4_0: return {false, false, false, 8};
+    case DType::Q4_1: return {false, true, false, 0};
+    case DType::Q5_0: return {false, false, true, 16};
+    case DType::Q5_1: return {false, true, true, 0};
+    case DType::Q8_0: return {true, false, false, 128};
+    default: return {};
+  }
+}
+struct PackedRegions {
+  size_t qs = 0, d = 0, m = 0, qh = 0, total = 0;
+  size_t qs_block = 0;  // bytes of one block's quants
+};
+[[gnu::always_inline]] constexpr PackedRegions packed_regions(PackedFormat f, int64_t nb) {
+  const auto n = static_cast<size_t>(nb);
+  PackedRegions r;
+  r.qs_block = f.q8 ? 512 : 256;
+  r.d = n * r.qs_block;
+  r.m = r.d + n * 2 * kPackRows;
+  r.qh = r.m + (f.has_min ? n * 2 * kPackRows : 0);
+  r.total = r.qh + (f.has_qh ? n * 8 * sizeof(uint64_t) : 0);
+  return r;
+}
+int64_t packed_groups(int64_t m);
+size_t packed_group_bytes(DType type, int64_t k);
+size_t packed_bytes(DType type, int64_t k, int64_t m);
+size_t packed_act_row_bytes(int64_t k);
+
+// Repacks row groups [g0, g1) of the native rows `src` ([m, k] of `type`) into `dst` (the whole
+// packed buffer, packed_bytes long).
+void pack_groups(DType type, const void* src, int64_t k, int64_t m, void* dst, int64_t g0, int64_t g1);
+// Writes row `row` of a packed weight back in the native layout (dtype_row_bytes(type, k) bytes).
+void unpack_row(DType type, const void* packed, int64_t k, int64_t row, void* dst);
+
+// Quantizes one token's activations (k floats) for weights of `type`.
+using PackedQuantizeFn = void (*)(DType type, const float* x, void* out, int64_t k);
+// y[t * y_stride + r] = row r of the packed weight . token t, for the rows of groups [g0, g1)
+// (rows past m are not written) and tokens [0, n) of `xa` (rows act_stride bytes apart).
+// Each token's result is bit-identical whatever n and the group range are.
+using PackedGemmFn = void (*)(const void* w, int64_t k, int64_t m, int64_t g0, int64_t g1, const void* xa,
+                              size_t act_stride, int64_t n, float* y, int64_t y_stride);
+
+struct PackedKernel {
+  PackedQuantizeFn quantize = nullptr;
+  PackedGemmFn gemm = nullptr;
+};
+
+// The packed kernels for weights of `type` at `level`, or nullptr where there are none (the
+// weight then stays in its native layout and goes through dot_kernel()).
+const PackedKernel* packed_kernel(DType type, CpuLevel level);
+
+// The scalar model of the packed arithmetic (any level): what the SIMD kernels compute, in
+// the same order per lane; tests compare them bit for bit and both with ref::vec_dot.
+void packed_quantize_ref(DType type, const float* x, void* out, int64_t k);
+void packed_gemm_ref(DType type, const void* w, int64_t k, int64_t m, int64_t g0, int64_t g1, const void* xa,
+                     size_t act_stride, int64_t n, float* y, int64_t y_stride);
+
+}  // namespace hearth::kernels

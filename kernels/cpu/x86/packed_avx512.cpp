@@ -1,0 +1,155 @@
+// The packed-weight matmul on AVX-512 VNNI (layout: kernels/cpu/packed.h). One 16-row group and
+// up to kPackTokens tokens at a time: a block's quants are decoded once into eight registers
+// (four activation bytes per row and lane each), then for every token eight vpdpbusd with the
+// token's four bytes broadcast from memory give the block's 16 integer sums, lane r holding row
+// r's; one conversion and one FMA per token and block apply the scales. The arithmetic per lane
+// is that of packed_gemm_ref, so a token's result never depends on its company.
+// GCC 12 reports its own _mm512_undefined_ps() inside _mm512_cvtepi32_ps / _mm512_cvtph_ps as
+// "may be used uninitialized" once they are inlined here; the value is never read.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+#include "core/dtype.h"
+#include "kernels/cpu/packed.h"
+#include "kernels/cpu/x86/packed_x86.h"
+
+namespace hearth::kernels::x86::avx512 {
+namespace {
+
+inline int32_t load_i32(const uint8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline float load_f32(const uint8_t* p) {
+  float v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline uint64_t load_u64(const uint8_t* p) {
+  uint64_t v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <DType Type, int T>
+void group_tile(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k, const uint8_t* xa,
+                size_t act_stride, float* y, int64_t y_stride, __mmask16 rows) {
+  constexpr PackedFormat f = packed_format(Type);
+  const size_t corr_at = static_cast<size_t>(k) + 4 * static_cast<size_t>(nb);
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  __m512 acc[T];
+  for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const auto ub = static_cast<size_t>(b);
+    const uint8_t* qs = grp + reg.qs + ub * reg.qs_block;
+    // The same block of the next group, one group (several KiB) ahead of its use: the hardware
+    // prefetchers alone leave a matrix larger than the caches latency-bound.
+    const uint8_t* next = qs + reg.total;
+    for (size_t line = 0; line < reg.qs_block; line += 64) _mm_prefetch(reinterpret_cast<const char*>(next + line), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.d + ub * 32), _MM_HINT_T0);
+    if constexpr (f.has_min) _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.m + ub * 32), _MM_HINT_T0);
+    if constexpr (f.has_qh) _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.qh + ub * 64), _MM_HINT_T0);
+    __m512i w[8];
+    if constexpr (f.q8) {
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) w[j] = _mm512_loadu_si512(qs + 64 * j);
+    } else {
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) {
+        const __m512i p = _mm512_loadu_si512(qs + 64 * i);
+        w[i] = _mm512_and_si512(p, low4);
+        w[i + 4] = _mm512_and_si512(_mm512_srli_epi16(p, 4), low4);
+      }
+      if constexpr (f.has_qh) {
+        const uint8_t* qh = grp + reg.qh + ub * 64;
+        const __m512i bit4 = _mm512_set1_epi8(0x10);
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; ++j) w[j] = _mm512_or_si512(w[j], _mm512_maskz_mov_epi8(load_u64(qh + 8 * j), bit4));
+      }
+    }
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(grp + reg.d + ub * 32)));
+    __m512 mw = _mm512_setzero_ps();
+    if constexpr (f.has_min) mw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(grp + reg.m + ub * 32)));
+    // One token: constant t after unrolling, so acc[] stays in registers.
+    const auto token = [&]<int t>(std::integral_constant<int, t>) {
+      const uint8_t* a = xa + static_cast<size_t>(t) * act_stride;
+      const uint8_t* aq = a + 32 * ub;
+      // Four chains of two products, summed after: integer sums are exact in any order, and
+      // short chains keep a lone token from waiting on vpdpbusd's latency.
+      __m512i s[4] = {f.has_min ? _mm512_setzero_si512() : _mm512_set1_epi32(load_i32(a + corr_at + 4 * ub)),
+                      _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) s[j % 4] = _mm512_dpbusd_epi32(s[j % 4], w[j], _mm512_set1_epi32(load_i32(aq + 4 * j)));
+      const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(s[0], s[1]), _mm512_add_epi32(s[2], s[3]));
+      const __m512 scale = _mm512_mul_ps(dw, _mm512_set1_ps(load_f32(a + k + 4 * ub)));
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, acc[t]);
+      if constexpr (f.has_min) acc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(load_f32(a + corr_at + 4 * ub)), acc[t]);
+    };
+    [&]<int... I>(std::integer_sequence<int, I...>) { (token(std::integral_constant<int, I>{}), ...); }(
+        std::make_integer_sequence<int, T>{});
+  }
+  for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(y + t * y_stride, rows, acc[t]);
+}
+
+template <DType Type, int T>
+void group_tiles(const uint8_t* w, const PackedRegions& reg, int64_t nb, int64_t k, int64_t m, int64_t g0, int64_t g1,
+                 const uint8_t* xa, size_t act_stride, float* y, int64_t y_stride) {
+  for (int64_t g = g0; g < g1; ++g) {
+    const int64_t row0 = g * kPackRows;
+    const int64_t valid = std::min<int64_t>(kPackRows, m - row0);
+    const auto rows = static_cast<__mmask16>((1u << valid) - 1u);
+    group_tile<Type, T>(w + static_cast<size_t>(g) * reg.total, reg, nb, k, xa, act_stride, y + row0, y_stride, rows);
+  }
+}
+
+template <DType Type>
+void gemm(const void* w, int64_t k, int64_t m, int64_t g0, int64_t g1, const void* xa, size_t act_stride, int64_t n,
+          float* y, int64_t y_stride) {
+  const int64_t nb = k / 32;
+  const PackedRegions reg = packed_regions(packed_format(Type), nb);
+  const auto* wb = static_cast<const uint8_t*>(w);
+  const auto* ab = static_cast<const uint8_t*>(xa);
+  // Groups in chunks of about 256 KiB, which stay in L2 while every tile of tokens passes over
+  // them: each weight byte comes from memory once per call, however many tokens.
+  const int64_t chunk = std::max<int64_t>(1, static_cast<int64_t>((256u << 10) / reg.total));
+  for (int64_t c0 = g0; c0 < g1; c0 += chunk) {
+    const int64_t c1 = std::min(g1, c0 + chunk);
+    for (int64_t t0 = 0; t0 < n; t0 += kPackTokens) {
+      const uint8_t* a = ab + static_cast<size_t>(t0) * act_stride;
+      float* yt = y + t0 * y_stride;
+      switch (std::min<int64_t>(kPackTokens, n - t0)) {
+        case 1: group_tiles<Type, 1>(wb, reg, nb, k, m, c0, c1, a, act_stride, yt, y_stride); break;
+        case 2: group_tiles<Type, 2>(wb, reg, nb, k, m, c0, c1, a, act_stride, yt, y_stride); break;
+        case 3: group_tiles<Type, 3>(wb, reg, nb, k, m, c0, c1, a, act_stride, yt, y_stride); break;
+        case 4: group_tiles<Type, 4>(wb, reg, nb, k, m, c0, c1, a, act_stride, yt, y_stride); break;
+        case 5: group_tiles<Type, 5>(wb, reg, nb, k, m, c0, c1, a, act_stride, yt, y_stride); break;
+        case 6: group_tiles<Type, 6>(wb, reg, nb, k, m, c0, c1, a, act_stride, yt, y_stride); break;
+        case 7: group_tiles<Type, 7>(wb, reg, nb, k, m, c0, c1, a, act_stride, yt, y_stride); break;
+        default: group_tiles<Type, 8>(wb, reg, nb, k, m, c0, c1, a, act_stride, yt, y_stride); break;
+      }
+    }
+  }
+}
+
+static_assert(kPackTokens == 8, "the switch above covers tiles of 1 to 8 tokens");
+
+}  // namespace
+
+#define HEARTH_X86_DEFINE_PACKED_GEMM(t, T)                                                                      \
+  void packed_gemm_##t(const void* w, int64_t k, int64_t m, int64_t g0, int64_t g1, const void* xa, size_t act_stride, \
+                       int64_t n, float* y, int64_t y_stride) {                                                  \
+    gemm<DType::T>(w, k, m, g0, g1, xa, act_stride, n, y, y_stride);                                             \
+  }
+HEARTH_X86_DEFINE_PACKED_GEMM(q4_0, Q4_0)
+HEARTH_X86_DEFINE_PACKED_GEMM(q4_1, Q4_1)
+HEARTH_X86_DEFINE_PACKED_GEMM(q5_0, Q5_0)
+HEARTH_X86_DEFINE_PACKED_GEMM(q5_1, Q5_1)
+HEARTH_X86_DEFINE_PACKED_GEMM(q8_0, Q8_0)
+#undef HEARTH_X86_DEFINE_PACKED_GEMM
+
+}  // namespace hearth::kernels::x86::avx512

@@ -1,0 +1,216 @@
+// The packed-weight matmul (kernels/cpu/packed.h): the layout round-trips every native byte;
+// the scalar model of its arithmetic agrees with the reference dot products; the SIMD kernels
+// give the scalar model's bits for every tile size, group range and misalignment; a token's
+// result never depends on its company or the thread count; and the CPU backend's get_rows reads
+// rows back out of a packed table exactly.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/fp16.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/dot_ref.h"
+#include "kernels/cpu/packed.h"
+#include "kernels/cpu/quants_ref.h"
+
+namespace hearth::kernels {
+namespace {
+
+constexpr DType kTypes[] = {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0};
+
+// m rows of k random values quantized to `type` (every block valid, scales of both signs).
+std::vector<uint8_t> random_rows(DType type, int64_t k, int64_t m, std::mt19937& rng) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> row(static_cast<size_t>(k));
+  const size_t row_bytes = dtype_row_bytes(type, k);
+  std::vector<uint8_t> out(row_bytes * static_cast<size_t>(m));
+  for (int64_t r = 0; r < m; ++r) {
+    const float scale = r % 3 == 0 ? 0.01f : 1.0f;
+    for (auto& v : row) v = scale * normal(rng) + (r % 5 == 1 ? 0.5f : 0.0f);
+    ref::quantize_row(type, row.data(), out.data() + static_cast<size_t>(r) * row_bytes, k);
+  }
+  return out;
+}
+
+std::vector<float> random_floats(int64_t n, std::mt19937& rng) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(n));
+  for (auto& v : x) v = normal(rng);
+  return x;
+}
+
+struct Packed {
+  std::vector<uint8_t> bytes;
+  Packed(DType type, const std::vector<uint8_t>& native, int64_t k, int64_t m) : bytes(packed_bytes(type, k, m)) {
+    pack_groups(type, native.data(), k, m, bytes.data(), 0, packed_groups(m));
+  }
+};
+
+// Activations of n tokens in the packed format, through the scalar quantizer.
+std::vector<uint8_t> packed_acts(DType type, const std::vector<float>& x, int64_t k, int64_t n) {
+  const size_t stride = packed_act_row_bytes(k);
+  std::vector<uint8_t> out(stride * static_cast<size_t>(n));
+  for (int64_t t = 0; t < n; ++t) packed_quantize_ref(type, x.data() + t * k, out.data() + static_cast<size_t>(t) * stride, k);
+  return out;
+}
+
+class PackedType : public ::testing::TestWithParam<DType> {};
+
+TEST_P(PackedType, LayoutRoundTripsEveryRow) {
+  const DType type = GetParam();
+  std::mt19937 rng(1);
+  for (const int64_t m : {1, 15, 16, 17, 37}) {
+    const int64_t k = 96;
+    const std::vector<uint8_t> native = random_rows(type, k, m, rng);
+    const Packed packed(type, native, k, m);
+    EXPECT_EQ(packed.bytes.size(), static_cast<size_t>(packed_groups(m)) * kPackRows * dtype_row_bytes(type, k));
+    std::vector<uint8_t> row(dtype_row_bytes(type, k));
+    for (int64_t r = 0; r < m; ++r) {
+      unpack_row(type, packed.bytes.data(), k, r, row.data());
+      EXPECT_EQ(0, std::memcmp(row.data(), native.data() + static_cast<size_t>(r) * row.size(), row.size())) << "row " << r;
+    }
+  }
+}
+
+// The scalar model against ref::vec_dot with the reference's activation type: the same integer
+// products; only the float rounding of the scales (and Q8_1's f16 block sums) differ.
+TEST_P(PackedType, ScalarModelAgreesWithReferenceDots) {
+  const DType type = GetParam();
+  std::mt19937 rng(2);
+  const int64_t k = 32 * 11, m = 21, n = 3;
+  const std::vector<uint8_t> native = random_rows(type, k, m, rng);
+  const Packed packed(type, native, k, m);
+  const std::vector<float> x = random_floats(k * n, rng);
+  const std::vector<uint8_t> xa = packed_acts(type, x, k, n);
+  std::vector<float> y(static_cast<size_t>(m * n), NAN);
+  packed_gemm_ref(type, packed.bytes.data(), k, m, 0, packed_groups(m), xa.data(), packed_act_row_bytes(k), n, y.data(), m);
+  const DType xq_type = ref::vec_dot_type(type);
+  std::vector<uint8_t> xq(dtype_row_bytes(xq_type, k));
+  std::vector<float> wf(static_cast<size_t>(k)), xf(static_cast<size_t>(k));
+  for (int64_t t = 0; t < n; ++t) {
+    ref::quantize_activations(xq_type, x.data() + t * k, xq.data(), k);
+    ref::dequantize_row(xq_type, xq.data(), xf.data(), k);
+    for (int64_t r = 0; r < m; ++r) {
+      const uint8_t* w = native.data() + static_cast<size_t>(r) * dtype_row_bytes(type, k);
+      ref::dequantize_row(type, w, wf.data(), k);
+      double scale = 0.0;
+      for (int64_t i = 0; i < k; ++i) scale += std::fabs(double(wf[i]) * double(xf[i]));
+      EXPECT_NEAR(y[static_cast<size_t>(t * m + r)], ref::vec_dot(type, k, w, xq.data()), 2e-3 * scale + 1e-5)
+          << "token " << t << " row " << r;
+    }
+  }
+}
+
+// The SIMD kernels of every level that has them: the scalar model's bits, for tiles of 1 to 8
+// tokens and past (n up to 19), a range of groups in the middle, and misaligned buffers.
+TEST_P(PackedType, SimdKernelsGiveTheScalarModelsBits) {
+  const DType type = GetParam();
+  int levels = 0;
+  for (const CpuLevel level : kAllCpuLevels) {
+    if (!cpu_level_supported(level)) continue;
+    const PackedKernel* kernel = packed_kernel(type, level);
+    if (kernel == nullptr) continue;
+    ++levels;
+    std::mt19937 rng(3);
+    const int64_t k = 32 * 13, m = 53;  // four groups, the last one of five rows
+    const std::vector<uint8_t> native = random_rows(type, k, m, rng);
+    const Packed packed(type, native, k, m);
+    std::vector<uint8_t> w_off(packed.bytes.size() + 3);
+    std::memcpy(w_off.data() + 3, packed.bytes.data(), packed.bytes.size());
+    const int64_t max_n = 19;
+    const std::vector<float> x = random_floats(k * max_n, rng);
+    const size_t stride = packed_act_row_bytes(k);
+    // The level's quantizer writes the scalar one's bytes.
+    const std::vector<uint8_t> xa = packed_acts(type, x, k, max_n);
+    std::vector<uint8_t> xa_simd(xa.size() + 1);
+    for (int64_t t = 0; t < max_n; ++t) {
+      kernel->quantize(type, x.data() + t * k, xa_simd.data() + 1 + static_cast<size_t>(t) * stride, k);
+    }
+    ASSERT_EQ(0, std::memcmp(xa.data(), xa_simd.data() + 1, xa.size())) << cpu_level_name(level);
+    for (int64_t n = 1; n <= max_n; ++n) {
+      for (const auto& [g0, g1] : {std::pair<int64_t, int64_t>{0, 4}, {1, 3}, {3, 4}}) {
+        std::vector<float> want(static_cast<size_t>(m * n), NAN), got(want.size(), NAN);
+        packed_gemm_ref(type, packed.bytes.data(), k, m, g0, g1, xa.data(), stride, n, want.data(), m);
+        kernel->gemm(w_off.data() + 3, k, m, g0, g1, xa_simd.data() + 1, stride, n, got.data(), m);
+        for (size_t i = 0; i < want.size(); ++i) {
+          // Rows outside [g0, g1) stay untouched (NaN in both).
+          if (std::isnan(want[i])) {
+            EXPECT_TRUE(std::isnan(got[i])) << "wrote outside its groups at " << i;
+            continue;
+          }
+          ASSERT_EQ(want[i], got[i]) << cpu_level_name(level) << " n=" << n << " groups [" << g0 << ", " << g1
+                                     << ") token " << i / m << " row " << i % m;
+        }
+      }
+    }
+  }
+  if (levels == 0) GTEST_SKIP() << "no packed kernels on this CPU";
+}
+
+// Through the backend: each token's row of results is the same bits alone, in any batch, and
+// with any number of threads; and equal (within rounding) to the native-rows path.
+TEST_P(PackedType, BackendMatmulIsBatchAndThreadInvariant) {
+  const DType type = GetParam();
+  const CpuLevel level = cpu_level();
+  if (packed_kernel(type, level) == nullptr) GTEST_SKIP() << "no packed kernel for this type at " << cpu_level_name(level);
+  std::mt19937 rng(4);
+  const int64_t k = 32 * 9, m = 70, max_n = 11;
+  const std::vector<uint8_t> native = random_rows(type, k, m, rng);
+  const std::vector<float> x = random_floats(k * max_n, rng);
+  auto run = [&](CpuBackend& backend, int64_t first, int64_t n) {
+    const Tensor w = backend.weight(type, {k, m, 1, 1}, native.data(), nullptr);
+    Tensor xt = backend.new_tensor(DType::F32, {k, n, 1, 1});
+    backend.write(xt, x.data() + first * k, static_cast<size_t>(n * k) * sizeof(float));
+    Tensor yt = backend.new_tensor(DType::F32, {m, n, 1, 1});
+    backend.matmul(w, xt, yt);
+    std::vector<float> y(static_cast<size_t>(m * n));
+    backend.read(yt, y.data(), y.size() * sizeof(float));
+    return y;
+  };
+  CpuBackend one(1, level), three(3, level), native_rows(2, level, false);
+  const std::vector<float> all = run(three, 0, max_n);
+  const std::vector<float> unpacked = run(native_rows, 0, max_n);
+  std::vector<float> wf(static_cast<size_t>(k));
+  for (int64_t t = 0; t < max_n; ++t) {
+    const std::vector<float> alone = run(one, t, 1);
+    for (int64_t r = 0; r < m; ++r) {
+      const float v = all[static_cast<size_t>(t * m + r)];
+      ASSERT_EQ(v, alone[static_cast<size_t>(r)]) << "token " << t << " row " << r;
+      // The native path's Q8_1 activations carry f16 block sums (for the min's term), the
+      // packed path exact ones: the bound scales with sum |w x|.
+      ref::dequantize_row(type, native.data() + static_cast<size_t>(r) * dtype_row_bytes(type, k), wf.data(), k);
+      double scale = 0.0;
+      for (int64_t i = 0; i < k; ++i) scale += std::fabs(double(wf[i]) * double(x[static_cast<size_t>(t * k + i)]));
+      EXPECT_NEAR(v, unpacked[static_cast<size_t>(t * m + r)], 2e-3 * scale + 1e-5) << "token " << t << " row " << r;
+    }
+  }
+}
+
+TEST_P(PackedType, GetRowsReadsPackedTablesExactly) {
+  const DType type = GetParam();
+  std::mt19937 rng(5);
+  const int64_t k = 64, m = 35;
+  const std::vector<uint8_t> native = random_rows(type, k, m, rng);
+  CpuBackend packed_backend(2), plain_backend(2, cpu_level(), false);
+  const Tensor packed = packed_backend.weight(type, {k, m, 1, 1}, native.data(), nullptr);
+  const Tensor plain = plain_backend.weight(type, {k, m, 1, 1}, native.data(), nullptr);
+  const std::vector<int32_t> ids = {0, 34, 16, 15, 17, 3, 3};
+  Tensor a = packed_backend.new_tensor(DType::F32, {k, static_cast<int64_t>(ids.size()), 1, 1});
+  Tensor b = plain_backend.new_tensor(DType::F32, a.ne);
+  packed_backend.get_rows(packed, ids, a);
+  plain_backend.get_rows(plain, ids, b);
+  EXPECT_EQ(0, std::memcmp(a.data, b.data, static_cast<size_t>(a.n_elements()) * sizeof(float)));
+}
+
+std::string type_name(const ::testing::TestParamInfo<DType>& info) { return std::string(dtype_name(info.param)); }
+
+INSTANTIATE_TEST_SUITE_P(Types, PackedType, ::testing::ValuesIn(kTypes), type_name);
+
+}  // namespace
+}  // namespace hearth::kernels
