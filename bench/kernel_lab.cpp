@@ -8,14 +8,21 @@
 // (kernels/cpu/packed.h), "rows" the native-row dot products of the same CPU level. Counters:
 // weight bytes read per second (the figure to hold against memory bandwidth at one token) and
 // multiply-adds per second (the one that matters for prefill and batches).
+//
+// Attention/<shape>/<kv>/decode<S>x<ctx> and /prefill<P>: CpuBackend::attention for S sequences
+// of one new token over `ctx` cached positions each (a continuous-batching decode step), and for
+// one prompt of P tokens attending causally to itself. Quantize/<type>/<k>: one activation row
+// through the level's quantizer. RmsNorm/Glu: n rows of an embedding / feed-forward width.
 #include <benchmark/benchmark.h>
 
+#include <cmath>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "core/dtype.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/dot.h"
 #include "kernels/cpu/quants_ref.h"
 
 namespace hearth::kernels {
@@ -63,7 +70,128 @@ void matmul(benchmark::State& state, DType type, Shape shape, bool packed) {
       benchmark::Counter(iters * static_cast<double>(shape.k * shape.m * n), benchmark::Counter::kIsRate);
 }
 
+void fill_normal(Tensor& t, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (int64_t i = 0; i < t.n_elements(); ++i) static_cast<float*>(t.data)[i] = normal(rng);
+}
+
+struct AttnShape {
+  const char* model;
+  int n_head, n_head_kv, head_dim;
+};
+
+// n_seq sequences with `ctx` cached positions each; one query token per sequence at position
+// ctx - 1 (decode), or, with prefill > 0, one sequence's `prefill` tokens at positions 0..P-1.
+void attention(benchmark::State& state, AttnShape shape, DType kv_type, bool prefill) {
+  const int threads = static_cast<int>(state.range(2));
+  CpuBackend backend(threads);
+  const int32_t n_seq = prefill ? 1 : static_cast<int32_t>(state.range(0));
+  const int32_t ctx = static_cast<int32_t>(state.range(1));
+  const int64_t kv_dim = int64_t{shape.n_head_kv} * shape.head_dim;
+  KvLayer cache = backend.new_kv_layer(kv_type, n_seq, ctx, kv_dim);
+  std::vector<KvSlot> fill;
+  for (int32_t s = 0; s < n_seq; ++s) {
+    for (int32_t p = 0; p < ctx; ++p) fill.push_back({s, p});
+  }
+  Tensor k = backend.new_tensor(DType::F32, {kv_dim, static_cast<int64_t>(fill.size()), 1, 1});
+  Tensor v = backend.new_tensor(DType::F32, k.ne);
+  fill_normal(k, 1);
+  fill_normal(v, 2);
+  backend.kv_store(cache, k, v, fill);
+  std::vector<KvSlot> slots;
+  if (prefill) {
+    for (int32_t p = 0; p < ctx; ++p) slots.push_back({0, p});
+  } else {
+    for (int32_t s = 0; s < n_seq; ++s) slots.push_back({s, ctx - 1});
+  }
+  AttentionParams params;
+  params.n_head = shape.n_head;
+  params.n_head_kv = shape.n_head_kv;
+  params.head_dim = shape.head_dim;
+  params.scale = 1.0f / std::sqrt(static_cast<float>(shape.head_dim));
+  Tensor q = backend.new_tensor(DType::F32, {int64_t{shape.n_head} * shape.head_dim, static_cast<int64_t>(slots.size()), 1, 1});
+  Tensor out = backend.new_tensor(DType::F32, q.ne);
+  fill_normal(q, 3);
+  for (auto _ : state) {
+    backend.attention(q, cache, slots, params, out);
+    benchmark::DoNotOptimize(out.data);
+  }
+  double pairs = 0.0;  // (query, key) pairs per call
+  for (const KvSlot& s : slots) pairs += s.pos + 1;
+  state.counters["qk_pairs/s"] =
+      benchmark::Counter(static_cast<double>(state.iterations()) * pairs * shape.n_head, benchmark::Counter::kIsRate);
+}
+
+void quantize(benchmark::State& state, DType weight) {
+  const int64_t k = state.range(0);
+  const DotKernel& kernel = dot_kernel(weight, cpu_level());
+  std::vector<float> x(static_cast<size_t>(k));
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (float& v : x) v = normal(rng);
+  std::vector<uint8_t> out(dtype_row_bytes(kernel.vec_dot_type, k));
+  for (auto _ : state) {
+    kernel.quantize(x.data(), out.data(), k);
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.counters["floats/s"] = benchmark::Counter(static_cast<double>(state.iterations() * k), benchmark::Counter::kIsRate);
+}
+
+void rms_norm(benchmark::State& state) {
+  CpuBackend backend(1);
+  Tensor x = backend.new_tensor(DType::F32, {state.range(0), state.range(1), 1, 1});
+  Tensor w = backend.new_tensor(DType::F32, {state.range(0), 1, 1, 1});
+  fill_normal(x, 6);
+  fill_normal(w, 7);
+  for (auto _ : state) {
+    backend.rms_norm(x, &w, 1e-5f, x);
+    benchmark::DoNotOptimize(x.data);
+  }
+  state.counters["floats/s"] =
+      benchmark::Counter(static_cast<double>(state.iterations() * x.n_elements()), benchmark::Counter::kIsRate);
+}
+
+void glu(benchmark::State& state, Activation act) {
+  CpuBackend backend(1);
+  Tensor g = backend.new_tensor(DType::F32, {state.range(0), state.range(1), 1, 1});
+  Tensor u = backend.new_tensor(DType::F32, g.ne);
+  Tensor y = backend.new_tensor(DType::F32, g.ne);
+  fill_normal(g, 8);
+  fill_normal(u, 9);
+  for (auto _ : state) {
+    backend.glu(g, u, act, y);
+    benchmark::DoNotOptimize(y.data);
+  }
+  state.counters["floats/s"] =
+      benchmark::Counter(static_cast<double>(state.iterations() * g.n_elements()), benchmark::Counter::kIsRate);
+}
+
 const bool registered = [] {
+  const AttnShape attn_shapes[] = {{"smollm2", 9, 3, 64}, {"gemma3_270m", 4, 1, 256}, {"llama1b", 32, 8, 64}};
+  for (const AttnShape& a : attn_shapes) {
+    for (const DType kv : {DType::F16, DType::F32}) {
+      const std::string base = std::string("Attention/") + a.model + "/" + std::string(dtype_name(kv));
+      benchmark::RegisterBenchmark((base + "/decode").c_str(), attention, a, kv, false)
+          ->Args({8, 160, 1})
+          ->Args({8, 1024, 1})
+          ->ArgNames({"seqs", "ctx", "threads"})
+          ->Unit(benchmark::kMicrosecond);
+      benchmark::RegisterBenchmark((base + "/prefill").c_str(), attention, a, kv, true)
+          ->Args({1, 512, 1})
+          ->ArgNames({"seqs", "tokens", "threads"})
+          ->Unit(benchmark::kMillisecond);
+    }
+  }
+  for (const DType w : {DType::Q4_0, DType::Q4_1, DType::Q4_K}) {
+    benchmark::RegisterBenchmark((std::string("Quantize/for_") + std::string(dtype_name(w))).c_str(), quantize, w)
+        ->Arg(2048)
+        ->Arg(8192);
+  }
+  benchmark::RegisterBenchmark("RmsNorm", rms_norm)->Args({576, 8})->Args({2048, 512})->ArgNames({"d", "rows"});
+  benchmark::RegisterBenchmark("Glu/silu", glu, Activation::Silu)->Args({1536, 8})->Args({8192, 64})->ArgNames({"d", "rows"});
+  benchmark::RegisterBenchmark("Glu/gelu", glu, Activation::GeluTanh)->Args({2048, 8})->ArgNames({"d", "rows"});
+
   const Shape shapes[] = {
       {"smollm2", 576, 1536}, {"smollm2", 1536, 576}, {"smollm2", 576, 49152},
       {"llama1b", 2048, 8192}, {"llama1b", 8192, 2048}, {"llama1b", 2048, 512},

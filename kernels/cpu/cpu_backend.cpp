@@ -41,16 +41,30 @@ const float* f32(const Tensor& t) {
 }
 
 std::shared_ptr<void> allocate(size_t bytes) {
-  // Buffers of 2 MiB and more (repacked weights, KV caches) are aligned to 2 MiB and asked to
-  // be backed by transparent huge pages: a pass over a matrix then walks one page table entry
-  // per 2 MiB instead of one per 4 KiB.
-  constexpr size_t kHuge = size_t{2} << 20;
-  const size_t align = bytes >= kHuge ? kHuge : 64;
-  const size_t rounded = (bytes + align - 1) / align * align;
-  void* p = std::aligned_alloc(align, rounded == 0 ? align : rounded);
+  const size_t rounded = (bytes + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
   HEARTH_CHECK(p != nullptr, "out of memory allocating {} bytes", bytes);
-  if (align == kHuge) ::madvise(p, rounded, MADV_HUGEPAGE);  // advice: refused is harmless
   return {p, std::free};
+}
+
+// Long-lived buffers (repacked weights, KV caches): their own mapping, 2 MiB aligned and asked
+// to be backed by transparent huge pages, so a pass over a matrix walks one page-table entry
+// per 2 MiB instead of one per 4 KiB. Not through malloc: the huge-page advice must not reach
+// heap memory that per-step buffers reuse (each new touch would zero a whole 2 MiB page).
+std::shared_ptr<void> allocate_lasting(size_t bytes) {
+  constexpr size_t kHuge = size_t{2} << 20;
+  if (bytes < kHuge) return allocate(bytes);
+  const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
+  const size_t span = rounded + kHuge;  // room to align the start
+  void* raw = ::mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  HEARTH_CHECK(raw != MAP_FAILED, "out of memory mapping {} bytes", bytes);
+  const auto base = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t start = (base + kHuge - 1) / kHuge * kHuge;
+  if (start > base) ::munmap(raw, start - base);
+  if (base + span > start + rounded) ::munmap(reinterpret_cast<void*>(start + rounded), base + span - (start + rounded));
+  void* p = reinterpret_cast<void*>(start);
+  ::madvise(p, rounded, MADV_HUGEPAGE);  // advice: refused is harmless
+  return {p, [rounded](void* q) { ::munmap(q, rounded); }};
 }
 
 }  // namespace
@@ -87,7 +101,7 @@ Tensor CpuBackend::weight(DType type, std::array<int64_t, 4> ne, const void* hos
   // interleaved by 16): their matmul then runs the packed kernels, at every batch size.
   if (pack_weights_ && packed_kernel(type, level_) != nullptr && ne[0] % 32 == 0 && ne[2] == 1 && ne[3] == 1) {
     const int64_t k = ne[0], m = ne[1];
-    auto memory = allocate(packed_bytes(type, k, m));
+    auto memory = allocate_lasting(packed_bytes(type, k, m));
     pool_.parallel_for(packed_groups(m), [&](int64_t g0, int64_t g1, int) { pack_groups(type, host, k, m, memory.get(), g0, g1); });
     t.data = memory.get();
     t.storage = std::move(memory);

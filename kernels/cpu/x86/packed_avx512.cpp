@@ -119,10 +119,15 @@ void gemm(const void* w, int64_t k, int64_t m, int64_t g0, int64_t g1, const voi
   const int64_t chunk = std::max<int64_t>(1, static_cast<int64_t>((256u << 10) / reg.total));
   for (int64_t c0 = g0; c0 < g1; c0 += chunk) {
     const int64_t c1 = std::min(g1, c0 + chunk);
-    for (int64_t t0 = 0; t0 < n; t0 += kPackTokens) {
+    // Tiles as even as possible (9 tokens: 5 + 4, not 8 + 1): a tile of few tokens pays the
+    // block decoding for few.
+    const int64_t tiles = (n + kPackTokens - 1) / kPackTokens;
+    for (int64_t i = 0, t0 = 0; i < tiles; ++i) {
+      const int64_t size = n / tiles + (i < n % tiles ? 1 : 0);
       const uint8_t* a = ab + static_cast<size_t>(t0) * act_stride;
       float* yt = y + t0 * y_stride;
-      switch (std::min<int64_t>(kPackTokens, n - t0)) {
+      t0 += size;
+      switch (size) {
         case 1: group_tiles<Type, 1>(wb, reg, nb, k, m, c0, c1, a, act_stride, yt, y_stride); break;
         case 2: group_tiles<Type, 2>(wb, reg, nb, k, m, c0, c1, a, act_stride, yt, y_stride); break;
         case 3: group_tiles<Type, 3>(wb, reg, nb, k, m, c0, c1, a, act_stride, yt, y_stride); break;
