@@ -16,11 +16,14 @@
 #include <benchmark/benchmark.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/fp16.h"
+#include "core/quant_blocks.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/dot.h"
 #include "kernels/cpu/quants_ref.h"
@@ -39,6 +42,16 @@ std::vector<uint8_t> random_weight(DType type, int64_t k, int64_t m, uint32_t se
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::vector<float> row(static_cast<size_t>(k));
   std::vector<uint8_t> out(dtype_row_bytes(type, k) * static_cast<size_t>(m));
+  if (type == DType::Q4_K) {  // no reference quantizer: random bytes, sane f16 d and dmin
+    std::uniform_int_distribution<int> byte(0, 255);
+    for (auto& b : out) b = static_cast<uint8_t>(byte(rng));
+    for (size_t b = 0; b < out.size() / sizeof(BlockQ4_K); ++b) {
+      const uint16_t d = fp32_to_fp16(0.01f), dmin = fp32_to_fp16(0.005f);
+      std::memcpy(out.data() + b * sizeof(BlockQ4_K) + offsetof(BlockQ4_K, d), &d, 2);
+      std::memcpy(out.data() + b * sizeof(BlockQ4_K) + offsetof(BlockQ4_K, dmin), &dmin, 2);
+    }
+    return out;
+  }
   for (int64_t r = 0; r < m; ++r) {
     for (float& v : row) v = normal(rng);
     ref::quantize_row(type, row.data(), out.data() + static_cast<size_t>(r) * dtype_row_bytes(type, k), k);
@@ -196,7 +209,7 @@ const bool registered = [] {
       {"smollm2", 576, 1536}, {"smollm2", 1536, 576}, {"smollm2", 576, 49152},
       {"llama1b", 2048, 8192}, {"llama1b", 8192, 2048}, {"llama1b", 2048, 512},
   };
-  const DType types[] = {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q8_0};
+  const DType types[] = {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q8_0, DType::Q4_K};
   for (DType type : types) {
     for (const Shape& s : shapes) {
       for (const bool packed : {true, false}) {

@@ -99,7 +99,7 @@ Tensor CpuBackend::weight(DType type, std::array<int64_t, 4> ne, const void* hos
   t.ne = ne;
   // Matrices of a type with packed kernels at this level are repacked (same size, rows
   // interleaved by 16): their matmul then runs the packed kernels, at every batch size.
-  if (pack_weights_ && packed_kernel(type, level_) != nullptr && ne[0] % 32 == 0 && ne[2] == 1 && ne[3] == 1) {
+  if (pack_weights_ && packed_kernel(type, level_) != nullptr && ne[0] % dtype_block_size(type) == 0 && ne[2] == 1 && ne[3] == 1) {
     const int64_t k = ne[0], m = ne[1];
     auto memory = allocate_lasting(packed_bytes(type, k, m));
     pool_.parallel_for(packed_groups(m), [&](int64_t g0, int64_t g1, int) { pack_groups(type, host, k, m, memory.get(), g0, g1); });
@@ -149,7 +149,7 @@ void CpuBackend::matmul(const Tensor& w, const Tensor& x, Tensor& y) {
   if (w.layout == kPackedLayout) {
     const PackedKernel* packed = packed_kernel(w.type, level_);
     HEARTH_CHECK(packed != nullptr, "a packed {} weight without packed kernels", dtype_name(w.type));
-    const size_t act_bytes = packed_act_row_bytes(k);
+    const size_t act_bytes = packed_act_row_bytes(w.type, k);
     std::vector<uint8_t> xa(act_bytes * static_cast<size_t>(n));
     pool_.parallel_for(n, [&](int64_t t0, int64_t t1, int) {
       for (int64_t t = t0; t < t1; ++t) packed->quantize(w.type, xs + t * k, xa.data() + static_cast<size_t>(t) * act_bytes, k);

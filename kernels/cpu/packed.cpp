@@ -15,7 +15,6 @@
 namespace hearth::kernels {
 namespace {
 
-constexpr int kBlock = 32;
 
 // Where the fields of one native block are.
 struct Native {
@@ -45,7 +44,6 @@ uint16_t load_u16(const uint8_t* p) {
   return v;
 }
 
-void check_k(int64_t k) { HEARTH_CHECK(k > 0 && k % kBlock == 0, "packed rows of {} elements (not a multiple of 32)", k); }
 
 }  // namespace
 
@@ -55,7 +53,8 @@ bool packable_type(DType type) {
     case DType::Q4_1:
     case DType::Q5_0:
     case DType::Q5_1:
-    case DType::Q8_0: return true;
+    case DType::Q8_0:
+    case DType::Q4_K: return true;
     default: return false;
   }
 }
@@ -65,26 +64,100 @@ PackedFormat format(DType type) {
   HEARTH_CHECK(packable_type(type), "{} has no packed layout", dtype_name(type));
   return packed_format(type);
 }
+// Blocks per row, checking k.
+int64_t blocks(PackedFormat f, int64_t k) {
+  HEARTH_CHECK(k > 0 && k % f.block == 0, "packed rows of {} elements (not a multiple of {})", k, f.block);
+  return k / f.block;
+}
+
+// The 12 bytes of a Q4_K block's scales and mins from the 8 six-bit values of each: the inverse
+// of unpack_scales_mins_k4 (core/quant_blocks.h), so a packed row unpacks to its native bytes.
+void pack_scales_mins_k4(const int sc[8], const int mn[8], uint8_t* q) {
+  for (int j = 0; j < 4; ++j) {
+    q[j] = static_cast<uint8_t>(sc[j] | ((sc[j + 4] >> 4) << 6));
+    q[j + 4] = static_cast<uint8_t>(mn[j] | ((mn[j + 4] >> 4) << 6));
+    q[j + 8] = static_cast<uint8_t>((sc[j + 4] & 0xF) | ((mn[j + 4] & 0xF) << 4));
+  }
+}
 }  // namespace
 
 int64_t packed_groups(int64_t m) { return (m + kPackRows - 1) / kPackRows; }
 
 size_t packed_group_bytes(DType type, int64_t k) {
-  check_k(k);
-  return packed_regions(format(type), k / kBlock).total;
+  const PackedFormat f = format(type);
+  return packed_regions(f, blocks(f, k)).total;
 }
 
 size_t packed_bytes(DType type, int64_t k, int64_t m) {
   return packed_group_bytes(type, k) * static_cast<size_t>(packed_groups(m));
 }
 
-size_t packed_act_row_bytes(int64_t k) { return static_cast<size_t>(k) + 8 * static_cast<size_t>(k / kBlock); }
+size_t packed_act_row_bytes(DType type, int64_t k) {
+  const PackedFormat f = format(type);
+  const auto nb = static_cast<size_t>(blocks(f, k));
+  return static_cast<size_t>(k) + (f.k4 ? 4 * nb + 16 * nb : 8 * nb);
+}
+
+namespace {
+
+void pack_groups_k4(const void* src, int64_t k, int64_t m, void* dst, int64_t g0, int64_t g1) {
+  const PackedFormat f = packed_format(DType::Q4_K);
+  const int64_t nb = blocks(f, k);
+  const PackedRegions reg = packed_regions(f, nb);
+  const size_t row_bytes = sizeof(BlockQ4_K) * static_cast<size_t>(nb);
+  for (int64_t g = g0; g < g1; ++g) {
+    uint8_t* out = static_cast<uint8_t*>(dst) + static_cast<size_t>(g) * reg.total;
+    std::memset(out, 0, reg.total);  // padding rows: zero scales, zero quants
+    for (int r = 0; r < kPackRows; ++r) {
+      const int64_t row = g * kPackRows + r;
+      if (row >= m) break;
+      for (int64_t b = 0; b < nb; ++b) {
+        const auto ub = static_cast<size_t>(b);
+        const uint8_t* blk = static_cast<const uint8_t*>(src) + static_cast<size_t>(row) * row_bytes + ub * sizeof(BlockQ4_K);
+        uint8_t* qs = out + reg.qs + ub * reg.qs_block;
+        for (int chunk = 0; chunk < 32; ++chunk) std::memcpy(qs + 64 * chunk + 4 * r, blk + offsetof(BlockQ4_K, qs) + 4 * chunk, 4);
+        std::memcpy(out + reg.d + (ub * kPackRows + r) * 2, blk + offsetof(BlockQ4_K, d), 2);
+        std::memcpy(out + reg.m + (ub * kPackRows + r) * 2, blk + offsetof(BlockQ4_K, dmin), 2);
+        int sc[8], mn[8];
+        unpack_scales_mins_k4(blk + offsetof(BlockQ4_K, scales), sc, mn);
+        for (int j = 0; j < 8; ++j) {
+          out[reg.sc + ub * 128 + 16 * static_cast<size_t>(j) + r] = static_cast<uint8_t>(sc[j]);
+          out[reg.mn + ub * 128 + 32 * static_cast<size_t>(j / 2) + 2 * r + j % 2] = static_cast<uint8_t>(mn[j]);
+        }
+      }
+    }
+  }
+}
+
+void unpack_row_k4(const void* packed, int64_t k, int64_t row, void* dst) {
+  const PackedFormat f = packed_format(DType::Q4_K);
+  const int64_t nb = blocks(f, k);
+  const PackedRegions reg = packed_regions(f, nb);
+  const auto* in = static_cast<const uint8_t*>(packed) + static_cast<size_t>(row / kPackRows) * reg.total;
+  const int r = static_cast<int>(row % kPackRows);
+  for (int64_t b = 0; b < nb; ++b) {
+    const auto ub = static_cast<size_t>(b);
+    uint8_t* blk = static_cast<uint8_t*>(dst) + ub * sizeof(BlockQ4_K);
+    const uint8_t* qs = in + reg.qs + ub * reg.qs_block;
+    for (int chunk = 0; chunk < 32; ++chunk) std::memcpy(blk + offsetof(BlockQ4_K, qs) + 4 * chunk, qs + 64 * chunk + 4 * r, 4);
+    std::memcpy(blk + offsetof(BlockQ4_K, d), in + reg.d + (ub * kPackRows + r) * 2, 2);
+    std::memcpy(blk + offsetof(BlockQ4_K, dmin), in + reg.m + (ub * kPackRows + r) * 2, 2);
+    int sc[8], mn[8];
+    for (int j = 0; j < 8; ++j) {
+      sc[j] = in[reg.sc + ub * 128 + 16 * static_cast<size_t>(j) + r];
+      mn[j] = in[reg.mn + ub * 128 + 32 * static_cast<size_t>(j / 2) + 2 * r + j % 2];
+    }
+    pack_scales_mins_k4(sc, mn, blk + offsetof(BlockQ4_K, scales));
+  }
+}
+
+}  // namespace
 
 void pack_groups(DType type, const void* src, int64_t k, int64_t m, void* dst, int64_t g0, int64_t g1) {
-  check_k(k);
+  if (type == DType::Q4_K) return pack_groups_k4(src, k, m, dst, g0, g1);
   const PackedFormat f = format(type);
   const Native nat = native(type);
-  const int64_t nb = k / kBlock;
+  const int64_t nb = blocks(f, k);
   const PackedRegions reg = packed_regions(f, nb);
   const size_t row_bytes = nat.block_bytes * static_cast<size_t>(nb);
   const auto* s = static_cast<const uint8_t*>(src);
@@ -124,10 +197,10 @@ void pack_groups(DType type, const void* src, int64_t k, int64_t m, void* dst, i
 }
 
 void unpack_row(DType type, const void* packed, int64_t k, int64_t row, void* dst) {
-  check_k(k);
+  if (type == DType::Q4_K) return unpack_row_k4(packed, k, row, dst);
   const PackedFormat f = format(type);
   const Native nat = native(type);
-  const int64_t nb = k / kBlock;
+  const int64_t nb = blocks(f, k);
   const PackedRegions reg = packed_regions(f, nb);
   const auto* in = static_cast<const uint8_t*>(packed) + static_cast<size_t>(row / kPackRows) * reg.total;
   const int r = static_cast<int>(row % kPackRows);
@@ -160,23 +233,22 @@ void unpack_row(DType type, const void* packed, int64_t k, int64_t row, void* ds
 namespace {
 
 // Q8_0 blocks (from the level's quantizer, bytes identical to the reference) -> a packed
-// activation row.
-void to_packed_act(DType type, const uint8_t* q8, int64_t k, void* out) {
-  const PackedFormat f = format(type);
-  const int64_t nb = k / kBlock;
+// activation row of a 32-element type.
+void to_packed_act(PackedFormat f, const uint8_t* q8, int64_t k, void* out) {
+  const int64_t nb = blocks(f, k);
   auto* qs = static_cast<uint8_t*>(out);
-  auto* d = reinterpret_cast<uint8_t*>(qs + k);
+  uint8_t* d = qs + k;
   uint8_t* corr = d + 4 * static_cast<size_t>(nb);
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* blk = q8 + static_cast<size_t>(b) * sizeof(BlockQ8_0);
-    std::memcpy(qs + 32 * b, blk + offsetof(BlockQ8_0, qs), kBlock);
+    std::memcpy(qs + 32 * b, blk + offsetof(BlockQ8_0, qs), 32);
     int sum = 0;
-    for (int i = 0; i < kBlock; ++i) sum += static_cast<int8_t>(blk[offsetof(BlockQ8_0, qs) + static_cast<size_t>(i)]);
+    for (size_t i = 0; i < 32; ++i) sum += static_cast<int8_t>(blk[offsetof(BlockQ8_0, qs) + i]);
     const float dx = fp16_to_fp32(load_u16(blk + offsetof(BlockQ8_0, d)));
     std::memcpy(d + 4 * b, &dx, 4);
     if (f.has_min) {
-      const float s = dx * static_cast<float>(sum);
-      std::memcpy(corr + 4 * b, &s, 4);
+      const float sx = dx * static_cast<float>(sum);
+      std::memcpy(corr + 4 * b, &sx, 4);
     } else {
       const int32_t c = -f.offset * sum;
       std::memcpy(corr + 4 * b, &c, 4);
@@ -184,25 +256,80 @@ void to_packed_act(DType type, const uint8_t* q8, int64_t k, void* out) {
   }
 }
 
-void quantize_with(QuantizeFn q8_0, DType type, const float* x, void* out, int64_t k) {
-  check_k(k);
-  thread_local std::vector<uint8_t> blocks;  // the row as Q8_0 blocks: no allocation per token
-  blocks.resize(static_cast<size_t>(k / kBlock) * sizeof(BlockQ8_0));
-  q8_0(x, blocks.data(), k);
-  to_packed_act(type, blocks.data(), k, out);
+// Q8_K blocks -> a packed activation row for Q4_K: quants, scales, sums of 32.
+void to_packed_act_k(const uint8_t* q8k, int64_t k, void* out) {
+  const int64_t nb = k / 256;
+  auto* qs = static_cast<uint8_t*>(out);
+  uint8_t* d = qs + k;
+  uint8_t* sums = d + 4 * static_cast<size_t>(nb);
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = q8k + static_cast<size_t>(b) * sizeof(BlockQ8_K);
+    std::memcpy(qs + 256 * b, blk + offsetof(BlockQ8_K, qs), 256);
+    std::memcpy(d + 4 * b, blk + offsetof(BlockQ8_K, d), 4);
+    int16_t bs[16];
+    std::memcpy(bs, blk + offsetof(BlockQ8_K, bsums), sizeof(bs));
+    for (int j = 0; j < 8; ++j) {
+      const auto sum = static_cast<int16_t>(bs[2 * j] + bs[2 * j + 1]);  // |sum| <= 32 * 127
+      std::memcpy(sums + 16 * b + 2 * j, &sum, 2);
+    }
+  }
+}
+
+void quantize_at(CpuLevel level, DType type, const float* x, void* out, int64_t k) {
+  const PackedFormat f = format(type);
+  const int64_t nb = blocks(f, k);
+  thread_local std::vector<uint8_t> row;  // the row in the level's activation format, reused
+  if (f.k4) {
+    row.resize(static_cast<size_t>(nb) * sizeof(BlockQ8_K));
+    dot_kernel(DType::Q4_K, level).quantize(x, row.data(), k);
+    to_packed_act_k(row.data(), k, out);
+  } else {
+    row.resize(static_cast<size_t>(nb) * sizeof(BlockQ8_0));
+    dot_kernel(DType::Q8_0, level).quantize(x, row.data(), k);
+    to_packed_act(f, row.data(), k, out);
+  }
+}
+
+// The scalar model of one Q4_K row (lane r of group `grp`) against one token.
+float dot_k4_ref(const uint8_t* grp, const PackedRegions& reg, int r, int64_t nb, int64_t k, const uint8_t* a) {
+  const auto* aq = reinterpret_cast<const int8_t*>(a);
+  float acc = 0.0f;
+  for (int64_t b = 0; b < nb; ++b) {
+    const auto ub = static_cast<size_t>(b);
+    float dx;
+    std::memcpy(&dx, a + k + 4 * b, 4);
+    const uint8_t* qs = grp + reg.qs + ub * reg.qs_block;
+    int32_t total = 0, msum = 0;
+    for (int j = 0; j < 8; ++j) {  // sub-block j
+      int32_t isum = 0;
+      for (int i = 0; i < 8; ++i) {
+        for (int c = 0; c < 4; ++c) {
+          const uint8_t byte = qs[64 * (8 * (j / 2) + i) + 4 * r + c];
+          const int q = j % 2 == 0 ? (byte & 0xF) : (byte >> 4);
+          isum += q * aq[256 * b + 32 * j + 4 * i + c];
+        }
+      }
+      total += isum * grp[reg.sc + ub * 128 + 16 * static_cast<size_t>(j) + static_cast<size_t>(r)];
+      int16_t bsum;
+      std::memcpy(&bsum, a + k + 4 * nb + 16 * b + 2 * j, 2);
+      msum += bsum * grp[reg.mn + ub * 128 + 32 * static_cast<size_t>(j / 2) + 2 * static_cast<size_t>(r) + j % 2];
+    }
+    const float dw = fp16_to_fp32(load_u16(grp + reg.d + (ub * kPackRows + static_cast<size_t>(r)) * 2));
+    const float dmin = fp16_to_fp32(load_u16(grp + reg.m + (ub * kPackRows + static_cast<size_t>(r)) * 2));
+    acc = std::fma(static_cast<float>(total), dw * dx, acc);
+    acc = std::fma(-static_cast<float>(msum), dmin * dx, acc);
+  }
+  return acc;
 }
 
 }  // namespace
 
-void packed_quantize_ref(DType type, const float* x, void* out, int64_t k) {
-  quantize_with(dot_kernel(DType::Q8_0, CpuLevel::Scalar).quantize, type, x, out, k);
-}
+void packed_quantize_ref(DType type, const float* x, void* out, int64_t k) { quantize_at(CpuLevel::Scalar, type, x, out, k); }
 
 void packed_gemm_ref(DType type, const void* w, int64_t k, int64_t m, int64_t g0, int64_t g1, const void* xa,
                      size_t act_stride, int64_t n, float* y, int64_t y_stride) {
-  check_k(k);
   const PackedFormat f = format(type);
-  const int64_t nb = k / kBlock;
+  const int64_t nb = blocks(f, k);
   const PackedRegions reg = packed_regions(f, nb);
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* grp = static_cast<const uint8_t*>(w) + static_cast<size_t>(g) * reg.total;
@@ -212,6 +339,10 @@ void packed_gemm_ref(DType type, const void* w, int64_t k, int64_t m, int64_t g0
       for (int r = 0; r < kPackRows; ++r) {
         const int64_t row = g * kPackRows + r;
         if (row >= m) break;
+        if (f.k4) {
+          y[t * y_stride + row] = dot_k4_ref(grp, reg, r, nb, k, a);
+          continue;
+        }
         float acc = 0.0f;
         for (int64_t b = 0; b < nb; ++b) {
           const auto ub = static_cast<size_t>(b);
@@ -256,9 +387,7 @@ void packed_gemm_ref(DType type, const void* w, int64_t k, int64_t m, int64_t g0
 namespace {
 
 #if defined(HEARTH_X86_KERNELS)
-void quantize_avx512(DType type, const float* x, void* out, int64_t k) {
-  quantize_with(dot_kernel(DType::Q8_0, CpuLevel::Avx512).quantize, type, x, out, k);
-}
+void quantize_avx512(DType type, const float* x, void* out, int64_t k) { quantize_at(CpuLevel::Avx512, type, x, out, k); }
 #endif
 
 }  // namespace
@@ -271,12 +400,14 @@ const PackedKernel* packed_kernel(DType type, CpuLevel level) {
     static const PackedKernel q5_0{quantize_avx512, x86::avx512::packed_gemm_q5_0};
     static const PackedKernel q5_1{quantize_avx512, x86::avx512::packed_gemm_q5_1};
     static const PackedKernel q8_0{quantize_avx512, x86::avx512::packed_gemm_q8_0};
+    static const PackedKernel q4_k{quantize_avx512, x86::avx512::packed_gemm_q4_K};
     switch (type) {
       case DType::Q4_0: return &q4_0;
       case DType::Q4_1: return &q4_1;
       case DType::Q5_0: return &q5_0;
       case DType::Q5_1: return &q5_1;
       case DType::Q8_0: return &q8_0;
+      case DType::Q4_K: return &q4_k;
       default: return nullptr;
     }
   }

@@ -13,6 +13,7 @@
 
 #include "core/dtype.h"
 #include "core/fp16.h"
+#include "core/quant_blocks.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/dot_ref.h"
@@ -22,11 +23,27 @@
 namespace hearth::kernels {
 namespace {
 
-constexpr DType kTypes[] = {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0};
+constexpr DType kTypes[] = {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::Q4_K};
+
+// A row length of `blocks` blocks of the type (32 or 256 elements each).
+int64_t row_of(DType type, int64_t blocks) { return dtype_block_size(type) * blocks; }
 
 // m rows of k random values quantized to `type` (every block valid, scales of both signs).
 std::vector<uint8_t> random_rows(DType type, int64_t k, int64_t m, std::mt19937& rng) {
   std::normal_distribution<float> normal(0.0f, 1.0f);
+  if (type == DType::Q4_K) {
+    // No reference quantizer: random bytes (any scale bytes are valid six-bit values) with sane
+    // f16 d and dmin.
+    std::vector<uint8_t> out(dtype_row_bytes(type, k) * static_cast<size_t>(m));
+    std::uniform_int_distribution<int> byte(0, 255);
+    for (auto& b : out) b = static_cast<uint8_t>(byte(rng));
+    for (size_t b = 0; b < out.size() / sizeof(BlockQ4_K); ++b) {
+      const uint16_t d = fp32_to_fp16(0.01f * normal(rng)), dmin = fp32_to_fp16(0.01f * std::fabs(normal(rng)));
+      std::memcpy(out.data() + b * sizeof(BlockQ4_K) + offsetof(BlockQ4_K, d), &d, 2);
+      std::memcpy(out.data() + b * sizeof(BlockQ4_K) + offsetof(BlockQ4_K, dmin), &dmin, 2);
+    }
+    return out;
+  }
   std::vector<float> row(static_cast<size_t>(k));
   const size_t row_bytes = dtype_row_bytes(type, k);
   std::vector<uint8_t> out(row_bytes * static_cast<size_t>(m));
@@ -54,7 +71,7 @@ struct Packed {
 
 // Activations of n tokens in the packed format, through the scalar quantizer.
 std::vector<uint8_t> packed_acts(DType type, const std::vector<float>& x, int64_t k, int64_t n) {
-  const size_t stride = packed_act_row_bytes(k);
+  const size_t stride = packed_act_row_bytes(type, k);
   std::vector<uint8_t> out(stride * static_cast<size_t>(n));
   for (int64_t t = 0; t < n; ++t) packed_quantize_ref(type, x.data() + t * k, out.data() + static_cast<size_t>(t) * stride, k);
   return out;
@@ -66,10 +83,13 @@ TEST_P(PackedType, LayoutRoundTripsEveryRow) {
   const DType type = GetParam();
   std::mt19937 rng(1);
   for (const int64_t m : {1, 15, 16, 17, 37}) {
-    const int64_t k = 96;
+    const int64_t k = row_of(type, 3);
     const std::vector<uint8_t> native = random_rows(type, k, m, rng);
     const Packed packed(type, native, k, m);
-    EXPECT_EQ(packed.bytes.size(), static_cast<size_t>(packed_groups(m)) * kPackRows * dtype_row_bytes(type, k));
+    // The native size for whole groups; Q4_K's scales and mins unpacked to bytes add 64 per
+    // super-block of 16 rows.
+    const size_t native_group = kPackRows * dtype_row_bytes(type, k) + (type == DType::Q4_K ? 64 * 3 : 0);
+    EXPECT_EQ(packed.bytes.size(), static_cast<size_t>(packed_groups(m)) * native_group);
     std::vector<uint8_t> row(dtype_row_bytes(type, k));
     for (int64_t r = 0; r < m; ++r) {
       unpack_row(type, packed.bytes.data(), k, r, row.data());
@@ -83,13 +103,13 @@ TEST_P(PackedType, LayoutRoundTripsEveryRow) {
 TEST_P(PackedType, ScalarModelAgreesWithReferenceDots) {
   const DType type = GetParam();
   std::mt19937 rng(2);
-  const int64_t k = 32 * 11, m = 21, n = 3;
+  const int64_t k = row_of(type, 11), m = 21, n = 3;
   const std::vector<uint8_t> native = random_rows(type, k, m, rng);
   const Packed packed(type, native, k, m);
   const std::vector<float> x = random_floats(k * n, rng);
   const std::vector<uint8_t> xa = packed_acts(type, x, k, n);
   std::vector<float> y(static_cast<size_t>(m * n), NAN);
-  packed_gemm_ref(type, packed.bytes.data(), k, m, 0, packed_groups(m), xa.data(), packed_act_row_bytes(k), n, y.data(), m);
+  packed_gemm_ref(type, packed.bytes.data(), k, m, 0, packed_groups(m), xa.data(), packed_act_row_bytes(type, k), n, y.data(), m);
   const DType xq_type = ref::vec_dot_type(type);
   std::vector<uint8_t> xq(dtype_row_bytes(xq_type, k));
   std::vector<float> wf(static_cast<size_t>(k)), xf(static_cast<size_t>(k));
@@ -118,14 +138,14 @@ TEST_P(PackedType, SimdKernelsGiveTheScalarModelsBits) {
     if (kernel == nullptr) continue;
     ++levels;
     std::mt19937 rng(3);
-    const int64_t k = 32 * 13, m = 53;  // four groups, the last one of five rows
+    const int64_t k = row_of(type, 5), m = 53;  // four groups, the last one of five rows
     const std::vector<uint8_t> native = random_rows(type, k, m, rng);
     const Packed packed(type, native, k, m);
     std::vector<uint8_t> w_off(packed.bytes.size() + 3);
     std::memcpy(w_off.data() + 3, packed.bytes.data(), packed.bytes.size());
     const int64_t max_n = 19;
     const std::vector<float> x = random_floats(k * max_n, rng);
-    const size_t stride = packed_act_row_bytes(k);
+    const size_t stride = packed_act_row_bytes(type, k);
     // The level's quantizer writes the scalar one's bytes.
     const std::vector<uint8_t> xa = packed_acts(type, x, k, max_n);
     std::vector<uint8_t> xa_simd(xa.size() + 1);
@@ -160,7 +180,7 @@ TEST_P(PackedType, BackendMatmulIsBatchAndThreadInvariant) {
   const CpuLevel level = cpu_level();
   if (packed_kernel(type, level) == nullptr) GTEST_SKIP() << "no packed kernel for this type at " << cpu_level_name(level);
   std::mt19937 rng(4);
-  const int64_t k = 32 * 9, m = 70, max_n = 11;
+  const int64_t k = row_of(type, 9), m = 70, max_n = 11;
   const std::vector<uint8_t> native = random_rows(type, k, m, rng);
   const std::vector<float> x = random_floats(k * max_n, rng);
   auto run = [&](CpuBackend& backend, int64_t first, int64_t n) {
@@ -195,7 +215,7 @@ TEST_P(PackedType, BackendMatmulIsBatchAndThreadInvariant) {
 TEST_P(PackedType, GetRowsReadsPackedTablesExactly) {
   const DType type = GetParam();
   std::mt19937 rng(5);
-  const int64_t k = 64, m = 35;
+  const int64_t k = row_of(type, 2), m = 35;
   const std::vector<uint8_t> native = random_rows(type, k, m, rng);
   CpuBackend packed_backend(2), plain_backend(2, cpu_level(), false);
   const Tensor packed = packed_backend.weight(type, {k, m, 1, 1}, native.data(), nullptr);

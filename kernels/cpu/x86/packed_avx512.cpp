@@ -96,6 +96,64 @@ void group_tile(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_
   for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(y + t * y_stride, rows, acc[t]);
 }
 
+// Q4_K: per sub-block of 32 the same eight products, then the sub-block's 6-bit scales
+// (vpmulld into an int32 total per super-block); the mins meet the token's sums of 32 through
+// four vpdpwssd (pairs of sub-blocks); then one conversion and two FMAs per token and
+// super-block. Integer results are exact, so the order of the sums is free.
+template <int T>
+void group_tile_k4(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k, const uint8_t* xa,
+                   size_t act_stride, float* y, int64_t y_stride, __mmask16 rows) {
+  const size_t sums_at = static_cast<size_t>(k) + 4 * static_cast<size_t>(nb);
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  __m512 acc[T];
+  for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const auto ub = static_cast<size_t>(b);
+    const uint8_t* next = grp + reg.total + reg.qs + ub * reg.qs_block;
+    for (size_t line = 0; line < reg.qs_block; line += 64) _mm_prefetch(reinterpret_cast<const char*>(next + line), _MM_HINT_T0);
+    __m512i total[T];
+    for (int t = 0; t < T; ++t) total[t] = _mm512_setzero_si512();
+    for (int j = 0; j < 8; ++j) {
+      const uint8_t* qs = grp + reg.qs + ub * reg.qs_block + 512 * static_cast<size_t>(j / 2);
+      __m512i w[8];
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) {
+        const __m512i p = _mm512_loadu_si512(qs + 64 * i);
+        w[i] = _mm512_and_si512(j % 2 == 0 ? p : _mm512_srli_epi16(p, 4), low4);
+      }
+      const __m512i sc = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(grp + reg.sc + ub * 128 + 16 * static_cast<size_t>(j))));
+      const auto token = [&]<int t>(std::integral_constant<int, t>) {
+        const uint8_t* aq = xa + static_cast<size_t>(t) * act_stride + 256 * ub + 32 * static_cast<size_t>(j);
+        __m512i s[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; ++i) s[i % 4] = _mm512_dpbusd_epi32(s[i % 4], w[i], _mm512_set1_epi32(load_i32(aq + 4 * i)));
+        const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(s[0], s[1]), _mm512_add_epi32(s[2], s[3]));
+        total[t] = _mm512_add_epi32(total[t], _mm512_mullo_epi32(sum, sc));
+      };
+      [&]<int... I>(std::integer_sequence<int, I...>) { (token(std::integral_constant<int, I>{}), ...); }(
+          std::make_integer_sequence<int, T>{});
+    }
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(grp + reg.d + ub * 32)));
+    const __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(grp + reg.m + ub * 32)));
+    __m512i mn[4];
+    for (int q = 0; q < 4; ++q) {
+      mn[q] = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(grp + reg.mn + ub * 128 + 32 * static_cast<size_t>(q))));
+    }
+    const auto finish = [&]<int t>(std::integral_constant<int, t>) {
+      const uint8_t* a = xa + static_cast<size_t>(t) * act_stride;
+      const uint8_t* sums = a + sums_at + 16 * ub;
+      __m512i msum = _mm512_setzero_si512();
+      for (int q = 0; q < 4; ++q) msum = _mm512_dpwssd_epi32(msum, mn[q], _mm512_set1_epi32(load_i32(sums + 4 * q)));
+      const __m512 dx = _mm512_set1_ps(load_f32(a + k + 4 * ub));
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total[t]), _mm512_mul_ps(dw, dx), acc[t]);
+      acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(dmin, dx), acc[t]);
+    };
+    [&]<int... I>(std::integer_sequence<int, I...>) { (finish(std::integral_constant<int, I>{}), ...); }(
+        std::make_integer_sequence<int, T>{});
+  }
+  for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(y + t * y_stride, rows, acc[t]);
+}
+
 template <DType Type, int T>
 void group_tiles(const uint8_t* w, const PackedRegions& reg, int64_t nb, int64_t k, int64_t m, int64_t g0, int64_t g1,
                  const uint8_t* xa, size_t act_stride, float* y, int64_t y_stride) {
@@ -103,15 +161,20 @@ void group_tiles(const uint8_t* w, const PackedRegions& reg, int64_t nb, int64_t
     const int64_t row0 = g * kPackRows;
     const int64_t valid = std::min<int64_t>(kPackRows, m - row0);
     const auto rows = static_cast<__mmask16>((1u << valid) - 1u);
-    group_tile<Type, T>(w + static_cast<size_t>(g) * reg.total, reg, nb, k, xa, act_stride, y + row0, y_stride, rows);
+    if constexpr (packed_format(Type).k4) {
+      group_tile_k4<T>(w + static_cast<size_t>(g) * reg.total, reg, nb, k, xa, act_stride, y + row0, y_stride, rows);
+    } else {
+      group_tile<Type, T>(w + static_cast<size_t>(g) * reg.total, reg, nb, k, xa, act_stride, y + row0, y_stride, rows);
+    }
   }
 }
 
 template <DType Type>
 void gemm(const void* w, int64_t k, int64_t m, int64_t g0, int64_t g1, const void* xa, size_t act_stride, int64_t n,
           float* y, int64_t y_stride) {
-  const int64_t nb = k / 32;
-  const PackedRegions reg = packed_regions(packed_format(Type), nb);
+  constexpr PackedFormat f = packed_format(Type);
+  const int64_t nb = k / f.block;
+  const PackedRegions reg = packed_regions(f, nb);
   const auto* wb = static_cast<const uint8_t*>(w);
   const auto* ab = static_cast<const uint8_t*>(xa);
   // Groups in chunks of about 256 KiB, which stay in L2 while every tile of tokens passes over
@@ -155,6 +218,7 @@ HEARTH_X86_DEFINE_PACKED_GEMM(q4_1, Q4_1)
 HEARTH_X86_DEFINE_PACKED_GEMM(q5_0, Q5_0)
 HEARTH_X86_DEFINE_PACKED_GEMM(q5_1, Q5_1)
 HEARTH_X86_DEFINE_PACKED_GEMM(q8_0, Q8_0)
+HEARTH_X86_DEFINE_PACKED_GEMM(q4_K, Q4_K)
 #undef HEARTH_X86_DEFINE_PACKED_GEMM
 
 }  // namespace hearth::kernels::x86::avx512
