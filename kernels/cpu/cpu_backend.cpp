@@ -5,6 +5,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <unordered_map>
 #include <vector>
 
 #include "core/error.h"
@@ -69,10 +71,64 @@ std::shared_ptr<void> allocate_lasting(size_t bytes) {
 
 }  // namespace
 
+// Buffers of released tensors, kept by exact size for the next new_tensor of that size: a
+// forward pass allocates the same activation shapes step after step, and large malloc blocks
+// go back to the system when freed, so each step would fault in (and the kernel zero) fresh
+// pages. Bounded; a tensor that outlives the backend frees its buffer directly (the pool is
+// only reached through a weak pointer).
+class CpuBackend::BufferPool {
+ public:
+  static constexpr size_t kMinBytes = size_t{64} << 10;   // smaller ones: malloc keeps them anyway
+  static constexpr size_t kMaxCached = size_t{512} << 20;  // cached bytes at most
+
+  static std::shared_ptr<void> get(const std::shared_ptr<BufferPool>& pool, size_t bytes) {
+    if (bytes < kMinBytes) return allocate(bytes);
+    const size_t rounded = (bytes + 63) / 64 * 64;
+    void* p = pool->take(rounded);
+    if (p == nullptr) p = allocate_raw(rounded);
+    std::weak_ptr<BufferPool> weak = pool;
+    return {p, [weak, rounded](void* q) {
+              if (const auto alive = weak.lock(); alive && alive->keep(q, rounded)) return;
+              std::free(q);
+            }};
+  }
+
+  ~BufferPool() {
+    for (auto& [size, p] : free_) std::free(p);
+  }
+
+ private:
+  static void* allocate_raw(size_t rounded) {
+    void* p = std::aligned_alloc(64, rounded);
+    HEARTH_CHECK(p != nullptr, "out of memory allocating {} bytes", rounded);
+    return p;
+  }
+  void* take(size_t rounded) {
+    std::lock_guard lock(mutex_);
+    const auto it = free_.find(rounded);
+    if (it == free_.end()) return nullptr;
+    void* p = it->second;
+    free_.erase(it);
+    cached_ -= rounded;
+    return p;
+  }
+  bool keep(void* p, size_t rounded) {
+    std::lock_guard lock(mutex_);
+    if (cached_ + rounded > kMaxCached) return false;
+    free_.emplace(rounded, p);
+    cached_ += rounded;
+    return true;
+  }
+
+  std::mutex mutex_;
+  std::unordered_multimap<size_t, void*> free_;
+  size_t cached_ = 0;
+};
+
 CpuBackend::CpuBackend(int n_threads) : CpuBackend(n_threads, cpu_level()) {}
 
 CpuBackend::CpuBackend(int n_threads, CpuLevel level, bool pack_weights)
-    : pool_(n_threads), level_(level), pack_weights_(pack_weights) {
+    : pool_(n_threads), level_(level), pack_weights_(pack_weights), buffers_(std::make_shared<BufferPool>()) {
   if (!cpu_level_supported(level)) {
     throw Error(fmt::format("CPU level {} requested, this CPU lacks it (best level here: {})", cpu_level_name(level),
                             cpu_level_name(cpu_supported_level())));
@@ -87,7 +143,7 @@ Tensor CpuBackend::new_tensor(DType type, std::array<int64_t, 4> ne) {
   Tensor t;
   t.type = type;
   t.ne = ne;
-  auto memory = allocate(t.n_bytes());
+  auto memory = BufferPool::get(buffers_, t.n_bytes());
   t.data = memory.get();
   t.storage = std::move(memory);
   return t;
@@ -150,12 +206,13 @@ void CpuBackend::matmul(const Tensor& w, const Tensor& x, Tensor& y) {
     const PackedKernel* packed = packed_kernel(w.type, level_);
     HEARTH_CHECK(packed != nullptr, "a packed {} weight without packed kernels", dtype_name(w.type));
     const size_t act_bytes = packed_act_row_bytes(w.type, k);
-    std::vector<uint8_t> xa(act_bytes * static_cast<size_t>(n));
+    const std::shared_ptr<void> buffer = BufferPool::get(buffers_, act_bytes * static_cast<size_t>(n));
+    auto* xa = static_cast<uint8_t*>(buffer.get());
     pool_.parallel_for(n, [&](int64_t t0, int64_t t1, int) {
-      for (int64_t t = t0; t < t1; ++t) packed->quantize(w.type, xs + t * k, xa.data() + static_cast<size_t>(t) * act_bytes, k);
+      for (int64_t t = t0; t < t1; ++t) packed->quantize(w.type, xs + t * k, xa + static_cast<size_t>(t) * act_bytes, k);
     });
     pool_.parallel_for(packed_groups(m), [&](int64_t g0, int64_t g1, int) {
-      packed->gemm(w.data, k, m, g0, g1, xa.data(), act_bytes, n, ys, m);
+      packed->gemm(w.data, k, m, g0, g1, xa, act_bytes, n, ys, m);
     });
     return;
   }

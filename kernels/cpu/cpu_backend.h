@@ -52,9 +52,12 @@ class CpuBackend final : public Backend {
   CpuLevel level() const { return level_; }
 
  private:
+  class BufferPool;
+
   ThreadPool pool_;
   CpuLevel level_;
   bool pack_weights_;
+  std::shared_ptr<BufferPool> buffers_;
 };
 
 }  // namespace hearth::kernels
