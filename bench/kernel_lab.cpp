@@ -42,6 +42,15 @@ std::vector<uint8_t> random_weight(DType type, int64_t k, int64_t m, uint32_t se
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::vector<float> row(static_cast<size_t>(k));
   std::vector<uint8_t> out(dtype_row_bytes(type, k) * static_cast<size_t>(m));
+  if (type == DType::Q6_K) {  // no reference quantizer: random bytes, a sane f16 d
+    std::uniform_int_distribution<int> byte(0, 255);
+    for (auto& b : out) b = static_cast<uint8_t>(byte(rng));
+    for (size_t b = 0; b < out.size() / sizeof(BlockQ6_K); ++b) {
+      const uint16_t d = fp32_to_fp16(0.001f);
+      std::memcpy(out.data() + b * sizeof(BlockQ6_K) + offsetof(BlockQ6_K, d), &d, 2);
+    }
+    return out;
+  }
   if (type == DType::Q4_K) {  // no reference quantizer: random bytes, sane f16 d and dmin
     std::uniform_int_distribution<int> byte(0, 255);
     for (auto& b : out) b = static_cast<uint8_t>(byte(rng));
@@ -209,7 +218,7 @@ const bool registered = [] {
       {"smollm2", 576, 1536}, {"smollm2", 1536, 576}, {"smollm2", 576, 49152},
       {"llama1b", 2048, 8192}, {"llama1b", 8192, 2048}, {"llama1b", 2048, 512},
   };
-  const DType types[] = {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q8_0, DType::Q4_K};
+  const DType types[] = {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q8_0, DType::Q4_K, DType::Q6_K};
   for (DType type : types) {
     for (const Shape& s : shapes) {
       for (const bool packed : {true, false}) {

@@ -54,7 +54,8 @@ bool packable_type(DType type) {
     case DType::Q5_0:
     case DType::Q5_1:
     case DType::Q8_0:
-    case DType::Q4_K: return true;
+    case DType::Q4_K:
+    case DType::Q6_K: return true;
     default: return false;
   }
 }
@@ -95,7 +96,7 @@ size_t packed_bytes(DType type, int64_t k, int64_t m) {
 size_t packed_act_row_bytes(DType type, int64_t k) {
   const PackedFormat f = format(type);
   const auto nb = static_cast<size_t>(blocks(f, k));
-  return static_cast<size_t>(k) + (f.k4 ? 4 * nb + 16 * nb : 8 * nb);
+  return static_cast<size_t>(k) + (f.k4 ? 4 * nb + 16 * nb : f.k6 ? 4 * nb + 64 * nb : 8 * nb);
 }
 
 namespace {
@@ -151,10 +152,50 @@ void unpack_row_k4(const void* packed, int64_t k, int64_t row, void* dst) {
   }
 }
 
+void pack_groups_k6(const void* src, int64_t k, int64_t m, void* dst, int64_t g0, int64_t g1) {
+  const PackedFormat f = packed_format(DType::Q6_K);
+  const int64_t nb = blocks(f, k);
+  const PackedRegions reg = packed_regions(f, nb);
+  const size_t row_bytes = sizeof(BlockQ6_K) * static_cast<size_t>(nb);
+  for (int64_t g = g0; g < g1; ++g) {
+    uint8_t* out = static_cast<uint8_t*>(dst) + static_cast<size_t>(g) * reg.total;
+    std::memset(out, 0, reg.total);
+    for (int r = 0; r < kPackRows; ++r) {
+      const int64_t row = g * kPackRows + r;
+      if (row >= m) break;
+      for (int64_t b = 0; b < nb; ++b) {
+        const auto ub = static_cast<size_t>(b);
+        const uint8_t* blk = static_cast<const uint8_t*>(src) + static_cast<size_t>(row) * row_bytes + ub * sizeof(BlockQ6_K);
+        for (size_t c = 0; c < 32; ++c) std::memcpy(out + reg.qs + ub * reg.qs_block + 64 * c + 4 * r, blk + offsetof(BlockQ6_K, ql) + 4 * c, 4);
+        for (size_t c = 0; c < 16; ++c) std::memcpy(out + reg.qh + ub * 1024 + 64 * c + 4 * r, blk + offsetof(BlockQ6_K, qh) + 4 * c, 4);
+        for (size_t j = 0; j < 16; ++j) out[reg.sc + ub * 256 + 16 * j + r] = blk[offsetof(BlockQ6_K, scales) + j];
+        std::memcpy(out + reg.d + (ub * kPackRows + r) * 2, blk + offsetof(BlockQ6_K, d), 2);
+      }
+    }
+  }
+}
+
+void unpack_row_k6(const void* packed, int64_t k, int64_t row, void* dst) {
+  const PackedFormat f = packed_format(DType::Q6_K);
+  const int64_t nb = blocks(f, k);
+  const PackedRegions reg = packed_regions(f, nb);
+  const auto* in = static_cast<const uint8_t*>(packed) + static_cast<size_t>(row / kPackRows) * reg.total;
+  const auto r = static_cast<size_t>(row % kPackRows);
+  for (int64_t b = 0; b < nb; ++b) {
+    const auto ub = static_cast<size_t>(b);
+    uint8_t* blk = static_cast<uint8_t*>(dst) + ub * sizeof(BlockQ6_K);
+    for (size_t c = 0; c < 32; ++c) std::memcpy(blk + offsetof(BlockQ6_K, ql) + 4 * c, in + reg.qs + ub * reg.qs_block + 64 * c + 4 * r, 4);
+    for (size_t c = 0; c < 16; ++c) std::memcpy(blk + offsetof(BlockQ6_K, qh) + 4 * c, in + reg.qh + ub * 1024 + 64 * c + 4 * r, 4);
+    for (size_t j = 0; j < 16; ++j) blk[offsetof(BlockQ6_K, scales) + j] = in[reg.sc + ub * 256 + 16 * j + r];
+    std::memcpy(blk + offsetof(BlockQ6_K, d), in + reg.d + (ub * kPackRows + r) * 2, 2);
+  }
+}
+
 }  // namespace
 
 void pack_groups(DType type, const void* src, int64_t k, int64_t m, void* dst, int64_t g0, int64_t g1) {
   if (type == DType::Q4_K) return pack_groups_k4(src, k, m, dst, g0, g1);
+  if (type == DType::Q6_K) return pack_groups_k6(src, k, m, dst, g0, g1);
   const PackedFormat f = format(type);
   const Native nat = native(type);
   const int64_t nb = blocks(f, k);
@@ -198,6 +239,7 @@ void pack_groups(DType type, const void* src, int64_t k, int64_t m, void* dst, i
 
 void unpack_row(DType type, const void* packed, int64_t k, int64_t row, void* dst) {
   if (type == DType::Q4_K) return unpack_row_k4(packed, k, row, dst);
+  if (type == DType::Q6_K) return unpack_row_k6(packed, k, row, dst);
   const PackedFormat f = format(type);
   const Native nat = native(type);
   const int64_t nb = blocks(f, k);
@@ -256,8 +298,9 @@ void to_packed_act(PackedFormat f, const uint8_t* q8, int64_t k, void* out) {
   }
 }
 
-// Q8_K blocks -> a packed activation row for Q4_K: quants, scales, sums of 32.
-void to_packed_act_k(const uint8_t* q8k, int64_t k, void* out) {
+// Q8_K blocks -> a packed activation row for Q4_K (quants, scales, int16 sums of 32) or Q6_K
+// (quants, scales, int32 -32 x Q8_K's sums of 16).
+void to_packed_act_k(bool sums_of_16, const uint8_t* q8k, int64_t k, void* out) {
   const int64_t nb = k / 256;
   auto* qs = static_cast<uint8_t*>(out);
   uint8_t* d = qs + k;
@@ -268,6 +311,13 @@ void to_packed_act_k(const uint8_t* q8k, int64_t k, void* out) {
     std::memcpy(d + 4 * b, blk + offsetof(BlockQ8_K, d), 4);
     int16_t bs[16];
     std::memcpy(bs, blk + offsetof(BlockQ8_K, bsums), sizeof(bs));
+    if (sums_of_16) {  // Q6_K: the int32 -32 * sum of each 16, the quants' offset
+      for (int j = 0; j < 16; ++j) {
+        const int32_t c = -32 * bs[j];
+        std::memcpy(sums + 64 * b + 4 * j, &c, 4);
+      }
+      continue;
+    }
     for (int j = 0; j < 8; ++j) {
       const auto sum = static_cast<int16_t>(bs[2 * j] + bs[2 * j + 1]);  // |sum| <= 32 * 127
       std::memcpy(sums + 16 * b + 2 * j, &sum, 2);
@@ -279,10 +329,10 @@ void quantize_at(CpuLevel level, DType type, const float* x, void* out, int64_t 
   const PackedFormat f = format(type);
   const int64_t nb = blocks(f, k);
   thread_local std::vector<uint8_t> row;  // the row in the level's activation format, reused
-  if (f.k4) {
+  if (f.k4 || f.k6) {
     row.resize(static_cast<size_t>(nb) * sizeof(BlockQ8_K));
-    dot_kernel(DType::Q4_K, level).quantize(x, row.data(), k);
-    to_packed_act_k(row.data(), k, out);
+    dot_kernel(type, level).quantize(x, row.data(), k);
+    to_packed_act_k(f.k6, row.data(), k, out);
   } else {
     row.resize(static_cast<size_t>(nb) * sizeof(BlockQ8_0));
     dot_kernel(DType::Q8_0, level).quantize(x, row.data(), k);
@@ -322,6 +372,38 @@ float dot_k4_ref(const uint8_t* grp, const PackedRegions& reg, int r, int64_t nb
   return acc;
 }
 
+// The 6-bit quant of element e (0..255) of lane r in a packed Q6_K super-block: the native
+// layout's low four bits from ql, high two from qh (as dequantize_row_q6_K reads them).
+int q6_at(const uint8_t* ql, const uint8_t* qh, int r, int e) {
+  const int h = e / 128, quarter = e % 128 / 32, l = e % 32;
+  const int ql_byte = 64 * h + 32 * (quarter % 2) + l, qh_byte = 32 * h + l;
+  const uint8_t lo = ql[64 * (ql_byte / 4) + 4 * r + ql_byte % 4];
+  const uint8_t hi = qh[64 * (qh_byte / 4) + 4 * r + qh_byte % 4];
+  return ((lo >> (4 * (quarter / 2))) & 0xF) | (((hi >> (2 * quarter)) & 3) << 4);
+}
+
+float dot_k6_ref(const uint8_t* grp, const PackedRegions& reg, int r, int64_t nb, int64_t k, const uint8_t* a) {
+  const auto* aq = reinterpret_cast<const int8_t*>(a);
+  float acc = 0.0f;
+  for (int64_t b = 0; b < nb; ++b) {
+    const auto ub = static_cast<size_t>(b);
+    float dx;
+    std::memcpy(&dx, a + k + 4 * b, 4);
+    int32_t total = 0;
+    for (int j = 0; j < 16; ++j) {
+      int32_t isum;  // starts at -32 * sum(q_x): the quants' offset
+      std::memcpy(&isum, a + k + 4 * nb + 64 * b + 4 * j, 4);
+      for (int e = 16 * j; e < 16 * j + 16; ++e) {
+        isum += q6_at(grp + reg.qs + ub * reg.qs_block, grp + reg.qh + ub * 1024, r, e) * aq[256 * b + e];
+      }
+      total += isum * static_cast<int8_t>(grp[reg.sc + ub * 256 + 16 * static_cast<size_t>(j) + static_cast<size_t>(r)]);
+    }
+    const float dw = fp16_to_fp32(load_u16(grp + reg.d + (ub * kPackRows + static_cast<size_t>(r)) * 2));
+    acc = std::fma(static_cast<float>(total), dw * dx, acc);
+  }
+  return acc;
+}
+
 }  // namespace
 
 void packed_quantize_ref(DType type, const float* x, void* out, int64_t k) { quantize_at(CpuLevel::Scalar, type, x, out, k); }
@@ -339,8 +421,8 @@ void packed_gemm_ref(DType type, const void* w, int64_t k, int64_t m, int64_t g0
       for (int r = 0; r < kPackRows; ++r) {
         const int64_t row = g * kPackRows + r;
         if (row >= m) break;
-        if (f.k4) {
-          y[t * y_stride + row] = dot_k4_ref(grp, reg, r, nb, k, a);
+        if (f.k4 || f.k6) {
+          y[t * y_stride + row] = f.k4 ? dot_k4_ref(grp, reg, r, nb, k, a) : dot_k6_ref(grp, reg, r, nb, k, a);
           continue;
         }
         float acc = 0.0f;
@@ -401,6 +483,7 @@ const PackedKernel* packed_kernel(DType type, CpuLevel level) {
     static const PackedKernel q5_1{quantize_avx512, x86::avx512::packed_gemm_q5_1};
     static const PackedKernel q8_0{quantize_avx512, x86::avx512::packed_gemm_q8_0};
     static const PackedKernel q4_k{quantize_avx512, x86::avx512::packed_gemm_q4_K};
+    static const PackedKernel q6_k{quantize_avx512, x86::avx512::packed_gemm_q6_K};
     switch (type) {
       case DType::Q4_0: return &q4_0;
       case DType::Q4_1: return &q4_1;
@@ -408,6 +491,7 @@ const PackedKernel* packed_kernel(DType type, CpuLevel level) {
       case DType::Q5_1: return &q5_1;
       case DType::Q8_0: return &q8_0;
       case DType::Q4_K: return &q4_k;
+      case DType::Q6_K: return &q6_k;
       default: return nullptr;
     }
   }

@@ -26,11 +26,16 @@
 // sub-blocks 2 q and 2 q + 1 of row r at 32 q + 2 r, as pairs for vpdpwssd). 2368 bytes per
 // super-block of 16 rows, 2.8% over the native 2304.
 //
+// Q6_K (nb = k / 256): ql nb x 2048 (the 64 bytes at 64 c hold, at 4 r + c', byte 4 c + c' of
+// row r's native ql), qh nb x 1024 (likewise 16 chunks of its native qh), sc nb x 16 x 16 int8
+// (sub-block j's scale of row r at 16 j + r), d nb x 16 f16: exactly the native size.
+//
 // Activations for a packed matmul are quantized per token to a row of packed_act_row_bytes:
 // k int8 (Q8_0's rounding), then nb float scales (Q8_0's f16 scale widened), then nb 32-bit
 // corrections: for types with an offset (Q4_0: 8, Q5_0: 16, Q8_0: 128, stored quants = q + o)
 // the int32 -o * sum(q_x); for types with a min (Q4_1, Q5_1) the float d_x * sum(q_x). For
-// Q4_K: k int8 and nb float scales as Q8_K, then nb x 8 int16 sums of each 32 quants.
+// Q4_K: k int8 and nb float scales as Q8_K, then nb x 8 int16 sums of each 32 quants; for
+// Q6_K the same, then nb x 16 int32 -32 x the sum of each 16 quants.
 #pragma once
 
 #include <cstddef>
@@ -55,17 +60,19 @@ struct PackedFormat {
   bool has_min = false;  // Q4_1, Q5_1
   bool has_qh = false;   // Q5_0, Q5_1
   bool k4 = false;       // Q4_K: super-blocks of 256 with 6-bit sub-block scales and mins
+  bool k6 = false;       // Q6_K: super-blocks of 256, 16 sub-blocks with int8 scales
   int offset = 0;        // stored quant = value + offset (32-element types without a min)
   int block = 32;        // elements per block
 };
 [[gnu::always_inline]] constexpr PackedFormat packed_format(DType type) {
   switch (type) {
-    case DType::Q4_0: return {false, false, false, false, 8, 32};
-    case DType::Q4_1: return {false, true, false, false, 0, 32};
-    case DType::Q5_0: return {false, false, true, false, 16, 32};
-    case DType::Q5_1: return {false, true, true, false, 0, 32};
-    case DType::Q8_0: return {true, false, false, false, 128, 32};
-    case DType::Q4_K: return {false, true, false, true, 0, 256};
+    case DType::Q4_0: return {false, false, false, false, false, 8, 32};
+    case DType::Q4_1: return {false, true, false, false, false, 0, 32};
+    case DType::Q5_0: return {false, false, true, false, false, 16, 32};
+    case DType::Q5_1: return {false, true, true, false, false, 0, 32};
+    case DType::Q8_0: return {true, false, false, false, false, 128, 32};
+    case DType::Q4_K: return {false, true, false, true, false, 0, 256};
+    case DType::Q6_K: return {false, false, true, false, true, 32, 256};
     default: return {};
   }
 }
@@ -77,12 +84,12 @@ struct PackedRegions {
 [[gnu::always_inline]] constexpr PackedRegions packed_regions(PackedFormat f, int64_t nb) {
   const auto n = static_cast<size_t>(nb);
   PackedRegions r;
-  r.qs_block = f.k4 ? 2048 : f.q8 ? 512 : 256;
+  r.qs_block = f.k4 || f.k6 ? 2048 : f.q8 ? 512 : 256;
   r.d = n * r.qs_block;
   r.m = r.d + n * 2 * kPackRows;
   r.qh = r.m + (f.has_min ? n * 2 * kPackRows : 0);
-  r.sc = r.qh + (f.has_qh ? n * 8 * sizeof(uint64_t) : 0);
-  r.mn = r.sc + (f.k4 ? n * 8 * kPackRows : 0);
+  r.sc = r.qh + (f.has_qh ? n * (f.k6 ? 64 * kPackRows : 8 * sizeof(uint64_t)) : 0);
+  r.mn = r.sc + (f.k4 ? n * 8 * kPackRows : f.k6 ? n * 16 * kPackRows : 0);
   r.total = r.mn + (f.k4 ? n * 8 * kPackRows : 0);
   return r;
 }

@@ -23,7 +23,7 @@
 namespace hearth::kernels {
 namespace {
 
-constexpr DType kTypes[] = {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::Q4_K};
+constexpr DType kTypes[] = {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::Q4_K, DType::Q6_K};
 
 // A row length of `blocks` blocks of the type (32 or 256 elements each).
 int64_t row_of(DType type, int64_t blocks) { return dtype_block_size(type) * blocks; }
@@ -31,6 +31,16 @@ int64_t row_of(DType type, int64_t blocks) { return dtype_block_size(type) * blo
 // m rows of k random values quantized to `type` (every block valid, scales of both signs).
 std::vector<uint8_t> random_rows(DType type, int64_t k, int64_t m, std::mt19937& rng) {
   std::normal_distribution<float> normal(0.0f, 1.0f);
+  if (type == DType::Q6_K) {  // no reference quantizer: random bytes, sane f16 d
+    std::vector<uint8_t> out(dtype_row_bytes(type, k) * static_cast<size_t>(m));
+    std::uniform_int_distribution<int> byte(0, 255);
+    for (auto& b : out) b = static_cast<uint8_t>(byte(rng));
+    for (size_t b = 0; b < out.size() / sizeof(BlockQ6_K); ++b) {
+      const uint16_t d = fp32_to_fp16(0.001f * normal(rng));
+      std::memcpy(out.data() + b * sizeof(BlockQ6_K) + offsetof(BlockQ6_K, d), &d, 2);
+    }
+    return out;
+  }
   if (type == DType::Q4_K) {
     // No reference quantizer: random bytes (any scale bytes are valid six-bit values) with sane
     // f16 d and dmin.

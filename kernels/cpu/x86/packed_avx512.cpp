@@ -154,6 +154,60 @@ void group_tile_k4(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int
   for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(y + t * y_stride, rows, acc[t]);
 }
 
+// Q6_K: per sub-block of 16, four products (each chain starting at the token's -32 x sum of
+// the 16 quants), times the sub-block's int8 scales into an int32 total; one conversion and
+// one FMA per token and super-block.
+template <int T>
+void group_tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k, const uint8_t* xa,
+                   size_t act_stride, float* y, int64_t y_stride, __mmask16 rows) {
+  const size_t corr_at = static_cast<size_t>(k) + 4 * static_cast<size_t>(nb);
+  const __m512i low4 = _mm512_set1_epi8(0x0F), low2 = _mm512_set1_epi8(0x03);
+  __m512 acc[T];
+  for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const auto ub = static_cast<size_t>(b);
+    const uint8_t* ql = grp + reg.qs + ub * reg.qs_block;
+    const uint8_t* qh = grp + reg.qh + ub * 1024;
+    for (size_t line = 0; line < reg.qs_block; line += 64) _mm_prefetch(reinterpret_cast<const char*>(ql + reg.total + line), _MM_HINT_T0);
+    for (size_t line = 0; line < 1024; line += 64) _mm_prefetch(reinterpret_cast<const char*>(qh + reg.total + line), _MM_HINT_T0);
+    __m512i total[T];
+    for (int t = 0; t < T; ++t) total[t] = _mm512_setzero_si512();
+    for (int j = 0; j < 16; ++j) {
+      const int h = j / 8, quarter = j % 8 / 2, half = j % 2;
+      __m512i w[4];
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) {
+        const __m512i lo = _mm512_loadu_si512(ql + 64 * (16 * h + 8 * (quarter % 2) + 4 * half + i));
+        const __m512i hi = _mm512_loadu_si512(qh + 64 * (8 * h + 4 * half + i));
+        const __m512i low = _mm512_and_si512(quarter / 2 == 0 ? lo : _mm512_srli_epi16(lo, 4), low4);
+        const __m512i high = _mm512_and_si512(_mm512_srl_epi16(hi, _mm_cvtsi32_si128(2 * quarter)), low2);
+        w[i] = _mm512_or_si512(low, _mm512_slli_epi16(high, 4));
+      }
+      const __m512i sc =
+          _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(grp + reg.sc + ub * 256 + 16 * static_cast<size_t>(j))));
+      const auto token = [&]<int t>(std::integral_constant<int, t>) {
+        const uint8_t* a = xa + static_cast<size_t>(t) * act_stride;
+        const uint8_t* aq = a + 256 * ub + 16 * static_cast<size_t>(j);
+        __m512i s0 = _mm512_set1_epi32(load_i32(a + corr_at + 64 * ub + 4 * static_cast<size_t>(j)));
+        __m512i s1 = _mm512_setzero_si512();
+        s0 = _mm512_dpbusd_epi32(s0, w[0], _mm512_set1_epi32(load_i32(aq)));
+        s1 = _mm512_dpbusd_epi32(s1, w[1], _mm512_set1_epi32(load_i32(aq + 4)));
+        s0 = _mm512_dpbusd_epi32(s0, w[2], _mm512_set1_epi32(load_i32(aq + 8)));
+        s1 = _mm512_dpbusd_epi32(s1, w[3], _mm512_set1_epi32(load_i32(aq + 12)));
+        total[t] = _mm512_add_epi32(total[t], _mm512_mullo_epi32(_mm512_add_epi32(s0, s1), sc));
+      };
+      [&]<int... I>(std::integer_sequence<int, I...>) { (token(std::integral_constant<int, I>{}), ...); }(
+          std::make_integer_sequence<int, T>{});
+    }
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(grp + reg.d + ub * 32)));
+    for (int t = 0; t < T; ++t) {
+      const __m512 dx = _mm512_set1_ps(load_f32(xa + static_cast<size_t>(t) * act_stride + k + 4 * ub));
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total[t]), _mm512_mul_ps(dw, dx), acc[t]);
+    }
+  }
+  for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(y + t * y_stride, rows, acc[t]);
+}
+
 template <DType Type, int T>
 void group_tiles(const uint8_t* w, const PackedRegions& reg, int64_t nb, int64_t k, int64_t m, int64_t g0, int64_t g1,
                  const uint8_t* xa, size_t act_stride, float* y, int64_t y_stride) {
@@ -163,6 +217,8 @@ void group_tiles(const uint8_t* w, const PackedRegions& reg, int64_t nb, int64_t
     const auto rows = static_cast<__mmask16>((1u << valid) - 1u);
     if constexpr (packed_format(Type).k4) {
       group_tile_k4<T>(w + static_cast<size_t>(g) * reg.total, reg, nb, k, xa, act_stride, y + row0, y_stride, rows);
+    } else if constexpr (packed_format(Type).k6) {
+      group_tile_k6<T>(w + static_cast<size_t>(g) * reg.total, reg, nb, k, xa, act_stride, y + row0, y_stride, rows);
     } else {
       group_tile<Type, T>(w + static_cast<size_t>(g) * reg.total, reg, nb, k, xa, act_stride, y + row0, y_stride, rows);
     }
@@ -219,6 +275,7 @@ HEARTH_X86_DEFINE_PACKED_GEMM(q5_0, Q5_0)
 HEARTH_X86_DEFINE_PACKED_GEMM(q5_1, Q5_1)
 HEARTH_X86_DEFINE_PACKED_GEMM(q8_0, Q8_0)
 HEARTH_X86_DEFINE_PACKED_GEMM(q4_K, Q4_K)
+HEARTH_X86_DEFINE_PACKED_GEMM(q6_K, Q6_K)
 #undef HEARTH_X86_DEFINE_PACKED_GEMM
 
 }  // namespace hearth::kernels::x86::avx512
