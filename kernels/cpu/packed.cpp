@@ -274,24 +274,27 @@ void unpack_row(DType type, const void* packed, int64_t k, int64_t row, void* ds
 
 namespace {
 
-// Q8_0 blocks (from the level's quantizer, bytes identical to the reference) -> a packed
-// activation row of a 32-element type.
+// Q8_0 blocks (offset types) or Q8_1 blocks (types with a min), from the level's quantizer
+// (bytes identical to the reference) -> a packed activation row of a 32-element type. The
+// min's term takes Q8_1's f16 s = d sum(q), as llama.cpp's arithmetic does.
 void to_packed_act(PackedFormat f, const uint8_t* q8, int64_t k, void* out) {
   const int64_t nb = blocks(f, k);
+  const size_t block = f.has_min ? sizeof(BlockQ8_1) : sizeof(BlockQ8_0);
+  const size_t qs_at = f.has_min ? offsetof(BlockQ8_1, qs) : offsetof(BlockQ8_0, qs);
   auto* qs = static_cast<uint8_t*>(out);
   uint8_t* d = qs + k;
   uint8_t* corr = d + 4 * static_cast<size_t>(nb);
   for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* blk = q8 + static_cast<size_t>(b) * sizeof(BlockQ8_0);
-    std::memcpy(qs + 32 * b, blk + offsetof(BlockQ8_0, qs), 32);
-    int sum = 0;
-    for (size_t i = 0; i < 32; ++i) sum += static_cast<int8_t>(blk[offsetof(BlockQ8_0, qs) + i]);
-    const float dx = fp16_to_fp32(load_u16(blk + offsetof(BlockQ8_0, d)));
+    const uint8_t* blk = q8 + static_cast<size_t>(b) * block;
+    std::memcpy(qs + 32 * b, blk + qs_at, 32);
+    const float dx = fp16_to_fp32(load_u16(blk));  // d comes first in both block types
     std::memcpy(d + 4 * b, &dx, 4);
     if (f.has_min) {
-      const float sx = dx * static_cast<float>(sum);
+      const float sx = fp16_to_fp32(load_u16(blk + offsetof(BlockQ8_1, s)));
       std::memcpy(corr + 4 * b, &sx, 4);
     } else {
+      int sum = 0;
+      for (size_t i = 0; i < 32; ++i) sum += static_cast<int8_t>(blk[qs_at + i]);
       const int32_t c = -f.offset * sum;
       std::memcpy(corr + 4 * b, &c, 4);
     }
@@ -334,8 +337,9 @@ void quantize_at(CpuLevel level, DType type, const float* x, void* out, int64_t 
     dot_kernel(type, level).quantize(x, row.data(), k);
     to_packed_act_k(f.k6, row.data(), k, out);
   } else {
-    row.resize(static_cast<size_t>(nb) * sizeof(BlockQ8_0));
-    dot_kernel(DType::Q8_0, level).quantize(x, row.data(), k);
+    // The native path's activation type: Q8_1 for types with a min, Q8_0 for the others.
+    row.resize(static_cast<size_t>(nb) * (f.has_min ? sizeof(BlockQ8_1) : sizeof(BlockQ8_0)));
+    dot_kernel(type, level).quantize(x, row.data(), k);
     to_packed_act(f, row.data(), k, out);
   }
 }

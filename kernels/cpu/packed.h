@@ -33,7 +33,8 @@
 // Activations for a packed matmul are quantized per token to a row of packed_act_row_bytes:
 // k int8 (Q8_0's rounding), then nb float scales (Q8_0's f16 scale widened), then nb 32-bit
 // corrections: for types with an offset (Q4_0: 8, Q5_0: 16, Q8_0: 128, stored quants = q + o)
-// the int32 -o * sum(q_x); for types with a min (Q4_1, Q5_1) the float d_x * sum(q_x). For
+// the int32 -o * sum(q_x); for types with a min (Q4_1, Q5_1) Q8_1's f16 s = d_x * sum(q_x)
+// widened (the rounding llama.cpp's arithmetic has). For
 // Q4_K: k int8 and nb float scales as Q8_K, then nb x 8 int16 sums of each 32 quants; for
 // Q6_K the same, then nb x 16 int32 -32 x the sum of each 16 quants.
 #pragma once
