@@ -6,6 +6,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "core/error.h"
@@ -233,16 +234,12 @@ namespace {
 // Attention works on tiles: up to kAttentionTileTokens consecutive slots of one sequence (a
 // prompt chunk becomes several tiles; a decoding sequence is a tile of one token). A job is a
 // tile, a kv head and the query heads of its group (or one of them, when there are too few jobs
-// to keep the threads busy): every K / V row the job reads is read once for all of its queries.
+// to keep the threads busy). Its queries pass over the K rows, then the V rows, block by block,
+// so a block is read from memory once and then from cache by every query of the job.
 constexpr int64_t kAttentionTileTokens = 16;
-// With at least this many queries in a job and an f16 cache, each block of K / V rows is
-// converted to f32 once (into per-thread scratch that stays in L1) for all of them; with fewer,
-// the kernels read the f16 rows directly. The conversion is exact and the kernels give the same
-// bits on f16 rows and on their f32 conversion, so this changes speed only.
-constexpr int64_t kAttentionConvertQueries = 4;
-// Rows per block: about 16 KiB of f32 K (or V) values, a multiple of 8 rows.
-int64_t attention_block_rows(int64_t head_dim) {
-  return std::max<int64_t>(8, 16384 / (4 * head_dim) / 8 * 8);
+// Rows per block: about 32 KiB of one kv head's K (or V) values, a multiple of 8 rows.
+int64_t attention_block_rows(int64_t head_dim, size_t elem) {
+  return std::max<int64_t>(8, static_cast<int64_t>(32768 / (elem * static_cast<size_t>(head_dim))) / 8 * 8);
 }
 
 // Per-thread scratch of attention, kept by the calling thread between calls (a decode step
@@ -265,6 +262,7 @@ float* attention_scratch(size_t floats) {
 // in ascending order, however the rows are cut into blocks. Tiles, jobs, blocks and threads
 // decide only which work shares a pass over K / V, so a token gets the same bits alone, in any
 // batch, at any thread count and with any prefill chunking (tests/kernels/test_attention.cpp).
+// The f16 cache is read as it is: the kernels widen K / V in registers (F16C, fcvtl).
 void CpuBackend::attention(const Tensor& q, const KvLayer& cache, std::span<const KvSlot> slots,
                            const AttentionParams& p, Tensor& out) {
   const int64_t n_tokens = static_cast<int64_t>(slots.size());
@@ -278,7 +276,6 @@ void CpuBackend::attention(const Tensor& q, const KvLayer& cache, std::span<cons
   const int group = p.n_head / p.n_head_kv;
   const bool half = cache.k.type == DType::F16;
   const OpsKernels& ops = ops_kernels(level_);
-  const ConvertF16Fn to_f32 = convert_f16_to_f32_kernel(level_);
   const auto first_row = [&](const KvSlot& s) { return p.window > 0 ? std::max(0, s.pos - p.window + 1) : 0; };
 
   int64_t max_rows = 0;
@@ -291,7 +288,10 @@ void CpuBackend::attention(const Tensor& q, const KvLayer& cache, std::span<cons
   std::vector<std::pair<int64_t, int64_t>> tiles;
   for (int64_t t = 0; t < n_tokens;) {
     int64_t end = t + 1;
-    while (end < n_tokens && end - t < kAttentionTileTokens && slots[static_cast<size_t>(end)].seq == slots[static_cast<size_t>(t)].seq) ++end;
+    while (end < n_tokens && end - t < kAttentionTileTokens &&
+           slots[static_cast<size_t>(end)].seq == slots[static_cast<size_t>(t)].seq) {
+      ++end;
+    }
     tiles.emplace_back(t, end);
     t = end;
   }
@@ -319,7 +319,7 @@ void CpuBackend::attention(const Tensor& q, const KvLayer& cache, std::span<cons
     }
   }
   // Jobs to threads, longest first, each to the least loaded thread: a prompt's later tiles read
-  // more rows, and parallel_for alone would hand them all to the last thread.
+  // more rows, and parallel_for's equal chunks of jobs would give them all to the last thread.
   const int n_bins = static_cast<int>(std::min<size_t>(static_cast<size_t>(n_threads), jobs.size()));
   std::vector<std::vector<const Job*>> bins(static_cast<size_t>(n_bins));
   {
@@ -335,11 +335,13 @@ void CpuBackend::attention(const Tensor& q, const KvLayer& cache, std::span<cons
     }
   }
 
-  const int64_t block_rows = attention_block_rows(head_dim);
+  const int64_t block_rows = attention_block_rows(head_dim, half ? 2 : 4);
   const int64_t max_queries = kAttentionTileTokens * heads_per_part;
-  // Per thread: the queries (rounded to f16 with an f16 cache), their scores, one K / V block.
-  const size_t per_thread =
-      (static_cast<size_t>(max_queries * (head_dim + max_rows) + block_rows * head_dim) + 15) / 16 * 16;
+  // Strides of the queries' copies and of their scores: whole cache lines plus one, so that the
+  // same offset of many queries does not fall into one L1 set (power-of-two strides thrash it).
+  const int64_t q_stride = (head_dim + 15) / 16 * 16 + 16;
+  const int64_t score_stride = (max_rows + 15) / 16 * 16 + 16;
+  const size_t per_thread = static_cast<size_t>(max_queries * (q_stride + score_stride));
   float* const scratch = attention_scratch(per_thread * static_cast<size_t>(n_threads));
 
   const auto run_job = [&](const Job& job, float* mem) {
@@ -347,85 +349,66 @@ void CpuBackend::attention(const Tensor& q, const KvLayer& cache, std::span<cons
     const int h0 = job.kv_head * group + job.part * heads_per_part;
     const int64_t n_queries = (t1 - t0) * heads_per_part;
     float* const qbuf = mem;
-    float* const scores = qbuf + n_queries * head_dim;
-    float* const block = scores + n_queries * max_rows;
+    float* const scores = qbuf + n_queries * q_stride;
     // Query i: token t0 + i / heads_per_part, head h0 + i % heads_per_part.
     const auto token = [&](int64_t i) { return slots[static_cast<size_t>(t0 + i / heads_per_part)]; };
-    const auto head_offset = [&](int64_t i) {
-      return ((t0 + i / heads_per_part) * p.n_head + h0 + i % heads_per_part) * head_dim;
+    const auto out_of = [&](int64_t i) {
+      return os + ((t0 + i / heads_per_part) * p.n_head + h0 + i % heads_per_part) * head_dim;
     };
     int32_t lo = std::numeric_limits<int32_t>::max(), hi = 0;
     for (int64_t i = 0; i < n_queries; ++i) {
-      std::memcpy(qbuf + i * head_dim, qs + head_offset(i), static_cast<size_t>(head_dim) * sizeof(float));
-      if (half) ops.round_f16(qbuf + i * head_dim, head_dim);  // q enters q.k as f16, as in ggml
+      float* qi = qbuf + i * q_stride;
+      std::memcpy(qi, qs + (out_of(i) - os), static_cast<size_t>(head_dim) * sizeof(float));
+      if (half) ops.round_f16(qi, head_dim);  // q enters q.k as f16, as in ggml
       lo = std::min(lo, first_row(token(i)));
       hi = std::max(hi, token(i).pos);
     }
-    const int32_t seq = token(0).seq;  // one sequence per tile
-    // Element offset of row r of this sequence's cache at this kv head's slice.
+    // Element offset of row r of the tile's sequence, at this kv head's slice.
+    const size_t seq_at = static_cast<size_t>(token(0).seq) * static_cast<size_t>(cache.n_ctx);
     const auto row_at = [&](int32_t r) {
-      return (static_cast<size_t>(seq) * static_cast<size_t>(cache.n_ctx) + static_cast<size_t>(r)) *
-                 static_cast<size_t>(kv_dim) +
+      return (seq_at + static_cast<size_t>(r)) * static_cast<size_t>(kv_dim) +
              static_cast<size_t>(job.kv_head) * static_cast<size_t>(head_dim);
     };
-    const bool convert = half && n_queries >= kAttentionConvertQueries;
-    const int64_t step = convert ? block_rows : int64_t{hi} - lo + 1;
-    // Passes over the rows [lo, hi] in blocks: for every query, its rows of the block.
-    const auto over_blocks = [&](const Tensor& cache_part, auto&& each) {
-      for (int64_t b = lo; b <= hi; b += step) {
-        const int32_t b0 = static_cast<int32_t>(b);
-        const int32_t b1 = static_cast<int32_t>(std::min<int64_t>(hi, b + step - 1));
-        if (convert) {
-          const uint16_t* src = static_cast<const uint16_t*>(cache_part.data);
-          for (int32_t r = b0; r <= b1; ++r) to_f32(src + row_at(r), block + (r - b0) * head_dim, head_dim);
-        }
+    // For each block of rows in [lo, hi], each query's rows in it: each(i, offset of the first
+    // of them in the query's own range, their address in `part` (K or V), how many).
+    const auto over_blocks = [&](const Tensor& part, const auto& each) {
+      for (int64_t b = lo; b <= hi; b += block_rows) {
+        const auto b0 = static_cast<int32_t>(b);
+        const auto b1 = static_cast<int32_t>(std::min<int64_t>(hi, b + block_rows - 1));
         for (int64_t i = 0; i < n_queries; ++i) {
           const int32_t first = first_row(token(i));
           const int32_t r0 = std::max(b0, first), r1 = std::min(b1, token(i).pos);
           if (r0 > r1) continue;
-          const int64_t n = r1 - r0 + 1;
-          if (convert) {
-            each.f32(i, r0 - first, block + (r0 - b0) * head_dim, static_cast<size_t>(head_dim), n);
-          } else if (half) {
-            each.f16(i, r0 - first, static_cast<const uint16_t*>(cache_part.data) + row_at(r0), static_cast<size_t>(kv_dim), n);
+          if (half) {
+            each(i, r0 - first, static_cast<const uint16_t*>(part.data) + row_at(r0), int64_t{r1} - r0 + 1);
           } else {
-            each.f32(i, r0 - first, static_cast<const float*>(cache_part.data) + row_at(r0), static_cast<size_t>(kv_dim), n);
+            each(i, r0 - first, static_cast<const float*>(part.data) + row_at(r0), int64_t{r1} - r0 + 1);
           }
         }
       }
     };
-    struct Scores {
-      const OpsKernels& ops;
-      const float* qbuf;
-      float* scores;
-      int64_t head_dim, max_rows;
-      void f16(int64_t i, int64_t at, const uint16_t* rows, size_t stride, int64_t n) const {
-        ops.qk_f16(qbuf + i * head_dim, rows, stride, n, head_dim, scores + i * max_rows + at);
+    const auto stride = static_cast<size_t>(kv_dim);
+    over_blocks(cache.k, [&](int64_t i, int64_t at, const auto* rows, int64_t n) {
+      float* s = scores + i * score_stride + at;
+      if constexpr (std::is_same_v<decltype(rows), const uint16_t*>) {
+        ops.qk_f16(qbuf + i * q_stride, rows, stride, n, head_dim, s);
+      } else {
+        ops.qk_f32(qbuf + i * q_stride, rows, stride, n, head_dim, s);
       }
-      void f32(int64_t i, int64_t at, const float* rows, size_t stride, int64_t n) const {
-        ops.qk_f32(qbuf + i * head_dim, rows, stride, n, head_dim, scores + i * max_rows + at);
-      }
-    };
-    over_blocks(cache.k, Scores{ops, qbuf, scores, head_dim, max_rows});
+    });
     for (int64_t i = 0; i < n_queries; ++i) {
       const KvSlot s = token(i);
-      ops.softmax(scores + i * max_rows, s.pos - first_row(s) + 1, p.scale, p.softcap, half);
-      std::fill_n(os + head_offset(i), head_dim, 0.0f);
+      ops.softmax(scores + i * score_stride, s.pos - first_row(s) + 1, p.scale, p.softcap, half);
+      std::fill_n(out_of(i), head_dim, 0.0f);
     }
-    struct Values {
-      const OpsKernels& ops;
-      const float* scores;
-      float* os;
-      const decltype(head_offset)& out_at;
-      int64_t head_dim, max_rows;
-      void f16(int64_t i, int64_t at, const uint16_t* rows, size_t stride, int64_t n) const {
-        ops.pv_f16(scores + i * max_rows + at, rows, stride, n, head_dim, os + out_at(i));
+    over_blocks(cache.v, [&](int64_t i, int64_t at, const auto* rows, int64_t n) {
+      const float* pr = scores + i * score_stride + at;
+      if constexpr (std::is_same_v<decltype(rows), const uint16_t*>) {
+        ops.pv_f16(pr, rows, stride, n, head_dim, out_of(i));
+      } else {
+        ops.pv_f32(pr, rows, stride, n, head_dim, out_of(i));
       }
-      void f32(int64_t i, int64_t at, const float* rows, size_t stride, int64_t n) const {
-        ops.pv_f32(scores + i * max_rows + at, rows, stride, n, head_dim, os + out_at(i));
-      }
-    };
-    over_blocks(cache.v, Values{ops, scores, os, head_offset, head_dim, max_rows});
+    });
   };
 
   pool_.parallel_for(n_bins, [&](int64_t b0, int64_t b1, int thread) {

@@ -1,8 +1,8 @@
 // The CPU backend's attention at every CPU level this machine has, against the scalar reference
 // ref::attention_head: f16 and f32 caches, grouped-query heads, head dims that are not a
 // multiple of the SIMD width (40, 72) and one that is (64), sliding windows, a logit softcap,
-// several sequences in one batch, whole prompts (tiles of tokens that share each K / V block,
-// f16 blocks converted once per job, several blocks per row range) and continuous-batching decode.
+// several sequences in one batch, whole prompts (tiles of tokens that pass over each block of
+// K / V rows together, several blocks per row range) and continuous-batching decode.
 //
 // And batch invariance, bit for bit: every (token, head) gives the same output computed alone,
 // inside a whole prompt, in prompt chunks of other sizes, beside other sequences' tokens, and
@@ -151,15 +151,15 @@ TEST_P(AttentionVsReference, ScatteredTokens) {
   EXPECT_LT(max_error_vs_reference(backend, f.cache, p, slots), tolerance(c.kv_type));
 }
 
-// A whole prompt of 150 tokens in one call: tiles of many tokens, K / V rows in several blocks.
+// A whole prompt of 300 tokens in one call: tiles of many tokens, K / V rows in several blocks.
 TEST_P(AttentionVsReference, WholePrompt) {
   const Case c = GetParam();
   CpuBackend backend(3, c.level);
   const AttentionParams p = params();
   std::mt19937 rng(12);
-  const Filled f = fill_cache(backend, c.kv_type, p, 160, {150, 7}, rng);
+  const Filled f = fill_cache(backend, c.kv_type, p, 304, {300, 7}, rng);
   std::vector<KvSlot> slots;
-  for (int32_t i = 0; i < 150; ++i) slots.push_back({0, i});
+  for (int32_t i = 0; i < 300; ++i) slots.push_back({0, i});
   for (int32_t i = 0; i < 7; ++i) slots.push_back({1, i});  // a second prompt in the same batch
   EXPECT_LT(max_error_vs_reference(backend, f.cache, p, slots), tolerance(c.kv_type));
 }
@@ -221,27 +221,29 @@ TEST(Attention, ManySequencesDecodeInOneBatch) {
 }
 
 // Batch invariance. Reference: every token of three sequences computed alone, at one thread
-// (a single token: each query head is its own job and reads the f16 rows directly). Then the
-// same tokens inside whole prompts (tiles of 16 tokens whose f16 K / V blocks are converted
-// once), in chunks of 5 and of 23 beside decode tokens of the other sequences, all sequences
-// interleaved in one batch, each at 1, 2 and 3 threads: every output bit must agree.
+// (a single token: each query head is its own job). Then the same tokens inside whole prompts
+// (tiles of 16 tokens, all query heads of a kv head in one job, rows in several blocks), in
+// chunks of 5 and of 23 beside decode tokens of the other sequences, all sequences interleaved
+// in one batch, each at 1, 2 and 3 threads: every output bit must agree. Windows of 19 (with a
+// softcap) and of 250 rows (tiles then span more than one block of rows).
 TEST(Attention, TokenGetsTheSameBitsInAnyBatch) {
   for (const CpuLevel level : kAllCpuLevels) {
     if (!cpu_level_supported(level)) continue;
     for (const DType kv_type : {DType::F16, DType::F32}) {
       for (const int head_dim : {40, 64}) {
-        for (const int32_t window : {0, 19}) {
+        for (const int32_t window : {0, 19, 250}) {
           AttentionParams p;
           p.n_head = 6;
           p.n_head_kv = 2;
           p.head_dim = head_dim;
           p.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
           p.window = window;
-          p.softcap = window > 0 ? 20.0f : 0.0f;
-          const std::vector<int32_t> lengths = {130, 41, 9};
+          p.softcap = window == 19 ? 20.0f : 0.0f;
+          // 300 rows: more than one block of K / V rows for most head dims and cache types.
+          const std::vector<int32_t> lengths = {300, 41, 9};
           CpuBackend one(1, level);
           std::mt19937 rng(static_cast<uint32_t>(7 + head_dim + window));
-          const Filled f = fill_cache(one, kv_type, p, 136, lengths, rng);
+          const Filled f = fill_cache(one, kv_type, p, 304, lengths, rng);
           const size_t row = static_cast<size_t>(p.n_head) * static_cast<size_t>(head_dim);
 
           // alone[seq][pos]: the reference bits.

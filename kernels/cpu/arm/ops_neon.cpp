@@ -158,14 +158,18 @@ void pv_f32(const float* p, const float* v, size_t stride, int64_t n, int64_t he
 void softmax(float* s, int64_t n, float scale, float softcap, bool half) {
   const int64_t full = n / kLanes * kLanes;
   const int rem = static_cast<int>(n - full);
+  float32x4_t vmax = vdupq_n_f32(-INFINITY);
   if (softcap > 0.0f) {
     for (int64_t j = 0; j < n; ++j) s[j] = softcap * std::tanh(s[j] * scale / softcap);
+    for (int64_t j = 0; j < full; j += kLanes) vmax = vmaxq_f32(vmax, vld1q_f32(s + j));
   } else {
-    for (int64_t j = 0; j < full; j += kLanes) vst1q_f32(s + j, vmulq_n_f32(vld1q_f32(s + j), scale));
+    for (int64_t j = 0; j < full; j += kLanes) {
+      const float32x4_t x = vmulq_n_f32(vld1q_f32(s + j), scale);
+      vst1q_f32(s + j, x);
+      vmax = vmaxq_f32(vmax, x);
+    }
     for (int64_t j = full; j < n; ++j) s[j] *= scale;
   }
-  float32x4_t vmax = vdupq_n_f32(-INFINITY);
-  for (int64_t j = 0; j < full; j += kLanes) vmax = vmaxq_f32(vmax, vld1q_f32(s + j));
   float max = vmaxvq_f32(vmax);
   for (int64_t j = full; j < n; ++j) max = s[j] > max ? s[j] : max;
   const float32x4_t vm = vdupq_n_f32(max);

@@ -214,15 +214,19 @@ void softmax(float* s, int64_t n, float scale, float softcap, bool half) {
   const int64_t full = n / kLanes * kLanes;
   const int rem = static_cast<int>(n - full);
   // Scale (and cap), and the maximum.
+  __m256 vmax = _mm256_set1_ps(-INFINITY);
   if (softcap > 0.0f) {
     for (int64_t j = 0; j < n; ++j) s[j] = softcap * std::tanh(s[j] * scale / softcap);
+    for (int64_t j = 0; j < full; j += kLanes) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(s + j));
   } else {
     const __m256 vs = _mm256_set1_ps(scale);
-    for (int64_t j = 0; j < full; j += kLanes) _mm256_storeu_ps(s + j, _mm256_mul_ps(_mm256_loadu_ps(s + j), vs));
+    for (int64_t j = 0; j < full; j += kLanes) {
+      const __m256 x = _mm256_mul_ps(_mm256_loadu_ps(s + j), vs);
+      _mm256_storeu_ps(s + j, x);
+      vmax = _mm256_max_ps(vmax, x);
+    }
     for (int64_t j = full; j < n; ++j) s[j] *= scale;
   }
-  __m256 vmax = _mm256_set1_ps(-INFINITY);
-  for (int64_t j = 0; j < full; j += kLanes) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(s + j));
   float max = hmax(vmax);
   for (int64_t j = full; j < n; ++j) max = s[j] > max ? s[j] : max;
   // e = exp(s - max), summed in double: lanes 0-3 and 4-7 of each vector in two accumulators
