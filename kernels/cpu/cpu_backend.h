@@ -1,7 +1,8 @@
 // The CPU backend: host memory, weights used in place from the memory-mapped file, ops split
 // across a thread pool by rows. Matmuls run the best dot-product kernels for the CPU level
-// (kernels/cpu/dot.h: AVX2 / AVX-512 where available, else the scalar references); the
-// other ops are the scalar references for now.
+// (kernels/cpu/dot.h: AVX2 / AVX-512 where available, else the scalar references); attention,
+// kv_store, RMSNorm and the GLU run kernels/cpu/ops_simd.h's kernels for the level; the rest
+// are the scalar references for now.
 #pragma once
 
 #include <memory>
