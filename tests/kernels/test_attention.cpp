@@ -21,6 +21,7 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/dot.h"
 #include "kernels/cpu/ops_ref.h"
+#include "kernels/cpu/ops_simd.h"
 
 namespace hearth::kernels {
 namespace {
@@ -224,21 +225,27 @@ TEST(Attention, ManySequencesDecodeInOneBatch) {
 // (a single token: each query head is its own job). Then the same tokens inside whole prompts
 // (tiles of 16 tokens, all query heads of a kv head in one job, rows in several blocks), in
 // chunks of 5 and of 23 beside decode tokens of the other sequences, all sequences interleaved
-// in one batch, each at 1, 2 and 3 threads: every output bit must agree. Windows of 19 (with a
-// softcap) and of 250 rows (tiles then span more than one block of rows).
+// in one batch, each at 1 and 3 threads: every output bit must agree. Without a window, and
+// with a window of 250 rows and a softcap (tiles then span more than one block of rows).
 TEST(Attention, TokenGetsTheSameBitsInAnyBatch) {
+  std::vector<const OpsKernels*> tested;
   for (const CpuLevel level : kAllCpuLevels) {
     if (!cpu_level_supported(level)) continue;
+    // A level that runs the same attention kernels as one already tested (dotprod: neon's) adds
+    // nothing but minutes under emulation.
+    const OpsKernels& ops = ops_kernels(level);
+    if (std::any_of(tested.begin(), tested.end(), [&](const OpsKernels* o) { return o->qk_f16 == ops.qk_f16; })) continue;
+    tested.push_back(&ops);
     for (const DType kv_type : {DType::F16, DType::F32}) {
       for (const int head_dim : {40, 64}) {
-        for (const int32_t window : {0, 19, 250}) {
+        for (const int32_t window : {0, 250}) {
           AttentionParams p;
           p.n_head = 6;
           p.n_head_kv = 2;
           p.head_dim = head_dim;
           p.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
           p.window = window;
-          p.softcap = window == 19 ? 20.0f : 0.0f;
+          p.softcap = window > 0 ? 20.0f : 0.0f;
           // 300 rows: more than one block of K / V rows for most head dims and cache types.
           const std::vector<int32_t> lengths = {300, 41, 9};
           CpuBackend one(1, level);
@@ -262,7 +269,7 @@ TEST(Attention, TokenGetsTheSameBitsInAnyBatch) {
                   << window;
             }
           };
-          for (const int threads : {1, 2, 3}) {
+          for (const int threads : {1, 3}) {
             CpuBackend backend(threads, level);
             const std::string at = std::to_string(threads) + " threads";
             // Whole prompts, one call per sequence.
