@@ -2,10 +2,14 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
+#include <memory>
 #include <mutex>
+#include <type_traits>
 #include <unordered_map>
 #include <vector>
 
@@ -14,6 +18,7 @@
 #include "kernels/cpu/dot.h"
 #include "kernels/cpu/dot_ref.h"
 #include "kernels/cpu/ops_ref.h"
+#include "kernels/cpu/ops_simd.h"
 #include "kernels/cpu/packed.h"
 #include "kernels/cpu/quants_ref.h"
 
@@ -245,10 +250,11 @@ void CpuBackend::rms_norm(const Tensor& x, const Tensor* weight, float eps, Tens
   const float* xs = f32(x);
   float* ys = f32(y);
   const float* ws = weight != nullptr ? f32(*weight) : nullptr;
+  const auto norm_row = ops_kernels(level_).rms_norm_row;
   pool_.parallel_for(
       x.n_rows(),
       [&](int64_t r0, int64_t r1, int) {
-        for (int64_t r = r0; r < r1; ++r) ref::rms_norm_row(xs + r * d, ws, eps, ys + r * d, d);
+        for (int64_t r = r0; r < r1; ++r) norm_row(xs + r * d, ws, eps, ys + r * d, d);
       },
       8);
 }
@@ -298,14 +304,11 @@ void CpuBackend::glu(const Tensor& gate, const Tensor& up, Activation act, Tenso
   const float* g = f32(gate);
   const float* u = f32(up);
   float* ys = f32(y);
+  // Element-wise, so how the elements are split across threads changes no bit.
+  const OpsKernels& ops = ops_kernels(level_);
+  const auto glu_kernel = act == Activation::Silu ? ops.silu_mul : ops.gelu_mul;
   pool_.parallel_for(
-      gate.n_elements(),
-      [&](int64_t i0, int64_t i1, int) {
-        for (int64_t i = i0; i < i1; ++i) {
-          ys[i] = (act == Activation::Silu ? ref::silu(g[i]) : ref::gelu_tanh(g[i])) * u[i];
-        }
-      },
-      4096);
+      gate.n_elements(), [&](int64_t i0, int64_t i1, int) { glu_kernel(g + i0, u + i0, ys + i0, i1 - i0); }, 4096);
 }
 
 KvLayer CpuBackend::new_kv_layer(DType type, int32_t n_seq, int32_t n_ctx, int64_t kv_dim) {
@@ -323,6 +326,7 @@ void CpuBackend::kv_store(KvLayer& cache, const Tensor& k, const Tensor& v, std:
   HEARTH_CHECK(k.ne[0] == kv_dim && v.ne[0] == kv_dim && k.n_rows() == static_cast<int64_t>(slots.size()));
   const float* ks = f32(k);
   const float* vs = f32(v);
+  const auto to_f16 = ops_kernels(level_).f32_to_f16;  // bytes of core/fp16.h's fp32_to_fp16
   for (size_t t = 0; t < slots.size(); ++t) {
     const KvSlot s = slots[t];
     HEARTH_CHECK(s.seq >= 0 && s.seq < cache.n_seq && s.pos >= 0 && s.pos < cache.n_ctx, "slot ({}, {})", s.seq, s.pos);
@@ -330,12 +334,8 @@ void CpuBackend::kv_store(KvLayer& cache, const Tensor& k, const Tensor& v, std:
     const float* kt = ks + static_cast<int64_t>(t) * kv_dim;
     const float* vt = vs + static_cast<int64_t>(t) * kv_dim;
     if (cache.k.type == DType::F16) {
-      auto* kd = static_cast<uint16_t*>(cache.k.data) + row * kv_dim;
-      auto* vd = static_cast<uint16_t*>(cache.v.data) + row * kv_dim;
-      for (int64_t i = 0; i < kv_dim; ++i) {
-        kd[i] = fp32_to_fp16(kt[i]);
-        vd[i] = fp32_to_fp16(vt[i]);
-      }
+      to_f16(kt, static_cast<uint16_t*>(cache.k.data) + row * kv_dim, kv_dim);
+      to_f16(vt, static_cast<uint16_t*>(cache.v.data) + row * kv_dim, kv_dim);
     } else {
       std::memcpy(static_cast<float*>(cache.k.data) + row * kv_dim, kt, static_cast<size_t>(kv_dim) * sizeof(float));
       std::memcpy(static_cast<float*>(cache.v.data) + row * kv_dim, vt, static_cast<size_t>(kv_dim) * sizeof(float));
@@ -345,39 +345,38 @@ void CpuBackend::kv_store(KvLayer& cache, const Tensor& k, const Tensor& v, std:
 
 namespace {
 
-// One query head over `n_rows` f32 K/V rows (`stride` floats apart, this head's slice at the
-// start of each row; row 0 is the window's first position): the arithmetic of
-// ref::attention_head (q and the probabilities rounded to f16 when the cache is f16) in float
-// with independent partial sums, and p.V accumulated row by row, so the compiler vectorizes
-// both loops. Agrees with the reference to float rounding (tests/kernels).
-void attention_head_fast(const AttentionKernels& kernels, const float* q, const float* k, const float* v,
-                         int64_t stride, int64_t head_dim, int64_t n_rows, float scale, float softcap, bool half_inputs,
-                         float* qr, float* scores, float* out) {
-  for (int64_t d = 0; d < head_dim; ++d) qr[d] = half_inputs ? fp16_to_fp32(fp32_to_fp16(q[d])) : q[d];
-  float max_score = -INFINITY;
-  for (int64_t j = 0; j < n_rows; ++j) {
-    float s = kernels.dot(qr, k + j * stride, head_dim) * scale;
-    if (softcap > 0.0f) s = softcap * std::tanh(s / softcap);
-    scores[j] = s;
-    max_score = std::max(max_score, s);
+// Attention works on tiles: up to kAttentionTileTokens consecutive slots of one sequence (a
+// prompt chunk becomes several tiles; a decoding sequence is a tile of one token). A job is a
+// tile, a kv head and the query heads of its group (or one of them, when there are too few jobs
+// to keep the threads busy). Its queries pass over the K rows, then the V rows, block by block,
+// so a block is read from memory once and then from cache by every query of the job.
+constexpr int64_t kAttentionTileTokens = 16;
+// Rows per block: about 32 KiB of one kv head's K (or V) values, a multiple of 8 rows.
+int64_t attention_block_rows(int64_t head_dim, size_t elem) {
+  return std::max<int64_t>(8, static_cast<int64_t>(32768 / (elem * static_cast<size_t>(head_dim))) / 8 * 8);
+}
+
+// Per-thread scratch of attention, kept by the calling thread between calls (a decode step
+// calls attention once per layer; no allocation per call once it has grown).
+float* attention_scratch(size_t floats) {
+  thread_local std::unique_ptr<float[]> buffer;
+  thread_local size_t capacity = 0;
+  if (floats > capacity) {
+    buffer = std::make_unique_for_overwrite<float[]>(floats);
+    capacity = floats;
   }
-  double sum = 0.0;
-  for (int64_t j = 0; j < n_rows; ++j) {
-    const float e = std::exp(scores[j] - max_score);
-    scores[j] = e;
-    sum += e;
-  }
-  const float inv = static_cast<float>(1.0 / sum);
-  for (int64_t d = 0; d < head_dim; ++d) out[d] = 0.0f;
-  for (int64_t j = 0; j < n_rows; ++j) {
-    float pj = scores[j] * inv;
-    if (half_inputs) pj = fp16_to_fp32(fp32_to_fp16(pj));
-    kernels.axpy(pj, v + j * stride, out, head_dim);
-  }
+  return buffer.get();
 }
 
 }  // namespace
 
+// The arithmetic for one (token, query head) is fixed by its own position range and the level:
+// raw scores q.k per row (OpsKernels::qk: per row, whatever rows share the call), softmax over
+// exactly its rows, then out = sum_j p_j v_j as one multiply-add chain per element over its rows
+// in ascending order, however the rows are cut into blocks. Tiles, jobs, blocks and threads
+// decide only which work shares a pass over K / V, so a token gets the same bits alone, in any
+// batch, at any thread count and with any prefill chunking (tests/kernels/test_attention.cpp).
+// The f16 cache is read as it is: the kernels widen K / V in registers (F16C, fcvtl).
 void CpuBackend::attention(const Tensor& q, const KvLayer& cache, std::span<const KvSlot> slots,
                            const AttentionParams& p, Tensor& out) {
   const int64_t n_tokens = static_cast<int64_t>(slots.size());
@@ -387,68 +386,149 @@ void CpuBackend::attention(const Tensor& q, const KvLayer& cache, std::span<cons
   if (n_tokens == 0) return;
   const float* qs = f32(q);
   float* os = f32(out);
+  const int64_t head_dim = p.head_dim;
   const int group = p.n_head / p.n_head_kv;
   const bool half = cache.k.type == DType::F16;
-  const ConvertF16Fn to_f32 = convert_f16_to_f32_kernel(level_);
-  const AttentionKernels attn = attention_kernels(level_);
+  const OpsKernels& ops = ops_kernels(level_);
+  const auto first_row = [&](const KvSlot& s) { return p.window > 0 ? std::max(0, s.pos - p.window + 1) : 0; };
 
-  int32_t max_rows = 0;
+  int64_t max_rows = 0;
   for (const KvSlot& s : slots) {
     HEARTH_CHECK(s.seq >= 0 && s.seq < cache.n_seq && s.pos >= 0 && s.pos < cache.n_ctx, "slot ({}, {})", s.seq, s.pos);
-    max_rows = std::max(max_rows, s.pos + 1);
+    max_rows = std::max<int64_t>(max_rows, s.pos - first_row(s) + 1);
   }
 
-  // One job per (token, kv head, part of its query-head group). With an f16 cache the job
-  // converts the rows of its kv head's slice that its token reads to f32 once, in its own
-  // scratch, for all its query heads (no pass over whole caches, no extra parallel_for per
-  // sequence). When there are too few (token, kv head) pairs to keep the threads busy (decode
-  // of one sequence), each query head is its own job and converts the slice itself: the
-  // conversion is cheap next to the two products over the same rows.
-  const int parts = n_tokens * p.n_head_kv >= 4 * static_cast<int64_t>(pool_.size()) ? 1 : group;
+  // Tiles: runs of consecutive slots of one sequence, [begin, end) of slots.
+  std::vector<std::pair<int64_t, int64_t>> tiles;
+  for (int64_t t = 0; t < n_tokens;) {
+    int64_t end = t + 1;
+    while (end < n_tokens && end - t < kAttentionTileTokens &&
+           slots[static_cast<size_t>(end)].seq == slots[static_cast<size_t>(t)].seq) {
+      ++end;
+    }
+    tiles.emplace_back(t, end);
+    t = end;
+  }
+  const int n_threads = pool_.size();
+  const int parts =
+      static_cast<int64_t>(tiles.size()) * p.n_head_kv >= 4 * static_cast<int64_t>(n_threads) ? 1 : group;
   const int heads_per_part = group / parts;
-  const size_t slice = static_cast<size_t>(max_rows) * static_cast<size_t>(p.head_dim);
-  const size_t per_thread = static_cast<size_t>(p.head_dim) + static_cast<size_t>(max_rows) + (half ? 2 * slice : 0);
-  // Not zeroed: every element a job reads it has written first.
-  const auto scratch = std::make_unique_for_overwrite<float[]>(static_cast<size_t>(pool_.size()) * per_thread);
-  pool_.parallel_for(n_tokens * p.n_head_kv * parts, [&](int64_t i0, int64_t i1, int thread) {
-    float* qr = scratch.get() + static_cast<size_t>(thread) * per_thread;
-    float* scores = qr + p.head_dim;
-    float* k_conv = scores + max_rows;
-    float* v_conv = k_conv + slice;
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t t = i / (int64_t{p.n_head_kv} * parts);
-      const int kv_head = static_cast<int>(i / parts % p.n_head_kv);
-      const int part = static_cast<int>(i % parts);
+
+  struct Job {
+    int64_t tile;
+    int kv_head;
+    int part;
+    int64_t cost;  // rows read by its queries
+  };
+  std::vector<Job> jobs;
+  jobs.reserve(tiles.size() * static_cast<size_t>(p.n_head_kv * parts));
+  for (size_t i = 0; i < tiles.size(); ++i) {
+    int64_t rows = 0;
+    for (int64_t t = tiles[i].first; t < tiles[i].second; ++t) {
       const KvSlot s = slots[static_cast<size_t>(t)];
-      const int32_t first = p.window > 0 ? std::max(0, s.pos - p.window + 1) : 0;
-      const int64_t n_rows = s.pos - first + 1;
-      // Element offset of row `first` of this sequence, at this kv head's slice.
-      const size_t at = (static_cast<size_t>(s.seq) * static_cast<size_t>(cache.n_ctx) + static_cast<size_t>(first)) *
-                            static_cast<size_t>(kv_dim) +
-                        static_cast<size_t>(kv_head) * static_cast<size_t>(p.head_dim);
-      const float* k;
-      const float* v;
-      int64_t stride;
-      if (half) {
-        const uint16_t* kh = static_cast<const uint16_t*>(cache.k.data) + at;
-        const uint16_t* vh = static_cast<const uint16_t*>(cache.v.data) + at;
-        for (int64_t j = 0; j < n_rows; ++j) {
-          to_f32(kh + j * kv_dim, k_conv + j * p.head_dim, p.head_dim);
-          to_f32(vh + j * kv_dim, v_conv + j * p.head_dim, p.head_dim);
+      rows += s.pos - first_row(s) + 1;
+    }
+    for (int kv = 0; kv < p.n_head_kv; ++kv) {
+      for (int part = 0; part < parts; ++part) jobs.push_back({static_cast<int64_t>(i), kv, part, rows * heads_per_part});
+    }
+  }
+  // Jobs to threads, longest first, each to the least loaded thread: a prompt's later tiles read
+  // more rows, and parallel_for's equal chunks of jobs would give them all to the last thread.
+  const int n_bins = static_cast<int>(std::min<size_t>(static_cast<size_t>(n_threads), jobs.size()));
+  std::vector<std::vector<const Job*>> bins(static_cast<size_t>(n_bins));
+  {
+    std::vector<const Job*> by_cost;
+    by_cost.reserve(jobs.size());
+    for (const Job& job : jobs) by_cost.push_back(&job);
+    std::stable_sort(by_cost.begin(), by_cost.end(), [](const Job* a, const Job* b) { return a->cost > b->cost; });
+    std::vector<int64_t> load(static_cast<size_t>(n_bins), 0);
+    for (const Job* job : by_cost) {
+      const size_t b = static_cast<size_t>(std::min_element(load.begin(), load.end()) - load.begin());
+      bins[b].push_back(job);
+      load[b] += job->cost;
+    }
+  }
+
+  const int64_t block_rows = attention_block_rows(head_dim, half ? 2 : 4);
+  const int64_t max_queries = kAttentionTileTokens * heads_per_part;
+  // Strides of the queries' copies and of their scores: whole cache lines plus one, so that the
+  // same offset of many queries does not fall into one L1 set (power-of-two strides thrash it).
+  const int64_t q_stride = (head_dim + 15) / 16 * 16 + 16;
+  const int64_t score_stride = (max_rows + 15) / 16 * 16 + 16;
+  const size_t per_thread = static_cast<size_t>(max_queries * (q_stride + score_stride));
+  float* const scratch = attention_scratch(per_thread * static_cast<size_t>(n_threads));
+
+  const auto run_job = [&](const Job& job, float* mem) {
+    const auto [t0, t1] = tiles[static_cast<size_t>(job.tile)];
+    const int h0 = job.kv_head * group + job.part * heads_per_part;
+    const int64_t n_queries = (t1 - t0) * heads_per_part;
+    float* const qbuf = mem;
+    float* const scores = qbuf + n_queries * q_stride;
+    // Query i: token t0 + i / heads_per_part, head h0 + i % heads_per_part.
+    const auto token = [&](int64_t i) { return slots[static_cast<size_t>(t0 + i / heads_per_part)]; };
+    const auto out_of = [&](int64_t i) {
+      return os + ((t0 + i / heads_per_part) * p.n_head + h0 + i % heads_per_part) * head_dim;
+    };
+    int32_t lo = std::numeric_limits<int32_t>::max(), hi = 0;
+    for (int64_t i = 0; i < n_queries; ++i) {
+      float* qi = qbuf + i * q_stride;
+      std::memcpy(qi, qs + (out_of(i) - os), static_cast<size_t>(head_dim) * sizeof(float));
+      if (half) ops.round_f16(qi, head_dim);  // q enters q.k as f16, as in ggml
+      lo = std::min(lo, first_row(token(i)));
+      hi = std::max(hi, token(i).pos);
+    }
+    // Element offset of row r of the tile's sequence, at this kv head's slice.
+    const size_t seq_at = static_cast<size_t>(token(0).seq) * static_cast<size_t>(cache.n_ctx);
+    const auto row_at = [&](int32_t r) {
+      return (seq_at + static_cast<size_t>(r)) * static_cast<size_t>(kv_dim) +
+             static_cast<size_t>(job.kv_head) * static_cast<size_t>(head_dim);
+    };
+    // For each block of rows in [lo, hi], each query's rows in it: each(i, offset of the first
+    // of them in the query's own range, their address in `part` (K or V), how many).
+    const auto over_blocks = [&](const Tensor& part, const auto& each) {
+      for (int64_t b = lo; b <= hi; b += block_rows) {
+        const auto b0 = static_cast<int32_t>(b);
+        const auto b1 = static_cast<int32_t>(std::min<int64_t>(hi, b + block_rows - 1));
+        for (int64_t i = 0; i < n_queries; ++i) {
+          const int32_t first = first_row(token(i));
+          const int32_t r0 = std::max(b0, first), r1 = std::min(b1, token(i).pos);
+          if (r0 > r1) continue;
+          if (half) {
+            each(i, r0 - first, static_cast<const uint16_t*>(part.data) + row_at(r0), int64_t{r1} - r0 + 1);
+          } else {
+            each(i, r0 - first, static_cast<const float*>(part.data) + row_at(r0), int64_t{r1} - r0 + 1);
+          }
         }
-        k = k_conv;
-        v = v_conv;
-        stride = p.head_dim;
+      }
+    };
+    const auto stride = static_cast<size_t>(kv_dim);
+    over_blocks(cache.k, [&](int64_t i, int64_t at, const auto* rows, int64_t n) {
+      float* s = scores + i * score_stride + at;
+      if constexpr (std::is_same_v<decltype(rows), const uint16_t*>) {
+        ops.qk_f16(qbuf + i * q_stride, rows, stride, n, head_dim, s);
       } else {
-        k = static_cast<const float*>(cache.k.data) + at;
-        v = static_cast<const float*>(cache.v.data) + at;
-        stride = kv_dim;
+        ops.qk_f32(qbuf + i * q_stride, rows, stride, n, head_dim, s);
       }
-      for (int g = part * heads_per_part; g < (part + 1) * heads_per_part; ++g) {
-        const int64_t h = int64_t{kv_head} * group + g;
-        attention_head_fast(attn, qs + (t * p.n_head + h) * p.head_dim, k, v, stride, p.head_dim, n_rows, p.scale,
-                            p.softcap, half, qr, scores, os + (t * p.n_head + h) * p.head_dim);
+    });
+    for (int64_t i = 0; i < n_queries; ++i) {
+      const KvSlot s = token(i);
+      ops.softmax(scores + i * score_stride, s.pos - first_row(s) + 1, p.scale, p.softcap, half);
+      std::fill_n(out_of(i), head_dim, 0.0f);
+    }
+    over_blocks(cache.v, [&](int64_t i, int64_t at, const auto* rows, int64_t n) {
+      const float* pr = scores + i * score_stride + at;
+      if constexpr (std::is_same_v<decltype(rows), const uint16_t*>) {
+        ops.pv_f16(pr, rows, stride, n, head_dim, out_of(i));
+      } else {
+        ops.pv_f32(pr, rows, stride, n, head_dim, out_of(i));
       }
+    });
+  };
+
+  pool_.parallel_for(n_bins, [&](int64_t b0, int64_t b1, int thread) {
+    float* mem = scratch + static_cast<size_t>(thread) * per_thread;
+    for (int64_t b = b0; b < b1; ++b) {
+      for (const Job* job : bins[static_cast<size_t>(b)]) run_job(*job, mem);
     }
   });
 }

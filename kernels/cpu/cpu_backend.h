@@ -2,7 +2,8 @@
 // at load, rows interleaved by 16, where the CPU level has packed matmul kernels:
 // kernels/cpu/packed.h), ops split across a thread pool by rows. Other matmuls run the best
 // dot-product kernels for the CPU level (kernels/cpu/dot.h: AVX2 / AVX-512 where available,
-// else the scalar references).
+// else the scalar references); attention, kv_store, RMSNorm and the GLU run
+// kernels/cpu/ops_simd.h's kernels for the level; the rest are the scalar references for now.
 #pragma once
 
 #include <memory>

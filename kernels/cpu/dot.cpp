@@ -192,27 +192,6 @@ ConvertF16Fn convert_f16_to_f32_kernel(CpuLevel level) {
   }
 }
 
-namespace {
-float attention_dot_ref(const float* a, const float* b, int64_t n) {
-  float sum = 0.0f;
-  for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
-  return sum;
-}
-void attention_axpy_ref(float a, const float* x, float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
-}
-}  // namespace
-
-AttentionKernels attention_kernels(CpuLevel level) {
-  switch (level) {
-#if defined(HEARTH_X86_KERNELS)
-    case CpuLevel::Avx2:
-    case CpuLevel::Avx512: return {x86::avx2::attention_dot, x86::avx2::attention_axpy};
-#endif
-    default: return {attention_dot_ref, attention_axpy_ref};
-  }
-}
-
 void convert_f16_to_f32(const uint16_t* x, float* y, int64_t n, CpuLevel level) {
   convert_f16_to_f32_kernel(level)(x, y, n);
 }

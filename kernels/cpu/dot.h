@@ -49,15 +49,6 @@ ConvertF16Fn convert_f16_to_f32_kernel(CpuLevel level);
 // The same, looked up per call (for callers that convert long runs).
 void convert_f16_to_f32(const uint16_t* x, float* y, int64_t n, CpuLevel level);
 
-// The vector loops of attention over f32 rows: sum a[i] * b[i] (float partial sums, lane order
-// of the level) and y[i] += a * x[i], for i in [0, n); no alignment needed. AVX2 FMA on x86,
-// plain loops elsewhere.
-struct AttentionKernels {
-  float (*dot)(const float* a, const float* b, int64_t n);
-  void (*axpy)(float a, const float* x, float* y, int64_t n);
-};
-AttentionKernels attention_kernels(CpuLevel level);
-
 // y[t * y_stride + r] = dot(w row r, xq row t) for weight rows [r0, r1) and tokens [0, n), `xq`
 // holding n activation rows already quantized to the kernel's activation type, xq_row_bytes
 // apart: tokens go kDotRows at a time through vec_dot_rows, over tiles of weight rows small

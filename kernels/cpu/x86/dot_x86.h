@@ -31,8 +31,6 @@
   HEARTH_X86_PLAIN_DOTS(HEARTH_X86_DECLARE_DOT)                                                         \
   HEARTH_X86_QUANTIZERS(HEARTH_X86_DECLARE_QUANTIZE)                                                    \
   void convert_f16_to_f32(const uint16_t* x, float* y, int64_t n);                                      \
-  float attention_dot(const float* a, const float* b, int64_t n);                                       \
-  void attention_axpy(float a, const float* x, float* y, int64_t n);                                    \
   HEARTH_X86_SCALED_DOTS(HEARTH_X86_DECLARE_DOT4S)                                                      \
   }
 #define HEARTH_X86_DECLARE_DOT(t) float vec_dot_##t(int64_t n, const void* w, const void* x);
