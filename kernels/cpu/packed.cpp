@@ -16,9 +16,8 @@ namespace hearth::kernels {
 namespace {
 
 
-// Where the fields of one native block are.
+// Where the fields of one native block of a 32-element type are.
 struct Native {
-  size_t block_bytes = 0;
   size_t d_at = 0;
   size_t m_at = 0;   // when the format has a min
   size_t qh_at = 0;  // when the format has fifth bits
@@ -27,13 +26,13 @@ struct Native {
 
 Native native(DType type) {
   switch (type) {
-    case DType::Q4_0: return {sizeof(BlockQ4_0), offsetof(BlockQ4_0, d), 0, 0, offsetof(BlockQ4_0, qs)};
-    case DType::Q4_1: return {sizeof(BlockQ4_1), offsetof(BlockQ4_1, d), offsetof(BlockQ4_1, m), 0, offsetof(BlockQ4_1, qs)};
-    case DType::Q5_0: return {sizeof(BlockQ5_0), offsetof(BlockQ5_0, d), 0, offsetof(BlockQ5_0, qh), offsetof(BlockQ5_0, qs)};
+    case DType::Q4_0: return {offsetof(BlockQ4_0, d), 0, 0, offsetof(BlockQ4_0, qs)};
+    case DType::Q4_1: return {offsetof(BlockQ4_1, d), offsetof(BlockQ4_1, m), 0, offsetof(BlockQ4_1, qs)};
+    case DType::Q5_0: return {offsetof(BlockQ5_0, d), 0, offsetof(BlockQ5_0, qh), offsetof(BlockQ5_0, qs)};
     case DType::Q5_1:
-      return {sizeof(BlockQ5_1), offsetof(BlockQ5_1, d), offsetof(BlockQ5_1, m), offsetof(BlockQ5_1, qh),
+      return {offsetof(BlockQ5_1, d), offsetof(BlockQ5_1, m), offsetof(BlockQ5_1, qh),
               offsetof(BlockQ5_1, qs)};
-    case DType::Q8_0: return {sizeof(BlockQ8_0), offsetof(BlockQ8_0, d), 0, 0, offsetof(BlockQ8_0, qs)};
+    case DType::Q8_0: return {offsetof(BlockQ8_0, d), 0, 0, offsetof(BlockQ8_0, qs)};
     default: throw Error(fmt::format("{} has no packed layout", dtype_name(type)));
   }
 }
@@ -101,174 +100,119 @@ size_t packed_act_row_bytes(DType type, int64_t k) {
 
 namespace {
 
-void pack_groups_k4(const void* src, int64_t k, int64_t m, void* dst, int64_t g0, int64_t g1) {
-  const PackedFormat f = packed_format(DType::Q4_K);
-  const int64_t nb = blocks(f, k);
-  const PackedRegions reg = packed_regions(f, nb);
-  const size_t row_bytes = sizeof(BlockQ4_K) * static_cast<size_t>(nb);
-  for (int64_t g = g0; g < g1; ++g) {
-    uint8_t* out = static_cast<uint8_t*>(dst) + static_cast<size_t>(g) * reg.total;
-    std::memset(out, 0, reg.total);  // padding rows: zero scales, zero quants
-    for (int r = 0; r < kPackRows; ++r) {
-      const int64_t row = g * kPackRows + r;
-      if (row >= m) break;
-      for (int64_t b = 0; b < nb; ++b) {
-        const auto ub = static_cast<size_t>(b);
-        const uint8_t* blk = static_cast<const uint8_t*>(src) + static_cast<size_t>(row) * row_bytes + ub * sizeof(BlockQ4_K);
-        uint8_t* qs = out + reg.qs + ub * reg.qs_block;
-        for (int chunk = 0; chunk < 32; ++chunk) std::memcpy(qs + 64 * chunk + 4 * r, blk + offsetof(BlockQ4_K, qs) + 4 * chunk, 4);
-        std::memcpy(out + reg.d + (ub * kPackRows + r) * 2, blk + offsetof(BlockQ4_K, d), 2);
-        std::memcpy(out + reg.m + (ub * kPackRows + r) * 2, blk + offsetof(BlockQ4_K, dmin), 2);
-        int sc[8], mn[8];
-        unpack_scales_mins_k4(blk + offsetof(BlockQ4_K, scales), sc, mn);
-        for (int j = 0; j < 8; ++j) {
-          out[reg.sc + ub * 128 + 16 * static_cast<size_t>(j) + r] = static_cast<uint8_t>(sc[j]);
-          out[reg.mn + ub * 128 + 32 * static_cast<size_t>(j / 2) + 2 * r + j % 2] = static_cast<uint8_t>(mn[j]);
-        }
+// Copies `len` bytes between a place in a packed group and one in a native block, in the
+// direction of `to_packed`. Each type's transfer below names every place once and serves both
+// pack_groups and unpack_row.
+void copy(bool to_packed, uint8_t* packed, uint8_t* native_bytes, size_t len) {
+  if (to_packed) {
+    std::memcpy(packed, native_bytes, len);
+  } else {
+    std::memcpy(native_bytes, packed, len);
+  }
+}
+
+// Block `ub` of lane `r` of group `grp` <-> the native block `blk`.
+void transfer_32(DType type, bool to_packed, uint8_t* grp, const PackedRegions& reg, size_t ub, size_t r, uint8_t* blk) {
+  const PackedFormat f = packed_format(type);
+  const Native nat = native(type);
+  uint8_t* qs = grp + reg.qs + ub * reg.qs_block;
+  if (f.q8) {  // stored as q + 128
+    for (size_t e = 0; e < 32; ++e) {
+      uint8_t& p = qs[64 * (e / 4) + 4 * r + e % 4];
+      uint8_t& n = blk[nat.qs_at + e];
+      if (to_packed) {
+        p = static_cast<uint8_t>(n ^ 0x80);
+      } else {
+        n = static_cast<uint8_t>(p ^ 0x80);
       }
     }
+  } else {
+    for (size_t i = 0; i < 4; ++i) copy(to_packed, qs + 64 * i + 4 * r, blk + nat.qs_at + 4 * i, 4);
   }
-}
-
-void unpack_row_k4(const void* packed, int64_t k, int64_t row, void* dst) {
-  const PackedFormat f = packed_format(DType::Q4_K);
-  const int64_t nb = blocks(f, k);
-  const PackedRegions reg = packed_regions(f, nb);
-  const auto* in = static_cast<const uint8_t*>(packed) + static_cast<size_t>(row / kPackRows) * reg.total;
-  const int r = static_cast<int>(row % kPackRows);
-  for (int64_t b = 0; b < nb; ++b) {
-    const auto ub = static_cast<size_t>(b);
-    uint8_t* blk = static_cast<uint8_t*>(dst) + ub * sizeof(BlockQ4_K);
-    const uint8_t* qs = in + reg.qs + ub * reg.qs_block;
-    for (int chunk = 0; chunk < 32; ++chunk) std::memcpy(blk + offsetof(BlockQ4_K, qs) + 4 * chunk, qs + 64 * chunk + 4 * r, 4);
-    std::memcpy(blk + offsetof(BlockQ4_K, d), in + reg.d + (ub * kPackRows + r) * 2, 2);
-    std::memcpy(blk + offsetof(BlockQ4_K, dmin), in + reg.m + (ub * kPackRows + r) * 2, 2);
-    int sc[8], mn[8];
-    for (int j = 0; j < 8; ++j) {
-      sc[j] = in[reg.sc + ub * 128 + 16 * static_cast<size_t>(j) + r];
-      mn[j] = in[reg.mn + ub * 128 + 32 * static_cast<size_t>(j / 2) + 2 * r + j % 2];
-    }
-    pack_scales_mins_k4(sc, mn, blk + offsetof(BlockQ4_K, scales));
-  }
-}
-
-void pack_groups_k6(const void* src, int64_t k, int64_t m, void* dst, int64_t g0, int64_t g1) {
-  const PackedFormat f = packed_format(DType::Q6_K);
-  const int64_t nb = blocks(f, k);
-  const PackedRegions reg = packed_regions(f, nb);
-  const size_t row_bytes = sizeof(BlockQ6_K) * static_cast<size_t>(nb);
-  for (int64_t g = g0; g < g1; ++g) {
-    uint8_t* out = static_cast<uint8_t*>(dst) + static_cast<size_t>(g) * reg.total;
-    std::memset(out, 0, reg.total);
-    for (int r = 0; r < kPackRows; ++r) {
-      const int64_t row = g * kPackRows + r;
-      if (row >= m) break;
-      for (int64_t b = 0; b < nb; ++b) {
-        const auto ub = static_cast<size_t>(b);
-        const uint8_t* blk = static_cast<const uint8_t*>(src) + static_cast<size_t>(row) * row_bytes + ub * sizeof(BlockQ6_K);
-        for (size_t c = 0; c < 32; ++c) std::memcpy(out + reg.qs + ub * reg.qs_block + 64 * c + 4 * r, blk + offsetof(BlockQ6_K, ql) + 4 * c, 4);
-        for (size_t c = 0; c < 16; ++c) std::memcpy(out + reg.qh + ub * 1024 + 64 * c + 4 * r, blk + offsetof(BlockQ6_K, qh) + 4 * c, 4);
-        for (size_t j = 0; j < 16; ++j) out[reg.sc + ub * 256 + 16 * j + r] = blk[offsetof(BlockQ6_K, scales) + j];
-        std::memcpy(out + reg.d + (ub * kPackRows + r) * 2, blk + offsetof(BlockQ6_K, d), 2);
+  copy(to_packed, grp + reg.d + (ub * kPackRows + r) * 2, blk + nat.d_at, 2);
+  if (f.has_min) copy(to_packed, grp + reg.m + (ub * kPackRows + r) * 2, blk + nat.m_at, 2);
+  if (f.has_qh) {  // 32 fifth bits <-> four bits of each of eight 64-bit masks
+    uint32_t qh = 0;
+    if (to_packed) std::memcpy(&qh, blk + nat.qh_at, sizeof(qh));
+    for (size_t j = 0; j < 8; ++j) {
+      uint64_t word;
+      uint8_t* at = grp + reg.qh + (ub * 8 + j) * sizeof(uint64_t);
+      std::memcpy(&word, at, sizeof(word));
+      if (to_packed) {
+        word |= static_cast<uint64_t>((qh >> (4 * j)) & 0xF) << (4 * r);
+        std::memcpy(at, &word, sizeof(word));
+      } else {
+        qh |= static_cast<uint32_t>((word >> (4 * r)) & 0xF) << (4 * j);
       }
     }
+    if (!to_packed) std::memcpy(blk + nat.qh_at, &qh, sizeof(qh));
   }
 }
 
-void unpack_row_k6(const void* packed, int64_t k, int64_t row, void* dst) {
-  const PackedFormat f = packed_format(DType::Q6_K);
-  const int64_t nb = blocks(f, k);
-  const PackedRegions reg = packed_regions(f, nb);
-  const auto* in = static_cast<const uint8_t*>(packed) + static_cast<size_t>(row / kPackRows) * reg.total;
-  const auto r = static_cast<size_t>(row % kPackRows);
-  for (int64_t b = 0; b < nb; ++b) {
-    const auto ub = static_cast<size_t>(b);
-    uint8_t* blk = static_cast<uint8_t*>(dst) + ub * sizeof(BlockQ6_K);
-    for (size_t c = 0; c < 32; ++c) std::memcpy(blk + offsetof(BlockQ6_K, ql) + 4 * c, in + reg.qs + ub * reg.qs_block + 64 * c + 4 * r, 4);
-    for (size_t c = 0; c < 16; ++c) std::memcpy(blk + offsetof(BlockQ6_K, qh) + 4 * c, in + reg.qh + ub * 1024 + 64 * c + 4 * r, 4);
-    for (size_t j = 0; j < 16; ++j) blk[offsetof(BlockQ6_K, scales) + j] = in[reg.sc + ub * 256 + 16 * j + r];
-    std::memcpy(blk + offsetof(BlockQ6_K, d), in + reg.d + (ub * kPackRows + r) * 2, 2);
+void transfer_q4_K(bool to_packed, uint8_t* grp, const PackedRegions& reg, size_t ub, size_t r, uint8_t* blk) {
+  for (size_t c = 0; c < 32; ++c) copy(to_packed, grp + reg.qs + ub * reg.qs_block + 64 * c + 4 * r, blk + offsetof(BlockQ4_K, qs) + 4 * c, 4);
+  copy(to_packed, grp + reg.d + (ub * kPackRows + r) * 2, blk + offsetof(BlockQ4_K, d), 2);
+  copy(to_packed, grp + reg.m + (ub * kPackRows + r) * 2, blk + offsetof(BlockQ4_K, dmin), 2);
+  int sc[8], mn[8];
+  if (to_packed) unpack_scales_mins_k4(blk + offsetof(BlockQ4_K, scales), sc, mn);
+  for (size_t j = 0; j < 8; ++j) {
+    uint8_t& ps = grp[reg.sc + ub * 128 + 16 * j + r];
+    uint8_t& pm = grp[reg.mn + ub * 128 + 32 * (j / 2) + 2 * r + j % 2];
+    if (to_packed) {
+      ps = static_cast<uint8_t>(sc[j]);
+      pm = static_cast<uint8_t>(mn[j]);
+    } else {
+      sc[j] = ps;
+      mn[j] = pm;
+    }
+  }
+  if (!to_packed) pack_scales_mins_k4(sc, mn, blk + offsetof(BlockQ4_K, scales));
+}
+
+void transfer_q6_K(bool to_packed, uint8_t* grp, const PackedRegions& reg, size_t ub, size_t r, uint8_t* blk) {
+  for (size_t c = 0; c < 32; ++c) copy(to_packed, grp + reg.qs + ub * reg.qs_block + 64 * c + 4 * r, blk + offsetof(BlockQ6_K, ql) + 4 * c, 4);
+  for (size_t c = 0; c < 16; ++c) copy(to_packed, grp + reg.qh + ub * 1024 + 64 * c + 4 * r, blk + offsetof(BlockQ6_K, qh) + 4 * c, 4);
+  for (size_t j = 0; j < 16; ++j) copy(to_packed, grp + reg.sc + ub * 256 + 16 * j + r, blk + offsetof(BlockQ6_K, scales) + j, 1);
+  copy(to_packed, grp + reg.d + (ub * kPackRows + r) * 2, blk + offsetof(BlockQ6_K, d), 2);
+}
+
+void transfer(DType type, bool to_packed, uint8_t* grp, const PackedRegions& reg, size_t ub, size_t r, uint8_t* blk) {
+  switch (type) {
+    case DType::Q4_K: return transfer_q4_K(to_packed, grp, reg, ub, r, blk);
+    case DType::Q6_K: return transfer_q6_K(to_packed, grp, reg, ub, r, blk);
+    default: return transfer_32(type, to_packed, grp, reg, ub, r, blk);
   }
 }
 
 }  // namespace
 
 void pack_groups(DType type, const void* src, int64_t k, int64_t m, void* dst, int64_t g0, int64_t g1) {
-  if (type == DType::Q4_K) return pack_groups_k4(src, k, m, dst, g0, g1);
-  if (type == DType::Q6_K) return pack_groups_k6(src, k, m, dst, g0, g1);
   const PackedFormat f = format(type);
-  const Native nat = native(type);
   const int64_t nb = blocks(f, k);
   const PackedRegions reg = packed_regions(f, nb);
-  const size_t row_bytes = nat.block_bytes * static_cast<size_t>(nb);
-  const auto* s = static_cast<const uint8_t*>(src);
+  const size_t block_bytes = dtype_block_bytes(type);
+  const size_t row_bytes = block_bytes * static_cast<size_t>(nb);
+  // The transfer only reads the native block when packing.
+  auto* s = const_cast<uint8_t*>(static_cast<const uint8_t*>(src));
   for (int64_t g = g0; g < g1; ++g) {
     uint8_t* out = static_cast<uint8_t*>(dst) + static_cast<size_t>(g) * reg.total;
     std::memset(out, 0, reg.total);  // padding rows: zero scales, zero quants
-    for (int r = 0; r < kPackRows; ++r) {
-      const int64_t row = g * kPackRows + r;
-      if (row >= m) break;
-      for (int64_t b = 0; b < nb; ++b) {
-        const uint8_t* blk = s + static_cast<size_t>(row) * row_bytes + static_cast<size_t>(b) * nat.block_bytes;
-        const auto ub = static_cast<size_t>(b);
-        uint8_t* qs = out + reg.qs + ub * reg.qs_block;
-        if (f.q8) {
-          for (int j = 0; j < 8; ++j) {
-            for (int c = 0; c < 4; ++c) qs[64 * j + 4 * r + c] = static_cast<uint8_t>(blk[nat.qs_at + 4 * j + c] ^ 0x80);
-          }
-        } else {
-          for (int i = 0; i < 4; ++i) std::memcpy(qs + 64 * i + 4 * r, blk + nat.qs_at + 4 * i, 4);
-        }
-        std::memcpy(out + reg.d + (ub * kPackRows + r) * 2, blk + nat.d_at, 2);
-        if (f.has_min) std::memcpy(out + reg.m + (ub * kPackRows + r) * 2, blk + nat.m_at, 2);
-        if (f.has_qh) {
-          uint32_t qh;
-          std::memcpy(&qh, blk + nat.qh_at, sizeof(qh));
-          for (int j = 0; j < 8; ++j) {
-            uint64_t word;
-            uint8_t* at = out + reg.qh + (ub * 8 + static_cast<size_t>(j)) * sizeof(uint64_t);
-            std::memcpy(&word, at, sizeof(word));
-            word |= static_cast<uint64_t>((qh >> (4 * j)) & 0xF) << (4 * r);
-            std::memcpy(at, &word, sizeof(word));
-          }
-        }
-      }
+    for (size_t r = 0; r < kPackRows && g * kPackRows + static_cast<int64_t>(r) < m; ++r) {
+      uint8_t* row = s + static_cast<size_t>(g * kPackRows + static_cast<int64_t>(r)) * row_bytes;
+      for (size_t b = 0; b < static_cast<size_t>(nb); ++b) transfer(type, true, out, reg, b, r, row + b * block_bytes);
     }
   }
 }
 
 void unpack_row(DType type, const void* packed, int64_t k, int64_t row, void* dst) {
-  if (type == DType::Q4_K) return unpack_row_k4(packed, k, row, dst);
-  if (type == DType::Q6_K) return unpack_row_k6(packed, k, row, dst);
   const PackedFormat f = format(type);
-  const Native nat = native(type);
   const int64_t nb = blocks(f, k);
   const PackedRegions reg = packed_regions(f, nb);
-  const auto* in = static_cast<const uint8_t*>(packed) + static_cast<size_t>(row / kPackRows) * reg.total;
-  const int r = static_cast<int>(row % kPackRows);
-  auto* out = static_cast<uint8_t*>(dst);
-  for (int64_t b = 0; b < nb; ++b) {
-    const auto ub = static_cast<size_t>(b);
-    uint8_t* blk = out + ub * nat.block_bytes;
-    const uint8_t* qs = in + reg.qs + ub * reg.qs_block;
-    if (f.q8) {
-      for (int j = 0; j < 8; ++j) {
-        for (int c = 0; c < 4; ++c) blk[nat.qs_at + 4 * j + c] = static_cast<uint8_t>(qs[64 * j + 4 * r + c] ^ 0x80);
-      }
-    } else {
-      for (int i = 0; i < 4; ++i) std::memcpy(blk + nat.qs_at + 4 * i, qs + 64 * i + 4 * r, 4);
-    }
-    std::memcpy(blk + nat.d_at, in + reg.d + (ub * kPackRows + r) * 2, 2);
-    if (f.has_min) std::memcpy(blk + nat.m_at, in + reg.m + (ub * kPackRows + r) * 2, 2);
-    if (f.has_qh) {
-      uint32_t qh = 0;
-      for (int j = 0; j < 8; ++j) {
-        uint64_t word;
-        std::memcpy(&word, in + reg.qh + (ub * 8 + static_cast<size_t>(j)) * sizeof(uint64_t), sizeof(word));
-        qh |= static_cast<uint32_t>((word >> (4 * r)) & 0xF) << (4 * j);
-      }
-      std::memcpy(blk + nat.qh_at, &qh, sizeof(qh));
-    }
+  // The transfer only writes the packed group when packing.
+  auto* grp = const_cast<uint8_t*>(static_cast<const uint8_t*>(packed)) + static_cast<size_t>(row / kPackRows) * reg.total;
+  const size_t block_bytes = dtype_block_bytes(type);
+  for (size_t b = 0; b < static_cast<size_t>(nb); ++b) {
+    transfer(type, false, grp, reg, b, static_cast<size_t>(row % kPackRows), static_cast<uint8_t*>(dst) + b * block_bytes);
   }
 }
 
