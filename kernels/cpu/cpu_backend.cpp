@@ -315,7 +315,9 @@ void CpuBackend::attention(const Tensor& q, const KvLayer& cache, std::span<cons
       rows += s.pos - first_row(s) + 1;
     }
     for (int kv = 0; kv < p.n_head_kv; ++kv) {
-      for (int part = 0; part < parts; ++part) jobs.push_back({static_cast<int64_t>(i), kv, part, rows * heads_per_part});
+      for (int part = 0; part < parts; ++part) {
+        jobs.push_back({static_cast<int64_t>(i), kv, part, rows * heads_per_part});
+      }
     }
   }
   // Jobs to threads, longest first, each to the least loaded thread: a prompt's later tiles read

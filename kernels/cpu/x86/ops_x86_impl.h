@@ -250,7 +250,8 @@ void qk2_rows(const float* q0, const float* q1, const T* k, size_t stride, int64
 
 // pv_chunk for two queries: each row chunk loaded once, one multiply-add per element, query and row.
 template <int A, class T>
-inline void pv2_chunk(const float* p0, const float* p1, const T* v, size_t stride, int64_t n, float* out0, float* out1) {
+inline void pv2_chunk(const float* p0, const float* p1, const T* v, size_t stride, int64_t n, float* out0,
+                      float* out1) {
   __m256 acc0[A], acc1[A];
 #pragma GCC unroll 4
   for (int a = 0; a < A; ++a) {
