@@ -429,7 +429,9 @@ void CpuBackend::attention(const Tensor& q, const KvLayer& cache, std::span<cons
       rows += s.pos - first_row(s) + 1;
     }
     for (int kv = 0; kv < p.n_head_kv; ++kv) {
-      for (int part = 0; part < parts; ++part) jobs.push_back({static_cast<int64_t>(i), kv, part, rows * heads_per_part});
+      for (int part = 0; part < parts; ++part) {
+        jobs.push_back({static_cast<int64_t>(i), kv, part, rows * heads_per_part});
+      }
     }
   }
   // Jobs to threads, longest first, each to the least loaded thread: a prompt's later tiles read
@@ -483,44 +485,64 @@ void CpuBackend::attention(const Tensor& q, const KvLayer& cache, std::span<cons
       return (seq_at + static_cast<size_t>(r)) * static_cast<size_t>(kv_dim) +
              static_cast<size_t>(job.kv_head) * static_cast<size_t>(head_dim);
     };
-    // For each block of rows in [lo, hi], each query's rows in it: each(i, offset of the first
-    // of them in the query's own range, their address in `part` (K or V), how many).
+    // For each block of rows in [lo, hi], each query's rows in it: each(i, pair, offset of the
+    // first of them in the query's own range, their address in `part` (K or V), how many). Two
+    // query heads of one token read the same rows: they go together (pair: i and i + 1).
     const auto over_blocks = [&](const Tensor& part, const auto& each) {
       for (int64_t b = lo; b <= hi; b += block_rows) {
         const auto b0 = static_cast<int32_t>(b);
         const auto b1 = static_cast<int32_t>(std::min<int64_t>(hi, b + block_rows - 1));
-        for (int64_t i = 0; i < n_queries; ++i) {
+        for (int64_t i = 0; i < n_queries;) {
+          const bool pair = (i + 1) % heads_per_part != 0;  // i + 1: another head of the same token
           const int32_t first = first_row(token(i));
           const int32_t r0 = std::max(b0, first), r1 = std::min(b1, token(i).pos);
-          if (r0 > r1) continue;
-          if (half) {
-            each(i, r0 - first, static_cast<const uint16_t*>(part.data) + row_at(r0), int64_t{r1} - r0 + 1);
-          } else {
-            each(i, r0 - first, static_cast<const float*>(part.data) + row_at(r0), int64_t{r1} - r0 + 1);
+          if (r0 <= r1) {
+            if (half) {
+              each(i, pair, r0 - first, static_cast<const uint16_t*>(part.data) + row_at(r0), int64_t{r1} - r0 + 1);
+            } else {
+              each(i, pair, r0 - first, static_cast<const float*>(part.data) + row_at(r0), int64_t{r1} - r0 + 1);
+            }
           }
+          i += pair ? 2 : 1;
         }
       }
     };
     const auto stride = static_cast<size_t>(kv_dim);
-    over_blocks(cache.k, [&](int64_t i, int64_t at, const auto* rows, int64_t n) {
-      float* s = scores + i * score_stride + at;
+    const auto q_of = [&](int64_t i) { return qbuf + i * q_stride; };
+    const auto scores_of = [&](int64_t i) { return scores + i * score_stride; };
+    over_blocks(cache.k, [&](int64_t i, bool pair, int64_t at, const auto* rows, int64_t n) {
       if constexpr (std::is_same_v<decltype(rows), const uint16_t*>) {
-        ops.qk_f16(qbuf + i * q_stride, rows, stride, n, head_dim, s);
+        if (pair) {
+          ops.qk2_f16(q_of(i), q_of(i + 1), rows, stride, n, head_dim, scores_of(i) + at, scores_of(i + 1) + at);
+        } else {
+          ops.qk_f16(q_of(i), rows, stride, n, head_dim, scores_of(i) + at);
+        }
       } else {
-        ops.qk_f32(qbuf + i * q_stride, rows, stride, n, head_dim, s);
+        if (pair) {
+          ops.qk2_f32(q_of(i), q_of(i + 1), rows, stride, n, head_dim, scores_of(i) + at, scores_of(i + 1) + at);
+        } else {
+          ops.qk_f32(q_of(i), rows, stride, n, head_dim, scores_of(i) + at);
+        }
       }
     });
     for (int64_t i = 0; i < n_queries; ++i) {
       const KvSlot s = token(i);
-      ops.softmax(scores + i * score_stride, s.pos - first_row(s) + 1, p.scale, p.softcap, half);
+      ops.softmax(scores_of(i), s.pos - first_row(s) + 1, p.scale, p.softcap, half);
       std::fill_n(out_of(i), head_dim, 0.0f);
     }
-    over_blocks(cache.v, [&](int64_t i, int64_t at, const auto* rows, int64_t n) {
-      const float* pr = scores + i * score_stride + at;
+    over_blocks(cache.v, [&](int64_t i, bool pair, int64_t at, const auto* rows, int64_t n) {
       if constexpr (std::is_same_v<decltype(rows), const uint16_t*>) {
-        ops.pv_f16(pr, rows, stride, n, head_dim, out_of(i));
+        if (pair) {
+          ops.pv2_f16(scores_of(i) + at, scores_of(i + 1) + at, rows, stride, n, head_dim, out_of(i), out_of(i + 1));
+        } else {
+          ops.pv_f16(scores_of(i) + at, rows, stride, n, head_dim, out_of(i));
+        }
       } else {
-        ops.pv_f32(pr, rows, stride, n, head_dim, out_of(i));
+        if (pair) {
+          ops.pv2_f32(scores_of(i) + at, scores_of(i + 1) + at, rows, stride, n, head_dim, out_of(i), out_of(i + 1));
+        } else {
+          ops.pv_f32(scores_of(i) + at, rows, stride, n, head_dim, out_of(i));
+        }
       }
     });
   };

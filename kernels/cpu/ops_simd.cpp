@@ -101,16 +101,48 @@ void gelu_mul_scalar(const float* g, const float* u, float* y, int64_t n) {
   }
 }
 
+// Two queries as two calls of the one-query kernel, for levels without a two-query one.
+template <class T, void (*Qk)(const float*, const T*, size_t, int64_t, int64_t, float*)>
+void qk2_twice(const float* q0, const float* q1, const T* k, size_t stride, int64_t n, int64_t head_dim, float* s0,
+               float* s1) {
+  Qk(q0, k, stride, n, head_dim, s0);
+  Qk(q1, k, stride, n, head_dim, s1);
+}
+template <class T, void (*Pv)(const float*, const T*, size_t, int64_t, int64_t, float*)>
+void pv2_twice(const float* p0, const float* p1, const T* v, size_t stride, int64_t n, int64_t head_dim, float* out0,
+               float* out1) {
+  Pv(p0, v, stride, n, head_dim, out0);
+  Pv(p1, v, stride, n, head_dim, out1);
+}
+
 constexpr OpsKernels kScalar = {
-    qk_scalar<uint16_t>, qk_scalar<float>, pv_scalar<uint16_t>, pv_scalar<float>, softmax_scalar, exp_scalar,
-    f32_to_f16_scalar,   round_f16_scalar, ref::rms_norm_row,   silu_mul_scalar,  gelu_mul_scalar, false,
+    qk_scalar<uint16_t>,
+    qk_scalar<float>,
+    pv_scalar<uint16_t>,
+    pv_scalar<float>,
+    qk2_twice<uint16_t, qk_scalar<uint16_t>>,
+    qk2_twice<float, qk_scalar<float>>,
+    pv2_twice<uint16_t, pv_scalar<uint16_t>>,
+    pv2_twice<float, pv_scalar<float>>,
+    softmax_scalar,
+    exp_scalar,
+    f32_to_f16_scalar,
+    round_f16_scalar,
+    ref::rms_norm_row,
+    silu_mul_scalar,
+    gelu_mul_scalar,
+    false,
 };
 
-#define HEARTH_OPS_TABLE(ns)                                                                                 \
-  OpsKernels {                                                                                               \
-    ns::qk_f16, ns::qk_f32, ns::pv_f16, ns::pv_f32, ns::softmax, ns::exp, ns::f32_to_f16, ns::round_f16,     \
-        ns::rms_norm_row, ns::silu_mul, ns::gelu_mul, true                                                   \
+#define HEARTH_OPS_TABLE(ns, qk2_f16, qk2_f32, pv2_f16, pv2_f32)                                                \
+  OpsKernels {                                                                                                 \
+    ns::qk_f16, ns::qk_f32, ns::pv_f16, ns::pv_f32, qk2_f16, qk2_f32, pv2_f16, pv2_f32, ns::softmax, ns::exp,  \
+        ns::f32_to_f16, ns::round_f16, ns::rms_norm_row, ns::silu_mul, ns::gelu_mul, true                      \
   }
+#define HEARTH_OPS_TABLE_NATIVE(ns) HEARTH_OPS_TABLE(ns, ns::qk2_f16, ns::qk2_f32, ns::pv2_f16, ns::pv2_f32)
+#define HEARTH_OPS_TABLE_TWICE(ns)                                                                        \
+  HEARTH_OPS_TABLE(ns, (qk2_twice<uint16_t, ns::qk_f16>), (qk2_twice<float, ns::qk_f32>),                \
+                   (pv2_twice<uint16_t, ns::pv_f16>), (pv2_twice<float, ns::pv_f32>))
 
 // Indexed by CpuLevel; a level of the other architecture keeps the scalar kernels (it is never
 // selected: cpu_level_supported() is false for it).
@@ -119,18 +151,20 @@ const std::array<OpsKernels, std::size(kAllCpuLevels)>& tables() {
     std::array<OpsKernels, std::size(kAllCpuLevels)> a;
     a.fill(kScalar);
 #if defined(HEARTH_X86_KERNELS)
-    a[static_cast<size_t>(CpuLevel::Avx2)] = HEARTH_OPS_TABLE(x86::avx2);
-    a[static_cast<size_t>(CpuLevel::Avx512)] = HEARTH_OPS_TABLE(x86::avx512);
+    a[static_cast<size_t>(CpuLevel::Avx2)] = HEARTH_OPS_TABLE_NATIVE(x86::avx2);
+    a[static_cast<size_t>(CpuLevel::Avx512)] = HEARTH_OPS_TABLE_NATIVE(x86::avx512);
 #endif
 #if defined(HEARTH_ARM_KERNELS)
     // Plain armv8-a NEON serves both aarch64 levels (these ops have no use for sdot).
-    a[static_cast<size_t>(CpuLevel::Neon)] = HEARTH_OPS_TABLE(arm::neon);
-    a[static_cast<size_t>(CpuLevel::Dotprod)] = HEARTH_OPS_TABLE(arm::neon);
+    a[static_cast<size_t>(CpuLevel::Neon)] = HEARTH_OPS_TABLE_TWICE(arm::neon);
+    a[static_cast<size_t>(CpuLevel::Dotprod)] = HEARTH_OPS_TABLE_TWICE(arm::neon);
 #endif
     return a;
   }();
   return all;
 }
+#undef HEARTH_OPS_TABLE_TWICE
+#undef HEARTH_OPS_TABLE_NATIVE
 #undef HEARTH_OPS_TABLE
 
 }  // namespace

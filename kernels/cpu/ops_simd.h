@@ -29,6 +29,17 @@ struct OpsKernels {
   // out[d] += sum_j p[j] * row_j[d] for d in [0, head_dim), j ascending, row_j = v + j * stride.
   void (*pv_f16)(const float* p, const uint16_t* v, size_t stride, int64_t n, int64_t head_dim, float* out);
   void (*pv_f32)(const float* p, const float* v, size_t stride, int64_t n, int64_t head_dim, float* out);
+  // The same for two queries over the same rows, bit-identical to two calls of the kernels above
+  // (scores0 / out0 belong to q0 / p0); where the level can, each row is loaded and widened once
+  // for both.
+  void (*qk2_f16)(const float* q0, const float* q1, const uint16_t* k, size_t stride, int64_t n, int64_t head_dim,
+                  float* scores0, float* scores1);
+  void (*qk2_f32)(const float* q0, const float* q1, const float* k, size_t stride, int64_t n, int64_t head_dim,
+                  float* scores0, float* scores1);
+  void (*pv2_f16)(const float* p0, const float* p1, const uint16_t* v, size_t stride, int64_t n, int64_t head_dim,
+                  float* out0, float* out1);
+  void (*pv2_f32)(const float* p0, const float* p1, const float* v, size_t stride, int64_t n, int64_t head_dim,
+                  float* out0, float* out1);
   // In place, n >= 1 raw q.k dot products -> probabilities: s = dot * scale, then
   // s = softcap * tanh(s / softcap) when softcap > 0, then exp(s - max) / sum, rounded to f16
   // when half (an f16 cache: p enters the p.V product as f16, as in ggml).

@@ -1,12 +1,13 @@
 // The CPU backend's attention at every CPU level this machine has, against the scalar reference
-// ref::attention_head: f16 and f32 caches, grouped-query heads, head dims that are not a
-// multiple of the SIMD width (40, 72) and one that is (64), sliding windows, a logit softcap,
-// several sequences in one batch, whole prompts (tiles of tokens that pass over each block of
-// K / V rows together, several blocks per row range) and continuous-batching decode.
+// ref::attention_head: f16 and f32 caches, grouped-query heads, head dims with a SIMD tail (38)
+// and without one (40, 64, 72: whole 8-float lanes, not whole 64-float chunks), sliding
+// windows, a logit softcap, several sequences in one batch, whole prompts (tiles of tokens that
+// pass over each block of K / V rows together, several blocks per row range) and
+// continuous-batching decode.
 //
 // And batch invariance, bit for bit: every (token, head) gives the same output computed alone,
-// inside a whole prompt, in prompt chunks of other sizes, beside other sequences' tokens, and
-// at 1, 2 or 3 threads — the contract test_scheduler and the server's "8 streams = alone" rely
+// inside a whole prompt, in prompt chunks, beside other sequences' tokens, and at 1 or 3
+// threads — the contract test_scheduler and the server's "8 streams = alone" rely
 // on. Plus the f16 -> f32 conversion kernels of every level against core/fp16.h.
 #include <gtest/gtest.h>
 
@@ -169,7 +170,7 @@ std::vector<Case> all_cases() {
   std::vector<Case> cases;
   for (const CpuLevel level : kAllCpuLevels) {
     for (const DType kv : {DType::F16, DType::F32}) {
-      for (const int d : {40, 64, 72}) cases.push_back({level, kv, d, 0, 0.0f});
+      for (const int d : {38, 40, 64, 72}) cases.push_back({level, kv, d, 0, 0.0f});
       cases.push_back({level, kv, 40, 8, 0.0f});
       cases.push_back({level, kv, 72, 5, 30.0f});
     }
@@ -223,10 +224,10 @@ TEST(Attention, ManySequencesDecodeInOneBatch) {
 
 // Batch invariance. Reference: every token of three sequences computed alone, at one thread
 // (a single token: each query head is its own job). Then the same tokens inside whole prompts
-// (tiles of 16 tokens, all query heads of a kv head in one job, rows in several blocks), in
-// chunks of 5 and of 23 beside decode tokens of the other sequences, all sequences interleaved
-// in one batch, each at 1 and 3 threads: every output bit must agree. Without a window, and
-// with a window of 250 rows and a softcap (tiles then span more than one block of rows).
+// (tiles of 16 tokens, all query heads of a kv head in one job, two heads per kernel call, rows
+// in several blocks), in chunks of 5 beside decode tokens of the other sequences, all sequences
+// interleaved in one batch, each at 1 and 3 threads: every output bit must agree. Without a
+// window, and with a window of 250 rows and a softcap.
 TEST(Attention, TokenGetsTheSameBitsInAnyBatch) {
   std::vector<const OpsKernels*> tested;
   for (const CpuLevel level : kAllCpuLevels) {
@@ -236,66 +237,72 @@ TEST(Attention, TokenGetsTheSameBitsInAnyBatch) {
     const OpsKernels& ops = ops_kernels(level);
     if (std::any_of(tested.begin(), tested.end(), [&](const OpsKernels* o) { return o->qk_f16 == ops.qk_f16; })) continue;
     tested.push_back(&ops);
-    for (const DType kv_type : {DType::F16, DType::F32}) {
-      for (const int head_dim : {40, 64}) {
-        for (const int32_t window : {0, 250}) {
-          AttentionParams p;
-          p.n_head = 6;
-          p.n_head_kv = 2;
-          p.head_dim = head_dim;
-          p.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-          p.window = window;
-          p.softcap = window > 0 ? 20.0f : 0.0f;
-          // 300 rows: more than one block of K / V rows for most head dims and cache types.
-          const std::vector<int32_t> lengths = {300, 41, 9};
-          CpuBackend one(1, level);
-          std::mt19937 rng(static_cast<uint32_t>(7 + head_dim + window));
-          const Filled f = fill_cache(one, kv_type, p, 304, lengths, rng);
-          const size_t row = static_cast<size_t>(p.n_head) * static_cast<size_t>(head_dim);
+    // Head dims with and without a SIMD tail (38: 6 past the last 8 lanes, 2 past the last 4).
+    // With the window of 250 rows, a tile's rows start elsewhere than a lone token's and span
+    // more than one block (f16, head dim 64: blocks of 256 rows; f32, 38: of 208), so block
+    // boundaries fall differently: a blockwise partial sum would show.
+    struct Config {
+      DType kv_type;
+      int head_dim;
+      int32_t window;
+    };
+    for (const Config config : {Config{DType::F16, 64, 250}, Config{DType::F16, 38, 0}, Config{DType::F32, 64, 0},
+                                Config{DType::F32, 38, 250}}) {
+      const DType kv_type = config.kv_type;
+      const int head_dim = config.head_dim;
+      const int32_t window = config.window;
+      AttentionParams p;
+      p.n_head = 6;
+      p.n_head_kv = 2;
+      p.head_dim = head_dim;
+      p.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+      p.window = window;
+      p.softcap = window > 0 ? 20.0f : 0.0f;
+      const std::vector<int32_t> lengths = {300, 41, 9};
+      CpuBackend one(1, level);
+      std::mt19937 rng(static_cast<uint32_t>(7 + head_dim + window));
+      const Filled f = fill_cache(one, kv_type, p, 304, lengths, rng);
+      const size_t row = static_cast<size_t>(p.n_head) * static_cast<size_t>(head_dim);
 
-          // alone[seq][pos]: the reference bits.
-          std::vector<std::vector<std::vector<float>>> alone(lengths.size());
-          for (size_t s = 0; s < lengths.size(); ++s) {
-            for (int32_t pos = 0; pos < lengths[s]; ++pos) {
-              alone[s].push_back(run_attention(one, f.cache, p, {{static_cast<int32_t>(s), pos}}));
-            }
-          }
-          const auto check = [&](const std::vector<float>& got, const std::vector<KvSlot>& slots, const std::string& what) {
-            for (size_t t = 0; t < slots.size(); ++t) {
-              const std::vector<float>& want = alone[static_cast<size_t>(slots[t].seq)][static_cast<size_t>(slots[t].pos)];
-              ASSERT_EQ(std::memcmp(got.data() + t * row, want.data(), row * sizeof(float)), 0)
-                  << what << ": token (" << slots[t].seq << ", " << slots[t].pos << ") differs from alone, "
-                  << cpu_level_name(level) << " " << dtype_name(kv_type) << " head_dim " << head_dim << " window "
-                  << window;
-            }
-          };
-          for (const int threads : {1, 3}) {
-            CpuBackend backend(threads, level);
-            const std::string at = std::to_string(threads) + " threads";
-            // Whole prompts, one call per sequence.
-            for (size_t s = 0; s < lengths.size(); ++s) {
-              std::vector<KvSlot> prompt;
-              for (int32_t pos = 0; pos < lengths[s]; ++pos) prompt.push_back({static_cast<int32_t>(s), pos});
-              check(run_attention(backend, f.cache, p, prompt), prompt, "whole prompt, " + at);
-            }
-            // Sequence 0 in chunks, with a decode token of sequence 1 and 2 first in each batch.
-            for (const int32_t chunk : {5, 23}) {
-              for (int32_t c0 = 0; c0 < lengths[0]; c0 += chunk) {
-                std::vector<KvSlot> batch = {{1, (c0 / chunk) % lengths[1]}, {2, (c0 / chunk) % lengths[2]}};
-                for (int32_t pos = c0; pos < std::min(lengths[0], c0 + chunk); ++pos) batch.push_back({0, pos});
-                check(run_attention(backend, f.cache, p, batch), batch, "chunks of " + std::to_string(chunk) + ", " + at);
-              }
-            }
-            // Everything at once, sequences interleaved in runs of 3 positions.
-            std::vector<KvSlot> mixed;
-            for (int32_t pos = 0; pos < lengths[0]; pos += 3) {
-              for (int32_t s = 0; s < 3; ++s) {
-                for (int32_t i = pos; i < std::min(pos + 3, lengths[static_cast<size_t>(s)]); ++i) mixed.push_back({s, i});
-              }
-            }
-            check(run_attention(backend, f.cache, p, mixed), mixed, "interleaved, " + at);
+      // alone[seq][pos]: the reference bits.
+      std::vector<std::vector<std::vector<float>>> alone(lengths.size());
+      for (size_t s = 0; s < lengths.size(); ++s) {
+        for (int32_t pos = 0; pos < lengths[s]; ++pos) {
+          alone[s].push_back(run_attention(one, f.cache, p, {{static_cast<int32_t>(s), pos}}));
+        }
+      }
+      const auto check = [&](const std::vector<float>& got, const std::vector<KvSlot>& slots, const std::string& what) {
+        for (size_t t = 0; t < slots.size(); ++t) {
+          const std::vector<float>& want = alone[static_cast<size_t>(slots[t].seq)][static_cast<size_t>(slots[t].pos)];
+          ASSERT_EQ(std::memcmp(got.data() + t * row, want.data(), row * sizeof(float)), 0)
+              << what << ": token (" << slots[t].seq << ", " << slots[t].pos << ") differs from alone, "
+              << cpu_level_name(level) << " " << dtype_name(kv_type) << " head_dim " << head_dim << " window "
+              << window;
+        }
+      };
+      for (const int threads : {1, 3}) {
+        CpuBackend backend(threads, level);
+        const std::string at = std::to_string(threads) + " threads";
+        // Whole prompts, one call per sequence.
+        for (size_t s = 0; s < lengths.size(); ++s) {
+          std::vector<KvSlot> prompt;
+          for (int32_t pos = 0; pos < lengths[s]; ++pos) prompt.push_back({static_cast<int32_t>(s), pos});
+          check(run_attention(backend, f.cache, p, prompt), prompt, "whole prompt, " + at);
+        }
+        // Sequence 0 in chunks of 5, with a decode token of sequences 1 and 2 first in each batch.
+        for (int32_t c0 = 0; c0 < lengths[0]; c0 += 5) {
+          std::vector<KvSlot> batch = {{1, (c0 / 5) % lengths[1]}, {2, (c0 / 5) % lengths[2]}};
+          for (int32_t pos = c0; pos < std::min(lengths[0], c0 + 5); ++pos) batch.push_back({0, pos});
+          check(run_attention(backend, f.cache, p, batch), batch, "chunks of 5, " + at);
+        }
+        // Everything at once, sequences interleaved in runs of 3 positions.
+        std::vector<KvSlot> mixed;
+        for (int32_t pos = 0; pos < lengths[0]; pos += 3) {
+          for (int32_t s = 0; s < 3; ++s) {
+            for (int32_t i = pos; i < std::min(pos + 3, lengths[static_cast<size_t>(s)]); ++i) mixed.push_back({s, i});
           }
         }
+        check(run_attention(backend, f.cache, p, mixed), mixed, "interleaved, " + at);
       }
     }
   }

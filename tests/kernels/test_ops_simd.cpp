@@ -1,7 +1,8 @@
 // The non-matmul vector kernels (kernels/cpu/ops_simd.h) at every CPU level this machine has:
 // f32 -> f16 byte for byte against core/fp16.h (ties, subnormals, infinities, NaNs), exp within
 // 2 ulp of double precision, the attention pieces' contracts (a score depends on its row only,
-// f16 rows and their f32 conversion give the same bits, p.V may be split into blocks, softmax
+// f16 rows and their f32 conversion give the same bits, p.V may be split into blocks, the
+// two-query kernels give the one-query bits, softmax
 // against a double-precision one), RMSNorm and SiLU within float rounding of ops_ref, GELU bit
 // for bit; and CpuBackend's rms_norm / glu / kv_store at each level against the references.
 #include <gtest/gtest.h>
@@ -156,6 +157,17 @@ TEST_P(OpsSimd, QkScoreDependsOnItsRowOnly) {
     std::vector<float> all16(static_cast<size_t>(n)), all32(static_cast<size_t>(n));
     ops().qk_f16(q.data(), rows.half.data(), stride, n, head_dim, all16.data());
     ops().qk_f32(q.data(), rows.full.data(), stride, n, head_dim, all32.data());
+    // The two-query kernels, with q as either query (the other a different one): q's scores.
+    std::vector<float> other(q.size()), pair16(static_cast<size_t>(n)), pair32(static_cast<size_t>(n));
+    std::vector<float> other16(static_cast<size_t>(n)), other_single(static_cast<size_t>(n));
+    for (float& x : other) x = normal(rng);
+    ops().qk2_f16(other.data(), q.data(), rows.half.data(), stride, n, head_dim, other16.data(), pair16.data());
+    ops().qk2_f32(q.data(), other.data(), rows.full.data(), stride, n, head_dim, pair32.data(), other16.data());
+    ops().qk_f32(other.data(), rows.full.data(), stride, n, head_dim, other_single.data());
+    EXPECT_EQ(std::memcmp(pair16.data(), all16.data(), all16.size() * sizeof(float)), 0) << "qk2_f16, head_dim " << head_dim;
+    EXPECT_EQ(std::memcmp(pair32.data(), all16.data(), all16.size() * sizeof(float)), 0) << "qk2_f32, head_dim " << head_dim;
+    EXPECT_EQ(std::memcmp(other16.data(), other_single.data(), other16.size() * sizeof(float)), 0)
+        << "qk2's other query, head_dim " << head_dim;
     for (int64_t j = 0; j < n; ++j) {
       const size_t at = static_cast<size_t>(j) * stride;
       double want = 0.0;
@@ -191,6 +203,17 @@ TEST_P(OpsSimd, PvMaySplitRowsIntoBlocks) {
       const int64_t count = std::min<int64_t>(10, n - j0);
       ops().pv_f16(p.data() + j0, rows.half.data() + static_cast<size_t>(j0) * stride, stride, count, head_dim, split.data());
     }
+    // The two-query kernels: p as either query, beside other probabilities.
+    std::vector<float> p_other(p.size());
+    for (float& x : p_other) x = prob(rng);
+    std::vector<float> pair16(whole.size(), 0.0f), pair32 = pair16, other = pair16, twice = pair16;
+    ops().pv2_f16(p_other.data(), p.data(), rows.half.data(), stride, n, head_dim, other.data(), pair16.data());
+    ops().pv2_f32(p.data(), p_other.data(), rows.full.data(), stride, n, head_dim, pair32.data(), other.data());
+    ops().pv_f32(p_other.data(), rows.full.data(), stride, n, head_dim, twice.data());  // `other` got p_other . V twice
+    ops().pv_f32(p_other.data(), rows.full.data(), stride, n, head_dim, twice.data());
+    EXPECT_EQ(std::memcmp(pair16.data(), whole.data(), whole.size() * sizeof(float)), 0) << "pv2_f16, head_dim " << head_dim;
+    EXPECT_EQ(std::memcmp(pair32.data(), whole.data(), whole.size() * sizeof(float)), 0) << "pv2_f32, head_dim " << head_dim;
+    EXPECT_EQ(std::memcmp(other.data(), twice.data(), whole.size() * sizeof(float)), 0) << "pv2's other query, head_dim " << head_dim;
     for (int64_t d = 0; d < head_dim; ++d) {
       double want = 0.0;
       for (int64_t j = 0; j < n; ++j) want += double(p[static_cast<size_t>(j)]) * rows.full[static_cast<size_t>(j) * stride + static_cast<size_t>(d)];

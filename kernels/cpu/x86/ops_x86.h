@@ -14,6 +14,14 @@
   void qk_f32(const float* q, const float* k, size_t stride, int64_t n, int64_t head_dim, float* scores);    \
   void pv_f16(const float* p, const uint16_t* v, size_t stride, int64_t n, int64_t head_dim, float* out);    \
   void pv_f32(const float* p, const float* v, size_t stride, int64_t n, int64_t head_dim, float* out);       \
+  void qk2_f16(const float* q0, const float* q1, const uint16_t* k, size_t stride, int64_t n, int64_t head_dim, \
+               float* scores0, float* scores1);                                                              \
+  void qk2_f32(const float* q0, const float* q1, const float* k, size_t stride, int64_t n, int64_t head_dim,    \
+               float* scores0, float* scores1);                                                              \
+  void pv2_f16(const float* p0, const float* p1, const uint16_t* v, size_t stride, int64_t n, int64_t head_dim, \
+               float* out0, float* out1);                                                                    \
+  void pv2_f32(const float* p0, const float* p1, const float* v, size_t stride, int64_t n, int64_t head_dim,    \
+               float* out0, float* out1);                                                                    \
   void softmax(float* s, int64_t n, float scale, float softcap, bool half);                                  \
   void exp(const float* x, float* y, int64_t n);                                                             \
   void f32_to_f16(const float* x, uint16_t* y, int64_t n);                                                   \

@@ -195,7 +195,123 @@ void pv_rows(const float* p, const T* v, size_t stride, int64_t n, int64_t head_
   }
 }
 
+// Two queries over the same rows, four rows at a time: each row chunk is loaded (and widened)
+// once for both. Accumulators (q0, row r) and (q1, row r) do exactly what qk_rows does for them,
+// and reduce8 sums every accumulator by the same tree, so the scores are qk_rows' bits.
+template <class T>
+void qk2_rows(const float* q0, const float* q1, const T* k, size_t stride, int64_t n, int64_t head_dim, float* s0,
+              float* s1) {
+  const int64_t full = head_dim / kLanes * kLanes;
+  const int rem = static_cast<int>(head_dim - full);
+  const __m256 q0_tail = rem != 0 ? load_part(q0 + full, rem) : _mm256_setzero_ps();
+  const __m256 q1_tail = rem != 0 ? load_part(q1 + full, rem) : _mm256_setzero_ps();
+  for (int64_t j0 = 0; j0 < n; j0 += 4) {
+    const T* r[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) r[i] = k + static_cast<size_t>(j0 + i < n ? j0 + i : n - 1) * stride;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    for (int64_t c = 0; c < full; c += kLanes) {
+      const __m256 x0 = _mm256_loadu_ps(q0 + c), x1 = _mm256_loadu_ps(q1 + c);
+      const __m256 k0 = load8(r[0] + c), k1 = load8(r[1] + c), k2 = load8(r[2] + c), k3 = load8(r[3] + c);
+      a0 = _mm256_fmadd_ps(x0, k0, a0);
+      b0 = _mm256_fmadd_ps(x1, k0, b0);
+      a1 = _mm256_fmadd_ps(x0, k1, a1);
+      b1 = _mm256_fmadd_ps(x1, k1, b1);
+      a2 = _mm256_fmadd_ps(x0, k2, a2);
+      b2 = _mm256_fmadd_ps(x1, k2, b2);
+      a3 = _mm256_fmadd_ps(x0, k3, a3);
+      b3 = _mm256_fmadd_ps(x1, k3, b3);
+    }
+    if (rem != 0) {
+      const __m256 k0 = load_part(r[0] + full, rem), k1 = load_part(r[1] + full, rem);
+      const __m256 k2 = load_part(r[2] + full, rem), k3 = load_part(r[3] + full, rem);
+      a0 = _mm256_fmadd_ps(q0_tail, k0, a0);
+      b0 = _mm256_fmadd_ps(q1_tail, k0, b0);
+      a1 = _mm256_fmadd_ps(q0_tail, k1, a1);
+      b1 = _mm256_fmadd_ps(q1_tail, k1, b1);
+      a2 = _mm256_fmadd_ps(q0_tail, k2, a2);
+      b2 = _mm256_fmadd_ps(q1_tail, k2, b2);
+      a3 = _mm256_fmadd_ps(q0_tail, k3, a3);
+      b3 = _mm256_fmadd_ps(q1_tail, k3, b3);
+    }
+    const __m256 s = reduce8(a0, a1, a2, a3, b0, b1, b2, b3);  // q0's four scores, then q1's
+    if (j0 + 4 <= n) {
+      _mm_storeu_ps(s0 + j0, _mm256_castps256_ps128(s));
+      _mm_storeu_ps(s1 + j0, _mm256_extractf128_ps(s, 1));
+    } else {
+      alignas(32) float buf[kLanes];
+      _mm256_store_ps(buf, s);
+      const size_t count = static_cast<size_t>(n - j0);
+      std::memcpy(s0 + j0, buf, count * sizeof(float));
+      std::memcpy(s1 + j0, buf + 4, count * sizeof(float));
+    }
+  }
+}
+
+// pv_chunk for two queries: each row chunk loaded once, one multiply-add per element, query and row.
+template <int A, class T>
+inline void pv2_chunk(const float* p0, const float* p1, const T* v, size_t stride, int64_t n, float* out0,
+                      float* out1) {
+  __m256 acc0[A], acc1[A];
+#pragma GCC unroll 4
+  for (int a = 0; a < A; ++a) {
+    acc0[a] = _mm256_loadu_ps(out0 + a * kLanes);
+    acc1[a] = _mm256_loadu_ps(out1 + a * kLanes);
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    const __m256 x0 = _mm256_broadcast_ss(p0 + j), x1 = _mm256_broadcast_ss(p1 + j);
+    const T* row = v + static_cast<size_t>(j) * stride;
+#pragma GCC unroll 4
+    for (int a = 0; a < A; ++a) {
+      const __m256 x = load8(row + a * kLanes);
+      acc0[a] = _mm256_fmadd_ps(x0, x, acc0[a]);
+      acc1[a] = _mm256_fmadd_ps(x1, x, acc1[a]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int a = 0; a < A; ++a) {
+    _mm256_storeu_ps(out0 + a * kLanes, acc0[a]);
+    _mm256_storeu_ps(out1 + a * kLanes, acc1[a]);
+  }
+}
+
+template <class T>
+void pv2_rows(const float* p0, const float* p1, const T* v, size_t stride, int64_t n, int64_t head_dim, float* out0,
+              float* out1) {
+  int64_t c = 0;
+  for (; c + 4 * kLanes <= head_dim; c += 4 * kLanes) pv2_chunk<4>(p0, p1, v + c, stride, n, out0 + c, out1 + c);
+  for (; c + kLanes <= head_dim; c += kLanes) pv2_chunk<1>(p0, p1, v + c, stride, n, out0 + c, out1 + c);
+  if (c < head_dim) {
+    const int rem = static_cast<int>(head_dim - c);
+    __m256 acc0 = load_part(out0 + c, rem), acc1 = load_part(out1 + c, rem);
+    for (int64_t j = 0; j < n; ++j) {
+      const __m256 x = load_part(v + static_cast<size_t>(j) * stride + c, rem);
+      acc0 = _mm256_fmadd_ps(_mm256_broadcast_ss(p0 + j), x, acc0);
+      acc1 = _mm256_fmadd_ps(_mm256_broadcast_ss(p1 + j), x, acc1);
+    }
+    store_part(out0 + c, acc0, rem);
+    store_part(out1 + c, acc1, rem);
+  }
+}
+
 }  // namespace
+
+void qk2_f16(const float* q0, const float* q1, const uint16_t* k, size_t stride, int64_t n, int64_t head_dim,
+             float* scores0, float* scores1) {
+  qk2_rows(q0, q1, k, stride, n, head_dim, scores0, scores1);
+}
+void qk2_f32(const float* q0, const float* q1, const float* k, size_t stride, int64_t n, int64_t head_dim,
+             float* scores0, float* scores1) {
+  qk2_rows(q0, q1, k, stride, n, head_dim, scores0, scores1);
+}
+void pv2_f16(const float* p0, const float* p1, const uint16_t* v, size_t stride, int64_t n, int64_t head_dim,
+             float* out0, float* out1) {
+  pv2_rows(p0, p1, v, stride, n, head_dim, out0, out1);
+}
+void pv2_f32(const float* p0, const float* p1, const float* v, size_t stride, int64_t n, int64_t head_dim,
+             float* out0, float* out1) {
+  pv2_rows(p0, p1, v, stride, n, head_dim, out0, out1);
+}
 
 void qk_f16(const float* q, const uint16_t* k, size_t stride, int64_t n, int64_t head_dim, float* scores) {
   qk_rows(q, k, stride, n, head_dim, scores);
