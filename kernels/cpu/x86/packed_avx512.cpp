@@ -3,7 +3,9 @@
 // (four activation bytes per row and lane each), then for every token eight vpdpbusd with the
 // token's four bytes broadcast from memory give the block's 16 integer sums, lane r holding row
 // r's; one conversion and one FMA per token and block apply the scales. The arithmetic per lane
-// is that of packed_gemm_ref, so a token's result never depends on its company.
+// is that of packed_gemm_ref, so a token's result never depends on its company. Prefetches of
+// the group after the last run past the buffer, which a prefetch may (it never faults).
+
 // GCC 12 reports its own _mm512_undefined_ps() inside _mm512_cvtepi32_ps / _mm512_cvtph_ps as
 // "may be used uninitialized" once they are inlined here; the value is never read.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
