@@ -193,10 +193,11 @@ void CpuBackend::get_rows(const Tensor& table, std::span<const int32_t> ids, Ten
   std::vector<uint8_t> native(table.layout == kPackedLayout ? row_bytes : 0);
   for (size_t i = 0; i < ids.size(); ++i) {
     HEARTH_CHECK(ids[i] >= 0 && ids[i] < table.n_rows(), "row {} of {}", ids[i], table.n_rows());
-    const uint8_t* row = static_cast<const uint8_t*>(table.data) + static_cast<size_t>(ids[i]) * row_bytes;
+    const uint8_t* row = native.data();
     if (table.layout == kPackedLayout) {
       unpack_row(table.type, table.data, d, ids[i], native.data());
-      row = native.data();
+    } else {
+      row = static_cast<const uint8_t*>(table.data) + static_cast<size_t>(ids[i]) * row_bytes;
     }
     ref::dequantize_row(table.type, row, y + static_cast<int64_t>(i) * d, d);
   }

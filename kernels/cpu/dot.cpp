@@ -170,32 +170,6 @@ const DotKernel& dot_kernel(DType weight, CpuLevel level) {
   return tables()[static_cast<size_t>(level)][type];
 }
 
-namespace {
-void convert_f16_to_f32_ref(const uint16_t* x, float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = fp16_to_fp32(x[i]);
-}
-}  // namespace
-
-ConvertF16Fn convert_f16_to_f32_kernel(CpuLevel level) {
-  HEARTH_CHECK(static_cast<size_t>(level) < kLevels, "level {}", static_cast<int>(level));
-  switch (level) {
-#if defined(HEARTH_X86_KERNELS)
-    // F16C is part of the Avx2 level; the AVX-512 level adds nothing to a conversion.
-    case CpuLevel::Avx2:
-    case CpuLevel::Avx512: return x86::avx2::convert_f16_to_f32;
-#endif
-#if defined(HEARTH_ARM_KERNELS)
-    case CpuLevel::Neon:
-    case CpuLevel::Dotprod: return arm::neon::convert_f16_to_f32;
-#endif
-    default: return convert_f16_to_f32_ref;
-  }
-}
-
-void convert_f16_to_f32(const uint16_t* x, float* y, int64_t n, CpuLevel level) {
-  convert_f16_to_f32_kernel(level)(x, y, n);
-}
-
 void matmul_rows(const DotKernel& kernel, const void* w, size_t w_row_bytes, int64_t k, int64_t r0, int64_t r1,
                  const void* xq, size_t xq_row_bytes, int64_t n, float* y, int64_t y_stride) {
   HEARTH_CHECK(kernel.vec_dot != nullptr, "no dot product for this weight type");

@@ -42,13 +42,6 @@ struct DotKernel {
 // dot product (see ref::can_vec_dot).
 const DotKernel& dot_kernel(DType weight, CpuLevel level);
 
-// y[i] = the IEEE half x[i] as a float, for i in [0, n): exact (as core/fp16.h), F16C / NEON
-// conversions where the level has them. x and y need no alignment.
-using ConvertF16Fn = void (*)(const uint16_t* x, float* y, int64_t n);
-ConvertF16Fn convert_f16_to_f32_kernel(CpuLevel level);
-// The same, looked up per call (for callers that convert long runs).
-void convert_f16_to_f32(const uint16_t* x, float* y, int64_t n, CpuLevel level);
-
 // y[t * y_stride + r] = dot(w row r, xq row t) for weight rows [r0, r1) and tokens [0, n), `xq`
 // holding n activation rows already quantized to the kernel's activation type, xq_row_bytes
 // apart: tokens go kDotRows at a time through vec_dot_rows, over tiles of weight rows small

@@ -8,7 +8,7 @@
 // And batch invariance, bit for bit: every (token, head) gives the same output computed alone,
 // inside a whole prompt, in prompt chunks, beside other sequences' tokens, and at 1 or 3
 // threads — the contract test_scheduler and the server's "8 streams = alone" rely
-// on. Plus the f16 -> f32 conversion kernels of every level against core/fp16.h.
+// on.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -18,7 +18,6 @@
 #include <string>
 #include <vector>
 
-#include "core/fp16.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/dot.h"
 #include "kernels/cpu/ops_ref.h"
@@ -303,30 +302,6 @@ TEST(Attention, TokenGetsTheSameBitsInAnyBatch) {
           }
         }
         check(run_attention(backend, f.cache, p, mixed), mixed, "interleaved, " + at);
-      }
-    }
-  }
-}
-
-// The f16 -> f32 conversion of every level this CPU has is exact for every half (subnormals,
-// infinities and NaNs included), at every length and misalignment of the SIMD tail.
-TEST(ConvertF16ToF32, ExactAtEveryLevel) {
-  std::vector<uint16_t> all(65536 + 3);
-  for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<uint16_t>(i * 40503u);  // a permutation, then 3 more
-  for (const CpuLevel level : kAllCpuLevels) {
-    if (!cpu_level_supported(level)) continue;
-    for (const size_t offset : {size_t{0}, size_t{1}, size_t{3}}) {
-      for (const int64_t n : {int64_t{0}, int64_t{1}, int64_t{7}, int64_t{8}, int64_t{9}, int64_t{65536}}) {
-        const size_t shift = offset % 2;  // misaligns the output too
-        std::vector<float> got(static_cast<size_t>(n) + 2, 12345.0f);
-        convert_f16_to_f32(all.data() + offset, got.data() + shift, n, level);
-        for (int64_t i = 0; i < n; ++i) {
-          const float want = fp16_to_fp32(all[offset + static_cast<size_t>(i)]);
-          const float have = got[static_cast<size_t>(i) + shift];
-          ASSERT_EQ(std::memcmp(&want, &have, 4) == 0 || (std::isnan(want) && std::isnan(have)), true)
-              << cpu_level_name(level) << " half 0x" << std::hex << all[offset + static_cast<size_t>(i)];
-        }
-        EXPECT_EQ(got[static_cast<size_t>(n) + shift], 12345.0f) << "wrote past n";
       }
     }
   }

@@ -11,7 +11,6 @@
 //  - vec_dot_*_4 computes out[r] = vec_dot(w, x + r * x_stride) for r in 0..3 with exactly the
 //    arithmetic of the one-row function, so a token's result does not depend on batching.
 //  - quantize_* write bytes identical to ref::quantize_activations.
-//  - convert_f16_to_f32 is exact (as core/fp16.h's fp16_to_fp32), subnormals included.
 #pragma once
 
 #include <cstddef>
@@ -28,7 +27,6 @@
   HEARTH_ARM_BLOCK_DOTS(HEARTH_ARM_DECLARE_DOT4)      \
   HEARTH_ARM_PLAIN_DOTS(HEARTH_ARM_DECLARE_DOT)       \
   HEARTH_ARM_QUANTIZERS(HEARTH_ARM_DECLARE_QUANTIZE)  \
-  void convert_f16_to_f32(const uint16_t* x, float* y, int64_t n); \
   }
 #define HEARTH_ARM_DECLARE_DOT(t) float vec_dot_##t(int64_t n, const void* w, const void* x);
 #define HEARTH_ARM_DECLARE_DOT4(t) \

@@ -411,16 +411,6 @@ float vec_dot_f32(int64_t n, const void* w, const void* x) {
   return dot_plain<4>(n, w, x, f32x4, load_f32);
 }
 
-void convert_f16_to_f32(const uint16_t* x, float* y, int64_t n) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const float16x8_t h = vreinterpretq_f16_u16(vld1q_u16(x + i));
-    vst1q_f32(y + i, vcvt_f32_f16(vget_low_f16(h)));
-    vst1q_f32(y + i + 4, vcvt_high_f32_f16(h));
-  }
-  for (; i < n; ++i) y[i] = load_f16(reinterpret_cast<const uint8_t*>(x + i));
-}
-
 void quantize_q8_0(const float* x, void* y, int64_t n) {
   auto* out = static_cast<uint8_t*>(y);
   for (int64_t b = 0; b < n / kQK8_0; ++b, x += kQK8_0, out += sizeof(BlockQ8_0)) {

@@ -11,7 +11,6 @@
 //  - vec_dot_*_4 computes out[r] = vec_dot(w, x + r * x_stride) for r in 0..3 with exactly the
 //    arithmetic of the one-row function, so a token's result does not depend on batching.
 //  - quantize_* write bytes identical to ref::quantize_activations.
-//  - convert_f16_to_f32 is exact (as core/fp16.h's fp16_to_fp32), subnormals included.
 #pragma once
 
 #include <cstddef>
@@ -30,7 +29,6 @@
   HEARTH_X86_BLOCK_DOTS(HEARTH_X86_DECLARE_DOT4)                                                        \
   HEARTH_X86_PLAIN_DOTS(HEARTH_X86_DECLARE_DOT)                                                         \
   HEARTH_X86_QUANTIZERS(HEARTH_X86_DECLARE_QUANTIZE)                                                    \
-  void convert_f16_to_f32(const uint16_t* x, float* y, int64_t n);                                      \
   HEARTH_X86_SCALED_DOTS(HEARTH_X86_DECLARE_DOT4S)                                                      \
   }
 #define HEARTH_X86_DECLARE_DOT(t) float vec_dot_##t(int64_t n, const void* w, const void* x);

@@ -560,14 +560,6 @@ float vec_dot_f32(int64_t n, const void* w, const void* x) {
   return static_cast<float>(sum);
 }
 
-void convert_f16_to_f32(const uint16_t* x, float* y, int64_t n) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i))));
-  }
-  for (; i < n; ++i) y[i] = _cvtsh_ss(x[i]);  // exact, subnormals included
-}
-
 void quantize_q8_0(const float* x, void* y, int64_t n) {
   auto* out = static_cast<uint8_t*>(y);
   for (int64_t b = 0; b < n / kQK8_0; ++b, x += kQK8_0, out += sizeof(BlockQ8_0)) {
