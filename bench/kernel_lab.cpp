@@ -192,7 +192,7 @@ void glu(benchmark::State& state, Activation act) {
 const bool registered = [] {
   const AttnShape attn_shapes[] = {{"smollm2", 9, 3, 64}, {"gemma3_270m", 4, 1, 256}, {"llama1b", 32, 8, 64}};
   for (const AttnShape& a : attn_shapes) {
-    for (const DType kv : {DType::F16, DType::F32}) {
+    for (const DType kv : {DType::F16, DType::F32, DType::Q8_0}) {
       const std::string base = std::string("Attention/") + a.model + "/" + std::string(dtype_name(kv));
       benchmark::RegisterBenchmark((base + "/decode").c_str(), attention, a, kv, false)
           ->Args({8, 160, 1})

@@ -76,6 +76,9 @@ class Backend {
   virtual std::string name() const = 0;
   // Whether matmul / get_rows accept weights of this type.
   virtual bool supports_weight_type(DType type) const = 0;
+  // Whether new_kv_layer / kv_store / attention accept a KV cache of this type with heads of
+  // head_dim values (a block-quantized cache needs heads of whole blocks).
+  virtual bool supports_kv_type(DType type, int64_t head_dim) const = 0;
 
   // --- memory ---------------------------------------------------------------------------
   // A new tensor in backend memory, contents undefined.

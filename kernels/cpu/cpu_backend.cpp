@@ -144,6 +144,10 @@ std::string CpuBackend::name() const { return "cpu"; }
 
 bool CpuBackend::supports_weight_type(DType type) const { return ref::can_vec_dot(type) && ref::can_dequantize(type); }
 
+bool CpuBackend::supports_kv_type(DType type, int64_t head_dim) const {
+  return type == DType::F16 || type == DType::F32 || (type == DType::Q8_0 && head_dim > 0 && head_dim % kQK8_0 == 0);
+}
+
 Tensor CpuBackend::new_tensor(DType type, std::array<int64_t, 4> ne) {
   Tensor t;
   t.type = type;
@@ -314,7 +318,10 @@ void CpuBackend::glu(const Tensor& gate, const Tensor& up, Activation act, Tenso
 }
 
 KvLayer CpuBackend::new_kv_layer(DType type, int32_t n_seq, int32_t n_ctx, int64_t kv_dim) {
-  HEARTH_CHECK(type == DType::F16 || type == DType::F32, "KV cache type {} not supported", dtype_name(type));
+  HEARTH_CHECK(type == DType::F16 || type == DType::F32 || type == DType::Q8_0, "KV cache type {} not supported",
+               dtype_name(type));
+  HEARTH_CHECK(type != DType::Q8_0 || kv_dim % kQK8_0 == 0, "a q8_0 KV cache needs rows of whole blocks of {}, not {}",
+               kQK8_0, kv_dim);
   KvLayer layer;
   layer.n_seq = n_seq;
   layer.n_ctx = n_ctx;
@@ -329,6 +336,8 @@ void CpuBackend::kv_store(KvLayer& cache, const Tensor& k, const Tensor& v, std:
   const float* ks = f32(k);
   const float* vs = f32(v);
   const auto to_f16 = ops_kernels(level_).f32_to_f16;  // bytes of core/fp16.h's fp32_to_fp16
+  const auto to_q8_0 = dot_kernel(DType::Q8_0, level_).quantize;  // bytes of ref::quantize_activations_q8_0
+  const size_t row_bytes = dtype_row_bytes(cache.k.type, kv_dim);
   for (size_t t = 0; t < slots.size(); ++t) {
     const KvSlot s = slots[t];
     HEARTH_CHECK(s.seq >= 0 && s.seq < cache.n_seq && s.pos >= 0 && s.pos < cache.n_ctx, "slot ({}, {})", s.seq, s.pos);
@@ -338,6 +347,9 @@ void CpuBackend::kv_store(KvLayer& cache, const Tensor& k, const Tensor& v, std:
     if (cache.k.type == DType::F16) {
       to_f16(kt, static_cast<uint16_t*>(cache.k.data) + row * kv_dim, kv_dim);
       to_f16(vt, static_cast<uint16_t*>(cache.v.data) + row * kv_dim, kv_dim);
+    } else if (cache.k.type == DType::Q8_0) {
+      to_q8_0(kt, static_cast<uint8_t*>(cache.k.data) + static_cast<size_t>(row) * row_bytes, kv_dim);
+      to_q8_0(vt, static_cast<uint8_t*>(cache.v.data) + static_cast<size_t>(row) * row_bytes, kv_dim);
     } else {
       std::memcpy(static_cast<float*>(cache.k.data) + row * kv_dim, kt, static_cast<size_t>(kv_dim) * sizeof(float));
       std::memcpy(static_cast<float*>(cache.v.data) + row * kv_dim, vt, static_cast<size_t>(kv_dim) * sizeof(float));
@@ -378,7 +390,10 @@ float* attention_scratch(size_t floats) {
 // in ascending order, however the rows are cut into blocks. Tiles, jobs, blocks and threads
 // decide only which work shares a pass over K / V, so a token gets the same bits alone, in any
 // batch, at any thread count and with any prefill chunking (tests/kernels/test_attention.cpp).
-// The f16 cache is read as it is: the kernels widen K / V in registers (F16C, fcvtl).
+// The f16 cache is read as it is: the kernels widen K / V in registers (F16C, fcvtl). With a
+// q8_0 cache q is quantized to q8_0 and each score is an integer q8_0 x q8_0 dot product (as
+// ggml computes it: OpsKernels::qk_q8_0); V blocks are widened to exact floats in a per-thread
+// buffer, once per pass of a job, for the f32 p.V kernels.
 void CpuBackend::attention(const Tensor& q, const KvLayer& cache, std::span<const KvSlot> slots,
                            const AttentionParams& p, Tensor& out) {
   const int64_t n_tokens = static_cast<int64_t>(slots.size());
@@ -390,8 +405,13 @@ void CpuBackend::attention(const Tensor& q, const KvLayer& cache, std::span<cons
   float* os = f32(out);
   const int64_t head_dim = p.head_dim;
   const int group = p.n_head / p.n_head_kv;
-  const bool half = cache.k.type == DType::F16;
+  const DType kv_type = cache.k.type;
+  const bool half = kv_type == DType::F16;
+  const bool q8 = kv_type == DType::Q8_0;
+  HEARTH_CHECK(!q8 || head_dim % kQK8_0 == 0, "a q8_0 KV cache needs a head dim that is a multiple of {}, not {}",
+               kQK8_0, head_dim);
   const OpsKernels& ops = ops_kernels(level_);
+  const QuantizeFn quantize_q8_0 = dot_kernel(DType::Q8_0, level_).quantize;  // bytes of ref::quantize_activations_q8_0
   const auto first_row = [&](const KvSlot& s) { return p.window > 0 ? std::max(0, s.pos - p.window + 1) : 0; };
 
   int64_t max_rows = 0;
@@ -453,13 +473,14 @@ void CpuBackend::attention(const Tensor& q, const KvLayer& cache, std::span<cons
     }
   }
 
-  const int64_t block_rows = attention_block_rows(head_dim, half ? 2 : 4);
+  const int64_t block_rows = attention_block_rows(head_dim, half ? 2 : 4);  // q8_0: as f32 once widened
   const int64_t max_queries = kAttentionTileTokens * heads_per_part;
   // Strides of the queries' copies and of their scores: whole cache lines plus one, so that the
   // same offset of many queries does not fall into one L1 set (power-of-two strides thrash it).
   const int64_t q_stride = (head_dim + 15) / 16 * 16 + 16;
   const int64_t score_stride = (max_rows + 15) / 16 * 16 + 16;
-  const size_t per_thread = static_cast<size_t>(max_queries * (q_stride + score_stride));
+  const size_t v_floats = q8 ? static_cast<size_t>(block_rows * head_dim) : 0;  // widened V rows
+  const size_t per_thread = static_cast<size_t>(max_queries * (q_stride + score_stride)) + v_floats;
   float* const scratch = attention_scratch(per_thread * static_cast<size_t>(n_threads));
 
   const auto run_job = [&](const Job& job, float* mem) {
@@ -468,6 +489,7 @@ void CpuBackend::attention(const Tensor& q, const KvLayer& cache, std::span<cons
     const int64_t n_queries = (t1 - t0) * heads_per_part;
     float* const qbuf = mem;
     float* const scores = qbuf + n_queries * q_stride;
+    float* const vbuf = scores + n_queries * score_stride;  // q8_0: a block of V rows as floats
     // Query i: token t0 + i / heads_per_part, head h0 + i % heads_per_part.
     const auto token = [&](int64_t i) { return slots[static_cast<size_t>(t0 + i / heads_per_part)]; };
     const auto out_of = [&](int64_t i) {
@@ -476,8 +498,12 @@ void CpuBackend::attention(const Tensor& q, const KvLayer& cache, std::span<cons
     int32_t lo = std::numeric_limits<int32_t>::max(), hi = 0;
     for (int64_t i = 0; i < n_queries; ++i) {
       float* qi = qbuf + i * q_stride;
-      std::memcpy(qi, qs + (out_of(i) - os), static_cast<size_t>(head_dim) * sizeof(float));
-      if (half) ops.round_f16(qi, head_dim);  // q enters q.k as f16, as in ggml
+      if (q8) {
+        quantize_q8_0(qs + (out_of(i) - os), qi, head_dim);  // q enters q.k as q8_0 blocks
+      } else {
+        std::memcpy(qi, qs + (out_of(i) - os), static_cast<size_t>(head_dim) * sizeof(float));
+        if (half) ops.round_f16(qi, head_dim);  // q enters q.k as f16, as in ggml
+      }
       lo = std::min(lo, first_row(token(i)));
       hi = std::max(hi, token(i).pos);
     }
@@ -487,44 +513,67 @@ void CpuBackend::attention(const Tensor& q, const KvLayer& cache, std::span<cons
       return (seq_at + static_cast<size_t>(r)) * static_cast<size_t>(kv_dim) +
              static_cast<size_t>(job.kv_head) * static_cast<size_t>(head_dim);
     };
-    // For each block of rows in [lo, hi], each query's rows in it: each(i, pair, offset of the
-    // first of them in the query's own range, their address in `part` (K or V), how many). Two
-    // query heads of one token read the same rows: they go together (pair: i and i + 1).
+    const auto stride = static_cast<size_t>(kv_dim);  // elements between rows
+    // For each block of rows in [lo, hi], each token's rows in it: each(i, offset of the first of
+    // them in the token's own range, their address in `part` (K or V), how many, the stride
+    // between rows) for the token's queries i .. i + heads_per_part - 1, which read the same
+    // rows. A q8_0 V block is first widened into vbuf (rows head_dim apart).
     const auto over_blocks = [&](const Tensor& part, const auto& each) {
+      const bool widen = q8 && &part == &cache.v;
       for (int64_t b = lo; b <= hi; b += block_rows) {
         const auto b0 = static_cast<int32_t>(b);
         const auto b1 = static_cast<int32_t>(std::min<int64_t>(hi, b + block_rows - 1));
-        for (int64_t i = 0; i < n_queries;) {
-          const bool pair = (i + 1) % heads_per_part != 0;  // i + 1: another head of the same token
+        if (widen) {
+          for (int32_t r = b0; r <= b1; ++r) {
+            ops.dequantize_q8_0(static_cast<const BlockQ8_0*>(part.data) + row_at(r) / kQK8_0,
+                                vbuf + static_cast<size_t>(r - b0) * static_cast<size_t>(head_dim), head_dim);
+          }
+        }
+        for (int64_t i = 0; i < n_queries; i += heads_per_part) {
           const int32_t first = first_row(token(i));
           const int32_t r0 = std::max(b0, first), r1 = std::min(b1, token(i).pos);
           if (r0 <= r1) {
+            const int64_t n = int64_t{r1} - r0 + 1;
             if (half) {
-              each(i, pair, r0 - first, static_cast<const uint16_t*>(part.data) + row_at(r0), int64_t{r1} - r0 + 1);
+              each(i, r0 - first, static_cast<const uint16_t*>(part.data) + row_at(r0), n, stride);
+            } else if (widen) {
+              each(i, r0 - first, static_cast<const float*>(vbuf) + static_cast<size_t>(r0 - b0) * head_dim, n,
+                   static_cast<size_t>(head_dim));
+            } else if (q8) {
+              each(i, r0 - first, static_cast<const BlockQ8_0*>(part.data) + row_at(r0) / kQK8_0, n, stride / kQK8_0);
             } else {
-              each(i, pair, r0 - first, static_cast<const float*>(part.data) + row_at(r0), int64_t{r1} - r0 + 1);
+              each(i, r0 - first, static_cast<const float*>(part.data) + row_at(r0), n, stride);
             }
           }
-          i += pair ? 2 : 1;
         }
       }
     };
-    const auto stride = static_cast<size_t>(kv_dim);
     const auto q_of = [&](int64_t i) { return qbuf + i * q_stride; };
     const auto scores_of = [&](int64_t i) { return scores + i * score_stride; };
-    over_blocks(cache.k, [&](int64_t i, bool pair, int64_t at, const auto* rows, int64_t n) {
-      if constexpr (std::is_same_v<decltype(rows), const uint16_t*>) {
-        if (pair) {
-          ops.qk2_f16(q_of(i), q_of(i + 1), rows, stride, n, head_dim, scores_of(i) + at, scores_of(i + 1) + at);
-        } else {
-          ops.qk_f16(q_of(i), rows, stride, n, head_dim, scores_of(i) + at);
-        }
+    // The token's queries two at a time through the two-query kernels (one row load for both).
+    const auto in_pairs = [&](int64_t i, const auto& two, const auto& one) {
+      int64_t a = i;
+      for (; a + 1 < i + heads_per_part; a += 2) two(a, a + 1);
+      if (a < i + heads_per_part) one(a);
+    };
+    over_blocks(cache.k, [&](int64_t i, int64_t at, const auto* rows, int64_t n, size_t step) {
+      using Row = std::remove_cv_t<std::remove_pointer_t<decltype(rows)>>;
+      if constexpr (std::is_same_v<Row, BlockQ8_0>) {
+        for (int64_t a = i; a < i + heads_per_part; ++a) ops.qk_q8_0(q_of(a), rows, step, n, head_dim, scores_of(a) + at);
+      } else if constexpr (std::is_same_v<Row, uint16_t>) {
+        in_pairs(
+            i,
+            [&](int64_t a, int64_t b) {
+              ops.qk2_f16(q_of(a), q_of(b), rows, step, n, head_dim, scores_of(a) + at, scores_of(b) + at);
+            },
+            [&](int64_t a) { ops.qk_f16(q_of(a), rows, step, n, head_dim, scores_of(a) + at); });
       } else {
-        if (pair) {
-          ops.qk2_f32(q_of(i), q_of(i + 1), rows, stride, n, head_dim, scores_of(i) + at, scores_of(i + 1) + at);
-        } else {
-          ops.qk_f32(q_of(i), rows, stride, n, head_dim, scores_of(i) + at);
-        }
+        in_pairs(
+            i,
+            [&](int64_t a, int64_t b) {
+              ops.qk2_f32(q_of(a), q_of(b), rows, step, n, head_dim, scores_of(a) + at, scores_of(b) + at);
+            },
+            [&](int64_t a) { ops.qk_f32(q_of(a), rows, step, n, head_dim, scores_of(a) + at); });
       }
     });
     for (int64_t i = 0; i < n_queries; ++i) {
@@ -532,20 +581,23 @@ void CpuBackend::attention(const Tensor& q, const KvLayer& cache, std::span<cons
       ops.softmax(scores_of(i), s.pos - first_row(s) + 1, p.scale, p.softcap, half);
       std::fill_n(out_of(i), head_dim, 0.0f);
     }
-    over_blocks(cache.v, [&](int64_t i, bool pair, int64_t at, const auto* rows, int64_t n) {
-      if constexpr (std::is_same_v<decltype(rows), const uint16_t*>) {
-        if (pair) {
-          ops.pv2_f16(scores_of(i) + at, scores_of(i + 1) + at, rows, stride, n, head_dim, out_of(i), out_of(i + 1));
-        } else {
-          ops.pv_f16(scores_of(i) + at, rows, stride, n, head_dim, out_of(i));
-        }
-      } else {
-        if (pair) {
-          ops.pv2_f32(scores_of(i) + at, scores_of(i + 1) + at, rows, stride, n, head_dim, out_of(i), out_of(i + 1));
-        } else {
-          ops.pv_f32(scores_of(i) + at, rows, stride, n, head_dim, out_of(i));
-        }
-      }
+    over_blocks(cache.v, [&](int64_t i, int64_t at, const auto* rows, int64_t n, size_t step) {
+      using Row = std::remove_cv_t<std::remove_pointer_t<decltype(rows)>>;
+      if constexpr (std::is_same_v<Row, uint16_t>) {
+        in_pairs(
+            i,
+            [&](int64_t a, int64_t b) {
+              ops.pv2_f16(scores_of(a) + at, scores_of(b) + at, rows, step, n, head_dim, out_of(a), out_of(b));
+            },
+            [&](int64_t a) { ops.pv_f16(scores_of(a) + at, rows, step, n, head_dim, out_of(a)); });
+      } else if constexpr (std::is_same_v<Row, float>) {
+        in_pairs(
+            i,
+            [&](int64_t a, int64_t b) {
+              ops.pv2_f32(scores_of(a) + at, scores_of(b) + at, rows, step, n, head_dim, out_of(a), out_of(b));
+            },
+            [&](int64_t a) { ops.pv_f32(scores_of(a) + at, rows, step, n, head_dim, out_of(a)); });
+      }  // (V is never passed as q8_0 blocks: over_blocks widens them)
     });
   };
 

@@ -26,6 +26,7 @@ class CpuBackend final : public Backend {
 
   std::string name() const override;
   bool supports_weight_type(DType type) const override;
+  bool supports_kv_type(DType type, int64_t head_dim) const override;  // F16, F32; Q8_0 for head_dim % 32 == 0
 
   Tensor new_tensor(DType type, std::array<int64_t, 4> ne) override;
   Tensor weight(DType type, std::array<int64_t, 4> ne, const void* host, std::shared_ptr<const void> keep_alive) override;

@@ -78,9 +78,18 @@ float gelu_tanh(float x) {
 }
 
 namespace {
+// Element `index` of a cache of rows laid end to end (a Q8_0 row is whole blocks of 32).
 inline float kv_value(const void* base, DType type, int64_t index) {
-  return type == DType::F16 ? fp16_to_fp32(static_cast<const uint16_t*>(base)[index])
-                            : static_cast<const float*>(base)[index];
+  switch (type) {
+    case DType::F16:
+      return fp16_to_fp32(static_cast<const uint16_t*>(base)[index]);
+    case DType::Q8_0: {
+      const BlockQ8_0& b = static_cast<const BlockQ8_0*>(base)[index / kQK8_0];
+      return fp16_to_fp32(b.d) * static_cast<float>(b.qs[index % kQK8_0]);
+    }
+    default:
+      return static_cast<const float*>(base)[index];
+  }
 }
 }  // namespace
 
@@ -88,16 +97,29 @@ void attention_head(const float* q, const void* k_cache, const void* v_cache, DT
                     int64_t head_offset, int64_t head_dim, int32_t first, int32_t last, float scale, float softcap,
                     float* scores, float* out) {
   // With an f16 cache both products take f16 inputs, as ggml's CPU path does: q is rounded to
-  // f16 for q.k and the probabilities are rounded to f16 for p.v.
+  // f16 for q.k and the probabilities are rounded to f16 for p.v. With a q8_0 cache q is
+  // quantized to q8_0 for q.k (ggml's q8_0 x q8_0 dot; products of the two exact dequantized
+  // values, summed in double here) and p.v takes float probabilities against exact V values.
   const bool half = kv_type == DType::F16;
   float qr[1024];
   HEARTH_CHECK(head_dim <= 1024, "head dim {} too large", head_dim);
-  for (int64_t d = 0; d < head_dim; ++d) qr[d] = half ? fp16_to_fp32(fp32_to_fp16(q[d])) : q[d];
+  if (kv_type == DType::Q8_0) {
+    HEARTH_CHECK(head_dim % kQK8_0 == 0 && head_offset % kQK8_0 == 0 && kv_stride % kQK8_0 == 0,
+                 "a q8_0 KV cache needs head dims that are multiples of {}", kQK8_0);
+    BlockQ8_0 qq[1024 / kQK8_0];
+    quantize_activations_q8_0(q, qq, head_dim);
+    dequantize_row_q8_0(qq, qr, head_dim);
+  } else {
+    for (int64_t d = 0; d < head_dim; ++d) qr[d] = half ? fp16_to_fp32(fp32_to_fp16(q[d])) : q[d];
+  }
   float max_score = -INFINITY;
   for (int32_t j = first; j <= last; ++j) {
     const int64_t base = j * kv_stride + head_offset;
     double s = 0.0;
-    for (int64_t d = 0; d < head_dim; ++d) s += static_cast<double>(qr[d] * kv_value(k_cache, kv_type, base + d));
+    for (int64_t d = 0; d < head_dim; ++d) {
+      const float k = kv_value(k_cache, kv_type, base + d);
+      s += kv_type == DType::Q8_0 ? static_cast<double>(qr[d]) * k : static_cast<double>(qr[d] * k);
+    }
     float sf = static_cast<float>(s) * scale;
     if (softcap > 0.0f) sf = softcap * std::tanh(sf / softcap);
     scores[j - first] = sf;

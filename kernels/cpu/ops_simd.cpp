@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/fp16.h"
 #include "kernels/cpu/ops_ref.h"
+#include "kernels/cpu/quants_ref.h"
 #if defined(HEARTH_X86_KERNELS)
 #include "kernels/cpu/x86/ops_x86.h"
 #endif
@@ -45,6 +46,21 @@ void qk_scalar(const float* q, const T* k, size_t stride, int64_t n, int64_t hea
     float acc[8] = {};
     for (int64_t d = 0; d < head_dim; ++d) acc[d % 8] += q[d] * value(row + d);
     scores[j] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  }
+}
+
+// Per row: sum over blocks of float(integer dot) * (d_q * d_row), in block order.
+void qk_q8_0_scalar(const void* q, const void* k, size_t stride, int64_t n, int64_t head_dim, float* scores) {
+  const auto* qb = static_cast<const BlockQ8_0*>(q);
+  for (int64_t j = 0; j < n; ++j) {
+    const BlockQ8_0* row = static_cast<const BlockQ8_0*>(k) + static_cast<size_t>(j) * stride;
+    float acc = 0.0f;
+    for (int64_t b = 0; b < head_dim / kQK8_0; ++b) {
+      int32_t sum = 0;
+      for (int i = 0; i < kQK8_0; ++i) sum += int32_t{qb[b].qs[i]} * int32_t{row[b].qs[i]};
+      acc += static_cast<float>(sum) * (fp16_to_fp32(qb[b].d) * fp16_to_fp32(row[b].d));
+    }
+    scores[j] = acc;
   }
 }
 
@@ -88,6 +104,10 @@ void round_f16_scalar(float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] = fp16_to_fp32(fp32_to_fp16(x[i]));
 }
 
+void dequantize_q8_0_scalar(const void* x, float* y, int64_t n) {
+  ref::dequantize_row_q8_0(static_cast<const BlockQ8_0*>(x), y, n);
+}
+
 void silu_mul_scalar(const float* g, const float* u, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = ref::silu(g[i]) * u[i];
 }
@@ -118,6 +138,7 @@ void pv2_twice(const float* p0, const float* p1, const T* v, size_t stride, int6
 constexpr OpsKernels kScalar = {
     qk_scalar<uint16_t>,
     qk_scalar<float>,
+    qk_q8_0_scalar,
     pv_scalar<uint16_t>,
     pv_scalar<float>,
     qk2_twice<uint16_t, qk_scalar<uint16_t>>,
@@ -128,6 +149,7 @@ constexpr OpsKernels kScalar = {
     exp_scalar,
     f32_to_f16_scalar,
     round_f16_scalar,
+    dequantize_q8_0_scalar,
     ref::rms_norm_row,
     silu_mul_scalar,
     gelu_mul_scalar,
@@ -136,8 +158,8 @@ constexpr OpsKernels kScalar = {
 
 #define HEARTH_OPS_TABLE(ns, qk2_f16, qk2_f32, pv2_f16, pv2_f32)                                                \
   OpsKernels {                                                                                                 \
-    ns::qk_f16, ns::qk_f32, ns::pv_f16, ns::pv_f32, qk2_f16, qk2_f32, pv2_f16, pv2_f32, ns::softmax, ns::exp,  \
-        ns::f32_to_f16, ns::round_f16, ns::rms_norm_row, ns::silu_mul, ns::gelu_mul, true                      \
+    ns::qk_f16, ns::qk_f32, ns::qk_q8_0, ns::pv_f16, ns::pv_f32, qk2_f16, qk2_f32, pv2_f16, pv2_f32, ns::softmax, ns::exp,  \
+        ns::f32_to_f16, ns::round_f16, ns::dequantize_q8_0, ns::rms_norm_row, ns::silu_mul, ns::gelu_mul, true \
   }
 #define HEARTH_OPS_TABLE_NATIVE(ns) HEARTH_OPS_TABLE(ns, ns::qk2_f16, ns::qk2_f32, ns::pv2_f16, ns::pv2_f32)
 #define HEARTH_OPS_TABLE_TWICE(ns)                                                                        \

@@ -26,6 +26,11 @@ struct OpsKernels {
   // scores[j] = sum_d q[d] * row_j[d] for j in [0, n), row_j = k + j * stride, d in [0, head_dim).
   void (*qk_f16)(const float* q, const uint16_t* k, size_t stride, int64_t n, int64_t head_dim, float* scores);
   void (*qk_f32)(const float* q, const float* k, size_t stride, int64_t n, int64_t head_dim, float* scores);
+  // The q8_0 cache's scores (ggml's q8_0 x q8_0 dot): q and each row are head_dim / 32 Q8_0
+  // blocks (row_j = k + j * stride blocks); scores[j] = sum over blocks b of
+  // float(sum_i q_b[i] * row_jb[i]) * (d(q_b) * d(row_jb)), the integer sums exact, the float
+  // terms added in the level's lane order and then a fixed tree.
+  void (*qk_q8_0)(const void* q, const void* k, size_t stride, int64_t n, int64_t head_dim, float* scores);
   // out[d] += sum_j p[j] * row_j[d] for d in [0, head_dim), j ascending, row_j = v + j * stride.
   void (*pv_f16)(const float* p, const uint16_t* v, size_t stride, int64_t n, int64_t head_dim, float* out);
   void (*pv_f32)(const float* p, const float* v, size_t stride, int64_t n, int64_t head_dim, float* out);
@@ -51,6 +56,10 @@ struct OpsKernels {
   void (*f32_to_f16)(const float* x, uint16_t* y, int64_t n);
   // x[i] = the float nearest-even f16 value of x[i] (fp16_to_fp32(fp32_to_fp16(x[i]))), in place.
   void (*round_f16)(float* x, int64_t n);
+  // y[i] = d * q[i] of the Q8_0 blocks at x (n a multiple of 32): a q8_0 KV cache's V rows for
+  // the f32 p.V kernels. Exact (an f16 scale times an int8 fits a float), so every level gives
+  // the same bits.
+  void (*dequantize_q8_0)(const void* x, float* y, int64_t n);
   // ref::rms_norm_row: squares in float, summed in double (lane order of the level); weight may be null.
   void (*rms_norm_row)(const float* x, const float* weight, float eps, float* y, int64_t n);
   // y[i] = silu(g[i]) * u[i]   (silu(x) = x / (1 + exp(-x)))

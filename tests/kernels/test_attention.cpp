@@ -1,6 +1,7 @@
 // The CPU backend's attention at every CPU level this machine has, against the scalar reference
-// ref::attention_head: f16 and f32 caches, grouped-query heads, head dims with a SIMD tail (38)
-// and without one (40, 64, 72: whole 8-float lanes, not whole 64-float chunks), sliding
+// ref::attention_head: f16, f32 and q8_0 caches, grouped-query heads, head dims with a SIMD tail
+// (38) and without one (40, 64, 72: whole 8-float lanes, not whole 64-float chunks; q8_0: 32 to
+// 128, whole blocks), sliding
 // windows, a logit softcap, several sequences in one batch, whole prompts (tiles of tokens that
 // pass over each block of K / V rows together, several blocks per row range) and
 // continuous-batching decode.
@@ -78,14 +79,13 @@ double max_error_vs_reference(CpuBackend& backend, const KvLayer& cache, const A
                               const std::vector<KvSlot>& slots) {
   const std::vector<float> got = run_attention(backend, cache, p, slots);
   const int64_t kv_dim = int64_t{p.n_head_kv} * p.head_dim;
-  const size_t elem = cache.k.type == DType::F16 ? 2 : 4;
+  const size_t row_bytes = dtype_row_bytes(cache.k.type, kv_dim);
   std::vector<float> scores(static_cast<size_t>(cache.n_ctx)), expected(static_cast<size_t>(p.head_dim));
   double max_err = 0.0;
   for (size_t t = 0; t < slots.size(); ++t) {
     const std::vector<float> q = query_of(p, slots[t]);
     const int32_t first = p.window > 0 ? std::max(0, slots[t].pos - p.window + 1) : 0;
-    const size_t seq_offset =
-        static_cast<size_t>(slots[t].seq) * static_cast<size_t>(cache.n_ctx) * static_cast<size_t>(kv_dim) * elem;
+    const size_t seq_offset = static_cast<size_t>(slots[t].seq) * static_cast<size_t>(cache.n_ctx) * row_bytes;
     for (int h = 0; h < p.n_head; ++h) {
       ref::attention_head(q.data() + static_cast<int64_t>(h) * p.head_dim,
                           static_cast<const uint8_t*>(cache.k.data) + seq_offset,
@@ -104,7 +104,8 @@ double max_error_vs_reference(CpuBackend& backend, const KvLayer& cache, const A
 
 // Outputs are averages of unit-variance values; float partial sums against the reference's
 // double ones differ by ~1e-6, and an f16 probability may round the other way (one f16 ulp of
-// p times |v|).
+// p times |v|). q8_0 is held to the f32 bound: both sides quantize q to the same bytes and read
+// the same exact K / V values, only the sums' precision differs (largest seen: 2.4e-6).
 double tolerance(DType kv_type) { return kv_type == DType::F16 ? 2e-3 : 1e-5; }
 
 struct Case {
@@ -173,6 +174,9 @@ std::vector<Case> all_cases() {
       cases.push_back({level, kv, 40, 8, 0.0f});
       cases.push_back({level, kv, 72, 5, 30.0f});
     }
+    for (const int d : {32, 64, 96, 128}) cases.push_back({level, DType::Q8_0, d, 0, 0.0f});
+    cases.push_back({level, DType::Q8_0, 64, 8, 0.0f});
+    cases.push_back({level, DType::Q8_0, 96, 5, 30.0f});
   }
   return cases;
 }
@@ -181,19 +185,19 @@ INSTANTIATE_TEST_SUITE_P(Levels, AttentionVsReference, testing::ValuesIn(all_cas
 
 // Continuous batching: 11 sequences of odd, different lengths each decode one token in one
 // batch (the batch order is not the sequence order, one cache slot stays unused), at 1, 2 and
-// 3 threads, over f16 and f32 caches, with and without a window, at every level.
+// 3 threads, over f16, f32 and q8_0 caches, with and without a window, at every level.
 TEST(Attention, ManySequencesDecodeInOneBatch) {
   for (const CpuLevel level : kAllCpuLevels) {
     if (!cpu_level_supported(level)) continue;
-    for (const DType kv_type : {DType::F16, DType::F32}) {
+    for (const DType kv_type : {DType::F16, DType::F32, DType::Q8_0}) {
       for (const int32_t window : {0, 13}) {
         for (const int threads : {1, 2, 3}) {
           CpuBackend backend(threads, level);
           AttentionParams p;
           p.n_head = 9;
           p.n_head_kv = 3;
-          p.head_dim = 24;  // not a multiple of 16
-          p.scale = 1.0f / std::sqrt(24.0f);
+          p.head_dim = kv_type == DType::Q8_0 ? 32 : 24;  // 24: not a multiple of 16; q8_0: one block
+          p.scale = 1.0f / std::sqrt(static_cast<float>(p.head_dim));
           p.window = window;
           constexpr int32_t kSeqs = 12, kCtx = 53;
           std::vector<int32_t> lengths;
@@ -245,8 +249,11 @@ TEST(Attention, TokenGetsTheSameBitsInAnyBatch) {
       int head_dim;
       int32_t window;
     };
+    // q8_0 (V widened to f32 a block of 128 rows at a time at head dim 64): with the window,
+    // and with one block per head.
     for (const Config config : {Config{DType::F16, 64, 250}, Config{DType::F16, 38, 0}, Config{DType::F32, 64, 0},
-                                Config{DType::F32, 38, 250}}) {
+                                Config{DType::F32, 38, 250}, Config{DType::Q8_0, 64, 250},
+                                Config{DType::Q8_0, 32, 0}}) {
       const DType kv_type = config.kv_type;
       const int head_dim = config.head_dim;
       const int32_t window = config.window;

@@ -1,10 +1,12 @@
 // The non-matmul vector kernels (kernels/cpu/ops_simd.h) at every CPU level this machine has:
 // f32 -> f16 byte for byte against core/fp16.h (ties, subnormals, infinities, NaNs), exp within
 // 2 ulp of double precision, the attention pieces' contracts (a score depends on its row only,
-// f16 rows and their f32 conversion give the same bits, p.V may be split into blocks, the
+// f16 rows and their f32 conversion give the same bits, q8_0 scores within float rounding of
+// the exact block products, p.V may be split into blocks, the
 // two-query kernels give the one-query bits, softmax
 // against a double-precision one), RMSNorm and SiLU within float rounding of ops_ref, GELU bit
-// for bit; and CpuBackend's rms_norm / glu / kv_store at each level against the references.
+// for bit, q8_0 blocks widened exactly; and CpuBackend's rms_norm / glu / kv_store (f16 and q8_0
+// caches) at each level against the references.
 #include <gtest/gtest.h>
 
 #include <bit>
@@ -19,6 +21,7 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/ops_ref.h"
 #include "kernels/cpu/ops_simd.h"
+#include "kernels/cpu/quants_ref.h"
 
 namespace hearth::kernels {
 namespace {
@@ -181,6 +184,51 @@ TEST_P(OpsSimd, QkScoreDependsOnItsRowOnly) {
         const int64_t count = std::min<int64_t>(n - start, 11);
         ops().qk_f16(q.data(), rows.half.data() + static_cast<size_t>(start) * stride, stride, count, head_dim, sub);
         EXPECT_EQ(std::bit_cast<uint32_t>(sub[j - start]), std::bit_cast<uint32_t>(all16[static_cast<size_t>(j)]))
+            << "row " << j << " in a call from row " << start << ", head_dim " << head_dim;
+      }
+    }
+  }
+}
+
+// q8_0 rows (of a wider cache: the stride is in blocks): each score is the exact integer dot
+// product of every block times its two scales, summed in float — within float rounding of the
+// double sum — and the same bits alone or at any place of a call (so at any batch).
+TEST_P(OpsSimd, QkQ8_0ScoreDependsOnItsRowOnly) {
+  std::mt19937 rng(23);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (const int64_t head_dim : {32, 64, 96, 256}) {
+    const int64_t blocks = head_dim / kQK8_0;
+    const size_t stride = static_cast<size_t>(blocks) + 3;  // in blocks
+    const int64_t n = 29;
+    std::vector<BlockQ8_0> rows(static_cast<size_t>(n) * stride), q(static_cast<size_t>(blocks));
+    std::vector<float> x(static_cast<size_t>(head_dim));
+    for (int64_t j = 0; j < n; ++j) {
+      for (float& v : x) v = normal(rng) * (j % 3 == 0 ? 100.0f : 1.0f);
+      ref::quantize_activations_q8_0(x.data(), rows.data() + static_cast<size_t>(j) * stride, head_dim);
+    }
+    for (float& v : x) v = normal(rng);
+    ref::quantize_activations_q8_0(x.data(), q.data(), head_dim);
+    std::vector<float> all(static_cast<size_t>(n));
+    ops().qk_q8_0(q.data(), rows.data(), stride, n, head_dim, all.data());
+    for (int64_t j = 0; j < n; ++j) {
+      const BlockQ8_0* row = rows.data() + static_cast<size_t>(j) * stride;
+      double want = 0.0, magnitude = 0.0;
+      for (int64_t b = 0; b < blocks; ++b) {
+        int64_t dot = 0, abs_dot = 0;
+        for (int i = 0; i < kQK8_0; ++i) {
+          dot += int64_t{q[static_cast<size_t>(b)].qs[i]} * row[b].qs[i];
+          abs_dot += std::abs(int64_t{q[static_cast<size_t>(b)].qs[i]} * row[b].qs[i]);
+        }
+        const double scale = double(fp16_to_fp32(q[static_cast<size_t>(b)].d)) * fp16_to_fp32(row[b].d);
+        want += double(dot) * scale;
+        magnitude += double(abs_dot) * std::fabs(scale);  // bounds every partial sum
+      }
+      EXPECT_NEAR(all[static_cast<size_t>(j)], want, 1e-6 * magnitude + 1e-30) << "row " << j << ", head_dim " << head_dim;
+      for (const int64_t start : {j, std::max<int64_t>(0, j - 3), std::max<int64_t>(0, j - 8)}) {
+        float sub[16];
+        const int64_t count = std::min<int64_t>(n - start, 11);
+        ops().qk_q8_0(q.data(), rows.data() + static_cast<size_t>(start) * stride, stride, count, head_dim, sub);
+        EXPECT_EQ(std::bit_cast<uint32_t>(sub[j - start]), std::bit_cast<uint32_t>(all[static_cast<size_t>(j)]))
             << "row " << j << " in a call from row " << start << ", head_dim " << head_dim;
       }
     }
@@ -369,6 +417,44 @@ TEST_P(OpsSimd, BackendOpsMatchReferences) {
       ASSERT_EQ(static_cast<const uint16_t*>(cache.v.data)[row + static_cast<size_t>(i)],
                 fp32_to_fp16(static_cast<const float*>(v.data)[src]));
     }
+  }
+  // kv_store into a q8_0 cache: the bytes of ref::quantize_activations_q8_0, row by row (a row
+  // of 96 values: three blocks), an all-zero row included.
+  const int64_t q8_dim = 96;
+  const size_t q8_row = dtype_row_bytes(DType::Q8_0, q8_dim);
+  KvLayer q8 = backend.new_kv_layer(DType::Q8_0, 2, 8, q8_dim);
+  Tensor kq = backend.new_tensor(DType::F32, {q8_dim, 3, 1, 1});
+  Tensor vq = backend.new_tensor(DType::F32, {q8_dim, 3, 1, 1});
+  for (int64_t i = 0; i < kq.n_elements(); ++i) static_cast<float*>(kq.data)[i] = normal(rng);
+  for (int64_t i = 0; i < vq.n_elements(); ++i) static_cast<float*>(vq.data)[i] = i < q8_dim ? 0.0f : normal(rng) * 50.0f;
+  backend.kv_store(q8, kq, vq, slots);
+  std::vector<uint8_t> want_row(q8_row);
+  for (size_t t = 0; t < slots.size(); ++t) {
+    const size_t row = static_cast<size_t>(slots[t].seq) * 8 + static_cast<size_t>(slots[t].pos);
+    for (const auto& [cache_part, source] : {std::pair{&q8.k, &kq}, std::pair{&q8.v, &vq}}) {
+      ref::quantize_activations_q8_0(static_cast<const float*>(source->data) + t * q8_dim,
+                                     reinterpret_cast<BlockQ8_0*>(want_row.data()), q8_dim);
+      ASSERT_EQ(std::memcmp(static_cast<const uint8_t*>(cache_part->data) + row * q8_row, want_row.data(), q8_row), 0)
+          << "token " << t;
+    }
+  }
+}
+
+// Widening q8_0 blocks: exact, so the bits of ref::dequantize_row_q8_0 (scales of every
+// magnitude, subnormal to the largest finite half, and q from -128 to 127).
+TEST_P(OpsSimd, DequantizeQ8_0IsExact) {
+  std::mt19937 rng(31);
+  for (const int64_t blocks : {1, 2, 7}) {
+    std::vector<BlockQ8_0> x(static_cast<size_t>(blocks));
+    for (BlockQ8_0& b : x) {
+      b.d = static_cast<uint16_t>(rng() & 0x7bffu);  // below infinity, either side of the subnormal boundary
+      if (rng() & 1) b.d |= 0x8000u;
+      for (int8_t& q : b.qs) q = static_cast<int8_t>(rng() & 0xffu);
+    }
+    std::vector<float> got(static_cast<size_t>(blocks * kQK8_0)), want(got.size());
+    ops().dequantize_q8_0(x.data(), got.data(), blocks * kQK8_0);
+    ref::dequantize_row_q8_0(x.data(), want.data(), blocks * kQK8_0);
+    ASSERT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0) << blocks << " blocks";
   }
 }
 

@@ -148,6 +148,38 @@ void qk_f16(const float* q, const uint16_t* k, size_t stride, int64_t n, int64_t
 void qk_f32(const float* q, const float* k, size_t stride, int64_t n, int64_t head_dim, float* scores) {
   qk_rows(q, k, stride, n, head_dim, scores);
 }
+// Per row and block: the 32 int8 products widened to 16 bits and pairwise summed into four
+// int32 lanes (baseline armv8-a: no sdot), lane l holding the sum of q[i] * row[i] over
+// i = 2l, 2l + 1, 8 + 2l, 8 + 2l + 1 and the same in the block's second half; then
+// float(lanes) * (d_q * d_row) added to the row's accumulator and vaddvq at the end.
+void qk_q8_0(const void* q, const void* k, size_t stride, int64_t n, int64_t head_dim, float* scores) {
+  constexpr size_t kBlock = 34;  // f16 d, then 32 int8 q (core/quant_blocks.h's BlockQ8_0)
+  const auto* qb = static_cast<const uint8_t*>(q);
+  const auto* kb = static_cast<const uint8_t*>(k);
+  const int64_t blocks = head_dim / 32;
+  const auto scale = [](const uint8_t* block) {
+    uint16_t bits;
+    std::memcpy(&bits, block, sizeof bits);
+    return fp16_to_fp32(bits);
+  };
+  for (int64_t j = 0; j < n; ++j) {
+    const uint8_t* row = kb + static_cast<size_t>(j) * stride * kBlock;
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < blocks; ++b) {
+      const size_t at = static_cast<size_t>(b) * kBlock;
+      const int8x16_t q0 = vld1q_s8(reinterpret_cast<const int8_t*>(qb + at + 2));
+      const int8x16_t q1 = vld1q_s8(reinterpret_cast<const int8_t*>(qb + at + 18));
+      const int8x16_t k0 = vld1q_s8(reinterpret_cast<const int8_t*>(row + at + 2));
+      const int8x16_t k1 = vld1q_s8(reinterpret_cast<const int8_t*>(row + at + 18));
+      int32x4_t sum = vpaddlq_s16(vmull_s8(vget_low_s8(q0), vget_low_s8(k0)));
+      sum = vpadalq_s16(sum, vmull_high_s8(q0, k0));
+      sum = vpadalq_s16(sum, vmull_s8(vget_low_s8(q1), vget_low_s8(k1)));
+      sum = vpadalq_s16(sum, vmull_high_s8(q1, k1));
+      acc = vfmaq_n_f32(acc, vcvtq_f32_s32(sum), scale(qb + at) * scale(row + at));
+    }
+    scores[j] = vaddvq_f32(acc);
+  }
+}
 void pv_f16(const float* p, const uint16_t* v, size_t stride, int64_t n, int64_t head_dim, float* out) {
   pv_rows(p, v, stride, n, head_dim, out);
 }
@@ -213,6 +245,22 @@ void round_f16(float* x, int64_t n) {
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) vst1q_f32(x + i, round_f16_4(vld1q_f32(x + i)));
   for (; i < n; ++i) x[i] = fp16_to_fp32(fp32_to_fp16(x[i]));
+}
+
+void dequantize_q8_0(const void* x, float* y, int64_t n) {
+  constexpr int64_t kBlock = 34;  // f16 d, then 32 int8 q (core/quant_blocks.h's BlockQ8_0)
+  const auto* blocks = static_cast<const uint8_t*>(x);
+  for (int64_t b = 0; b < n / 32; ++b) {
+    const uint8_t* block = blocks + b * kBlock;
+    uint16_t d_bits;
+    std::memcpy(&d_bits, block, sizeof d_bits);
+    const float d = fp16_to_fp32(d_bits);
+    for (int i = 0; i < 32; i += 8) {
+      const int16x8_t q = vmovl_s8(vld1_s8(reinterpret_cast<const int8_t*>(block + 2 + i)));
+      vst1q_f32(y + b * 32 + i, vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(q))), d));
+      vst1q_f32(y + b * 32 + i + 4, vmulq_n_f32(vcvtq_f32_s32(vmovl_high_s16(q)), d));
+    }
+  }
 }
 
 void rms_norm_row(const float* x, const float* weight, float eps, float* y, int64_t n) {

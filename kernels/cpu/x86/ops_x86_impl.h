@@ -164,6 +164,50 @@ void qk_rows(const float* q, const T* k, size_t stride, int64_t n, int64_t head_
   }
 }
 
+// q8_0 scores, rows in groups of eight as in qk_rows: per block, lane l of row r's accumulator
+// gains float(q[4l..4l+3] . row_r[4l..4l+3]) * (d_q * d_r) (maddubs on |q| and row * sign(q):
+// both in [-127, 127], so no pair sum saturates), then reduce8.
+constexpr size_t kQ8Block = 34;  // f16 d, then 32 int8 q (core/quant_blocks.h's BlockQ8_0)
+inline float q8_scale(const uint8_t* block) {
+  uint16_t bits;
+  std::memcpy(&bits, block, sizeof bits);
+  return _cvtsh_ss(bits);
+}
+inline __m256i q8_values(const uint8_t* block) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + 2)); }
+
+void qk_q8_rows(const void* q, const void* k, size_t stride, int64_t n, int64_t head_dim, float* scores) {
+  const auto* qb = static_cast<const uint8_t*>(q);
+  const auto* kb = static_cast<const uint8_t*>(k);
+  const int64_t blocks = head_dim / 32;
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t j0 = 0; j0 < n; j0 += kLanes) {
+    const uint8_t* r[kLanes];
+#pragma GCC unroll 8
+    for (int i = 0; i < kLanes; ++i) r[i] = kb + static_cast<size_t>(j0 + i < n ? j0 + i : n - 1) * stride * kQ8Block;
+    __m256 a[kLanes];
+#pragma GCC unroll 8
+    for (int i = 0; i < kLanes; ++i) a[i] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < blocks; ++b) {
+      const size_t at = static_cast<size_t>(b) * kQ8Block;
+      const __m256i qv = q8_values(qb + at);
+      const __m256i q_abs = _mm256_sign_epi8(qv, qv);
+      const float dq = q8_scale(qb + at);
+#pragma GCC unroll 8
+      for (int i = 0; i < kLanes; ++i) {
+        const __m256i pairs = _mm256_maddubs_epi16(q_abs, _mm256_sign_epi8(q8_values(r[i] + at), qv));
+        const __m256 sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+        a[i] = _mm256_fmadd_ps(sums, _mm256_set1_ps(dq * q8_scale(r[i] + at)), a[i]);
+      }
+    }
+    const __m256 s = reduce8(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]);
+    if (j0 + kLanes <= n) {
+      _mm256_storeu_ps(scores + j0, s);
+    } else {
+      store_part(scores + j0, s, static_cast<int>(n - j0));
+    }
+  }
+}
+
 // out[c, c + 8 * A) += p[j] * row_j[...] for every row, one fused multiply-add per element and row.
 template <int A, class T>
 inline void pv_chunk(const float* p, const T* v, size_t stride, int64_t n, float* out) {
@@ -319,6 +363,9 @@ void qk_f16(const float* q, const uint16_t* k, size_t stride, int64_t n, int64_t
 void qk_f32(const float* q, const float* k, size_t stride, int64_t n, int64_t head_dim, float* scores) {
   qk_rows(q, k, stride, n, head_dim, scores);
 }
+void qk_q8_0(const void* q, const void* k, size_t stride, int64_t n, int64_t head_dim, float* scores) {
+  qk_q8_rows(q, k, stride, n, head_dim, scores);
+}
 void pv_f16(const float* p, const uint16_t* v, size_t stride, int64_t n, int64_t head_dim, float* out) {
   pv_rows(p, v, stride, n, head_dim, out);
 }
@@ -393,6 +440,18 @@ void round_f16(float* x, int64_t n) {
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) _mm256_storeu_ps(x + i, round_f16_8(_mm256_loadu_ps(x + i)));
   if (i < n) store_part(x + i, round_f16_8(load_part(x + i, static_cast<int>(n - i))), static_cast<int>(n - i));
+}
+
+void dequantize_q8_0(const void* x, float* y, int64_t n) {
+  const auto* blocks = static_cast<const uint8_t*>(x);
+  for (int64_t b = 0; b < n / 32; ++b) {
+    const uint8_t* block = blocks + static_cast<size_t>(b) * kQ8Block;
+    const __m256 d = _mm256_set1_ps(q8_scale(block));
+    for (int i = 0; i < 32; i += kLanes) {
+      const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(block + 2 + i));
+      _mm256_storeu_ps(y + b * 32 + i, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q))));
+    }
+  }
 }
 
 // --- norms and activations ---------------------------------------------------------------------
