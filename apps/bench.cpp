@@ -1,5 +1,6 @@
 // `hearth bench`: llama-bench style pp/tg throughput of a model on this machine, with the
 // memory-bandwidth limit of generation beside it.
+#include <cctype>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
@@ -12,6 +13,7 @@
 #include "engine/model_info.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/cpu_features.h"
+#include "shard/plan.h"
 
 namespace hearth::apps {
 
@@ -42,6 +44,9 @@ int run_bench(const BenchArgs& args) {
   p.depth = args.depth;
   p.repetitions = args.repetitions;
   p.n_batch = args.n_batch;
+  p.kv_type = shard::parse_plan_dtype(args.kv_type, "--kv-type");
+  std::string kv_type(dtype_name(p.kv_type));  // lower case, as given: f16, f32, q8_0
+  for (char& ch : kv_type) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
   std::fprintf(stderr, "hearth bench: %s on %s, %d threads, %d repetitions...\n", args.model.c_str(),
                backend_desc.c_str(), threads, p.repetitions);
   const auto results = bench::run_model_bench(file, config, backend, p);
@@ -62,6 +67,7 @@ int run_bench(const BenchArgs& args) {
     out["params"] = params;
     out["backend"] = backend_desc;
     out["threads"] = threads;
+    out["kv_type"] = kv_type;
     out["build_commit"] = build::kCommit;
     out["memory_bandwidth_bytes_per_s"] = bw.bytes_per_second;
     out["weight_bytes_per_token"] = bytes_per_token;
@@ -77,19 +83,22 @@ int run_bench(const BenchArgs& args) {
     return 0;
   }
   if (args.output == "csv") {
-    std::printf("model,size,params,backend,threads,test,t_s_mean,t_s_sd,build_commit\n");
+    std::printf("model,size,params,backend,threads,kv_type,test,t_s_mean,t_s_sd,build_commit\n");
     for (const auto& r : results) {
-      std::printf("\"%s\",%.0f,%llu,%s,%d,%s,%.3f,%.3f,%s\n", model_desc.c_str(), size,
-                  static_cast<unsigned long long>(params), backend_desc.c_str(), threads, r.name.c_str(), r.mean(),
-                  r.stddev(), build::kCommit);
+      std::printf("\"%s\",%.0f,%llu,%s,%d,%s,%s,%.3f,%.3f,%s\n", model_desc.c_str(), size,
+                  static_cast<unsigned long long>(params), backend_desc.c_str(), threads, kv_type.c_str(),
+                  r.name.c_str(), r.mean(), r.stddev(), build::kCommit);
     }
     return 0;
   }
-  std::printf("| model | size | params | backend | threads | test | t/s |\n");
-  std::printf("| --- | ---: | ---: | --- | ---: | --- | ---: |\n");
+  // As llama-bench does for its type_k / type_v: a KV cache column only when it is not the default.
+  const bool kv_column = kv_type != "f16";
+  std::printf("| model | size | params | backend | threads |%s test | t/s |\n", kv_column ? " kv |" : "");
+  std::printf("| --- | ---: | ---: | --- | ---: |%s --- | ---: |\n", kv_column ? " --- |" : "");
   for (const auto& r : results) {
-    std::printf("| %s | %s | %s | %s | %d | %s | %.2f ± %.2f |\n", model_desc.c_str(), human_size(size).c_str(),
-                human_params(params).c_str(), backend_desc.c_str(), threads, r.name.c_str(), r.mean(), r.stddev());
+    std::printf("| %s | %s | %s | %s | %d |%s %s | %.2f ± %.2f |\n", model_desc.c_str(), human_size(size).c_str(),
+                human_params(params).c_str(), backend_desc.c_str(), threads,
+                kv_column ? fmt::format(" {} |", kv_type).c_str() : "", r.name.c_str(), r.mean(), r.stddev());
   }
   std::printf("\nbandwidth limit: %.1f GB/s measured (triad, %d threads) / %s of weights per token = %.1f tokens/s",
               bw.bytes_per_second / 1e9, bw.threads, human_size(static_cast<double>(bytes_per_token)).c_str(), limit);

@@ -31,7 +31,8 @@ namespace {
 
 class Runtime final : public ClusterRuntime {
  public:
-  Runtime(const ClusterArgs& args, const engine::Model& model, int32_t n_ctx, int32_t n_seq, int threads) {
+  Runtime(const ClusterArgs& args, const engine::Model& model, int32_t n_ctx, int32_t n_seq, DType kv_type,
+          int threads) {
     std::optional<transport::ClusterKey> key;
     std::vector<std::string> addresses;
     shard::ClusterSpec cluster;
@@ -49,11 +50,13 @@ class Runtime final : public ClusterRuntime {
     shard::PlanOptions plan;
     plan.n_ctx = n_ctx;
     plan.n_seq = n_seq;
+    plan.kv_type = kv_type;
     plan.allow_drop_nodes = args.local_stages == 0;  // --local-stages N means N stages
     const std::vector<shard::PipelineStageSpec> stages = shard::plan_stages(model.file(), model.config(), cluster, plan);
     shard::PipelineOptions options;
     options.n_ctx = n_ctx;
     options.n_seq = n_seq;
+    options.kv_type = kv_type;
     options.wire = shard::wire_dtype_from_name(args.wire_dtype);
     pipeline_ = std::make_unique<shard::PipelineExecutor>(model.path(), model.config(), stages, *key, options);
     for (size_t i = 0; i < stages.size(); ++i) {
@@ -78,8 +81,8 @@ class Runtime final : public ClusterRuntime {
 }  // namespace
 
 std::unique_ptr<ClusterRuntime> start_cluster(const ClusterArgs& args, const engine::Model& model, int32_t n_ctx,
-                                              int32_t n_seq, int threads) {
-  return std::make_unique<Runtime>(args, model, n_ctx, n_seq, threads);
+                                              int32_t n_seq, DType kv_type, int threads) {
+  return std::make_unique<Runtime>(args, model, n_ctx, n_seq, kv_type, threads);
 }
 
 }  // namespace hearth::apps

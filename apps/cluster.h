@@ -26,14 +26,14 @@ struct ClusterArgs {
 void add_cluster_options(CLI::App& command, ClusterArgs& args);
 
 // The executor of a cluster run: the workers (started here for --local-stages) and the
-// pipeline over them, planned for the model. `threads`: CPU threads of this machine, shared
-// by local workers.
+// pipeline over them, planned for the model with KV caches of `kv_type`. `threads`: CPU
+// threads of this machine, shared by local workers.
 struct ClusterRuntime {
   virtual ~ClusterRuntime() = default;
   virtual engine::BatchExecutor& executor() = 0;
   virtual std::string describe() const = 0;
 };
 std::unique_ptr<ClusterRuntime> start_cluster(const ClusterArgs& args, const engine::Model& model, int32_t n_ctx,
-                                              int32_t n_seq, int threads);
+                                              int32_t n_seq, DType kv_type, int threads);
 
 }  // namespace hearth::apps

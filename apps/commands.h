@@ -37,6 +37,7 @@ struct RunArgs {
   std::string chat_template;
   std::vector<std::string> stop;
   int32_t ctx_size = 0;
+  std::string kv_type = "f16";
   int32_t threads = 0;
   bool ignore_eos = false;
   ClusterArgs cluster;
@@ -72,6 +73,7 @@ struct BenchArgs {
   int32_t depth = 0;
   int32_t repetitions = 5;
   int32_t n_batch = 512;
+  std::string kv_type = "f16";
   int32_t threads = 0;
   std::string output = "md";
 };
@@ -88,6 +90,7 @@ struct ServeArgs {
   int32_t queue = 16;
   int32_t ctx_size = 0;
   int32_t batch_size = 512;
+  std::string kv_type = "f16";
   std::string alias;
   std::string chat_template;
   int32_t threads = 0;

@@ -49,6 +49,8 @@ int main(int argc, char** argv) {
   run->add_option("--stop", run_args.stop, "Stop when this text is generated (repeatable; not printed)");
   run->add_option("-c,--ctx-size", run_args.ctx_size, "Context size in tokens (0: min(4096, the model's))")
       ->capture_default_str();
+  run->add_option("--kv-type", run_args.kv_type, "KV cache type: f16, f32, q8_0 (half the memory of f16)")
+      ->capture_default_str();
   run->add_option("-t,--threads", run_args.threads, "CPU threads (0: all)")->capture_default_str();
   run->add_flag("--ignore-eos", run_args.ignore_eos, "Keep generating past the end-of-generation token");
   hearth::apps::add_cluster_options(*run, run_args.cluster);
@@ -87,6 +89,7 @@ int main(int argc, char** argv) {
   bench->add_option("-d,--depth", bench_args.depth, "Context already filled before each test")->capture_default_str();
   bench->add_option("-r,--repetitions", bench_args.repetitions, "Repetitions of each test")->capture_default_str();
   bench->add_option("-b,--batch-size", bench_args.n_batch, "Prompt tokens per forward pass")->capture_default_str();
+  bench->add_option("--kv-type", bench_args.kv_type, "KV cache type: f16, f32, q8_0")->capture_default_str();
   bench->add_option("-t,--threads", bench_args.threads, "CPU threads (0: all)")->capture_default_str();
   bench->add_option("-o,--output", bench_args.output, "Output format: md, json, csv")->capture_default_str();
 
@@ -105,6 +108,8 @@ int main(int argc, char** argv) {
   serve->add_option("-c,--ctx-size", serve_args.ctx_size, "Context of each sequence in tokens (0: min(4096, the model's))")
       ->capture_default_str();
   serve->add_option("-b,--batch-size", serve_args.batch_size, "Tokens per forward step (decodes + prompt chunks)")
+      ->capture_default_str();
+  serve->add_option("--kv-type", serve_args.kv_type, "KV cache type: f16, f32, q8_0 (half the memory of f16)")
       ->capture_default_str();
   serve->add_option("--alias", serve_args.alias, "Model name in the API (default: the file name without .gguf)");
   serve->add_option("--chat-template", serve_args.chat_template,

@@ -13,6 +13,7 @@
 #include "engine/model.h"
 #include "engine/scheduler.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "shard/plan.h"
 
 namespace hearth::apps {
 
@@ -23,7 +24,8 @@ engine::GenerationResult generate_on_cluster(const RunArgs& args, engine::Model&
                                              const engine::GenerationOptions& options,
                                              const std::function<bool(std::string_view)>& print) {
   const int threads = args.threads > 0 ? args.threads : ThreadPool::hardware_threads();
-  std::unique_ptr<ClusterRuntime> cluster = start_cluster(args.cluster, model, model.n_ctx(), 1, threads);
+  std::unique_ptr<ClusterRuntime> cluster = start_cluster(args.cluster, model, model.n_ctx(), 1,
+                                                          shard::parse_plan_dtype(args.kv_type, "--kv-type"), threads);
   std::fprintf(stderr, "hearth: pipeline: %s\n", cluster->describe().c_str());
   engine::Scheduler scheduler(cluster->executor(), model.tokenizer(), {});
   engine::GenerationResult result;
@@ -70,13 +72,15 @@ int run_generate(const RunArgs& args) {
   kernels::CpuBackend backend(threads);
   engine::ModelOptions model_options;
   model_options.n_ctx = args.ctx_size;
+  model_options.kv_type = shard::parse_plan_dtype(args.kv_type, "--kv-type");
   model_options.chat_template = args.chat_template;
   model_options.load_weights = !args.cluster.enabled();  // a cluster's workers hold the layers
   engine::Model model(args.model, backend, model_options);
   const engine::ModelConfig& c = model.config();
-  std::fprintf(stderr, "hearth: %s (%s, %d layers, %d-token vocabulary) on %s [%s] with %d threads, context %d\n",
+  std::fprintf(stderr,
+               "hearth: %s (%s, %d layers, %d-token vocabulary) on %s [%s] with %d threads, context %d (%s KV cache)\n",
                args.model.c_str(), c.arch.c_str(), c.n_layer, c.n_vocab, backend.name().c_str(),
-               kernels::cpu_description().c_str(), threads, model.n_ctx());
+               kernels::cpu_description().c_str(), threads, model.n_ctx(), args.kv_type.c_str());
 
   std::string text = args.prompt;
   if (args.chat) {

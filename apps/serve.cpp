@@ -14,6 +14,7 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "server/openai_server.h"
 #include "apps/cluster.h"
+#include "shard/plan.h"
 
 namespace hearth::apps {
 
@@ -62,12 +63,13 @@ int run_serve(const ServeArgs& args) {
     engine::ModelOptions model_options;
     model_options.n_ctx = args.ctx_size;
     model_options.n_seq = args.parallel;
+    model_options.kv_type = shard::parse_plan_dtype(args.kv_type, "--kv-type");
     model_options.chat_template = args.chat_template;
     model_options.load_weights = !args.cluster.enabled();  // a cluster's workers hold the layers
     model = std::make_unique<engine::Model>(args.model, *backend, model_options);
     engine::BatchExecutor* executor = nullptr;
     if (args.cluster.enabled()) {
-      cluster = start_cluster(args.cluster, *model, model->n_ctx(), args.parallel, threads);
+      cluster = start_cluster(args.cluster, *model, model->n_ctx(), args.parallel, model_options.kv_type, threads);
       std::fprintf(stderr, "hearth: pipeline: %s\n", cluster->describe().c_str());
       executor = &cluster->executor();
     } else {
@@ -86,10 +88,10 @@ int run_serve(const ServeArgs& args) {
   http.attach(*model, *scheduler);
   const engine::ModelConfig& c = model->config();
   std::fprintf(stderr,
-               "hearth: serving %s as '%s' (%s, %d layers) on %s [%s], %d threads; %d parallel sequences of %d tokens, "
-               "queue %d%s\n",
+               "hearth: serving %s as '%s' (%s, %d layers) on %s [%s], %d threads; %d parallel sequences of %d tokens "
+               "(%s KV cache), queue %d%s\n",
                args.model.c_str(), options.model_id.c_str(), c.arch.c_str(), c.n_layer, backend->name().c_str(),
-               kernels::cpu_description().c_str(), threads, args.parallel, model->n_ctx(), args.queue,
+               kernels::cpu_description().c_str(), threads, args.parallel, model->n_ctx(), args.kv_type.c_str(), args.queue,
                options.api_key.empty() ? "" : "; API key required");
 
   std::fprintf(stderr, "hearth: %s received, stopping\n", stop_signals.wait());

@@ -21,6 +21,7 @@ struct ModelBenchParams {
   int32_t depth = 0;          // context already filled before each test
   int32_t repetitions = 5;
   int32_t n_batch = 512;
+  DType kv_type = DType::F16;  // of the KV cache
   uint64_t seed = 1234;       // random token ids
 };
 

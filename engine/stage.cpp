@@ -43,6 +43,14 @@ Stage::Stage(const gguf::GgufFile& file, const ModelConfig& config, kernels::Bac
   if (first < 0 || last > c.n_layer || first >= last) {
     throw Error(fmt::format("stage layers [{}, {}) are not inside the model's {} layers", first, last, c.n_layer));
   }
+  if (!backend_.supports_kv_type(options.kv_type, c.head_dim)) {
+    const int64_t block = dtype_block_size(options.kv_type);
+    throw Error(fmt::format("the {} backend cannot hold a {} KV cache for {}{}; use an f16 or f32 cache",
+                            backend_.name(), dtype_name(options.kv_type), file.path(),
+                            block > 1 && c.head_dim % block != 0
+                                ? fmt::format(" (heads of {} values are not whole blocks of {})", c.head_dim, block)
+                                : ""));
+  }
   const int64_t e = c.n_embd, q_dim = int64_t{c.n_head} * c.head_dim, kv_dim = int64_t{c.n_head_kv} * c.head_dim;
   if (is_first() || (is_last() && c.tied_output)) token_embd_ = load(file, "token_embd.weight", {e, c.n_vocab, 1, 1});
   if (is_last()) {

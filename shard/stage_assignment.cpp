@@ -61,6 +61,8 @@ StageAssignment StageAssignment::from_json(const nlohmann::json& j) {
       a.kv_type = DType::F16;
     } else if (kv == "F32") {
       a.kv_type = DType::F32;
+    } else if (kv == "Q8_0") {
+      a.kv_type = DType::Q8_0;
     } else {
       throw WireError(fmt::format("LoadStage: KV cache type {} is not supported", kv));
     }

@@ -13,7 +13,9 @@
 //  - the median NMSE over llama.cpp's top-K logits is <= 1e-3;
 //  - at >= 95% of positions the NMSE is <= 1e-3, or within an order of magnitude of
 //    llama.cpp's own deviation at that position;
-//  - the top-1 token agrees at >= 95% of positions and the greedy token at >= 95% of steps.
+//  - the top-1 token agrees at >= 95% of positions and the greedy token at >= 95% of steps
+//    (with a q8_0 KV cache: >= 93%, see GoldenQ8KvVsLlamaCpp), and at >= 95% of the steps that
+//    are not near-ties (llama.cpp's two best logits closer than kTieMargin).
 // A plausible bug is far outside this: with Gemma 3's local-layer rope base wrong (1e6 instead
 // of 1e4) the median NMSE is 4.9e-3 and top-1 / greedy agreement fall to 88% / 87%. The exact
 // counts (positions above 1e-3, disagreements, near-ties) are printed on every run. The factor
@@ -59,12 +61,15 @@ class GoldenVsLlamaCpp : public testing::TestWithParam<std::string> {
   std::filesystem::path path_;
 };
 
-TEST_P(GoldenVsLlamaCpp, LogitsAtEveryPositionAndGreedyTokens) {
-  const gguf::GgufFile file = gguf::GgufFile::open(path_);
+// The whole-model check of a fixture: its KV cache type (f16 unless it says) on hearth's side too.
+void check_logits_and_greedy_tokens(const json& fixture, const std::filesystem::path& path, const std::string& name,
+                                    double min_greedy_agreement = kMinAgreement) {
+  const gguf::GgufFile file = gguf::GgufFile::open(path);
   const ModelConfig config = ModelConfig::from_gguf(file);
   kernels::CpuBackend backend(ThreadPool::hardware_threads());
   StageOptions options;
   options.n_ctx = 256;
+  options.kv_type = dtype_from_name(fixture.value("kv_type", "f16")).value();
   Stage stage(file, config, backend, 0, config.n_layer, options);
   const auto vocab = static_cast<size_t>(config.n_vocab);
   const bool verbose = std::getenv("HEARTH_GOLDEN_VERBOSE") != nullptr;
@@ -72,7 +77,7 @@ TEST_P(GoldenVsLlamaCpp, LogitsAtEveryPositionAndGreedyTokens) {
   int positions = 0, over_bound = 0, within_self_noise = 0, top1_strict_miss = 0, top1_ties = 0;
   int steps = 0, greedy_strict_miss = 0, greedy_ties = 0, prompts_identical = 0, greedy_identical = 0;
   std::vector<double> all_nmse;
-  for (const json& prompt : fixture_["prompts"]) {
+  for (const json& prompt : fixture["prompts"]) {
     SCOPED_TRACE(prompt["text"].get<std::string>());
     const auto tokens = prompt["tokens"].get<std::vector<Token>>();
     const auto self_nmse = prompt["self_nmse"].get<std::vector<double>>();
@@ -145,14 +150,31 @@ TEST_P(GoldenVsLlamaCpp, LogitsAtEveryPositionAndGreedyTokens) {
   EXPECT_GE(positions - (over_bound - within_self_noise), kMinAgreement * positions)
       << "positions whose NMSE exceeds both 1e-3 and 10x llama.cpp's own deviation";
   EXPECT_GE(positions - top1_strict_miss, kMinAgreement * positions) << "top-1 agreement";
-  EXPECT_GE(steps - greedy_strict_miss, kMinAgreement * steps) << "greedy agreement";
+  EXPECT_GE(steps - greedy_strict_miss, min_greedy_agreement * steps) << "greedy agreement";
+  EXPECT_GE(steps - (greedy_strict_miss - greedy_ties), kMinAgreement * steps) << "greedy agreement but for near-ties";
   std::printf(
       "[ golden   ] %s: %d positions: median NMSE %.2g, max %.2g; %d above 1e-3 (%d of them within 10x llama.cpp's own "
       "deviation there); top-1 differs at %d (%d near-ties). %d greedy steps: %d differ (%d near-ties). "
       "%d of %zu prompts generate all %zu greedy tokens identically; %d also agree in every prompt top-1.\n",
-      GetParam().c_str(), positions, median, all_nmse.back(), over_bound, within_self_noise,
-      top1_strict_miss, top1_ties, steps, greedy_strict_miss, greedy_ties, greedy_identical, fixture_["prompts"].size(),
-      fixture_["prompts"][0]["greedy"].size(), prompts_identical);
+      name.c_str(), positions, median, all_nmse.back(), over_bound, within_self_noise,
+      top1_strict_miss, top1_ties, steps, greedy_strict_miss, greedy_ties, greedy_identical, fixture["prompts"].size(),
+      fixture["prompts"][0]["greedy"].size(), prompts_identical);
+}
+
+TEST_P(GoldenVsLlamaCpp, LogitsAtEveryPositionAndGreedyTokens) { check_logits_and_greedy_tokens(fixture_, path_, GetParam()); }
+
+// The same with a q8_0 KV cache against llama.cpp with q8_0 K and V caches (fixtures
+// <model>-kv-q8_0.json; their noise floor: llama.cpp token by token, or with an f16 cache).
+// q8_0 rounds K and V to 1/127 of each block's largest value, so the last-bit differences of
+// hearth's K and V against llama.cpp's flip some roundings, each 256 times an f16 flip, and
+// near-ties go the other way more often. llama.cpp itself, from f16 to q8_0, changes 20
+// (SmolLM2) and 15 (Gemma 3) of the 432 greedy steps; hearth against llama.cpp, both q8_0:
+// 18 and 22, all but 2 and 3 of them near-ties. So the overall greedy bound is 93% here, and
+// the 95% applies to the steps that are not near-ties, as it does for f16.
+class GoldenQ8KvVsLlamaCpp : public GoldenVsLlamaCpp {};
+TEST_P(GoldenQ8KvVsLlamaCpp, LogitsAtEveryPositionAndGreedyTokens) {
+  ASSERT_EQ(fixture_["kv_type"], "q8_0");
+  check_logits_and_greedy_tokens(fixture_, path_, GetParam(), 0.93);
 }
 
 // The text side of the same prompts: hearth's chat template renders llama.cpp's exact prompt
@@ -174,12 +196,14 @@ TEST_P(GoldenVsLlamaCpp, PromptTextAndTokensMatch) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(DefaultModels, GoldenVsLlamaCpp, testing::Values("smollm2", "gemma3-270m"),
-                         [](const auto& param_info) {
-                           std::string name = param_info.param;
-                           std::replace(name.begin(), name.end(), '-', '_');
-                           return name;
-                         });
+std::string fixture_test_name(const testing::TestParamInfo<std::string>& param_info) {
+  std::string name = param_info.param;
+  std::replace(name.begin(), name.end(), '-', '_');
+  return name;
+}
+INSTANTIATE_TEST_SUITE_P(DefaultModels, GoldenVsLlamaCpp, testing::Values("smollm2", "gemma3-270m"), fixture_test_name);
+INSTANTIATE_TEST_SUITE_P(DefaultModels, GoldenQ8KvVsLlamaCpp, testing::Values("smollm2-kv-q8_0", "gemma3-270m-kv-q8_0"),
+                         fixture_test_name);
 
 }  // namespace
 }  // namespace hearth::engine

@@ -202,6 +202,30 @@ TEST_F(PipelineTest, TwoThreeAndFourStagesGiveTheSingleProcessTokens) {
   }
 }
 
+// The KV cache type travels in the stage assignment: with q8_0 caches on two worker stages the
+// tokens are those of one process with a q8_0 cache, which differ from the f16 ones (so the
+// workers did not keep their default).
+TEST_F(PipelineTest, AQ8_0KvCacheReachesTheWorkers) {
+  engine::ModelOptions o;
+  o.n_ctx = 256;
+  o.n_seq = 9;
+  o.kv_type = DType::Q8_0;
+  engine::Model q8_model(smollm2(), backend_, o);
+  engine::LocalExecutor local(q8_model.stage());
+  const std::vector<Outcome> want = run_all(local, model_->tokenizer(), prompts_, kTokens);
+  size_t differ_from_f16 = 0;
+  for (size_t i = 0; i < prompts_.size(); ++i) differ_from_f16 += want[i].tokens != reference()[i].tokens;
+  ASSERT_GT(differ_from_f16, 0u) << "q8_0 and f16 caches give the same tokens: the test would not see the type";
+
+  const transport::ClusterKey key = transport::generate_cluster_key();
+  InProcessCluster cluster(2, key);
+  PipelineOptions po = options();
+  po.kv_type = DType::Q8_0;
+  PipelineExecutor pipeline(smollm2(), model_->config(), even_stages(cluster.addresses(), model_->config().n_layer), key, po);
+  const std::vector<Outcome> got = run_all(pipeline, model_->tokenizer(), prompts_, kTokens);
+  for (size_t i = 0; i < prompts_.size(); ++i) EXPECT_EQ(got[i].tokens, want[i].tokens) << "prompt " << i;
+}
+
 TEST_F(PipelineTest, WorkerProcessesGiveTheSingleProcessTokens) {
   const std::vector<Outcome>& want = reference();
   for (int n_stages : {2, 3, 4}) {

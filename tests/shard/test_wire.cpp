@@ -174,6 +174,12 @@ TEST(Wire, LoadStageJsonIsChecked) {
   const StageAssignment back = StageAssignment::from_json(a.to_json());
   EXPECT_EQ(back.first, 4);
   EXPECT_EQ(back.wire, WireDtype::F16);
+  EXPECT_EQ(back.kv_type, DType::F16);
+  for (const DType kv : {DType::F32, DType::Q8_0}) {  // every KV cache type travels
+    StageAssignment other = a;
+    other.kv_type = kv;
+    EXPECT_EQ(StageAssignment::from_json(other.to_json()).kv_type, kv);
+  }
   nlohmann::json bad = a.to_json();
   bad["last"] = 2;  // before first
   EXPECT_THROW(StageAssignment::from_json(bad), WireError);
