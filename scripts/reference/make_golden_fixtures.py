@@ -2,7 +2,7 @@
 """Write tests/fixtures/golden/<model>.json: llama.cpp's logits and greedy tokens for a set of
 plain and chat prompts, the oracle of hearth's whole-model tests (tests/engine/test_golden.cpp).
 
-Usage:  python3 scripts/reference/make_golden_fixtures.py [MODELS_DIR]
+Usage:  python3 scripts/reference/make_golden_fixtures.py [--kv f16|q8_0] [MODELS_DIR]
 Needs:  pip install llama-cpp-python jinja2 (builds llama.cpp from source: slow, do it once),
         and the models fetched by scripts/get-model.sh.
 
@@ -13,7 +13,12 @@ token ids with their logits, the first N_GREEDY tokens of greedy generation with
 margin between its two best logits at each step, and llama.cpp's own noise floor per position
 (`self_nmse`: the larger deviation of llama.cpp from itself when the prompt is evaluated token by
 token instead of in one batch, or with an f32 instead of an f16 KV cache).
+
+--kv q8_0 writes <model>-kv-q8_0.json instead: llama.cpp with q8_0 K and V caches (which it
+allows only with flash attention), the oracle of hearth's q8_0 KV cache. Its noise floor is
+the larger deviation of that configuration when evaluated token by token, or with an f16 cache.
 """
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -23,10 +28,19 @@ from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 ROOT = Path(__file__).resolve().parents[2]
-MODELS = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "models"
 OUT = ROOT / "tests/fixtures/golden"
 TOP_K = 20
 N_GREEDY = 48
+
+GGML_TYPE_F32, GGML_TYPE_Q8_0 = 0, 8
+# Llama(...) arguments of each KV cache configuration, and the two variants its noise floor
+# compares it with.
+KV_CONFIGS = {
+    "f16": dict(config={}, noise=[dict(n_batch=1, n_ubatch=1), dict(type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32)]),
+    "q8_0": dict(config=dict(type_k=GGML_TYPE_Q8_0, type_v=GGML_TYPE_Q8_0, flash_attn=True),
+                 noise=[dict(n_batch=1, n_ubatch=1, type_k=GGML_TYPE_Q8_0, type_v=GGML_TYPE_Q8_0, flash_attn=True),
+                        dict()]),
+}
 
 MODELS_TO_RUN = {
     "smollm2": "SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -93,15 +107,15 @@ def run(llm, text):
     return tokens, top_ids, top_logits, greedy, margins
 
 
-def self_noise(path, prompts):
+def self_noise(path, prompts, variants):
     """llama.cpp against itself, per prompt position: NMSE over the same top-K ids between the
-    fixture's logits and (a) the prompt evaluated one token at a time (n_batch=1: other
-    kernels, other summation order), (b) the prompt evaluated with an f32 instead of an f16 KV
-    cache. The larger of the two is llama.cpp's own sensitivity at that position: the noise
-    floor any implementation that is not bit-identical to it must be judged against."""
-    variants = [dict(n_batch=1, n_ubatch=1), dict(n_batch=512, type_k=0, type_v=0)]  # 0: GGML_TYPE_F32
+    fixture's logits and each variant's, e.g. (a) the prompt evaluated one token at a time
+    (n_batch=1: other kernels, other summation order), (b) the prompt evaluated with an f32
+    instead of an f16 KV cache. The largest is llama.cpp's own sensitivity at that position: the
+    noise floor any implementation that is not bit-identical to it must be judged against."""
     worst = [[0.0] * len(p["tokens"]) for p in prompts]
     for kwargs in variants:
+        kwargs = {"n_batch": 512, **kwargs}
         llm = Llama(model_path=str(path), n_ctx=512, logits_all=True, n_threads=2, seed=0, verbose=False, **kwargs)
         for p, w in zip(prompts, worst):
             llm.reset()
@@ -117,13 +131,19 @@ def self_noise(path, prompts):
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kv", choices=sorted(KV_CONFIGS), default="f16", help="KV cache type of llama.cpp")
+    parser.add_argument("models", nargs="?", type=Path, default=ROOT / "models")
+    args = parser.parse_args()
+    kv = KV_CONFIGS[args.kv]
+    suffix = "" if args.kv == "f16" else f"-kv-{args.kv}"
     OUT.mkdir(parents=True, exist_ok=True)
     for name, file in MODELS_TO_RUN.items():
-        path = MODELS / file
+        path = args.models / file
         if not path.exists():
             sys.exit(f"{path} is missing: run scripts/get-model.sh {name}")
         llm = Llama(model_path=str(path), n_ctx=512, n_batch=512, logits_all=True, n_threads=2, seed=0,
-                    verbose=False)
+                    verbose=False, **kv["config"])
         prompts = []
         for text in PLAIN:
             prompts.append({"kind": "plain", "text": text})
@@ -135,11 +155,12 @@ def main():
                       "greedy_margin": margins})
             print(f"{name}: {len(tokens)} prompt tokens, greedy: {llm.detokenize(greedy)[:60]!r}")
         del llm
-        self_noise(path, prompts)
-        fixture = {"model": name, "file": file, "top_k": TOP_K, "n_greedy": N_GREEDY,
+        self_noise(path, prompts, kv["noise"])
+        fixture = {"model": name, "file": file, "kv_type": args.kv, "top_k": TOP_K, "n_greedy": N_GREEDY,
                    "llama_cpp_python": __import__("llama_cpp").__version__, "prompts": prompts}
-        (OUT / f"{name}.json").write_text(json.dumps(fixture, ensure_ascii=False, separators=(",", ":")) + "\n")
-        print(f"wrote {OUT / (name + '.json')}")
+        out = OUT / f"{name}{suffix}.json"
+        out.write_text(json.dumps(fixture, ensure_ascii=False, separators=(",", ":")) + "\n")
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":
