@@ -51,6 +51,20 @@ Loaded load(const std::string& name) {
   return {std::move(file), std::move(config)};
 }
 
+// Logits at every position of `ids`, evaluated in one batch from position 0 of sequence 0:
+// [n_tokens * n_vocab].
+std::vector<float> prompt_logits(Stage& stage, const std::vector<Token>& ids) {
+  std::vector<kernels::KvSlot> slots;
+  std::vector<int32_t> rows;
+  for (int32_t i = 0; i < static_cast<int32_t>(ids.size()); ++i) {
+    slots.push_back({0, i});
+    rows.push_back(i);
+  }
+  std::vector<float> logits;
+  stage.forward({.tokens = ids, .hidden = {}, .slots = slots, .output_rows = rows}, logits);
+  return logits;
+}
+
 class ArchVsLlamaCpp : public testing::TestWithParam<std::string> {};
 
 TEST_P(ArchVsLlamaCpp, LogitsAtEveryPositionAndGreedyTokens) {
@@ -66,14 +80,7 @@ TEST_P(ArchVsLlamaCpp, LogitsAtEveryPositionAndGreedyTokens) {
   // The whole prompt in one batch, logits at every position.
   const auto ids = ref["ids"].get<std::vector<Token>>();
   const auto n = static_cast<int32_t>(ids.size());
-  std::vector<kernels::KvSlot> slots;
-  std::vector<int32_t> rows;
-  for (int32_t i = 0; i < n; ++i) {
-    slots.push_back({0, i});
-    rows.push_back(i);
-  }
-  std::vector<float> logits;
-  stage.forward({.tokens = ids, .hidden = {}, .slots = slots, .output_rows = rows}, logits);
+  const std::vector<float> logits = prompt_logits(stage, ids);
   ASSERT_EQ(logits.size(), static_cast<size_t>(n) * vocab);
 
   double worst = 0.0;
@@ -186,14 +193,7 @@ std::vector<std::vector<float>> logits_with_cache(const std::string& name, DType
   const auto vocab = static_cast<size_t>(m.config.n_vocab);
   const auto ids = ref["ids"].get<std::vector<Token>>();
   const auto n = static_cast<int32_t>(ids.size());
-  std::vector<kernels::KvSlot> slots;
-  std::vector<int32_t> rows;
-  for (int32_t i = 0; i < n; ++i) {
-    slots.push_back({0, i});
-    rows.push_back(i);
-  }
-  std::vector<float> logits;
-  stage.forward({.tokens = ids, .hidden = {}, .slots = slots, .output_rows = rows}, logits);
+  std::vector<float> logits = prompt_logits(stage, ids);
   std::vector<std::vector<float>> out;
   for (int32_t i = 0; i < n; ++i) {
     out.emplace_back(logits.begin() + static_cast<std::ptrdiff_t>(static_cast<size_t>(i) * vocab),
