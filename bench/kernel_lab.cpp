@@ -81,10 +81,10 @@ void matmul(benchmark::State& state, DType type, Shape shape, bool packed) {
   Tensor y = backend.new_tensor(DType::F32, {shape.m, n, 1, 1});
   std::mt19937 rng(3);
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  for (int64_t i = 0; i < x.n_elements(); ++i) static_cast<float*>(x.data)[i] = normal(rng);
+  for (int64_t i = 0; i < x.n_elements(); ++i) static_cast<float*>(CpuBackend::host(x))[i] = normal(rng);
   for (auto _ : state) {
     backend.matmul(w, x, y);
-    benchmark::DoNotOptimize(y.data);
+    benchmark::DoNotOptimize(CpuBackend::host(y));
   }
   const double iters = static_cast<double>(state.iterations());
   state.counters["weight_B/s"] = benchmark::Counter(iters * static_cast<double>(bytes.size()), benchmark::Counter::kIsRate);
@@ -95,7 +95,7 @@ void matmul(benchmark::State& state, DType type, Shape shape, bool packed) {
 void fill_normal(Tensor& t, uint32_t seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  for (int64_t i = 0; i < t.n_elements(); ++i) static_cast<float*>(t.data)[i] = normal(rng);
+  for (int64_t i = 0; i < t.n_elements(); ++i) static_cast<float*>(CpuBackend::host(t))[i] = normal(rng);
 }
 
 struct AttnShape {
@@ -120,7 +120,7 @@ void attention(benchmark::State& state, AttnShape shape, DType kv_type, bool pre
   Tensor v = backend.new_tensor(DType::F32, k.ne);
   fill_normal(k, 1);
   fill_normal(v, 2);
-  backend.kv_store(cache, k, v, fill);
+  backend.kv_store(cache, k, v, upload_slots(backend, fill));
   std::vector<KvSlot> slots;
   if (prefill) {
     for (int32_t p = 0; p < ctx; ++p) slots.push_back({0, p});
@@ -135,9 +135,10 @@ void attention(benchmark::State& state, AttnShape shape, DType kv_type, bool pre
   Tensor q = backend.new_tensor(DType::F32, {int64_t{shape.n_head} * shape.head_dim, static_cast<int64_t>(slots.size()), 1, 1});
   Tensor out = backend.new_tensor(DType::F32, q.ne);
   fill_normal(q, 3);
+  const Tensor slots_t = upload_slots(backend, slots);
   for (auto _ : state) {
-    backend.attention(q, cache, slots, params, out);
-    benchmark::DoNotOptimize(out.data);
+    backend.attention(q, cache, slots_t, params, out);
+    benchmark::DoNotOptimize(CpuBackend::host(out));
   }
   double pairs = 0.0;  // (query, key) pairs per call
   for (const KvSlot& s : slots) pairs += s.pos + 1;
@@ -167,8 +168,8 @@ void rms_norm(benchmark::State& state) {
   fill_normal(x, 6);
   fill_normal(w, 7);
   for (auto _ : state) {
-    backend.rms_norm(x, &w, 1e-5f, x);
-    benchmark::DoNotOptimize(x.data);
+    backend.rms_norm(x, w, 1e-5f, x);
+    benchmark::DoNotOptimize(CpuBackend::host(x));
   }
   state.counters["floats/s"] =
       benchmark::Counter(static_cast<double>(state.iterations() * x.n_elements()), benchmark::Counter::kIsRate);
@@ -183,7 +184,7 @@ void glu(benchmark::State& state, Activation act) {
   fill_normal(u, 9);
   for (auto _ : state) {
     backend.glu(g, u, act, y);
-    benchmark::DoNotOptimize(y.data);
+    benchmark::DoNotOptimize(CpuBackend::host(y));
   }
   state.counters["floats/s"] =
       benchmark::Counter(static_cast<double>(state.iterations() * g.n_elements()), benchmark::Counter::kIsRate);

@@ -1,5 +1,6 @@
 #include "engine/stage.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "core/error.h"
@@ -32,7 +33,7 @@ Tensor Stage::load(const gguf::GgufFile& file, const std::string& name, std::arr
   const std::span<const uint8_t> bytes = file.tensor_data(*info);
   Tensor t = backend_.weight(info->type, info->ne, bytes.data(), mapping_);
   // The backend copied (repacked) the bytes: the mapped original need not stay resident.
-  if (t.data != bytes.data()) mapping_->release(bytes);
+  if (!t.buffer->borrows_host_memory()) mapping_->release(bytes);
   return t;
 }
 
@@ -62,8 +63,8 @@ Stage::Stage(const gguf::GgufFile& file, const ModelConfig& config, kernels::Bac
     if (info->type != DType::F32 || info->n_elements != c.n_rot / 2) {
       throw Error(fmt::format("{}: rope_freqs.weight must be F32 [{}]", file.path(), c.n_rot / 2));
     }
-    rope_freqs_.resize(static_cast<size_t>(c.n_rot / 2));
-    std::memcpy(rope_freqs_.data(), file.tensor_data(*info).data(), rope_freqs_.size() * sizeof(float));
+    // A constant table: written once here, read by every rope of every step.
+    rope_freqs_ = backend_.upload(DType::F32, {c.n_rot / 2, 1, 1, 1}, file.tensor_data(*info).data());
   }
   for (int32_t il = first; il < last; ++il) {
     const std::string p = fmt::format("blk.{}.", il);
@@ -91,29 +92,79 @@ Stage::Stage(const gguf::GgufFile& file, const ModelConfig& config, kernels::Bac
       l.post_ffn_norm = load(file, p + "post_ffw_norm.weight", {e, 1, 1, 1});
     }
     for (const Tensor* norm : {&l.attn_norm, &l.ffn_norm, &l.q_norm, &l.k_norm, &l.post_attn_norm, &l.post_ffn_norm}) {
-      if (norm->data != nullptr && norm->type != DType::F32) {
+      if (!norm->empty() && norm->type != DType::F32) {
         throw Error(fmt::format("{}: norm weights of layer {} must be F32, not {}", file.path(), il, dtype_name(norm->type)));
       }
     }
     l.kv = backend_.new_kv_layer(options.kv_type, options.n_seq, options.n_ctx, kv_dim);
     layers_.push_back(std::move(l));
   }
+  reserve_arena(std::max(1, options.max_batch), std::max(1, options.n_seq));
 }
 
-void Stage::run_layer(Layer& l, int32_t il, Tensor& x, const StageInput& input) {
+void Stage::reserve_arena(int64_t tokens, int64_t outputs) {
+  const ModelConfig& c = config_;
+  const int64_t e = c.n_embd, q_dim = int64_t{c.n_head} * c.head_dim, kv_dim = int64_t{c.n_head_kv} * c.head_dim;
+  const auto f32_rows = [](int64_t width, int64_t rows) { return static_cast<size_t>(width * rows) * sizeof(float); };
+  kernels::Arena arena;
+  Regions r{};
+  r.x = arena.reserve(f32_rows(e, tokens));
+  r.cur = arena.reserve(f32_rows(e, tokens));
+  r.q = arena.reserve(f32_rows(q_dim, tokens));
+  r.k = arena.reserve(f32_rows(kv_dim, tokens));
+  r.v = arena.reserve(f32_rows(kv_dim, tokens));
+  r.attn = arena.reserve(f32_rows(q_dim, tokens));
+  r.gate = arena.reserve(f32_rows(c.n_ff, tokens));
+  r.up = arena.reserve(f32_rows(c.n_ff, tokens));
+  r.tokens = arena.reserve(static_cast<size_t>(tokens) * sizeof(int32_t));
+  r.positions = arena.reserve(static_cast<size_t>(tokens) * sizeof(int32_t));
+  r.slots = arena.reserve(static_cast<size_t>(tokens) * sizeof(kernels::KvSlot));
+  r.out_rows = arena.reserve(static_cast<size_t>(outputs) * sizeof(int32_t));
+  if (is_last()) {
+    r.picked = arena.reserve(f32_rows(e, outputs));
+    r.logits = arena.reserve(f32_rows(c.n_vocab, outputs));
+  }
+  arena.allocate(backend_);
+  arena_ = std::move(arena);
+  regions_ = r;
+  arena_tokens_ = tokens;
+  arena_outputs_ = outputs;
+}
+
+Stage::Activations Stage::activations(int64_t n, int64_t n_out) const {
+  const ModelConfig& c = config_;
+  const int64_t e = c.n_embd, q_dim = int64_t{c.n_head} * c.head_dim, kv_dim = int64_t{c.n_head_kv} * c.head_dim;
+  const Regions& r = regions_;
+  Activations a;
+  a.x = arena_.tensor(r.x, DType::F32, {e, n, 1, 1});
+  a.cur = arena_.tensor(r.cur, DType::F32, {e, n, 1, 1});
+  a.q = arena_.tensor(r.q, DType::F32, {q_dim, n, 1, 1});
+  a.k = arena_.tensor(r.k, DType::F32, {kv_dim, n, 1, 1});
+  a.v = arena_.tensor(r.v, DType::F32, {kv_dim, n, 1, 1});
+  a.attn = arena_.tensor(r.attn, DType::F32, {q_dim, n, 1, 1});
+  a.gate = arena_.tensor(r.gate, DType::F32, {c.n_ff, n, 1, 1});
+  a.up = arena_.tensor(r.up, DType::F32, {c.n_ff, n, 1, 1});
+  a.tokens = arena_.tensor(r.tokens, DType::I32, {n, 1, 1, 1});
+  a.positions = arena_.tensor(r.positions, DType::I32, {n, 1, 1, 1});
+  a.slots = arena_.tensor(r.slots, DType::I32, {2, n, 1, 1});
+  if (n_out > 0) {
+    a.out_rows = arena_.tensor(r.out_rows, DType::I32, {n_out, 1, 1, 1});
+    if (is_last()) {
+      a.picked = arena_.tensor(r.picked, DType::F32, {e, n_out, 1, 1});
+      a.logits = arena_.tensor(r.logits, DType::F32, {c.n_vocab, n_out, 1, 1});
+    }
+  }
+  return a;
+}
+
+void Stage::run_layer(Layer& l, int32_t il, const Activations& a) {
   const ModelConfig& c = config_;
   kernels::Backend& b = backend_;
-  const int64_t n = x.n_rows(), e = c.n_embd;
-  const int64_t q_dim = int64_t{c.n_head} * c.head_dim, kv_dim = int64_t{c.n_head_kv} * c.head_dim;
-  std::vector<int32_t> positions(static_cast<size_t>(n));
-  for (int64_t t = 0; t < n; ++t) positions[static_cast<size_t>(t)] = input.slots[static_cast<size_t>(t)].pos;
+  const int64_t n = a.x.n_rows();
+  const Tensor &x = a.x, &cur = a.cur, &q = a.q, &k = a.k, &v = a.v;
 
   // Attention block.
-  Tensor cur = b.new_tensor(DType::F32, {e, n, 1, 1});
-  b.rms_norm(x, &l.attn_norm, c.norm_eps, cur);
-  Tensor q = b.new_tensor(DType::F32, {q_dim, n, 1, 1});
-  Tensor k = b.new_tensor(DType::F32, {kv_dim, n, 1, 1});
-  Tensor v = b.new_tensor(DType::F32, {kv_dim, n, 1, 1});
+  b.rms_norm(x, l.attn_norm, c.norm_eps, cur);
   b.matmul(l.wq, cur, q);
   b.matmul(l.wk, cur, k);
   b.matmul(l.wv, cur, v);
@@ -123,11 +174,10 @@ void Stage::run_layer(Layer& l, int32_t il, Tensor& x, const StageInput& input) 
     b.add_bias(v, l.bv);
   }
   if (c.qk_norm) {  // per head: view [n * heads, head_dim]
-    Tensor qh = q, kh = k;
-    qh.ne = {c.head_dim, n * c.n_head, 1, 1};
-    kh.ne = {c.head_dim, n * c.n_head_kv, 1, 1};
-    b.rms_norm(qh, &l.q_norm, c.norm_eps, qh);
-    b.rms_norm(kh, &l.k_norm, c.norm_eps, kh);
+    const Tensor qh = q.reshaped({c.head_dim, n * c.n_head, 1, 1});
+    const Tensor kh = k.reshaped({c.head_dim, n * c.n_head_kv, 1, 1});
+    b.rms_norm(qh, l.q_norm, c.norm_eps, qh);
+    b.rms_norm(kh, l.k_norm, c.norm_eps, kh);
   }
   const bool swa = c.is_swa_layer(il);
   kernels::RopeParams rope;
@@ -135,10 +185,10 @@ void Stage::run_layer(Layer& l, int32_t il, Tensor& x, const StageInput& input) 
   rope.n_rot = c.n_rot;
   rope.freq_base = swa ? c.rope_freq_base_swa : c.rope_freq_base;
   rope.freq_scale = swa ? 1.0f : c.rope_freq_scale;
-  rope.freq_factors = rope_freqs_.empty() ? nullptr : rope_freqs_.data();
-  b.rope(q, c.n_head, positions, rope);
-  b.rope(k, c.n_head_kv, positions, rope);
-  b.kv_store(l.kv, k, v, input.slots);
+  rope.freq_factors = rope_freqs_;
+  b.rope(q, c.n_head, a.positions, rope);
+  b.rope(k, c.n_head_kv, a.positions, rope);
+  b.kv_store(l.kv, k, v, a.slots);
   kernels::AttentionParams ap;
   ap.n_head = c.n_head;
   ap.n_head_kv = c.n_head_kv;
@@ -146,21 +196,18 @@ void Stage::run_layer(Layer& l, int32_t il, Tensor& x, const StageInput& input) 
   ap.scale = c.attention_scale;
   ap.softcap = c.attn_logit_softcap;
   ap.window = swa ? c.sliding_window : 0;
-  Tensor attn = b.new_tensor(DType::F32, {q_dim, n, 1, 1});
-  b.attention(q, l.kv, input.slots, ap, attn);
-  b.matmul(l.wo, attn, cur);
-  if (c.post_norms) b.rms_norm(cur, &l.post_attn_norm, c.norm_eps, cur);
+  b.attention(q, l.kv, a.slots, ap, a.attn);
+  b.matmul(l.wo, a.attn, cur);
+  if (c.post_norms) b.rms_norm(cur, l.post_attn_norm, c.norm_eps, cur);
   b.add(x, cur, x);
 
   // Feed-forward block.
-  b.rms_norm(x, &l.ffn_norm, c.norm_eps, cur);
-  Tensor gate = b.new_tensor(DType::F32, {c.n_ff, n, 1, 1});
-  Tensor up = b.new_tensor(DType::F32, {c.n_ff, n, 1, 1});
-  b.matmul(l.w_gate, cur, gate);
-  b.matmul(l.w_up, cur, up);
-  b.glu(gate, up, c.activation, gate);
-  b.matmul(l.w_down, gate, cur);
-  if (c.post_norms) b.rms_norm(cur, &l.post_ffn_norm, c.norm_eps, cur);
+  b.rms_norm(x, l.ffn_norm, c.norm_eps, cur);
+  b.matmul(l.w_gate, cur, a.gate);
+  b.matmul(l.w_up, cur, a.up);
+  b.glu(a.gate, a.up, c.activation, a.gate);
+  b.matmul(l.w_down, a.gate, cur);
+  if (c.post_norms) b.rms_norm(cur, l.post_ffn_norm, c.norm_eps, cur);
   b.add(x, cur, x);
 }
 
@@ -175,47 +222,58 @@ void Stage::forward(const StageInput& input, std::vector<float>& out) {
                               s.seq, s.pos, options_.n_seq, options_.n_ctx));
     }
   }
-  Tensor x = b.new_tensor(DType::F32, {c.n_embd, n, 1, 1});
+  const int64_t n_out = is_last() ? static_cast<int64_t>(input.output_rows.size()) : 0;
+  for (const int32_t row : input.output_rows.first(static_cast<size_t>(n_out))) {
+    if (row < 0 || row >= n) throw Error(fmt::format("output row {} is outside the batch of {} tokens", row, n));
+  }
   if (is_first()) {
     HEARTH_CHECK(static_cast<int64_t>(input.tokens.size()) == n);
     for (Token t : input.tokens) {
       if (t < 0 || t >= c.n_vocab) throw Error(fmt::format("token id {} is outside the vocabulary of {}", t, c.n_vocab));
     }
-    b.get_rows(token_embd_, input.tokens, x);
-    if (c.embedding_scale != 1.0f) b.scale(x, c.embedding_scale);
   } else {
     HEARTH_CHECK(static_cast<int64_t>(input.hidden.size()) == n * c.n_embd);
-    b.write(x, input.hidden.data(), input.hidden.size() * sizeof(float));
   }
-  for (int32_t il = first_; il < last_; ++il) run_layer(layers_[static_cast<size_t>(il - first_)], il, x, input);
+  if (n > arena_tokens_ || n_out > arena_outputs_) {
+    b.synchronize();  // the old arena may still be read by enqueued work
+    reserve_arena(std::max(n, arena_tokens_), std::max(n_out, arena_outputs_));
+  }
+  const Activations a = activations(n, n_out);
+
+  // Per-step inputs, written once; every layer reads them from these tensors.
+  positions_.resize(static_cast<size_t>(n));
+  for (int64_t t = 0; t < n; ++t) positions_[static_cast<size_t>(t)] = input.slots[static_cast<size_t>(t)].pos;
+  b.write(a.positions, positions_.data(), positions_.size() * sizeof(int32_t));
+  b.write(a.slots, input.slots.data(), input.slots.size() * sizeof(kernels::KvSlot));
+  if (is_first()) {
+    b.write(a.tokens, input.tokens.data(), input.tokens.size() * sizeof(Token));
+  } else {
+    b.write(a.x, input.hidden.data(), input.hidden.size() * sizeof(float));
+  }
+  if (n_out > 0) b.write(a.out_rows, input.output_rows.data(), static_cast<size_t>(n_out) * sizeof(int32_t));
+
+  b.begin_step((static_cast<uint64_t>(n) << 32) | static_cast<uint64_t>(n_out));
+  if (is_first()) {
+    b.get_rows(token_embd_, a.tokens, a.x);
+    if (c.embedding_scale != 1.0f) b.scale(a.x, c.embedding_scale);
+  }
+  for (int32_t il = first_; il < last_; ++il) run_layer(layers_[static_cast<size_t>(il - first_)], il, a);
+  if (n_out > 0) {
+    // Only the wanted rows go through the final norm and the output head.
+    b.get_rows(a.x, a.out_rows, a.picked);
+    b.rms_norm(a.picked, output_norm_, c.norm_eps, a.picked);
+    b.matmul(output_, a.picked, a.logits);
+    if (c.final_logit_softcap > 0.0f) b.softcap(a.logits, c.final_logit_softcap);
+  }
+  b.end_step();
 
   if (!is_last()) {
     out.resize(static_cast<size_t>(n * c.n_embd));
-    b.synchronize();
-    b.read(x, out.data(), out.size() * sizeof(float));
+    b.read(a.x, out.data(), out.size() * sizeof(float));
     return;
   }
-  const int64_t n_out = static_cast<int64_t>(input.output_rows.size());
   out.resize(static_cast<size_t>(n_out * c.n_vocab));
-  if (n_out == 0) return;
-  // Gather the wanted rows, then norm and project only those.
-  std::vector<float> host(static_cast<size_t>(n * c.n_embd));
-  b.synchronize();
-  b.read(x, host.data(), host.size() * sizeof(float));
-  std::vector<float> picked(static_cast<size_t>(n_out * c.n_embd));
-  for (int64_t i = 0; i < n_out; ++i) {
-    const int32_t row = input.output_rows[static_cast<size_t>(i)];
-    HEARTH_CHECK(row >= 0 && row < n, "output row {} of {}", row, n);
-    std::memcpy(picked.data() + i * c.n_embd, host.data() + int64_t{row} * c.n_embd, sizeof(float) * static_cast<size_t>(c.n_embd));
-  }
-  Tensor h = b.new_tensor(DType::F32, {c.n_embd, n_out, 1, 1});
-  b.write(h, picked.data(), picked.size() * sizeof(float));
-  b.rms_norm(h, &output_norm_, c.norm_eps, h);
-  Tensor logits = b.new_tensor(DType::F32, {c.n_vocab, n_out, 1, 1});
-  b.matmul(output_, h, logits);
-  if (c.final_logit_softcap > 0.0f) b.softcap(logits, c.final_logit_softcap);
-  b.synchronize();
-  b.read(logits, out.data(), out.size() * sizeof(float));
+  if (n_out > 0) b.read(a.logits, out.data(), out.size() * sizeof(float));
 }
 
 }  // namespace hearth::engine

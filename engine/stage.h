@@ -1,6 +1,11 @@
 // A stage: layers [first, last) of a model on one backend, with their KV cache. The first stage
 // embeds tokens; the last applies the final norm and the output head. A single-process run is
 // a stage over every layer; a cluster cuts the same model into several of these.
+//
+// A forward pass is one backend step (kernels/backend.h): the per-step inputs (token ids,
+// positions, KV slots, output rows; hidden states on later stages) are written into tensors
+// first, then every op runs on tensors of one activation arena whose addresses repeat from step
+// to step, so a backend may record a step and replay it while the batch shape repeats.
 #pragma once
 
 #include <cstdint>
@@ -18,6 +23,9 @@ struct StageOptions {
   int32_t n_ctx = 4096;    // positions per sequence slot
   int32_t n_seq = 1;       // sequence slots in the KV cache
   DType kv_type = DType::F16;
+  // Tokens per forward pass the activation arena is sized for at load. A larger batch grows the
+  // arena (once: the addresses then change, and stay put again).
+  int32_t max_batch = 512;
 };
 
 struct StageInput {
@@ -54,7 +62,16 @@ class Stage {
 
   kernels::Tensor load(const gguf::GgufFile& file, const std::string& name, std::array<int64_t, 4> expected_ne,
                        bool required = true);
-  void run_layer(Layer& layer, int32_t il, kernels::Tensor& x, const StageInput& input);
+  // Activation tensors of one step of n tokens and n_out output rows, views of arena_.
+  struct Activations {
+    kernels::Tensor x, cur, q, k, v, attn, gate, up;   // [n, ...]
+    kernels::Tensor tokens, positions, slots, out_rows;  // I32 per-step inputs
+    kernels::Tensor picked, logits;                      // [n_out, n_embd], [n_out, n_vocab]
+  };
+  // Sizes the arena for batches of up to `tokens` tokens and `outputs` output rows.
+  void reserve_arena(int64_t tokens, int64_t outputs);
+  Activations activations(int64_t n, int64_t n_out) const;
+  void run_layer(Layer& layer, int32_t il, const Activations& a);
 
   ModelConfig config_;
   kernels::Backend& backend_;
@@ -62,8 +79,15 @@ class Stage {
   StageOptions options_;
   std::shared_ptr<const MappedFile> mapping_;
   kernels::Tensor token_embd_, output_norm_, output_;
-  std::vector<float> rope_freqs_;
+  kernels::Tensor rope_freqs_;  // f32 [n_rot / 2], or empty
   std::vector<Layer> layers_;
+
+  kernels::Arena arena_;
+  int64_t arena_tokens_ = 0, arena_outputs_ = 0;  // what arena_ holds
+  struct Regions {
+    size_t x, cur, q, k, v, attn, gate, up, tokens, positions, slots, out_rows, picked, logits;
+  } regions_{};
+  std::vector<int32_t> positions_;  // host staging of the positions input
 };
 
 }  // namespace hearth::engine

@@ -9,12 +9,14 @@
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <type_traits>
 #include <unordered_map>
 #include <vector>
 
 #include "core/error.h"
 #include "core/fp16.h"
+#include "core/system_memory.h"
 #include "kernels/cpu/dot.h"
 #include "kernels/cpu/dot_ref.h"
 #include "kernels/cpu/ops_ref.h"
@@ -24,27 +26,37 @@
 
 namespace hearth::kernels {
 
-Tensor Tensor::rows(int64_t first, int64_t count) const {
-  HEARTH_CHECK(layout == 0, "rows() of a weight in a backend's own layout");
-  HEARTH_CHECK(first >= 0 && count >= 0 && first + count <= n_rows(), "rows [{}, +{}) of {}", first, count, n_rows());
-  Tensor t = *this;
-  t.ne = {ne[0], count, 1, 1};
-  t.data = static_cast<uint8_t*>(data) + static_cast<size_t>(first) * row_bytes();
-  return t;
-}
-
 namespace {
 
 // Tensor::layout of weights repacked for the packed matmul (kernels/cpu/packed.h).
 constexpr uint8_t kPackedLayout = 1;
 
-float* f32(Tensor& t) {
+constexpr std::string_view kCpuKind = "cpu";
+
+// Host memory: an allocation of the backend's, or bytes the caller lends (a mapped file).
+class CpuBuffer final : public Buffer {
+ public:
+  CpuBuffer(void* base, size_t size, std::shared_ptr<const void> holder, bool borrows)
+      : Buffer(kCpuKind, size, borrows), base_(static_cast<uint8_t*>(base)), holder_(std::move(holder)) {}
+  uint8_t* base() const { return base_; }
+
+ private:
+  uint8_t* base_;
+  std::shared_ptr<const void> holder_;
+};
+
+float* f32(const Tensor& t) {
   HEARTH_CHECK(t.type == DType::F32, "expected an f32 tensor, got {}", dtype_name(t.type));
-  return static_cast<float*>(t.data);
+  return static_cast<float*>(CpuBackend::host(t));
 }
-const float* f32(const Tensor& t) {
-  HEARTH_CHECK(t.type == DType::F32, "expected an f32 tensor, got {}", dtype_name(t.type));
-  return static_cast<const float*>(t.data);
+const int32_t* i32(const Tensor& t) {
+  HEARTH_CHECK(t.type == DType::I32, "expected an i32 tensor, got {}", dtype_name(t.type));
+  return static_cast<const int32_t*>(CpuBackend::host(t));
+}
+// The slots tensor I32 [n, 2] as KvSlots.
+std::span<const KvSlot> kv_slots(const Tensor& slots) {
+  HEARTH_CHECK(slots.ne[0] == 2 && slots.ne[2] == 1 && slots.ne[3] == 1, "slots must be I32 [n, 2]");
+  return {reinterpret_cast<const KvSlot*>(i32(slots)), static_cast<size_t>(slots.ne[1])};
 }
 
 std::shared_ptr<void> allocate(size_t bytes) {
@@ -142,20 +154,56 @@ CpuBackend::CpuBackend(int n_threads, CpuLevel level, bool pack_weights)
 
 std::string CpuBackend::name() const { return "cpu"; }
 
-bool CpuBackend::supports_weight_type(DType type) const { return ref::can_vec_dot(type) && ref::can_dequantize(type); }
+void* CpuBackend::host(const Tensor& t) {
+  HEARTH_CHECK(t.buffer != nullptr, "an empty tensor");
+  HEARTH_CHECK(t.buffer->kind() == kCpuKind, "a {} buffer given to the CPU backend", t.buffer->kind());
+  return static_cast<const CpuBuffer&>(*t.buffer).base() + t.offset;
+}
+
+DeviceInfo CpuBackend::device() const {
+  DeviceInfo d;
+  d.backend = "cpu";
+  d.index = 0;
+  d.name = cpu_model_name();
+  d.memory_total = total_memory_bytes();
+  d.memory_free = available_memory_bytes();
+  d.properties = {{"simd", std::string(cpu_level_name(level_))},
+                  {"vnni", level_ == CpuLevel::Avx512 && cpu_has_vnni() ? "yes" : "no"},
+                  {"packed_matmul", pack_weights_ && packed_kernel(DType::Q4_0, level_) != nullptr ? "yes" : "no"},
+                  {"threads", std::to_string(pool_.size())},
+                  {"hardware_threads", std::to_string(ThreadPool::hardware_threads())}};
+  return d;
+}
+
+bool CpuBackend::supports(Op op, DType type) const {
+  switch (op) {
+    case Op::GetRows:
+      return ref::can_dequantize(type);
+    case Op::Matmul:
+      return ref::can_vec_dot(type) && ref::can_dequantize(type);
+    case Op::KvStore:
+    case Op::Attention:
+      return type == DType::F16 || type == DType::F32 || type == DType::Q8_0;
+    case Op::RmsNorm:
+    case Op::Add:
+    case Op::AddBias:
+    case Op::Scale:
+    case Op::Softcap:
+    case Op::Rope:
+    case Op::Glu:
+      return type == DType::F32;
+  }
+  return false;
+}
 
 bool CpuBackend::supports_kv_type(DType type, int64_t head_dim) const {
   return type == DType::F16 || type == DType::F32 || (type == DType::Q8_0 && head_dim > 0 && head_dim % kQK8_0 == 0);
 }
 
-Tensor CpuBackend::new_tensor(DType type, std::array<int64_t, 4> ne) {
-  Tensor t;
-  t.type = type;
-  t.ne = ne;
-  auto memory = BufferPool::get(buffers_, t.n_bytes());
-  t.data = memory.get();
-  t.storage = std::move(memory);
-  return t;
+std::shared_ptr<Buffer> CpuBackend::new_buffer(size_t bytes) {
+  std::shared_ptr<void> memory = BufferPool::get(buffers_, bytes);
+  void* base = memory.get();
+  return std::make_shared<CpuBuffer>(base, bytes, std::move(memory), false);
 }
 
 Tensor CpuBackend::weight(DType type, std::array<int64_t, 4> ne, const void* host, std::shared_ptr<const void> keep_alive) {
@@ -167,52 +215,58 @@ Tensor CpuBackend::weight(DType type, std::array<int64_t, 4> ne, const void* hos
   // batch size.
   if (pack_weights_ && packed_kernel(type, level_) != nullptr && ne[0] % dtype_block_size(type) == 0 && ne[2] == 1 && ne[3] == 1) {
     const int64_t k = ne[0], m = ne[1];
-    auto memory = allocate_lasting(packed_bytes(type, k, m));
+    const size_t bytes = packed_bytes(type, k, m);
+    auto memory = allocate_lasting(bytes);
     pool_.parallel_for(packed_groups(m), [&](int64_t g0, int64_t g1, int) { pack_groups(type, host, k, m, memory.get(), g0, g1); });
-    t.data = memory.get();
-    t.storage = std::move(memory);
+    void* base = memory.get();
+    t.buffer = std::make_shared<CpuBuffer>(base, bytes, std::move(memory), false);
     t.layout = kPackedLayout;
     return t;
   }
-  t.data = const_cast<void*>(host);  // never written: weights are read-only by contract
-  t.storage = std::move(keep_alive);
+  // Used in place: never written, weights are read-only by contract.
+  t.buffer = std::make_shared<CpuBuffer>(const_cast<void*>(host), t.n_bytes(), std::move(keep_alive), true);
   return t;
 }
 
-void CpuBackend::write(Tensor& dst, const void* host, size_t bytes) {
-  HEARTH_CHECK(bytes <= dst.n_bytes());
-  std::memcpy(dst.data, host, bytes);
+void CpuBackend::write(const Tensor& dst, const void* host_bytes, size_t bytes, size_t dst_offset) {
+  HEARTH_CHECK(dst.layout == 0 && dst_offset + bytes <= dst.n_bytes(), "write of {} bytes at {} into {}", bytes,
+               dst_offset, dst.n_bytes());
+  std::memcpy(static_cast<uint8_t*>(host(dst)) + dst_offset, host_bytes, bytes);
 }
 
-void CpuBackend::read(const Tensor& src, void* host, size_t bytes) {
-  HEARTH_CHECK(bytes <= src.n_bytes());
-  std::memcpy(host, src.data, bytes);
+void CpuBackend::read(const Tensor& src, void* host_bytes, size_t bytes) {
+  HEARTH_CHECK(src.layout == 0 && bytes <= src.n_bytes());
+  std::memcpy(host_bytes, host(src), bytes);
 }
 
-void CpuBackend::get_rows(const Tensor& table, std::span<const int32_t> ids, Tensor& out) {
+void CpuBackend::get_rows(const Tensor& table, const Tensor& ids_tensor, const Tensor& out) {
   const int64_t d = table.ne[0];
-  HEARTH_CHECK(out.ne[0] == d && out.n_rows() == static_cast<int64_t>(ids.size()));
+  const int32_t* ids = i32(ids_tensor);
+  const int64_t n = ids_tensor.n_elements();
+  HEARTH_CHECK(out.ne[0] == d && out.n_rows() == n, "get_rows of {} ids into {} rows", n, out.n_rows());
   float* y = f32(out);
+  const uint8_t* base = static_cast<const uint8_t*>(host(table));
   const size_t row_bytes = table.row_bytes();
   std::vector<uint8_t> native(table.layout == kPackedLayout ? row_bytes : 0);
-  for (size_t i = 0; i < ids.size(); ++i) {
+  for (int64_t i = 0; i < n; ++i) {
     HEARTH_CHECK(ids[i] >= 0 && ids[i] < table.n_rows(), "row {} of {}", ids[i], table.n_rows());
     const uint8_t* row = native.data();
     if (table.layout == kPackedLayout) {
-      unpack_row(table.type, table.data, d, ids[i], native.data());
+      unpack_row(table.type, base, d, ids[i], native.data());
     } else {
-      row = static_cast<const uint8_t*>(table.data) + static_cast<size_t>(ids[i]) * row_bytes;
+      row = base + static_cast<size_t>(ids[i]) * row_bytes;
     }
-    ref::dequantize_row(table.type, row, y + static_cast<int64_t>(i) * d, d);
+    ref::dequantize_row(table.type, row, y + i * d, d);
   }
 }
 
-void CpuBackend::matmul(const Tensor& w, const Tensor& x, Tensor& y) {
+void CpuBackend::matmul(const Tensor& w, const Tensor& x, const Tensor& y) {
   const int64_t k = w.ne[0], m = w.n_rows(), n = x.n_rows();
   HEARTH_CHECK(x.ne[0] == k && y.ne[0] == m && y.n_rows() == n, "matmul shapes w[{},{}] x[{},{}] y[{},{}]", m, k, n,
                x.ne[0], y.n_rows(), y.ne[0]);
   const float* xs = f32(x);
   float* ys = f32(y);
+  const void* wdata = host(w);
   if (w.layout == kPackedLayout) {
     const PackedKernel* packed = packed_kernel(w.type, level_);
     HEARTH_CHECK(packed != nullptr, "a packed {} weight without packed kernels", dtype_name(w.type));
@@ -223,7 +277,7 @@ void CpuBackend::matmul(const Tensor& w, const Tensor& x, Tensor& y) {
       for (int64_t t = t0; t < t1; ++t) packed->quantize(w.type, xs + t * k, xa + static_cast<size_t>(t) * act_bytes, k);
     });
     pool_.parallel_for(packed_groups(m), [&](int64_t g0, int64_t g1, int) {
-      packed->gemm(w.data, k, m, g0, g1, xa, act_bytes, n, ys, m);
+      packed->gemm(wdata, k, m, g0, g1, xa, act_bytes, n, ys, m);
     });
     return;
   }
@@ -246,16 +300,18 @@ void CpuBackend::matmul(const Tensor& w, const Tensor& x, Tensor& y) {
   }
   const size_t w_row_bytes = w.row_bytes();
   pool_.parallel_for(
-      m, [&](int64_t r0, int64_t r1, int) { matmul_rows(kernel, w.data, w_row_bytes, k, r0, r1, xq, xq_row_bytes, n, ys, m); },
+      m, [&](int64_t r0, int64_t r1, int) { matmul_rows(kernel, wdata, w_row_bytes, k, r0, r1, xq, xq_row_bytes, n, ys, m); },
       16);
 }
 
-void CpuBackend::rms_norm(const Tensor& x, const Tensor* weight, float eps, Tensor& y) {
+void CpuBackend::rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& y) {
   const int64_t d = x.ne[0];
-  HEARTH_CHECK(weight == nullptr || weight->ne[0] == d, "norm weight of {} for rows of {}", weight ? weight->ne[0] : 0, d);
+  HEARTH_CHECK(weight.empty() || weight.ne[0] == d, "norm weight of {} for rows of {}", weight.ne[0], d);
+  HEARTH_CHECK(y.ne[0] == d && y.n_rows() == x.n_rows(), "rms_norm into [{}, {}] from [{}, {}]", y.n_rows(), y.ne[0],
+               x.n_rows(), d);
   const float* xs = f32(x);
   float* ys = f32(y);
-  const float* ws = weight != nullptr ? f32(*weight) : nullptr;
+  const float* ws = weight.empty() ? nullptr : f32(weight);
   const auto norm_row = ops_kernels(level_).rms_norm_row;
   pool_.parallel_for(
       x.n_rows(),
@@ -265,7 +321,7 @@ void CpuBackend::rms_norm(const Tensor& x, const Tensor* weight, float eps, Tens
       8);
 }
 
-void CpuBackend::add(const Tensor& a, const Tensor& b, Tensor& y) {
+void CpuBackend::add(const Tensor& a, const Tensor& b, const Tensor& y) {
   HEARTH_CHECK(a.n_elements() == b.n_elements() && a.n_elements() == y.n_elements());
   const float* as = f32(a);
   const float* bs = f32(b);
@@ -273,9 +329,9 @@ void CpuBackend::add(const Tensor& a, const Tensor& b, Tensor& y) {
   for (int64_t i = 0; i < a.n_elements(); ++i) ys[i] = as[i] + bs[i];
 }
 
-void CpuBackend::add_bias(Tensor& x, const Tensor& bias) {
+void CpuBackend::add_bias(const Tensor& x, const Tensor& bias) {
   const int64_t d = x.ne[0];
-  HEARTH_CHECK(bias.ne[0] == d);
+  HEARTH_CHECK(bias.n_elements() == d, "bias of {} for rows of {}", bias.n_elements(), d);
   float* xs = f32(x);
   const float* bs = f32(bias);
   for (int64_t r = 0; r < x.n_rows(); ++r) {
@@ -283,29 +339,39 @@ void CpuBackend::add_bias(Tensor& x, const Tensor& bias) {
   }
 }
 
-void CpuBackend::scale(Tensor& x, float s) {
+void CpuBackend::scale(const Tensor& x, float s) {
   float* xs = f32(x);
   for (int64_t i = 0; i < x.n_elements(); ++i) xs[i] *= s;
 }
 
-void CpuBackend::softcap(Tensor& x, float cap) {
+void CpuBackend::softcap(const Tensor& x, float cap) {
   float* xs = f32(x);
   for (int64_t i = 0; i < x.n_elements(); ++i) xs[i] = cap * std::tanh(xs[i] / cap);
 }
 
-void CpuBackend::rope(Tensor& x, int n_heads, std::span<const int32_t> positions, const RopeParams& params) {
-  const int64_t n_tokens = static_cast<int64_t>(positions.size());
+void CpuBackend::rope(const Tensor& x, int n_heads, const Tensor& positions_tensor, const RopeParams& params) {
+  const int64_t n_tokens = positions_tensor.n_elements();
+  const int32_t* positions = i32(positions_tensor);
+  HEARTH_CHECK(n_tokens > 0 && n_heads > 0 && x.n_elements() % (n_tokens * n_heads) == 0, "rope of {} values over {} tokens x {} heads",
+               x.n_elements(), n_tokens, n_heads);
   const int64_t head_dim = x.n_elements() / (n_tokens * n_heads);
-  HEARTH_CHECK(head_dim * n_tokens * n_heads == x.n_elements());
+  HEARTH_CHECK(params.n_rot > 0 && params.n_rot <= head_dim && params.n_rot % 2 == 0, "rope of {} dims in heads of {}",
+               params.n_rot, head_dim);
+  const float* factors = nullptr;
+  if (!params.freq_factors.empty()) {
+    HEARTH_CHECK(params.freq_factors.n_elements() == params.n_rot / 2, "{} rope frequency factors for {} rotated dims",
+                 params.freq_factors.n_elements(), params.n_rot);
+    factors = f32(params.freq_factors);
+  }
   float* xs = f32(x);
   pool_.parallel_for(n_tokens, [&](int64_t t0, int64_t t1, int) {
     for (int64_t t = t0; t < t1; ++t) {
-      ref::rope_token(xs + t * n_heads * head_dim, n_heads, head_dim, positions[static_cast<size_t>(t)], params);
+      ref::rope_token(xs + t * n_heads * head_dim, n_heads, head_dim, positions[t], params, factors);
     }
   });
 }
 
-void CpuBackend::glu(const Tensor& gate, const Tensor& up, Activation act, Tensor& y) {
+void CpuBackend::glu(const Tensor& gate, const Tensor& up, Activation act, const Tensor& y) {
   HEARTH_CHECK(gate.n_elements() == up.n_elements() && gate.n_elements() == y.n_elements());
   const float* g = f32(gate);
   const float* u = f32(up);
@@ -330,29 +396,32 @@ KvLayer CpuBackend::new_kv_layer(DType type, int32_t n_seq, int32_t n_ctx, int64
   return layer;
 }
 
-void CpuBackend::kv_store(KvLayer& cache, const Tensor& k, const Tensor& v, std::span<const KvSlot> slots) {
+void CpuBackend::kv_store(const KvLayer& cache, const Tensor& k, const Tensor& v, const Tensor& slots_tensor) {
+  const std::span<const KvSlot> slots = kv_slots(slots_tensor);
   const int64_t kv_dim = cache.k.ne[0];
   HEARTH_CHECK(k.ne[0] == kv_dim && v.ne[0] == kv_dim && k.n_rows() == static_cast<int64_t>(slots.size()));
   const float* ks = f32(k);
   const float* vs = f32(v);
+  uint8_t* const kc = static_cast<uint8_t*>(host(cache.k));
+  uint8_t* const vc = static_cast<uint8_t*>(host(cache.v));
   const auto to_f16 = ops_kernels(level_).f32_to_f16;  // bytes of core/fp16.h's fp32_to_fp16
   const auto to_q8_0 = dot_kernel(DType::Q8_0, level_).quantize;  // bytes of ref::quantize_activations_q8_0
   const size_t row_bytes = dtype_row_bytes(cache.k.type, kv_dim);
   for (size_t t = 0; t < slots.size(); ++t) {
     const KvSlot s = slots[t];
     HEARTH_CHECK(s.seq >= 0 && s.seq < cache.n_seq && s.pos >= 0 && s.pos < cache.n_ctx, "slot ({}, {})", s.seq, s.pos);
-    const int64_t row = static_cast<int64_t>(s.seq) * cache.n_ctx + s.pos;
+    const size_t at = static_cast<size_t>(int64_t{s.seq} * cache.n_ctx + s.pos) * row_bytes;
     const float* kt = ks + static_cast<int64_t>(t) * kv_dim;
     const float* vt = vs + static_cast<int64_t>(t) * kv_dim;
     if (cache.k.type == DType::F16) {
-      to_f16(kt, static_cast<uint16_t*>(cache.k.data) + row * kv_dim, kv_dim);
-      to_f16(vt, static_cast<uint16_t*>(cache.v.data) + row * kv_dim, kv_dim);
+      to_f16(kt, reinterpret_cast<uint16_t*>(kc + at), kv_dim);
+      to_f16(vt, reinterpret_cast<uint16_t*>(vc + at), kv_dim);
     } else if (cache.k.type == DType::Q8_0) {
-      to_q8_0(kt, static_cast<uint8_t*>(cache.k.data) + static_cast<size_t>(row) * row_bytes, kv_dim);
-      to_q8_0(vt, static_cast<uint8_t*>(cache.v.data) + static_cast<size_t>(row) * row_bytes, kv_dim);
+      to_q8_0(kt, kc + at, kv_dim);
+      to_q8_0(vt, vc + at, kv_dim);
     } else {
-      std::memcpy(static_cast<float*>(cache.k.data) + row * kv_dim, kt, static_cast<size_t>(kv_dim) * sizeof(float));
-      std::memcpy(static_cast<float*>(cache.v.data) + row * kv_dim, vt, static_cast<size_t>(kv_dim) * sizeof(float));
+      std::memcpy(kc + at, kt, static_cast<size_t>(kv_dim) * sizeof(float));
+      std::memcpy(vc + at, vt, static_cast<size_t>(kv_dim) * sizeof(float));
     }
   }
 }
@@ -394,8 +463,9 @@ float* attention_scratch(size_t floats) {
 // q8_0 cache q is quantized to q8_0 and each score is an integer q8_0 x q8_0 dot product (as
 // ggml computes it: OpsKernels::qk_q8_0); V blocks are widened to exact floats in a per-thread
 // buffer, once per pass of a job, for the f32 p.V kernels.
-void CpuBackend::attention(const Tensor& q, const KvLayer& cache, std::span<const KvSlot> slots,
-                           const AttentionParams& p, Tensor& out) {
+void CpuBackend::attention(const Tensor& q, const KvLayer& cache, const Tensor& slots_tensor, const AttentionParams& p,
+                           const Tensor& out) {
+  const std::span<const KvSlot> slots = kv_slots(slots_tensor);
   const int64_t n_tokens = static_cast<int64_t>(slots.size());
   const int64_t kv_dim = cache.k.ne[0];
   HEARTH_CHECK(kv_dim == static_cast<int64_t>(p.n_head_kv) * p.head_dim && p.n_head % p.n_head_kv == 0);
@@ -520,12 +590,13 @@ void CpuBackend::attention(const Tensor& q, const KvLayer& cache, std::span<cons
     // rows. A q8_0 V block is first widened into vbuf (rows head_dim apart).
     const auto over_blocks = [&](const Tensor& part, const auto& each) {
       const bool widen = q8 && &part == &cache.v;
+      const void* const part_data = host(part);
       for (int64_t b = lo; b <= hi; b += block_rows) {
         const auto b0 = static_cast<int32_t>(b);
         const auto b1 = static_cast<int32_t>(std::min<int64_t>(hi, b + block_rows - 1));
         if (widen) {
           for (int32_t r = b0; r <= b1; ++r) {
-            ops.dequantize_q8_0(static_cast<const BlockQ8_0*>(part.data) + row_at(r) / kQK8_0,
+            ops.dequantize_q8_0(static_cast<const BlockQ8_0*>(part_data) + row_at(r) / kQK8_0,
                                 vbuf + static_cast<size_t>(r - b0) * static_cast<size_t>(head_dim), head_dim);
           }
         }
@@ -535,14 +606,14 @@ void CpuBackend::attention(const Tensor& q, const KvLayer& cache, std::span<cons
           if (r0 <= r1) {
             const int64_t n = int64_t{r1} - r0 + 1;
             if (half) {
-              each(i, r0 - first, static_cast<const uint16_t*>(part.data) + row_at(r0), n, stride);
+              each(i, r0 - first, static_cast<const uint16_t*>(part_data) + row_at(r0), n, stride);
             } else if (widen) {
               each(i, r0 - first, static_cast<const float*>(vbuf) + static_cast<size_t>(r0 - b0) * head_dim, n,
                    static_cast<size_t>(head_dim));
             } else if (q8) {
-              each(i, r0 - first, static_cast<const BlockQ8_0*>(part.data) + row_at(r0) / kQK8_0, n, stride / kQK8_0);
+              each(i, r0 - first, static_cast<const BlockQ8_0*>(part_data) + row_at(r0) / kQK8_0, n, stride / kQK8_0);
             } else {
-              each(i, r0 - first, static_cast<const float*>(part.data) + row_at(r0), n, stride);
+              each(i, r0 - first, static_cast<const float*>(part_data) + row_at(r0), n, stride);
             }
           }
         }

@@ -25,33 +25,38 @@ class CpuBackend final : public Backend {
   CpuBackend(int n_threads, CpuLevel level, bool pack_weights = true);
 
   std::string name() const override;
-  bool supports_weight_type(DType type) const override;
+  DeviceInfo device() const override;
+  bool supports(Op op, DType type) const override;
   bool supports_kv_type(DType type, int64_t head_dim) const override;  // F16, F32; Q8_0 for head_dim % 32 == 0
 
-  Tensor new_tensor(DType type, std::array<int64_t, 4> ne) override;
+  std::shared_ptr<Buffer> new_buffer(size_t bytes) override;
   Tensor weight(DType type, std::array<int64_t, 4> ne, const void* host, std::shared_ptr<const void> keep_alive) override;
-  void write(Tensor& dst, const void* host, size_t bytes) override;
+  void write(const Tensor& dst, const void* host, size_t bytes, size_t dst_offset = 0) override;
   void read(const Tensor& src, void* host, size_t bytes) override;
 
-  void get_rows(const Tensor& table, std::span<const int32_t> ids, Tensor& out) override;
-  void matmul(const Tensor& w, const Tensor& x, Tensor& y) override;
-  void rms_norm(const Tensor& x, const Tensor* weight, float eps, Tensor& y) override;
-  void add(const Tensor& a, const Tensor& b, Tensor& y) override;
-  void add_bias(Tensor& x, const Tensor& bias) override;
-  void scale(Tensor& x, float s) override;
-  void softcap(Tensor& x, float cap) override;
-  void rope(Tensor& x, int n_heads, std::span<const int32_t> positions, const RopeParams& params) override;
-  void glu(const Tensor& gate, const Tensor& up, Activation act, Tensor& y) override;
+  void get_rows(const Tensor& table, const Tensor& ids, const Tensor& out) override;
+  void matmul(const Tensor& w, const Tensor& x, const Tensor& y) override;
+  void rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& y) override;
+  void add(const Tensor& a, const Tensor& b, const Tensor& y) override;
+  void add_bias(const Tensor& x, const Tensor& bias) override;
+  void scale(const Tensor& x, float s) override;
+  void softcap(const Tensor& x, float cap) override;
+  void rope(const Tensor& x, int n_heads, const Tensor& positions, const RopeParams& params) override;
+  void glu(const Tensor& gate, const Tensor& up, Activation act, const Tensor& y) override;
 
   KvLayer new_kv_layer(DType type, int32_t n_seq, int32_t n_ctx, int64_t kv_dim) override;
-  void kv_store(KvLayer& cache, const Tensor& k, const Tensor& v, std::span<const KvSlot> slots) override;
-  void attention(const Tensor& q, const KvLayer& cache, std::span<const KvSlot> slots, const AttentionParams& params,
-                 Tensor& out) override;
+  void kv_store(const KvLayer& cache, const Tensor& k, const Tensor& v, const Tensor& slots) override;
+  void attention(const Tensor& q, const KvLayer& cache, const Tensor& slots, const AttentionParams& params,
+                 const Tensor& out) override;
 
   void synchronize() override {}
 
   int n_threads() const { return pool_.size(); }
   CpuLevel level() const { return level_; }
+
+  // The host address of a CPU tensor's first byte. For code inside kernels/ and for the CPU
+  // kernels' own tests (packed layouts, cache bytes); never above kernels/.
+  static void* host(const Tensor& t);
 
  private:
   class BufferPool;

@@ -1,6 +1,8 @@
 #include "kernels/cpu/cpu_features.h"
 
 #include <cstdlib>
+#include <fstream>
+#include <string>
 
 #include "core/error.h"
 
@@ -114,6 +116,28 @@ std::string cpu_description() {
   if (active != supported) return std::string(cpu_level_name(active)) + " (HEARTH_CPU_LEVEL; cpu has " + hw + ")";
   if (active == CpuLevel::Avx512) return cpu_has_vnni() ? "avx512 (vnni)" : "avx512 (no vnni)";
   return std::string(cpu_level_name(active));
+}
+
+}  // namespace hearth::kernels
+
+namespace hearth::kernels {
+
+std::string cpu_model_name() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  std::string fallback;
+  while (std::getline(in, line)) {
+    const size_t colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    std::string key = line.substr(0, colon);
+    while (!key.empty() && (key.back() == ' ' || key.back() == '\t')) key.pop_back();
+    std::string value = line.substr(colon + 1);
+    while (!value.empty() && value.front() == ' ') value.erase(value.begin());
+    if (value.empty()) continue;
+    if (key == "model name") return value;  // x86 (and some ARM kernels)
+    if (key == "Model" || key == "Hardware") fallback = value;  // Raspberry Pi and other ARM boards
+  }
+  return fallback.empty() ? std::string("unknown CPU") : fallback;
 }
 
 }  // namespace hearth::kernels

@@ -44,4 +44,8 @@ CpuLevel cpu_level();
 // "avx2 (HEARTH_CPU_LEVEL; cpu has avx512 vnni)" when forced lower.
 std::string cpu_description();
 
+// The processor's name as /proc/cpuinfo gives it ("AMD EPYC 9R14"; a board's model on ARM), or
+// "unknown CPU".
+std::string cpu_model_name();
+
 }  // namespace hearth::kernels

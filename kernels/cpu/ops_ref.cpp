@@ -34,7 +34,7 @@ void rms_norm_row(const float* x, const float* weight, float eps, float* y, int6
   }
 }
 
-void rope_token(float* x, int n_heads, int64_t head_dim, int32_t pos, const RopeParams& p) {
+void rope_token(float* x, int n_heads, int64_t head_dim, int32_t pos, const RopeParams& p, const float* freq_factors) {
   HEARTH_CHECK(p.n_rot > 0 && p.n_rot <= head_dim && p.n_rot % 2 == 0, "bad rope dims {}", p.n_rot);
   const float theta_scale = std::pow(p.freq_base, -2.0f / static_cast<float>(p.n_rot));
   // Angles per pair, computed as ggml does: theta_i = pos * theta_scale^i by repeated
@@ -43,7 +43,7 @@ void rope_token(float* x, int n_heads, int64_t head_dim, int32_t pos, const Rope
   HEARTH_CHECK(p.n_rot / 2 <= 512, "rope dims {} too large", p.n_rot);
   float theta_base = static_cast<float>(pos);
   for (int i = 0; i < p.n_rot / 2; ++i) {
-    const float ff = p.freq_factors != nullptr ? p.freq_factors[i] : 1.0f;
+    const float ff = freq_factors != nullptr ? freq_factors[i] : 1.0f;
     const float theta = p.freq_scale * (theta_base / ff);
     cos_theta[i] = std::cos(theta);
     sin_theta[i] = std::sin(theta);

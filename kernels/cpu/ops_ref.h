@@ -16,8 +16,10 @@ float dot_f32(const float* a, const float* b, int64_t n);
 
 void rms_norm_row(const float* x, const float* weight, float eps, float* y, int64_t n);
 
-// Rotates one token's heads in place: x [n_heads, head_dim].
-void rope_token(float* x, int n_heads, int64_t head_dim, int32_t pos, const RopeParams& params);
+// Rotates one token's heads in place: x [n_heads, head_dim]. `freq_factors`: null, or the
+// n_rot / 2 host values of params.freq_factors (whose tensor this does not read).
+void rope_token(float* x, int n_heads, int64_t head_dim, int32_t pos, const RopeParams& params,
+                const float* freq_factors);
 
 float silu(float x);
 // GELU with the tanh approximation: exact, and at f16 resolution (what the forward pass uses,

@@ -44,9 +44,9 @@ Filled fill_cache(CpuBackend& backend, DType kv_type, const AttentionParams& p, 
   }
   Tensor k = backend.new_tensor(DType::F32, {kv_dim, static_cast<int64_t>(fill.size()), 1, 1});
   Tensor v = backend.new_tensor(DType::F32, {kv_dim, static_cast<int64_t>(fill.size()), 1, 1});
-  for (int64_t i = 0; i < k.n_elements(); ++i) static_cast<float*>(k.data)[i] = normal(rng);
-  for (int64_t i = 0; i < v.n_elements(); ++i) static_cast<float*>(v.data)[i] = normal(rng);
-  backend.kv_store(f.cache, k, v, fill);
+  for (int64_t i = 0; i < k.n_elements(); ++i) static_cast<float*>(CpuBackend::host(k))[i] = normal(rng);
+  for (int64_t i = 0; i < v.n_elements(); ++i) static_cast<float*>(CpuBackend::host(v))[i] = normal(rng);
+  backend.kv_store(f.cache, k, v, upload_slots(backend, fill));
   return f;
 }
 
@@ -66,11 +66,11 @@ std::vector<float> run_attention(CpuBackend& backend, const KvLayer& cache, cons
   Tensor q = backend.new_tensor(DType::F32, {q_dim, static_cast<int64_t>(slots.size()), 1, 1});
   for (size_t t = 0; t < slots.size(); ++t) {
     const std::vector<float> qt = query_of(p, slots[t]);
-    std::memcpy(static_cast<float*>(q.data) + static_cast<int64_t>(t) * q_dim, qt.data(), qt.size() * sizeof(float));
+    std::memcpy(static_cast<float*>(CpuBackend::host(q)) + static_cast<int64_t>(t) * q_dim, qt.data(), qt.size() * sizeof(float));
   }
   Tensor out = backend.new_tensor(DType::F32, q.ne);
-  backend.attention(q, cache, slots, p, out);
-  const auto* o = static_cast<const float*>(out.data);
+  backend.attention(q, cache, upload_slots(backend, slots), p, out);
+  const auto* o = static_cast<const float*>(CpuBackend::host(out));
   return {o, o + out.n_elements()};
 }
 
@@ -88,8 +88,8 @@ double max_error_vs_reference(CpuBackend& backend, const KvLayer& cache, const A
     const size_t seq_offset = static_cast<size_t>(slots[t].seq) * static_cast<size_t>(cache.n_ctx) * row_bytes;
     for (int h = 0; h < p.n_head; ++h) {
       ref::attention_head(q.data() + static_cast<int64_t>(h) * p.head_dim,
-                          static_cast<const uint8_t*>(cache.k.data) + seq_offset,
-                          static_cast<const uint8_t*>(cache.v.data) + seq_offset, cache.k.type, kv_dim,
+                          static_cast<const uint8_t*>(CpuBackend::host(cache.k)) + seq_offset,
+                          static_cast<const uint8_t*>(CpuBackend::host(cache.v)) + seq_offset, cache.k.type, kv_dim,
                           static_cast<int64_t>(h / (p.n_head / p.n_head_kv)) * p.head_dim, p.head_dim, first,
                           slots[t].pos, p.scale, p.softcap, scores.data(), expected.data());
       for (int d = 0; d < p.head_dim; ++d) {

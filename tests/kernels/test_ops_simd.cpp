@@ -374,12 +374,12 @@ TEST_P(OpsSimd, BackendOpsMatchReferences) {
   Tensor x = backend.new_tensor(DType::F32, {d, rows, 1, 1});
   Tensor w = backend.new_tensor(DType::F32, {d, 1, 1, 1});
   Tensor y = backend.new_tensor(DType::F32, x.ne);
-  auto* xs = static_cast<float*>(x.data);
-  auto* ws = static_cast<float*>(w.data);
-  const auto* ys = static_cast<const float*>(y.data);
+  auto* xs = static_cast<float*>(CpuBackend::host(x));
+  auto* ws = static_cast<float*>(CpuBackend::host(w));
+  const auto* ys = static_cast<const float*>(CpuBackend::host(y));
   for (int64_t i = 0; i < x.n_elements(); ++i) xs[i] = normal(rng);
   for (int64_t i = 0; i < d; ++i) ws[i] = normal(rng);
-  backend.rms_norm(x, &w, 1e-6f, y);
+  backend.rms_norm(x, w, 1e-6f, y);
   std::vector<float> want(static_cast<size_t>(d));
   for (int64_t r = 0; r < rows; ++r) {
     ref::rms_norm_row(xs + r * d, ws, 1e-6f, want.data(), d);
@@ -390,9 +390,9 @@ TEST_P(OpsSimd, BackendOpsMatchReferences) {
   Tensor g = backend.new_tensor(DType::F32, {n, 1, 1, 1});
   Tensor u = backend.new_tensor(DType::F32, {n, 1, 1, 1});
   Tensor out = backend.new_tensor(DType::F32, {n, 1, 1, 1});
-  auto* gs = static_cast<float*>(g.data);
-  auto* us = static_cast<float*>(u.data);
-  const auto* os = static_cast<const float*>(out.data);
+  auto* gs = static_cast<float*>(CpuBackend::host(g));
+  auto* us = static_cast<float*>(CpuBackend::host(u));
+  const auto* os = static_cast<const float*>(CpuBackend::host(out));
   for (int64_t i = 0; i < n; ++i) gs[i] = normal(rng) * 3.0f;
   for (int64_t i = 0; i < n; ++i) us[i] = normal(rng);
   backend.glu(g, u, Activation::GeluTanh, out);
@@ -404,18 +404,18 @@ TEST_P(OpsSimd, BackendOpsMatchReferences) {
   KvLayer cache = backend.new_kv_layer(DType::F16, 2, 8, kv_dim);
   Tensor k = backend.new_tensor(DType::F32, {kv_dim, 3, 1, 1});
   Tensor v = backend.new_tensor(DType::F32, {kv_dim, 3, 1, 1});
-  for (int64_t i = 0; i < k.n_elements(); ++i) static_cast<float*>(k.data)[i] = normal(rng) * 1e-5f;  // subnormal halves too
-  for (int64_t i = 0; i < v.n_elements(); ++i) static_cast<float*>(v.data)[i] = normal(rng) * 3e4f;  // and infinities
+  for (int64_t i = 0; i < k.n_elements(); ++i) static_cast<float*>(CpuBackend::host(k))[i] = normal(rng) * 1e-5f;  // subnormal halves too
+  for (int64_t i = 0; i < v.n_elements(); ++i) static_cast<float*>(CpuBackend::host(v))[i] = normal(rng) * 3e4f;  // and infinities
   const std::vector<KvSlot> slots = {{1, 7}, {0, 0}, {1, 2}};
-  backend.kv_store(cache, k, v, slots);
+  backend.kv_store(cache, k, v, upload_slots(backend, slots));
   for (size_t t = 0; t < slots.size(); ++t) {
     const size_t row = (static_cast<size_t>(slots[t].seq) * 8 + static_cast<size_t>(slots[t].pos)) * kv_dim;
     for (int64_t i = 0; i < kv_dim; ++i) {
       const size_t src = t * kv_dim + static_cast<size_t>(i);
-      ASSERT_EQ(static_cast<const uint16_t*>(cache.k.data)[row + static_cast<size_t>(i)],
-                fp32_to_fp16(static_cast<const float*>(k.data)[src]));
-      ASSERT_EQ(static_cast<const uint16_t*>(cache.v.data)[row + static_cast<size_t>(i)],
-                fp32_to_fp16(static_cast<const float*>(v.data)[src]));
+      ASSERT_EQ(static_cast<const uint16_t*>(CpuBackend::host(cache.k))[row + static_cast<size_t>(i)],
+                fp32_to_fp16(static_cast<const float*>(CpuBackend::host(k))[src]));
+      ASSERT_EQ(static_cast<const uint16_t*>(CpuBackend::host(cache.v))[row + static_cast<size_t>(i)],
+                fp32_to_fp16(static_cast<const float*>(CpuBackend::host(v))[src]));
     }
   }
   // kv_store into a q8_0 cache: the bytes of ref::quantize_activations_q8_0, row by row (a row
@@ -425,16 +425,16 @@ TEST_P(OpsSimd, BackendOpsMatchReferences) {
   KvLayer q8 = backend.new_kv_layer(DType::Q8_0, 2, 8, q8_dim);
   Tensor kq = backend.new_tensor(DType::F32, {q8_dim, 3, 1, 1});
   Tensor vq = backend.new_tensor(DType::F32, {q8_dim, 3, 1, 1});
-  for (int64_t i = 0; i < kq.n_elements(); ++i) static_cast<float*>(kq.data)[i] = normal(rng);
-  for (int64_t i = 0; i < vq.n_elements(); ++i) static_cast<float*>(vq.data)[i] = i < q8_dim ? 0.0f : normal(rng) * 50.0f;
-  backend.kv_store(q8, kq, vq, slots);
+  for (int64_t i = 0; i < kq.n_elements(); ++i) static_cast<float*>(CpuBackend::host(kq))[i] = normal(rng);
+  for (int64_t i = 0; i < vq.n_elements(); ++i) static_cast<float*>(CpuBackend::host(vq))[i] = i < q8_dim ? 0.0f : normal(rng) * 50.0f;
+  backend.kv_store(q8, kq, vq, upload_slots(backend, slots));
   std::vector<uint8_t> want_row(q8_row);
   for (size_t t = 0; t < slots.size(); ++t) {
     const size_t row = static_cast<size_t>(slots[t].seq) * 8 + static_cast<size_t>(slots[t].pos);
     for (const auto& [cache_part, source] : {std::pair{&q8.k, &kq}, std::pair{&q8.v, &vq}}) {
-      ref::quantize_activations_q8_0(static_cast<const float*>(source->data) + t * q8_dim,
+      ref::quantize_activations_q8_0(static_cast<const float*>(CpuBackend::host(*source)) + t * q8_dim,
                                      reinterpret_cast<BlockQ8_0*>(want_row.data()), q8_dim);
-      ASSERT_EQ(std::memcmp(static_cast<const uint8_t*>(cache_part->data) + row * q8_row, want_row.data(), q8_row), 0)
+      ASSERT_EQ(std::memcmp(static_cast<const uint8_t*>(CpuBackend::host(*cache_part)) + row * q8_row, want_row.data(), q8_row), 0)
           << "token " << t;
     }
   }

@@ -1,0 +1,97 @@
+#include "kernels/registry.h"
+
+#include <charconv>
+
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "kernels/cpu/cpu_backend.h"
+
+namespace hearth::kernels {
+
+namespace {
+
+struct Spec {
+  std::string kind;
+  int device = 0;
+};
+
+Spec parse_spec(std::string_view spec) {
+  Spec s;
+  const size_t colon = spec.find(':');
+  s.kind = std::string(spec.substr(0, colon));
+  if (colon != std::string_view::npos) {
+    const std::string_view index = spec.substr(colon + 1);
+    const auto [ptr, ec] = std::from_chars(index.data(), index.data() + index.size(), s.device);
+    if (index.empty() || ec != std::errc() || ptr != index.data() + index.size() || s.device < 0) {
+      throw Error(fmt::format("backend '{}': the device after ':' must be a number (e.g. cuda:0)", spec));
+    }
+  }
+  return s;
+}
+
+std::string known_list(const std::vector<BackendReport>& reports) {
+  std::string out;
+  for (const BackendReport& r : reports) {
+    if (!out.empty()) out += "; ";
+    if (!r.compiled) {
+      out += r.kind + " (not built into this binary)";
+    } else if (r.devices.empty()) {
+      out += r.kind + " (no device: " + r.note + ")";
+    } else {
+      std::string devices;
+      for (const DeviceInfo& d : r.devices) devices += (devices.empty() ? "" : ", ") + d.spec() + " " + d.name;
+      out += r.kind + " (" + devices + ")";
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<BackendReport> list_backends(const BackendOptions& options) {
+  std::vector<BackendReport> out;
+  {
+    BackendReport cpu;
+    cpu.kind = "cpu";
+    cpu.compiled = true;
+    const int threads = options.n_threads > 0 ? options.n_threads : ThreadPool::hardware_threads();
+    cpu.devices.push_back(CpuBackend(threads).device());
+    out.push_back(std::move(cpu));
+  }
+  // The GPU backends join here when they are built in (HEARTH_CUDA / HEARTH_VULKAN).
+  out.push_back({.kind = "cuda", .compiled = false, .devices = {}, .note = "not built into this binary"});
+  out.push_back({.kind = "vulkan", .compiled = false, .devices = {}, .note = "not built into this binary"});
+  return out;
+}
+
+std::unique_ptr<Backend> make_backend(std::string_view spec_text, const BackendOptions& options) {
+  const Spec spec = parse_spec(spec_text);
+  if (spec.kind == "cpu") {
+    if (spec.device != 0) throw Error(fmt::format("backend '{}': the CPU is device cpu:0 only", spec_text));
+    return std::make_unique<CpuBackend>(options.n_threads > 0 ? options.n_threads : ThreadPool::hardware_threads());
+  }
+  const std::vector<BackendReport> reports = list_backends(options);
+  for (const BackendReport& r : reports) {
+    if (r.kind != spec.kind) continue;
+    if (!r.compiled) {
+      throw Error(fmt::format("backend '{}' is not built into this binary; available: {}", spec_text, known_list(reports)));
+    }
+    throw Error(fmt::format("backend '{}': no such device; available: {}", spec_text, known_list(reports)));
+  }
+  throw Error(fmt::format("unknown backend '{}'; available: {}", spec_text, known_list(reports)));
+}
+
+std::string backend_spec(std::string_view kind, int device) {
+  if (device < 0) return std::string(kind);
+  const size_t colon = kind.find(':');
+  if (colon != std::string_view::npos) {
+    const Spec s = parse_spec(kind);
+    if (s.device != device) {
+      throw Error(fmt::format("--backend {} names device {}, --device says {}", kind, s.device, device));
+    }
+    return std::string(kind);
+  }
+  return fmt::format("{}:{}", kind, device);
+}
+
+}  // namespace hearth::kernels
