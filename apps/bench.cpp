@@ -11,7 +11,8 @@
 #include "core/thread_pool.h"
 #include "engine/model_config.h"
 #include "engine/model_info.h"
-#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/cpu_features.h"
+#include "kernels/registry.h"
 #include "kernels/cpu/cpu_features.h"
 #include "shard/plan.h"
 
@@ -35,8 +36,10 @@ int run_bench(const BenchArgs& args) {
   const int threads = args.threads > 0 ? args.threads : ThreadPool::hardware_threads();
   const gguf::GgufFile file = gguf::GgufFile::open(args.model);
   const engine::ModelConfig config = engine::ModelConfig::from_gguf(file);
-  kernels::CpuBackend backend(threads);
-  const std::string backend_desc = fmt::format("{} [{}]", backend.name(), kernels::cpu_description());
+  const std::unique_ptr<kernels::Backend> backend_ptr = kernels::make_backend(args.backend.spec(), {.n_threads = threads});
+  kernels::Backend& backend = *backend_ptr;
+  const std::string backend_desc = fmt::format(
+      "{} [{}]", backend.name(), backend.name() == "cpu" ? kernels::cpu_description() : backend.device().name);
 
   bench::ModelBenchParams p;
   p.n_prompt = args.n_prompt;

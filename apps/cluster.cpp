@@ -38,7 +38,7 @@ class Runtime final : public ClusterRuntime {
     shard::ClusterSpec cluster;
     if (args.local_stages > 0) {
       const int per_worker = std::max(1, threads / args.local_stages);
-      local_ = std::make_unique<shard::LocalCluster>("/proc/self/exe", args.local_stages, per_worker);
+      local_ = std::make_unique<shard::LocalCluster>("/proc/self/exe", args.local_stages, per_worker, args.backend);
       key = local_->key();
       // Equal nodes: the split balances bytes read per token whatever bandwidth they share.
       cluster = shard::local_cluster_spec(args.local_stages, available_memory_bytes(), 10.0, local_->addresses());

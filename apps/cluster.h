@@ -20,6 +20,7 @@ struct ClusterArgs {
   std::vector<std::string> workers;
   std::string cluster_key;
   std::string wire_dtype = "f32";
+  std::string backend = "cpu";  // what --local-stages workers run on (the command's --backend)
   bool enabled() const { return local_stages > 0 || !workers.empty(); }
 };
 

@@ -10,6 +10,14 @@
 
 namespace hearth::apps {
 
+// --backend KIND[:N] and --device N, as run, serve, bench and worker take them.
+struct BackendArgs {
+  std::string kind = "cpu";
+  int device = -1;  // -1: not given
+  // The kernels::make_backend spec; throws hearth::Error for a contradiction ("cuda:1" + --device 0).
+  std::string spec() const;
+};
+
 struct InfoArgs {
   std::string model;
   bool system = false;
@@ -39,6 +47,7 @@ struct RunArgs {
   int32_t ctx_size = 0;
   std::string kv_type = "f16";
   int32_t threads = 0;
+  BackendArgs backend;
   bool ignore_eos = false;
   ClusterArgs cluster;
 };
@@ -75,6 +84,7 @@ struct BenchArgs {
   int32_t n_batch = 512;
   std::string kv_type = "f16";
   int32_t threads = 0;
+  BackendArgs backend;
   std::string output = "md";
 };
 int run_bench(const BenchArgs& args);
@@ -94,6 +104,7 @@ struct ServeArgs {
   std::string alias;
   std::string chat_template;
   int32_t threads = 0;
+  BackendArgs backend;
   ClusterArgs cluster;
 };
 int run_serve(const ServeArgs& args);
@@ -103,6 +114,7 @@ struct WorkerArgs {
   std::string listen = "127.0.0.1:7070";
   std::string cluster_key;
   int32_t threads = 0;
+  BackendArgs backend;
   std::vector<std::string> model_dirs;
   std::string memory;
   std::string cache_dir;  // empty: $XDG_CACHE_HOME/hearth/weights or ~/.cache/hearth/weights

@@ -9,6 +9,8 @@
 #include "engine/gguf.h"
 #include "engine/model_info.h"
 #include "kernels/cpu/cpu_features.h"
+#include "kernels/registry.h"
+#include "shard/devices.h"
 
 namespace hearth::apps {
 
@@ -24,25 +26,43 @@ nlohmann::ordered_json system_json() {
   j["hardware_threads"] = ThreadPool::hardware_threads();
   j["memory_bytes"] = total_memory_bytes();
   j["memory_available_bytes"] = available_memory_bytes();
-  j["backends"] = {"cpu"};
+  j["backends"] = shard::backends_json(kernels::list_backends());
   j["build"] = {{"version", build::kVersion}, {"commit", build::kCommit}, {"compiler", build::kCompiler},
                 {"type", build::kBuildType}, {"cuda_option", build::kCuda}, {"vulkan_option", build::kVulkan},
                 {"rdma_option", build::kRdma}};
   return j;
 }
 
+// One line per backend kind: its devices, or plainly why it has none.
+std::string backends_text(const nlohmann::ordered_json& backends) {
+  std::string out;
+  for (const auto& b : backends) {
+    const std::string kind = b["backend"].get<std::string>();
+    if (!b["compiled"].get<bool>()) {
+      out += fmt::format("{:<22} not built into this binary\n", "backend " + kind);
+    } else if (b["devices"].empty()) {
+      out += fmt::format("{:<22} built in, no device found: {}\n", "backend " + kind, b.value("note", std::string("?")));
+    } else {
+      for (const auto& d : b["devices"]) out += fmt::format("{:<22} {}\n", "backend " + kind, shard::device_line(d));
+    }
+  }
+  return out;
+}
+
 std::string system_text(const nlohmann::ordered_json& j) {
   return fmt::format(
-      "{:<22} {}\n{:<22} {} (supported: {})\n{:<22} {}\n{:<22} {:.1f} GiB ({:.1f} GiB available)\n{:<22} cpu\n"
+      "{:<22} {}\n{:<22} {} (supported: {})\n{:<22} {}\n{:<22} {:.1f} GiB ({:.1f} GiB available)\n{}"
       "{:<22} hearth {} ({}, {}, {})\n",
       "cpu kernels", j["cpu_kernels"].get<std::string>(), "cpu level", j["cpu_level"].get<std::string>(),
       j["cpu_supported_level"].get<std::string>(), "hardware threads", j["hardware_threads"].get<int>(), "memory",
       static_cast<double>(j["memory_bytes"].get<uint64_t>()) / (1u << 30),
-      static_cast<double>(j["memory_available_bytes"].get<uint64_t>()) / (1u << 30), "backends", "build",
+      static_cast<double>(j["memory_available_bytes"].get<uint64_t>()) / (1u << 30), backends_text(j["backends"]), "build",
       build::kVersion, build::kCommit, build::kCompiler, build::kBuildType);
 }
 
 }  // namespace
+
+std::string BackendArgs::spec() const { return kernels::backend_spec(kind, device); }
 
 int run_info(const InfoArgs& args) {
   if (args.model.empty() && !args.system) throw Error("hearth info needs a MODEL path, --system, or both");

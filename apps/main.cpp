@@ -10,6 +10,18 @@
 #include "core/build_info.h"
 #include "core/error.h"
 
+namespace {
+
+void add_backend_options(CLI::App* command, hearth::apps::BackendArgs& backend) {
+  command->add_option("--backend", backend.kind,
+                      "Backend the layers run on: cpu (later cuda, vulkan; `hearth info --system` lists what this "
+                      "binary has), optionally with a device: cuda:1")
+      ->capture_default_str();
+  command->add_option("--device", backend.device, "Device of that backend (default 0)");
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   CLI::App app{"hearth: run one large language model across the machines you own"};
   app.require_subcommand(1);
@@ -52,6 +64,7 @@ int main(int argc, char** argv) {
   run->add_option("--kv-type", run_args.kv_type, "KV cache type: f16, f32, q8_0 (half the memory of f16)")
       ->capture_default_str();
   run->add_option("-t,--threads", run_args.threads, "CPU threads (0: all)")->capture_default_str();
+  add_backend_options(run, run_args.backend);
   run->add_flag("--ignore-eos", run_args.ignore_eos, "Keep generating past the end-of-generation token");
   hearth::apps::add_cluster_options(*run, run_args.cluster);
 
@@ -91,6 +104,7 @@ int main(int argc, char** argv) {
   bench->add_option("-b,--batch-size", bench_args.n_batch, "Prompt tokens per forward pass")->capture_default_str();
   bench->add_option("--kv-type", bench_args.kv_type, "KV cache type: f16, f32, q8_0")->capture_default_str();
   bench->add_option("-t,--threads", bench_args.threads, "CPU threads (0: all)")->capture_default_str();
+  add_backend_options(bench, bench_args.backend);
   bench->add_option("-o,--output", bench_args.output, "Output format: md, json, csv")->capture_default_str();
 
   hearth::apps::ServeArgs serve_args;
@@ -115,6 +129,7 @@ int main(int argc, char** argv) {
   serve->add_option("--chat-template", serve_args.chat_template,
                     "Use this template instead of the model's: chatml, llama3, llama2, mistral, zephyr, gemma, phi3, deepseek");
   serve->add_option("-t,--threads", serve_args.threads, "CPU threads (0: all)")->capture_default_str();
+  add_backend_options(serve, serve_args.backend);
   hearth::apps::add_cluster_options(*serve, serve_args.cluster);
 
   hearth::apps::WorkerArgs worker_args;
@@ -124,6 +139,7 @@ int main(int argc, char** argv) {
       ->required()
       ->check(CLI::ExistingFile);
   worker->add_option("-t,--threads", worker_args.threads, "CPU threads (0: all)")->capture_default_str();
+  add_backend_options(worker, worker_args.backend);
   worker->add_option("--model-dir", worker_args.model_dirs, "Where to look for the coordinator's model (repeatable)");
   worker->add_option("--memory", worker_args.memory, "Memory this worker offers (e.g. 8GiB; default: what is available)");
   worker->add_option("--cache-dir", worker_args.cache_dir,

@@ -12,6 +12,7 @@
 #include "shard/local_cluster.h"
 #include "shard/plan.h"
 #include "shard/probe.h"
+#include <nlohmann/json.hpp>
 #include "transport/handshake.h"
 
 namespace hearth::apps {
@@ -66,7 +67,27 @@ int run_plan(const PlanArgs& args) {
           ? shard::make_plan(cost, cluster, options)
           : shard::make_manual_plan(cost, cluster, options,
                                     shard::parse_split(args.split, cost.n_layer, cluster.nodes.size()));
-  const std::string out = args.output == "json" ? plan.to_json().dump(2) + "\n" : plan.to_markdown();
+  std::string out;
+  if (args.output == "json") {
+    nlohmann::ordered_json j = plan.to_json();
+    if (!args.workers.empty()) {
+      j["workers"] = nlohmann::ordered_json::array();
+      for (const shard::NodeSpec& n : cluster.nodes) {
+        j["workers"].push_back({{"node", n.name}, {"address", n.address}, {"backend", n.backend}, {"device", n.device},
+                                {"devices", n.devices}});
+      }
+    }
+    out = j.dump(2) + "\n";
+  } else {
+    out = plan.to_markdown();
+    if (!args.workers.empty()) {
+      out += "\ndevices the workers advertise (* runs the stage):\n";
+      for (const shard::NodeSpec& n : cluster.nodes) {
+        out += fmt::format("- {} ({}):\n", n.name, n.address);
+        for (const std::string& d : n.devices) out += fmt::format("  {} {}\n", d == n.device ? "*" : " ", d);
+      }
+    }
+  }
   std::fwrite(out.data(), 1, out.size(), stdout);
   return 0;
 }

@@ -12,7 +12,8 @@
 #include "core/thread_pool.h"
 #include "engine/model.h"
 #include "engine/scheduler.h"
-#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/cpu_features.h"
+#include "kernels/registry.h"
 #include "shard/plan.h"
 
 namespace hearth::apps {
@@ -24,7 +25,9 @@ engine::GenerationResult generate_on_cluster(const RunArgs& args, engine::Model&
                                              const engine::GenerationOptions& options,
                                              const std::function<bool(std::string_view)>& print) {
   const int threads = args.threads > 0 ? args.threads : ThreadPool::hardware_threads();
-  std::unique_ptr<ClusterRuntime> cluster = start_cluster(args.cluster, model, model.n_ctx(), 1,
+  ClusterArgs cluster_args = args.cluster;
+  cluster_args.backend = args.backend.spec();
+  std::unique_ptr<ClusterRuntime> cluster = start_cluster(cluster_args, model, model.n_ctx(), 1,
                                                           shard::parse_plan_dtype(args.kv_type, "--kv-type"), threads);
   std::fprintf(stderr, "hearth: pipeline: %s\n", cluster->describe().c_str());
   engine::Scheduler scheduler(cluster->executor(), model.tokenizer(), {});
@@ -69,7 +72,8 @@ engine::GenerationResult generate_on_cluster(const RunArgs& args, engine::Model&
 
 int run_generate(const RunArgs& args) {
   const int threads = args.threads > 0 ? args.threads : ThreadPool::hardware_threads();
-  kernels::CpuBackend backend(threads);
+  const std::unique_ptr<kernels::Backend> backend_ptr = kernels::make_backend(args.backend.spec(), {.n_threads = threads});
+  kernels::Backend& backend = *backend_ptr;
   engine::ModelOptions model_options;
   model_options.n_ctx = args.ctx_size;
   model_options.kv_type = shard::parse_plan_dtype(args.kv_type, "--kv-type");
@@ -80,7 +84,7 @@ int run_generate(const RunArgs& args) {
   std::fprintf(stderr,
                "hearth: %s (%s, %d layers, %d-token vocabulary) on %s [%s] with %d threads, context %d (%s KV cache)\n",
                args.model.c_str(), c.arch.c_str(), c.n_layer, c.n_vocab, backend.name().c_str(),
-               kernels::cpu_description().c_str(), threads, model.n_ctx(), args.kv_type.c_str());
+               backend.name() == "cpu" ? kernels::cpu_description().c_str() : backend.device().name.c_str(), threads, model.n_ctx(), args.kv_type.c_str());
 
   std::string text = args.prompt;
   if (args.chat) {

@@ -11,7 +11,8 @@
 #include "core/thread_pool.h"
 #include "engine/model.h"
 #include "engine/scheduler.h"
-#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/cpu_features.h"
+#include "kernels/registry.h"
 #include "server/openai_server.h"
 #include "apps/cluster.h"
 #include "shard/plan.h"
@@ -53,14 +54,15 @@ int run_serve(const ServeArgs& args) {
   std::fprintf(stderr, "hearth: listening on http://%s:%d (loading %s)\n", args.host.c_str(), port, args.model.c_str());
 
   const int threads = args.threads > 0 ? args.threads : ThreadPool::hardware_threads();
-  std::unique_ptr<kernels::CpuBackend> backend;
+  std::unique_ptr<kernels::Backend> backend;
   std::unique_ptr<engine::Model> model;
   std::unique_ptr<engine::LocalExecutor> local;
   std::unique_ptr<ClusterRuntime> cluster;
   std::unique_ptr<engine::Scheduler> scheduler;
   try {
-    backend = std::make_unique<kernels::CpuBackend>(threads);
+    backend = kernels::make_backend(args.backend.spec(), {.n_threads = threads});
     engine::ModelOptions model_options;
+    model_options.n_batch = args.batch_size;
     model_options.n_ctx = args.ctx_size;
     model_options.n_seq = args.parallel;
     model_options.kv_type = shard::parse_plan_dtype(args.kv_type, "--kv-type");
@@ -69,7 +71,9 @@ int run_serve(const ServeArgs& args) {
     model = std::make_unique<engine::Model>(args.model, *backend, model_options);
     engine::BatchExecutor* executor = nullptr;
     if (args.cluster.enabled()) {
-      cluster = start_cluster(args.cluster, *model, model->n_ctx(), args.parallel, model_options.kv_type, threads);
+      ClusterArgs cluster_args = args.cluster;
+      cluster_args.backend = args.backend.spec();
+      cluster = start_cluster(cluster_args, *model, model->n_ctx(), args.parallel, model_options.kv_type, threads);
       std::fprintf(stderr, "hearth: pipeline: %s\n", cluster->describe().c_str());
       executor = &cluster->executor();
     } else {
@@ -91,7 +95,7 @@ int run_serve(const ServeArgs& args) {
                "hearth: serving %s as '%s' (%s, %d layers) on %s [%s], %d threads; %d parallel sequences of %d tokens "
                "(%s KV cache), queue %d%s\n",
                args.model.c_str(), options.model_id.c_str(), c.arch.c_str(), c.n_layer, backend->name().c_str(),
-               kernels::cpu_description().c_str(), threads, args.parallel, model->n_ctx(), args.kv_type.c_str(), args.queue,
+               backend->name() == "cpu" ? kernels::cpu_description().c_str() : backend->device().name.c_str(), threads, args.parallel, model->n_ctx(), args.kv_type.c_str(), args.queue,
                options.api_key.empty() ? "" : "; API key required");
 
   std::fprintf(stderr, "hearth: %s received, stopping\n", stop_signals.wait());

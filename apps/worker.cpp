@@ -25,6 +25,7 @@ int run_worker(const WorkerArgs& args) {
   options.host = listen.host;
   options.port = listen.port;
   options.threads = args.threads;
+  options.backend = args.backend.spec();
   for (const std::string& dir : args.model_dirs) options.model_dirs.emplace_back(dir);
   if (!args.memory.empty()) options.memory_bytes = shard::parse_size(args.memory);
   if (!args.no_cache) {

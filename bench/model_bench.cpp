@@ -67,6 +67,7 @@ std::vector<TestResult> run_model_bench(const gguf::GgufFile& file, const engine
   engine::StageOptions options;
   options.n_ctx = p.depth + std::max(p.n_prompt, p.n_gen) + 1;
   options.kv_type = p.kv_type;
+  options.max_batch = std::max(1, p.n_batch);
   engine::Stage stage(file, config, backend, 0, config.n_layer, options);
   std::mt19937_64 rng(p.seed);
   std::uniform_int_distribution<engine::Token> token(0, config.n_vocab - 1);

@@ -30,6 +30,7 @@ Model::Model(const std::filesystem::path& path, kernels::Backend& backend, const
   if (options.n_seq < 1) throw Error(fmt::format("{} parallel sequences: need at least 1", options.n_seq));
   stage_options.n_seq = options.n_seq;
   stage_options.kv_type = options.kv_type;
+  stage_options.max_batch = std::max(1, options.n_batch);
   if (options.load_weights) stage_ = std::make_unique<Stage>(file_, config_, backend, 0, config_.n_layer, stage_options);
 }
 

@@ -38,7 +38,7 @@ std::string read_line(int fd, double seconds, pid_t pid) {
 
 }  // namespace
 
-LocalCluster::LocalCluster(const std::filesystem::path& hearth, int n, int threads_per_worker)
+LocalCluster::LocalCluster(const std::filesystem::path& hearth, int n, int threads_per_worker, const std::string& backend)
     : key_(transport::generate_cluster_key()) {
   if (n < 1 || n > 64) throw Error(fmt::format("--local-stages {}: must be 1..64", n));
   char dir_template[] = "/tmp/hearth-cluster-XXXXXX";
@@ -56,7 +56,8 @@ LocalCluster::LocalCluster(const std::filesystem::path& hearth, int n, int threa
       const std::string exe = hearth.string();
       const std::string threads = std::to_string(threads_per_worker);
       const std::string key_path = key_file.string();
-      std::vector<std::string> args = {exe, "worker", "--listen", "127.0.0.1:0", "--cluster-key", key_path, "--threads", threads};
+      std::vector<std::string> args = {exe, "worker", "--listen", "127.0.0.1:0", "--cluster-key", key_path, "--threads", threads,
+                                       "--backend", backend};
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());
       argv.push_back(nullptr);

@@ -20,9 +20,9 @@ namespace hearth::shard {
 class LocalCluster {
  public:
   // Starts n workers from the executable `hearth` (the running binary: /proc/self/exe), each
-  // with `threads_per_worker` threads, and waits until each has printed its address. Throws
-  // hearth::Error when one fails to start.
-  LocalCluster(const std::filesystem::path& hearth, int n, int threads_per_worker);
+  // with `threads_per_worker` threads on backend `backend` (a make_backend spec), and waits
+  // until each has printed its address. Throws hearth::Error when one fails to start.
+  LocalCluster(const std::filesystem::path& hearth, int n, int threads_per_worker, const std::string& backend = "cpu");
   ~LocalCluster();  // SIGTERM to every worker, then wait; removes the key file
   LocalCluster(const LocalCluster&) = delete;
   LocalCluster& operator=(const LocalCluster&) = delete;

@@ -743,6 +743,7 @@ PipelinePlan build_plan(const PlanModel& m, const std::vector<size_t>& order, co
     s.node = n.name;
     s.address = n.address;
     s.backend = n.backend;
+    s.device = n.device;
     s.first = r.first;
     s.last = r.last;
     s.weight_bytes = m.cost.weight_bytes(r.first, r.last);
@@ -1000,6 +1001,7 @@ nlohmann::ordered_json PipelinePlan::to_json() const {
     j["stages"].push_back({{"node", s.node},
                            {"address", s.address},
                            {"backend", s.backend},
+                           {"device", s.device},
                            {"first_layer", s.first},
                            {"last_layer", s.last},
                            {"weight_bytes", s.weight_bytes},
@@ -1039,6 +1041,7 @@ PipelinePlan PipelinePlan::from_json(const nlohmann::json& j) {
       st.node = s.at("node").get<std::string>();
       st.address = s.at("address").get<std::string>();
       st.backend = s.at("backend").get<std::string>();
+      st.device = s.value("device", std::string());
       st.first = s.at("first_layer").get<int32_t>();
       st.last = s.at("last_layer").get<int32_t>();
       if (st.first != next || st.last <= st.first) {
@@ -1076,7 +1079,7 @@ std::string PipelinePlan::to_markdown() const {
   for (size_t k = 0; k < stages.size(); ++k) {
     const StagePlan& s = stages[k];
     out += fmt::format("| {} | {} | {} | {}-{} ({}) | {} | {} | {} / {} | {:.3f} | {} | {} | {:.3f} |\n", k, s.node,
-                       s.backend, s.first, s.last, s.last - s.first, format_bytes(s.weight_bytes),
+                       s.device.empty() ? s.backend : fmt::format("{} ({})", s.backend, s.device), s.first, s.last, s.last - s.first, format_bytes(s.weight_bytes),
                        format_bytes(s.kv_bytes), format_bytes(s.memory_bytes), format_bytes(s.memory_budget),
                        s.compute_ms, s.hop.to, s.hop.bytes_per_token, s.hop.ms);
   }

@@ -75,6 +75,8 @@ struct NodeSpec {
   std::string address;     // host:port, or empty for a hypothetical node
   std::string host;        // the machine (address without port); nodes of one host use the local link
   std::string backend = "cpu";  // cpu, cuda, vulkan
+  std::string device;           // the device its stages run on, one line (shard/devices.h); empty: unknown
+  std::vector<std::string> devices;  // every device the node advertised, one line each
   uint64_t memory_bytes = 0;    // what hearth may use on this node
   double bandwidth_gbps = 0;    // measured matvec bandwidth, GB/s (1e9 bytes/s)
   double layer_overhead_ms = -1;  // fixed cost per layer per token; < 0: the backend's default
@@ -154,6 +156,7 @@ struct StagePlan {
   std::string node;
   std::string address;
   std::string backend;
+  std::string device;           // the node's device, when it said (empty for a described node)
   int32_t first = 0, last = 0;  // layers [first, last)
   uint64_t weight_bytes = 0;
   uint64_t kv_bytes = 0;

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "shard/devices.h"
 #include "shard/wire.h"
 #include "transport/handshake.h"
 #include "transport/tcp_link.h"
@@ -33,6 +34,10 @@ ClusterSpec probe_workers(const std::vector<std::string>& addresses, const trans
     node.address = address;
     node.host = transport::parse_host_port(address).host;
     node.backend = caps.value("backend", std::string("cpu"));
+    if (const auto it = caps.find("device"); it != caps.end()) node.device = device_line(*it);
+    if (const auto it = caps.find("devices"); it != caps.end() && it->is_array()) {
+      for (const json& d : *it) node.devices.push_back(device_line(d));
+    }
     node.memory_bytes = caps.value("memory_bytes", uint64_t{0});
     node.bandwidth_gbps = caps.value("bandwidth_gbps", default_bandwidth_gbps);
     if (node.memory_bytes == 0) throw Error(fmt::format("worker {} did not say how much memory it has", address));

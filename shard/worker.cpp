@@ -14,8 +14,9 @@
 #include "engine/model_config.h"
 #include "engine/scheduler.h"
 #include "engine/stage.h"
-#include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/cpu_features.h"
+#include "kernels/registry.h"
+#include "shard/devices.h"
 #include "shard/stage_assignment.h"
 #include "shard/weights.h"
 #include "shard/wire.h"
@@ -54,7 +55,21 @@ std::filesystem::path find_model(const StageAssignment& a, const std::vector<std
 Worker::Worker(WorkerOptions options, transport::ClusterKey key)
     : options_(std::move(options)),
       key_(std::move(key)),
-      listener_(pipeline_frame_limits(), options_.host, options_.port) {}
+      listener_(pipeline_frame_limits(), options_.host, options_.port) {
+  // Refuses an unknown backend or device at start (naming what exists), not at the first LoadStage.
+  const kernels::BackendOptions bo{.n_threads = options_.threads};
+  const std::unique_ptr<kernels::Backend> probe = kernels::make_backend(options_.backend, bo);
+  json devices = json::array();
+  for (const auto& report : kernels::list_backends(bo)) {
+    for (const kernels::DeviceInfo& d : report.devices) {
+      devices.push_back(json::parse(device_json(d, d.backend == "cpu" ? options_.bandwidth_gbps : 0.0).dump()));
+    }
+  }
+  const kernels::DeviceInfo mine = probe->device();
+  devices_json_ = json{{"device", json::parse(device_json(mine, mine.backend == "cpu" ? options_.bandwidth_gbps : 0.0).dump())},
+                       {"devices", devices}}
+                      .dump();
+}
 
 Worker::~Worker() {
   stop();
@@ -65,8 +80,11 @@ Worker::~Worker() {
 std::string Worker::capabilities() const {
   const int threads = options_.threads > 0 ? options_.threads : ThreadPool::hardware_threads();
   const uint64_t memory = options_.memory_bytes > 0 ? options_.memory_bytes : available_memory_bytes();
+  const json devices = json::parse(devices_json_);
   json caps = {{"role", "worker"},
-               {"backend", "cpu"},
+               {"backend", devices["device"]["backend"]},
+               {"device", devices["device"]},
+               {"devices", devices["devices"]},
                {"cpu", kernels::cpu_description()},
                {"threads", threads},
                {"memory_bytes", memory}};
@@ -189,7 +207,7 @@ void Worker::run_session(std::unique_ptr<transport::TcpLink> control) {
 
     std::optional<gguf::GgufFile> file;
     std::optional<engine::ModelConfig> config;
-    std::unique_ptr<kernels::CpuBackend> backend;
+    std::unique_ptr<kernels::Backend> backend;
     std::unique_ptr<engine::Stage> stage;
     try {
       std::filesystem::path path;
@@ -203,7 +221,7 @@ void Worker::run_session(std::unique_ptr<transport::TcpLink> control) {
       config.emplace(engine::ModelConfig::from_gguf(*file));
       if (a.last > config->n_layer) throw Error(fmt::format("layers [{}, {}) of a {}-layer model", a.first, a.last, config->n_layer));
       const int threads = options_.threads > 0 ? options_.threads : ThreadPool::hardware_threads();
-      backend = std::make_unique<kernels::CpuBackend>(threads);
+      backend = kernels::make_backend(options_.backend, {.n_threads = threads});
       engine::StageOptions so;
       so.n_ctx = a.n_ctx;
       so.n_seq = a.n_seq;
@@ -233,6 +251,7 @@ void Worker::run_session(std::unique_ptr<transport::TcpLink> control) {
                {"first", a.first},
                {"last", a.last},
                {"backend", backend->name()},
+               {"device", device_line(device_json(backend->device()))},
                {"cpu", kernels::cpu_description()}},
               transport::Timeout(5000));
     transport::log_line(fmt::format("hearth worker: stage {}/{} (layers [{}, {}) of {}) for {}", a.stage + 1, a.n_stages,

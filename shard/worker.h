@@ -27,6 +27,7 @@ struct WorkerOptions {
   std::string host = "127.0.0.1";
   uint16_t port = 0;                       // 0: any free port (see Worker::address())
   int threads = 0;                         // CPU threads (0: all)
+  std::string backend = "cpu";             // what stages run on: a kernels::make_backend spec ("cpu", "cuda:0")
   std::vector<std::filesystem::path> model_dirs;  // where to look for the coordinator's model
   uint64_t memory_bytes = 0;               // advertised budget (0: the machine's available memory)
   double bandwidth_gbps = 0;               // measured memory bandwidth, advertised to planners (0: unknown)
@@ -49,7 +50,9 @@ class Worker {
   void run();
   void stop();
 
-  // What the worker tells a peer at the handshake (JSON): role, backend, threads, memory.
+  // What the worker tells a peer at the handshake (JSON): role, backend (the kind its stages
+  // run on), device (that device), devices (every device of every backend, shard/devices.h),
+  // threads, memory.
   std::string capabilities() const;
   // Connections refused so far (handshake or bad frames), for tests and logs.
   uint64_t refused() const { return refused_.load(); }
@@ -58,6 +61,7 @@ class Worker {
 
  private:
   struct Session;
+  std::string devices_json_;  // {"device": ..., "devices": [...]}, found once at start
   void serve_connection(std::unique_ptr<transport::TcpLink> link);
   // A coordinator's session: LoadStage, then batches until a link of the session ends.
   void run_session(std::unique_ptr<transport::TcpLink> control);
