@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "engine/tensor_map.h"
 
 namespace hearth::engine {
 namespace {
@@ -55,15 +56,19 @@ ModelConfig ModelConfig::from_gguf(const gguf::GgufFile& f) {
     throw Error(fmt::format("{}: rope scaling '{}' is not supported yet (supported: none, linear, Llama 3.1 rope_freqs)",
                             f.path(), scaling));
   }
-  c.rope_freq_factors = f.find_tensor("rope_freqs.weight") != nullptr;
+  const auto has_global = [&](GlobalTensor t) { return f.find_tensor(global_tensor_name(t)) != nullptr; };
+  c.rope_freq_factors = has_global(GlobalTensor::RopeFreqs);
 
-  const gguf::TensorInfo* embd = f.find_tensor("token_embd.weight");
-  if (embd == nullptr) throw Error(fmt::format("{}: tensor 'token_embd.weight' is missing", f.path()));
+  const std::string_view embd_name = global_tensor_name(GlobalTensor::TokenEmbd);
+  const gguf::TensorInfo* embd = f.find_tensor(embd_name);
+  if (embd == nullptr) throw Error(fmt::format("{}: tensor '{}' is missing", f.path(), embd_name));
   c.n_vocab = static_cast<int32_t>(embd->ne[1]);
-  c.tied_output = f.find_tensor("output.weight") == nullptr;
-  c.qkv_bias = f.find_tensor("blk.0.attn_q.bias") != nullptr;
-  c.qk_norm = f.find_tensor("blk.0.attn_q_norm.weight") != nullptr;
-  c.post_norms = f.find_tensor("blk.0.post_attention_norm.weight") != nullptr;
+  c.tied_output = !has_global(GlobalTensor::Output);
+  // The optional parts of a layer, detected on the first layer.
+  const auto has_layer0 = [&](LayerTensor t) { return f.find_tensor(layer_tensor_name(0, t)) != nullptr; };
+  c.qkv_bias = has_layer0(LayerTensor::BiasQ);
+  c.qk_norm = has_layer0(LayerTensor::QNorm);
+  c.post_norms = has_layer0(LayerTensor::PostAttnNorm);
 
   if (a == "llama") {
     c.rope_mode = kernels::RopeMode::Normal;

@@ -10,6 +10,8 @@
 #include "core/thread_pool.h"
 #include "engine/gguf.h"
 #include "engine/gguf_writer.h"
+#include "engine/model_config.h"
+#include "engine/tensor_map.h"
 #include "kernels/cpu/quants_ref.h"
 
 namespace hearth::engine {
@@ -268,6 +270,26 @@ int32_t copy_tokenizer(gguf::GgufWriter& w, const std::filesystem::path& path) {
   return static_cast<int32_t>(list->count);
 }
 
+// The ModelConfig that ModelConfig::from_gguf will read from a file of this shape (the parts the
+// tensor map needs): head size n_embd / n_head, rope over the whole head, q/k/v biases for qwen2.
+ModelConfig synth_config(const SynthShape& s) {
+  ModelConfig c;
+  c.arch = s.arch;
+  c.n_vocab = s.n_vocab;
+  c.n_ctx_train = s.n_ctx_train;
+  c.n_embd = s.n_embd;
+  c.n_layer = s.n_layer;
+  c.n_head = s.n_head;
+  c.n_head_kv = s.n_head_kv;
+  c.head_dim = s.n_head > 0 ? s.n_embd / s.n_head : 0;
+  c.head_dim_v = c.head_dim;
+  c.n_ff = s.n_ff;
+  c.n_rot = c.head_dim;
+  c.qkv_bias = s.arch == "qwen2";
+  c.tied_output = s.tied_output;
+  return c;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -287,13 +309,16 @@ const SynthShape& synth_shape(std::string_view name) {
 }
 
 uint64_t synth_param_count(const SynthShape& s) {
-  const auto e = static_cast<uint64_t>(s.n_embd), ff = static_cast<uint64_t>(s.n_ff);
-  const uint64_t head_dim = s.n_head > 0 ? e / static_cast<uint64_t>(s.n_head) : 0;
-  const uint64_t q = head_dim * static_cast<uint64_t>(s.n_head), kv = head_dim * static_cast<uint64_t>(s.n_head_kv);
-  uint64_t layer = e * q + 2 * e * kv + q * e + 3 * e * ff + 2 * e;
-  if (s.arch == "qwen2") layer += q + 2 * kv;
-  const uint64_t vocab = static_cast<uint64_t>(s.n_vocab) * e;
-  return vocab * (s.tied_output ? 1 : 2) + static_cast<uint64_t>(s.n_layer) * layer + e;
+  const ModelConfig config = synth_config(s);
+  const auto values = [](const TensorDesc& d) {
+    return static_cast<uint64_t>(d.ne[0] * d.ne[1] * d.ne[2] * d.ne[3]);
+  };
+  uint64_t layer = 0;  // every layer holds the same tensors
+  for (const TensorDesc& d : layer_tensors(config, 0)) layer += values(d);
+  uint64_t global = values(global_tensor(config, GlobalTensor::TokenEmbd)) +
+                    values(global_tensor(config, GlobalTensor::OutputNorm));
+  if (!config.tied_output) global += values(global_tensor(config, GlobalTensor::Output));
+  return global + static_cast<uint64_t>(s.n_layer) * layer;
 }
 
 std::string synth_shapes_text() {
@@ -383,7 +408,7 @@ SynthResult synthesize_model(const SynthOptions& options, const std::filesystem:
                             shape.n_vocab, kMinGeneratedVocab));
   }
 
-  const int32_t head_dim = shape.n_embd / shape.n_head;
+  const ModelConfig config = synth_config(shape);  // what the file will say, for the tensor map
   w.set_u32(a + ".context_length", static_cast<uint32_t>(shape.n_ctx_train));
   w.set_u32(a + ".embedding_length", static_cast<uint32_t>(shape.n_embd));
   w.set_u32(a + ".block_count", static_cast<uint32_t>(shape.n_layer));
@@ -392,7 +417,7 @@ SynthResult synthesize_model(const SynthOptions& options, const std::filesystem:
   w.set_u32(a + ".attention.head_count_kv", static_cast<uint32_t>(shape.n_head_kv));
   w.set_f32(a + ".attention.layer_norm_rms_epsilon", shape.norm_eps);
   w.set_f32(a + ".rope.freq_base", shape.rope_freq_base);
-  w.set_u32(a + ".rope.dimension_count", static_cast<uint32_t>(head_dim));
+  w.set_u32(a + ".rope.dimension_count", static_cast<uint32_t>(config.n_rot));
   w.set_u32(a + ".vocab_size", static_cast<uint32_t>(shape.n_vocab));
 
   if (options.tokenizer_from.empty()) write_generated_tokenizer(w, shape);
@@ -401,8 +426,6 @@ SynthResult synthesize_model(const SynthOptions& options, const std::filesystem:
   Generator gen(n_threads, options.seed);  // outlives `w`'s callbacks, which run inside w.write
   gen.progress = &options.progress;
   const DType t = options.type;
-  const int64_t e = shape.n_embd, ff = shape.n_ff, vocab = shape.n_vocab;
-  const int64_t q_dim = int64_t{shape.n_head} * head_dim, kv_dim = int64_t{shape.n_head_kv} * head_dim;
 
   // Each tensor's data is a row stream: [rows, row_len] of `type`, every value from `fill`;
   // rows == 0 declares a vector [row_len].
@@ -420,26 +443,17 @@ SynthResult synthesize_model(const SynthOptions& options, const std::filesystem:
     }
     gen.total_bytes += dtype_row_bytes(type, row_len) * static_cast<uint64_t>(rows);
   };
-  add("token_embd.weight", t, e, vocab, Fill::Normal);
-  for (int32_t il = 0; il < shape.n_layer; ++il) {
-    const std::string p = fmt::format("blk.{}.", il);
-    add(p + "attn_norm.weight", DType::F32, e, 0, Fill::Ones);
-    add(p + "attn_q.weight", t, e, q_dim, Fill::Normal);
-    add(p + "attn_k.weight", t, e, kv_dim, Fill::Normal);
-    add(p + "attn_v.weight", t, e, kv_dim, Fill::Normal);
-    if (a == "qwen2") {
-      add(p + "attn_q.bias", DType::F32, q_dim, 0, Fill::Normal);
-      add(p + "attn_k.bias", DType::F32, kv_dim, 0, Fill::Normal);
-      add(p + "attn_v.bias", DType::F32, kv_dim, 0, Fill::Normal);
-    }
-    add(p + "attn_output.weight", t, q_dim, e, Fill::Normal);
-    add(p + "ffn_norm.weight", DType::F32, e, 0, Fill::Ones);
-    add(p + "ffn_gate.weight", t, e, ff, Fill::Normal);
-    add(p + "ffn_up.weight", t, e, ff, Fill::Normal);
-    add(p + "ffn_down.weight", t, ff, e, Fill::Normal);
+  // The tensors of the tensor map, in the order llama.cpp's converters write them: the
+  // embedding, every layer, then the head. Norms are ones; norms and biases F32.
+  const auto add_desc = [&](const TensorDesc& d) {
+    add(d.name, d.f32 ? DType::F32 : t, d.ne[0], d.n_dims == 1 ? 0 : d.ne[1], d.norm ? Fill::Ones : Fill::Normal);
+  };
+  add_desc(global_tensor(config, GlobalTensor::TokenEmbd));
+  for (int32_t il = 0; il < config.n_layer; ++il) {
+    for (const TensorDesc& d : layer_tensors(config, il)) add_desc(d);
   }
-  add("output_norm.weight", DType::F32, e, 0, Fill::Ones);
-  if (!shape.tied_output) add("output.weight", t, e, vocab, Fill::Normal);
+  add_desc(global_tensor(config, GlobalTensor::OutputNorm));
+  if (!config.tied_output) add_desc(global_tensor(config, GlobalTensor::Output));
 
   w.write(out);
   result.shape = shape;

@@ -9,6 +9,7 @@
 #include <numeric>
 
 #include "core/error.h"
+#include "engine/tensor_map.h"
 
 namespace hearth::shard {
 
@@ -29,18 +30,6 @@ uint64_t values_bytes(int64_t n, DType type) {
     default: break;
   }
   throw Error(fmt::format("type {} is not a KV-cache or wire type (f32, f16, q8_0)", dtype_name(type)));
-}
-
-bool is_layer_tensor(std::string_view name, int32_t* layer) {
-  if (!name.starts_with("blk.")) return false;
-  name.remove_prefix(4);
-  const size_t dot = name.find('.');
-  if (dot == std::string_view::npos || dot == 0) return false;
-  int32_t v = 0;
-  const auto [ptr, ec] = std::from_chars(name.data(), name.data() + dot, v);
-  if (ec != std::errc() || ptr != name.data() + dot) return false;
-  *layer = v;
-  return true;
 }
 
 std::string host_of(std::string_view address) {
@@ -78,17 +67,17 @@ ModelCost ModelCost::from_gguf(const gguf::GgufFile& file, const engine::ModelCo
                            int64_t{config.n_head_kv} * (config.head_dim + config.head_dim_v));
   for (const gguf::TensorInfo& t : file.tensors()) {
     c.total_bytes += t.n_bytes;
-    int32_t layer = -1;
-    if (is_layer_tensor(t.name, &layer)) {
-      if (layer < 0 || layer >= config.n_layer) {
-        throw Error(fmt::format("{}: tensor '{}' names layer {} of a {}-layer model", file.path(), t.name, layer,
+    if (const std::optional<int32_t> layer = engine::tensor_layer(t.name)) {
+      if (*layer >= config.n_layer) {
+        throw Error(fmt::format("{}: tensor '{}' names layer {} of a {}-layer model", file.path(), t.name, *layer,
                                 config.n_layer));
       }
-      c.layer_bytes[static_cast<size_t>(layer)] += t.n_bytes;
-    } else if (t.name == "token_embd.weight") {
+      c.layer_bytes[static_cast<size_t>(*layer)] += t.n_bytes;
+    } else if (t.name == engine::global_tensor_name(engine::GlobalTensor::TokenEmbd)) {
       c.embedding_bytes = t.n_bytes;
       c.embedding_row_bytes = t.n_bytes / static_cast<uint64_t>(std::max<int64_t>(1, t.ne[1]));
-    } else if (t.name == "output_norm.weight" || t.name == "output.weight") {
+    } else if (t.name == engine::global_tensor_name(engine::GlobalTensor::OutputNorm) ||
+               t.name == engine::global_tensor_name(engine::GlobalTensor::Output)) {
       c.head_bytes += t.n_bytes;
     } else {
       c.shared_bytes += t.n_bytes;

@@ -36,7 +36,7 @@ struct ModelCost {
   int32_t n_ff = 0;
   int32_t n_vocab = 0;
   bool tied_output = false;   // the head is token_embd: the last stage holds the table too
-  std::vector<uint64_t> layer_bytes;     // [n_layer]: sum of blk.N.* tensor bytes
+  std::vector<uint64_t> layer_bytes;     // [n_layer]: bytes of the tensors named for layer N (engine::tensor_layer)
   std::vector<int64_t> layer_kv_values;  // [n_layer]: K + V values per token (n_head_kv * head_dim * 2)
   uint64_t embedding_bytes = 0;          // token_embd.weight: held by the first stage (and the last if tied)
   uint64_t embedding_row_bytes = 0;      // what the first stage reads of it per token

@@ -5,8 +5,12 @@
 
 #include <algorithm>
 #include <fstream>
+#include <optional>
+#include <string_view>
+#include <unordered_set>
 
 #include "core/error.h"
+#include "engine/tensor_map.h"
 #include "shard/wire.h"
 
 namespace hearth::shard {
@@ -49,25 +53,22 @@ uint64_t total_bytes(const std::vector<ByteRange>& ranges) {
 
 std::vector<ByteRange> stage_byte_ranges(const gguf::GgufFile& file, const engine::ModelConfig& config, int32_t first,
                                          int32_t last) {
+  // What the stage loads, and what any stage of the model may load (the rest are tensors the
+  // map does not describe).
+  std::unordered_set<std::string_view> stage, model;
+  const std::vector<engine::TensorDesc> stage_descs = engine::stage_tensors(config, first, last);
+  const std::vector<engine::TensorDesc> model_descs = engine::stage_tensors(config, 0, config.n_layer);
+  for (const engine::TensorDesc& d : stage_descs) stage.insert(d.name);
+  for (const engine::TensorDesc& d : model_descs) model.insert(d.name);
+
   std::vector<ByteRange> ranges = {{0, file.data_offset()}};
-  const bool is_first = first == 0, is_last = last == config.n_layer;
   for (const gguf::TensorInfo& t : file.tensors()) {
-    const std::string_view name = t.name;
-    bool needed = false;
-    if (name.starts_with("blk.")) {
-      const size_t dot = name.find('.', 4);
-      int32_t layer = -1;
-      try {
-        layer = std::stoi(std::string(name.substr(4, dot - 4)));
-      } catch (const std::exception&) {
-      }
-      needed = layer >= first && layer < last;
-    } else if (name == "token_embd.weight") {
-      needed = is_first || (is_last && config.tied_output);
-    } else if (name == "output_norm.weight" || name == "output.weight") {
-      needed = is_last;
-    } else {
-      needed = true;  // shared tensors (rope_freqs...) every stage may read
+    bool needed = stage.contains(t.name);
+    if (!needed && !model.contains(t.name)) {
+      // A tensor the map does not describe: sent with its layer when it names one, else to
+      // every stage (shared tensors any stage may read).
+      const std::optional<int32_t> layer = engine::tensor_layer(t.name);
+      needed = !layer || (*layer >= first && *layer < last);
     }
     if (needed) ranges.push_back({file.data_offset() + t.offset, t.n_bytes});
   }

@@ -33,7 +33,9 @@ std::vector<ByteRange> subtract_ranges(const std::vector<ByteRange>& want, const
 uint64_t total_bytes(const std::vector<ByteRange>& ranges);
 
 // The bytes a stage of layers [first, last) reads from the file: the header (metadata and
-// tensor table) and every tensor Stage loads for it.
+// tensor table) and every tensor Stage loads for it (engine::stage_tensors), plus any tensor the
+// tensor map does not describe: with its layer when its name has one, else on every stage.
+// Throws hearth::Error when [first, last) is not inside the model.
 std::vector<ByteRange> stage_byte_ranges(const gguf::GgufFile& file, const engine::ModelConfig& config, int32_t first,
                                          int32_t last);
 

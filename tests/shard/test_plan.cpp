@@ -8,13 +8,17 @@
 #include <functional>
 #include <numeric>
 #include <random>
+#include <set>
 
+#include "core/error.h"
 #include "engine/gguf.h"
 #include "engine/model_config.h"
 #include "shard/plan.h"
+#include "shard/weights.h"
 #include "shard/probe.h"
 #include "shard/wire.h"
 #include "transport/tcp_link.h"
+#include "tests/support/gguf_builder.h"
 #include "shard/wire.h"
 #include "transport/tcp_link.h"
 
@@ -526,6 +530,87 @@ TEST(ModelCost, AccountsForEveryTensorOfTheDefaultModel) {
   // A single stage holds the whole file; a split holds the table twice (tied head on the last stage).
   EXPECT_EQ(cost.weight_bytes(0, 30), total);
   EXPECT_EQ(cost.weight_bytes(0, 15) + cost.weight_bytes(15, 30), total + cost.embedding_bytes);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tensors by stage: what the tensor map describes, and tensors it does not
+
+// Two layers of F32 tensors (256 bytes a vector, 1 KiB a matrix), with tensors the map does not
+// describe: per layer (blk.N.mystery, and a q bias the config does not switch on), global, and
+// a malformed layer name.
+gguf::GgufFile two_layer_file(bool tied) {
+  test::GgufSpec s;
+  s.kvs = {test::kv_str("general.architecture", "llama"), test::kv_str("general.name", "two layers")};
+  const std::vector<std::string> vectors = {"blk.0.attn_norm.weight", "blk.0.mystery.weight", "blk.1.attn_norm.weight",
+                                            "blk.1.mystery.weight",   "blk.1.attn_q.bias",    "mystery_global.weight",
+                                            "blk.x.odd.weight",       "output_norm.weight"};
+  s.tensors.push_back({"token_embd.weight", {64, 4}, 0, std::nullopt, std::nullopt});
+  for (const std::string& name : vectors) s.tensors.push_back({name, {64}, 0, std::nullopt, std::nullopt});
+  if (!tied) s.tensors.push_back({"output.weight", {64, 4}, 0, std::nullopt, std::nullopt});
+  return gguf::GgufFile::from_bytes(test::build_gguf(s));
+}
+
+engine::ModelConfig two_layer_config(bool tied) {
+  engine::ModelConfig c;
+  c.arch = "llama";
+  c.n_embd = 64;
+  c.n_vocab = 4;
+  c.n_layer = 2;
+  c.n_head = c.n_head_kv = 4;
+  c.head_dim = c.head_dim_v = 16;
+  c.n_ff = 64;
+  c.n_rot = 16;
+  c.tied_output = tied;
+  return c;
+}
+
+// The names of the file's tensors whose bytes lie inside `ranges`.
+std::set<std::string> tensors_in(const gguf::GgufFile& file, const std::vector<ByteRange>& ranges) {
+  std::set<std::string> out;
+  for (const gguf::TensorInfo& t : file.tensors()) {
+    const uint64_t at = file.data_offset() + t.offset;
+    for (const ByteRange& r : ranges) {
+      if (at >= r.offset && at + t.n_bytes <= r.offset + r.length) out.insert(std::string(t.name));
+    }
+  }
+  return out;
+}
+
+TEST(StageByteRanges, MapTensorsByStageOthersByLayerOrEverywhere) {
+  using S = std::set<std::string>;
+  const S everywhere = {"mystery_global.weight", "blk.x.odd.weight"};
+  for (const bool tied : {false, true}) {
+    SCOPED_TRACE(tied ? "tied" : "untied");
+    const gguf::GgufFile file = two_layer_file(tied);
+    const engine::ModelConfig config = two_layer_config(tied);
+    const std::vector<ByteRange> first = stage_byte_ranges(file, config, 0, 1);
+    const std::vector<ByteRange> last = stage_byte_ranges(file, config, 1, 2);
+    ASSERT_FALSE(first.empty());
+    EXPECT_EQ(first[0].offset, 0u);  // the header and tensor table
+    EXPECT_GE(first[0].length, file.data_offset());
+    S want_first = {"token_embd.weight", "blk.0.attn_norm.weight", "blk.0.mystery.weight"};
+    want_first.insert(everywhere.begin(), everywhere.end());
+    EXPECT_EQ(tensors_in(file, first), want_first);
+    S want_last = {"blk.1.attn_norm.weight", "blk.1.mystery.weight", "blk.1.attn_q.bias", "output_norm.weight"};
+    want_last.insert(everywhere.begin(), everywhere.end());
+    want_last.insert(tied ? "token_embd.weight" : "output.weight");
+    EXPECT_EQ(tensors_in(file, last), want_last);
+    S all;
+    for (const gguf::TensorInfo& t : file.tensors()) all.insert(std::string(t.name));
+    EXPECT_EQ(tensors_in(file, stage_byte_ranges(file, config, 0, 2)), all);
+    EXPECT_THROW(stage_byte_ranges(file, config, 1, 3), Error);
+  }
+}
+
+TEST(ModelCost, LayerTensorsByNameOthersShared) {
+  const gguf::GgufFile file = two_layer_file(false);
+  const ModelCost cost = ModelCost::from_gguf(file, two_layer_config(false));
+  EXPECT_EQ(cost.layer_bytes, (std::vector<uint64_t>{2 * 256, 3 * 256}));
+  EXPECT_EQ(cost.embedding_bytes, 1024u);
+  EXPECT_EQ(cost.embedding_row_bytes, 256u);
+  EXPECT_EQ(cost.head_bytes, 256u + 1024u);
+  EXPECT_EQ(cost.shared_bytes, 2u * 256);  // mystery_global, blk.x.odd
+  EXPECT_EQ(cost.total_bytes, 2u * 1024 + 8 * 256);
 }
 
 }  // namespace
