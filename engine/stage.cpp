@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "engine/tensor_map.h"
 
 namespace hearth::engine {
 
@@ -15,26 +16,51 @@ std::string shape_text(const std::array<int64_t, 4>& ne) {
 }
 }  // namespace
 
-Tensor Stage::load(const gguf::GgufFile& file, const std::string& name, std::array<int64_t, 4> expected_ne,
-                   bool required) {
-  const gguf::TensorInfo* info = file.find_tensor(name);
+Tensor Stage::load(const gguf::GgufFile& file, const TensorDesc& desc) {
+  const gguf::TensorInfo* info = file.find_tensor(desc.name);
   if (info == nullptr) {
-    if (required) throw Error(fmt::format("{}: tensor '{}' is missing", file.path(), name));
+    if (desc.required) throw Error(fmt::format("{}: tensor '{}' is missing", file.path(), desc.name));
     return {};
   }
-  if (info->ne != expected_ne) {
-    throw Error(fmt::format("{}: tensor '{}' has shape {}, expected {}", file.path(), name, shape_text(info->ne),
-                            shape_text(expected_ne)));
+  if (info->ne != desc.ne) {
+    throw Error(fmt::format("{}: tensor '{}' has shape {}, expected {}", file.path(), desc.name, shape_text(info->ne),
+                            shape_text(desc.ne)));
+  }
+  if (desc.f32 && info->type != DType::F32) {
+    throw Error(fmt::format("{}: tensor '{}' must be F32, not {}", file.path(), desc.name, dtype_name(info->type)));
   }
   if (!backend_.supports_weight_type(info->type)) {
-    throw Error(fmt::format("{}: tensor '{}' has type {}, which the {} backend does not support yet", file.path(), name,
-                            dtype_name(info->type), backend_.name()));
+    throw Error(fmt::format("{}: tensor '{}' has type {}, which the {} backend does not support yet", file.path(),
+                            desc.name, dtype_name(info->type), backend_.name()));
   }
   const std::span<const uint8_t> bytes = file.tensor_data(*info);
   Tensor t = backend_.weight(info->type, info->ne, bytes.data(), mapping_);
   // The backend copied (repacked) the bytes: the mapped original need not stay resident.
   if (!t.buffer->borrows_host_memory()) mapping_->release(bytes);
   return t;
+}
+
+Tensor& Stage::Layer::operator[](LayerTensor role) {
+  switch (role) {
+    case LayerTensor::AttnNorm: return attn_norm;
+    case LayerTensor::Q: return wq;
+    case LayerTensor::K: return wk;
+    case LayerTensor::V: return wv;
+    case LayerTensor::AttnOutput: return wo;
+    case LayerTensor::BiasQ: return bq;
+    case LayerTensor::BiasK: return bk;
+    case LayerTensor::BiasV: return bv;
+    case LayerTensor::QNorm: return q_norm;
+    case LayerTensor::KNorm: return k_norm;
+    case LayerTensor::PostAttnNorm: return post_attn_norm;
+    case LayerTensor::FfnNorm: return ffn_norm;
+    case LayerTensor::Gate: return w_gate;
+    case LayerTensor::Up: return w_up;
+    case LayerTensor::Down: return w_down;
+    case LayerTensor::PostFfnNorm: return post_ffn_norm;
+  }
+  HEARTH_CHECK(false, "unknown layer tensor role");
+  return attn_norm;
 }
 
 Stage::Stage(const gguf::GgufFile& file, const ModelConfig& config, kernels::Backend& backend, int32_t first,
@@ -52,53 +78,24 @@ Stage::Stage(const gguf::GgufFile& file, const ModelConfig& config, kernels::Bac
                                 ? fmt::format(" (heads of {} values are not whole blocks of {})", c.head_dim, block)
                                 : ""));
   }
-  const int64_t e = c.n_embd, q_dim = int64_t{c.n_head} * c.head_dim, kv_dim = int64_t{c.n_head_kv} * c.head_dim;
-  if (is_first() || (is_last() && c.tied_output)) token_embd_ = load(file, "token_embd.weight", {e, c.n_vocab, 1, 1});
-  if (is_last()) {
-    output_norm_ = load(file, "output_norm.weight", {e, 1, 1, 1});
-    output_ = c.tied_output ? token_embd_ : load(file, "output.weight", {e, c.n_vocab, 1, 1});
+  // Which tensors this stage holds, with their shapes, comes from the tensor map.
+  layers_.resize(static_cast<size_t>(last - first));
+  for (const TensorDesc& desc : stage_tensors(c, first, last)) {
+    if (desc.layer >= 0) {
+      layers_[static_cast<size_t>(desc.layer - first)][desc.role] = load(file, desc);
+      continue;
+    }
+    switch (desc.global) {
+      case GlobalTensor::TokenEmbd: token_embd_ = load(file, desc); break;
+      case GlobalTensor::OutputNorm: output_norm_ = load(file, desc); break;
+      case GlobalTensor::Output: output_ = load(file, desc); break;
+      // A constant table, read by every rope of every step.
+      case GlobalTensor::RopeFreqs: rope_freqs_ = load(file, desc); break;
+    }
   }
-  if (c.rope_freq_factors) {
-    const gguf::TensorInfo* info = file.find_tensor("rope_freqs.weight");
-    if (info->type != DType::F32 || info->n_elements != c.n_rot / 2) {
-      throw Error(fmt::format("{}: rope_freqs.weight must be F32 [{}]", file.path(), c.n_rot / 2));
-    }
-    // A constant table: written once here, read by every rope of every step.
-    rope_freqs_ = backend_.upload(DType::F32, {c.n_rot / 2, 1, 1, 1}, file.tensor_data(*info).data());
-  }
-  for (int32_t il = first; il < last; ++il) {
-    const std::string p = fmt::format("blk.{}.", il);
-    Layer l;
-    l.attn_norm = load(file, p + "attn_norm.weight", {e, 1, 1, 1});
-    l.wq = load(file, p + "attn_q.weight", {e, q_dim, 1, 1});
-    l.wk = load(file, p + "attn_k.weight", {e, kv_dim, 1, 1});
-    l.wv = load(file, p + "attn_v.weight", {e, kv_dim, 1, 1});
-    l.wo = load(file, p + "attn_output.weight", {q_dim, e, 1, 1});
-    if (c.qkv_bias) {
-      l.bq = load(file, p + "attn_q.bias", {q_dim, 1, 1, 1});
-      l.bk = load(file, p + "attn_k.bias", {kv_dim, 1, 1, 1});
-      l.bv = load(file, p + "attn_v.bias", {kv_dim, 1, 1, 1});
-    }
-    if (c.qk_norm) {
-      l.q_norm = load(file, p + "attn_q_norm.weight", {c.head_dim, 1, 1, 1});
-      l.k_norm = load(file, p + "attn_k_norm.weight", {c.head_dim, 1, 1, 1});
-    }
-    l.ffn_norm = load(file, p + "ffn_norm.weight", {e, 1, 1, 1});
-    l.w_gate = load(file, p + "ffn_gate.weight", {e, c.n_ff, 1, 1});
-    l.w_up = load(file, p + "ffn_up.weight", {e, c.n_ff, 1, 1});
-    l.w_down = load(file, p + "ffn_down.weight", {c.n_ff, e, 1, 1});
-    if (c.post_norms) {
-      l.post_attn_norm = load(file, p + "post_attention_norm.weight", {e, 1, 1, 1});
-      l.post_ffn_norm = load(file, p + "post_ffw_norm.weight", {e, 1, 1, 1});
-    }
-    for (const Tensor* norm : {&l.attn_norm, &l.ffn_norm, &l.q_norm, &l.k_norm, &l.post_attn_norm, &l.post_ffn_norm}) {
-      if (!norm->empty() && norm->type != DType::F32) {
-        throw Error(fmt::format("{}: norm weights of layer {} must be F32, not {}", file.path(), il, dtype_name(norm->type)));
-      }
-    }
-    l.kv = backend_.new_kv_layer(options.kv_type, options.n_seq, options.n_ctx, kv_dim);
-    layers_.push_back(std::move(l));
-  }
+  if (is_last() && c.tied_output) output_ = token_embd_;
+  const int64_t kv_dim = int64_t{c.n_head_kv} * c.head_dim;
+  for (Layer& l : layers_) l.kv = backend_.new_kv_layer(options.kv_type, options.n_seq, options.n_ctx, kv_dim);
   reserve_arena(std::max(1, options.max_batch), std::max(1, options.n_seq));
 }
 

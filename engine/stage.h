@@ -14,6 +14,7 @@
 
 #include "engine/gguf.h"
 #include "engine/model_config.h"
+#include "engine/tensor_map.h"
 #include "engine/tokenizer.h"
 #include "kernels/backend.h"
 
@@ -58,10 +59,12 @@ class Stage {
     kernels::Tensor attn_norm, wq, wk, wv, wo, bq, bk, bv, q_norm, k_norm, post_attn_norm;
     kernels::Tensor ffn_norm, w_gate, w_up, w_down, post_ffn_norm;
     kernels::KvLayer kv;
+    kernels::Tensor& operator[](LayerTensor role);  // the field the tensor map's role names
   };
 
-  kernels::Tensor load(const gguf::GgufFile& file, const std::string& name, std::array<int64_t, 4> expected_ne,
-                       bool required = true);
+  // The tensor `desc` describes, checked against it (present when required, shape, F32 where it
+  // must be, a type the backend supports). Empty when an optional one is absent.
+  kernels::Tensor load(const gguf::GgufFile& file, const TensorDesc& desc);
   // Activation tensors of one step of n tokens and n_out output rows, views of arena_.
   struct Activations {
     kernels::Tensor x, cur, q, k, v, attn, gate, up;   // [n, ...]
