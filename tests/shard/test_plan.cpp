@@ -17,10 +17,11 @@
 #include "shard/weights.h"
 #include "shard/probe.h"
 #include "shard/wire.h"
+#include "shard/worker.h"
 #include "transport/tcp_link.h"
 #include "tests/support/gguf_builder.h"
-#include "shard/wire.h"
-#include "transport/tcp_link.h"
+
+#include <thread>
 
 namespace hearth::shard {
 namespace {
@@ -504,6 +505,63 @@ TEST(Probe, AnUnreachableWorkerIsNamed) {
     EXPECT_NE(std::string(e.what()).find("worker " + address), std::string::npos) << e.what();
   }
   EXPECT_THROW(probe_workers({}, transport::generate_cluster_key()), Error);
+}
+
+// A live worker advertises the device its stages run on and every device it has; the probe turns
+// them into the node's lines, which `hearth plan --workers` prints and the plan's stages carry.
+TEST(Probe, WorkersAdvertiseTheirDevices) {
+  const transport::ClusterKey key = transport::generate_cluster_key();
+  WorkerOptions o;
+  o.threads = 1;
+  o.bandwidth_gbps = 12.5;
+  Worker worker(o, key);
+  std::thread runner([&] { worker.run(); });
+  ClusterSpec cluster;
+  try {
+    cluster = probe_workers({worker.address()}, key);
+  } catch (...) {
+    worker.stop();
+    runner.join();
+    throw;
+  }
+  worker.stop();
+  runner.join();
+  ASSERT_EQ(cluster.nodes.size(), 1u);
+  const NodeSpec& node = cluster.nodes[0];
+  EXPECT_EQ(node.backend, "cpu");
+  EXPECT_TRUE(node.device.starts_with("cpu:0 ")) << node.device;
+  EXPECT_NE(node.device.find("threads 1"), std::string::npos) << node.device;
+  EXPECT_NE(node.device.find("12.5 GB/s"), std::string::npos) << node.device;
+  ASSERT_FALSE(node.devices.empty());
+  EXPECT_EQ(std::count(node.devices.begin(), node.devices.end(), node.device), 1) << "the stage's device is among them";
+
+  ModelCost cost;
+  cost.name = "m";
+  cost.n_layer = 2;
+  cost.n_embd = 64;
+  cost.n_ff = 128;
+  cost.n_vocab = 100;
+  cost.layer_bytes = {1000, 1000};
+  cost.layer_kv_values = {64, 64};
+  cost.total_bytes = 2000;
+  PlanOptions options;
+  options.n_ctx = 64;
+  const PipelinePlan plan = make_plan(cost, cluster, options);
+  ASSERT_EQ(plan.stages.size(), 1u);
+  EXPECT_EQ(plan.stages[0].device, node.device);
+  EXPECT_NE(plan.to_markdown().find("| cpu (" + node.device + ") |"), std::string::npos) << plan.to_markdown();
+  EXPECT_EQ(PipelinePlan::from_json(plan.to_json()), plan);
+}
+
+TEST(Probe, AWorkerRefusesABackendItDoesNotHave) {
+  WorkerOptions o;
+  o.backend = "nosuch";
+  try {
+    Worker worker(o, transport::generate_cluster_key());
+    FAIL() << "a worker started on backend 'nosuch'";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("unknown backend 'nosuch'; available: cpu"), std::string::npos) << e.what();
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
