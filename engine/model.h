@@ -29,6 +29,7 @@ struct ModelOptions {
   std::string chat_template;  // a template name overriding the file's ("chatml", "gemma", ...)
 };
 
+// What to generate for one sequence (Model::generate, a Scheduler's SequenceRequest, engine::generate).
 struct GenerationOptions {
   int32_t max_tokens = 256;  // < 0: until end of generation or the context is full
   SamplingParams sampling;
@@ -36,13 +37,15 @@ struct GenerationOptions {
   bool ignore_eos = false;
 };
 
+// One sequence's outcome (Model::generate, engine::generate in scheduler.h).
 struct GenerationResult {
   std::vector<Token> tokens;     // generated
   std::string text;              // generated text (stop string excluded)
-  std::string finish_reason;     // "stop" (end of generation or stop string) or "length"
+  std::string finish_reason;     // "stop" (end of generation or stop string), "length", or
+                                 // "cancelled" (engine::generate: the text callback asked to stop)
   int32_t prompt_tokens = 0;
-  double prompt_seconds = 0.0;
-  double generation_seconds = 0.0;
+  double prompt_seconds = 0.0;      // the prompt (engine::generate: submit to the first token)
+  double generation_seconds = 0.0;  // the rest (engine::generate: the first token to the end)
 };
 
 class Model {
