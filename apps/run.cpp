@@ -1,11 +1,7 @@
 // `hearth run`: generate text from a prompt on this machine. Only the generated text goes to
 // stdout (streamed as it is produced); loading messages and timings go to stderr.
 #include <cstdio>
-#include <chrono>
-#include <condition_variable>
-#include <functional>
-#include <mutex>
-#include <optional>
+#include <memory>
 #include <random>
 
 #include "apps/commands.h"
@@ -17,58 +13,6 @@
 #include "shard/plan.h"
 
 namespace hearth::apps {
-
-namespace {
-
-// One sequence through the pipeline: the same scheduler the server uses, on a cluster executor.
-engine::GenerationResult generate_on_cluster(const RunArgs& args, engine::Model& model, const std::vector<engine::Token>& prompt,
-                                             const engine::GenerationOptions& options,
-                                             const std::function<bool(std::string_view)>& print) {
-  const int threads = args.threads > 0 ? args.threads : ThreadPool::hardware_threads();
-  ClusterArgs cluster_args = args.cluster;
-  cluster_args.backend = args.backend.spec();
-  std::unique_ptr<ClusterRuntime> cluster = start_cluster(cluster_args, model, model.n_ctx(), 1,
-                                                          shard::parse_plan_dtype(args.kv_type, "--kv-type"), threads);
-  std::fprintf(stderr, "hearth: pipeline: %s\n", cluster->describe().c_str());
-  engine::Scheduler scheduler(cluster->executor(), model.tokenizer(), {});
-  engine::GenerationResult result;
-  result.prompt_tokens = static_cast<int32_t>(prompt.size());
-  std::mutex mutex;
-  std::condition_variable done_cv;
-  bool done = false;
-  std::string error;
-  const auto start = std::chrono::steady_clock::now();
-  std::optional<std::chrono::steady_clock::time_point> first_token;
-  std::vector<engine::SequenceRequest> requests(1);
-  requests[0].prompt = prompt;
-  requests[0].options = options;
-  requests[0].on_token = [&](const engine::TokenEvent& e) {
-    if (!first_token) first_token = std::chrono::steady_clock::now();
-    result.tokens.push_back(e.sampled.token);
-    result.text += e.text;
-    print(e.text);
-  };
-  requests[0].on_finish = [&](const engine::SequenceResult& r) {
-    result.text += r.tail;
-    print(r.tail);
-    std::lock_guard<std::mutex> lock(mutex);
-    result.finish_reason = r.finish_reason;
-    error = r.error;
-    done = true;
-    done_cv.notify_all();
-  };
-  if (!scheduler.submit(std::move(requests))) throw Error("the scheduler refused the request");
-  std::unique_lock<std::mutex> lock(mutex);
-  done_cv.wait(lock, [&] { return done; });
-  if (result.finish_reason == "error") throw Error(error);
-  const auto end = std::chrono::steady_clock::now();
-  const auto first = first_token.value_or(end);
-  result.prompt_seconds = std::chrono::duration<double>(first - start).count();
-  result.generation_seconds = std::chrono::duration<double>(end - first).count();
-  return result;
-}
-
-}  // namespace
 
 int run_generate(const RunArgs& args) {
   const int threads = args.threads > 0 ? args.threads : ThreadPool::hardware_threads();
@@ -111,19 +55,39 @@ int run_generate(const RunArgs& args) {
   s.frequency_penalty = args.frequency_penalty;
   s.seed = args.seed_given ? args.seed : std::random_device{}();
 
+  // One generation loop for every case: the scheduler `serve` uses, over the layers in this
+  // process or over a cluster's pipeline (a single-process run is a cluster of one).
+  std::unique_ptr<ClusterRuntime> cluster;
+  std::unique_ptr<engine::LocalExecutor> local;
+  engine::BatchExecutor* executor = nullptr;
+  if (args.cluster.enabled()) {
+    ClusterArgs cluster_args = args.cluster;
+    cluster_args.backend = args.backend.spec();  // --local-stages workers run on the same backend
+    cluster = start_cluster(cluster_args, model, model.n_ctx(), 1, model_options.kv_type, threads);
+    std::fprintf(stderr, "hearth: pipeline: %s\n", cluster->describe().c_str());
+    executor = &cluster->executor();
+  } else {
+    local = std::make_unique<engine::LocalExecutor>(model.stage());
+    executor = local.get();
+  }
+  engine::SchedulerOptions scheduler_options;
+  scheduler_options.step_tokens = model_options.n_batch;  // prompt tokens per forward pass, as `serve -b` and `bench -b` default
+  engine::Scheduler scheduler(*executor, model.tokenizer(), scheduler_options);
+
   auto print = [](std::string_view piece) {
     std::fwrite(piece.data(), 1, piece.size(), stdout);
     std::fflush(stdout);
     return true;
   };
-  const engine::GenerationResult r =
-      args.cluster.enabled() ? generate_on_cluster(args, model, prompt, options, print) : model.generate(prompt, options, print);
+  const engine::GenerationResult r = engine::generate(scheduler, prompt, options, print);
   std::fputc('\n', stdout);
   std::fflush(stdout);
-  const double gen_rate = r.generation_seconds > 0 ? static_cast<double>(r.tokens.size()) / r.generation_seconds : 0.0;
+  // Time to the first token covers the prompt; the rate of generation counts the tokens after it.
+  const size_t after_first = r.tokens.empty() ? 0 : r.tokens.size() - 1;
+  const double gen_rate = r.generation_seconds > 0 ? static_cast<double>(after_first) / r.generation_seconds : 0.0;
   const double pp_rate = r.prompt_seconds > 0 ? r.prompt_tokens / r.prompt_seconds : 0.0;
-  std::fprintf(stderr, "hearth: prompt %d tokens in %.2f s (%.1f tokens/s); generated %zu tokens in %.2f s (%.1f tokens/s); "
-               "finish: %s; seed %llu\n",
+  std::fprintf(stderr, "hearth: prompt %d tokens in %.2f s to the first token (%.1f tokens/s); generated %zu tokens, "
+               "%.2f s after the first (%.1f tokens/s); finish: %s; seed %llu\n",
                r.prompt_tokens, r.prompt_seconds, pp_rate, r.tokens.size(), r.generation_seconds, gen_rate,
                r.finish_reason.c_str(), static_cast<unsigned long long>(s.seed));
   return 0;

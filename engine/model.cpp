@@ -1,16 +1,10 @@
 #include "engine/model.h"
 
-#include <chrono>
+#include <algorithm>
 
 #include "core/error.h"
 
 namespace hearth::engine {
-
-namespace {
-double seconds_since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
-}  // namespace
 
 Model::Model(const std::filesystem::path& path, kernels::Backend& backend, const ModelOptions& options)
     : path_(path),
@@ -76,80 +70,6 @@ std::vector<Token> Model::tokenize_prompt(std::string_view text) const {
   bool add_special = true;
   if (tokenizer_.bos() >= 0 && text.starts_with(tokenizer_.token_text(tokenizer_.bos()))) add_special = false;
   return tokenizer_.encode(text, add_special, /*parse_special=*/true);
-}
-
-GenerationResult Model::generate(const std::vector<Token>& prompt, const GenerationOptions& options,
-                                 const std::function<bool(std::string_view)>& on_text) {
-  GenerationResult result;
-  result.prompt_tokens = static_cast<int32_t>(prompt.size());
-  if (prompt.empty()) throw Error("the prompt is empty (no tokens)");
-  if (result.prompt_tokens >= n_ctx_) {
-    throw Error(fmt::format("the prompt has {} tokens but the context holds {}; use a shorter prompt or a larger "
-                            "--ctx-size (the model was trained with {})",
-                            result.prompt_tokens, n_ctx_, config_.n_ctx_train));
-  }
-  Stage& stage = this->stage();
-  Sampler sampler(options.sampling);
-  std::vector<Token> history(prompt);
-  std::vector<float> logits;
-
-  // Prefill in chunks of n_batch; logits only for the last prompt token.
-  const auto prefill_start = std::chrono::steady_clock::now();
-  const int32_t n_batch = std::max(1, options_.n_batch);
-  for (int32_t begin = 0; begin < result.prompt_tokens; begin += n_batch) {
-    const int32_t count = std::min(n_batch, result.prompt_tokens - begin);
-    std::vector<kernels::KvSlot> slots;
-    for (int32_t i = 0; i < count; ++i) slots.push_back({0, begin + i});
-    const bool last_chunk = begin + count == result.prompt_tokens;
-    const int32_t last_row = count - 1;
-    stage.forward({.tokens = std::span<const Token>(prompt.data() + begin, static_cast<size_t>(count)),
-                     .hidden = {},
-                     .slots = slots,
-                     .output_rows = last_chunk ? std::span<const int32_t>(&last_row, 1) : std::span<const int32_t>()},
-                    logits);
-  }
-  result.prompt_seconds = seconds_since(prefill_start);
-
-  const auto gen_start = std::chrono::steady_clock::now();
-  IncrementalDecoder decoder(tokenizer_);
-  StopStringMatcher stops(options.stop);
-  const int32_t room = n_ctx_ - result.prompt_tokens;
-  const int32_t limit = options.max_tokens < 0 ? room : std::min(options.max_tokens, room);
-  result.finish_reason = "length";
-  bool stopped = false;
-  auto emit = [&](const std::string& text) {
-    if (text.empty()) return true;
-    result.text += text;
-    return on_text ? on_text(text) : true;
-  };
-  for (int32_t step = 0; step < limit; ++step) {
-    const SampledToken sampled = sampler.sample(logits, history);
-    const Token token = sampled.token;
-    if (!options.ignore_eos && tokenizer_.is_end_of_generation(token)) {
-      result.finish_reason = "stop";
-      break;
-    }
-    result.tokens.push_back(token);
-    history.push_back(token);
-    const std::string visible = stops.push(decoder.push(token), stopped);
-    if (!emit(visible) || stopped) {
-      result.finish_reason = "stop";
-      break;
-    }
-    if (step + 1 == limit) break;
-    const kernels::KvSlot slot{0, static_cast<int32_t>(history.size()) - 1};
-    const int32_t row0 = 0;
-    stage.forward({.tokens = std::span<const Token>(&token, 1), .hidden = {}, .slots = std::span(&slot, 1),
-                     .output_rows = std::span(&row0, 1)},
-                    logits);
-  }
-  if (!stopped) {
-    std::string tail = stops.push(decoder.flush(), stopped);
-    if (!stopped) tail += stops.flush();
-    emit(tail);
-  }
-  result.generation_seconds = seconds_since(gen_start);
-  return result;
 }
 
 }  // namespace hearth::engine

@@ -1,10 +1,9 @@
 // A model opened for generation in one process: the GGUF file, its architecture, tokenizer and
-// chat template, and one Stage over all of its layers on a backend. `generate` runs one
-// sequence: prefill in chunks, then sample token by token until a stop condition.
+// chat template, and one Stage over all of its layers on a backend. Sequences run through a
+// Scheduler (engine/scheduler.h: `generate` for one sequence), in one process as on a cluster.
 #pragma once
 
 #include <filesystem>
-#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -22,13 +21,14 @@ namespace hearth::engine {
 
 struct ModelOptions {
   int32_t n_ctx = 0;        // 0: min(4096, training context)
-  int32_t n_batch = 512;    // prompt tokens per forward pass
-  int32_t n_seq = 1;        // sequence slots of the KV cache (each n_ctx positions); generate() uses slot 0
+  int32_t n_seq = 1;        // sequence slots of the KV cache (each n_ctx positions): a scheduler's slots
   DType kv_type = DType::F16;
+  int32_t n_batch = 512;    // tokens per forward pass: sizes the stage's activation arena (the scheduler's step budget)
   bool load_weights = true;  // false: tokenizer, template and config only (a cluster's coordinator)
   std::string chat_template;  // a template name overriding the file's ("chatml", "gemma", ...)
 };
 
+// What to generate for one sequence (a Scheduler's SequenceRequest, engine::generate).
 struct GenerationOptions {
   int32_t max_tokens = 256;  // < 0: until end of generation or the context is full
   SamplingParams sampling;
@@ -36,13 +36,15 @@ struct GenerationOptions {
   bool ignore_eos = false;
 };
 
+// One sequence's outcome (engine::generate in scheduler.h).
 struct GenerationResult {
   std::vector<Token> tokens;     // generated
   std::string text;              // generated text (stop string excluded)
-  std::string finish_reason;     // "stop" (end of generation or stop string) or "length"
+  std::string finish_reason;     // "stop" (end of generation or stop string), "length", or
+                                 // "cancelled" (engine::generate: the text callback asked to stop)
   int32_t prompt_tokens = 0;
-  double prompt_seconds = 0.0;
-  double generation_seconds = 0.0;
+  double prompt_seconds = 0.0;      // submit to the first generated token (prefill + first sample)
+  double generation_seconds = 0.0;  // the first generated token to the end
 };
 
 class Model {
@@ -66,12 +68,6 @@ class Model {
   // Tokens for a prompt: special tokens in the text are parsed; BOS is added as the model
   // wants unless the text already starts with it (as chat templates that write BOS do).
   std::vector<Token> tokenize_prompt(std::string_view text) const;
-
-  // Runs one sequence from `prompt`; `on_text` receives generated text as it becomes
-  // printable (never half a UTF-8 character, never part of a stop string) and may return
-  // false to stop early. Throws hearth::Error if the prompt does not fit the context.
-  GenerationResult generate(const std::vector<Token>& prompt, const GenerationOptions& options,
-                            const std::function<bool(std::string_view)>& on_text);
 
  private:
   std::filesystem::path path_;

@@ -1,6 +1,7 @@
 #include "engine/scheduler.h"
 
 #include <algorithm>
+#include <exception>
 
 #include "core/error.h"
 
@@ -351,6 +352,88 @@ void Scheduler::complete_step() {
   stats_.generated_tokens += n_generated;
   ++stats_.steps;
   stats_.busy_seconds += seconds;
+}
+
+// ---- One sequence, waited for -----------------------------------------------------------
+
+GenerationResult generate(Scheduler& scheduler, std::vector<Token> prompt, const GenerationOptions& options,
+                          const std::function<bool(std::string_view)>& on_text) {
+  using Clock = std::chrono::steady_clock;
+  GenerationResult result;
+  result.prompt_tokens = static_cast<int32_t>(prompt.size());
+  if (!prompt.empty() && result.prompt_tokens >= scheduler.n_ctx()) {
+    throw Error(fmt::format("the prompt has {} tokens but the context holds {}; use a shorter prompt or a larger "
+                            "--ctx-size",
+                            result.prompt_tokens, scheduler.n_ctx()));
+  }
+
+  // Written by the callbacks on the scheduler's thread; read here once `done` is seen under the
+  // mutex (on_finish is the last callback and takes it).
+  std::mutex mutex;
+  std::condition_variable done_cv;
+  bool done = false;
+  bool stopped = false;  // on_text asked to stop, or threw: pass nothing more on
+  std::exception_ptr thrown;
+  std::string error;
+  std::optional<Clock::time_point> first_token;
+  std::mutex handle_mutex;
+  std::shared_ptr<SequenceHandle> handle;  // guarded by handle_mutex
+
+  auto cancel = [&] {
+    stopped = true;
+    std::lock_guard<std::mutex> lock(handle_mutex);
+    if (handle) handle->cancel();
+  };
+  auto emit = [&](const std::string& text) {
+    if (stopped || text.empty()) return;
+    result.text += text;
+    if (!on_text) return;
+    try {
+      if (!on_text(text)) cancel();
+    } catch (...) {
+      thrown = std::current_exception();
+      cancel();
+    }
+  };
+
+  std::vector<SequenceRequest> requests(1);
+  requests[0].prompt = std::move(prompt);
+  requests[0].options = options;
+  requests[0].on_token = [&](const TokenEvent& e) {
+    if (stopped) return;
+    if (!first_token) first_token = Clock::now();
+    result.tokens.push_back(e.sampled.token);
+    emit(e.text);
+  };
+  requests[0].on_finish = [&](const SequenceResult& r) {
+    emit(r.tail);
+    std::lock_guard<std::mutex> lock(mutex);
+    result.finish_reason = r.finish_reason;
+    error = r.error;
+    done = true;
+    done_cv.notify_all();
+  };
+
+  const Clock::time_point start = Clock::now();
+  // Callbacks may run before submit returns: one that cancels waits on handle_mutex until the
+  // handle is there.
+  std::unique_lock<std::mutex> handle_lock(handle_mutex);
+  auto handles = scheduler.submit(std::move(requests));
+  if (!handles) {
+    throw Error("the scheduler refused the sequence: its queue is full or it is shutting down");
+  }
+  handle = (*handles)[0];
+  handle_lock.unlock();
+  std::unique_lock<std::mutex> lock(mutex);
+  done_cv.wait(lock, [&] { return done; });
+  if (thrown) std::rethrow_exception(thrown);
+  if (result.finish_reason == "error") throw Error(error);
+
+  const Clock::time_point end = Clock::now();
+  const Clock::time_point first = first_token.value_or(end);
+  result.prompt_seconds = std::chrono::duration<double>(first - start).count();
+  result.generation_seconds = std::chrono::duration<double>(end - first).count();
+  return result;
 }
 
 }  // namespace hearth::engine

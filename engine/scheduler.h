@@ -21,6 +21,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <variant>
 #include <vector>
@@ -202,5 +203,15 @@ class Scheduler {
   bool stopping_ = false;
   std::thread thread_;
 };
+
+// One sequence through `scheduler`, waited for: what `hearth run` does, in one process (a
+// LocalExecutor) as on a cluster. `on_text` (may be empty) receives the generated text as it
+// becomes visible (never half a UTF-8 character, never part of a stop string), on the
+// scheduler's thread; returning false cancels the sequence (finish_reason "cancelled"; nothing
+// more is passed on). Throws hearth::Error when the prompt cannot run (empty, or not shorter
+// than the context: the message names --ctx-size), when the scheduler refuses it (queue full,
+// shutting down), when a step fails (finish_reason "error"), or what `on_text` threw.
+GenerationResult generate(Scheduler& scheduler, std::vector<Token> prompt, const GenerationOptions& options,
+                          const std::function<bool(std::string_view)>& on_text);
 
 }  // namespace hearth::engine

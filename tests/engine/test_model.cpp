@@ -1,5 +1,6 @@
 // Opening models for generation: the clear errors a user gets for files hearth cannot run, and
-// a tiny random llama model (built byte by byte) that loads, runs and generates.
+// a tiny random llama model (built byte by byte) that loads, runs and generates through a
+// scheduler as `hearth run` does.
 #include <gtest/gtest.h>
 
 #include <unistd.h>
@@ -8,6 +9,7 @@
 #include <random>
 
 #include "engine/model.h"
+#include "engine/scheduler.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "tests/support/gguf_builder.h"
 
@@ -121,28 +123,61 @@ TEST(Model, TinyModelGeneratesDeterministically) {
   Model model(path, backend, options);
   const auto prompt = model.tokenize_prompt("abc");
   EXPECT_EQ(prompt, (std::vector<Token>{0, 1, 2}));  // add_bos is off by default for gpt2 vocabularies
+  // As `hearth run` generates: one sequence through a scheduler over the whole model.
+  LocalExecutor executor(model.stage());
+  Scheduler scheduler(executor, model.tokenizer(), {});
   GenerationOptions gen;
   gen.max_tokens = 10;
   gen.ignore_eos = true;
   gen.sampling.seed = 42;
   std::string streamed;
-  const GenerationResult a = model.generate(prompt, gen, [&](std::string_view s) {
+  const GenerationResult a = generate(scheduler, prompt, gen, [&](std::string_view s) {
     streamed += s;
     return true;
   });
   EXPECT_EQ(a.tokens.size(), 10u);
   EXPECT_EQ(a.finish_reason, "length");
+  EXPECT_EQ(a.prompt_tokens, 3);
   EXPECT_EQ(streamed, a.text);
-  const GenerationResult b = model.generate(prompt, gen, nullptr);
+  EXPECT_EQ(a.text, model.tokenizer().decode(a.tokens));
+  const GenerationResult b = generate(scheduler, prompt, gen, nullptr);
   EXPECT_EQ(a.tokens, b.tokens);  // same seed, same tokens (the KV cache is overwritten, not reused)
+  gen.sampling.seed = 43;
+  const GenerationResult other_seed = generate(scheduler, prompt, gen, nullptr);
+  EXPECT_NE(a.tokens, other_seed.tokens);
+  gen.sampling.seed = 42;
 
   // The context bounds both the prompt and the generation.
   std::vector<Token> long_prompt(40, 1);
-  EXPECT_THROW(model.generate(long_prompt, gen, nullptr), Error);
+  try {
+    generate(scheduler, long_prompt, gen, nullptr);
+    ADD_FAILURE() << "a prompt longer than the context was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("the prompt has 40 tokens but the context holds 32"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("--ctx-size"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(generate(scheduler, std::vector<Token>(32, 1), gen, nullptr), Error);  // no room for one token
+  EXPECT_THROW(generate(scheduler, {}, gen, nullptr), Error);
   gen.max_tokens = -1;
-  const GenerationResult c = model.generate(prompt, gen, nullptr);
+  const GenerationResult c = generate(scheduler, prompt, gen, nullptr);
   EXPECT_EQ(c.tokens.size(), 32u - 3u);
   EXPECT_EQ(c.finish_reason, "length");
+  EXPECT_EQ(std::vector<Token>(c.tokens.begin(), c.tokens.begin() + 10), a.tokens);
+
+  // The callback stops the sequence by returning false: it is not called again and nothing
+  // after that text is kept.
+  int calls = 0;
+  std::string first_piece;
+  const GenerationResult d = generate(scheduler, prompt, gen, [&](std::string_view s) {
+    ++calls;
+    first_piece = s;
+    return false;
+  });
+  EXPECT_EQ(d.finish_reason, "cancelled");
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(d.text, first_piece);
+  ASSERT_LT(d.tokens.size(), c.tokens.size());
+  EXPECT_EQ(std::vector<Token>(c.tokens.begin(), c.tokens.begin() + static_cast<std::ptrdiff_t>(d.tokens.size())), d.tokens);
   std::filesystem::remove(path);
 }
 

@@ -1,8 +1,11 @@
 // Continuous batching on the default model: sequences that run together produce exactly the
-// tokens they produce alone (and that `Model::generate` produces), prompts prefilled in small
-// chunks give the same tokens as whole ones, the queue bound refuses, cancel frees the slot.
+// tokens they produce alone (and that a greedy loop written out over Stage::forward produces),
+// prompts prefilled in small chunks give the same tokens as whole ones, the queue bound refuses,
+// cancel frees the slot; `generate` (one sequence waited for, as `hearth run` does) streams,
+// stops and fails as the scheduler says.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <future>
@@ -69,6 +72,59 @@ class Collector {
   Outcome outcome_;
 };
 
+// The independent oracle: greedy decoding written out over Stage::forward in slot 0 — the whole
+// prompt in one pass, then one token at a time — taking the first largest logit, until end of
+// generation or `max_tokens`. No Scheduler, Sampler or executor involved.
+std::vector<Token> greedy_reference(Model& model, const std::vector<Token>& prompt, int32_t max_tokens) {
+  Stage& stage = model.stage();
+  const auto n_vocab = static_cast<size_t>(model.config().n_vocab);
+  std::vector<kernels::KvSlot> slots;
+  for (size_t i = 0; i < prompt.size(); ++i) slots.push_back({0, static_cast<int32_t>(i)});
+  const int32_t last_row = static_cast<int32_t>(prompt.size()) - 1;
+  std::vector<float> logits;
+  stage.forward({.tokens = prompt, .hidden = {}, .slots = slots, .output_rows = std::span(&last_row, 1)}, logits);
+  std::vector<Token> out;
+  while (static_cast<int32_t>(out.size()) < max_tokens) {
+    EXPECT_EQ(logits.size(), n_vocab);
+    const auto best = std::max_element(logits.begin(), logits.begin() + static_cast<std::ptrdiff_t>(n_vocab));
+    const Token token = static_cast<Token>(best - logits.begin());
+    if (model.tokenizer().is_end_of_generation(token)) break;
+    out.push_back(token);
+    const kernels::KvSlot slot{0, static_cast<int32_t>(prompt.size() + out.size()) - 1};
+    const int32_t row0 = 0;
+    stage.forward({.tokens = std::span(&token, 1), .hidden = {}, .slots = std::span(&slot, 1),
+                   .output_rows = std::span(&row0, 1)},
+                  logits);
+  }
+  return out;
+}
+
+// A stand-in executor for the failure paths: its steps fail, or wait until released and then fail.
+class FailingExecutor final : public BatchExecutor {
+ public:
+  explicit FailingExecutor(bool wait_for_release) : wait_(wait_for_release) {}
+  int32_t n_slots() const override { return 1; }
+  int32_t n_ctx() const override { return 64; }
+  void submit(std::span<const BatchEntry>) override {}
+  std::vector<SampledToken> collect() override {
+    std::unique_lock<std::mutex> lock(mutex_);
+    cv_.wait(lock, [&] { return !wait_ || released_; });
+    throw Error("stage 2 of 2 stopped answering");
+  }
+  std::vector<double> stage_busy_seconds() const override { return {0.0}; }
+  void release() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    released_ = true;
+    cv_.notify_all();
+  }
+
+ private:
+  bool wait_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool released_ = false;
+};
+
 // Stats are updated at the end of a step, just after the callbacks of that step ran.
 SchedulerStats wait_idle(const Scheduler& scheduler) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
@@ -119,7 +175,7 @@ class SchedulerTest : public ::testing::Test {
   kernels::CpuBackend backend_{2};
 };
 
-TEST_F(SchedulerTest, ConcurrentSequencesMatchSequencesAloneAndModelGenerate) {
+TEST_F(SchedulerTest, ConcurrentSequencesMatchSequencesAloneAndAGreedyLoop) {
   const GenerationOptions options = greedy(24);
   auto model = open(static_cast<int32_t>(kPrompts.size()));
   LocalExecutor executor(model->stage());
@@ -140,12 +196,123 @@ TEST_F(SchedulerTest, ConcurrentSequencesMatchSequencesAloneAndModelGenerate) {
   EXPECT_EQ(stats.waiting, 0);
   EXPECT_GT(stats.generated_tokens, 0u);
 
-  // The single-sequence path of `hearth run` agrees token for token.
+  // The oracle (a greedy loop over the stage, no scheduler) agrees token for token, and so does
+  // the path of `hearth run`: `generate` on a one-slot scheduler over its own model.
   auto single = open(1);
-  for (size_t i = 0; i < 2; ++i) {
-    const GenerationResult r = single->generate(single->tokenize_prompt(kPrompts[i]), options, nullptr);
+  for (size_t i = 0; i < 3; ++i) {
+    const std::vector<Token> prompt = single->tokenize_prompt(kPrompts[i]);
+    const std::vector<Token> expected = greedy_reference(*single, prompt, 24);
+    EXPECT_EQ(alone[i].tokens, expected) << kPrompts[i];
+    EXPECT_EQ(alone[i].text, single->tokenizer().decode(expected)) << kPrompts[i];
+  }
+  LocalExecutor single_executor(single->stage());
+  Scheduler run_scheduler(single_executor, single->tokenizer(), {});
+  for (size_t i = 0; i < 3; ++i) {
+    std::string streamed;
+    const GenerationResult r = generate(run_scheduler, single->tokenize_prompt(kPrompts[i]), options,
+                                        [&](std::string_view s) {
+                                          streamed += s;
+                                          return true;
+                                        });
     EXPECT_EQ(r.tokens, alone[i].tokens) << kPrompts[i];
     EXPECT_EQ(r.text, alone[i].text);
+    EXPECT_EQ(streamed, r.text);
+    EXPECT_EQ(r.finish_reason, alone[i].result.finish_reason);
+    EXPECT_EQ(r.prompt_tokens, alone[i].result.prompt_tokens);
+  }
+}
+
+TEST_F(SchedulerTest, GenerateStopsAtEndOfGenerationStopStringsAndLength) {
+  auto model = open(1);
+  LocalExecutor executor(model->stage());
+  Scheduler scheduler(executor, model->tokenizer(), {});
+  const std::vector<Token> counting = model->tokenize_prompt("1, 2, 3, 4,");
+
+  const auto start = std::chrono::steady_clock::now();
+  const GenerationResult free_run = generate(scheduler, counting, greedy(20), nullptr);
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(free_run.finish_reason, "length");
+  EXPECT_EQ(free_run.tokens.size(), 20u);
+  EXPECT_EQ(free_run.tokens, greedy_reference(*model, counting, 20));
+  ASSERT_NE(free_run.text.find(" 7"), std::string::npos) << free_run.text;
+  // Time to the first token, then the rest: both measured, together within the call.
+  EXPECT_GT(free_run.prompt_seconds, 0.0);
+  EXPECT_GT(free_run.generation_seconds, 0.0);
+  EXPECT_LE(free_run.prompt_seconds + free_run.generation_seconds, wall);
+
+  GenerationOptions stop = greedy(20);
+  stop.stop = {" 7"};
+  std::string streamed;
+  const GenerationResult stopped = generate(scheduler, counting, stop, [&](std::string_view s) {
+    streamed += s;
+    return true;
+  });
+  EXPECT_EQ(stopped.finish_reason, "stop");
+  EXPECT_EQ(stopped.text, free_run.text.substr(0, free_run.text.find(" 7")));
+  EXPECT_EQ(streamed, stopped.text);
+  EXPECT_LT(stopped.tokens.size(), 20u);
+
+  // A chat answer ends with the end-of-generation token, which is not part of the output;
+  // ignore_eos runs on to the length limit.
+  const std::vector<Token> chat = model->tokenize_prompt(model->format_chat({{"user", "Say hello."}}));
+  const GenerationResult answer = generate(scheduler, chat, greedy(64), nullptr);
+  EXPECT_EQ(answer.finish_reason, "stop") << answer.text;
+  EXPECT_LT(answer.tokens.size(), 64u);
+  EXPECT_EQ(answer.tokens, greedy_reference(*model, chat, 64));
+  GenerationOptions on = greedy(static_cast<int32_t>(answer.tokens.size()) + 3);
+  on.ignore_eos = true;
+  const GenerationResult past_eos = generate(scheduler, chat, on, nullptr);
+  EXPECT_EQ(past_eos.finish_reason, "length");
+  ASSERT_EQ(past_eos.tokens.size(), answer.tokens.size() + 3);
+  EXPECT_TRUE(model->tokenizer().is_end_of_generation(past_eos.tokens[answer.tokens.size()]));
+}
+
+TEST_F(SchedulerTest, GenerateReportsFailuresAsErrors) {
+  auto model = open(1, 32);
+  {  // a prompt that does not fit names the option that makes room
+    LocalExecutor executor(model->stage());
+    Scheduler scheduler(executor, model->tokenizer(), {});
+    try {
+      generate(scheduler, std::vector<Token>(40, model->tokenize_prompt("a")[0]), greedy(4), nullptr);
+      FAIL() << "a prompt longer than the context was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("40 tokens but the context holds 32"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("--ctx-size"), std::string::npos) << e.what();
+    }
+    EXPECT_THROW(generate(scheduler, {}, greedy(4), nullptr), Error);
+    // What the callback throws reaches the caller; the scheduler goes on.
+    EXPECT_THROW(generate(scheduler, model->tokenize_prompt("Hello"), greedy(4),
+                          [](std::string_view) -> bool { throw Error("the output pipe closed"); }),
+                 Error);
+    EXPECT_EQ(generate(scheduler, model->tokenize_prompt("Hello"), greedy(4), nullptr).tokens.size(), 4u);
+  }
+  {  // a failed step (a dead stage) is an error with the executor's reason
+    FailingExecutor failing(false);
+    Scheduler scheduler(failing, model->tokenizer(), {});
+    try {
+      generate(scheduler, model->tokenize_prompt("Hello"), greedy(4), nullptr);
+      FAIL() << "a failed step was not reported";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("stage 2 of 2 stopped answering"), std::string::npos) << e.what();
+    }
+  }
+  {  // a full scheduler refuses, and generate says so
+    FailingExecutor blocked(true);
+    SchedulerOptions no_queue;
+    no_queue.max_queue = 0;
+    Scheduler scheduler(blocked, model->tokenizer(), no_queue);
+    Collector holder;
+    std::vector<SequenceRequest> first;
+    first.push_back(holder.request(model->tokenize_prompt("Hello"), greedy(4)));
+    ASSERT_TRUE(scheduler.submit(std::move(first)).has_value());
+    try {
+      generate(scheduler, model->tokenize_prompt("Hello"), greedy(4), nullptr);
+      ADD_FAILURE() << "a sequence beyond the slots and the queue was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("refused"), std::string::npos) << e.what();
+    }
+    blocked.release();
+    EXPECT_EQ(holder.wait().result.finish_reason, "error");
   }
 }
 

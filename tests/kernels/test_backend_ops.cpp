@@ -409,7 +409,10 @@ void attention_case(Backend& b, DType type, int head_dim, int32_t window, float 
                           p.softcap, scores.data(), want.data() + t * q_dim + h * head_dim);
     }
   }
-  EXPECT_LE(nmse(got, want), 1e-9);
+  // An f16 cache rounds q and the probabilities to f16 (as ggml does); a kernel that sums in
+  // another order can land a probability on the other side of an f16 rounding step (NEON's
+  // is 2.5e-9 here). An f32 cache has no such steps.
+  EXPECT_LE(nmse(got, want), type == DType::F32 ? 1e-9 : 1e-7);
 }
 
 std::vector<OpCase> op_cases() {

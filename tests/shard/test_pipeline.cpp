@@ -155,8 +155,8 @@ class PipelineTest : public ::testing::Test {
   }
   void TearDown() override { transport::set_log_sink({}); }
 
-  // The single-process tokens (the scheduler on one Stage; test_scheduler shows these equal
-  // Model::generate).
+  // The single-process tokens (the scheduler on one Stage; test_scheduler shows these equal a
+  // greedy loop over Stage::forward).
   const std::vector<Outcome>& reference() {
     if (reference_.empty()) {
       engine::LocalExecutor local(model_->stage());
