@@ -6,8 +6,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/model.h"
-#include "engine/scheduler.h"
+#include "engine/generate/model.h"
+#include "engine/generate/scheduler.h"
 
 namespace CLI {
 class App;

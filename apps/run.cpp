@@ -6,8 +6,8 @@
 
 #include "apps/commands.h"
 #include "core/thread_pool.h"
-#include "engine/model.h"
-#include "engine/scheduler.h"
+#include "engine/generate/model.h"
+#include "engine/generate/scheduler.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/registry.h"
 #include "shard/plan.h"

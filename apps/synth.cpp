@@ -7,7 +7,7 @@
 
 #include "apps/commands.h"
 #include "core/error.h"
-#include "engine/synth.h"
+#include "engine/model/synth.h"
 
 namespace hearth::apps {
 

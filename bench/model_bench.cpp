@@ -6,7 +6,7 @@
 #include <random>
 
 #include "core/error.h"
-#include "engine/stage.h"
+#include "engine/model/stage.h"
 
 namespace hearth::bench {
 

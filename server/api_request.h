@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
-#include "engine/chat_template.h"
-#include "engine/sampler.h"
-#include "engine/tokenizer.h"
+#include "engine/text/chat_template.h"
+#include "engine/batch/sampler.h"
+#include "engine/text/tokenizer.h"
 
 namespace hearth::server {
 

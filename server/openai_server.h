@@ -12,8 +12,8 @@
 #include <memory>
 #include <string>
 
-#include "engine/model.h"
-#include "engine/scheduler.h"
+#include "engine/generate/model.h"
+#include "engine/generate/scheduler.h"
 #include "server/metrics.h"
 
 namespace httplib {

@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/gguf.h"
-#include "engine/model_config.h"
+#include "engine/format/gguf.h"
+#include "engine/model/model_config.h"
 #include "shard/pipeline.h"
 #include "shard/plan.h"
 #include "transport/handshake.h"

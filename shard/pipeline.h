@@ -15,9 +15,9 @@
 #include <thread>
 #include <vector>
 
-#include "engine/gguf.h"
-#include "engine/model_config.h"
-#include "engine/scheduler.h"
+#include "engine/format/gguf.h"
+#include "engine/model/model_config.h"
+#include "engine/batch/batch.h"
 #include "shard/wire.h"
 #include "transport/handshake.h"
 #include "transport/heartbeat.h"

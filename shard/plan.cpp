@@ -9,7 +9,7 @@
 #include <numeric>
 
 #include "core/error.h"
-#include "engine/tensor_map.h"
+#include "engine/model/tensor_map.h"
 
 namespace hearth::shard {
 

@@ -21,8 +21,8 @@
 #include <vector>
 
 #include "core/dtype.h"
-#include "engine/gguf.h"
-#include "engine/model_config.h"
+#include "engine/format/gguf.h"
+#include "engine/model/model_config.h"
 
 namespace hearth::shard {
 

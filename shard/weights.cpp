@@ -10,7 +10,7 @@
 #include <unordered_set>
 
 #include "core/error.h"
-#include "engine/tensor_map.h"
+#include "engine/model/tensor_map.h"
 #include "shard/wire.h"
 
 namespace hearth::shard {

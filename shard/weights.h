@@ -14,8 +14,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/gguf.h"
-#include "engine/model_config.h"
+#include "engine/format/gguf.h"
+#include "engine/model/model_config.h"
 #include "transport/link.h"
 
 namespace hearth::shard {

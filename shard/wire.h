@@ -20,8 +20,8 @@
 #include <vector>
 
 #include "core/error.h"
-#include "engine/sampler.h"
-#include "engine/scheduler.h"
+#include "engine/batch/sampler.h"
+#include "engine/batch/batch.h"
 #include "transport/frame.h"
 #include "transport/link.h"
 

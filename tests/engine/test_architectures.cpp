@@ -21,9 +21,9 @@
 #include <cmath>
 #include <cstdio>
 
-#include "engine/gguf.h"
-#include "engine/model_config.h"
-#include "engine/stage.h"
+#include "engine/format/gguf.h"
+#include "engine/model/model_config.h"
+#include "engine/model/stage.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "tests/support/fixtures.h"
 

@@ -7,8 +7,8 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
-#include "engine/chat_template.h"
-#include "engine/gguf.h"
+#include "engine/text/chat_template.h"
+#include "engine/format/gguf.h"
 #include "tests/support/fixtures.h"
 
 namespace hearth::engine {

@@ -6,7 +6,7 @@
 #include <limits>
 #include <string>
 
-#include "engine/gguf.h"
+#include "engine/format/gguf.h"
 #include "tests/support/gguf_builder.h"
 
 namespace hearth::gguf {

@@ -8,7 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "engine/gguf.h"
+#include "engine/format/gguf.h"
 #include "tests/support/gguf_builder.h"
 
 namespace hearth::gguf {

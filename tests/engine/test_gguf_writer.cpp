@@ -12,12 +12,12 @@
 #include <string>
 #include <vector>
 
-#include "engine/gguf.h"
-#include "engine/gguf_writer.h"
-#include "engine/model_config.h"
-#include "engine/stage.h"
-#include "engine/synth.h"
-#include "engine/tokenizer.h"
+#include "engine/format/gguf.h"
+#include "engine/format/gguf_writer.h"
+#include "engine/model/model_config.h"
+#include "engine/model/stage.h"
+#include "engine/model/synth.h"
+#include "engine/text/tokenizer.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/quants_ref.h"
 #include "tests/support/fixtures.h"

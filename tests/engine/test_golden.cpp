@@ -29,10 +29,10 @@
 #include <algorithm>
 #include <cmath>
 
-#include "engine/gguf.h"
-#include "engine/model.h"
-#include "engine/model_config.h"
-#include "engine/stage.h"
+#include "engine/format/gguf.h"
+#include "engine/generate/model.h"
+#include "engine/model/model_config.h"
+#include "engine/model/stage.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "tests/support/fixtures.h"
 

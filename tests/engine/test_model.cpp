@@ -8,8 +8,8 @@
 #include <fstream>
 #include <random>
 
-#include "engine/model.h"
-#include "engine/scheduler.h"
+#include "engine/generate/model.h"
+#include "engine/generate/scheduler.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "tests/support/gguf_builder.h"
 

@@ -5,8 +5,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "engine/gguf.h"
-#include "engine/model_info.h"
+#include "engine/format/gguf.h"
+#include "engine/format/model_info.h"
 #include "tests/support/fixtures.h"
 
 namespace hearth::engine {

@@ -11,7 +11,7 @@
 #include <set>
 
 #include "core/error.h"
-#include "engine/sampler.h"
+#include "engine/batch/sampler.h"
 
 namespace hearth::engine {
 namespace {

@@ -12,8 +12,8 @@
 #include <mutex>
 #include <thread>
 
-#include "engine/model.h"
-#include "engine/scheduler.h"
+#include "engine/generate/model.h"
+#include "engine/generate/scheduler.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "tests/support/fixtures.h"
 

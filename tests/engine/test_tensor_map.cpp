@@ -13,10 +13,10 @@
 #include <set>
 
 #include "core/error.h"
-#include "engine/gguf.h"
-#include "engine/model_config.h"
-#include "engine/synth.h"
-#include "engine/tensor_map.h"
+#include "engine/format/gguf.h"
+#include "engine/model/model_config.h"
+#include "engine/model/synth.h"
+#include "engine/model/tensor_map.h"
 #include "tests/support/fixtures.h"
 
 namespace hearth::engine {

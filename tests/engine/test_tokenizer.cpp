@@ -2,7 +2,7 @@
 // same GGUF file (fixtures from scripts/reference/make_tokenizer_fixtures.py), decode back to
 // itself, and stream through IncrementalDecoder without a split UTF-8 character. The model
 // tests skip when the model file is absent; the synthetic ones always run.
-#include "engine/tokenizer.h"
+#include "engine/text/tokenizer.h"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "core/error.h"
-#include "engine/gguf.h"
+#include "engine/format/gguf.h"
 #include "tests/support/fixtures.h"
 #include "tests/support/gguf_builder.h"
 

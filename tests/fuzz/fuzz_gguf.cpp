@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "engine/gguf.h"
+#include "engine/format/gguf.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {

@@ -18,8 +18,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "engine/model.h"
-#include "engine/scheduler.h"
+#include "engine/generate/model.h"
+#include "engine/generate/scheduler.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "shard/local_cluster.h"
 #include "shard/pipeline.h"

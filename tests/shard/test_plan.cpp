@@ -11,8 +11,8 @@
 #include <set>
 
 #include "core/error.h"
-#include "engine/gguf.h"
-#include "engine/model_config.h"
+#include "engine/format/gguf.h"
+#include "engine/model/model_config.h"
 #include "shard/plan.h"
 #include "shard/weights.h"
 #include "shard/probe.h"

@@ -1,4 +1,4 @@
-#include "engine/unicode_text.h"
+#include "engine/text/unicode_text.h"
 
 namespace hearth::engine::unicode {
 

@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "core/dtype.h"
-#include "engine/model_config.h"
+#include "engine/model/model_config.h"
 
 namespace hearth::engine {
 

@@ -9,12 +9,11 @@
 #include <string>
 #include <vector>
 
-#include "engine/chat_template.h"
-#include "engine/gguf.h"
-#include "engine/model_config.h"
-#include "engine/sampler.h"
-#include "engine/stage.h"
-#include "engine/tokenizer.h"
+#include "engine/text/chat_template.h"
+#include "engine/format/gguf.h"
+#include "engine/model/model_config.h"
+#include "engine/model/stage.h"
+#include "engine/text/tokenizer.h"
 #include "kernels/backend.h"
 
 namespace hearth::engine {
@@ -26,25 +25,6 @@ struct ModelOptions {
   int32_t n_batch = 512;    // tokens per forward pass: sizes the stage's activation arena (the scheduler's step budget)
   bool load_weights = true;  // false: tokenizer, template and config only (a cluster's coordinator)
   std::string chat_template;  // a template name overriding the file's ("chatml", "gemma", ...)
-};
-
-// What to generate for one sequence (a Scheduler's SequenceRequest, engine::generate).
-struct GenerationOptions {
-  int32_t max_tokens = 256;  // < 0: until end of generation or the context is full
-  SamplingParams sampling;
-  std::vector<std::string> stop;  // stop strings, never part of the output
-  bool ignore_eos = false;
-};
-
-// One sequence's outcome (engine::generate in scheduler.h).
-struct GenerationResult {
-  std::vector<Token> tokens;     // generated
-  std::string text;              // generated text (stop string excluded)
-  std::string finish_reason;     // "stop" (end of generation or stop string), "length", or
-                                 // "cancelled" (engine::generate: the text callback asked to stop)
-  int32_t prompt_tokens = 0;
-  double prompt_seconds = 0.0;      // submit to the first generated token (prefill + first sample)
-  double generation_seconds = 0.0;  // the first generated token to the end
 };
 
 class Model {

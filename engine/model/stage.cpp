@@ -1,10 +1,10 @@
-#include "engine/stage.h"
+#include "engine/model/stage.h"
 
 #include <algorithm>
 #include <cstring>
 
 #include "core/error.h"
-#include "engine/tensor_map.h"
+#include "engine/model/tensor_map.h"
 
 namespace hearth::engine {
 

@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <string>
 
-#include "engine/gguf.h"
+#include "engine/format/gguf.h"
 #include "kernels/backend.h"
 
 namespace hearth::engine {

@@ -10,7 +10,7 @@
 #include <utility>
 #include <vector>
 
-#include "engine/tokenizer.h"
+#include "engine/token.h"
 
 namespace hearth::engine {
 

@@ -1,4 +1,4 @@
-#include "engine/tokenizer_pretokenize.h"
+#include "engine/text/tokenizer_pretokenize.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -7,7 +7,7 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
-#include "engine/unicode_text.h"
+#include "engine/text/unicode_text.h"
 
 namespace hearth::engine {
 namespace {

@@ -16,11 +16,10 @@
 #include <string_view>
 #include <vector>
 
-#include "engine/gguf.h"
+#include "engine/format/gguf.h"
+#include "engine/token.h"
 
 namespace hearth::engine {
-
-using Token = int32_t;
 
 // `tokenizer.ggml.token_type` values.
 enum class TokenType : int32_t {

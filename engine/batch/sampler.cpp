@@ -1,4 +1,4 @@
-#include "engine/sampler.h"
+#include "engine/batch/sampler.h"
 
 #include <fmt/format.h>
 

@@ -26,90 +26,29 @@
 #include <variant>
 #include <vector>
 
-#include "engine/model.h"
-#include "engine/sampler.h"
-#include "engine/stage.h"
-#include "engine/tokenizer.h"
+#include "engine/batch/batch.h"
+#include "engine/batch/sampler.h"
+#include "engine/text/tokenizer.h"
 
 namespace hearth::engine {
 
-// One sequence's share of a step: `tokens` at positions pos0, pos0 + 1, ... of sequence slot
-// `slot`; when `sample`, the executor samples the token that follows the last of them. `begin`
-// marks the first entry of a new sequence in that slot: its sampler starts from these
-// parameters and its token history (which the penalties read) starts empty. Every token of an
-// entry joins the slot's history.
-struct BatchEntry {
-  int32_t slot = 0;
-  int32_t pos0 = 0;
-  std::span<const Token> tokens;
-  bool sample = false;
-  const SamplingParams* begin = nullptr;
+// What to generate for one sequence (a Scheduler's SequenceRequest, engine::generate).
+struct GenerationOptions {
+  int32_t max_tokens = 256;  // < 0: until end of generation or the context is full
+  SamplingParams sampling;
+  std::vector<std::string> stop;  // stop strings, never part of the output
+  bool ignore_eos = false;
 };
 
-// The stage input of a step's entries: every token with its KV slot, and the rows whose logits
-// are wanted (the last token of each sampling entry).
-void flatten_entries(std::span<const BatchEntry> entries, std::vector<Token>& tokens,
-                     std::vector<kernels::KvSlot>& slots, std::vector<int32_t>& output_rows);
-
-// The sampling half of a step, per sequence slot: a Sampler and the token history its
-// penalties read. Used where the logits are: in this process, or on a pipeline's last stage.
-class SlotSamplers {
- public:
-  explicit SlotSamplers(int32_t n_slots) : slots_(static_cast<size_t>(n_slots)) {}
-  // Applies the entries in order (a `begin` resets its slot; every token joins its slot's
-  // history) and samples one token per sampling entry from consecutive rows of `logits`
-  // [n_sampling_entries, n_vocab]. Throws hearth::Error for a slot out of range or a slot
-  // stepped before its sequence began (a peer can send that).
-  std::vector<SampledToken> sample(std::span<const BatchEntry> entries, std::span<const float> logits, size_t n_vocab);
-
- private:
-  struct Slot {
-    std::optional<Sampler> sampler;
-    std::vector<Token> history;
-  };
-  std::vector<Slot> slots_;
-};
-
-// Runs steps of the continuous batch. Steps are submitted and collected in order; a pipeline of
-// S stages keeps up to max_in_flight() steps moving at once, so every stage has work.
-class BatchExecutor {
- public:
-  virtual ~BatchExecutor() = default;
-  virtual int32_t n_slots() const = 0;  // sequences the KV cache holds at once
-  virtual int32_t n_ctx() const = 0;    // positions per sequence
-  virtual int32_t max_in_flight() const { return 1; }
-  // Starts a step. The entries (and the tokens and parameters they point to) stay valid and
-  // unchanged until the step is collected. May block while max_in_flight() steps are running.
-  virtual void submit(std::span<const BatchEntry> entries) = 0;
-  // The oldest submitted step's sampled tokens: one per entry with `sample`, in entry order.
-  // Blocks until it is done; throws hearth::Error when it failed (a dead stage, a bad input).
-  virtual std::vector<SampledToken> collect() = 0;
-  // Seconds each stage has spent computing so far (any thread may ask).
-  virtual std::vector<double> stage_busy_seconds() const = 0;
-};
-
-// Every layer in this process: a Stage over all layers with one KV slot per sequence. A step
-// runs inside submit(); collect() hands its result over.
-class LocalExecutor final : public BatchExecutor {
- public:
-  explicit LocalExecutor(Stage& stage);
-  int32_t n_slots() const override { return stage_.options().n_seq; }
-  int32_t n_ctx() const override { return stage_.options().n_ctx; }
-  void submit(std::span<const BatchEntry> entries) override;
-  std::vector<SampledToken> collect() override;
-  std::vector<double> stage_busy_seconds() const override { return {static_cast<double>(busy_ns_.load()) * 1e-9}; }
-
- private:
-  std::vector<SampledToken> run(std::span<const BatchEntry> entries);
-  std::atomic<uint64_t> busy_ns_{0};
-
-  Stage& stage_;
-  SlotSamplers samplers_;
-  std::vector<Token> tokens_;
-  std::vector<kernels::KvSlot> kv_slots_;
-  std::vector<int32_t> output_rows_;
-  std::vector<float> logits_;
-  std::deque<std::variant<std::vector<SampledToken>, std::string>> done_;  // results or errors
+// One sequence's outcome (engine::generate in scheduler.h).
+struct GenerationResult {
+  std::vector<Token> tokens;     // generated
+  std::string text;              // generated text (stop string excluded)
+  std::string finish_reason;     // "stop" (end of generation or stop string), "length", or
+                                 // "cancelled" (engine::generate: the text callback asked to stop)
+  int32_t prompt_tokens = 0;
+  double prompt_seconds = 0.0;      // submit to the first generated token (prefill + first sample)
+  double generation_seconds = 0.0;  // the first generated token to the end
 };
 
 // One generated token as the scheduler reports it.

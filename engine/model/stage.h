@@ -12,10 +12,10 @@
 #include <span>
 #include <vector>
 
-#include "engine/gguf.h"
-#include "engine/model_config.h"
-#include "engine/tensor_map.h"
-#include "engine/tokenizer.h"
+#include "engine/format/gguf.h"
+#include "engine/model/model_config.h"
+#include "engine/model/tensor_map.h"
+#include "engine/token.h"
 #include "kernels/backend.h"
 
 namespace hearth::engine {

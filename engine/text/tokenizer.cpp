@@ -1,7 +1,7 @@
 // Tokenizer: see tokenizer.h. The behaviour follows llama.cpp's llama-vocab.cpp step by step
 // (special-token partition, BPE merge order, SentencePiece bigram order, byte fallback,
 // end-of-generation detection), because the contract is "the same ids as llama.cpp".
-#include "engine/tokenizer.h"
+#include "engine/text/tokenizer.h"
 
 #include <fmt/format.h>
 
@@ -17,8 +17,8 @@
 #include <utility>
 
 #include "core/error.h"
-#include "engine/tokenizer_pretokenize.h"
-#include "engine/unicode_text.h"
+#include "engine/text/tokenizer_pretokenize.h"
+#include "engine/text/unicode_text.h"
 
 namespace hearth::engine {
 namespace {

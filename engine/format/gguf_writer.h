@@ -26,7 +26,7 @@
 #include <vector>
 
 #include "core/dtype.h"
-#include "engine/gguf.h"
+#include "engine/format/gguf.h"
 
 namespace hearth::gguf {
 

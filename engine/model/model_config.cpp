@@ -1,9 +1,9 @@
-#include "engine/model_config.h"
+#include "engine/model/model_config.h"
 
 #include <cmath>
 
 #include "core/error.h"
-#include "engine/tensor_map.h"
+#include "engine/model/tensor_map.h"
 
 namespace hearth::engine {
 namespace {

@@ -1,4 +1,4 @@
-#include "engine/model.h"
+#include "engine/generate/model.h"
 
 #include <algorithm>
 

@@ -1,4 +1,4 @@
-#include "engine/tensor_map.h"
+#include "engine/model/tensor_map.h"
 
 #include <algorithm>
 #include <numeric>

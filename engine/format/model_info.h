@@ -6,7 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "engine/gguf.h"
+#include "engine/format/gguf.h"
 
 namespace hearth::engine {
 

@@ -1,4 +1,4 @@
-#include "engine/synth.h"
+#include "engine/model/synth.h"
 
 #include <algorithm>
 #include <cctype>
@@ -8,10 +8,10 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
-#include "engine/gguf.h"
-#include "engine/gguf_writer.h"
-#include "engine/model_config.h"
-#include "engine/tensor_map.h"
+#include "engine/format/gguf.h"
+#include "engine/format/gguf_writer.h"
+#include "engine/model/model_config.h"
+#include "engine/model/tensor_map.h"
 #include "kernels/cpu/quants_ref.h"
 
 namespace hearth::engine {

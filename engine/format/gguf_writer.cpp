@@ -1,4 +1,4 @@
-#include "engine/gguf_writer.h"
+#include "engine/format/gguf_writer.h"
 
 #include <fcntl.h>
 #include <unistd.h>

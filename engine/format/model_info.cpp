@@ -1,4 +1,4 @@
-#include "engine/model_info.h"
+#include "engine/format/model_info.h"
 
 #include <fmt/format.h>
 

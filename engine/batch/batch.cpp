@@ -1,0 +1,75 @@
+#include "engine/batch/batch.h"
+
+#include <chrono>
+
+#include "core/error.h"
+
+namespace hearth::engine {
+
+void flatten_entries(std::span<const BatchEntry> entries, std::vector<Token>& tokens,
+                     std::vector<kernels::KvSlot>& slots, std::vector<int32_t>& output_rows) {
+  tokens.clear();
+  slots.clear();
+  output_rows.clear();
+  for (const BatchEntry& e : entries) {
+    for (size_t i = 0; i < e.tokens.size(); ++i) {
+      tokens.push_back(e.tokens[i]);
+      slots.push_back({e.slot, e.pos0 + static_cast<int32_t>(i)});
+    }
+    if (e.sample) output_rows.push_back(static_cast<int32_t>(tokens.size()) - 1);
+  }
+}
+
+std::vector<SampledToken> SlotSamplers::sample(std::span<const BatchEntry> entries, std::span<const float> logits,
+                                               size_t n_vocab) {
+  std::vector<SampledToken> sampled;
+  size_t row = 0;
+  for (const BatchEntry& e : entries) {
+    if (e.slot < 0 || static_cast<size_t>(e.slot) >= slots_.size()) {
+      throw Error(fmt::format("sequence slot {} is outside the {} slots", e.slot, slots_.size()));
+    }
+    Slot& s = slots_[static_cast<size_t>(e.slot)];
+    if (e.begin != nullptr) {
+      s.sampler.emplace(*e.begin);
+      s.history.clear();
+    }
+    if (!s.sampler) throw Error(fmt::format("sequence slot {} was stepped before its sequence began", e.slot));
+    s.history.insert(s.history.end(), e.tokens.begin(), e.tokens.end());
+    if (!e.sample) continue;
+    HEARTH_CHECK((row + 1) * n_vocab <= logits.size(), "{} logit rows for more sampling entries", logits.size() / n_vocab);
+    sampled.push_back(s.sampler->sample(logits.subspan(row * n_vocab, n_vocab), s.history));
+    ++row;
+  }
+  return sampled;
+}
+
+LocalExecutor::LocalExecutor(Stage& stage) : stage_(stage), samplers_(stage.options().n_seq) {
+  HEARTH_CHECK(stage.is_first() && stage.is_last(), "a local executor needs every layer");
+}
+
+void LocalExecutor::submit(std::span<const BatchEntry> entries) {
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    done_.emplace_back(run(entries));
+  } catch (const Error& e) {
+    done_.emplace_back(std::string(e.what()));
+  }
+  busy_ns_ += static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count());
+}
+
+std::vector<SampledToken> LocalExecutor::collect() {
+  HEARTH_CHECK(!done_.empty(), "collect() without a submitted step");
+  auto result = std::move(done_.front());
+  done_.pop_front();
+  if (auto* error = std::get_if<std::string>(&result)) throw Error(*error);
+  return std::move(std::get<std::vector<SampledToken>>(result));
+}
+
+std::vector<SampledToken> LocalExecutor::run(std::span<const BatchEntry> entries) {
+  flatten_entries(entries, tokens_, kv_slots_, output_rows_);
+  stage_.forward({.tokens = tokens_, .hidden = {}, .slots = kv_slots_, .output_rows = output_rows_}, logits_);
+  return samplers_.sample(entries, logits_, static_cast<size_t>(stage_.config().n_vocab));
+}
+
+}  // namespace hearth::engine
