@@ -56,6 +56,7 @@ class Runtime final : public ClusterRuntime {
     shard::PipelineOptions options;
     options.n_ctx = n_ctx;
     options.n_seq = n_seq;
+    options.n_batch = args.n_batch;
     options.kv_type = kv_type;
     options.wire = shard::wire_dtype_from_name(args.wire_dtype);
     pipeline_ = std::make_unique<shard::PipelineExecutor>(model.path(), model.config(), stages, *key, options);

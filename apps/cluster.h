@@ -21,6 +21,7 @@ struct ClusterArgs {
   std::string cluster_key;
   std::string wire_dtype = "f32";
   std::string backend = "cpu";  // what --local-stages workers run on (the command's --backend)
+  int32_t n_batch = 512;        // the scheduler's step tokens (the command's -b), for the stages' arenas
   bool enabled() const { return local_stages > 0 || !workers.empty(); }
 };
 

@@ -73,6 +73,7 @@ int run_serve(const ServeArgs& args) {
     if (args.cluster.enabled()) {
       ClusterArgs cluster_args = args.cluster;
       cluster_args.backend = args.backend.spec();
+      cluster_args.n_batch = args.batch_size;
       cluster = start_cluster(cluster_args, *model, model->n_ctx(), args.parallel, model_options.kv_type, threads);
       std::fprintf(stderr, "hearth: pipeline: %s\n", cluster->describe().c_str());
       executor = &cluster->executor();

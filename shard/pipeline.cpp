@@ -40,6 +40,7 @@ PipelineExecutor::PipelineExecutor(const std::filesystem::path& model_path, cons
   base.n_stages = static_cast<int32_t>(specs.size());
   base.n_ctx = options.n_ctx;
   base.n_seq = options.n_seq;
+  base.n_batch = options.n_batch;
   base.kv_type = options.kv_type;
   base.wire = options.wire;
   base.model_name = model_path.filename().string();

@@ -33,6 +33,7 @@ struct PipelineStageSpec {
 struct PipelineOptions {
   int32_t n_ctx = 4096;
   int32_t n_seq = 1;
+  int32_t n_batch = 512;  // most tokens per step (the scheduler's step budget): sizes the stages' arenas
   DType kv_type = DType::F16;
   WireDtype wire = WireDtype::F32;
   transport::Timeout connect_timeout{10000};

@@ -40,7 +40,8 @@ nlohmann::json StageAssignment::to_json() const {
   return {{"session", session},       {"stage", stage},
           {"n_stages", n_stages},     {"first", first},
           {"last", last},             {"n_ctx", n_ctx},
-          {"n_seq", n_seq},           {"kv_type", dtype_name(kv_type)},
+          {"n_seq", n_seq},           {"n_batch", n_batch},
+          {"kv_type", dtype_name(kv_type)},
           {"wire", wire_dtype_name(wire)}, {"model_name", model_name},
           {"model_path", model_path}, {"model_size", model_size},
           {"model_identity", model_identity}, {"next", next}};
@@ -56,6 +57,7 @@ StageAssignment StageAssignment::from_json(const nlohmann::json& j) {
     a.last = j.at("last").get<int32_t>();
     a.n_ctx = j.at("n_ctx").get<int32_t>();
     a.n_seq = j.at("n_seq").get<int32_t>();
+    a.n_batch = j.value("n_batch", 512);  // absent from coordinators that predate it
     const std::string kv = j.at("kv_type").get<std::string>();
     if (kv == "F16") {
       a.kv_type = DType::F16;
@@ -80,7 +82,8 @@ StageAssignment StageAssignment::from_json(const nlohmann::json& j) {
     throw WireError(fmt::format("LoadStage: {}", e.what()));
   }
   if (a.n_stages < 1 || a.stage < 0 || a.stage >= a.n_stages || a.first < 0 || a.first >= a.last || a.n_ctx < 1 ||
-      a.n_ctx > (1 << 24) || a.n_seq < 1 || a.n_seq > 4096 || a.model_name.find('/') != std::string::npos) {
+      a.n_ctx > (1 << 24) || a.n_seq < 1 || a.n_seq > 4096 ||
+      a.n_batch < 1 || a.n_batch > (1 << 16) || a.model_name.find('/') != std::string::npos) {
     throw WireError("LoadStage: a field is out of range");
   }
   return a;

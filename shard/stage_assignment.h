@@ -26,6 +26,7 @@ struct StageAssignment {
   int32_t first = 0, last = 0; // layers [first, last)
   int32_t n_ctx = 0;
   int32_t n_seq = 1;
+  int32_t n_batch = 512;       // most tokens per step the coordinator sends: sizes the stage's arena
   DType kv_type = DType::F16;
   WireDtype wire = WireDtype::F32;
   std::string model_name;      // the file name, for messages and the search in --model-dir

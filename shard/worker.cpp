@@ -226,6 +226,7 @@ void Worker::run_session(std::unique_ptr<transport::TcpLink> control) {
       so.n_ctx = a.n_ctx;
       so.n_seq = a.n_seq;
       so.kv_type = a.kv_type;
+      so.max_batch = a.n_batch;
       stage = std::make_unique<engine::Stage>(*file, *config, *backend, a.first, a.last, so);
       if (a.wire == WireDtype::Q8_0 && config->n_embd % 32 != 0) throw Error("q8_0 on the wire needs n_embd % 32 == 0");
       if (!a.next.empty()) {

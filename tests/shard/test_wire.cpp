@@ -168,11 +168,13 @@ TEST(Wire, LoadStageJsonIsChecked) {
   a.last = 8;
   a.n_ctx = 128;
   a.n_seq = 2;
+  a.n_batch = 96;
   a.model_name = "m.gguf";
   a.model_identity = "ab";
   a.wire = WireDtype::F16;
   const StageAssignment back = StageAssignment::from_json(a.to_json());
   EXPECT_EQ(back.first, 4);
+  EXPECT_EQ(back.n_batch, 96);
   EXPECT_EQ(back.wire, WireDtype::F16);
   EXPECT_EQ(back.kv_type, DType::F16);
   for (const DType kv : {DType::F32, DType::Q8_0}) {  // every KV cache type travels
@@ -189,6 +191,12 @@ TEST(Wire, LoadStageJsonIsChecked) {
   bad = a.to_json();
   bad.erase("n_ctx");
   EXPECT_THROW(StageAssignment::from_json(bad), WireError);
+  bad = a.to_json();
+  bad["n_batch"] = 0;
+  EXPECT_THROW(StageAssignment::from_json(bad), WireError);
+  bad = a.to_json();
+  bad.erase("n_batch");  // an older coordinator: the default
+  EXPECT_EQ(StageAssignment::from_json(bad).n_batch, 512);
   bad = a.to_json();
   bad["kv_type"] = "Q4_0";
   EXPECT_THROW(StageAssignment::from_json(bad), WireError);
