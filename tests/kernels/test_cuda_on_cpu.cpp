@@ -393,7 +393,8 @@ TEST(CudaOnCpu, DynamicSharedMemory) {
 }
 
 TEST(CudaOnCpuDeathTest, BarrierOnlySomeThreadsReachIsADeadlock) {
-  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  // gtest's default "fast" style (fork, no exec) also works under qemu-user; no threads are
+  // running when it forks (a launch joins its helper threads).
   std::vector<float> y(64);
   EXPECT_DEATH(cc::launch(barrier_in_branch, 2, 32, 0, y.data()),
                "block \\(0,0,0\\).*deadlock.*16 thread\\(s\\) wait at __syncthreads.*16 thread\\(s\\) have exited");
@@ -402,5 +403,17 @@ TEST(CudaOnCpuDeathTest, BarrierOnlySomeThreadsReachIsADeadlock) {
                "deadlock.*16 thread\\(s\\) wait at __syncthreads.*16 thread\\(s\\) wait at warp intrinsics");
   EXPECT_DEATH(cc::launch(mismatched_intrinsics, 1, 32, 0, y.data()), "different intrinsics or masks");
 }
+
+// Under AddressSanitizer (scripts/test.sh's build-san) kernels run instrumented on their fiber
+// stacks: a block that writes past its dynamic shared memory is caught like any heap overflow.
+#if defined(__SANITIZE_ADDRESS__)
+TEST(CudaOnCpuDeathTest, AddressSanitizerSeesKernelsOverrunSharedMemory) {
+  const unsigned threads = 64;
+  const auto x = small_integers(threads, 14);
+  std::vector<float> y(threads);
+  EXPECT_DEATH(cc::launch(reverse_block<true>, 1, threads, (threads - 1) * sizeof(float), x.data(), y.data()),
+               "heap-buffer-overflow");
+}
+#endif
 
 }  // namespace

@@ -3,7 +3,6 @@
 #include "kernels/cuda/cpu_exec/cuda_on_cpu.h"
 
 #include <sys/mman.h>
-#include <ucontext.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -23,11 +22,130 @@
 #endif
 #endif
 #ifdef HEARTH_CUDA_CPU_ASAN
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
+#endif
+
+// Context switches. On x86-64 and aarch64 ELF: a dozen instructions that save the callee-saved
+// registers on the old stack, swap stack pointers and restore them from the new one (no system
+// call, unlike swapcontext's signal mask; no AddressSanitizer interceptor clearing a whole stack
+// per switch). Elsewhere: ucontext. Floating-point control registers are not switched: kernels
+// do not change rounding modes.
+#if defined(__ELF__) && (defined(__x86_64__) || defined(__aarch64__))
+#define HEARTH_CUDA_CPU_ASM_SWITCH 1
+extern "C" void hearth_cuda_cpu_switch(void** save_sp, void* load_sp);
+#if defined(__x86_64__)
+asm(R"(
+  .text
+  .p2align 4
+  .globl hearth_cuda_cpu_switch
+  .hidden hearth_cuda_cpu_switch
+  .type hearth_cuda_cpu_switch, @function
+hearth_cuda_cpu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size hearth_cuda_cpu_switch, .-hearth_cuda_cpu_switch
+)");
+#else
+asm(R"(
+  .text
+  .p2align 4
+  .globl hearth_cuda_cpu_switch
+  .hidden hearth_cuda_cpu_switch
+  .type hearth_cuda_cpu_switch, %function
+hearth_cuda_cpu_switch:
+  sub sp, sp, #160
+  stp x19, x20, [sp, #0]
+  stp x21, x22, [sp, #16]
+  stp x23, x24, [sp, #32]
+  stp x25, x26, [sp, #48]
+  stp x27, x28, [sp, #64]
+  stp x29, x30, [sp, #80]
+  stp d8, d9, [sp, #96]
+  stp d10, d11, [sp, #112]
+  stp d12, d13, [sp, #128]
+  stp d14, d15, [sp, #144]
+  mov x2, sp
+  str x2, [x0]
+  mov sp, x1
+  ldp x19, x20, [sp, #0]
+  ldp x21, x22, [sp, #16]
+  ldp x23, x24, [sp, #32]
+  ldp x25, x26, [sp, #48]
+  ldp x27, x28, [sp, #64]
+  ldp x29, x30, [sp, #80]
+  ldp d8, d9, [sp, #96]
+  ldp d10, d11, [sp, #112]
+  ldp d12, d13, [sp, #128]
+  ldp d14, d15, [sp, #144]
+  add sp, sp, #160
+  ret
+  .size hearth_cuda_cpu_switch, .-hearth_cuda_cpu_switch
+)");
+#endif
+#else
+#include <ucontext.h>
 #endif
 
 namespace hearth::cuda_cpu::detail {
 namespace {
+
+struct Context {
+#ifdef HEARTH_CUDA_CPU_ASM_SWITCH
+  void* sp = nullptr;
+#else
+  ucontext_t uc{};
+#endif
+};
+
+// Makes `c` start `entry` (which never returns) on the stack [bottom, bottom + size).
+void make_context(Context& c, void* bottom, size_t size, void (*entry)()) {
+#ifdef HEARTH_CUDA_CPU_ASM_SWITCH
+  auto* top = reinterpret_cast<uintptr_t*>((reinterpret_cast<uintptr_t>(bottom) + size) & ~uintptr_t{15});
+#if defined(__x86_64__)
+  // Popped by the switch: r15 r14 r13 r12 rbx rbp, then `ret` to entry, which then sees the
+  // stack as after a call (rsp = 8 mod 16) with a zero return address (unwinders stop there).
+  uintptr_t* frame = top - 8;
+  std::memset(frame, 0, 8 * sizeof(uintptr_t));
+  frame[6] = reinterpret_cast<uintptr_t>(entry);
+#else
+  // Popped by the switch: x19-x28, x29 = 0 (the end of the frame chain), x30 = entry, d8-d15.
+  uintptr_t* frame = top - 20;
+  std::memset(frame, 0, 20 * sizeof(uintptr_t));
+  frame[11] = reinterpret_cast<uintptr_t>(entry);
+#endif
+  c.sp = frame;
+#else
+  HEARTH_CHECK(getcontext(&c.uc) == 0, "getcontext failed");
+  c.uc.uc_stack.ss_sp = bottom;
+  c.uc.uc_stack.ss_size = size;
+  c.uc.uc_link = nullptr;
+  makecontext(&c.uc, entry, 0);
+#endif
+}
+
+// Saves the running context into `from` and continues `to`. Out of line, so that nothing of a
+// caller's lives across it in a way the compiler did not see (getcontext returns twice).
+__attribute__((noinline)) void switch_context(Context& from, Context& to) {
+#ifdef HEARTH_CUDA_CPU_ASM_SWITCH
+  hearth_cuda_cpu_switch(&from.sp, to.sp);
+#else
+  swapcontext(&from.uc, &to.uc);
+#endif
+}
 
 #ifdef HEARTH_CUDA_CPU_ASAN
 constexpr size_t kDefaultStackBytes = size_t{512} << 10;  // instrumented frames are large
@@ -51,6 +169,15 @@ inline void asan_finish_switch([[maybe_unused]] void* fake_stack, [[maybe_unused
 #endif
 }
 
+// A stack reused by a new fiber may keep the poisoned redzones of the frames its last fiber
+// never returned from (the entry frames at its top: every deeper frame returned and unpoisoned
+// its own). The instrumented switch of ucontext clears whole stacks; ours clears what is needed.
+inline void asan_unpoison([[maybe_unused]] const void* bottom, [[maybe_unused]] size_t size) {
+#ifdef HEARTH_CUDA_CPU_ASAN
+  __asan_unpoison_memory_region(bottom, size);
+#endif
+}
+
 // A fiber's stack: mapped memory with an inaccessible guard page below it, so an overflow
 // faults instead of writing over a neighbour.
 class Stack {
@@ -62,6 +189,7 @@ class Stack {
                  -1, 0);
     HEARTH_CHECK(base_ != MAP_FAILED, "cannot map a {}-byte fiber stack", size_ + page_);
     HEARTH_CHECK(mprotect(base_, page_, PROT_NONE) == 0, "cannot protect a fiber stack's guard page");
+    asan_unpoison(bottom(), size_);
   }
   ~Stack() { munmap(base_, size_ + page_); }
   Stack(const Stack&) = delete;
@@ -79,7 +207,7 @@ class Stack {
 enum class State : uint8_t { Ready, Barrier, Warp, Done };
 
 struct Fiber {
-  ucontext_t context{};
+  Context context;
   std::unique_ptr<Stack> stack;
   void* asan_fake_stack = nullptr;
   uint3 tid{0, 0, 0};
@@ -169,11 +297,10 @@ class Runner {
     }
   }
 
-  // On a fiber's stack: park it until the scheduler releases it. (The functions that call
-  // getcontext / swapcontext stay out of line: nothing of their callers' lives across them.)
-  __attribute__((noinline)) void park(Fiber& f) {
+  // On a fiber's stack: park it until the scheduler releases it.
+  void park(Fiber& f) {
     asan_start_switch(&f.asan_fake_stack, main_stack_bottom_, main_stack_size_);
-    swapcontext(&f.context, &main_context_);
+    switch_context(f.context, main_context_);
     asan_finish_switch(f.asan_fake_stack, nullptr, nullptr);
   }
 
@@ -183,8 +310,8 @@ class Runner {
     call_.run(call_.context);
     current_->state = State::Done;
     asan_start_switch(nullptr, main_stack_bottom_, main_stack_size_);  // this stack's frames are gone
-    setcontext(&main_context_);
-    std::abort();  // setcontext does not return
+    switch_context(current_->context, main_context_);
+    std::abort();  // never resumed
   }
 
   Fiber& current() {
@@ -205,22 +332,21 @@ class Runner {
   static thread_local Runner* tl_runner_;
 
  private:
-  __attribute__((noinline)) static void start_fiber(Fiber& f) {
-    HEARTH_CHECK(getcontext(&f.context) == 0, "getcontext failed");
-    f.context.uc_stack.ss_sp = f.stack->bottom();
-    f.context.uc_stack.ss_size = f.stack->size();
-    f.context.uc_link = nullptr;
-    makecontext(&f.context, &fiber_entry, 0);
+  static void start_fiber(Fiber& f) {
+    constexpr size_t kEntryFrames = 16 << 10;  // generous: fiber_entry's and fiber_main's frames
+    const size_t top = std::min(kEntryFrames, f.stack->size());
+    asan_unpoison(static_cast<char*>(f.stack->bottom()) + (f.stack->size() - top), top);
+    make_context(f.context, f.stack->bottom(), f.stack->size(), &fiber_entry);
     f.state = State::Ready;
     f.asan_fake_stack = nullptr;
   }
 
-  __attribute__((noinline)) void resume(Fiber& f) {
+  void resume(Fiber& f) {
     current_ = &f;
     tl_thread_idx = &f.tid;
     void* fake_stack = nullptr;
     asan_start_switch(&fake_stack, f.stack->bottom(), f.stack->size());
-    swapcontext(&main_context_, &f.context);
+    switch_context(main_context_, f.context);
     asan_finish_switch(fake_stack, nullptr, nullptr);
     tl_thread_idx = nullptr;
     current_ = nullptr;
@@ -331,7 +457,7 @@ class Runner {
   unsigned n_ = 0, n_done_ = 0;
   std::vector<std::unique_ptr<Fiber>> fibers_;
   Fiber* current_ = nullptr;
-  ucontext_t main_context_{};
+  Context main_context_;
   const void* main_stack_bottom_ = nullptr;
   size_t main_stack_size_ = 0;
   std::byte* shared_ = nullptr;

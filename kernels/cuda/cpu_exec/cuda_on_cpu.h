@@ -16,7 +16,8 @@
 //    runs every block of the grid, in order (x fastest), on the calling thread; or, with
 //    `LaunchOptions::os_threads` > 1, spread over that many OS threads, one block per OS thread
 //    at a time. It returns when every block is done.
-//  - The threads of a block are cooperative fibers (ucontext) on one OS thread, each with its own
+//  - The threads of a block are cooperative fibers (a small context switch of our own on x86-64
+//    and aarch64, ucontext elsewhere) on one OS thread, each with its own
 //    stack (`LaunchOptions::stack_bytes`, default 64 KiB, 512 KiB under AddressSanitizer; a guard
 //    page below it). A fiber runs until it reaches a synchronization point — `__syncthreads*`
 //    or a warp-synchronous intrinsic — or returns. The scheduler runs the ready fibers in
