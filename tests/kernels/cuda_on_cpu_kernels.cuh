@@ -102,6 +102,19 @@ __global__ void warp_rotate(const float* __restrict__ x, float* __restrict__ y) 
   y[blockIdx.x * blockDim.x + t] = s[(t & ~31u) | ((t + 1) & 31u)];
 }
 
+// Each half warp meets on its own, the lower half once and the upper half three times (so the
+// lower half reaches the whole-warp shuffle while the upper half is still among itself), then
+// the whole warp meets: valid under independent thread scheduling.
+__global__ void half_warps_then_whole(const int* __restrict__ x, int* __restrict__ y) {
+  const unsigned i = blockIdx.x * blockDim.x + threadIdx.x;
+  const unsigned lane = threadIdx.x % 32;
+  const unsigned half = lane < 16 ? 0x0000ffffu : 0xffff0000u;
+  const int rounds = lane < 16 ? 1 : 3;
+  int v = x[i];
+  for (int r = 0; r < rounds; ++r) v += __shfl_xor_sync(half, v, 1);
+  y[i] = v + __shfl_xor_sync(0xffffffffu, v, 16);
+}
+
 // Threads past n return at once; the others pair up across a butterfly whose partner may have
 // exited (its value is undefined in CUDA, the poison here), which must not deadlock.
 __global__ void early_exit_pairs(const float* __restrict__ x, float* __restrict__ y, unsigned n) {

@@ -215,6 +215,20 @@ TEST(CudaOnCpu, MissingSyncwarpGivesAWrongAnswer) {
   EXPECT_GT(wrong, 0);
 }
 
+TEST(CudaOnCpu, HalfWarpsMeetAloneThenTogether) {
+  const unsigned threads = 64, blocks = 2;
+  std::mt19937 rng(15);
+  std::vector<int> x(size_t{blocks} * threads), y(x.size());
+  for (auto& v : x) v = static_cast<int>(rng() % 100);
+  cc::launch(half_warps_then_whole, blocks, threads, 0, x.data(), y.data());
+  std::vector<int> v = x;
+  for (size_t i = 0; i < x.size(); ++i) {  // lower halves pair once, upper halves three times
+    const int pair = x[i] + x[i ^ 1];
+    v[i] = i % 32 < 16 ? pair : 4 * pair;
+  }
+  for (size_t i = 0; i < x.size(); ++i) EXPECT_EQ(y[i], v[i] + v[i ^ 16]) << i;
+}
+
 TEST(CudaOnCpu, ExitedLanesAreNotWaitedFor) {
   const unsigned n = 45;  // the second warp has 13 live lanes; lane 12's partner has exited
   const auto x = small_integers(64, 12);

@@ -29,9 +29,9 @@
 // Context switches. On x86-64 and aarch64 ELF: a dozen instructions that save the callee-saved
 // registers on the old stack, swap stack pointers and restore them from the new one (no system
 // call, unlike swapcontext's signal mask; no AddressSanitizer interceptor clearing a whole stack
-// per switch). Elsewhere: ucontext. Floating-point control registers are not switched: kernels
-// do not change rounding modes.
-#if defined(__ELF__) && (defined(__x86_64__) || defined(__aarch64__))
+// per switch). Elsewhere, or with -DHEARTH_CUDA_CPU_FORCE_UCONTEXT: ucontext. Floating-point
+// control registers are not switched: kernels do not change rounding modes.
+#if defined(__ELF__) && (defined(__x86_64__) || defined(__aarch64__)) && !defined(HEARTH_CUDA_CPU_FORCE_UCONTEXT)
 #define HEARTH_CUDA_CPU_ASM_SWITCH 1
 extern "C" void hearth_cuda_cpu_switch(void** save_sp, void* load_sp);
 #if defined(__x86_64__)
@@ -376,10 +376,14 @@ class Runner {
             complete = false;  // at the barrier: it may never come (then a deadlock is reported)
             continue;
           }
-          HEARTH_CHECK(g.op == f.op && g.mask == f.mask,
+          if (g.op == f.op && g.mask == f.mask) continue;
+          // A lane busy in a rendezvous that does not name f may come later; one that names f
+          // waits for f at another intrinsic while f waits for it here.
+          HEARTH_CHECK(((g.mask >> f.lane) & 1u) == 0,
                        "{}: warp {}: lane {} waits at {} with mask {:#010x} and lane {} at {} with mask {:#010x}: "
                        "lanes of one warp meeting at different intrinsics or masks is undefined in CUDA",
                        where(), f.warp, f.lane, op_name(f.op), f.mask, g.lane, op_name(g.op), g.mask);
+          complete = false;
         }
         if (!complete) continue;
         uint32_t ballot = 0;
