@@ -67,6 +67,7 @@
 // race between two plain accesses with no sync point between them is never observed), and
 // divergence inside a warp between rendezvous.
 //
+// Kernels must not throw (as in CUDA; an exception leaving a kernel terminates the process).
 // Limits checked at launch: block ≤ 1024 threads (z ≤ 64), grid y and z ≤ 65535, dynamic shared
 // memory ≤ 227 KiB, no launch from inside a kernel.
 #pragma once
