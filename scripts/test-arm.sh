@@ -21,7 +21,7 @@ done
 CCACHE=()
 command -v ccache >/dev/null && CCACHE=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 
-TESTS=(test_core test_quants test_attention test_ops_simd test_dot_simd test_packed test_backend_ops)
+TESTS=(test_core test_quants test_attention test_ops_simd test_dot_simd test_packed test_backend_ops test_cuda_on_cpu)
 log "building build-arm/ (aarch64 cross build, kernels only, warnings are errors)"
 cmake -S . -B build-arm -G Ninja -DCMAKE_TOOLCHAIN_FILE=cmake/toolchain-aarch64.cmake -DCMAKE_BUILD_TYPE=Release \
   -DHEARTH_KERNELS_ONLY=ON -DHEARTH_WERROR=ON --no-warn-unused-cli "${CCACHE[@]}" >/dev/null

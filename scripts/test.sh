@@ -9,7 +9,8 @@
 #   4. cross-builds the CPU kernels and their tests for aarch64 and runs them under qemu-user on
 #      a CPU with and one without the ARMv8.2 dot products (scripts/test-arm.sh)
 #   5. builds build-san/ with AddressSanitizer + UBSan and runs the hardening suites there
-#      (GGUF reader, malformed files, fuzzing, quant kernels, tokenizer, chat templates, sampler,
+#      (GGUF reader, malformed files, fuzzing, quant kernels, the CUDA-on-CPU execution model,
+#      tokenizer, chat templates, sampler,
 #      model loading, planner, transport framing, handshake, fuzzing and heartbeats)
 #
 # HEARTH_OFFLINE=1 skips the model download (the model tests then report themselves skipped).
@@ -48,7 +49,7 @@ scripts/test-arm.sh
 log "building build-san/ (AddressSanitizer + UndefinedBehaviorSanitizer)"
 cmake -S . -B build-san -G Ninja -DCMAKE_BUILD_TYPE=Debug -DHEARTH_WERROR=ON -DHEARTH_CUDA=OFF \
   "-DHEARTH_SANITIZE=address;undefined" "${CCACHE[@]}" >/dev/null
-cmake --build build-san -j "$JOBS" --target test_core test_quants test_backend_ops test_attention test_ops_simd test_dot_simd test_gguf test_gguf_writer test_tensor_map test_tokenizer \
+cmake --build build-san -j "$JOBS" --target test_core test_quants test_backend_ops test_attention test_ops_simd test_dot_simd test_cuda_on_cpu test_gguf test_gguf_writer test_tensor_map test_tokenizer \
   test_chat_template test_sampler test_model test_stage_steps test_plan test_wire test_serve_bench test_transport
 log "running the hardening suites under sanitizers"
 (cd build-san && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
