@@ -84,7 +84,10 @@ int run_plan(const PlanArgs& args) {
       out += "\ndevices the workers advertise (* runs the stage):\n";
       for (const shard::NodeSpec& n : cluster.nodes) {
         out += fmt::format("- {} ({}):\n", n.name, n.address);
-        for (const std::string& d : n.devices) out += fmt::format("  {} {}\n", d == n.device ? "*" : " ", d);
+        for (const std::string& d : n.devices) {
+          const bool runs = !n.device.empty() && (d == n.device || d.starts_with(n.device + ","));
+          out += fmt::format("  {} {}\n", runs ? "*" : " ", d);
+        }
       }
     }
   }

@@ -36,18 +36,27 @@ nlohmann::ordered_json backends_json(const std::vector<kernels::BackendReport>& 
   return out;
 }
 
+namespace {
+std::string text_field(const nlohmann::json& d, const char* key) {
+  const auto it = d.find(key);
+  return it != d.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+}  // namespace
+
+std::string device_name(const nlohmann::json& d) {
+  if (!d.is_object()) return "(unreadable device description)";
+  std::string name = text_field(d, "spec").empty() ? text_field(d, "backend") : text_field(d, "spec");
+  if (!text_field(d, "name").empty()) name += " " + text_field(d, "name");
+  return name;
+}
+
 std::string device_line(const nlohmann::json& d) {
   if (!d.is_object()) return "(unreadable device description)";
-  const auto text = [&](const char* key) {
-    const auto it = d.find(key);
-    return it != d.end() && it->is_string() ? it->get<std::string>() : std::string();
-  };
   const auto bytes = [&](const char* key) {
     const auto it = d.find(key);
     return it != d.end() && it->is_number_unsigned() ? it->get<uint64_t>() : uint64_t{0};
   };
-  std::string line = text("spec").empty() ? text("backend") : text("spec");
-  if (!text("name").empty()) line += " " + text("name");
+  std::string line = device_name(d);
   if (bytes("memory_total_bytes") > 0) {
     line += fmt::format(", {} ({} free)", format_bytes(bytes("memory_total_bytes")), format_bytes(bytes("memory_free_bytes")));
   }

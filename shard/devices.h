@@ -19,5 +19,7 @@ nlohmann::ordered_json backends_json(const std::vector<kernels::BackendReport>& 
 // "cpu:0 AMD EPYC 9R14, 23.4 GiB (20.1 GiB free), simd avx512, threads 2, 14.8 GB/s" from
 // device_json's form; tolerant of missing fields (it reads what a peer sent).
 std::string device_line(const nlohmann::json& device);
+// "cpu:0 AMD EPYC 9R14": which device, without its facts (a plan's table cell).
+std::string device_name(const nlohmann::json& device);
 
 }  // namespace hearth::shard

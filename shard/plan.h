@@ -75,7 +75,7 @@ struct NodeSpec {
   std::string address;     // host:port, or empty for a hypothetical node
   std::string host;        // the machine (address without port); nodes of one host use the local link
   std::string backend = "cpu";  // cpu, cuda, vulkan
-  std::string device;           // the device its stages run on, one line (shard/devices.h); empty: unknown
+  std::string device;           // the device its stages run on, "cpu:0 NAME" (shard/devices.h); empty: unknown
   std::vector<std::string> devices;  // every device the node advertised, one line each
   uint64_t memory_bytes = 0;    // what hearth may use on this node
   double bandwidth_gbps = 0;    // measured matvec bandwidth, GB/s (1e9 bytes/s)

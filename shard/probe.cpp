@@ -34,7 +34,7 @@ ClusterSpec probe_workers(const std::vector<std::string>& addresses, const trans
     node.address = address;
     node.host = transport::parse_host_port(address).host;
     node.backend = caps.value("backend", std::string("cpu"));
-    if (const auto it = caps.find("device"); it != caps.end()) node.device = device_line(*it);
+    if (const auto it = caps.find("device"); it != caps.end()) node.device = device_name(*it);
     if (const auto it = caps.find("devices"); it != caps.end() && it->is_array()) {
       for (const json& d : *it) node.devices.push_back(device_line(d));
     }
