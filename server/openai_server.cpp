@@ -13,6 +13,7 @@
 #include "core/build_info.h"
 #include "core/error.h"
 #include "server/api_request.h"
+#include "server/http_server.h"
 
 namespace hearth::server {
 
@@ -94,7 +95,7 @@ struct Exchange {
 
 struct OpenAiServer::Impl {
   ServerOptions options;
-  httplib::Server http;
+  HttpServer http;  // httplib::Server whose idle connections close at once on stop
   ServerMetrics metrics;
   std::atomic<engine::Model*> model{nullptr};
   std::atomic<engine::Scheduler*> scheduler{nullptr};
@@ -601,8 +602,6 @@ void OpenAiServer::attach(engine::Model& model, engine::Scheduler& scheduler) {
 
 bool OpenAiServer::run() { return impl_->http.listen_after_bind(); }
 
-void OpenAiServer::stop() {
-  if (impl_->http.is_running()) impl_->http.stop();
-}
+void OpenAiServer::stop() { impl_->http.shutdown(); }
 
 }  // namespace hearth::server
