@@ -195,10 +195,13 @@ void check_fields(const json& body, bool chat) {
   for (const auto& item : body.items()) {
     const std::string& key = item.key();
     if (std::find(known.begin(), known.end(), key) != known.end()) continue;
-    if (key == "tool_choice" || key == "parallel_tool_calls" || key == "tools") continue;  // null: absent
+    // A null refused field counts as absent: on chat, where OpenAI knows them all, and for
+    // llama.cpp's grammar / json_schema, which its server takes on both endpoints.
+    const bool both = key == "grammar" || key == "json_schema";
+    if (chat && (key == "tool_choice" || key == "parallel_tool_calls")) continue;
     bool refused = false;
     for (const Refused& r : kRefusedFields) refused = refused || r.name == key;
-    if (refused) continue;  // null: absent
+    if (refused && (chat || both)) continue;
     invalid(key, fmt::format("Unrecognized request argument supplied: {} (this server neither honours nor accepts it; "
                              "the fields of {} are listed in hearth's docs/API.md)",
                              key, chat ? "/v1/chat/completions" : "/v1/completions"));

@@ -153,6 +153,8 @@ def test_chat_fields_refused_with_a_400_naming_them(server, extra, param):
 @pytest.mark.parametrize("extra,param", [
     ({"messages": QUESTION}, "messages"),
     ({"tools": [TOOL]}, "tools"),
+    ({"tools": []}, "tools"),                     # a chat field, even empty
+    ({"functions": None}, "functions"),
     ({"logit_biases": {}}, "logit_biases"),
     ({"store": True}, "store"),
     ({"grammar": "root ::= \"a\""}, "grammar"),
@@ -176,7 +178,7 @@ def test_fields_without_effect_are_accepted_and_change_nothing(client):
                                                  stream_options={"include_usage": True, "include_obfuscation": False}))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == plain.choices[0].message.content
     c = client.completions.create(model="smollm2", prompt="The sky is", max_tokens=4, temperature=0, user="someone",
-                                  echo=False, best_of=1, n=1)
+                                  echo=False, best_of=1, n=1, extra_body={"grammar": None, "json_schema": None})
     assert c.choices[0].text
 
 
