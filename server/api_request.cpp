@@ -2,8 +2,11 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <span>
+#include <string_view>
 
 namespace hearth::server {
 
@@ -22,6 +25,40 @@ constexpr size_t kMaxStops = 16;
 constexpr size_t kMaxStopBytes = 256;
 constexpr int32_t kMaxN = 16;
 constexpr int32_t kMaxTopLogprobs = 20;
+
+// Every top-level field each endpoint knows: honoured (parsed below) or accepted without effect
+// on the output (docs/API.md says why, per field). Anything else is refused with a 400 naming it.
+constexpr std::string_view kChatFields[] = {
+    // honoured
+    "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature", "top_p",
+    "presence_penalty", "frequency_penalty", "seed", "stop", "n", "logprobs", "top_logprobs", "logit_bias",
+    "response_format", "tools", "best_of",
+    // extensions (llama.cpp's names), honoured
+    "top_k", "min_p", "repeat_penalty", "ignore_eos",
+    // accepted without effect
+    "user", "store", "metadata", "service_tier", "safety_identifier", "prompt_cache_key", "prompt_cache_retention",
+    "prompt_cache_options", "prediction", "modalities"};
+constexpr std::string_view kCompletionFields[] = {
+    "model", "prompt", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature", "top_p",
+    "presence_penalty", "frequency_penalty", "seed", "stop", "n", "logprobs", "logit_bias", "best_of", "echo",
+    "suffix", "top_k", "min_p", "repeat_penalty", "ignore_eos", "user"};
+
+// Fields refused with a reason of their own (before the generic "unrecognized" refusal).
+struct Refused {
+  std::string_view name;
+  std::string_view reason;
+};
+constexpr Refused kRefusedFields[] = {
+    {"functions", "legacy function calling ('functions' / 'function_call') is not supported by this server"},
+    {"function_call", "legacy function calling ('functions' / 'function_call') is not supported by this server"},
+    {"grammar", "grammar-constrained decoding ('grammar', llama.cpp's GBNF extension) is not supported by this server"},
+    {"json_schema", "schema-constrained decoding ('json_schema', llama.cpp's extension) is not supported by this server"},
+    {"audio", "'audio' (audio output) is not supported by this server: text only"},
+    {"reasoning_effort", "'reasoning_effort' is not supported: this server's models have no reasoning setting"},
+    {"verbosity", "'verbosity' is not supported by this server"},
+    {"web_search_options", "'web_search_options' (web search) is not supported by this server"},
+    {"moderation", "'moderation' is not supported by this server"},
+};
 
 [[noreturn]] void invalid(const std::string& param, const std::string& message) {
   throw ApiError(400, message, "invalid_request_error", param);
@@ -68,6 +105,19 @@ int64_t integer(const json& body, const char* name, int64_t lo, int64_t hi, int6
     invalid(name, fmt::format("'{}' must be between {} and {}; got {}", name, lo, hi, v->dump()));
   }
   return v->is_number_unsigned() ? static_cast<int64_t>(v->get<uint64_t>()) : v->get<int64_t>();
+}
+
+// A string field if present and not null; 400 for another type.
+const json* string_field(const json& body, const char* name) {
+  const json* v = field(body, name);
+  if (v != nullptr && !v->is_string()) invalid(name, fmt::format("'{}' must be a string, not {}", name, type_name(*v)));
+  return v;
+}
+
+const json* object_field(const json& body, const char* name) {
+  const json* v = field(body, name);
+  if (v != nullptr && !v->is_object()) invalid(name, fmt::format("'{}' must be an object, not {}", name, type_name(*v)));
+  return v;
 }
 
 bool boolean(const json& body, const char* name, bool fallback) {
@@ -122,10 +172,114 @@ std::vector<engine::ChatMessage> parse_messages(const json& body) {
   return messages;
 }
 
+// Refuses, with a 400 naming it, every top-level field the endpoint does not know, and those it
+// knows only to refuse: tools and structured output (not offered yet), legacy functions,
+// llama.cpp's grammar / json_schema. A null value counts as absent for a known field, but an
+// unknown field is refused whatever its value.
+void check_fields(const json& body, bool chat) {
+  const json* tools = field(body, "tools");
+  const bool has_tools = tools != nullptr && !(tools->is_array() && tools->empty());
+  if (has_tools) invalid("tools", "tool calls are not supported by this server");
+  if (field(body, "tool_choice") != nullptr) {
+    invalid("tool_choice", "'tool_choice' is only allowed when 'tools' are specified (and tools are not supported by this server)");
+  }
+  if (field(body, "parallel_tool_calls") != nullptr) {
+    invalid("parallel_tool_calls",
+            "'parallel_tool_calls' is only allowed when 'tools' are specified (and tools are not supported by this server)");
+  }
+  for (const Refused& r : kRefusedFields) {
+    if (field(body, std::string(r.name).c_str()) != nullptr) invalid(std::string(r.name), std::string(r.reason));
+  }
+  const std::span<const std::string_view> known = chat ? std::span<const std::string_view>(kChatFields)
+                                                      : std::span<const std::string_view>(kCompletionFields);
+  for (const auto& item : body.items()) {
+    const std::string& key = item.key();
+    if (std::find(known.begin(), known.end(), key) != known.end()) continue;
+    // A null refused field counts as absent: on chat, where OpenAI knows them all, and for
+    // llama.cpp's grammar / json_schema, which its server takes on both endpoints.
+    const bool both = key == "grammar" || key == "json_schema";
+    if (chat && (key == "tool_choice" || key == "parallel_tool_calls")) continue;
+    bool refused = false;
+    for (const Refused& r : kRefusedFields) refused = refused || r.name == key;
+    if (refused && (chat || both)) continue;
+    invalid(key, fmt::format("Unrecognized request argument supplied: {} (this server neither honours nor accepts it; "
+                             "the fields of {} are listed in hearth's docs/API.md)",
+                             key, chat ? "/v1/chat/completions" : "/v1/completions"));
+  }
+}
+
+// The fields accepted without effect on the output still have their types checked.
+void check_no_effect_fields(const json& body, bool chat) {
+  string_field(body, "user");
+  if (!chat) return;
+  boolean(body, "store", false);
+  if (const json* metadata = object_field(body, "metadata")) {
+    for (const auto& item : metadata->items()) {
+      if (!item.value().is_string()) invalid("metadata", fmt::format("'metadata.{}' must be a string", item.key()));
+    }
+  }
+  string_field(body, "service_tier");
+  string_field(body, "safety_identifier");
+  string_field(body, "prompt_cache_key");
+  string_field(body, "prompt_cache_retention");
+  object_field(body, "prompt_cache_options");
+  object_field(body, "prediction");
+  if (const json* modalities = field(body, "modalities")) {
+    if (!modalities->is_array()) invalid("modalities", "'modalities' must be an array of strings");
+    for (const json& m : *modalities) {
+      if (m != "text") invalid("modalities", fmt::format("only the 'text' modality is supported, not {}", m.dump()));
+    }
+  }
+}
+
+// OpenAI's logit_bias: {"token id": bias, ...}, ids as decimal strings, biases from -100 to 100;
+// sorted by token. Token ids are checked against the vocabulary by the server, which knows it.
+std::vector<std::pair<engine::Token, float>> parse_logit_bias(const json& body) {
+  std::vector<std::pair<engine::Token, float>> out;
+  const json* lb = field(body, "logit_bias");
+  if (lb == nullptr) return out;
+  if (!lb->is_object()) {
+    invalid("logit_bias", fmt::format("'logit_bias' must be an object mapping token ids (as strings) to a bias from "
+                                      "-100 to 100, not {}",
+                                      type_name(*lb)));
+  }
+  if (lb->size() > engine::kMaxLogitBias) {
+    invalid("logit_bias", fmt::format("'logit_bias' may hold at most {} tokens; got {}", engine::kMaxLogitBias, lb->size()));
+  }
+  for (const auto& item : lb->items()) {
+    const std::string& key = item.key();
+    int64_t id = 0;
+    const bool digits = !key.empty() && key.size() <= 10 &&
+                        std::all_of(key.begin(), key.end(), [](char c) { return c >= '0' && c <= '9'; });
+    if (digits) id = std::stoll(key);
+    if (!digits || id > std::numeric_limits<int32_t>::max()) {
+      invalid("logit_bias", fmt::format("'logit_bias' keys must be token ids (non-negative integers); got '{}'", key));
+    }
+    const json& v = item.value();
+    if (!v.is_number()) {
+      invalid("logit_bias", fmt::format("'logit_bias' of token {} must be a number from -100 to 100, not {}", key, type_name(v)));
+    }
+    const double bias = v.get<double>();
+    if (!std::isfinite(bias) || std::fabs(bias) > static_cast<double>(engine::kMaxLogitBiasValue)) {
+      invalid("logit_bias", fmt::format("'logit_bias' of token {} must be from -100 to 100; got {}", key, v.dump()));
+    }
+    out.emplace_back(static_cast<engine::Token>(id), static_cast<float>(bias));
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (size_t i = 1; i < out.size(); ++i) {
+    if (out[i].first == out[i - 1].first) {
+      invalid("logit_bias", fmt::format("'logit_bias' names token {} twice", out[i].first));
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 CompletionRequest parse_completion_request(const json& body, bool chat) {
   if (!body.is_object()) throw ApiError(400, fmt::format("the request body must be a JSON object, not {}", type_name(body)));
+  check_fields(body, chat);
+  check_no_effect_fields(body, chat);
   CompletionRequest r;
   r.chat = chat;
   if (const json* m = field(body, "model")) {
@@ -163,6 +317,12 @@ CompletionRequest parse_completion_request(const json& body, bool chat) {
     if (!so->is_object()) invalid("stream_options", "'stream_options' must be an object");
     if (!r.stream) invalid("stream_options", "'stream_options' is only allowed when 'stream' is true");
     r.include_usage = boolean(*so, "include_usage", false);
+    boolean(*so, "include_obfuscation", true);  // accepted: hearth adds no obfuscation field either way
+    for (const auto& item : so->items()) {
+      if (item.key() != "include_usage" && item.key() != "include_obfuscation") {
+        invalid("stream_options." + item.key(), fmt::format("Unrecognized stream option: {}", item.key()));
+      }
+    }
   }
   const int64_t max_tokens = integer(body, "max_tokens", 1, std::numeric_limits<int32_t>::max(), -1);
   const int64_t max_completion = integer(body, "max_completion_tokens", 1, std::numeric_limits<int32_t>::max(), -1);
@@ -212,20 +372,22 @@ CompletionRequest parse_completion_request(const json& body, bool chat) {
     r.top_logprobs = static_cast<int32_t>(integer(body, "logprobs", 0, kMaxTopLogprobs, 0));
   }
   s.n_logprobs = r.top_logprobs;
+  s.logit_bias = parse_logit_bias(body);
   const int64_t best_of = integer(body, "best_of", 1, kMaxN, r.n);
   if (best_of != r.n) invalid("best_of", "'best_of' other than 'n' is not supported");
-  if (const json* user = field(body, "user"); user != nullptr && !user->is_string()) {
-    invalid("user", "'user' must be a string");
-  }
   r.ignore_eos = boolean(body, "ignore_eos", false);
 
-  if (const json* tools = field(body, "tools"); tools != nullptr && !(tools->is_array() && tools->empty())) {
-    invalid("tools", "tool calls are not supported by this server");
-  }
   if (const json* rf = field(body, "response_format")) {
-    if (!rf->is_object() || !rf->contains("type") || (*rf)["type"] != "text") {
-      invalid("response_format", "only response_format {\"type\": \"text\"} is supported");
+    if (!rf->is_object() || !rf->contains("type") || !(*rf)["type"].is_string()) {
+      invalid("response_format", "'response_format' must be an object with a 'type'");
     }
+    const std::string type = (*rf)["type"].get<std::string>();
+    if (type == "json_object" || type == "json_schema") {
+      invalid("response_format", fmt::format("response_format of type '{}' (structured output) is not supported by this "
+                                             "server; only {{\"type\": \"text\"}} is",
+                                             type));
+    }
+    if (type != "text") invalid("response_format", fmt::format("unknown response_format type '{}'", type));
   }
   return r;
 }

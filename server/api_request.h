@@ -1,6 +1,7 @@
 // The OpenAI request bodies of /v1/chat/completions and /v1/completions, parsed and checked:
 // every field's type and range, with an ApiError naming the field (OpenAI's `param`) for
-// anything wrong. Unknown fields are ignored, as local OpenAI-compatible servers do.
+// anything wrong. Every top-level field is honoured, accepted without effect on the output, or
+// refused with a 400 naming it; unknown fields are refused too (docs/API.md has the table).
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -52,8 +53,10 @@ struct CompletionRequest {
 };
 
 // Throws ApiError(400) for a body that is not an object, a missing messages/prompt, a wrong type
-// or an out-of-range value (the field is named in `param`), or a feature not offered (echo,
-// tools, suffix, best_of > n, response_format other than text).
+// or an out-of-range value (the field is named in `param`), a feature not offered (echo, tools,
+// tool_choice, functions, suffix, best_of > n, response_format other than text, grammar,
+// json_schema, ...) or a field the endpoint does not know. logit_bias token ids are not checked
+// against the vocabulary here (the caller knows it).
 CompletionRequest parse_completion_request(const nlohmann::json& body, bool chat);
 
 }  // namespace hearth::server

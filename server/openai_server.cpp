@@ -13,6 +13,7 @@
 #include "core/build_info.h"
 #include "core/error.h"
 #include "server/api_request.h"
+#include "server/http_server.h"
 
 namespace hearth::server {
 
@@ -94,7 +95,7 @@ struct Exchange {
 
 struct OpenAiServer::Impl {
   ServerOptions options;
-  httplib::Server http;
+  HttpServer http;  // httplib::Server whose idle connections close at once on stop
   ServerMetrics metrics;
   std::atomic<engine::Model*> model{nullptr};
   std::atomic<engine::Scheduler*> scheduler{nullptr};
@@ -110,7 +111,17 @@ struct OpenAiServer::Impl {
   std::vector<engine::Token> prompt_tokens(engine::Model& model, const CompletionRequest& r) const;
   json logprob_entry(const engine::Tokenizer& tok, const engine::SampledToken& s) const;
   std::string endpoint_label(const std::string& path) const;
+  json model_object(engine::Model& m) const;
 };
+
+// OpenAI's model object, with hearth's details under "meta" (as llama.cpp's server adds them).
+json OpenAiServer::Impl::model_object(engine::Model& m) const {
+  return {{"id", options.model_id},
+          {"object", "model"},
+          {"created", created},
+          {"owned_by", "hearth"},
+          {"meta", {{"n_ctx", scheduler.load()->n_ctx()}, {"n_vocab", m.config().n_vocab}, {"arch", m.config().arch}}}};
+}
 
 bool OpenAiServer::Impl::authorized(const httplib::Request& req, httplib::Response& res) const {
   if (options.api_key.empty()) return true;
@@ -145,6 +156,7 @@ std::string OpenAiServer::Impl::endpoint_label(const std::string& path) const {
                             "/detokenize"}) {
     if (path == known) return path;
   }
+  if (path.starts_with("/v1/models/")) return "/v1/models/{id}";
   return "other";
 }
 
@@ -201,6 +213,15 @@ void OpenAiServer::Impl::completions(const httplib::Request& req, httplib::Respo
   try {
     r = parse_completion_request(body, chat);
     prompt = prompt_tokens(*m, r);
+    // Biases apply to logits, of which there are n_vocab; a token the tokenizer cannot render
+    // is refused too.
+    const int64_t n_vocab = std::min<int64_t>(m->tokenizer().vocab_size(), m->config().n_vocab);
+    for (const auto& [token, bias] : r.sampling.logit_bias) {
+      if (token >= n_vocab) {
+        throw ApiError(400, fmt::format("'logit_bias' names token {}, outside the vocabulary of {}", token, n_vocab),
+                       "invalid_request_error", "logit_bias");
+      }
+    }
     if (prompt.empty()) throw ApiError(400, "the prompt is empty", "invalid_request_error", chat ? "messages" : "prompt");
     if (static_cast<int32_t>(prompt.size()) >= sched.n_ctx()) {
       throw ApiError(400,
@@ -511,13 +532,19 @@ void OpenAiServer::Impl::routes() {
   http.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
     engine::Model* m = ready(res);
     if (m == nullptr) return;
-    json entry = {{"id", options.model_id},
-                  {"object", "model"},
-                  {"created", created},
-                  {"owned_by", "hearth"},
-                  {"meta", {{"n_ctx", scheduler.load()->n_ctx()}, {"n_vocab", m->config().n_vocab},
-                            {"arch", m->config().arch}}}};
-    res.set_content(dump(json{{"object", "list"}, {"data", json::array({entry})}}), "application/json");
+    res.set_content(dump(json{{"object", "list"}, {"data", json::array({model_object(*m)})}}), "application/json");
+  });
+  // One model by id (OpenAI's retrieve): the served one, or 404 as OpenAI answers an unknown id.
+  http.Get(R"(/v1/models/(.+))", [this](const httplib::Request& req, httplib::Response& res) {
+    engine::Model* m = ready(res);
+    if (m == nullptr) return;
+    const std::string id = req.matches[1];
+    if (id != options.model_id) {
+      send_error(res, 404, fmt::format("The model '{}' does not exist: this server serves '{}'.", id, options.model_id),
+                 "invalid_request_error", "model", "model_not_found");
+      return;
+    }
+    res.set_content(dump(model_object(*m)), "application/json");
   });
   http.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) { completions(req, res, true); });
   http.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) { completions(req, res, false); });
@@ -601,8 +628,6 @@ void OpenAiServer::attach(engine::Model& model, engine::Scheduler& scheduler) {
 
 bool OpenAiServer::run() { return impl_->http.listen_after_bind(); }
 
-void OpenAiServer::stop() {
-  if (impl_->http.is_running()) impl_->http.stop();
-}
+void OpenAiServer::stop() { impl_->http.shutdown(); }
 
 }  // namespace hearth::server

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -176,6 +177,15 @@ void put_params(Writer& w, const engine::SamplingParams& p) {
   w.put(p.frequency_penalty);
   w.put(p.seed);
   w.put(p.n_logprobs);
+  HEARTH_CHECK(p.logit_bias.size() <= engine::kMaxLogitBias, "{} logit biases", p.logit_bias.size());
+  // Sorted by token, as the decoder requires.
+  auto sorted = p.logit_bias;
+  std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  w.put(static_cast<uint32_t>(sorted.size()));
+  for (const auto& [token, bias] : sorted) {
+    w.put(token);
+    w.put(bias);
+  }
 }
 
 engine::SamplingParams get_params(Reader& r) {
@@ -196,6 +206,26 @@ engine::SamplingParams get_params(Reader& r) {
   if (p.n_logprobs < 0 || p.n_logprobs > static_cast<int32_t>(kMaxTopLogprobs) || p.repeat_last_n < 0 ||
       p.repeat_last_n > (1 << 20)) {
     throw WireError("Batch message has a sampling parameter out of range");
+  }
+  const uint32_t n_bias = r.get<uint32_t>();
+  if (n_bias > engine::kMaxLogitBias) {
+    throw WireError(fmt::format("Batch message has {} logit biases (at most {})", n_bias, engine::kMaxLogitBias));
+  }
+  r.need(size_t{n_bias} * 8);  // before reserving anything
+  p.logit_bias.reserve(n_bias);
+  for (uint32_t i = 0; i < n_bias; ++i) {
+    const auto token = r.get<engine::Token>();
+    const auto bias = r.get<float>();
+    // Sorted by token without duplicates, as the Sampler keeps them, so a repeated token is
+    // refused here rather than by the Sampler on the last stage.
+    if (token < 0 || (!p.logit_bias.empty() && token <= p.logit_bias.back().first)) {
+      throw WireError(fmt::format("Batch message has logit bias token {} out of order", token));
+    }
+    if (!std::isfinite(bias) || std::fabs(bias) > engine::kMaxLogitBiasValue) {
+      throw WireError(fmt::format("Batch message has logit bias {} (-{} to {})", bias, engine::kMaxLogitBiasValue,
+                                  engine::kMaxLogitBiasValue));
+    }
+    p.logit_bias.emplace_back(token, bias);
   }
   return p;
 }

@@ -132,34 +132,52 @@ void logits_to_weights(std::span<Candidate> candidates, const Weigher& weigh) {
   }
 }
 
-// (token, penalized logit) for each distinct in-vocabulary token among the last repeat_last_n
-// of `history` (< 0: all of it, 0: none), sorted by token. Tokens outside the vocabulary cannot
-// be penalized and are ignored.
+// (token, adjusted logit) for each in-vocabulary token that has a logit bias or is among the
+// last repeat_last_n of `history` (< 0: all of it, 0: none), sorted by token: the raw logit plus
+// its bias, then the penalties (llama.cpp's order). `params.logit_bias` is sorted by token with
+// no duplicates (the Sampler's constructor makes it so). Tokens outside the vocabulary can be
+// neither biased nor penalized and are ignored.
 std::vector<std::pair<Token, float>> penalized_logits(const SamplingParams& params, std::span<const float> logits,
                                                       std::span<const Token> history) {
-  std::vector<std::pair<Token, float>> penalized;
+  // (token, occurrences) in the penalty window, sorted by token.
+  std::vector<std::pair<Token, int32_t>> counts;
   const bool active = params.repeat_penalty != 1.0f || params.presence_penalty != 0.0f ||
                       params.frequency_penalty != 0.0f;
-  if (!active || params.repeat_last_n == 0 || history.empty()) return penalized;
-  const size_t window = params.repeat_last_n < 0 ? history.size()
-                                                 : std::min(history.size(), static_cast<size_t>(params.repeat_last_n));
-  std::vector<Token> recent(history.end() - static_cast<std::ptrdiff_t>(window), history.end());
-  std::sort(recent.begin(), recent.end());
-  for (size_t i = 0; i < recent.size();) {
-    size_t j = i;
-    while (j < recent.size() && recent[j] == recent[i]) ++j;
-    const Token token = recent[i];
-    const auto count = static_cast<float>(j - i);
-    i = j;
-    if (token < 0 || static_cast<size_t>(token) >= logits.size()) continue;
-    float logit = logits[static_cast<size_t>(token)];
-    // llama.cpp: positive logits are divided, the others multiplied (both make it less likely).
-    logit = logit > 0.0f ? logit / params.repeat_penalty : logit * params.repeat_penalty;
-    // OpenAI: presence once, frequency per occurrence.
-    logit -= params.presence_penalty + params.frequency_penalty * count;
-    penalized.emplace_back(token, logit);
+  if (active && params.repeat_last_n != 0 && !history.empty()) {
+    const size_t window = params.repeat_last_n < 0 ? history.size()
+                                                   : std::min(history.size(), static_cast<size_t>(params.repeat_last_n));
+    std::vector<Token> recent(history.end() - static_cast<std::ptrdiff_t>(window), history.end());
+    std::sort(recent.begin(), recent.end());
+    for (size_t i = 0; i < recent.size();) {
+      size_t j = i;
+      while (j < recent.size() && recent[j] == recent[i]) ++j;
+      counts.emplace_back(recent[i], static_cast<int32_t>(j - i));
+      i = j;
+    }
   }
-  return penalized;
+  std::vector<std::pair<Token, float>> adjusted;
+  const auto& bias = params.logit_bias;
+  if (counts.empty() && bias.empty()) return adjusted;
+  adjusted.reserve(counts.size() + bias.size());
+  size_t c = 0, b = 0;
+  while (c < counts.size() || b < bias.size()) {
+    // The next token of either sorted list (both when they name the same one).
+    const bool take_count = c < counts.size() && (b == bias.size() || counts[c].first <= bias[b].first);
+    const bool take_bias = b < bias.size() && (c == counts.size() || bias[b].first <= counts[c].first);
+    const Token token = take_count ? counts[c].first : bias[b].first;
+    const int32_t count = take_count ? counts[c++].second : 0;
+    const float add = take_bias ? bias[b++].second : 0.0f;
+    if (token < 0 || static_cast<size_t>(token) >= logits.size()) continue;
+    float logit = logits[static_cast<size_t>(token)] + add;
+    if (count > 0) {
+      // llama.cpp: positive logits are divided, the others multiplied (both make it less likely).
+      logit = logit > 0.0f ? logit / params.repeat_penalty : logit * params.repeat_penalty;
+      // OpenAI: presence once, frequency per occurrence.
+      logit -= params.presence_penalty + params.frequency_penalty * static_cast<float>(count);
+    }
+    adjusted.emplace_back(token, logit);
+  }
+  return adjusted;
 }
 
 // The logits with the penalized ones substituted, read without copying the vocabulary: the
@@ -260,6 +278,16 @@ Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.se
   const auto require = [](bool ok, std::string_view what) {
     if (!ok) throw Error(fmt::format("sampling parameters: {}", what));
   };
+  auto& bias = params_.logit_bias;
+  require(bias.size() <= kMaxLogitBias, fmt::format("logit_bias has {} entries (at most {})", bias.size(), kMaxLogitBias));
+  std::sort(bias.begin(), bias.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (size_t i = 0; i < bias.size(); ++i) {
+    const auto [token, value] = bias[i];
+    require(token >= 0, fmt::format("logit_bias names token {}", token));
+    require(i == 0 || bias[i - 1].first != token, fmt::format("logit_bias names token {} twice", token));
+    require(std::isfinite(value) && std::fabs(value) <= kMaxLogitBiasValue,
+            fmt::format("logit_bias of token {} is {} (-{} to {})", token, value, kMaxLogitBiasValue, kMaxLogitBiasValue));
+  }
   require(std::isfinite(params.temperature), fmt::format("temperature must be finite, not {}", params.temperature));
   require(!std::isnan(params.top_p), "top_p is NaN");
   require(!std::isnan(params.min_p), "min_p is NaN");

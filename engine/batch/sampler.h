@@ -1,5 +1,6 @@
-// Token sampling over a vector of logits: penalties, then temperature, top-k, top-p, min-p, a
-// seeded draw; greedy when temperature <= 0. Also logprobs of the chosen token and the top-N.
+// Token sampling over a vector of logits: logit bias, penalties, then temperature, top-k, top-p,
+// min-p, a seeded draw; greedy when temperature <= 0. Also logprobs of the chosen token and the
+// top-N.
 #pragma once
 
 #include <cstdint>
@@ -14,6 +15,11 @@
 
 namespace hearth::engine {
 
+// Bounds of SamplingParams::logit_bias (the API checks them, the wire decoder and the Sampler
+// enforce them again).
+inline constexpr size_t kMaxLogitBias = 1024;     // entries
+inline constexpr float kMaxLogitBiasValue = 100;  // |bias|
+
 struct SamplingParams {
   float temperature = 0.8f;        // <= 0: greedy (argmax)
   int32_t top_k = 40;              // <= 0: off
@@ -25,11 +31,15 @@ struct SamplingParams {
   float frequency_penalty = 0.0f;  // subtracted per occurrence in the window
   uint64_t seed = 0;               // same seed, same logits -> same tokens
   int32_t n_logprobs = 0;          // top-N alternatives to report (0: none)
+  // (token, bias) added to that token's logit before the penalties and everything after them
+  // (OpenAI's logit_bias: -100 bans a token in practice, +100 forces it). At most kMaxLogitBias
+  // entries, each bias finite in [-100, 100]; tokens outside the vocabulary are ignored.
+  std::vector<std::pair<Token, float>> logit_bias;
 };
 
 struct TokenLogprob {
   Token token;
-  float logprob;  // log-softmax of the raw logits (before penalties and temperature)
+  float logprob;  // log-softmax of the raw logits (before logit bias, penalties and temperature)
 };
 
 struct SampledToken {

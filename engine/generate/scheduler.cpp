@@ -56,6 +56,7 @@ std::optional<std::vector<std::shared_ptr<SequenceHandle>>> Scheduler::submit(st
     if (static_cast<int32_t>(r.prompt.size()) >= n_ctx) {
       throw Error(fmt::format("the prompt has {} tokens but the context holds {}", r.prompt.size(), n_ctx));
     }
+    Sampler{r.options.sampling};  // throws Error for bad parameters here, not on a pipeline's last stage
     auto seq = std::make_unique<Sequence>();
     seq->request = std::move(r);
     const int32_t room = n_ctx - seq->prompt_size();

@@ -54,8 +54,8 @@ def api_sampling(seed: int) -> dict:
 
 @pytest.fixture(scope="module")
 def api(server):
-    # Its own client, closed at the end: an idle keep-alive connection left open would hold the
-    # session server's shutdown for its keep-alive timeout (30 s).
+    # Its own client, closed at the end (the server no longer waits for idle keep-alive
+    # connections when it stops, but a test should not leave them open).
     with OpenAI(base_url=server.url + "/v1", api_key=server.api_key, max_retries=0, timeout=300) as c:
         yield c
 

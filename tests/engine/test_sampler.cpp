@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <limits>
 #include <cmath>
 #include <map>
 #include <numeric>
@@ -381,6 +382,119 @@ TEST(Sampler, RejectsNonsenseParametersAndEmptyLogits) {
   EXPECT_THROW(Sampler{p}, Error);
   Sampler sampler{SamplingParams{}};
   EXPECT_THROW(sampler.sample({}, {}), Error);
+}
+
+// --- logit bias ---
+
+TEST(Sampler, LogitBiasBansAndForcesTokens) {
+  const std::vector<float> logits = {1.0f, 4.0f, 3.5f, -2.0f, 0.5f};
+  SamplingParams g = greedy();
+  g.logit_bias = {{1, -100.0f}};
+  EXPECT_EQ(Sampler(g).sample(logits, {}).token, 2);  // the best banned: the second best
+  g.logit_bias = {{3, 100.0f}};
+  EXPECT_EQ(Sampler(g).sample(logits, {}).token, 3);  // the worst forced
+
+  // Drawn at a high temperature with nothing cut: the banned token never, the forced one always.
+  SamplingParams hot = plain(2.0f);
+  hot.seed = 3;
+  hot.logit_bias = {{1, -100.0f}, {2, -100.0f}};
+  Sampler banning(hot);
+  const auto counts = histogram(banning, logits, 5000);
+  EXPECT_EQ(counts.count(1), 0u);
+  EXPECT_EQ(counts.count(2), 0u);
+  EXPECT_EQ(counts.size(), 3u);  // the others all drawn
+  hot.logit_bias = {{3, 100.0f}};
+  Sampler forcing(hot);
+  EXPECT_EQ(histogram(forcing, logits, 2000), (std::map<Token, int>{{3, 2000}}));
+
+  // Logprobs stay those of the raw logits (as the penalties leave them).
+  SamplingParams lp = greedy();
+  lp.n_logprobs = 2;
+  const SampledToken unbiased = Sampler(lp).sample(logits, {});
+  lp.logit_bias = {{3, 100.0f}};
+  const SampledToken biased = Sampler(lp).sample(logits, {});
+  EXPECT_EQ(biased.token, 3);
+  ASSERT_EQ(biased.top.size(), 2u);
+  EXPECT_EQ(biased.top[0].token, unbiased.top[0].token);
+  EXPECT_EQ(biased.top[0].logprob, unbiased.top[0].logprob);
+  EXPECT_LT(biased.logprob, -5.0f);
+}
+
+TEST(Sampler, LogitBiasShiftsTheDistributionByItsExponent) {
+  // Equal logits; a bias of ln 3 on token 1 makes it weigh 3 against 1 for each of the others.
+  const std::vector<float> logits(4, 0.25f);
+  SamplingParams p = plain(1.0f);
+  p.seed = 17;
+  p.logit_bias = {{1, std::log(3.0f)}, {9, 50.0f}};  // token 9 is outside the vocabulary: ignored
+  Sampler sampler(p);
+  const int draws = 60000;
+  const auto counts = histogram(sampler, logits, draws);
+  ASSERT_EQ(counts.size(), 4u);
+  EXPECT_NEAR(counts.at(1) / static_cast<double>(draws), 0.5, 0.01);
+  for (Token t : {0, 2, 3}) EXPECT_NEAR(counts.at(t) / static_cast<double>(draws), 1.0 / 6.0, 0.01) << t;
+}
+
+// The bias goes in before the penalties (llama.cpp's order) and through the same no-copy paths
+// (top-k heap, greedy scan): compared with a biased, penalized copy of the vocabulary.
+TEST(Sampler, LogitBiasWithPenaltiesAndTopKMatchesACopy) {
+  const size_t n = 50000;
+  const auto logits = random_logits(n, 23, 8.0f);
+  std::mt19937_64 rng(29);
+  std::vector<Token> history;
+  for (int i = 0; i < 200; ++i) history.push_back(static_cast<Token>(rng() % 400));  // overlaps the biases
+  SamplingParams p = plain(1000.0f);
+  p.top_k = 16;
+  p.repeat_penalty = 1.2f;
+  p.presence_penalty = 0.5f;
+  p.frequency_penalty = 0.05f;
+  p.repeat_last_n = -1;
+  std::map<Token, float> bias;
+  while (bias.size() < 300) bias[static_cast<Token>(rng() % 600)] = static_cast<float>(static_cast<int>(rng() % 41) - 20);
+  for (const auto& [t, b] : bias) p.logit_bias.emplace_back(t, b);
+  std::reverse(p.logit_bias.begin(), p.logit_bias.end());  // any order: the Sampler sorts
+
+  std::vector<float> adjusted = logits;
+  for (const auto& [t, b] : bias) adjusted[static_cast<size_t>(t)] += b;
+  std::map<Token, int> occurrences;
+  for (const Token t : history) ++occurrences[t];
+  for (const auto& [t, count] : occurrences) {
+    float& l = adjusted[static_cast<size_t>(t)];
+    l = l > 0.0f ? l / p.repeat_penalty : l * p.repeat_penalty;
+    l -= p.presence_penalty + p.frequency_penalty * static_cast<float>(count);
+  }
+  std::vector<size_t> order(n);
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return adjusted[a] > adjusted[b]; });
+  const std::set<Token> top16(order.begin(), order.begin() + 16);
+
+  Sampler sampler(p);
+  std::set<Token> seen;
+  for (int i = 0; i < 1500; ++i) seen.insert(sampler.sample(logits, history).token);
+  EXPECT_EQ(seen, top16);
+  SamplingParams g = p;
+  g.temperature = 0.0f;
+  EXPECT_EQ(Sampler(g).sample(logits, history).token, static_cast<Token>(order[0]));
+}
+
+TEST(Sampler, RejectsMalformedLogitBias) {
+  const auto refused = [](std::vector<std::pair<Token, float>> bias) {
+    SamplingParams p;
+    p.logit_bias = std::move(bias);
+    EXPECT_THROW(Sampler{p}, Error);
+  };
+  refused({{-1, 1.0f}});
+  refused({{4, 1.0f}, {4, 2.0f}});
+  refused({{4, 100.5f}});
+  refused({{4, -101.0f}});
+  refused({{4, std::nanf("")}});
+  refused({{4, std::numeric_limits<float>::infinity()}});
+  std::vector<std::pair<Token, float>> many;
+  for (size_t i = 0; i <= kMaxLogitBias; ++i) many.emplace_back(static_cast<Token>(i), 1.0f);
+  refused(many);
+  many.pop_back();
+  SamplingParams ok;
+  ok.logit_bias = many;
+  EXPECT_NO_THROW(Sampler{ok});
 }
 
 // --- StopStringMatcher ---

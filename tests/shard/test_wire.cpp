@@ -3,6 +3,8 @@
 // limits it was given or throws WireError — never reads out of bounds, never crashes.
 #include <gtest/gtest.h>
 
+#include <cstring>
+#include <limits>
 #include <random>
 
 #include "shard/stage_assignment.h"
@@ -26,6 +28,7 @@ struct Sample {
     params.top_k = 12;
     params.seed = 99;
     params.n_logprobs = 3;
+    params.logit_bias = {{7, -100.0f}, {2, 3.5f}};  // unsorted: the encoder sorts
     entries.push_back({1, 10, tokens_a, true, &params});
     entries.push_back({3, 4, tokens_b, false, nullptr});
   }
@@ -53,6 +56,7 @@ TEST(Wire, BatchRoundTripWithHiddenStates) {
     ASSERT_NE(m.entries[0].begin, nullptr);
     EXPECT_EQ(m.entries[0].begin->top_k, 12);
     EXPECT_EQ(m.entries[0].begin->seed, 99u);
+    EXPECT_EQ(m.entries[0].begin->logit_bias, (std::vector<std::pair<Token, float>>{{2, 3.5f}, {7, -100.0f}}));
     EXPECT_EQ(m.entries[1].begin, nullptr);
     EXPECT_FALSE(m.entries[1].sample);
     std::vector<float> back(hidden.size());
@@ -80,6 +84,71 @@ TEST(Wire, BatchLimitsAreEnforced) {
   std::vector<std::byte> longer = payload;
   longer.push_back(std::byte{0});
   EXPECT_THROW(decode_batch(longer, 4, 64, false, 64, m), WireError);    // trailing bytes
+}
+
+// Byte offset of the first beginning's logit-bias count in a Batch head of `entries` entries:
+// the 29-byte header, 14 bytes per entry, then 44 bytes of sampling parameters before it.
+size_t logit_bias_offset(size_t entries) { return 29 + 14 * entries + 44; }
+
+template <class T>
+void poke(std::vector<std::byte>& bytes, size_t at, T value) {
+  ASSERT_LE(at + sizeof(T), bytes.size());
+  std::memcpy(bytes.data() + at, &value, sizeof(T));
+}
+
+TEST(Wire, LogitBiasRoundTripsAndMalformedOnesAreRefused) {
+  Sample s;
+  const std::vector<std::byte> payload = encode_batch_head(1, s.entries, 0, WireDtype::F32);
+  const size_t at = logit_bias_offset(s.entries.size());
+  {
+    uint32_t n = 0;
+    std::memcpy(&n, payload.data() + at, 4);
+    ASSERT_EQ(n, 2u) << "the offset of the logit-bias count moved: update logit_bias_offset";
+  }
+  BatchMessage m;
+  ASSERT_NO_THROW(decode_batch(payload, 4, 64, false, 64, m));
+  ASSERT_EQ(m.entries[0].begin->logit_bias.size(), 2u);
+
+  // None: a count of 0 and nothing after it.
+  {
+    Sample plain;
+    plain.params.logit_bias.clear();
+    const std::vector<std::byte> p = encode_batch_head(1, plain.entries, 0, WireDtype::F32);
+    EXPECT_EQ(p.size() + 16, payload.size());
+    BatchMessage b;
+    ASSERT_NO_THROW(decode_batch(p, 4, 64, false, 64, b));
+    EXPECT_TRUE(b.entries[0].begin->logit_bias.empty());
+  }
+  // The most there may be, and one more (refused by the decoder before it reads them; the
+  // scheduler refuses such parameters before they reach the encoder).
+  {
+    Sample full;
+    full.params.logit_bias.clear();
+    for (size_t i = 0; i < engine::kMaxLogitBias; ++i) full.params.logit_bias.emplace_back(static_cast<Token>(i), 1.0f);
+    std::vector<std::byte> p = encode_batch_head(1, full.entries, 0, WireDtype::F32);
+    BatchMessage b;
+    ASSERT_NO_THROW(decode_batch(p, 4, 64, false, 64, b));
+    EXPECT_EQ(b.entries[0].begin->logit_bias.size(), engine::kMaxLogitBias);
+    poke(p, at, static_cast<uint32_t>(engine::kMaxLogitBias + 1));
+    EXPECT_THROW(decode_batch(p, 4, 64, false, 64, b), WireError);
+  }
+  const auto refused = [&](auto mutate) {
+    std::vector<std::byte> p = payload;
+    mutate(p);
+    BatchMessage b;
+    EXPECT_THROW(decode_batch(p, 4, 64, false, 64, b), WireError);
+  };
+  refused([&](auto& p) { poke(p, at, uint32_t{0xFFFFFFFFu}); });             // a huge count
+  refused([&](auto& p) { poke(p, at, uint32_t{3}); });                       // more than there are
+  refused([&](auto& p) { poke(p, at, uint32_t{1}); });                       // fewer: the rest is misread
+  refused([&](auto& p) { poke(p, at + 4, Token{-1}); });                     // a negative token
+  refused([&](auto& p) { poke(p, at + 12, Token{2}); });                     // the same token twice
+  refused([&](auto& p) { poke(p, at + 12, Token{1}); });                     // out of order
+  refused([&](auto& p) { poke(p, at + 8, 100.5f); });                        // above +100
+  refused([&](auto& p) { poke(p, at + 16, -101.0f); });                      // below -100
+  refused([&](auto& p) { poke(p, at + 8, std::numeric_limits<float>::quiet_NaN()); });
+  refused([&](auto& p) { poke(p, at + 8, std::numeric_limits<float>::infinity()); });
+  refused([&](auto& p) { p.resize(at + 10); });                              // cut inside the biases
 }
 
 TEST(Wire, SampledRoundTripAndVocabularyCheck) {
