@@ -336,6 +336,7 @@ CompletionRequest parse_completion_request(const json& body, bool chat) {
   s.presence_penalty = static_cast<float>(number(body, "presence_penalty", -2.0, 2.0, 0.0));
   s.frequency_penalty = static_cast<float>(number(body, "frequency_penalty", -2.0, 2.0, 0.0));
   s.repeat_penalty = static_cast<float>(number(body, "repeat_penalty", 0.0, 10.0, s.repeat_penalty));
+  if (s.repeat_penalty <= 0.0f) invalid("repeat_penalty", "'repeat_penalty' must be greater than 0 (1 disables it)");
   if (const json* seed = field(body, "seed")) {
     if (!seed->is_number_integer()) invalid("seed", fmt::format("'seed' must be an integer, not {}", type_name(*seed)));
     s.seed = seed->is_number_unsigned() ? seed->get<uint64_t>() : static_cast<uint64_t>(seed->get<int64_t>());

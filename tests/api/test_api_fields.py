@@ -160,6 +160,7 @@ def test_chat_fields_refused_with_a_400_naming_them(server, extra, param):
     ({"grammar": "root ::= \"a\""}, "grammar"),
     ({"suffix": "end"}, "suffix"),
     ({"echo": True}, "echo"),
+    ({"repeat_penalty": 0}, "repeat_penalty"),    # the sampler needs > 0 (1 is off)
 ])
 def test_completions_fields_refused_with_a_400_naming_them(server, extra, param):
     assert_openai_error(post(server, "/v1/completions", {"prompt": "hi", **extra}), 400, param)

@@ -95,7 +95,7 @@ TEST_P(HandshakeOverLink, VersionMismatchIsNamedOnBothSides) {
     ASSERT_FALSE(r.responder.ok);
     // The responder reads the first Hello and detects the mismatch; the initiator learns it
     // from the responder's Close. Both messages name both versions.
-    const std::string theirs = initiator_is_newer ? "3" : "1", ours = initiator_is_newer ? "1" : "3";
+    const std::string theirs = initiator_is_newer ? "3" : "2", ours = initiator_is_newer ? "2" : "3";
     EXPECT_NE(r.responder.error.find(fmt::format("peer speaks protocol version {}, we speak {}", theirs, ours)),
               std::string::npos)
         << r.responder.error;
