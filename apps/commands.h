@@ -53,7 +53,7 @@ struct RunArgs {
 };
 int run_generate(const RunArgs& args);
 
-// `hearth synth`: a synthetic GGUF model for benchmarks (engine/synth.h does the work).
+// `hearth synth`: a synthetic GGUF model for benchmarks (engine/model/synth.h does the work).
 struct SynthArgs {
   bool list_shapes = false;
   std::string shape;        // a built-in shape, or empty for the dimensions below

@@ -1,4 +1,4 @@
-// `hearth synth`: argument checks and reporting; engine/synth.h builds the model.
+// `hearth synth`: argument checks and reporting; engine/model/synth.h builds the model.
 #include <unistd.h>
 
 #include <chrono>

@@ -1,6 +1,6 @@
 // A model opened for generation in one process: the GGUF file, its architecture, tokenizer and
 // chat template, and one Stage over all of its layers on a backend. Sequences run through a
-// Scheduler (engine/scheduler.h: `generate` for one sequence), in one process as on a cluster.
+// Scheduler (engine/generate/scheduler.h: `generate` for one sequence), in one process as on a cluster.
 #pragma once
 
 #include <filesystem>

@@ -44,7 +44,7 @@ class GgufBytes {
   std::vector<uint8_t> bytes;
 };
 
-// GGUF value type ids (as in engine/gguf.h, repeated here so tests can write invalid ones).
+// GGUF value type ids (as in engine/format/gguf.h, repeated here so tests can write invalid ones).
 enum : uint32_t {
   kU8 = 0, kI8 = 1, kU16 = 2, kI16 = 3, kU32 = 4, kI32 = 5, kF32 = 6, kBool = 7,
   kString = 8, kArray = 9, kU64 = 10, kI64 = 11, kF64 = 12,
