@@ -518,6 +518,19 @@ void OpenAiServer::Impl::routes() {
       res.set_content(dump(body), "application/json");
       return;
     }
+    // A pipeline whose stage died serves nothing until hearth serve is restarted (re-planning
+    // onto the workers left is not built yet): say so, rather than "ok".
+    if (engine::Scheduler* sch = scheduler.load()) {
+      if (const std::string failure = sch->stats().executor_failure; !failure.empty()) {
+        res.set_header("Retry-After", "30");
+        json body = error_body(fmt::format("The pipeline failed and cannot serve until hearth serve is restarted: {}", failure),
+                               "unavailable_error", "", "pipeline_failed");
+        body["status"] = "failed";
+        res.status = 503;
+        res.set_content(dump(body), "application/json");
+        return;
+      }
+    }
     res.set_content(R"({"status":"ok"})", "application/json");
   });
   http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {

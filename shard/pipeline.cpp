@@ -145,6 +145,11 @@ PipelineExecutor::~PipelineExecutor() {
   }
 }
 
+std::string PipelineExecutor::failure() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return failure_;
+}
+
 void PipelineExecutor::fail(const std::string& reason) {
   {
     std::lock_guard<std::mutex> lock(mutex_);

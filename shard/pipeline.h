@@ -56,6 +56,8 @@ class PipelineExecutor final : public engine::BatchExecutor {
   std::vector<engine::SampledToken> collect() override;
   // Compute seconds of each stage so far, as the workers measured them.
   std::vector<double> stage_busy_seconds() const override;
+  // The reason the pipeline failed (set once, by the first broken link or dead stage).
+  std::string failure() const override;
 
   size_t n_stages() const { return stages_.size(); }
   // Bytes sent to stage 0 and received from the last stage so far (payloads).

@@ -73,6 +73,9 @@ class BatchExecutor {
   virtual std::vector<SampledToken> collect() = 0;
   // Seconds each stage has spent computing so far (any thread may ask).
   virtual std::vector<double> stage_busy_seconds() const = 0;
+  // Why this executor can run no more steps (a dead stage of a pipeline), or empty while it can.
+  // Any thread may ask.
+  virtual std::string failure() const { return {}; }
 };
 
 // Every layer in this process: a Stage over all layers with one KV slot per sequence. A step

@@ -90,6 +90,7 @@ SchedulerStats Scheduler::stats() const {
     s = stats_;
   }
   s.stage_busy_seconds = executor_.stage_busy_seconds();
+  s.executor_failure = executor_.failure();
   return s;
 }
 

@@ -100,6 +100,7 @@ struct SchedulerStats {
   uint64_t steps = 0;
   double busy_seconds = 0.0;       // time from submitting steps to collecting them
   std::vector<double> stage_busy_seconds;  // computing, per pipeline stage (one in a single process)
+  std::string executor_failure;    // non-empty: the executor can run no more steps (BatchExecutor::failure)
 };
 
 class Scheduler {
