@@ -253,8 +253,6 @@ class Arena {
   // Reserves `bytes` and returns the region's offset. Only before allocate().
   size_t reserve(size_t bytes);
   void allocate(Backend& backend);
-  bool allocated() const { return buffer_ != nullptr; }
-  size_t size() const { return size_; }
   // A tensor at `offset` (from reserve); its bytes must fit the region reserved there.
   Tensor tensor(size_t offset, DType type, std::array<int64_t, 4> ne) const;
 

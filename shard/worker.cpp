@@ -59,16 +59,14 @@ Worker::Worker(WorkerOptions options, transport::ClusterKey key)
   // Refuses an unknown backend or device at start (naming what exists), not at the first LoadStage.
   const kernels::BackendOptions bo{.n_threads = options_.threads};
   const std::unique_ptr<kernels::Backend> probe = kernels::make_backend(options_.backend, bo);
-  json devices = json::array();
+  // The measured bandwidth is the CPU's (a STREAM triad over host memory).
+  const auto bandwidth = [&](const kernels::DeviceInfo& d) { return d.backend == "cpu" ? options_.bandwidth_gbps : 0.0; };
+  nlohmann::ordered_json devices = nlohmann::ordered_json::array();
   for (const auto& report : kernels::list_backends(bo)) {
-    for (const kernels::DeviceInfo& d : report.devices) {
-      devices.push_back(json::parse(device_json(d, d.backend == "cpu" ? options_.bandwidth_gbps : 0.0).dump()));
-    }
+    for (const kernels::DeviceInfo& d : report.devices) devices.push_back(device_json(d, bandwidth(d)));
   }
   const kernels::DeviceInfo mine = probe->device();
-  devices_json_ = json{{"device", json::parse(device_json(mine, mine.backend == "cpu" ? options_.bandwidth_gbps : 0.0).dump())},
-                       {"devices", devices}}
-                      .dump();
+  devices_json_ = nlohmann::ordered_json{{"device", device_json(mine, bandwidth(mine))}, {"devices", devices}}.dump();
 }
 
 Worker::~Worker() {
