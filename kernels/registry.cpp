@@ -5,6 +5,9 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "kernels/cpu/cpu_backend.h"
+#ifdef HEARTH_WITH_CUDA
+#include "kernels/cuda/cuda.h"
+#endif
 
 namespace hearth::kernels {
 
@@ -59,7 +62,14 @@ std::vector<BackendReport> list_backends(const BackendOptions& options) {
     out.push_back(std::move(cpu));
   }
   // The GPU backends join here when they are built in (HEARTH_CUDA / HEARTH_VULKAN).
+#ifdef HEARTH_WITH_CUDA
+  {
+    CudaDevices cuda = cuda_devices();
+    out.push_back({.kind = "cuda", .compiled = true, .devices = std::move(cuda.devices), .note = std::move(cuda.note)});
+  }
+#else
   out.push_back({.kind = "cuda", .compiled = false, .devices = {}, .note = "not built into this binary"});
+#endif
   out.push_back({.kind = "vulkan", .compiled = false, .devices = {}, .note = "not built into this binary"});
   return out;
 }
@@ -76,6 +86,13 @@ std::unique_ptr<Backend> make_backend(std::string_view spec_text, const BackendO
     if (!r.compiled) {
       throw Error(fmt::format("backend '{}' is not built into this binary; available: {}", spec_text, known_list(reports)));
     }
+#ifdef HEARTH_WITH_CUDA
+    if (r.kind == "cuda") {
+      for (const DeviceInfo& d : r.devices) {
+        if (d.index == spec.device) return make_cuda_backend(spec.device);
+      }
+    }
+#endif
     throw Error(fmt::format("backend '{}': no such device; available: {}", spec_text, known_list(reports)));
   }
   throw Error(fmt::format("unknown backend '{}'; available: {}", spec_text, known_list(reports)));

@@ -5,8 +5,9 @@
 //   HEARTH_EXTERN_SHARED(type, name)   extern __shared__ type name[]   (dynamic shared memory)
 //   HEARTH_LAUNCH(kernel, grid, block, shared_bytes, stream, args...)
 //                                      kernel<<<grid, block, shared_bytes, stream>>>(args...)
-//                                      (on the CPU: synchronous, the stream ignored; `kernel`
-//                                      must be one macro argument, so no unparenthesised commas)
+//                                      (on the CPU: synchronous, or kept by a recording stream;
+//                                      `kernel` must be one macro argument, so no unparenthesised
+//                                      commas: name a template instance through a `constexpr auto`)
 #pragma once
 
 #ifdef __CUDACC__

@@ -33,6 +33,7 @@
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/ops_ref.h"
 #include "kernels/cpu/quants_ref.h"
+#include "kernels/cuda/cpu_exec/backend_on_cpu.h"
 #include "kernels/registry.h"
 
 namespace hearth::kernels {
@@ -59,8 +60,15 @@ std::vector<BackendConfig> backend_configs() {
       out.push_back({name + "_native_rows", [level] { return std::make_unique<CpuBackend>(kThreads, level, false); }, why});
     }
   }
+  // The CUDA backend's kernels on the CPU execution model (test infrastructure): every kernel,
+  // launcher and the backend's own code run here in CI, GPU or not.
+  out.push_back({"cuda_on_cpu", [] { return make_cuda_backend_on_cpu(); }, ""});
   for (const BackendReport& report : list_backends()) {
     if (report.kind == "cpu") continue;  // above, level by level
+    if (report.compiled && report.devices.empty()) {
+      // Built in but no device here: one entry whose cases skip with the runtime's reason.
+      out.push_back({report.kind + "_device", nullptr, report.kind + " is built in but has no device here: " + report.note});
+    }
     for (const DeviceInfo& device : report.devices) {
       std::string name = device.spec();
       for (char& c : name) c = c == ':' ? '_' : c;

@@ -61,7 +61,8 @@
 // own, run for real only on a GPU): inline PTX (`asm(...)`: `mma.sync`, `ldmatrix`,
 // `cp.async`, ...), tensor-core intrinsics (wmma), `__CUDA_ARCH__`-specific paths (it is not
 // defined: kernels take their generic path), clocks and timing, cooperative groups and grid-wide
-// sync, streams and graphs (a launch is synchronous), textures and surfaces, `__constant__` /
+// sync, concurrency between streams (a launch is synchronous; a recording stream only keeps
+// launches to replay them in order), textures and surfaces, `__constant__` /
 // `__device__` variables as separate memory spaces (they are plain globals), memory-model races
 // beyond what the fiber schedule exposes (only synchronization points interleave threads, so a
 // race between two plain accesses with no sync point between them is never observed), and
@@ -82,9 +83,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "core/error.h"
 #include "core/fp16.h"
@@ -138,7 +141,14 @@ inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return
 inline float2 make_float2(float x, float y) { return {x, y}; }
 inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 
-using cudaStream_t = struct CUstream_st*;  // so host code shared with nvcc builds compiles; ignored
+// A stream. Launches on a null stream, or on a stream that is not recording, run at once (every
+// launch is synchronous here). A recording stream (what `cudaStreamBeginCapture` makes in CUDA)
+// keeps each launch, with its arguments converted to the kernel's parameter types, instead of
+// running it; `hearth::cuda_cpu::replay` runs what was kept, in order (a CUDA graph's launch).
+struct CUstream_st {
+  std::vector<std::function<void()>>* recording = nullptr;
+};
+using cudaStream_t = CUstream_st*;
 
 inline constexpr int warpSize = 32;
 
@@ -225,6 +235,22 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_byte
   launch(LaunchOptions{}, kernel, grid, block, shared_bytes, std::forward<Args>(args)...);
 }
 
+// kernel<<<grid, block, shared_bytes, stream>>>(args...): runs now, or is kept by a recording
+// stream (see CUstream_st) to run on each replay with the arguments it was given.
+template <class... Params, class... Args>
+void launch_on(cudaStream_t stream, void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
+               Args&&... args) {
+  static_assert(sizeof...(Params) == sizeof...(Args), "launch: wrong number of kernel arguments");
+  if (stream == nullptr || stream->recording == nullptr) {
+    launch(kernel, grid, block, shared_bytes, std::forward<Args>(args)...);
+    return;
+  }
+  stream->recording->push_back(
+      [kernel, grid, block, shared_bytes, params = std::tuple<std::decay_t<Params>...>(std::forward<Args>(args)...)] {
+        std::apply([&](const auto&... a) { launch(kernel, grid, block, shared_bytes, a...); }, params);
+      });
+}
+
 // The block's dynamic shared memory (what `extern __shared__ T name[]` names in CUDA).
 template <class T>
 inline T* dynamic_shared() {
@@ -241,10 +267,10 @@ inline T* dynamic_shared() {
 
 // `extern __shared__ type name[]` in CUDA (see kernels/cuda/dialect.cuh).
 #define HEARTH_EXTERN_SHARED(type, name) type* const name = ::hearth::cuda_cpu::dynamic_shared<type>()
-// kernel<<<grid, block, shared_bytes, stream>>>(args...) in CUDA; here the stream is ignored and
-// the launch is synchronous.
+// kernel<<<grid, block, shared_bytes, stream>>>(args...) in CUDA; here synchronous, or kept by a
+// recording stream (launch_on).
 #define HEARTH_LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \
-  ((void)(stream), ::hearth::cuda_cpu::launch(kernel, grid, block, shared_bytes __VA_OPT__(, ) __VA_ARGS__))
+  ::hearth::cuda_cpu::launch_on(stream, kernel, grid, block, shared_bytes __VA_OPT__(, ) __VA_ARGS__)
 
 // ---------------------------------------------------------------------------------------------
 // Block synchronization.
@@ -393,6 +419,16 @@ inline unsigned __dp4a(unsigned a, unsigned b, unsigned c) {  // four unsigned b
 inline int __dp4a(char4 a, char4 b, int c) { return __dp4a(std::bit_cast<int>(a), std::bit_cast<int>(b), c); }
 inline unsigned __dp4a(uchar4 a, uchar4 b, unsigned c) {
   return __dp4a(std::bit_cast<unsigned>(a), std::bit_cast<unsigned>(b), c);
+}
+inline unsigned __vsub4(unsigned a, unsigned b) {  // per-byte a - b, each byte wrapping
+  unsigned r = 0;
+  for (int i = 0; i < 4; ++i) r |= (((a >> (8 * i)) - (b >> (8 * i))) & 0xffu) << (8 * i);
+  return r;
+}
+inline unsigned __vadd4(unsigned a, unsigned b) {  // per-byte a + b, each byte wrapping
+  unsigned r = 0;
+  for (int i = 0; i < 4; ++i) r |= (((a >> (8 * i)) + (b >> (8 * i))) & 0xffu) << (8 * i);
+  return r;
 }
 inline int __popc(unsigned x) { return std::popcount(x); }
 inline int __popcll(unsigned long long x) { return std::popcount(x); }

@@ -1,0 +1,216 @@
+// Whole models through the CUDA kernels, on the CPU execution model (kernels/cuda/cpu_exec,
+// test infrastructure): every op of a forward pass — embedding lookup, norms, matmuls in both
+// paths (tiled prefill for the prompt, matrix-vector for decoding), RoPE, KV store, attention,
+// GLU, softcap — runs the CUDA kernel sources, launchers and backend code, and the logits must
+// match the CPU backend's.
+//
+// Models: the architecture fixtures of test_architectures.cpp (llama with rope factors, llama
+// with linear scaling and a Q8_0 matrix, qwen2, qwen3; F32 weights) and a random gemma3 written
+// here (sliding-window and global layers, per-head QK norms, post-norms, GELU, a final logit
+// softcap) with Q4_0 and with Q8_0 matrices.
+//
+// Bounds. The backends round differently: the CPU multiplies quantized weights with 8-bit
+// activations (and F16 weights with f16 ones) for prompts and decoding alike, the CUDA kernels
+// only when decoding (their prefill multiplies f32 activations), and both sum in other orders.
+// Measured worst NMSE per position (printed): 2.5e-8 with F32 weights, 4e-7 with F16, 1e-4 with
+// one Q8_0 matrix, 4e-4 to 6e-4 for the random gemma3 with Q4_0 / Q8_0 matrices (chaotic:
+// random weights amplify every rounding through its layers). Bounds: 1e-6, 1e-5, 1e-3, 3e-3.
+// A wrong kernel moves the logits by 1e-2 to 1 (see the closing note of the CUDA issue for the
+// mutations tried). Decoding runs as backend steps, so after the first two steps of a shape the
+// backend replays a recorded step (asserted), and the replayed logits are checked like the rest.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <random>
+
+#include "engine/format/gguf.h"
+#include "engine/format/gguf_writer.h"
+#include "engine/model/model_config.h"
+#include "engine/model/stage.h"
+#include "engine/model/tensor_map.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/quants_ref.h"
+#include "kernels/cuda/cpu_exec/backend_on_cpu.h"
+#include "tests/support/fixtures.h"
+
+namespace hearth::engine {
+namespace {
+
+using json = nlohmann::json;
+
+double nmse(std::span<const float> got, std::span<const float> want) {
+  double err = 0.0, norm = 0.0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double d = double(got[i]) - double(want[i]);
+    err += d * d;
+    norm += double(want[i]) * double(want[i]);
+  }
+  return std::isfinite(err) ? err / std::max(norm, 1e-30) : INFINITY;
+}
+
+// Logits at every position of the prompt (one batch), then of `steps` tokens decoded one at a
+// time (the tokens given), on `backend`: one vector per position.
+std::vector<std::vector<float>> run(const gguf::GgufFile& file, const ModelConfig& config, kernels::Backend& backend,
+                                    DType kv_type, const std::vector<Token>& prompt, const std::vector<Token>& decode) {
+  StageOptions options;
+  options.n_ctx = 64;
+  options.kv_type = kv_type;
+  Stage stage(file, config, backend, 0, config.n_layer, options);
+  const auto vocab = static_cast<size_t>(config.n_vocab);
+  std::vector<kernels::KvSlot> slots;
+  std::vector<int32_t> rows;
+  for (int32_t i = 0; i < static_cast<int32_t>(prompt.size()); ++i) {
+    slots.push_back({0, i});
+    rows.push_back(i);
+  }
+  std::vector<float> logits;
+  stage.forward({.tokens = prompt, .hidden = {}, .slots = slots, .output_rows = rows}, logits);
+  std::vector<std::vector<float>> out;
+  for (size_t i = 0; i < prompt.size(); ++i) {
+    out.emplace_back(logits.begin() + static_cast<std::ptrdiff_t>(i * vocab),
+                     logits.begin() + static_cast<std::ptrdiff_t>((i + 1) * vocab));
+  }
+  for (size_t s = 0; s < decode.size(); ++s) {
+    const kernels::KvSlot slot{0, static_cast<int32_t>(prompt.size() + s)};
+    const int32_t row0 = 0;
+    stage.forward({.tokens = std::span<const Token>(&decode[s], 1), .hidden = {}, .slots = std::span(&slot, 1),
+                   .output_rows = std::span(&row0, 1)},
+                  logits);
+    out.push_back(logits);
+  }
+  return out;
+}
+
+// Runs the model on the CPU backend and on the CUDA backend (CPU execution model) and compares
+// every position. Returns the worst NMSE.
+double compare(const gguf::GgufFile& file, const ModelConfig& config, DType kv_type, const std::vector<Token>& prompt,
+               const std::vector<Token>& decode, double bound) {
+  kernels::CpuBackend cpu(1);
+  const auto want = run(file, config, cpu, kv_type, prompt, decode);
+  const std::unique_ptr<kernels::Backend> cuda = kernels::make_cuda_backend_on_cpu();
+  const auto got = run(file, config, *cuda, kv_type, prompt, decode);
+  EXPECT_EQ(got.size(), want.size());
+  double worst = 0.0;
+  for (size_t i = 0; i < want.size() && i < got.size(); ++i) {
+    const double e = nmse(got[i], want[i]);
+    worst = std::max(worst, e);
+    EXPECT_LE(e, bound) << "position " << i;
+    // Where the CPU's top token leads clearly, the CUDA kernels pick it too.
+    std::vector<float> sorted = want[i];
+    std::sort(sorted.rbegin(), sorted.rend());
+    const auto top = [](const std::vector<float>& v) { return std::max_element(v.begin(), v.end()) - v.begin(); };
+    if (sorted[0] - sorted[1] > 1e-3f * std::max(1.0f, std::fabs(sorted[0]))) {
+      EXPECT_EQ(top(got[i]), top(want[i])) << "position " << i;
+    }
+  }
+  // Decoding repeats one step shape: from the third step on it is a replay of a recorded step.
+  EXPECT_GE(kernels::cuda_on_cpu_graph_replays(*cuda), decode.size() - 2);
+  return worst;
+}
+
+class CudaOnCpuArch : public testing::TestWithParam<std::string> {};
+
+TEST_P(CudaOnCpuArch, LogitsMatchTheCpuBackend) {
+  const std::filesystem::path dir = test::fixtures_dir() / "arch";
+  const json ref = json::parse(test::read_file_text(dir / (GetParam() + ".json")));
+  const gguf::GgufFile file = gguf::GgufFile::open(dir / (GetParam() + ".gguf"));
+  const ModelConfig config = ModelConfig::from_gguf(file);
+  const auto ids = ref["ids"].get<std::vector<Token>>();
+  const auto greedy = ref["greedy"].get<std::vector<Token>>();
+  // F32 weights, save llama-linear-tiny's Q8_0 ffn_down (quantized activations on the CPU only
+  // for the prompt: the CUDA prefill multiplies f32 activations).
+  const double bound = GetParam() == "llama-linear-tiny" ? 1e-3 : 1e-6;
+  const double worst = compare(file, config, DType::F16, ids, greedy, bound);
+  std::printf("[ cuda     ] %s: worst NMSE against the CPU backend %.3g\n", GetParam().c_str(), worst);
+}
+
+INSTANTIATE_TEST_SUITE_P(TinyModels, CudaOnCpuArch,
+                         testing::Values("qwen2-tiny", "qwen3-tiny", "llama-ropefreqs-tiny", "llama-linear-tiny"),
+                         [](const auto& param_info) {
+                           std::string name = param_info.param;
+                           std::replace(name.begin(), name.end(), '-', '_');
+                           return name;
+                         });
+
+// A random gemma3 of 6 layers (five sliding-window layers, then a global one) with `type`
+// matrices, written to `path`.
+ModelConfig write_gemma3(const std::filesystem::path& path, DType type) {
+  ModelConfig c;
+  c.arch = "gemma3";
+  c.n_vocab = 160;
+  c.n_embd = 64;
+  c.n_layer = 6;
+  c.n_head = 2;
+  c.n_head_kv = 1;
+  c.head_dim = c.head_dim_v = c.n_rot = 32;
+  c.n_ff = 96;
+  c.qk_norm = true;
+  c.post_norms = true;
+  c.tied_output = true;
+  gguf::GgufWriter w;
+  w.set_string("general.architecture", "gemma3");
+  w.set_u32("gemma3.context_length", 256);
+  w.set_u32("gemma3.embedding_length", static_cast<uint32_t>(c.n_embd));
+  w.set_u32("gemma3.block_count", static_cast<uint32_t>(c.n_layer));
+  w.set_u32("gemma3.feed_forward_length", static_cast<uint32_t>(c.n_ff));
+  w.set_u32("gemma3.attention.head_count", static_cast<uint32_t>(c.n_head));
+  w.set_u32("gemma3.attention.head_count_kv", static_cast<uint32_t>(c.n_head_kv));
+  w.set_u32("gemma3.attention.key_length", static_cast<uint32_t>(c.head_dim));
+  w.set_u32("gemma3.attention.value_length", static_cast<uint32_t>(c.head_dim));
+  w.set_f32("gemma3.attention.layer_norm_rms_epsilon", 1e-6f);
+  w.set_f32("gemma3.rope.freq_base", 1e6f);
+  w.set_u32("gemma3.attention.sliding_window", 5);
+  w.set_f32("gemma3.final_logit_softcapping", 30.0f);
+  uint32_t seed = 1;
+  for (const TensorDesc& d : stage_tensors(c, 0, c.n_layer)) {
+    const DType t = d.f32 || d.norm ? DType::F32 : type;
+    const int64_t n = d.ne[0] * d.ne[1] * d.ne[2] * d.ne[3];
+    std::mt19937 rng(seed++);
+    std::normal_distribution<float> normal(0.0f, d.norm ? 0.1f : 0.3f);
+    std::vector<float> values(static_cast<size_t>(n));
+    for (float& v : values) v = (d.norm ? 1.0f : 0.0f) + normal(rng);
+    std::vector<uint8_t> bytes(dtype_row_bytes(t, d.ne[0]) * static_cast<size_t>(n / d.ne[0]));
+    for (int64_t r = 0; r < n / d.ne[0]; ++r) {
+      kernels::ref::quantize_row(t, values.data() + r * d.ne[0], bytes.data() + static_cast<size_t>(r) * dtype_row_bytes(t, d.ne[0]),
+                                 d.ne[0]);
+    }
+    w.add_tensor(d.name, t, std::span<const int64_t>(d.ne.data(), static_cast<size_t>(d.n_dims)),
+                 [bytes = std::move(bytes)](gguf::TensorSink& sink) { sink.write(bytes.data(), bytes.size()); });
+  }
+  w.write(path);
+  return c;
+}
+
+class CudaOnCpuGemma3 : public testing::TestWithParam<std::tuple<DType, DType>> {};
+
+TEST_P(CudaOnCpuGemma3, LogitsMatchTheCpuBackend) {
+  const auto [type, kv_type] = GetParam();
+  const std::filesystem::path path = testing::TempDir() + "gemma3-random-" + std::string(dtype_name(type)) + ".gguf";
+  write_gemma3(path, type);
+  const gguf::GgufFile file = gguf::GgufFile::open(path);
+  const ModelConfig config = ModelConfig::from_gguf(file);
+  ASSERT_TRUE(config.is_swa_layer(0) && !config.is_swa_layer(5) && config.final_logit_softcap == 30.0f);
+  // 12 prompt tokens (the tiled matmul), then 6 decoded ones (matrix-vector, recorded steps).
+  const std::vector<Token> prompt = {2, 17, 159, 40, 41, 3, 99, 100, 7, 58, 120, 1};
+  const std::vector<Token> decode = {5, 6, 150, 77, 23, 9};
+  const double worst = compare(file, config, kv_type, prompt, decode, type == DType::F16 ? 1e-5 : 3e-3);
+  std::printf("[ cuda     ] gemma3 %s weights, %s cache: worst NMSE against the CPU backend %.3g\n",
+              std::string(dtype_name(type)).c_str(), std::string(dtype_name(kv_type)).c_str(), worst);
+  std::filesystem::remove(path);
+}
+
+INSTANTIATE_TEST_SUITE_P(Random, CudaOnCpuGemma3,
+                         testing::Values(std::make_tuple(DType::Q4_0, DType::F16), std::make_tuple(DType::Q8_0, DType::Q8_0),
+                                         std::make_tuple(DType::F16, DType::F32)),
+                         [](const auto& param_info) {
+                           return std::string(dtype_name(std::get<0>(param_info.param))) + "_kv_" +
+                                  std::string(dtype_name(std::get<1>(param_info.param)));
+                         });
+
+}  // namespace
+}  // namespace hearth::engine
