@@ -204,6 +204,8 @@ class Backend {
   // derives it from the batch's size and output rows); equal keys promise equal op sequences.
   virtual void begin_step(uint64_t key) { (void)key; }
   virtual void end_step() {}
+  // Steps that ran as a replay of a recorded step so far (0 for a backend that never records).
+  virtual uint64_t step_replays() const { return 0; }
 
   // --- ops (enqueued; see the contract) -------------------------------------------------
   // out[i, :] = dequantized table[ids[i], :]   table [n_rows, d], ids I32 [n] -> out f32 [n, d]

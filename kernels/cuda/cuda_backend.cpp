@@ -264,8 +264,7 @@ class CudaBackend final : public Backend {
     pending_.clear();
   }
 
-  // How many steps ran as a recorded graph (for tests and `hearth bench`).
-  uint64_t graph_replays() const { return replays_; }
+  uint64_t step_replays() const override { return replays_; }
 
   // ---- ops ----
 
@@ -486,11 +485,6 @@ class CudaBackend final : public Backend {
 }  // namespace
 
 std::unique_ptr<Backend> create_backend(int index) { return std::make_unique<CudaBackend>(index); }
-
-uint64_t graph_replays(const Backend& backend) {
-  const auto* b = dynamic_cast<const CudaBackend*>(&backend);
-  return b != nullptr ? b->graph_replays() : 0;
-}
 
 }  // namespace HEARTH_CUDA_IMPL
 }  // namespace hearth::kernels::cuda

@@ -3,7 +3,6 @@
 // kernels/cuda/cpu_exec/backend_on_cpu.h (the same kernels on the CPU execution model).
 #pragma once
 
-#include <cstdint>
 #include <memory>
 
 #include "kernels/backend.h"
@@ -14,8 +13,6 @@ inline namespace HEARTH_CUDA_IMPL {
 
 // Throws hearth::Error when device `index` cannot be opened.
 std::unique_ptr<Backend> create_backend(int index);
-// Steps that ran as a recorded graph on a backend create_backend made (0 for any other backend).
-uint64_t graph_replays(const Backend& backend);
 
 }  // namespace HEARTH_CUDA_IMPL
 }  // namespace hearth::kernels::cuda

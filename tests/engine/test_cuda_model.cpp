@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <random>
 
@@ -36,6 +37,7 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/quants_ref.h"
 #include "kernels/cuda/cpu_exec/backend_on_cpu.h"
+#include "kernels/registry.h"
 #include "tests/support/fixtures.h"
 
 namespace hearth::engine {
@@ -86,13 +88,24 @@ std::vector<std::vector<float>> run(const gguf::GgufFile& file, const ModelConfi
   return out;
 }
 
-// Runs the model on the CPU backend and on the CUDA backend (CPU execution model) and compares
+// The CUDA backend the tests run: the CPU execution model, or with HEARTH_TEST_CUDA_DEVICE=N a
+// real GPU (bench/gpu-check.sh sets it where a machine has one).
+std::unique_ptr<kernels::Backend> cuda_backend() {
+  if (const char* device = std::getenv("HEARTH_TEST_CUDA_DEVICE"); device != nullptr && *device != '\0') {
+    return kernels::make_backend(std::string("cuda:") + device);
+  }
+  return kernels::make_cuda_backend_on_cpu();
+}
+
+// Runs the model on the CPU backend and on the CUDA backend (a new one, or `reuse`) and compares
 // every position. Returns the worst NMSE.
 double compare(const gguf::GgufFile& file, const ModelConfig& config, DType kv_type, const std::vector<Token>& prompt,
-               const std::vector<Token>& decode, double bound) {
+               const std::vector<Token>& decode, double bound, kernels::Backend* reuse = nullptr) {
   kernels::CpuBackend cpu(1);
   const auto want = run(file, config, cpu, kv_type, prompt, decode);
-  const std::unique_ptr<kernels::Backend> cuda = kernels::make_cuda_backend_on_cpu();
+  std::unique_ptr<kernels::Backend> own = reuse == nullptr ? cuda_backend() : nullptr;
+  kernels::Backend* cuda = reuse != nullptr ? reuse : own.get();
+  const uint64_t replays_before = cuda->step_replays();
   const auto got = run(file, config, *cuda, kv_type, prompt, decode);
   EXPECT_EQ(got.size(), want.size());
   double worst = 0.0;
@@ -109,7 +122,7 @@ double compare(const gguf::GgufFile& file, const ModelConfig& config, DType kv_t
     }
   }
   // Decoding repeats one step shape: from the third step on it is a replay of a recorded step.
-  EXPECT_GE(kernels::cuda_on_cpu_graph_replays(*cuda), decode.size() - 2);
+  EXPECT_GE(cuda->step_replays() - replays_before, decode.size() - 2);
   return worst;
 }
 
@@ -211,6 +224,21 @@ INSTANTIATE_TEST_SUITE_P(Random, CudaOnCpuGemma3,
                            return std::string(dtype_name(std::get<0>(param_info.param))) + "_kv_" +
                                   std::string(dtype_name(std::get<1>(param_info.param)));
                          });
+
+// One backend serving one model's stage, then another's: the second stage's steps have the keys
+// the first one's had (the same batch shapes) but other buffers, so the recordings of the first
+// must not be replayed for it (the backend compares each step's ops with its recording).
+TEST(CudaOnCpuSteps, AReusedBackendNeverReplaysAnotherStagesSteps) {
+  const std::unique_ptr<kernels::Backend> backend = cuda_backend();
+  const std::filesystem::path dir = test::fixtures_dir() / "arch";
+  const std::vector<Token> decode = {5, 6, 15, 7, 23, 9};
+  for (const std::string name : {"qwen3-tiny", "qwen2-tiny", "qwen3-tiny"}) {
+    const gguf::GgufFile file = gguf::GgufFile::open(dir / (name + ".gguf"));
+    const ModelConfig config = ModelConfig::from_gguf(file);
+    const std::vector<Token> prompt = {1, 2, 3};
+    compare(file, config, DType::F16, prompt, decode, 1e-6, backend.get());
+  }
+}
 
 }  // namespace
 }  // namespace hearth::engine

@@ -5,6 +5,5 @@
 namespace hearth::kernels {
 
 std::unique_ptr<Backend> make_cuda_backend_on_cpu() { return cuda::create_backend(0); }
-uint64_t cuda_on_cpu_graph_replays(const Backend& backend) { return cuda::graph_replays(backend); }
 
 }  // namespace hearth::kernels

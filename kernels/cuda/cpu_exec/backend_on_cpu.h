@@ -4,7 +4,6 @@
 // and is not reachable from the hearth binary (only tests link hearth_cuda_on_cpu).
 #pragma once
 
-#include <cstdint>
 #include <memory>
 
 #include "kernels/backend.h"
@@ -12,7 +11,5 @@
 namespace hearth::kernels {
 
 std::unique_ptr<Backend> make_cuda_backend_on_cpu();
-// Steps the backend ran as a recorded graph (a replay of a captured step).
-uint64_t cuda_on_cpu_graph_replays(const Backend& backend);
 
 }  // namespace hearth::kernels
