@@ -8,6 +8,9 @@
 #ifdef HEARTH_WITH_CUDA
 #include "kernels/cuda/cuda.h"
 #endif
+#ifdef HEARTH_WITH_VULKAN
+#include "kernels/vulkan/vulkan.h"
+#endif
 
 namespace hearth::kernels {
 
@@ -70,7 +73,14 @@ std::vector<BackendReport> list_backends(const BackendOptions& options) {
 #else
   out.push_back({.kind = "cuda", .compiled = false, .devices = {}, .note = "not built into this binary"});
 #endif
+#ifdef HEARTH_WITH_VULKAN
+  {
+    VulkanDevices vk = vulkan_devices();
+    out.push_back({.kind = "vulkan", .compiled = true, .devices = std::move(vk.devices), .note = std::move(vk.note)});
+  }
+#else
   out.push_back({.kind = "vulkan", .compiled = false, .devices = {}, .note = "not built into this binary"});
+#endif
   return out;
 }
 
@@ -90,6 +100,13 @@ std::unique_ptr<Backend> make_backend(std::string_view spec_text, const BackendO
     if (r.kind == "cuda") {
       for (const DeviceInfo& d : r.devices) {
         if (d.index == spec.device) return make_cuda_backend(spec.device);
+      }
+    }
+#endif
+#ifdef HEARTH_WITH_VULKAN
+    if (r.kind == "vulkan") {
+      for (const DeviceInfo& d : r.devices) {
+        if (d.index == spec.device) return make_vulkan_backend(spec.device);
       }
     }
 #endif

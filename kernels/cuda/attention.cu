@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/attention_splits.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
 
@@ -267,13 +268,7 @@ void kv_store(const KvArgs& cache, const float* k, const float* v, const int32_t
   }
 }
 
-int attention_splits(int64_t n_tokens, int n_head, int32_t n_ctx) {
-  // Enough blocks to fill a large GPU (~256), no split shorter than 16 positions, at most 64.
-  const int64_t pairs = std::max<int64_t>(1, n_tokens * n_head);
-  const int64_t want = (256 + pairs - 1) / pairs;
-  const int64_t cap = std::max<int64_t>(1, std::min<int64_t>(64, n_ctx / 16));
-  return static_cast<int>(std::min(want, cap));
-}
+int attention_splits(int64_t n_tokens, int n_head, int32_t n_ctx) { return attention_splits_for(n_tokens, n_head, n_ctx); }
 
 size_t attention_scratch_bytes(int64_t n_tokens, const AttentionArgs& a, int32_t n_ctx) {
   const auto units = static_cast<size_t>(n_tokens * a.n_head * attention_splits(n_tokens, a.n_head, n_ctx));

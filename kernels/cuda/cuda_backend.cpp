@@ -20,7 +20,6 @@
 #include "kernels/cuda/cuda_backend.h"
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -33,6 +32,7 @@
 #include "core/error.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/runtime.h"
+#include "kernels/step_fingerprint.h"
 
 namespace hearth::kernels::cuda {
 inline namespace HEARTH_CUDA_IMPL {
@@ -131,24 +131,10 @@ const int32_t* i32(const Tensor& t) {
 
 bool is_kv_type(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::Q8_0; }
 
-// ---- step fingerprints -------------------------------------------------------------------
-
-struct Fingerprint {
-  uint64_t h = 0xcbf29ce484222325ull;
-  void mix(uint64_t v) {
-    h ^= v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
-  }
-  void mix(const void* p) { mix(static_cast<uint64_t>(reinterpret_cast<uintptr_t>(p))); }
-  void mix(float f) { mix(static_cast<uint64_t>(std::bit_cast<uint32_t>(f))); }
-  void mix(const Tensor& t) {
-    if (t.empty()) {
-      mix(uint64_t{0});
-      return;
-    }
-    mix(dev_ptr(t));
-    mix(static_cast<uint64_t>(t.type));
-    for (int64_t n : t.ne) mix(static_cast<uint64_t>(n));
-  }
+// A step's ops as a hash (kernels/step_fingerprint.h) over device addresses.
+struct Fingerprint : StepFingerprint {
+  using StepFingerprint::mix;
+  void mix(const Tensor& t) { mix(t.empty() ? 0 : reinterpret_cast<uintptr_t>(dev_ptr(t)), t); }
 };
 
 class CudaBackend final : public Backend {

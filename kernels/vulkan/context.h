@@ -1,0 +1,49 @@
+// Vulkan instance and devices for the Vulkan backend: what each device is and can do (for
+// `hearth info --system` and the registry), and an opened device with one compute queue.
+#pragma once
+
+#include <vulkan/vulkan.h>
+
+#include <string>
+#include <vector>
+
+#include "kernels/backend.h"
+
+namespace hearth::kernels::vulkan {
+
+struct DeviceList {
+  std::vector<DeviceInfo> devices;
+  std::string note;  // why there are none (no loader, no driver, no suitable device)
+};
+// Every physical device, with its limits and features as DeviceInfo properties. Devices that
+// lack what the backend needs are listed with property ("usable", "no: <why>"). Never throws.
+DeviceList list_devices();
+
+// One opened device: instance, physical and logical device, a compute queue. Throws
+// hearth::Error naming what is missing.
+class Context {
+ public:
+  explicit Context(int index);
+  ~Context();
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
+
+  VkInstance instance = VK_NULL_HANDLE;
+  VkPhysicalDevice physical = VK_NULL_HANDLE;
+  VkDevice device = VK_NULL_HANDLE;
+  VkQueue queue = VK_NULL_HANDLE;
+  uint32_t queue_family = 0;
+  VkPhysicalDeviceProperties properties{};
+  VkPhysicalDeviceMemoryProperties memory{};
+  DeviceInfo info;
+
+  // A memory type index allowed by `type_bits` with every flag of `required`, preferring one
+  // that also has `preferred`. Throws hearth::Error when there is none.
+  uint32_t memory_type(uint32_t type_bits, VkMemoryPropertyFlags required, VkMemoryPropertyFlags preferred) const;
+};
+
+// Throws hearth::Error with `what` and the result's name when `r` is not VK_SUCCESS.
+void check(VkResult r, const char* what);
+const char* result_name(VkResult r);
+
+}  // namespace hearth::kernels::vulkan

@@ -1,0 +1,33 @@
+// The Vulkan backend (built when HEARTH_VULKAN is on): AMD, Intel and NVIDIA GPUs, integrated
+// GPUs, and lavapipe (Mesa's Vulkan on the CPU, which CI runs every shader on). The registry
+// (kernels/registry.cpp) lists the devices and builds "vulkan:N"; tests read the counters.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/backend.h"
+
+namespace hearth::kernels {
+
+struct VulkanDevices {
+  std::vector<DeviceInfo> devices;
+  std::string note;  // why there are none, when there are none
+};
+VulkanDevices vulkan_devices();
+// Throws hearth::Error when the device cannot be opened or lacks what the backend needs.
+std::unique_ptr<Backend> make_vulkan_backend(int index);
+
+// What a Vulkan backend has done so far (for tests and benchmarks): a recorded step replays with
+// one submission and no creations.
+struct VulkanCounters {
+  uint64_t submissions = 0;        // vkQueueSubmit calls
+  uint64_t pipelines_created = 0;  // vkCreateComputePipelines calls (descriptor sets: none, ever)
+  uint64_t dispatches = 0;         // vkCmdDispatch calls recorded
+  uint64_t barriers = 0;           // pipeline barriers recorded
+};
+VulkanCounters vulkan_counters(const Backend& backend);  // zeros for another backend
+
+}  // namespace hearth::kernels
