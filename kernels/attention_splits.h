@@ -1,5 +1,6 @@
 // How the GPU backends split attention over a sequence (flash-decoding): enough workgroups to
-// fill a large GPU (~256 over all tokens and heads), no split under 16 positions, at most 64.
+// reach `target` over all tokens and heads (~256 fills a large GPU), no split under 16
+// positions, at most 64.
 // Shared by kernels/cuda and kernels/vulkan so that both split alike.
 #pragma once
 
@@ -8,9 +9,9 @@
 
 namespace hearth::kernels {
 
-inline int attention_splits_for(int64_t n_tokens, int n_head, int32_t n_ctx) {
+inline int attention_splits_for(int64_t n_tokens, int n_head, int32_t n_ctx, int64_t target = 256) {
   const int64_t pairs = std::max<int64_t>(1, n_tokens * n_head);
-  const int64_t want = (256 + pairs - 1) / pairs;
+  const int64_t want = (target + pairs - 1) / pairs;
   const int64_t cap = std::max<int64_t>(1, std::min<int64_t>(64, n_ctx / 16));
   return static_cast<int>(std::min(want, cap));
 }

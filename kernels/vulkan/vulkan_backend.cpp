@@ -223,6 +223,7 @@ class VulkanBackend final : public Backend {
       : ctx_(std::make_shared<Context>(index)),
         pool_(std::make_shared<Pool>(ctx_, false)),
         staging_pool_(std::make_shared<Pool>(ctx_, true)) {
+    if (ctx_->properties.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU) split_target_ = 8;
     VkPushConstantRange pc{VK_SHADER_STAGE_COMPUTE_BIT, 0, 128};
     VkPipelineLayoutCreateInfo li{};
     li.sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO;
@@ -411,8 +412,8 @@ class VulkanBackend final : public Backend {
     const MatmulPc pc{addr(w), f32_addr(x), f32_addr(y), w.row_bytes(), u32(m), u32(k), u32(n)};
     op("matmul", {&w, &x, &y}, [=, this](VkCommandBuffer cb) {
       if (n <= 8) {
-        dispatch(cb, "matvec", static_cast<uint32_t>(w.type), &pc, sizeof(pc), groups_1d(u32(m)), {range_of(w), range_of(x)},
-                 {range_of(y)});
+        dispatch(cb, "matvec", static_cast<uint32_t>(w.type), &pc, sizeof(pc), groups_1d(u32((m + 7) / 8)),
+                 {range_of(w), range_of(x)}, {range_of(y)});
       } else {
         dispatch(cb, "matmul", static_cast<uint32_t>(w.type), &pc, sizeof(pc), {u32((m + 63) / 64), u32((n + 63) / 64), 1},
                  {range_of(w), range_of(x)}, {range_of(y)});
@@ -505,7 +506,7 @@ class VulkanBackend final : public Backend {
                      cache.k.ne[0] == int64_t{p.n_head_kv} * p.head_dim,
                  "attention heads");
     HEARTH_CHECK(q.n_elements() == n * p.n_head * p.head_dim && out.n_elements() == q.n_elements(), "attention shapes");
-    const int splits = attention_splits_for(n, p.n_head, cache.n_ctx);
+    const int splits = attention_splits_for(n, p.n_head, cache.n_ctx, split_target_);
     const size_t stats_bytes = static_cast<size_t>(n * p.n_head * splits) * 2 * sizeof(float);
     const size_t partial_bytes = static_cast<size_t>(n * p.n_head * splits * p.head_dim) * sizeof(float);
     ensure_scratch(stats_bytes + partial_bytes);
@@ -755,6 +756,9 @@ class VulkanBackend final : public Backend {
   };
 
   std::shared_ptr<Context> ctx_;
+  // Attention splits aim at this many workgroups in all: a GPU's worth, or a few per thread on a
+  // CPU device (lavapipe), where each extra workgroup only adds overhead.
+  int split_target_ = 256;
   std::shared_ptr<Pool> pool_, staging_pool_;
   VkPipelineLayout layout_ = VK_NULL_HANDLE;
   std::unordered_map<std::string, VkShaderModule> modules_;

@@ -34,6 +34,7 @@
 #include "engine/model/model_config.h"
 #include "engine/model/stage.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/registry.h"
 #include "tests/support/fixtures.h"
 
 namespace hearth::engine {
@@ -63,10 +64,11 @@ class GoldenVsLlamaCpp : public testing::TestWithParam<std::string> {
 
 // The whole-model check of a fixture: its KV cache type (f16 unless it says) on hearth's side too.
 void check_logits_and_greedy_tokens(const json& fixture, const std::filesystem::path& path, const std::string& name,
-                                    double min_greedy_agreement = kMinAgreement) {
+                                    double min_greedy_agreement = kMinAgreement, kernels::Backend* on = nullptr) {
   const gguf::GgufFile file = gguf::GgufFile::open(path);
   const ModelConfig config = ModelConfig::from_gguf(file);
-  kernels::CpuBackend backend(ThreadPool::hardware_threads());
+  kernels::CpuBackend cpu(ThreadPool::hardware_threads());
+  kernels::Backend& backend = on != nullptr ? *on : cpu;
   StageOptions options;
   options.n_ctx = 256;
   options.kv_type = dtype_from_name(fixture.value("kv_type", "f16")).value();
@@ -156,7 +158,7 @@ void check_logits_and_greedy_tokens(const json& fixture, const std::filesystem::
       "[ golden   ] %s: %d positions: median NMSE %.2g, max %.2g; %d above 1e-3 (%d of them within 10x llama.cpp's own "
       "deviation there); top-1 differs at %d (%d near-ties). %d greedy steps: %d differ (%d near-ties). "
       "%d of %zu prompts generate all %zu greedy tokens identically; %d also agree in every prompt top-1.\n",
-      name.c_str(), positions, median, all_nmse.back(), over_bound, within_self_noise,
+      (name + (on != nullptr ? " on " + backend.name() : "")).c_str(), positions, median, all_nmse.back(), over_bound, within_self_noise,
       top1_strict_miss, top1_ties, steps, greedy_strict_miss, greedy_ties, greedy_identical, fixture["prompts"].size(),
       fixture["prompts"][0]["greedy"].size(), prompts_identical);
 }
@@ -196,6 +198,81 @@ TEST_P(GoldenVsLlamaCpp, PromptTextAndTokensMatch) {
   }
 }
 
+// The first usable Vulkan device (lavapipe in CI), or null with the reason.
+std::unique_ptr<kernels::Backend> vulkan_backend(std::string& why) {
+  for (const kernels::BackendReport& r : kernels::list_backends()) {
+    if (r.kind != "vulkan") continue;
+    if (!r.compiled) why = "the Vulkan backend is not built into this binary";
+    for (const kernels::DeviceInfo& d : r.devices) {
+      for (const auto& [key, value] : d.properties) {
+        if (key == "usable" && value == "yes") return kernels::make_backend(d.spec());
+      }
+    }
+    if (why.empty()) why = "no usable Vulkan device: " + r.note;
+  }
+  return nullptr;
+}
+
+// Free-running greedy continuation of `tokens` (each step fed the stage's own choice).
+std::vector<Token> free_greedy(Stage& stage, const std::vector<Token>& tokens, size_t steps, size_t vocab) {
+  std::vector<kernels::KvSlot> slots;
+  std::vector<int32_t> rows;
+  for (int32_t i = 0; i < static_cast<int32_t>(tokens.size()); ++i) slots.push_back({0, i});
+  rows.push_back(static_cast<int32_t>(tokens.size()) - 1);
+  std::vector<float> logits;
+  stage.forward({.tokens = tokens, .hidden = {}, .slots = slots, .output_rows = rows}, logits);
+  std::vector<Token> out;
+  for (size_t s = 0; s < steps; ++s) {
+    out.push_back(argmax(std::span<const float>(logits.data(), vocab)));
+    const kernels::KvSlot slot{0, static_cast<int32_t>(tokens.size() + s)};
+    const int32_t row0 = 0;
+    stage.forward({.tokens = std::span<const Token>(&out.back(), 1), .hidden = {}, .slots = std::span(&slot, 1),
+                   .output_rows = std::span(&row0, 1)},
+                  logits);
+  }
+  return out;
+}
+
+// The Vulkan backend (lavapipe in CI) against llama.cpp with the criterion the CPU meets, and
+// its free-running greedy text against the CPU backend's: equal on at least as many prompts as
+// the CPU's equals llama.cpp's.
+class GoldenVulkanVsLlamaCpp : public GoldenVsLlamaCpp {};
+TEST_P(GoldenVulkanVsLlamaCpp, LogitsAtEveryPositionAndGreedyTokens) {
+  std::string why;
+  std::unique_ptr<kernels::Backend> vk = vulkan_backend(why);
+  if (!vk) GTEST_SKIP() << why;
+  const bool q8 = fixture_.value("kv_type", "f16") == "q8_0";
+  check_logits_and_greedy_tokens(fixture_, path_, GetParam(), q8 ? 0.93 : kMinAgreement, vk.get());
+}
+
+TEST_P(GoldenVulkanVsLlamaCpp, GreedyTextAsTheCpuBackends) {
+  std::string why;
+  std::unique_ptr<kernels::Backend> vk = vulkan_backend(why);
+  if (!vk) GTEST_SKIP() << why;
+  const gguf::GgufFile file = gguf::GgufFile::open(path_);
+  const ModelConfig config = ModelConfig::from_gguf(file);
+  kernels::CpuBackend cpu(ThreadPool::hardware_threads());
+  StageOptions options;
+  options.n_ctx = 256;
+  options.kv_type = dtype_from_name(fixture_.value("kv_type", "f16")).value();
+  Stage on_cpu(file, config, cpu, 0, config.n_layer, options);
+  Stage on_vk(file, config, *vk, 0, config.n_layer, options);
+  int vk_equals_cpu = 0, cpu_equals_llama = 0, n = 0;
+  for (const json& prompt : fixture_["prompts"]) {
+    const auto tokens = prompt["tokens"].get<std::vector<Token>>();
+    const auto llama = prompt["greedy"].get<std::vector<Token>>();
+    const auto vocab = static_cast<size_t>(config.n_vocab);
+    const std::vector<Token> a = free_greedy(on_cpu, tokens, llama.size(), vocab);
+    const std::vector<Token> b = free_greedy(on_vk, tokens, llama.size(), vocab);
+    vk_equals_cpu += a == b;
+    cpu_equals_llama += a == llama;
+    ++n;
+  }
+  EXPECT_GE(vk_equals_cpu, cpu_equals_llama);
+  std::printf("[ golden   ] %s: free greedy text, %d prompts: %s equals the CPU's on %d, the CPU equals llama.cpp's on %d\n",
+              GetParam().c_str(), n, vk->name().c_str(), vk_equals_cpu, cpu_equals_llama);
+}
+
 std::string fixture_test_name(const testing::TestParamInfo<std::string>& param_info) {
   std::string name = param_info.param;
   std::replace(name.begin(), name.end(), '-', '_');
@@ -204,6 +281,7 @@ std::string fixture_test_name(const testing::TestParamInfo<std::string>& param_i
 INSTANTIATE_TEST_SUITE_P(DefaultModels, GoldenVsLlamaCpp, testing::Values("smollm2", "gemma3-270m"), fixture_test_name);
 INSTANTIATE_TEST_SUITE_P(DefaultModels, GoldenQ8KvVsLlamaCpp, testing::Values("smollm2-kv-q8_0", "gemma3-270m-kv-q8_0"),
                          fixture_test_name);
+INSTANTIATE_TEST_SUITE_P(DefaultModels, GoldenVulkanVsLlamaCpp, testing::Values("smollm2", "gemma3-270m"), fixture_test_name);
 
 }  // namespace
 }  // namespace hearth::engine

@@ -23,6 +23,15 @@ uint byte_at(uint64_t base, uint64_t i) { return uint(U8s(base + i).v[0]); }
 void st_u8(uint64_t base, uint64_t i, uint v) { U8s(base + i).v[0] = uint8_t(v & 255u); }
 int sext8(uint v) { return int(v) - (v >= 128u ? 256 : 0); }
 uint u16_at(uint64_t base, uint64_t i) { return byte_at(base, i) | (byte_at(base, i + 1ul) << 8); }
+// Eight bytes at an even address, as four 16-bit loads (GGUF blocks are 2-byte aligned).
+void load8(uint64_t a, out uint b[8]) {
+  for (uint i = 0; i < 4u; ++i) {
+    const uint h = uint(U16s(a + 2ul * i).v[0]);
+    b[2u * i] = h & 255u;
+    b[2u * i + 1u] = h >> 8;
+  }
+}
+float f16_even(uint64_t a) { return unpackHalf2x16(uint(U16s(a).v[0])).x; }  // an f16 at an even address
 float f16_to_f32(uint h) { return unpackHalf2x16(h).x; }  // exact for every half
 float f16_at(uint64_t base, uint64_t i) { return f16_to_f32(u16_at(base, i)); }
 float bf16_to_f32(uint h) { return uintBitsToFloat(h << 16); }
@@ -73,23 +82,26 @@ void decode8(uint t, uint64_t row, uint64_t j, uint part, out int q[8], out floa
   m = 0.0;
   if (!is_k_quant(t)) {
     const uint64_t b = row + j * block_bytes(t);
-    d = f16_at(b, 0);
+    d = f16_even(b);
+    uint by[8];
     if (t == T_Q8_0) {
-      for (uint i = 0; i < 8u; ++i) q[i] = sext8(byte_at(b, 2u + 8u * part + i));
+      load8(b + 2u + 8u * part, by);
+      for (uint i = 0; i < 8u; ++i) q[i] = sext8(by[i]);
       return;
     }
     const bool has_min = t == T_Q4_1 || t == T_Q5_1, has_high = t == T_Q5_0 || t == T_Q5_1;
-    if (has_min) m = f16_at(b, 2);
+    if (has_min) m = f16_even(b + 2u);
     const uint64_t qs = b + 2u + (has_min ? 2u : 0u) + (has_high ? 4u : 0u);
     uint qh = 0u;
     if (has_high) {
       const uint64_t h = b + 2u + (has_min ? 2u : 0u);
-      qh = byte_at(h, 0) | (byte_at(h, 1) << 8) | (byte_at(h, 2) << 16) | (byte_at(h, 3) << 24);
+      qh = uint(U16s(h).v[0]) | (uint(U16s(h + 2ul).v[0]) << 16);
     }
     const int bias = t == T_Q4_0 ? 8 : t == T_Q5_0 ? 16 : 0;
+    load8(qs + 8u * (part % 2u), by);
     for (uint i = 0; i < 8u; ++i) {
       const uint v = 8u * part + i;  // value index in the block
-      const uint byte_v = byte_at(qs, v % 16u);
+      const uint byte_v = by[i];
       uint nib = v < 16u ? (byte_v & 15u) : (byte_v >> 4);
       if (has_high) nib |= ((qh >> v) & 1u) << 4;
       q[i] = int(nib) - bias;
@@ -107,37 +119,48 @@ void decode8(uint t, uint64_t row, uint64_t j, uint part, out int q[8], out floa
       sc = int((byte_at(b, 4u + s + 4u) & 15u) | ((byte_at(b, 4u + s - 4u) >> 6) << 4));
       mn = int((byte_at(b, 4u + s + 4u) >> 4) | ((byte_at(b, 4u + s) >> 6) << 4));
     }
-    d = f16_at(b, 0) * float(sc);
-    m = -(f16_at(b, 2) * float(mn));
+    d = f16_even(b) * float(sc);
+    m = -(f16_even(b + 2u) * float(mn));
     const uint64_t qs = b + (t == T_Q4_K ? 16u : 48u) + 32u * (s / 2u) + 8u * part;
     const uint shift = s % 2u == 0u ? 0u : 4u;
+    uint by[8], hb[8];
+    load8(qs, by);
+    if (t == T_Q5_K) load8(b + 16u + 8u * part, hb);
     for (uint i = 0; i < 8u; ++i) {
-      uint v = (byte_at(qs, i) >> shift) & 15u;
-      if (t == T_Q5_K) v |= ((byte_at(b, 16u + 8u * part + i) >> s) & 1u) << 4;
+      uint v = (by[i] >> shift) & 15u;
+      if (t == T_Q5_K) v |= ((hb[i] >> s) & 1u) << 4;
       q[i] = int(v);
     }
   } else if (t == T_Q6_K) {
     const uint h = s / 4u, k = s % 4u, l0 = 8u * part;
-    d = f16_at(b, 208) * float(sext8(byte_at(b, 192u + 8u * h + l0 / 16u + 2u * k)));
+    d = f16_even(b + 208u) * float(sext8(byte_at(b, 192u + 8u * h + l0 / 16u + 2u * k)));
+    uint lb[8], hb[8];
+    load8(b + 64u * h + 32u * (k & 1u) + l0, lb);
+    load8(b + 128u + 32u * h + l0, hb);
     for (uint i = 0; i < 8u; ++i) {
-      const uint lo = (byte_at(b, 64u * h + 32u * (k & 1u) + l0 + i) >> (k >= 2u ? 4u : 0u)) & 15u;
-      const uint hi = (byte_at(b, 128u + 32u * h + l0 + i) >> (2u * k)) & 3u;
+      const uint lo = (lb[i] >> (k >= 2u ? 4u : 0u)) & 15u;
+      const uint hi = (hb[i] >> (2u * k)) & 3u;
       q[i] = int(lo | (hi << 4)) - 32;
     }
   } else if (t == T_Q2_K) {
     const uint half_i = s / 4u, shift = 2u * (s % 4u);
     const uint sc = byte_at(b, 8u * half_i + 2u * (s % 4u) + part / 2u);
-    d = f16_at(b, 80) * float(sc & 15u);
-    m = -(f16_at(b, 82) * float(sc >> 4));
-    for (uint i = 0; i < 8u; ++i) q[i] = int((byte_at(b, 16u + 32u * half_i + 8u * part + i) >> shift) & 3u);
+    d = f16_even(b + 80u) * float(sc & 15u);
+    m = -(f16_even(b + 82u) * float(sc >> 4));
+    uint by[8];
+    load8(b + 16u + 32u * half_i + 8u * part, by);
+    for (uint i = 0; i < 8u; ++i) q[i] = int((by[i] >> shift) & 3u);
   } else {  // Q3_K
     const uint half_i = s / 4u, shift = 2u * (s % 4u), is = 2u * s + part / 2u;
     const uint low = (byte_at(b, 96u + is % 8u) >> (4u * (is / 8u))) & 15u;
     const uint high = (byte_at(b, 104u + is % 4u) >> (2u * (is / 4u))) & 3u;
-    d = f16_at(b, 108) * float(int(low | (high << 4)) - 32);
+    d = f16_even(b + 108u) * float(int(low | (high << 4)) - 32);
+    uint by[8], hm[8];
+    load8(b + 32u + 32u * half_i + 8u * part, by);
+    load8(b + 8u * part, hm);
     for (uint i = 0; i < 8u; ++i) {
-      const uint q2 = (byte_at(b, 32u + 32u * half_i + 8u * part + i) >> shift) & 3u;
-      const uint hbit = (byte_at(b, 8u * part + i) >> s) & 1u;
+      const uint q2 = (by[i] >> shift) & 3u;
+      const uint hbit = (hm[i] >> s) & 1u;
       q[i] = int(q2) - (hbit != 0u ? 0 : 4);
     }
   }
