@@ -252,7 +252,7 @@ class VulkanBackend final : public Backend {
 
   ~VulkanBackend() override {
     try {
-      wait();
+      synchronize();
     } catch (const Error&) {
     }
     scratch_.reset();
@@ -332,8 +332,11 @@ class VulkanBackend final : public Backend {
     }
   }
 
+  // Submits everything queued (inputs' uploads, recorded steps, read-backs: one vkQueueSubmit)
+  // and waits for it.
   void synchronize() override {
-    if (open_ != VK_NULL_HANDLE) submit({});
+    close_open();
+    if (!queued_.empty()) submit();
     wait();
   }
 
@@ -360,12 +363,12 @@ class VulkanBackend final : public Backend {
       if (it != steps_.end() && it->second.print == print_.h) {
         in_step_ = false;
         ++replays_;
-        submit({it->second.cb});
+        enqueue_step(it->second.cb);
         pending_.clear();
         return;
       }
       if (it != steps_.end()) {
-        wait();  // its command buffer may still be in flight
+        flush_step(it->second.cb);  // its command buffer may be queued or in flight
         steps_.erase(it);
       }
       start_recording();
@@ -374,7 +377,7 @@ class VulkanBackend final : public Backend {
     in_step_ = false;
     check(vkEndCommandBuffer(step_cb_), "vkEndCommandBuffer");
     if (steps_.size() >= kMaxSteps) {
-      wait();
+      synchronize();
       steps_.clear();
     }
     Recorded& r = steps_[key_];
@@ -384,7 +387,7 @@ class VulkanBackend final : public Backend {
     r.device = ctx_->device;
     step_cb_ = VK_NULL_HANDLE;
     pending_.clear();
-    submit({r.cb});
+    enqueue_step(r.cb);
   }
 
   uint64_t step_replays() const override { return replays_; }
@@ -602,10 +605,30 @@ class VulkanBackend final : public Backend {
     full_barrier(cb);
   }
 
+  // A step's command buffer joins the queue after the work recorded before it; it is submitted
+  // with whatever follows (typically the read-back of its output) at the next synchronize.
+  void enqueue_step(VkCommandBuffer cb) {
+    flush_step(cb);  // the same recording queued twice would be submitted while pending
+    close_open();
+    queued_.push_back(cb);
+  }
+  void flush_step(VkCommandBuffer cb) {
+    if (std::find(queued_.begin(), queued_.end(), cb) != queued_.end()) synchronize();
+    wait();
+  }
+
+  void close_open() {
+    if (open_ == VK_NULL_HANDLE) return;
+    check(vkEndCommandBuffer(open_), "vkEndCommandBuffer");
+    track_.erase(open_);
+    queued_.push_back(open_);
+    open_ = VK_NULL_HANDLE;
+  }
+
   // The command buffer for work outside steps, begun on first use after a submission.
   VkCommandBuffer open() {
     if (open_ == VK_NULL_HANDLE) {
-      wait();  // the previous batch's transient buffers and staging are reused from here on
+      wait();  // a finished batch's transient buffers and staging are reused from here on
       VkCommandBufferAllocateInfo ai{};
       ai.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO;
       ai.commandPool = transient_pool_;
@@ -685,7 +708,7 @@ class VulkanBackend final : public Backend {
   // Staging space for `bytes` in this batch (freed when the batch completes); submits the batch
   // first when the staging memory in use would pass its bound.
   std::pair<Block, size_t> stage(size_t bytes) {
-    if (staging_used_ + bytes > kStagingChunk * 2 && open_ != VK_NULL_HANDLE) synchronize();
+    if (staging_used_ + bytes > kStagingChunk * 2 && (open_ != VK_NULL_HANDLE || !queued_.empty())) synchronize();
     open();
     if (staging_.empty() || staging_at_ + bytes > staging_.back().size) {
       staging_.push_back(staging_pool_->take(std::max(bytes, size_t{4} << 20)));
@@ -697,16 +720,10 @@ class VulkanBackend final : public Backend {
     return {staging_.back(), at};
   }
 
-  void submit(std::vector<VkCommandBuffer> more) {
+  void submit() {
     wait();
-    std::vector<VkCommandBuffer> cbs;
-    if (open_ != VK_NULL_HANDLE) {
-      check(vkEndCommandBuffer(open_), "vkEndCommandBuffer");
-      track_.erase(open_);
-      cbs.push_back(open_);
-      open_ = VK_NULL_HANDLE;
-    }
-    cbs.insert(cbs.end(), more.begin(), more.end());
+    std::vector<VkCommandBuffer> cbs = std::move(queued_);
+    queued_.clear();
     if (cbs.empty()) return;
     VkSubmitInfo si{};
     si.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO;
@@ -733,7 +750,7 @@ class VulkanBackend final : public Backend {
       }
       check(vkResetFences(ctx_->device, 1, &fence_), "vkResetFences");
     }
-    if (open_ == VK_NULL_HANDLE) {
+    if (open_ == VK_NULL_HANDLE && queued_.empty()) {
       check(vkResetCommandPool(ctx_->device, transient_pool_, 0), "vkResetCommandPool");
       for (size_t i = 0; i + 1 < staging_.size(); ++i) staging_pool_->give_back(staging_[i]);
       if (staging_.size() > 1) staging_.erase(staging_.begin(), staging_.end() - 1);
@@ -766,6 +783,7 @@ class VulkanBackend final : public Backend {
   VkCommandPool transient_pool_ = VK_NULL_HANDLE, step_pool_ = VK_NULL_HANDLE;
   VkFence fence_ = VK_NULL_HANDLE;
   VkCommandBuffer open_ = VK_NULL_HANDLE, step_cb_ = VK_NULL_HANDLE;
+  std::vector<VkCommandBuffer> queued_;  // recorded, in order, not yet submitted
   std::unordered_map<VkCommandBuffer, Track> track_;
   std::vector<Block> staging_;
   size_t staging_at_ = 0, staging_used_ = 0;

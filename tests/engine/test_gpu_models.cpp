@@ -1,8 +1,10 @@
-// Whole models through the CUDA kernels, on the CPU execution model (kernels/cuda/cpu_exec,
-// test infrastructure): every op of a forward pass — embedding lookup, norms, matmuls in both
-// paths (tiled prefill for the prompt, matrix-vector for decoding), RoPE, KV store, attention,
-// GLU, softcap — runs the CUDA kernel sources, launchers and backend code, and the logits must
-// match the CPU backend's.
+// Whole models through the GPU backends' kernels, against the CPU backend's logits: the CUDA
+// backend on the CPU execution model (kernels/cuda/cpu_exec, test infrastructure; a real GPU
+// with HEARTH_TEST_CUDA_DEVICE=N) and the Vulkan backend on the first usable Vulkan device
+// (lavapipe in CI; skipped with the reason where there is none). Every op of a forward pass —
+// embedding lookup, norms, matmuls in both paths (tiled prefill for the prompt,
+// matrix-vector for decoding), RoPE, KV store, attention, GLU, softcap — runs the backend's
+// kernels, and decoding runs as recorded steps.
 //
 // Models: the architecture fixtures of test_architectures.cpp (llama with rope factors, llama
 // with linear scaling and a Q8_0 matrix, qwen2, qwen3; F32 weights) and a random gemma3 written
@@ -11,7 +13,8 @@
 //
 // Bounds. The backends round differently: the CPU multiplies quantized weights with 8-bit
 // activations (and F16 weights with f16 ones) for prompts and decoding alike, the CUDA kernels
-// only when decoding (their prefill multiplies f32 activations), and both sum in other orders.
+// only when decoding (their prefill multiplies f32 activations), the Vulkan shaders never, and
+// all sum in other orders.
 // Measured worst NMSE per position (printed): 2.5e-8 with F32 weights, 4e-7 with F16, 1e-4 with
 // one Q8_0 matrix, 4e-4 to 6e-4 for the random gemma3 with Q4_0 / Q8_0 matrices (chaotic:
 // random weights amplify every rounding through its layers). Bounds: 1e-6, 1e-5, 1e-3, 3e-3.
@@ -38,6 +41,9 @@
 #include "kernels/cpu/quants_ref.h"
 #include "kernels/cuda/cpu_exec/backend_on_cpu.h"
 #include "kernels/registry.h"
+#ifdef HEARTH_TEST_VULKAN
+#include "kernels/vulkan/vulkan.h"
+#endif
 #include "tests/support/fixtures.h"
 
 namespace hearth::engine {
@@ -88,22 +94,46 @@ std::vector<std::vector<float>> run(const gguf::GgufFile& file, const ModelConfi
   return out;
 }
 
-// The CUDA backend the tests run: the CPU execution model, or with HEARTH_TEST_CUDA_DEVICE=N a
-// real GPU (bench/gpu-check.sh sets it where a machine has one).
-std::unique_ptr<kernels::Backend> cuda_backend() {
-  if (const char* device = std::getenv("HEARTH_TEST_CUDA_DEVICE"); device != nullptr && *device != '\0') {
-    return kernels::make_backend(std::string("cuda:") + device);
+// The GPU backends under test.
+enum class Gpu { Cuda, Vulkan };
+std::string gpu_name(Gpu g) { return g == Gpu::Cuda ? "cuda" : "vulkan"; }
+
+// The backend for `gpu`, or null with the reason it is not here. CUDA: the CPU execution model,
+// or with HEARTH_TEST_CUDA_DEVICE=N a real GPU (bench/gpu-check.sh sets it where a machine has
+// one). Vulkan: the first usable Vulkan device.
+std::unique_ptr<kernels::Backend> gpu_backend(Gpu gpu, std::string& why) {
+  if (gpu == Gpu::Cuda) {
+    if (const char* device = std::getenv("HEARTH_TEST_CUDA_DEVICE"); device != nullptr && *device != '\0') {
+      return kernels::make_backend(std::string("cuda:") + device);
+    }
+    return kernels::make_cuda_backend_on_cpu();
   }
-  return kernels::make_cuda_backend_on_cpu();
+  for (const kernels::BackendReport& r : kernels::list_backends()) {
+    if (r.kind != "vulkan") continue;
+    if (!r.compiled) why = "the Vulkan backend is not built into this binary";
+    for (const kernels::DeviceInfo& d : r.devices) {
+      for (const auto& [key, value] : d.properties) {
+        if (key == "usable" && value == "yes") return kernels::make_backend(d.spec());
+      }
+    }
+    if (why.empty()) why = "no usable Vulkan device: " + r.note;
+  }
+  return nullptr;
 }
 
 // Runs the model on the CPU backend and on the CUDA backend (a new one, or `reuse`) and compares
 // every position. Returns the worst NMSE.
-double compare(const gguf::GgufFile& file, const ModelConfig& config, DType kv_type, const std::vector<Token>& prompt,
-               const std::vector<Token>& decode, double bound, kernels::Backend* reuse = nullptr) {
+double compare(Gpu gpu, const gguf::GgufFile& file, const ModelConfig& config, DType kv_type,
+               const std::vector<Token>& prompt, const std::vector<Token>& decode, double bound,
+               kernels::Backend* reuse = nullptr) {
   kernels::CpuBackend cpu(1);
   const auto want = run(file, config, cpu, kv_type, prompt, decode);
-  std::unique_ptr<kernels::Backend> own = reuse == nullptr ? cuda_backend() : nullptr;
+  std::string why;
+  std::unique_ptr<kernels::Backend> own = reuse == nullptr ? gpu_backend(gpu, why) : nullptr;
+  if (reuse == nullptr && own == nullptr) {
+    ADD_FAILURE() << "no " << gpu_name(gpu) << " backend: " << why;
+    return INFINITY;
+  }
   kernels::Backend* cuda = reuse != nullptr ? reuse : own.get();
   const uint64_t replays_before = cuda->step_replays();
   const auto got = run(file, config, *cuda, kv_type, prompt, decode);
@@ -126,26 +156,37 @@ double compare(const gguf::GgufFile& file, const ModelConfig& config, DType kv_t
   return worst;
 }
 
-class CudaOnCpuArch : public testing::TestWithParam<std::string> {};
+// Skips the test when `gpu` has no backend here.
+#define SKIP_WITHOUT(gpu)                                                              \
+  do {                                                                                 \
+    std::string why_;                                                                  \
+    if (gpu_backend(gpu, why_) == nullptr) GTEST_SKIP() << gpu_name(gpu) << ": " << why_; \
+  } while (0)
 
-TEST_P(CudaOnCpuArch, LogitsMatchTheCpuBackend) {
+class GpuArch : public testing::TestWithParam<std::tuple<Gpu, std::string>> {};
+
+TEST_P(GpuArch, LogitsMatchTheCpuBackend) {
+  const auto [gpu, name] = GetParam();
+  SKIP_WITHOUT(gpu);
   const std::filesystem::path dir = test::fixtures_dir() / "arch";
-  const json ref = json::parse(test::read_file_text(dir / (GetParam() + ".json")));
-  const gguf::GgufFile file = gguf::GgufFile::open(dir / (GetParam() + ".gguf"));
+  const json ref = json::parse(test::read_file_text(dir / (name + ".json")));
+  const gguf::GgufFile file = gguf::GgufFile::open(dir / (name + ".gguf"));
   const ModelConfig config = ModelConfig::from_gguf(file);
   const auto ids = ref["ids"].get<std::vector<Token>>();
   const auto greedy = ref["greedy"].get<std::vector<Token>>();
   // F32 weights, save llama-linear-tiny's Q8_0 ffn_down (quantized activations on the CPU only
   // for the prompt: the CUDA prefill multiplies f32 activations).
-  const double bound = GetParam() == "llama-linear-tiny" ? 1e-3 : 1e-6;
-  const double worst = compare(file, config, DType::F16, ids, greedy, bound);
-  std::printf("[ cuda     ] %s: worst NMSE against the CPU backend %.3g\n", GetParam().c_str(), worst);
+  const double bound = name == "llama-linear-tiny" ? 1e-3 : 1e-6;
+  const double worst = compare(gpu, file, config, DType::F16, ids, greedy, bound);
+  std::printf("[ %-8s ] %s: worst NMSE against the CPU backend %.3g\n", gpu_name(gpu).c_str(), name.c_str(), worst);
 }
 
-INSTANTIATE_TEST_SUITE_P(TinyModels, CudaOnCpuArch,
-                         testing::Values("qwen2-tiny", "qwen3-tiny", "llama-ropefreqs-tiny", "llama-linear-tiny"),
+INSTANTIATE_TEST_SUITE_P(TinyModels, GpuArch,
+                         testing::Combine(testing::Values(Gpu::Cuda, Gpu::Vulkan),
+                                          testing::Values("qwen2-tiny", "qwen3-tiny", "llama-ropefreqs-tiny",
+                                                          "llama-linear-tiny")),
                          [](const auto& param_info) {
-                           std::string name = param_info.param;
+                           std::string name = gpu_name(std::get<0>(param_info.param)) + "_" + std::get<1>(param_info.param);
                            std::replace(name.begin(), name.end(), '-', '_');
                            return name;
                          });
@@ -199,11 +240,14 @@ ModelConfig write_gemma3(const std::filesystem::path& path, DType type) {
   return c;
 }
 
-class CudaOnCpuGemma3 : public testing::TestWithParam<std::tuple<DType, DType>> {};
+class GpuGemma3 : public testing::TestWithParam<std::tuple<Gpu, std::tuple<DType, DType>>> {};
 
-TEST_P(CudaOnCpuGemma3, LogitsMatchTheCpuBackend) {
-  const auto [type, kv_type] = GetParam();
-  const std::filesystem::path path = testing::TempDir() + "gemma3-random-" + std::string(dtype_name(type)) + ".gguf";
+TEST_P(GpuGemma3, LogitsMatchTheCpuBackend) {
+  const Gpu gpu = std::get<0>(GetParam());
+  const auto [type, kv_type] = std::get<1>(GetParam());
+  SKIP_WITHOUT(gpu);
+  const std::filesystem::path path =
+      testing::TempDir() + "gemma3-random-" + gpu_name(gpu) + "-" + std::string(dtype_name(type)) + ".gguf";
   write_gemma3(path, type);
   const gguf::GgufFile file = gguf::GgufFile::open(path);
   const ModelConfig config = ModelConfig::from_gguf(file);
@@ -211,34 +255,87 @@ TEST_P(CudaOnCpuGemma3, LogitsMatchTheCpuBackend) {
   // 12 prompt tokens (the tiled matmul), then 6 decoded ones (matrix-vector, recorded steps).
   const std::vector<Token> prompt = {2, 17, 159, 40, 41, 3, 99, 100, 7, 58, 120, 1};
   const std::vector<Token> decode = {5, 6, 150, 77, 23, 9};
-  const double worst = compare(file, config, kv_type, prompt, decode, type == DType::F16 ? 1e-5 : 3e-3);
-  std::printf("[ cuda     ] gemma3 %s weights, %s cache: worst NMSE against the CPU backend %.3g\n",
+  const double worst = compare(gpu, file, config, kv_type, prompt, decode, type == DType::F16 ? 1e-5 : 3e-3);
+  std::printf("[ %-8s ] gemma3 %s weights, %s cache: worst NMSE against the CPU backend %.3g\n", gpu_name(gpu).c_str(),
               std::string(dtype_name(type)).c_str(), std::string(dtype_name(kv_type)).c_str(), worst);
   std::filesystem::remove(path);
 }
 
-INSTANTIATE_TEST_SUITE_P(Random, CudaOnCpuGemma3,
-                         testing::Values(std::make_tuple(DType::Q4_0, DType::F16), std::make_tuple(DType::Q8_0, DType::Q8_0),
-                                         std::make_tuple(DType::F16, DType::F32)),
-                         [](const auto& param_info) {
-                           return std::string(dtype_name(std::get<0>(param_info.param))) + "_kv_" +
-                                  std::string(dtype_name(std::get<1>(param_info.param)));
-                         });
+std::string gemma3_case_name(const testing::TestParamInfo<GpuGemma3::ParamType>& param_info) {
+  const std::tuple<DType, DType> types = std::get<1>(param_info.param);
+  return gpu_name(std::get<0>(param_info.param)) + "_" + std::string(dtype_name(std::get<0>(types))) + "_kv_" +
+         std::string(dtype_name(std::get<1>(types)));
+}
+INSTANTIATE_TEST_SUITE_P(Random, GpuGemma3,
+                         testing::Combine(testing::Values(Gpu::Cuda, Gpu::Vulkan),
+                                          testing::Values(std::make_tuple(DType::Q4_0, DType::F16),
+                                                          std::make_tuple(DType::Q8_0, DType::Q8_0),
+                                                          std::make_tuple(DType::F16, DType::F32))),
+                         gemma3_case_name);
 
 // One backend serving one model's stage, then another's: the second stage's steps have the keys
 // the first one's had (the same batch shapes) but other buffers, so the recordings of the first
 // must not be replayed for it (the backend compares each step's ops with its recording).
-TEST(CudaOnCpuSteps, AReusedBackendNeverReplaysAnotherStagesSteps) {
-  const std::unique_ptr<kernels::Backend> backend = cuda_backend();
+class GpuSteps : public testing::TestWithParam<Gpu> {};
+
+TEST_P(GpuSteps, AReusedBackendNeverReplaysAnotherStagesSteps) {
+  std::string why;
+  const std::unique_ptr<kernels::Backend> backend = gpu_backend(GetParam(), why);
+  if (!backend) GTEST_SKIP() << why;
   const std::filesystem::path dir = test::fixtures_dir() / "arch";
   const std::vector<Token> decode = {5, 6, 15, 7, 23, 9};
   for (const std::string name : {"qwen3-tiny", "qwen2-tiny", "qwen3-tiny"}) {
     const gguf::GgufFile file = gguf::GgufFile::open(dir / (name + ".gguf"));
     const ModelConfig config = ModelConfig::from_gguf(file);
     const std::vector<Token> prompt = {1, 2, 3};
-    compare(file, config, DType::F16, prompt, decode, 1e-6, backend.get());
+    compare(GetParam(), file, config, DType::F16, prompt, decode, 1e-6, backend.get());
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Backends, GpuSteps, testing::Values(Gpu::Cuda, Gpu::Vulkan),
+                         [](const auto& param_info) { return gpu_name(param_info.param); });
+
+#ifdef HEARTH_TEST_VULKAN
+// A recorded step costs one queue submission and creates nothing: after the first decode steps
+// (recorded, pipelines created), every further token submits exactly once (its inputs' uploads
+// ride in the same submission) and creates no pipeline (and no descriptor set: the backend has
+// none).
+TEST(VulkanRecording, OneSubmissionAndNoCreationsPerDecodeToken) {
+  std::string why;
+  const std::unique_ptr<kernels::Backend> vk = gpu_backend(Gpu::Vulkan, why);
+  if (!vk) GTEST_SKIP() << why;
+  const std::filesystem::path dir = test::fixtures_dir() / "arch";
+  const gguf::GgufFile file = gguf::GgufFile::open(dir / "qwen3-tiny.gguf");
+  const ModelConfig config = ModelConfig::from_gguf(file);
+  StageOptions options;
+  options.n_ctx = 64;
+  Stage stage(file, config, *vk, 0, config.n_layer, options);
+  std::vector<float> logits;
+  const auto step = [&](Token token, int32_t pos) {
+    const kernels::KvSlot slot{0, pos};
+    const int32_t row0 = 0;
+    stage.forward({.tokens = std::span<const Token>(&token, 1), .hidden = {}, .slots = std::span(&slot, 1),
+                   .output_rows = std::span(&row0, 1)},
+                  logits);
+  };
+  for (int32_t pos = 0; pos < 3; ++pos) step(1 + pos, pos);  // warm-up: record, create
+  const kernels::VulkanCounters before = kernels::vulkan_counters(*vk);
+  const uint64_t replays_before = vk->step_replays();
+  constexpr int kTokens = 10;
+  for (int32_t pos = 3; pos < 3 + kTokens; ++pos) step(1 + pos, pos);
+  const kernels::VulkanCounters after = kernels::vulkan_counters(*vk);
+  EXPECT_EQ(after.submissions - before.submissions, uint64_t{kTokens});
+  EXPECT_EQ(after.pipelines_created, before.pipelines_created);
+  EXPECT_EQ(after.dispatches, before.dispatches) << "replayed steps record nothing";
+  EXPECT_EQ(vk->step_replays() - replays_before, uint64_t{kTokens});
+  std::printf("[ vulkan   ] decode: %llu submissions for %d tokens, %llu pipelines created after warm-up (%llu in all), "
+              "%llu dispatches and %llu barriers recorded during the warm-up\n",
+              static_cast<unsigned long long>(after.submissions - before.submissions), kTokens,
+              static_cast<unsigned long long>(after.pipelines_created - before.pipelines_created),
+              static_cast<unsigned long long>(after.pipelines_created), static_cast<unsigned long long>(before.dispatches),
+              static_cast<unsigned long long>(before.barriers));
+}
+#endif
 
 }  // namespace
 }  // namespace hearth::engine
