@@ -1,5 +1,7 @@
 #include "shard/local_cluster.h"
 
+#include <algorithm>
+
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -39,7 +41,13 @@ std::string read_line(int fd, double seconds, pid_t pid) {
 }  // namespace
 
 LocalCluster::LocalCluster(const std::filesystem::path& hearth, int n, int threads_per_worker, const std::string& backend)
+    : LocalCluster(hearth, threads_per_worker,
+                   std::vector<std::string>(static_cast<size_t>(std::clamp(n, 0, 65)), backend)) {}
+
+LocalCluster::LocalCluster(const std::filesystem::path& hearth, int threads_per_worker,
+                           const std::vector<std::string>& backends)
     : key_(transport::generate_cluster_key()) {
+  const int n = static_cast<int>(backends.size());
   if (n < 1 || n > 64) throw Error(fmt::format("--local-stages {}: must be 1..64", n));
   char dir_template[] = "/tmp/hearth-cluster-XXXXXX";
   if (::mkdtemp(dir_template) == nullptr) throw Error("cannot create a directory for the cluster key in /tmp");
@@ -57,7 +65,7 @@ LocalCluster::LocalCluster(const std::filesystem::path& hearth, int n, int threa
       const std::string threads = std::to_string(threads_per_worker);
       const std::string key_path = key_file.string();
       std::vector<std::string> args = {exe, "worker", "--listen", "127.0.0.1:0", "--cluster-key", key_path, "--threads", threads,
-                                       "--backend", backend};
+                                       "--backend", backends[static_cast<size_t>(i)]};
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());
       argv.push_back(nullptr);

@@ -23,6 +23,8 @@ class LocalCluster {
   // with `threads_per_worker` threads on backend `backend` (a make_backend spec), and waits
   // until each has printed its address. Throws hearth::Error when one fails to start.
   LocalCluster(const std::filesystem::path& hearth, int n, int threads_per_worker, const std::string& backend = "cpu");
+  // The same with one backend per worker (a cluster mixing devices: {"vulkan:0", "cpu"}).
+  LocalCluster(const std::filesystem::path& hearth, int threads_per_worker, const std::vector<std::string>& backends);
   ~LocalCluster();  // SIGTERM to every worker, then wait; removes the key file
   LocalCluster(const LocalCluster&) = delete;
   LocalCluster& operator=(const LocalCluster&) = delete;

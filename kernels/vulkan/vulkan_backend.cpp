@@ -187,6 +187,18 @@ Range range_of(const Tensor& t) {
 }
 
 bool is_kv_type(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::Q8_0; }
+
+// How matmul rounds activations for a weight type, as the CPU backend's dot products take them
+// (quantize_x.comp's MODE): q8_0 / q8_1 blocks, q8_K blocks, f16, bf16; -1: f32 as they are.
+int activation_mode(DType w) {
+  switch (w) {
+    case DType::Q4_0: case DType::Q4_1: case DType::Q5_0: case DType::Q5_1: case DType::Q8_0: return 0;
+    case DType::Q2_K: case DType::Q3_K: case DType::Q4_K: case DType::Q5_K: case DType::Q6_K: return 1;
+    case DType::F16: return 2;
+    case DType::BF16: return 3;
+    default: return -1;
+  }
+}
 bool is_weight_type(DType t) {
   switch (t) {
     case DType::F32: case DType::F16: case DType::BF16: case DType::Q4_0: case DType::Q4_1: case DType::Q5_0:
@@ -412,14 +424,28 @@ class VulkanBackend final : public Backend {
     const int64_t k = w.ne[0], m = w.n_rows(), n = x.n_rows();
     HEARTH_CHECK(w.layout == 0 && x.ne[0] == k && y.ne[0] == m && y.n_rows() == n, "matmul shapes");
     HEARTH_CHECK(is_weight_type(w.type), "matmul on {} weights", dtype_name(w.type));
-    const MatmulPc pc{addr(w), f32_addr(x), f32_addr(y), w.row_bytes(), u32(m), u32(k), u32(n)};
+    // The activations are first rounded as the CPU backend rounds them for this weight type
+    // (quantize_x.comp), into scratch; f32 weights take them as they are.
+    const int mode = activation_mode(w.type);
+    const size_t xq_bytes = mode < 0 ? 0 : static_cast<size_t>(n * k) * sizeof(float);
+    ensure_scratch(xq_bytes);
+    const uint64_t xq = mode < 0 ? f32_addr(x) : scratch_->block().address;
+    const MatmulPc pc{addr(w), xq, f32_addr(y), w.row_bytes(), u32(m), u32(k), u32(n)};
     op("matmul", {&w, &x, &y}, [=, this](VkCommandBuffer cb) {
+      const Range rx = mode < 0 ? range_of(x) : Range{xq, xq + xq_bytes};
+      if (mode >= 0) {
+        const uint32_t block = mode == 0 ? 32 : mode == 1 ? 256 : 1;
+        const uint32_t count = u32(n * k / block);
+        const struct { uint64_t x, out; uint32_t count; } qpc{f32_addr(x), xq, count};
+        dispatch(cb, "quantize_x", static_cast<uint32_t>(mode), &qpc, sizeof(qpc), groups_1d((count + 63) / 64),
+                 {range_of(x)}, {rx});
+      }
       if (n <= 8) {
         dispatch(cb, "matvec", static_cast<uint32_t>(w.type), &pc, sizeof(pc), groups_1d(u32((m + 7) / 8)),
-                 {range_of(w), range_of(x)}, {range_of(y)});
+                 {range_of(w), rx}, {range_of(y)});
       } else {
         dispatch(cb, "matmul", static_cast<uint32_t>(w.type), &pc, sizeof(pc), {u32((m + 63) / 64), u32((n + 63) / 64), 1},
-                 {range_of(w), range_of(x)}, {range_of(y)});
+                 {range_of(w), rx}, {range_of(y)});
       }
     });
   }
