@@ -174,9 +174,10 @@ TEST_P(GpuArch, LogitsMatchTheCpuBackend) {
   const ModelConfig config = ModelConfig::from_gguf(file);
   const auto ids = ref["ids"].get<std::vector<Token>>();
   const auto greedy = ref["greedy"].get<std::vector<Token>>();
-  // F32 weights, save llama-linear-tiny's Q8_0 ffn_down (quantized activations on the CPU only
-  // for the prompt: the CUDA prefill multiplies f32 activations).
-  const double bound = name == "llama-linear-tiny" ? 1e-3 : 1e-6;
+  // F32 weights, save llama-linear-tiny's Q8_0 ffn_down: the CPU quantizes its activations for
+  // the prompt too, the CUDA prefill does not (9.4e-5); the Vulkan shaders round them as the CPU
+  // does (2.4e-12; with the scale left unrounded, 6.4e-6).
+  const double bound = name == "llama-linear-tiny" && gpu == Gpu::Cuda ? 1e-3 : 1e-6;
   const double worst = compare(gpu, file, config, DType::F16, ids, greedy, bound);
   std::printf("[ %-8s ] %s: worst NMSE against the CPU backend %.3g\n", gpu_name(gpu).c_str(), name.c_str(), worst);
 }
