@@ -17,8 +17,15 @@ struct VulkanDevices {
   std::string note;  // why there are none, when there are none
 };
 VulkanDevices vulkan_devices();
+
+struct VulkanOptions {
+  // Matmul over more than 8 tokens: the tiled kernel (GPUs), or matrix-vector over chunks of 8
+  // tokens (software devices, where barriers are dear); Auto picks by device type. The op suite
+  // runs both on every device.
+  enum class Prefill { Auto, Tiled, Chunked } prefill = Prefill::Auto;
+};
 // Throws hearth::Error when the device cannot be opened or lacks what the backend needs.
-std::unique_ptr<Backend> make_vulkan_backend(int index);
+std::unique_ptr<Backend> make_vulkan_backend(int index, const VulkanOptions& options = {});
 
 // What a Vulkan backend has done so far (for tests and benchmarks): a recorded step replays with
 // one submission and no creations.

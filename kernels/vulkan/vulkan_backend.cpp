@@ -231,11 +231,14 @@ constexpr uint32_t kMaxGroups = 65535;
 
 class VulkanBackend final : public Backend {
  public:
-  explicit VulkanBackend(int index)
+  VulkanBackend(int index, const VulkanOptions& options)
       : ctx_(std::make_shared<Context>(index)),
         pool_(std::make_shared<Pool>(ctx_, false)),
         staging_pool_(std::make_shared<Pool>(ctx_, true)) {
-    if (ctx_->properties.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU) split_target_ = 8;
+    software_ = ctx_->properties.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU;
+    if (software_) split_target_ = 8;
+    chunked_prefill_ = options.prefill == VulkanOptions::Prefill::Auto ? software_
+                                                                       : options.prefill == VulkanOptions::Prefill::Chunked;
     VkPushConstantRange pc{VK_SHADER_STAGE_COMPUTE_BIT, 0, 128};
     VkPipelineLayoutCreateInfo li{};
     li.sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO;
@@ -443,6 +446,18 @@ class VulkanBackend final : public Backend {
       if (n <= 8) {
         dispatch(cb, "matvec", static_cast<uint32_t>(w.type), &pc, sizeof(pc), groups_1d(u32((m + 7) / 8)),
                  {range_of(w), rx}, {range_of(y)});
+      } else if (chunked_prefill_) {
+        // On a software device the tiled kernel's barriers cost more than reading the weights
+        // once per 8 tokens: matrix-vector over chunks of 8 tokens (each token's sums are the
+        // same as alone).
+        for (int64_t t0 = 0; t0 < n; t0 += 8) {
+          MatmulPc c = pc;
+          c.x = xq + static_cast<uint64_t>(t0 * k) * sizeof(float);
+          c.y = pc.y + static_cast<uint64_t>(t0 * m) * sizeof(float);
+          c.n = u32(std::min<int64_t>(8, n - t0));
+          dispatch(cb, "matvec", static_cast<uint32_t>(w.type), &c, sizeof(c), groups_1d(u32((m + 7) / 8)),
+                   {range_of(w), rx}, {range_of(y)});
+        }
       } else {
         dispatch(cb, "matmul", static_cast<uint32_t>(w.type), &pc, sizeof(pc), {u32((m + 63) / 64), u32((n + 63) / 64), 1},
                  {range_of(w), rx}, {range_of(y)});
@@ -802,6 +817,8 @@ class VulkanBackend final : public Backend {
   // Attention splits aim at this many workgroups in all: a GPU's worth, or a few per thread on a
   // CPU device (lavapipe), where each extra workgroup only adds overhead.
   int split_target_ = 256;
+  bool software_ = false;  // a CPU implementation (lavapipe): prefers few barriers to tiles
+  bool chunked_prefill_ = false;
   std::shared_ptr<Pool> pool_, staging_pool_;
   VkPipelineLayout layout_ = VK_NULL_HANDLE;
   std::unordered_map<std::string, VkShaderModule> modules_;
@@ -835,7 +852,9 @@ VulkanDevices vulkan_devices() {
   return out;
 }
 
-std::unique_ptr<Backend> make_vulkan_backend(int index) { return std::make_unique<VulkanBackend>(index); }
+std::unique_ptr<Backend> make_vulkan_backend(int index, const VulkanOptions& options) {
+  return std::make_unique<VulkanBackend>(index, options);
+}
 
 VulkanCounters vulkan_counters(const Backend& backend) {
   const auto* b = dynamic_cast<const VulkanBackend*>(&backend);

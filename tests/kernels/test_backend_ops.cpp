@@ -35,6 +35,9 @@
 #include "kernels/cpu/quants_ref.h"
 #include "kernels/cuda/cpu_exec/backend_on_cpu.h"
 #include "kernels/registry.h"
+#ifdef HEARTH_TEST_VULKAN
+#include "kernels/vulkan/vulkan.h"
+#endif
 
 namespace hearth::kernels {
 namespace {
@@ -74,6 +77,20 @@ std::vector<BackendConfig> backend_configs() {
       for (char& c : name) c = c == ':' ? '_' : c;
       const std::string spec = device.spec();
       out.push_back({name, [spec] { return make_backend(spec); }, ""});
+#ifdef HEARTH_TEST_VULKAN
+      // Both prefill matmuls on every Vulkan device, whichever its default is.
+      if (report.kind == "vulkan") {
+        bool usable = false;
+        for (const auto& [key, value] : device.properties) usable = usable || (key == "usable" && value == "yes");
+        for (const auto prefill : {VulkanOptions::Prefill::Tiled, VulkanOptions::Prefill::Chunked}) {
+          const std::string suffix = prefill == VulkanOptions::Prefill::Tiled ? "_tiled" : "_chunked";
+          const int index = device.index;
+          out.push_back({name + suffix,
+                         [index, prefill] { return make_vulkan_backend(index, {.prefill = prefill}); },
+                         usable ? "" : device.spec() + " is not usable here"});
+        }
+      }
+#endif
     }
   }
   return out;
