@@ -32,6 +32,7 @@
 #include "core/error.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/runtime.h"
+#include "kernels/device_checks.h"
 #include "kernels/step_fingerprint.h"
 
 namespace hearth::kernels::cuda {
@@ -129,8 +130,6 @@ const int32_t* i32(const Tensor& t) {
   return static_cast<const int32_t*>(dev_ptr(t));
 }
 
-bool is_kv_type(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::Q8_0; }
-
 // A step's ops as a hash (kernels/step_fingerprint.h) over device addresses.
 struct Fingerprint : StepFingerprint {
   using StepFingerprint::mix;
@@ -157,19 +156,9 @@ class CudaBackend final : public Backend {
     return d;
   }
 
-  bool supports(Op op, DType type) const override {
-    switch (op) {
-      case Op::GetRows:
-      case Op::Matmul: return weight_type_supported(type);
-      case Op::KvStore:
-      case Op::Attention: return is_kv_type(type);
-      default: return type == DType::F32;
-    }
-  }
-
+  bool supports(Op op, DType type) const override { return device_checks::supports(op, type); }
   bool supports_kv_type(DType type, int64_t head_dim) const override {
-    return is_kv_type(type) && head_dim > 0 && head_dim <= kAttentionMaxHeadDim &&
-           (type != DType::Q8_0 || head_dim % 32 == 0);
+    return device_checks::supports_kv(type, head_dim, kAttentionMaxHeadDim);
   }
 
   std::shared_ptr<Buffer> new_buffer(size_t bytes) override { return std::make_shared<DeviceBuffer>(pool_, bytes); }
@@ -181,15 +170,12 @@ class CudaBackend final : public Backend {
   }
 
   void write(const Tensor& dst, const void* host, size_t bytes, size_t dst_offset = 0) override {
-    HEARTH_CHECK(!in_step_, "write inside a step (inputs are written before begin_step)");
-    HEARTH_CHECK(dst_offset + bytes <= dst.buffer->size() - dst.offset, "write of {} bytes at {} past the tensor's buffer",
-                 bytes, dst_offset);
+    device_checks::check_write(dst, bytes, dst_offset, in_step_);
     rt_->upload(static_cast<uint8_t*>(dev_ptr(dst)) + dst_offset, host, bytes);
   }
 
   void read(const Tensor& src, void* host, size_t bytes) override {
-    HEARTH_CHECK(!in_step_, "read inside a step");
-    HEARTH_CHECK(bytes <= src.buffer->size() - src.offset, "read of {} bytes past the tensor's buffer", bytes);
+    device_checks::check_read(src, bytes, in_step_);
     rt_->download(host, dev_ptr(src), bytes);
   }
 
@@ -255,8 +241,7 @@ class CudaBackend final : public Backend {
   // ---- ops ----
 
   void get_rows(const Tensor& table, const Tensor& ids, const Tensor& out) override {
-    const int64_t d = table.ne[0], n = ids.n_elements();
-    HEARTH_CHECK(table.layout == 0 && out.ne[0] == d && out.n_rows() == n, "get_rows shapes");
+    const int64_t d = table.ne[0], n = device_checks::check_get_rows(table, ids, out);
     Fingerprint f = op_print(1, {&table, &ids, &out});
     enqueue("get_rows", f, [=, this] {
       cuda::get_rows(table.type, dev_ptr(table), d, i32(ids), n, f32(out), rt_->stream());
@@ -264,10 +249,7 @@ class CudaBackend final : public Backend {
   }
 
   void matmul(const Tensor& w, const Tensor& x, const Tensor& y) override {
-    const int64_t k = w.ne[0], m = w.n_rows(), n = x.n_rows();
-    HEARTH_CHECK(w.layout == 0 && x.ne[0] == k && y.ne[0] == m && y.n_rows() == n, "matmul shapes: w [{}, {}], x [{}, {}], y [{}, {}]",
-                 m, k, n, x.ne[0], y.n_rows(), y.ne[0]);
-    HEARTH_CHECK(weight_type_supported(w.type), "matmul on {} weights", dtype_name(w.type));
+    const auto [m, k, n] = device_checks::check_matmul(w, x, y);
     Fingerprint f = op_print(2, {&w, &x, &y});
     ensure_scratch(matmul_scratch_bytes(w.type, n, k));
     enqueue("matmul", f, [=, this] {
@@ -276,8 +258,7 @@ class CudaBackend final : public Backend {
   }
 
   void rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& y) override {
-    const int64_t d = x.ne[0], rows = x.n_rows();
-    HEARTH_CHECK(y.ne[0] == d && y.n_rows() == rows && (weight.empty() || weight.n_elements() == d), "rms_norm shapes");
+    const int64_t d = x.ne[0], rows = device_checks::check_rms_norm(x, weight, y);
     Fingerprint f = op_print(3, {&x, &weight, &y});
     f.mix(eps);
     enqueue("rms_norm", f, [=, this] {
@@ -313,16 +294,11 @@ class CudaBackend final : public Backend {
   }
 
   void rope(const Tensor& x, int n_heads, const Tensor& positions, const RopeParams& p) override {
-    const int64_t row = x.ne[0];
-    HEARTH_CHECK(n_heads > 0 && row % n_heads == 0, "rope: rows of {} are not {} heads", row, n_heads);
-    const int64_t head_dim = row / n_heads, n_tokens = x.n_rows();
-    HEARTH_CHECK(p.n_rot > 0 && p.n_rot <= head_dim && p.n_rot % 2 == 0 && p.n_rot / 2 <= 512, "rope dims {}", p.n_rot);
-    HEARTH_CHECK(positions.n_elements() == n_tokens, "rope: {} positions for {} tokens", positions.n_elements(), n_tokens);
-    HEARTH_CHECK(p.freq_factors.empty() || p.freq_factors.n_elements() == p.n_rot / 2, "rope factors");
+    const auto [head_dim, n_tokens] = device_checks::check_rope(x, n_heads, positions, p, 512);
     RopeArgs args;
     args.neox = p.mode == RopeMode::Neox;
     args.n_rot = p.n_rot;
-    args.theta_scale = std::pow(p.freq_base, -2.0f / static_cast<float>(p.n_rot));
+    args.theta_scale = device_checks::rope_theta_scale(p);
     args.freq_scale = p.freq_scale;
     const Tensor factors = p.freq_factors;
     Fingerprint f = op_print(8, {&x, &positions, &factors});
@@ -347,22 +323,14 @@ class CudaBackend final : public Backend {
   }
 
   KvLayer new_kv_layer(DType type, int32_t n_seq, int32_t n_ctx, int64_t kv_dim) override {
-    HEARTH_CHECK(is_kv_type(type), "KV cache type {} not supported", dtype_name(type));
-    HEARTH_CHECK(type != DType::Q8_0 || kv_dim % 32 == 0, "a q8_0 KV cache needs rows of whole blocks of 32, not {}", kv_dim);
-    KvLayer layer;
-    layer.n_seq = n_seq;
-    layer.n_ctx = n_ctx;
-    layer.k = new_tensor(type, {kv_dim, n_ctx, n_seq, 1});
-    layer.v = new_tensor(type, {kv_dim, n_ctx, n_seq, 1});
+    KvLayer layer = device_checks::new_kv_layer(*this, type, n_seq, n_ctx, kv_dim);
     rt_->fill(dev_ptr(layer.k), 0, layer.k.n_bytes());
     rt_->fill(dev_ptr(layer.v), 0, layer.v.n_bytes());
     return layer;
   }
 
   void kv_store(const KvLayer& cache, const Tensor& k, const Tensor& v, const Tensor& slots) override {
-    const int64_t kv_dim = cache.k.ne[0], n = k.n_rows();
-    HEARTH_CHECK(k.ne[0] == kv_dim && v.ne[0] == kv_dim && v.n_rows() == n && slots.n_elements() == 2 * n,
-                 "kv_store shapes");
+    const int64_t n = device_checks::check_kv_store(cache, k, v, slots);
     Fingerprint f = op_print(10, {&cache.k, &cache.v, &k, &v, &slots});
     const KvArgs args = kv_args(cache);
     enqueue("kv_store", f, [=, this] { cuda::kv_store(args, f32(k), f32(v), i32(slots), n, rt_->stream()); });
@@ -370,13 +338,7 @@ class CudaBackend final : public Backend {
 
   void attention(const Tensor& q, const KvLayer& cache, const Tensor& slots, const AttentionParams& p,
                  const Tensor& out) override {
-    const int64_t n = slots.n_elements() / 2;
-    HEARTH_CHECK(supports_kv_type(cache.k.type, p.head_dim), "attention over a {} cache with heads of {}",
-                 dtype_name(cache.k.type), p.head_dim);
-    HEARTH_CHECK(p.n_head > 0 && p.n_head_kv > 0 && p.n_head % p.n_head_kv == 0 &&
-                     cache.k.ne[0] == int64_t{p.n_head_kv} * p.head_dim,
-                 "attention heads");
-    HEARTH_CHECK(q.n_elements() == n * p.n_head * p.head_dim && out.n_elements() == q.n_elements(), "attention shapes");
+    const int64_t n = device_checks::check_attention(*this, q, cache, slots, p, out);
     AttentionArgs a;
     a.n_head = p.n_head;
     a.n_head_kv = p.n_head_kv;

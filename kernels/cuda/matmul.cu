@@ -199,7 +199,8 @@ void get_rows_typed(const void* table, int64_t d, const int32_t* ids, int64_t n,
                 static_cast<const uint8_t*>(table), dtype_row_bytes(T, d), d, ids, out);
 }
 
-// Calls f.template operator()<T>() for the weight type `type`; false when it is not supported.
+// Calls f.template operator()<T>() for the weight type `type` (every type of
+// device_checks::weight_type); false for another.
 template <class F>
 bool dispatch_weight_type(DType type, F&& f) {
   switch (type) {
@@ -220,16 +221,9 @@ bool dispatch_weight_type(DType type, F&& f) {
   }
 }
 
-struct Nothing {
-  template <DType T>
-  void operator()() const {}
-};
-
 }  // namespace
 
 inline namespace HEARTH_CUDA_IMPL {
-
-bool weight_type_supported(DType type) { return dispatch_weight_type(type, Nothing{}); }
 
 size_t matmul_scratch_bytes(DType type, int64_t n, int64_t k) {
   const bool quantized = type != DType::F32 && type != DType::F16 && type != DType::BF16;

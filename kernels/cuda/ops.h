@@ -22,9 +22,6 @@ inline namespace HEARTH_CUDA_IMPL {
 
 using Stream = CUstream_st*;
 
-// Weight types of matmul / get_rows.
-bool weight_type_supported(DType type);
-
 // Activations quantized to 8 bits for the quantized matrix-vector kernel: one scale and 32
 // signed bytes per 32 values: q = x * 127 / amax rounded half to even, scale amax / 127 rounded
 // to f16 — the values of ggml's (and the CPU backend's) q8_0 activation blocks, kept with an f32

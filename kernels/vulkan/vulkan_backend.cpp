@@ -33,6 +33,7 @@
 
 #include "core/error.h"
 #include "kernels/attention_splits.h"
+#include "kernels/device_checks.h"
 #include "kernels/step_fingerprint.h"
 #include "kernels/vulkan/context.h"
 #include "kernels/vulkan/spirv.h"
@@ -186,8 +187,6 @@ Range range_of(const Tensor& t) {
   return {a, a + static_cast<uint64_t>(t.buffer->size() - t.offset)};
 }
 
-bool is_kv_type(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::Q8_0; }
-
 // How matmul rounds activations for a weight type, as the CPU backend's dot products take them
 // (quantize_x.comp's MODE): q8_0 / q8_1 blocks, q8_K blocks, f16, bf16; -1: f32 as they are.
 int activation_mode(DType w) {
@@ -197,16 +196,6 @@ int activation_mode(DType w) {
     case DType::F16: return 2;
     case DType::BF16: return 3;
     default: return -1;
-  }
-}
-bool is_weight_type(DType t) {
-  switch (t) {
-    case DType::F32: case DType::F16: case DType::BF16: case DType::Q4_0: case DType::Q4_1: case DType::Q5_0:
-    case DType::Q5_1: case DType::Q8_0: case DType::Q2_K: case DType::Q3_K: case DType::Q4_K: case DType::Q5_K:
-    case DType::Q6_K:
-      return true;
-    default:
-      return false;
   }
 }
 
@@ -285,17 +274,9 @@ class VulkanBackend final : public Backend {
   std::string name() const override { return fmt::format("vulkan:{}", ctx_->info.index); }
   DeviceInfo device() const override { return ctx_->info; }
 
-  bool supports(Op op, DType type) const override {
-    switch (op) {
-      case Op::GetRows:
-      case Op::Matmul: return is_weight_type(type);
-      case Op::KvStore:
-      case Op::Attention: return is_kv_type(type);
-      default: return type == DType::F32;
-    }
-  }
+  bool supports(Op op, DType type) const override { return device_checks::supports(op, type); }
   bool supports_kv_type(DType type, int64_t head_dim) const override {
-    return is_kv_type(type) && head_dim > 0 && head_dim <= 256 && (type != DType::Q8_0 || head_dim % 32 == 0);
+    return device_checks::supports_kv(type, head_dim, 256);  // the shaders' query buffer (attention.glsl)
   }
 
   std::shared_ptr<Buffer> new_buffer(size_t bytes) override { return std::make_shared<VkBufferObj>(pool_, bytes); }
@@ -307,9 +288,7 @@ class VulkanBackend final : public Backend {
   }
 
   void write(const Tensor& dst, const void* host, size_t bytes, size_t dst_offset = 0) override {
-    HEARTH_CHECK(!in_step_, "write inside a step (inputs are written before begin_step)");
-    HEARTH_CHECK(dst_offset + bytes <= dst.buffer->size() - dst.offset, "write of {} bytes at {} past the tensor's buffer",
-                 bytes, dst_offset);
+    device_checks::check_write(dst, bytes, dst_offset, in_step_);
     const Block& b = block_of(dst);
     const auto* src = static_cast<const uint8_t*>(host);
     size_t done = 0;
@@ -328,8 +307,7 @@ class VulkanBackend final : public Backend {
   }
 
   void read(const Tensor& src, void* host, size_t bytes) override {
-    HEARTH_CHECK(!in_step_, "read inside a step");
-    HEARTH_CHECK(bytes <= src.buffer->size() - src.offset, "read of {} bytes past the tensor's buffer", bytes);
+    device_checks::check_read(src, bytes, in_step_);
     const Block& b = block_of(src);
     auto* out = static_cast<uint8_t*>(host);
     size_t done = 0;
@@ -411,9 +389,7 @@ class VulkanBackend final : public Backend {
   // ---- ops ----
 
   void get_rows(const Tensor& table, const Tensor& ids, const Tensor& out) override {
-    const int64_t d = table.ne[0], n = ids.n_elements();
-    HEARTH_CHECK(table.layout == 0 && out.ne[0] == d && out.n_rows() == n, "get_rows shapes");
-    HEARTH_CHECK(is_weight_type(table.type), "get_rows on {}", dtype_name(table.type));
+    const int64_t d = table.ne[0], n = device_checks::check_get_rows(table, ids, out);
     const bool plain = dtype_block_size(table.type) == 1;
     const GetRowsPc pc{addr(table), i32_addr(ids), f32_addr(out), table.row_bytes(), u32(d)};
     const uint32_t chunks = u32(plain ? d : d / 8);
@@ -424,9 +400,7 @@ class VulkanBackend final : public Backend {
   }
 
   void matmul(const Tensor& w, const Tensor& x, const Tensor& y) override {
-    const int64_t k = w.ne[0], m = w.n_rows(), n = x.n_rows();
-    HEARTH_CHECK(w.layout == 0 && x.ne[0] == k && y.ne[0] == m && y.n_rows() == n, "matmul shapes");
-    HEARTH_CHECK(is_weight_type(w.type), "matmul on {} weights", dtype_name(w.type));
+    const auto [m, k, n] = device_checks::check_matmul(w, x, y);
     // The activations are first rounded as the CPU backend rounds them for this weight type
     // (quantize_x.comp), into scratch; f32 weights take them as they are.
     const int mode = activation_mode(w.type);
@@ -466,8 +440,7 @@ class VulkanBackend final : public Backend {
   }
 
   void rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& y) override {
-    const int64_t d = x.ne[0], rows = x.n_rows();
-    HEARTH_CHECK(y.ne[0] == d && y.n_rows() == rows && (weight.empty() || weight.n_elements() == d), "rms_norm shapes");
+    const int64_t d = x.ne[0], rows = device_checks::check_rms_norm(x, weight, y);
     const NormPc pc{f32_addr(x), weight.empty() ? 0 : f32_addr(weight), f32_addr(y), u32(rows), u32(d), eps};
     op("rms_norm", {&x, &weight, &y}, [=, this](VkCommandBuffer cb) {
       std::vector<Range> reads = {range_of(x)};
@@ -497,15 +470,10 @@ class VulkanBackend final : public Backend {
   }
 
   void rope(const Tensor& x, int n_heads, const Tensor& positions, const RopeParams& p) override {
-    const int64_t row = x.ne[0];
-    HEARTH_CHECK(n_heads > 0 && row % n_heads == 0, "rope: rows of {} are not {} heads", row, n_heads);
-    const int64_t head_dim = row / n_heads, n_tokens = x.n_rows();
-    HEARTH_CHECK(p.n_rot > 0 && p.n_rot <= head_dim && p.n_rot % 2 == 0 && p.n_rot / 2 <= 256, "rope dims {}", p.n_rot);
-    HEARTH_CHECK(positions.n_elements() == n_tokens, "rope: {} positions for {} tokens", positions.n_elements(), n_tokens);
-    HEARTH_CHECK(p.freq_factors.empty() || p.freq_factors.n_elements() == p.n_rot / 2, "rope factors");
+    const auto [head_dim, n_tokens] = device_checks::check_rope(x, n_heads, positions, p, 256);
     const RopePc pc{f32_addr(x), i32_addr(positions), p.freq_factors.empty() ? 0 : f32_addr(p.freq_factors),
                     u32(n_heads), u32(head_dim), u32(p.n_rot), p.mode == RopeMode::Neox ? 1u : 0u,
-                    std::pow(p.freq_base, -2.0f / static_cast<float>(p.n_rot)), p.freq_scale};
+                    device_checks::rope_theta_scale(p), p.freq_scale};
     const Tensor factors = p.freq_factors;
     op("rope", {&x, &positions, &factors}, [=, this](VkCommandBuffer cb) {
       std::vector<Range> reads = {range_of(x), range_of(positions)};
@@ -515,13 +483,7 @@ class VulkanBackend final : public Backend {
   }
 
   KvLayer new_kv_layer(DType type, int32_t n_seq, int32_t n_ctx, int64_t kv_dim) override {
-    HEARTH_CHECK(is_kv_type(type), "KV cache type {} not supported", dtype_name(type));
-    HEARTH_CHECK(type != DType::Q8_0 || kv_dim % 32 == 0, "a q8_0 KV cache needs rows of whole blocks of 32, not {}", kv_dim);
-    KvLayer layer;
-    layer.n_seq = n_seq;
-    layer.n_ctx = n_ctx;
-    layer.k = new_tensor(type, {kv_dim, n_ctx, n_seq, 1});
-    layer.v = new_tensor(type, {kv_dim, n_ctx, n_seq, 1});
+    KvLayer layer = device_checks::new_kv_layer(*this, type, n_seq, n_ctx, kv_dim);
     for (const Tensor* t : {&layer.k, &layer.v}) {
       VkCommandBuffer cb = open();
       hazard(cb, {}, {range_of(*t)});
@@ -531,9 +493,8 @@ class VulkanBackend final : public Backend {
   }
 
   void kv_store(const KvLayer& cache, const Tensor& k, const Tensor& v, const Tensor& slots) override {
-    const int64_t kv_dim = cache.k.ne[0], n = k.n_rows();
-    HEARTH_CHECK(k.ne[0] == kv_dim && v.ne[0] == kv_dim && v.n_rows() == n && slots.n_elements() == 2 * n, "kv_store shapes");
-    const KvPc pc{addr(cache.k), addr(cache.v), f32_addr(k), f32_addr(v), i32_addr(slots), u32(kv_dim), u32(cache.n_ctx)};
+    const int64_t n = device_checks::check_kv_store(cache, k, v, slots);
+    const KvPc pc{addr(cache.k), addr(cache.v), f32_addr(k), f32_addr(v), i32_addr(slots), u32(cache.k.ne[0]), u32(cache.n_ctx)};
     const KvLayer c = cache;
     op("kv_store", {&cache.k, &cache.v, &k, &v, &slots}, [=, this](VkCommandBuffer cb) {
       dispatch(cb, "kv_store", static_cast<uint32_t>(c.k.type), &pc, sizeof(pc), {u32(n), 2, 1},
@@ -543,13 +504,7 @@ class VulkanBackend final : public Backend {
 
   void attention(const Tensor& q, const KvLayer& cache, const Tensor& slots, const AttentionParams& p,
                  const Tensor& out) override {
-    const int64_t n = slots.n_elements() / 2;
-    HEARTH_CHECK(supports_kv_type(cache.k.type, p.head_dim), "attention over a {} cache with heads of {}",
-                 dtype_name(cache.k.type), p.head_dim);
-    HEARTH_CHECK(p.n_head > 0 && p.n_head_kv > 0 && p.n_head % p.n_head_kv == 0 &&
-                     cache.k.ne[0] == int64_t{p.n_head_kv} * p.head_dim,
-                 "attention heads");
-    HEARTH_CHECK(q.n_elements() == n * p.n_head * p.head_dim && out.n_elements() == q.n_elements(), "attention shapes");
+    const int64_t n = device_checks::check_attention(*this, q, cache, slots, p, out);
     const int splits = attention_splits_for(n, p.n_head, cache.n_ctx, split_target_);
     const size_t stats_bytes = static_cast<size_t>(n * p.n_head * splits) * 2 * sizeof(float);
     const size_t partial_bytes = static_cast<size_t>(n * p.n_head * splits * p.head_dim) * sizeof(float);

@@ -35,6 +35,7 @@
 #include "engine/model/stage.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/registry.h"
+#include "tests/support/devices.h"
 #include "tests/support/fixtures.h"
 
 namespace hearth::engine {
@@ -214,25 +215,8 @@ TEST_P(GoldenVsLlamaCpp, PromptTextAndTokensMatch) {
 // software device (lavapipe decodes these models at a few tokens per second with today's
 // shaders) runs there only with HEARTH_TEST_SLOW=1.
 std::unique_ptr<kernels::Backend> vulkan_backend(std::string& why, bool slow = false) {
-  const bool slow_ok = !slow || std::getenv("HEARTH_TEST_SLOW") != nullptr;
-  for (const kernels::BackendReport& r : kernels::list_backends()) {
-    if (r.kind != "vulkan") continue;
-    if (!r.compiled) why = "the Vulkan backend is not built into this binary";
-    for (const kernels::DeviceInfo& d : r.devices) {
-      bool usable = false, software = false;
-      for (const auto& [key, value] : d.properties) {
-        usable = usable || (key == "usable" && value == "yes");
-        software = software || (key == "type" && value.starts_with("CPU"));
-      }
-      if (usable && software && !slow_ok) {
-        why = d.spec() + " is a software device (" + d.name + "): set HEARTH_TEST_SLOW=1 to run this test on it";
-        continue;
-      }
-      if (usable) return kernels::make_backend(d.spec());
-    }
-    if (why.empty()) why = "no usable Vulkan device: " + r.note;
-  }
-  return nullptr;
+  const std::string spec = test::first_usable_device("vulkan", why, !slow || std::getenv("HEARTH_TEST_SLOW") != nullptr);
+  return spec.empty() ? nullptr : kernels::make_backend(spec);
 }
 
 // Free-running greedy continuation of `tokens` (each step fed the stage's own choice).
@@ -255,12 +239,7 @@ std::vector<Token> free_greedy(Stage& stage, const std::vector<Token>& tokens, s
   return out;
 }
 
-bool software(const kernels::Backend& backend) {
-  for (const auto& [key, value] : backend.device().properties) {
-    if (key == "type" && value.starts_with("CPU")) return true;
-  }
-  return false;
-}
+bool software(const kernels::Backend& backend) { return test::software(backend.device()); }
 
 // The Vulkan backend (lavapipe in CI) against llama.cpp with the criterion the CPU meets, and
 // its free-running greedy text against the CPU backend's: equal on at least as many prompts as

@@ -44,6 +44,7 @@
 #ifdef HEARTH_TEST_VULKAN
 #include "kernels/vulkan/vulkan.h"
 #endif
+#include "tests/support/devices.h"
 #include "tests/support/fixtures.h"
 
 namespace hearth::engine {
@@ -108,17 +109,8 @@ std::unique_ptr<kernels::Backend> gpu_backend(Gpu gpu, std::string& why) {
     }
     return kernels::make_cuda_backend_on_cpu();
   }
-  for (const kernels::BackendReport& r : kernels::list_backends()) {
-    if (r.kind != "vulkan") continue;
-    if (!r.compiled) why = "the Vulkan backend is not built into this binary";
-    for (const kernels::DeviceInfo& d : r.devices) {
-      for (const auto& [key, value] : d.properties) {
-        if (key == "usable" && value == "yes") return kernels::make_backend(d.spec());
-      }
-    }
-    if (why.empty()) why = "no usable Vulkan device: " + r.note;
-  }
-  return nullptr;
+  const std::string spec = test::first_usable_device("vulkan", why);
+  return spec.empty() ? nullptr : kernels::make_backend(spec);
 }
 
 // Runs the model on the CPU backend and on the CUDA backend (a new one, or `reuse`) and compares

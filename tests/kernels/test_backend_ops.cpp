@@ -35,6 +35,7 @@
 #include "kernels/cpu/quants_ref.h"
 #include "kernels/cuda/cpu_exec/backend_on_cpu.h"
 #include "kernels/registry.h"
+#include "tests/support/devices.h"
 #ifdef HEARTH_TEST_VULKAN
 #include "kernels/vulkan/vulkan.h"
 #endif
@@ -76,18 +77,18 @@ std::vector<BackendConfig> backend_configs() {
       std::string name = device.spec();
       for (char& c : name) c = c == ':' ? '_' : c;
       const std::string spec = device.spec();
-      out.push_back({name, [spec] { return make_backend(spec); }, ""});
+      out.push_back({name, [spec] { return make_backend(spec); },
+                     test::usable(device) ? "" : spec + " lacks what its backend needs (hearth info --system says what)"});
 #ifdef HEARTH_TEST_VULKAN
       // Both prefill matmuls on every Vulkan device, whichever its default is.
       if (report.kind == "vulkan") {
-        bool usable = false;
-        for (const auto& [key, value] : device.properties) usable = usable || (key == "usable" && value == "yes");
+        const bool ok = test::usable(device);
         for (const auto prefill : {VulkanOptions::Prefill::Tiled, VulkanOptions::Prefill::Chunked}) {
           const std::string suffix = prefill == VulkanOptions::Prefill::Tiled ? "_tiled" : "_chunked";
           const int index = device.index;
           out.push_back({name + suffix,
                          [index, prefill] { return make_vulkan_backend(index, {.prefill = prefill}); },
-                         usable ? "" : device.spec() + " is not usable here"});
+                         ok ? "" : device.spec() + " is not usable here"});
         }
       }
 #endif

@@ -28,6 +28,7 @@
 #include "shard/wire.h"
 #include "kernels/registry.h"
 #include "shard/worker.h"
+#include "tests/support/devices.h"
 #include "tests/support/fixtures.h"
 #include "transport/byte_buffer.h"
 #include "transport/log.h"
@@ -259,16 +260,9 @@ TEST_F(PipelineTest, WorkerProcessesGiveTheSingleProcessTokens) {
 // margins 0.19, 0.12, 0.14; the CPU's text equals llama.cpp's on 3.) Four prompts: lavapipe runs
 // a layer slowly.
 TEST_F(PipelineTest, AVulkanStageBesideACpuStageGivesTheCpuTokens) {
-  std::string vulkan;
-  for (const kernels::BackendReport& r : kernels::list_backends()) {
-    if (r.kind != "vulkan") continue;
-    for (const kernels::DeviceInfo& d : r.devices) {
-      for (const auto& [key, value] : d.properties) {
-        if (key == "usable" && value == "yes" && vulkan.empty()) vulkan = d.spec();
-      }
-    }
-  }
-  if (vulkan.empty()) GTEST_SKIP() << "no usable Vulkan device (hearth info --system says why)";
+  std::string why;
+  const std::string vulkan = test::first_usable_device("vulkan", why);
+  if (vulkan.empty()) GTEST_SKIP() << why;
   constexpr size_t kPrompts = 4;
   const std::vector<std::vector<Token>> prompts(prompts_.begin(), prompts_.begin() + kPrompts);
   const json fixture = json::parse(test::read_file_text(test::fixtures_dir() / "golden" / "smollm2.json"));
