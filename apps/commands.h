@@ -97,7 +97,11 @@ struct ServeArgs {
   std::string api_key;
   std::string api_key_file;
   int32_t parallel = 4;
-  int32_t queue = 16;
+  int32_t queue = -1;              // -1: as memory allows (default_queue_depth in serve.cpp)
+  double queue_timeout = 300;      // seconds a request may wait for a slot (0: no limit)
+  double shutdown_grace = 5;       // seconds streams in flight may run on after SIGTERM
+  double idle_timeout = 30;        // seconds an idle keep-alive connection stays open
+  int32_t max_connections = 0;     // 0: from the open-file limit
   int32_t ctx_size = 0;
   int32_t batch_size = 512;
   std::string kv_type = "f16";

@@ -117,8 +117,18 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   serve->add_option("-P,--parallel", serve_args.parallel, "Sequences generated at once (KV-cache slots)")
       ->capture_default_str();
-  serve->add_option("--queue", serve_args.queue, "Sequences that may wait for a slot; beyond: 503 + Retry-After")
+  serve->add_option("--queue", serve_args.queue,
+                    "Sequences that may wait for a slot; beyond: 503 + Retry-After (default: as memory allows, 256..1024)");
+  serve->add_option("--queue-timeout", serve_args.queue_timeout,
+                    "Seconds a request may wait for a slot before a 503 + Retry-After (0: no limit)")
       ->capture_default_str();
+  serve->add_option("--shutdown-grace", serve_args.shutdown_grace,
+                    "On SIGTERM/SIGINT, seconds requests in flight may run on before streams end with an error event")
+      ->capture_default_str();
+  serve->add_option("--idle-timeout", serve_args.idle_timeout, "Seconds an idle keep-alive connection stays open")
+      ->capture_default_str();
+  serve->add_option("--max-connections", serve_args.max_connections,
+                    "Open connections at most; past it the longest idle is closed (default: from the open-file limit, <= 4096)");
   serve->add_option("-c,--ctx-size", serve_args.ctx_size, "Context of each sequence in tokens (0: min(4096, the model's))")
       ->capture_default_str();
   serve->add_option("-b,--batch-size", serve_args.batch_size, "Tokens per forward step (decodes + prompt chunks)")

@@ -1,5 +1,8 @@
 // `hearth serve`: the OpenAI-compatible HTTP API over a model on this machine. The port answers
 // at once (/health: 503 while the model loads, then 200); SIGINT / SIGTERM stop it cleanly.
+#include <sys/resource.h>
+
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -31,11 +34,57 @@ std::string read_api_key_file(const std::string& path) {
   return key;
 }
 
+// MemAvailable from /proc/meminfo in bytes; 0 when unknown.
+uint64_t available_memory_bytes() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  uint64_t kib = 0;
+  std::string unit;
+  while (in >> key >> kib >> unit) {
+    if (key == "MemAvailable:") return kib * 1024;
+  }
+  return 0;
+}
+
+// A queued request costs no KV cache (it has no slot yet): it holds its prompt (tokens and the
+// request's text, a few bytes a token) and a request thread (its stack's touched pages, its
+// buffers). Budget an eighth of the memory available now at 256 KiB + 64 bytes a context token
+// each, between 256 (generous: llama.cpp's server queues without a bound) and 1024.
+int32_t default_queue_depth(int32_t n_ctx) {
+  const uint64_t per_request = (256u << 10) + 64ull * static_cast<uint64_t>(std::max(n_ctx, 1));
+  const uint64_t available = available_memory_bytes();
+  if (available == 0) return 256;
+  return static_cast<int32_t>(std::clamp<uint64_t>(available / 8 / per_request, 256, 1024));
+}
+
+// Raises the soft open-file limit to the hard one (every connection is a descriptor) and
+// returns how many connections fit under it: what is left after 256 for the model, links and
+// logs, at most 4096.
+int32_t default_max_connections() {
+  rlimit lim{};
+  if (::getrlimit(RLIMIT_NOFILE, &lim) != 0) return 768;
+  if (lim.rlim_cur != RLIM_INFINITY && (lim.rlim_max == RLIM_INFINITY || lim.rlim_cur < lim.rlim_max)) {
+    rlimit raised = lim;
+    raised.rlim_cur = lim.rlim_max == RLIM_INFINITY ? 65536 : std::min<rlim_t>(lim.rlim_max, 65536);
+    if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) lim = raised;
+  }
+  const uint64_t soft = lim.rlim_cur == RLIM_INFINITY ? 65536 : static_cast<uint64_t>(lim.rlim_cur);
+  return static_cast<int32_t>(std::clamp<uint64_t>(soft > 256 ? soft - 256 : 16, 16, 4096));
+}
+
 }  // namespace
 
 int run_serve(const ServeArgs& args) {
   if (args.parallel < 1 || args.parallel > 256) throw Error(fmt::format("--parallel {}: must be 1..256", args.parallel));
-  if (args.queue < 0) throw Error(fmt::format("--queue {}: must be >= 0", args.queue));
+  if (args.queue < -1) throw Error(fmt::format("--queue {}: must be >= 0", args.queue));
+  if (!(args.queue_timeout >= 0)) throw Error(fmt::format("--queue-timeout {}: must be >= 0 seconds", args.queue_timeout));
+  if (!(args.shutdown_grace >= 0 && args.shutdown_grace <= 3600)) {
+    throw Error(fmt::format("--shutdown-grace {}: must be 0..3600 seconds", args.shutdown_grace));
+  }
+  if (!(args.idle_timeout > 0 && args.idle_timeout <= 3600)) {
+    throw Error(fmt::format("--idle-timeout {}: must be more than 0 and at most 3600 seconds", args.idle_timeout));
+  }
+  if (args.max_connections < 0) throw Error(fmt::format("--max-connections {}: must be >= 1 (0: automatic)", args.max_connections));
   if (!args.api_key.empty() && !args.api_key_file.empty()) throw Error("give --api-key or --api-key-file, not both");
 
   StopSignals stop_signals;  // before any thread starts
@@ -45,9 +94,15 @@ int run_serve(const ServeArgs& args) {
   options.port = args.port;
   options.api_key = args.api_key_file.empty() ? args.api_key : read_api_key_file(args.api_key_file);
   options.model_id = args.alias.empty() ? std::filesystem::path(args.model).stem().string() : args.alias;
-  // Every admitted or queued request holds a connection thread while it streams; a few more
-  // answer /health, /metrics and the refusals of a full queue.
-  options.http_threads = args.parallel + args.queue + 8;
+  // The context is known once the model is read; the queue's default budgets for the largest.
+  const int32_t queue = args.queue >= 0 ? args.queue : default_queue_depth(args.ctx_size > 0 ? args.ctx_size : 4096);
+  // Every admitted or queued request holds a request thread while it waits and streams; a few
+  // more answer /health, /metrics and the refusals of a full queue. Idle connections hold none.
+  options.http_threads = args.parallel + queue + 8;
+  options.max_connections = args.max_connections > 0 ? args.max_connections : default_max_connections();
+  options.idle_timeout_s = args.idle_timeout;
+  options.queue_timeout_s = args.queue_timeout;
+  options.shutdown_grace_s = args.shutdown_grace;
   server::OpenAiServer http(options);
   const int port = http.bind();
   std::thread listener([&] { http.run(); });
@@ -82,7 +137,7 @@ int run_serve(const ServeArgs& args) {
       executor = local.get();
     }
     engine::SchedulerOptions scheduler_options;
-    scheduler_options.max_queue = args.queue;
+    scheduler_options.max_queue = queue;
     scheduler_options.step_tokens = args.batch_size;
     scheduler = std::make_unique<engine::Scheduler>(*executor, model->tokenizer(), scheduler_options);
   } catch (...) {
@@ -94,12 +149,13 @@ int run_serve(const ServeArgs& args) {
   const engine::ModelConfig& c = model->config();
   std::fprintf(stderr,
                "hearth: serving %s as '%s' (%s, %d layers) on %s [%s], %d threads; %d parallel sequences of %d tokens "
-               "(%s KV cache), queue %d%s\n",
+               "(%s KV cache), queue %d (timeout %g s), up to %d connections%s\n",
                args.model.c_str(), options.model_id.c_str(), c.arch.c_str(), c.n_layer, backend->name().c_str(),
-               backend->name() == "cpu" ? kernels::cpu_description().c_str() : backend->device().name.c_str(), threads, args.parallel, model->n_ctx(), args.kv_type.c_str(), args.queue,
+               backend->name() == "cpu" ? kernels::cpu_description().c_str() : backend->device().name.c_str(), threads, args.parallel, model->n_ctx(), args.kv_type.c_str(), queue, args.queue_timeout, options.max_connections,
                options.api_key.empty() ? "" : "; API key required");
 
-  std::fprintf(stderr, "hearth: %s received, stopping\n", stop_signals.wait());
+  std::fprintf(stderr, "hearth: %s received, stopping (requests in flight have %g s to finish)\n", stop_signals.wait(),
+               args.shutdown_grace);
   http.stop();
   listener.join();
   scheduler.reset();  // finishes what is still running as cancelled

@@ -253,6 +253,7 @@ ServeSummary summarize(const std::vector<RequestRecord>& records, double duratio
   s.bounds = bounds;
   std::vector<double> ttft, tpot, itl, e2e;
   for (const RequestRecord& r : records) {
+    s.reconnects += r.reconnects > 0 ? 1 : 0;
     if (!r.ok) {
       ++s.failed;
       if (r.http_status == 429 || r.http_status == 503) ++s.refused;
@@ -413,7 +414,34 @@ class Sender {
   }
 
   // Sends one request; times count from `start` (its scheduled arrival in an open loop).
+  //
+  // A kept-alive connection the server closed while it was idle (its keep-alive timeout, or its
+  // requests-per-connection limit, racing with our next request) fails with a Read or Write
+  // error before any byte of a response: the request never reached the server's handler, so it
+  // is sent again, once, on a new connection. A request on a new connection, or one that got any
+  // byte of a response, is never sent twice: its failure is the server's.
   RequestRecord send(const std::string& prompt, Clock::time_point start) {
+    for (int attempt = 0;; ++attempt) {
+      const bool reused = client_.is_socket_open() != 0;
+      bool answered = false;
+      RequestRecord record = send_once(prompt, start, answered);
+      const bool stale = !record.ok && reused && !answered && record.http_status == 0 && attempt == 0 &&
+                         (last_error_ == httplib::Error::Read || last_error_ == httplib::Error::Write) &&
+                         Clock::now() < start + std::chrono::duration_cast<Clock::duration>(
+                                                    std::chrono::duration<double>(params_.timeout_s));
+      if (!stale) {
+        record.reconnects = attempt;
+        return record;
+      }
+      client_.stop();  // closes the dead socket; the next send connects afresh
+    }
+  }
+
+  // The error of the last send_once (Success when it got a whole response).
+  httplib::Error last_error() const { return last_error_; }
+
+ private:
+  RequestRecord send_once(const std::string& prompt, Clock::time_point start, bool& answered) {
     RequestRecord record;
     record.prompt_tokens = params_.input_len;
     StreamReader reader(params_.chat);
@@ -431,11 +459,13 @@ class Sender {
     req.body = request_body(params_, prompt);
     req.set_header("Content-Type", "application/json");
     req.response_handler = [&](const httplib::Response& response) {
+      answered = true;
       record.http_status = response.status;
       retry_after = response.get_header_value("Retry-After");
       return true;
     };
     req.content_receiver = [&](const char* data, size_t n, uint64_t, uint64_t) {
+      answered = true;
       if (record.http_status != 200) {
         error_body.append(data, std::min(n, 4096 - std::min<size_t>(error_body.size(), 4096)));
         return true;
@@ -449,6 +479,7 @@ class Sender {
       return true;
     };
     const httplib::Result result = client_.send(req);
+    last_error_ = result.error();
     parser.finish();
     const Clock::time_point end = Clock::now();
     fill_timings(record, reader, start, end);
@@ -474,10 +505,10 @@ class Sender {
     return record;
   }
 
- private:
   const Endpoint& endpoint_;
   const ServeBenchParams& params_;
   httplib::Client client_;
+  httplib::Error last_error_ = httplib::Error::Success;
 };
 
 uint64_t request_seed(uint64_t seed, uint64_t stream, int32_t index) {
@@ -642,6 +673,7 @@ std::string format_markdown(const ServeBenchResult& result) {
   out += "| metric | value |\n| --- | ---: |\n";
   out += fmt::format("| completed requests | {} |\n", s.completed);
   out += fmt::format("| failed requests (refused: 429/503) | {} ({}) |\n", s.failed, s.refused);
+  out += fmt::format("| resent after a stale keep-alive connection | {} |\n", s.reconnects);
   out += fmt::format("| duration (s) | {:.2f} |\n", s.duration_s);
   out += fmt::format("| requests/s | {:.3f} |\n", s.request_rate);
   out += fmt::format("| mean input tokens | {:.1f}{} |\n", s.mean_input_tokens,
@@ -689,6 +721,7 @@ std::string format_json(const ServeBenchResult& result) {
   out["completed"] = s.completed;
   out["failed"] = s.failed;
   out["refused"] = s.refused;
+  out["reconnects"] = s.reconnects;
   out["errors"] = s.first_errors;
   out["duration_s"] = s.duration_s;
   out["request_throughput"] = s.request_rate;

@@ -96,6 +96,7 @@ struct RequestRecord {
   bool prompt_tokens_reported = false;
   int64_t output_tokens = 0;   // usage.completion_tokens, else the number of content deltas
   bool output_tokens_reported = false;
+  int reconnects = 0;          // sent again on a new connection: the kept-alive one was stale
 };
 
 // Fills ttft/e2e/itl/output tokens of `record` from a reader's timestamps, `sent` and `end`.
@@ -126,6 +127,7 @@ struct ServeSummary {
   size_t completed = 0;
   size_t failed = 0;
   size_t refused = 0;                        // HTTP 429 or 503 (part of `failed`)
+  size_t reconnects = 0;                     // requests resent once after a stale keep-alive connection
   std::vector<std::string> first_errors;     // up to 5 distinct messages, with their status
   double duration_s = 0;
   double request_rate = 0;                   // completed / duration

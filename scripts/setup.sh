@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian 12 machine lacks to build hearth, then configures and builds it.
 # Idempotent and non-interactive: apt runs only when a package is missing; a second run only
-# rebuilds what changed.
+# rebuilds what changed. build/ is configured as scripts/test.sh configures it
+# (scripts/build-config.sh), so running one after the other rebuilds nothing.
 #
-#   scripts/setup.sh [--no-build] [--build-dir DIR] [-- extra cmake args...]
+#   scripts/setup.sh [--no-build] [--target T]... [--build-dir DIR] [-- extra cmake args...]
 #
-# Environment: HEARTH_BUILD_TYPE (default Release), HEARTH_CMAKE_ARGS (extra configure args).
+#   --target T   build only T (scripts/start.sh: --target hearth); default: everything, tests too
+#
+# Environment: HEARTH_BUILD_TYPE (default RelWithDebInfo), HEARTH_CMAKE_ARGS (extra configure
+# args), HEARTH_CUDA_ARCHITECTURES (see scripts/build-config.sh).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD_DIR="$ROOT/build"
 DO_BUILD=1
 EXTRA_ARGS=()
+TARGETS=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --no-build) DO_BUILD=0; shift ;;
     --build-dir) BUILD_DIR="$2"; shift 2 ;;
+    --target) TARGETS+=(--target "$2"); shift 2 ;;
     --) shift; EXTRA_ARGS+=("$@"); break ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
@@ -54,14 +60,12 @@ fi
 
 [[ $DO_BUILD -eq 1 ]] || exit 0
 
-CMAKE_ARGS=(-S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE="${HEARTH_BUILD_TYPE:-Release}")
-command -v ccache >/dev/null && CMAKE_ARGS+=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache)
-# shellcheck disable=SC2206
-[[ -n "${HEARTH_CMAKE_ARGS:-}" ]] && CMAKE_ARGS+=(${HEARTH_CMAKE_ARGS})
-CMAKE_ARGS+=("${EXTRA_ARGS[@]}")
+# shellcheck source=build-config.sh
+source "$ROOT/scripts/build-config.sh"
+CMAKE_ARGS=(-S "$ROOT" -B "$BUILD_DIR" "${HEARTH_CONFIGURE_ARGS[@]}" "${EXTRA_ARGS[@]}")
 
 log "configuring $BUILD_DIR"
 cmake "${CMAKE_ARGS[@]}" >&2
-log "building with $(nproc) jobs"
-cmake --build "$BUILD_DIR" -j "$(nproc)" >&2
+log "building ${TARGETS[*]:-everything} with $(nproc) jobs"
+cmake --build "$BUILD_DIR" -j "$(nproc)" "${TARGETS[@]}" >&2
 log "built $BUILD_DIR/bin/hearth"

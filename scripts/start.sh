@@ -11,7 +11,8 @@
 # HEARTH_STAGES (default 2).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-"$ROOT/scripts/setup.sh"
+# The hearth binary alone: the tests are scripts/test.sh's (same build/, same configuration).
+"$ROOT/scripts/setup.sh" --target hearth
 MODEL_PATH="$("$ROOT/scripts/get-model.sh" "${1:-smollm2}")"
 PORT="${2:-8080}"
 HOST="${HEARTH_HOST:-127.0.0.1}"

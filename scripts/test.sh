@@ -33,11 +33,14 @@ fi
 CCACHE=()
 command -v ccache >/dev/null && CCACHE=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache)
 
-# The CUDA backend (on where nvcc exists) is compiled for one GPU architecture here, to keep CI's
-# time down; a release build compiles them all (kernels/cuda/CMakeLists.txt).
+# build/ is configured exactly as scripts/setup.sh (scripts/start.sh) configures it
+# (scripts/build-config.sh: warnings are errors; the CUDA backend, where nvcc exists, for this
+# machine's GPUs or one architecture, to keep CI's time down; a release build compiles them all,
+# kernels/cuda/CMakeLists.txt), so that start.sh after test.sh, or the reverse, rebuilds nothing.
+# shellcheck source=build-config.sh
+source scripts/build-config.sh
 log "building build/ (warnings are errors)"
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DHEARTH_WERROR=ON -DHEARTH_CUDA_ARCHITECTURES=89 \
-  "${CCACHE[@]}" >/dev/null
+cmake -S . -B build "${HEARTH_CONFIGURE_ARGS[@]}" >/dev/null
 cmake --build build -j "$JOBS"
 log "running the test suite"
 (cd build && ctest --output-on-failure -j "$JOBS" --timeout 900)

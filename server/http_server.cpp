@@ -9,6 +9,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <functional>
 #include <cerrno>
 #include <cstring>
 #include <limits>
@@ -17,7 +19,30 @@
 
 namespace hearth::server {
 
+using Clock = std::chrono::steady_clock;
+
 namespace {
+
+// A head longer than this is handed to httplib as it is, which refuses it (its own limits on the
+// request line and on each header are 8 KiB).
+constexpr size_t kMaxHeadBytes = 64 * 1024;
+
+// httplib runs every accepted connection through its task queue: this one runs it at once, on
+// the listener thread (HttpServer::process_and_close_socket only hands it to the poller).
+class InlineTaskQueue : public httplib::TaskQueue {
+ public:
+  void enqueue(std::function<void()> fn) override { fn(); }
+  void shutdown() override {}
+};
+
+// Whether `pending` holds a whole request head (up to its blank line); `scanned` is how much of
+// it earlier calls found without one.
+bool head_complete(const std::string& pending, size_t& scanned) {
+  const size_t from = scanned >= 3 ? scanned - 3 : 0;
+  const bool found = pending.find("\r\n\r\n", from) != std::string::npos || pending.find("\n\n", from) != std::string::npos;
+  scanned = pending.size();
+  return found;
+}
 
 #ifdef MSG_NOSIGNAL
 constexpr int kSendFlags = MSG_NOSIGNAL;  // a client that went away: EPIPE, not SIGPIPE
@@ -51,14 +76,22 @@ void address_of(const sockaddr_storage& addr, socklen_t len, std::string& ip, in
 }  // namespace
 
 // One request's view of a connection, as httplib's own SocketStream: reads buffered (the request
-// line and headers are read a byte at a time), each read and write bounded by the server's
+// line and headers are read a byte at a time; the buffer starts with what the poller read), each read and write bounded by the server's
 // timeouts; a write first checks that the client is still there, so that a stream to a client
 // that went away fails on its next chunk.
 class HttpServer::Connection : public httplib::Stream {
  public:
-  Connection(const HttpServer& server, socket_t sock, time_t read_sec, time_t read_usec, time_t write_sec,
-             time_t write_usec)
-      : server_(server), sock_(sock), read_ms_(to_ms(read_sec, read_usec)), write_ms_(to_ms(write_sec, write_usec)) {}
+  // `pending`: bytes the poller already read from the socket (at least the request's head).
+  Connection(const HttpServer& server, socket_t sock, std::string pending, time_t read_sec, time_t read_usec,
+             time_t write_sec, time_t write_usec)
+      : server_(server),
+        sock_(sock),
+        read_ms_(to_ms(read_sec, read_usec)),
+        write_ms_(to_ms(write_sec, write_usec)),
+        buffer_(std::move(pending)) {}
+
+  // What was read from the socket and not parsed: the start of a pipelined request.
+  std::string take_unread() { return buffer_.substr(std::min(buffered_, buffer_.size())); }
 
   bool is_readable() const override { return server_.wait_readable(sock_, read_ms_); }
 
@@ -69,19 +102,21 @@ class HttpServer::Connection : public httplib::Stream {
   }
 
   ssize_t read(char* ptr, size_t size) override {
-    if (buffered_ < filled_) {
-      const size_t n = std::min(size, filled_ - buffered_);
-      std::memcpy(ptr, buffer_ + buffered_, n);
+    if (buffered_ < buffer_.size()) {
+      const size_t n = std::min(size, buffer_.size() - buffered_);
+      std::memcpy(ptr, buffer_.data() + buffered_, n);
       buffered_ += n;
       return static_cast<ssize_t>(n);
     }
     if (!is_readable()) return -1;
-    if (size >= sizeof(buffer_)) return recv_retrying(ptr, size);
-    const ssize_t got = recv_retrying(buffer_, sizeof(buffer_));
+    if (size >= kReadChunk) return recv_retrying(ptr, size);
+    buffer_.resize(kReadChunk);
+    const ssize_t got = recv_retrying(buffer_.data(), kReadChunk);
+    buffer_.resize(got > 0 ? static_cast<size_t>(got) : 0);
+    buffered_ = 0;
     if (got <= 0) return got;
-    filled_ = static_cast<size_t>(got);
-    const size_t n = std::min(size, filled_);
-    std::memcpy(ptr, buffer_, n);
+    const size_t n = std::min(size, buffer_.size());
+    std::memcpy(ptr, buffer_.data(), n);
     buffered_ = n;
     return static_cast<ssize_t>(n);
   }
@@ -133,19 +168,25 @@ class HttpServer::Connection : public httplib::Stream {
   socket_t sock_;
   int read_ms_;
   int write_ms_;
-  char buffer_[4096];
-  size_t buffered_ = 0;  // buffer_[buffered_, filled_) not yet returned
-  size_t filled_ = 0;
+  static constexpr size_t kReadChunk = 4096;
+  std::string buffer_;
+  size_t buffered_ = 0;  // buffer_[buffered_, size) not yet returned
 };
 
-HttpServer::HttpServer() {
-  if (::pipe(stop_pipe_) != 0) throw Error(fmt::format("cannot create the server's stop pipe: {}", std::strerror(errno)));
-  for (int fd : stop_pipe_) ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+HttpServer::HttpServer(ConnectionLimits limits) : limits_(limits) {
+  if (::pipe2(stop_pipe_, O_CLOEXEC) != 0 || ::pipe2(wake_pipe_, O_CLOEXEC | O_NONBLOCK) != 0) {
+    throw Error(fmt::format("cannot create the server's pipes: {}", std::strerror(errno)));
+  }
+  // The listener calls process_and_close_socket (which only hands the connection to the poller)
+  // on its own thread: no pool of httplib's.
+  new_task_queue = [] { return new InlineTaskQueue; };
+  poller_ = std::thread([this] { poller_loop(); });
 }
 
 HttpServer::~HttpServer() {
-  shutdown();
+  join();
   for (int fd : stop_pipe_) ::close(fd);
+  for (int fd : wake_pipe_) ::close(fd);
 }
 
 void HttpServer::shutdown() {
@@ -157,29 +198,252 @@ void HttpServer::shutdown() {
   if (is_running()) stop();
 }
 
+void HttpServer::set_listen_backlog(int backlog) {
+  // listen() again on a listening socket only changes its backlog (capped by net.core.somaxconn).
+  if (::listen(svr_sock_.load(), backlog) != 0) {
+    throw Error(fmt::format("cannot set the listen backlog: {}", std::strerror(errno)));
+  }
+}
+
+bool HttpServer::wait_drained(Clock::time_point deadline) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  return drained_cv_.wait_until(lock, deadline, [&] { return serving_ == 0 && ready_.empty(); });
+}
+
+void HttpServer::join() {
+  std::call_once(joined_, [this] {
+    shutdown();
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      exit_ = true;
+    }
+    work_cv_.notify_all();
+    wake_poller();
+    poller_.join();
+    std::vector<std::thread> threads;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      threads.swap(workers_);  // no thread starts once exit_ is set
+    }
+    for (std::thread& t : threads) t.join();
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (Peer& p : incoming_) close_peer(p);
+    incoming_.clear();
+  });
+}
+
+HttpServer::Counts HttpServer::counts() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return {open_.load(), ready_.size(), serving_, workers_.size()};
+}
+
+Clock::time_point HttpServer::deadline_of(const Peer& peer) const {
+  return peer.since + std::chrono::milliseconds(peer.arriving ? limits_.head_timeout_ms : limits_.idle_timeout_ms);
+}
+
+void HttpServer::wake_poller() {
+  const char byte = 1;
+  while (::write(wake_pipe_[1], &byte, 1) < 0 && errno == EINTR) {
+  }  // EAGAIN: the pipe is full, the poller wakes anyway
+}
+
+void HttpServer::close_peer(Peer& peer) {
+  if (peer.fd < 0) return;
+  ::shutdown(peer.fd, SHUT_RDWR);
+  ::close(peer.fd);
+  peer.fd = -1;
+  open_.fetch_sub(1);
+}
+
+bool HttpServer::process_and_close_socket(socket_t sock) {
+  ::fcntl(sock, F_SETFD, FD_CLOEXEC);  // not into the local stage workers serve may start
+  open_.fetch_add(1);
+  Peer peer;
+  peer.fd = sock;
+  peer.since = Clock::now();
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    incoming_.push_back(std::move(peer));
+  }
+  wake_poller();
+  return true;
+}
+
+bool HttpServer::read_available(Peer& peer, bool& ready) {
+  bool eof = false;
+  char buf[16384];
+  while (peer.pending.size() < kMaxHeadBytes) {
+    const ssize_t n = ::recv(peer.fd, buf, sizeof(buf), MSG_DONTWAIT);
+    if (n > 0) {
+      if (!peer.arriving) {
+        peer.arriving = true;
+        peer.since = Clock::now();
+      }
+      peer.pending.append(buf, static_cast<size_t>(n));
+      if (static_cast<size_t>(n) < sizeof(buf)) break;
+      continue;
+    }
+    if (n == 0) {
+      eof = true;  // the client may have half-closed after a whole request: still answered
+      break;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+    return false;
+  }
+  ready = head_complete(peer.pending, peer.scanned) || peer.pending.size() >= kMaxHeadBytes;
+  return ready || !eof;
+}
+
+void HttpServer::dispatch(Peer peer) {
+  ready_.push_back(std::move(peer));
+  if (ready_.size() > idle_threads_ && workers_.size() < limits_.request_threads && !exit_) {
+    workers_.emplace_back([this] { worker_loop(); });
+  } else {
+    work_cv_.notify_one();
+  }
+}
+
+void HttpServer::poller_loop() {
+  std::vector<Peer> peers;  // idle, or a head arriving
+  std::vector<pollfd> fds;
+  for (;;) {
+    std::vector<Peer> arrived;
+    bool exiting = false;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      arrived.swap(incoming_);
+      exiting = exit_;
+    }
+    const bool stopping = stopping_.load();
+    for (Peer& p : arrived) {
+      if (stopping) {
+        close_peer(p);
+      } else {
+        peers.push_back(std::move(p));
+      }
+    }
+    if (stopping) {
+      for (Peer& p : peers) close_peer(p);
+      peers.clear();
+    }
+    if (exiting) break;
+
+    // Past the bound: the connections idle the longest go first; with none idle, the newest.
+    while (open_.load() > limits_.max_connections && !peers.empty()) {
+      auto victim = peers.end();
+      for (auto it = peers.begin(); it != peers.end(); ++it) {
+        if (!it->arriving && (victim == peers.end() || it->since < victim->since)) victim = it;
+      }
+      if (victim == peers.end()) victim = peers.end() - 1;
+      close_peer(*victim);
+      peers.erase(victim);
+    }
+
+    fds.clear();
+    fds.push_back({wake_pipe_[0], POLLIN, 0});
+    if (!stopping) fds.push_back({stop_pipe_[0], POLLIN, 0});  // stays readable once written
+    const size_t base = fds.size();
+    Clock::time_point next = Clock::time_point::max();
+    for (const Peer& p : peers) {
+      fds.push_back({p.fd, POLLIN, 0});
+      next = std::min(next, deadline_of(p));
+    }
+    int timeout_ms = -1;
+    if (next != Clock::time_point::max()) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(next - Clock::now()).count() + 1;
+      timeout_ms = static_cast<int>(std::clamp<long long>(left, 0, 60'000));
+    }
+    poll_retrying(fds.data(), fds.size(), timeout_ms);
+    if (fds[0].revents != 0) {
+      char drain[256];
+      while (::read(wake_pipe_[0], drain, sizeof(drain)) > 0) {
+      }
+    }
+
+    const Clock::time_point now = Clock::now();
+    std::vector<Peer> kept;
+    kept.reserve(peers.size());
+    for (size_t i = 0; i < peers.size(); ++i) {
+      Peer& p = peers[i];
+      if (fds[base + i].revents != 0) {
+        bool ready = false;
+        if (!read_available(p, ready)) {
+          close_peer(p);
+          continue;
+        }
+        if (ready) {
+          std::lock_guard<std::mutex> lock(mutex_);
+          dispatch(std::move(p));
+          continue;
+        }
+      }
+      if (now >= deadline_of(p)) {
+        close_peer(p);  // idle past the keep-alive timeout, or a head too slow
+        continue;
+      }
+      kept.push_back(std::move(p));
+    }
+    peers.swap(kept);
+  }
+  for (Peer& p : peers) close_peer(p);
+}
+
+void HttpServer::worker_loop() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  for (;;) {
+    ++idle_threads_;
+    work_cv_.wait(lock, [&] { return !ready_.empty() || exit_; });
+    --idle_threads_;
+    if (ready_.empty()) break;  // exit_, and nothing left to serve
+    Peer peer = std::move(ready_.front());
+    ready_.pop_front();
+    ++serving_;
+    lock.unlock();
+    bool keep = false;
+    try {
+      keep = serve(peer);
+    } catch (...) {  // httplib reports handler errors itself; anything else ends the connection
+      keep = false;
+    }
+    lock.lock();
+    --serving_;
+    if (keep && !stopping_.load() && !exit_) {
+      peer.since = Clock::now();
+      peer.arriving = !peer.pending.empty();
+      peer.scanned = 0;
+      if (head_complete(peer.pending, peer.scanned)) {
+        ready_.push_back(std::move(peer));  // a pipelined request: this thread takes it next
+      } else {
+        incoming_.push_back(std::move(peer));
+        wake_poller();
+      }
+    } else {
+      close_peer(peer);
+    }
+    if (serving_ == 0 && ready_.empty()) drained_cv_.notify_all();
+  }
+}
+
+bool HttpServer::serve(Peer& peer) {
+  Connection connection(*this, peer.fd, std::move(peer.pending), read_timeout_sec_, read_timeout_usec_,
+                        write_timeout_sec_, write_timeout_usec_);
+  peer.pending.clear();
+  ++peer.served;
+  const bool last = peer.served >= limits_.max_requests_per_connection || stopping_.load();
+  bool closed = false;
+  const bool ok = process_request(connection, /*close_connection=*/last, closed, nullptr);
+  peer.pending = connection.take_unread();
+  return ok && !closed && !last;
+}
+
 bool HttpServer::wait_readable(socket_t sock, int timeout_ms) const {
   pollfd p[2] = {{sock, POLLIN, 0}, {stop_pipe_[0], POLLIN, 0}};
   if (poll_retrying(p, 2, timeout_ms) <= 0) return false;
   // Data (or a hang-up, which the read then sees) wins over the stop only while not stopping:
-  // once stopping, a connection with no complete request yet is closed.
+  // once stopping, a request whose body has not arrived is closed.
   if (p[1].revents != 0) return false;
   return (p[0].revents & (POLLIN | POLLHUP | POLLERR)) != 0;
-}
-
-bool HttpServer::process_and_close_socket(socket_t sock) {
-  // As httplib's loop: up to keep_alive_max_count_ requests, each awaited for at most the
-  // keep-alive timeout; the last one is answered with "Connection: close".
-  bool ok = false;
-  for (size_t left = keep_alive_max_count_; left > 0 && !stopping_.load(); --left) {
-    if (!wait_readable(sock, to_ms(keep_alive_timeout_sec_, 0))) break;
-    Connection connection(*this, sock, read_timeout_sec_, read_timeout_usec_, write_timeout_sec_, write_timeout_usec_);
-    bool closed = false;
-    ok = process_request(connection, /*close_connection=*/left == 1 || stopping_.load(), closed, nullptr);
-    if (!ok || closed) break;
-  }
-  ::shutdown(sock, SHUT_RDWR);
-  ::close(sock);
-  return ok;
 }
 
 }  // namespace hearth::server

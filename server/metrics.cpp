@@ -78,7 +78,7 @@ std::string ServerMetrics::render(const Snapshot& s) const {
   }
 
   std::lock_guard<std::mutex> lock(mutex_);
-  counter("hearth_requests_refused_total", "Requests refused because the queue was full", static_cast<double>(refused_));
+  counter("hearth_requests_refused_total", "Requests refused with 503: the queue was full, or one waited past --queue-timeout", static_cast<double>(refused_));
   out += "# HELP hearth_http_requests_total HTTP requests answered, by endpoint and status\n"
          "# TYPE hearth_http_requests_total counter\n";
   for (const auto& [key, count] : requests_) {

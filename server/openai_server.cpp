@@ -4,7 +4,9 @@
 #include <openssl/crypto.h>
 
 #include <chrono>
+#include <algorithm>
 #include <condition_variable>
+#include <cstdio>
 #include <ctime>
 #include <deque>
 #include <mutex>
@@ -91,18 +93,36 @@ struct Exchange {
   }
 };
 
+// Connections the kernel holds for accept(): a burst of clients (100 at once) must not overflow
+// it; the poller takes them off as fast as they come.
+constexpr int kListenBacklog = 1024;
+
+ConnectionLimits connection_limits(const ServerOptions& o) {
+  ConnectionLimits l;
+  l.max_connections = static_cast<size_t>(std::max(1, o.max_connections));
+  l.request_threads = static_cast<size_t>(std::max(1, o.http_threads));
+  l.idle_timeout_ms = static_cast<int>(std::clamp(o.idle_timeout_s * 1000.0, 1.0, 86'400'000.0));
+  l.head_timeout_ms = 30'000;
+  return l;
+}
+
 }  // namespace
 
 struct OpenAiServer::Impl {
   ServerOptions options;
-  HttpServer http;  // httplib::Server whose idle connections close at once on stop
+  HttpServer http;  // idle connections hold no thread and close at once on stop
   ServerMetrics metrics;
   std::atomic<engine::Model*> model{nullptr};
   std::atomic<engine::Scheduler*> scheduler{nullptr};
   std::string fingerprint = fmt::format("hearth-{}", build::kCommit);
   int64_t created = static_cast<int64_t>(std::time(nullptr));
 
-  explicit Impl(ServerOptions o) : options(std::move(o)) {}
+  // Set once the shutdown grace has passed: requests still in flight end (streams with an error
+  // event, others with a 503) and free their slots.
+  std::atomic<bool> ending{false};
+  std::once_flag stopped;
+
+  explicit Impl(ServerOptions o) : options(std::move(o)), http(connection_limits(options)) {}
 
   void routes();
   bool authorized(const httplib::Request& req, httplib::Response& res) const;
@@ -112,7 +132,51 @@ struct OpenAiServer::Impl {
   json logprob_entry(const engine::Tokenizer& tok, const engine::SampledToken& s) const;
   std::string endpoint_label(const std::string& path) const;
   json model_object(engine::Model& m) const;
+  bool wait_admitted(Exchange& ex, httplib::Response& res);
+  void refuse_ending(httplib::Response& res);
 };
+
+void OpenAiServer::Impl::refuse_ending(httplib::Response& res) {
+  res.set_header("Retry-After", "5");
+  send_error(res, 503, "The server is shutting down; retry shortly (on another server if there is one).",
+             "unavailable_error", "", "server_shutting_down");
+}
+
+// Waits until the request's sequences have left the scheduler's queue for slots (or have
+// produced something, or ended). A request still queued after the queue timeout, or when the
+// server ends, is withdrawn and refused with 503 + Retry-After.
+bool OpenAiServer::Impl::wait_admitted(Exchange& ex, httplib::Response& res) {
+  const bool bounded = options.queue_timeout_s > 0;
+  const Clock::time_point deadline =
+      ex.start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(bounded ? options.queue_timeout_s : 0));
+  bool timed_out = false;
+  {
+    std::unique_lock<std::mutex> lock(ex.mutex);
+    for (;;) {
+      const bool admitted = std::all_of(ex.handles.begin(), ex.handles.end(), [](const auto& h) { return h->admitted(); });
+      if (admitted || !ex.events.empty() || ex.running == 0) return true;
+      if (ending.load()) break;
+      if (bounded && Clock::now() >= deadline) {
+        timed_out = true;
+        break;
+      }
+      // Admission has no callback of its own: look again every 20 ms (a first token wakes at once).
+      ex.cv.wait_for(lock, std::chrono::milliseconds(20));
+    }
+  }
+  ex.cancel();  // leaves the queue at the scheduler's next step
+  if (!timed_out) {
+    refuse_ending(res);
+    return false;
+  }
+  metrics.refused();
+  res.set_header("Retry-After", "5");
+  send_error(res, 503,
+             fmt::format("The server is busy: the request waited {:g} s for a slot (--queue-timeout). Retry shortly.",
+                         options.queue_timeout_s),
+             "server_overloaded", "", "queue_timeout");
+  return false;
+}
 
 // OpenAI's model object, with hearth's details under "meta" (as llama.cpp's server adds them).
 json OpenAiServer::Impl::model_object(engine::Model& m) const {
@@ -199,6 +263,10 @@ json OpenAiServer::Impl::logprob_entry(const engine::Tokenizer& tok, const engin
 void OpenAiServer::Impl::completions(const httplib::Request& req, httplib::Response& res, bool chat) {
   engine::Model* m = ready(res);
   if (m == nullptr) return;
+  if (http.stopping()) {  // a request that arrived on a kept-alive connection while stopping
+    refuse_ending(res);
+    return;
+  }
   engine::Scheduler& sched = *scheduler.load();
   json body;
   try {
@@ -296,6 +364,7 @@ void OpenAiServer::Impl::completions(const httplib::Request& req, httplib::Respo
     std::lock_guard<std::mutex> lock(exchange->mutex);
     exchange->handles = std::move(*handles);
   }
+  if (!wait_admitted(*exchange, res)) return;
 
   const std::string id = random_id(chat ? "chatcmpl-" : "cmpl-");
   const int64_t created_at = static_cast<int64_t>(std::time(nullptr));
@@ -310,7 +379,14 @@ void OpenAiServer::Impl::completions(const httplib::Request& req, httplib::Respo
     std::vector<engine::SequenceResult> results(static_cast<size_t>(r.n));
     {
       std::unique_lock<std::mutex> lock(exchange->mutex);
-      exchange->cv.wait(lock, [&] { return exchange->running == 0; });
+      while (!exchange->cv.wait_for(lock, std::chrono::milliseconds(100), [&] { return exchange->running == 0; })) {
+        if (ending.load()) {  // past the shutdown grace
+          lock.unlock();
+          exchange->cancel();
+          refuse_ending(res);
+          return;
+        }
+      }
       for (Event& e : exchange->events) {
         const size_t c = static_cast<size_t>(e.choice);
         if (e.finished) {
@@ -389,6 +465,16 @@ void OpenAiServer::Impl::completions(const httplib::Request& req, httplib::Respo
         int finished = 0;
         Clock::time_point last_write = Clock::now();
         while (finished < r.n) {
+          if (ending.load()) {
+            // Past the shutdown grace: a last event says why the stream ends here, and the
+            // response ends properly (the client sees an error, not a broken connection).
+            json err = error_body("The server is shutting down: this stream was ended after the shutdown grace period.",
+                                  "server_error", "", "server_shutting_down");
+            exchange->cancel();
+            if (!write("data: " + dump(err) + "\n\n")) return false;
+            sink.done();
+            return true;
+          }
           std::deque<Event> batch;
           {
             std::unique_lock<std::mutex> lock(exchange->mutex);
@@ -466,11 +552,9 @@ void OpenAiServer::Impl::completions(const httplib::Request& req, httplib::Respo
 }
 
 void OpenAiServer::Impl::routes() {
-  http.new_task_queue = [n = options.http_threads] { return new httplib::ThreadPool(static_cast<size_t>(n)); };
   http.set_payload_max_length(options.max_body_bytes);
   http.set_read_timeout(30);
   http.set_write_timeout(30);
-  http.set_keep_alive_timeout(30);
   http.set_default_headers({{"Access-Control-Allow-Origin", "*"}});
 
   http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
@@ -626,11 +710,13 @@ int OpenAiServer::bind() {
   if (o.port == 0) {
     const int port = impl_->http.bind_to_any_port(o.host);
     if (port <= 0) throw Error(fmt::format("cannot listen on {}: no free port", o.host));
+    impl_->http.set_listen_backlog(kListenBacklog);
     return port;
   }
   if (!impl_->http.bind_to_port(o.host, o.port)) {
     throw Error(fmt::format("cannot listen on {}:{} (in use, or not an address of this machine)", o.host, o.port));
   }
+  impl_->http.set_listen_backlog(kListenBacklog);
   return o.port;
 }
 
@@ -641,6 +727,20 @@ void OpenAiServer::attach(engine::Model& model, engine::Scheduler& scheduler) {
 
 bool OpenAiServer::run() { return impl_->http.listen_after_bind(); }
 
-void OpenAiServer::stop() { impl_->http.shutdown(); }
+void OpenAiServer::stop() {
+  std::call_once(impl_->stopped, [this] {
+    Impl& i = *impl_;
+    const Clock::time_point start = Clock::now();
+    i.http.shutdown();
+    const auto grace = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(std::max(0.0, i.options.shutdown_grace_s)));
+    if (!i.http.wait_drained(start + grace)) {
+      const HttpServer::Counts c = i.http.counts();
+      std::fprintf(stderr, "hearth: %zu request(s) still running after the %g s shutdown grace: ending them\n",
+                   c.serving + c.waiting, i.options.shutdown_grace_s);
+      i.ending.store(true);
+    }
+    i.http.join();
+  });
+}
 
 }  // namespace hearth::server

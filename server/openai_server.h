@@ -4,7 +4,9 @@
 // HTTP threads and handed to the engine's Scheduler, which batches them continuously.
 //
 // Lifecycle: construct, bind() (the port answers at once: /health says 503 while loading),
-// attach() the model and scheduler once they are ready, run() until stop().
+// attach() the model and scheduler once they are ready, run() until stop(). Connections are
+// handled by server/http_server.h (idle ones hold no thread); a request waits for a slot in the
+// scheduler's queue for at most the queue timeout.
 #pragma once
 
 #include <atomic>
@@ -28,7 +30,11 @@ struct ServerOptions {
   std::string api_key;             // empty: no key needed
   std::string model_id;            // the name /v1/models lists and responses carry
   size_t max_body_bytes = 16u << 20;
-  int http_threads = 32;           // connections served at once (streams hold one each)
+  int http_threads = 32;           // requests served at once (streams hold one each to their end)
+  int max_connections = 1024;      // open connections; idle ones hold no thread (server/http_server.h)
+  double idle_timeout_s = 30;      // an idle keep-alive connection is closed after this
+  double queue_timeout_s = 300;    // a request still waiting for a slot after this: 503 (0: no limit)
+  double shutdown_grace_s = 5;     // stop(): streams in flight may finish within this, then end
 };
 
 class OpenAiServer {
@@ -44,6 +50,9 @@ class OpenAiServer {
   void attach(engine::Model& model, engine::Scheduler& scheduler);
   // Serves until stop() (from any thread). Returns false if the listener failed.
   bool run();
+  // Stops accepting and closes idle connections at once; requests in flight may finish within
+  // the shutdown grace, then streams end with an error event and other requests with a 503.
+  // Returns when no request is left. Idempotent; from any thread but a handler's.
   void stop();
 
  private:

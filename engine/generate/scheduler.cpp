@@ -145,6 +145,7 @@ void Scheduler::loop() {
       queue_.pop_front();
       seq->slot = free_slots_.back();
       free_slots_.pop_back();
+      seq->handle->admitted_.store(true, std::memory_order_release);
       running_.push_back(std::move(seq));
     }
     stats_.waiting = static_cast<int32_t>(queue_.size());

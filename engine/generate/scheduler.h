@@ -79,9 +79,13 @@ class SequenceHandle {
  public:
   void cancel() { cancelled_.store(true, std::memory_order_relaxed); }
   bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
+  // The sequence has left the queue for a slot (a server's queue timeout looks at this).
+  bool admitted() const { return admitted_.load(std::memory_order_acquire); }
 
  private:
+  friend class Scheduler;
   std::atomic<bool> cancelled_{false};
+  std::atomic<bool> admitted_{false};
 };
 
 struct SchedulerOptions {

@@ -1,7 +1,11 @@
 // `hearth bench serve`: the SSE parser, the stream reader, the statistics, and whole runs against
 // a fake OpenAI-compatible server.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -604,6 +608,122 @@ TEST(ServeBenchRun, BadArguments) {
   p.requests = 1;
   p.model = "";
   EXPECT_THROW(run_serve_bench(p, nullptr), Error);
+}
+
+// A raw HTTP/1.1 server for the keep-alive tests: each connection's first request is answered
+// (a one-delta SSE stream, the connection kept alive); what arrives after it on the same
+// connection is read and dropped by closing the connection without a byte of an answer, as a
+// server does whose keep-alive timeout fires as the next request comes. With
+// `drop_first_requests`, every request is dropped that way, on new connections too.
+class ClosingKeepAliveServer {
+ public:
+  explicit ClosingKeepAliveServer(bool drop_first_requests = false) : drop_first_(drop_first_requests) {
+    listener_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::bind(listener_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    socklen_t len = sizeof(addr);
+    ::getsockname(listener_, reinterpret_cast<sockaddr*>(&addr), &len);
+    port_ = ntohs(addr.sin_port);
+    ::listen(listener_, 16);
+    thread_ = std::thread([this] { serve(); });
+  }
+  ~ClosingKeepAliveServer() {
+    ::shutdown(listener_, SHUT_RDWR);
+    ::close(listener_);
+    thread_.join();
+  }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  int answered() const { return answered_; }
+  int dropped() const { return dropped_; }
+
+ private:
+  // Reads one request (head and Content-Length body); false when the peer closed first.
+  static bool read_request(int fd) {
+    std::string data;
+    char buf[4096];
+    size_t head_end = std::string::npos;
+    while (head_end == std::string::npos) {
+      const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+      if (n <= 0) return false;
+      data.append(buf, static_cast<size_t>(n));
+      head_end = data.find("\r\n\r\n");
+    }
+    std::string lower = data.substr(0, head_end);
+    std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    const size_t cl = lower.find("content-length:");
+    const size_t length = cl == std::string::npos ? 0 : std::stoul(lower.substr(cl + 15));
+    while (data.size() < head_end + 4 + length) {
+      const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+      if (n <= 0) return false;
+      data.append(buf, static_cast<size_t>(n));
+    }
+    return true;
+  }
+
+  void serve() {
+    for (;;) {
+      const int fd = ::accept(listener_, nullptr, nullptr);
+      if (fd < 0) return;
+      for (int on_connection = 0; read_request(fd); ++on_connection) {
+        if (drop_first_ || on_connection > 0) {
+          ++dropped_;
+          break;
+        }
+        ++answered_;
+        const std::string body =
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\" w0\"}}]}\n\ndata: [DONE]\n\n";
+        const std::string response = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: keep-alive\r\n"
+                                     "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+        if (::send(fd, response.data(), response.size(), MSG_NOSIGNAL) < 0) break;
+      }
+      ::close(fd);
+    }
+  }
+
+  bool drop_first_;
+  int listener_ = -1;
+  int port_ = 0;
+  std::thread thread_;
+  std::atomic<int> answered_{0};
+  std::atomic<int> dropped_{0};
+};
+
+TEST(ServeBenchRun, AStaleKeepAliveConnectionIsReplacedAndTheRequestSentAgain) {
+  ClosingKeepAliveServer server;
+  ServeBenchParams p;
+  p.url = server.url();
+  p.model = "fake";
+  p.requests = 4;
+  p.concurrency = 1;
+  p.warmup = 0;
+  p.output_len = 1;
+  p.timeout_s = 10;
+  const ServeSummary s = run_serve_bench(p, nullptr).summary;
+  EXPECT_EQ(s.completed, 4u) << (s.first_errors.empty() ? "" : s.first_errors[0]);
+  EXPECT_EQ(s.failed, 0u);
+  // Requests 2..4 each found their connection dead and went again on a new one.
+  EXPECT_EQ(server.answered(), 4);
+  EXPECT_EQ(server.dropped(), 3);
+  EXPECT_EQ(s.reconnects, 3u);
+}
+
+TEST(ServeBenchRun, ARequestThatFailsOnANewConnectionIsNotSentAgain) {
+  ClosingKeepAliveServer server(/*drop_first_requests=*/true);
+  ServeBenchParams p;
+  p.url = server.url();
+  p.model = "fake";
+  p.requests = 3;
+  p.concurrency = 1;
+  p.warmup = 0;
+  p.output_len = 1;
+  p.timeout_s = 10;
+  const ServeSummary s = run_serve_bench(p, nullptr).summary;
+  EXPECT_EQ(s.failed, 3u);
+  EXPECT_EQ(s.reconnects, 0u);
+  EXPECT_EQ(server.dropped(), 3) << "each request reached the server once";
+  EXPECT_EQ(server.answered(), 0);
 }
 
 }  // namespace

@@ -391,6 +391,12 @@ TEST_F(SchedulerTest, QueueBoundRefusesAndCancelFreesTheSlot) {
   third.push_back(c.request(prompt, greedy(4)));
   EXPECT_FALSE(scheduler.submit(std::move(third)).has_value());
 
+  // The first holds the slot (until cancelled: 512 positions take far longer than this), the
+  // second waits for it: admitted() tells them apart (the server's queue timeout reads it).
+  for (int i = 0; i < 1000 && !(*ha)[0]->admitted(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  EXPECT_TRUE((*ha)[0]->admitted());
+  EXPECT_FALSE((*hb)[0]->admitted());
+
   // Cancel the first: it reports "cancelled", and the waiting one gets the slot and completes.
   (*ha)[0]->cancel();
   const Outcome first = a.wait();
@@ -398,6 +404,7 @@ TEST_F(SchedulerTest, QueueBoundRefusesAndCancelFreesTheSlot) {
   const Outcome second = b.wait();
   EXPECT_EQ(second.result.finish_reason, "length");
   EXPECT_EQ(second.result.completion_tokens, 4);
+  EXPECT_TRUE((*hb)[0]->admitted());
   const SchedulerStats stats = wait_idle(scheduler);
   EXPECT_EQ(stats.running, 0);
   EXPECT_EQ(stats.kv_positions_used, 0);
