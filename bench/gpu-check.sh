@@ -4,7 +4,7 @@
 #
 #  1. builds hearth for this GPU's architecture (HEARTH_CUDA_ARCHITECTURES=native) with the tests
 #  2. the op suite's cases on the real device (cuda_0_*) and the whole tiny models through the
-#     CUDA backend on it against the CPU backend (test_cuda_model, HEARTH_TEST_CUDA_DEVICE=0)
+#     CUDA backend on it against the CPU backend (test_gpu_models, HEARTH_TEST_CUDA_DEVICE=0)
 #  3. hearth bench --backend cuda (pp512, tg128) on synthetic llama-8b Q4_0 and the two default
 #     models, and, when LLAMA_BENCH names llama.cpp's llama-bench built with -DGGML_CUDA=ON (by
 #     hand, outside the repository), llama-bench -ngl 99 on the same files, alternating
@@ -22,13 +22,13 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv || log "
 log "build (native architecture)"
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DHEARTH_CUDA=ON \
   -DHEARTH_CUDA_ARCHITECTURES=native >/dev/null || exit 1
-cmake --build build-gpu -j "$(nproc)" --target hearth test_backend_ops test_cuda_model || exit 1
+cmake --build build-gpu -j "$(nproc)" --target hearth test_backend_ops test_gpu_models || exit 1
 ./build-gpu/bin/hearth info --system
 
 log "op suite on the GPU"
 ./build-gpu/bin/test_backend_ops --gtest_filter='*cuda_0_*' --gtest_brief=1
 log "tiny models through the CUDA backend on the GPU against the CPU backend"
-HEARTH_TEST_CUDA_DEVICE=0 ./build-gpu/bin/test_cuda_model
+HEARTH_TEST_CUDA_DEVICE=0 ./build-gpu/bin/test_gpu_models --gtest_filter='*cuda*:*Cuda*'
 
 log "models"
 mkdir -p "$OUT/models"
