@@ -585,20 +585,23 @@ class VulkanBackend final : public Backend {
 
   void start_recording() {
     mode_ = Mode::Record;
-    VkCommandBufferAllocateInfo ai{};
-    ai.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO;
-    ai.commandPool = step_pool_;
-    ai.level = VK_COMMAND_BUFFER_LEVEL_PRIMARY;
-    ai.commandBufferCount = 1;
-    check(vkAllocateCommandBuffers(ctx_->device, &ai, &step_cb_), "vkAllocateCommandBuffers");
-    begin(step_cb_);
+    step_cb_ = begin_new(step_pool_);
   }
 
-  void begin(VkCommandBuffer cb) {
+  // A new primary command buffer from `pool`, begun (with its opening barrier).
+  VkCommandBuffer begin_new(VkCommandPool pool) {
+    VkCommandBufferAllocateInfo ai{};
+    ai.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO;
+    ai.commandPool = pool;
+    ai.level = VK_COMMAND_BUFFER_LEVEL_PRIMARY;
+    ai.commandBufferCount = 1;
+    VkCommandBuffer cb = VK_NULL_HANDLE;
+    check(vkAllocateCommandBuffers(ctx_->device, &ai, &cb), "vkAllocateCommandBuffers");
     VkCommandBufferBeginInfo bi{};
     bi.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO;
     check(vkBeginCommandBuffer(cb, &bi), "vkBeginCommandBuffer");
     full_barrier(cb);
+    return cb;
   }
 
   // A step's command buffer joins the queue after the work recorded before it; it is submitted
@@ -625,13 +628,7 @@ class VulkanBackend final : public Backend {
   VkCommandBuffer open() {
     if (open_ == VK_NULL_HANDLE) {
       wait();  // a finished batch's transient buffers and staging are reused from here on
-      VkCommandBufferAllocateInfo ai{};
-      ai.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO;
-      ai.commandPool = transient_pool_;
-      ai.level = VK_COMMAND_BUFFER_LEVEL_PRIMARY;
-      ai.commandBufferCount = 1;
-      check(vkAllocateCommandBuffers(ctx_->device, &ai, &open_), "vkAllocateCommandBuffers");
-      begin(open_);
+      open_ = begin_new(transient_pool_);
     }
     return open_;
   }
