@@ -30,7 +30,7 @@ std::vector<SampledToken> SlotSamplers::sample(std::span<const BatchEntry> entri
     }
     Slot& s = slots_[static_cast<size_t>(e.slot)];
     if (e.begin != nullptr) {
-      s.sampler.emplace(*e.begin);
+      s.sampler.emplace(*e.begin, e.resumed);
       s.history.clear();
     }
     if (!s.sampler) throw Error(fmt::format("sequence slot {} was stepped before its sequence began", e.slot));

@@ -25,12 +25,19 @@ namespace hearth::engine {
 // marks the first entry of a new sequence in that slot: its sampler starts from these
 // parameters and its token history (which the penalties read) starts empty. Every token of an
 // entry joins the slot's history.
+//
+// A replay (the sequence rebuilt on a new pipeline after a failure) begins like a new sequence
+// whose tokens are its prompt followed by the tokens it had generated, with `resumed` (on the
+// `begin` entry) = how many of them were generated: the last `resumed` tokens of the history
+// when it first samples. The sampler's state is a function of that count and the history (the
+// random generator skips `resumed` draws), so the continuation is what it would have been.
 struct BatchEntry {
   int32_t slot = 0;
   int32_t pos0 = 0;
   std::span<const Token> tokens;
   bool sample = false;
   const SamplingParams* begin = nullptr;
+  uint32_t resumed = 0;  // with `begin`: tokens already generated (a replay); 0 for a new sequence
 };
 
 // The stage input of a step's entries: every token with its KV slot, and the rows whose logits
