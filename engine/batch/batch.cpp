@@ -43,6 +43,15 @@ std::vector<SampledToken> SlotSamplers::sample(std::span<const BatchEntry> entri
   return sampled;
 }
 
+const char* executor_state_name(ExecutorHealth::State state) {
+  switch (state) {
+    case ExecutorHealth::State::serving: return "serving";
+    case ExecutorHealth::State::recovering: return "recovering";
+    case ExecutorHealth::State::down: return "down";
+  }
+  return "?";
+}
+
 LocalExecutor::LocalExecutor(Stage& stage) : stage_(stage), samplers_(stage.options().n_seq) {
   HEARTH_CHECK(stage.is_first() && stage.is_last(), "a local executor needs every layer");
 }
