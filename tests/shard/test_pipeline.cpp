@@ -568,10 +568,11 @@ TEST_F(PipelineTest, AKilledWorkerIsReportedWithinThreeSecondsAndTheCoordinatorS
     EXPECT_NE(o.error.find("stage"), std::string::npos) << o.error;
     EXPECT_LT(std::chrono::duration<double>(o.finished_at - killed_at).count(), 3.0);
   }
-  // The coordinator is still there: a new request gets a clear error, not a hang.
+  // The coordinator is still there: a new request gets a clear error, not a hang. (A bare
+  // PipelineExecutor cannot rebuild; shard/recovery.h's can, tests/api/test_node_loss.py.)
   const std::vector<Outcome> after = run_all(pipeline, model_->tokenizer(), {prompts_[0]}, 4);
   EXPECT_EQ(after[0].finish_reason, "error");
-  EXPECT_NE(after[0].error.find("pipeline failed"), std::string::npos) << after[0].error;
+  EXPECT_NE(after[0].error.find("cannot be served now: stage 1"), std::string::npos) << after[0].error;
 }
 
 }  // namespace
