@@ -87,24 +87,27 @@ def stream(s, prompt: str, sampled: bool, out: dict, first_event: threading.Even
             "stream": True}
     body.update({"temperature": 0.9, "seed": 7} if sampled else {"temperature": 0})
     text, times, errors, finish = "", [], [], None
-    with httpx.stream("POST", s.url + "/v1/chat/completions", json=body, headers=s.headers(), timeout=120) as r:
-        if r.status_code != 200:
-            errors.append(f"HTTP {r.status_code}: {r.read().decode()}")
-        for line in r.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if "error" in chunk:
-                errors.append(chunk["error"])
-                continue
-            for c in chunk.get("choices", []):
-                piece = c.get("delta", {}).get("content") or ""
-                if piece:
-                    text += piece
-                    times.append(time.monotonic())
-                    if first_event is not None and len(times) >= 6:
-                        first_event.set()
-                finish = c.get("finish_reason") or finish
+    try:
+        with httpx.stream("POST", s.url + "/v1/chat/completions", json=body, headers=s.headers(), timeout=120) as r:
+            if r.status_code != 200:
+                errors.append(f"HTTP {r.status_code}: {r.read().decode()}")
+            for line in r.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    errors.append(chunk["error"])
+                    continue
+                for c in chunk.get("choices", []):
+                    piece = c.get("delta", {}).get("content") or ""
+                    if piece:
+                        text += piece
+                        times.append(time.monotonic())
+                        if first_event is not None and len(times) >= 6:
+                            first_event.set()
+                    finish = c.get("finish_reason") or finish
+    except Exception as e:  # the stream broke: that is an error too
+        errors.append(repr(e))
     out.update(text=text, times=times, errors=errors, finish=finish)
 
 
