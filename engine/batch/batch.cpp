@@ -30,8 +30,13 @@ std::vector<SampledToken> SlotSamplers::sample(std::span<const BatchEntry> entri
     }
     Slot& s = slots_[static_cast<size_t>(e.slot)];
     if (e.begin != nullptr) {
+      // The slot's history is the tokens its KV cache holds; a prompt cache hit keeps a prefix.
+      if (e.kept > s.history.size() || static_cast<int64_t>(e.kept) != e.pos0) {
+        throw Error(fmt::format("sequence slot {} keeps {} cached tokens at position {} but holds {}", e.slot, e.kept,
+                                e.pos0, s.history.size()));
+      }
       s.sampler.emplace(*e.begin, e.resumed);
-      s.history.clear();
+      s.history.resize(e.kept);
     }
     if (!s.sampler) throw Error(fmt::format("sequence slot {} was stepped before its sequence began", e.slot));
     s.history.insert(s.history.end(), e.tokens.begin(), e.tokens.end());

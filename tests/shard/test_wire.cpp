@@ -29,7 +29,7 @@ struct Sample {
     params.seed = 99;
     params.n_logprobs = 3;
     params.logit_bias = {{7, -100.0f}, {2, 3.5f}};  // unsorted: the encoder sorts
-    entries.push_back({1, 10, tokens_a, true, &params, 7});
+    entries.push_back({1, 10, tokens_a, true, &params, 7, 5});
     entries.push_back({3, 4, tokens_b, false, nullptr});
   }
 };
@@ -58,6 +58,7 @@ TEST(Wire, BatchRoundTripWithHiddenStates) {
     EXPECT_EQ(m.entries[0].begin->seed, 99u);
     EXPECT_EQ(m.entries[0].begin->logit_bias, (std::vector<std::pair<Token, float>>{{2, 3.5f}, {7, -100.0f}}));
     EXPECT_EQ(m.entries[0].resumed, 7u);
+    EXPECT_EQ(m.entries[0].kept, 5u);
     EXPECT_EQ(m.entries[1].begin, nullptr);
     EXPECT_EQ(m.entries[1].resumed, 0u);
     EXPECT_FALSE(m.entries[1].sample);
@@ -152,6 +153,7 @@ TEST(Wire, LogitBiasRoundTripsAndMalformedOnesAreRefused) {
   refused([&](auto& p) { poke(p, at + 8, std::numeric_limits<float>::infinity()); });
   refused([&](auto& p) { p.resize(at + 10); });                              // cut inside the biases
   refused([&](auto& p) { poke(p, at + 20, uint32_t{64}); });                 // resumed after a full context
+  refused([&](auto& p) { poke(p, at + 24, uint32_t{64}); });                 // a cached prefix of a full context
   {
     std::vector<std::byte> p = payload;
     poke(p, at + 20, uint32_t{63});
