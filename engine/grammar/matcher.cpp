@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <bit>
+#include <chrono>
+#include <cstring>
 #include <limits>
 
 #include "core/error.h"
@@ -123,16 +125,38 @@ void CompiledGrammar::advance(StackTable& table, std::span<const uint32_t> stack
   out.erase(std::unique(out.begin(), out.end()), out.end());
 }
 
-const CompiledGrammar::PositionTokens& CompiledGrammar::position_tokens(uint32_t pos) {
-  if (auto it = classes_.find(pos); it != classes_.end()) return it->second;
-  HEARTH_CHECK(grammar_.elements[pos].kind == Element::kBytes, "position {} is not a byte element", pos);
+std::string CompiledGrammar::context_key(const StackTable& table, uint32_t id) {
+  std::string key;
+  size_t frames = 0;
+  for (; id > StackTable::kSentinel && frames < kContextFrames; ++frames) {
+    const StackTable::Node n = table.node(id);
+    key.append(reinterpret_cast<const char*>(&n.pos), sizeof(n.pos));
+    id = n.parent;
+  }
+  key.push_back(id == StackTable::kEmpty ? 'E' : 'S');  // the whole stack, or more below
+  return key;
+}
+
+const CompiledGrammar::ContextTokens& CompiledGrammar::context_tokens(const StackTable& table, uint32_t id) {
+  std::string key = context_key(table, id);
+  if (auto it = classes_.find(key); it != classes_.end()) return it->second;
+  const auto started = std::chrono::steady_clock::now();
+  std::vector<uint32_t> positions;
+  for (size_t at = 0; at + sizeof(uint32_t) < key.size(); at += sizeof(uint32_t)) {
+    uint32_t pos;
+    std::memcpy(&pos, key.data() + at, sizeof(pos));
+    positions.push_back(pos);
+  }
+  HEARTH_CHECK(!positions.empty() && grammar_.elements[positions[0]].kind == Element::kBytes, "not a stack top");
   const Vocabulary& vocab = *vocabulary_;
-  PositionTokens pt{TokenMask(vocab.size()), {}, {}};
+  ContextTokens pt{TokenMask(vocab.size()), {}, {}};
   scratch_ = StackTable();
+  uint32_t start = key.back() == 'E' ? StackTable::kEmpty : StackTable::kSentinel;
+  for (size_t i = positions.size(); i-- > 0;) start = scratch_.get(positions[i], start);
   const size_t max_depth = vocab.max_token_bytes();
   std::vector<std::vector<uint32_t>> levels(max_depth + 1);
   std::vector<uint8_t> exited(max_depth + 1, 0);  // exited[d]: the rule ended after k <= d bytes
-  levels[0] = {scratch_.get(pos, StackTable::kSentinel)};
+  levels[0] = {start};
   constexpr size_t kAlive = std::numeric_limits<size_t>::max();
   size_t built = 0;          // levels[0..built] hold the previous token's prefix
   size_t dead_at = kAlive;   // the previous token's first empty level
@@ -170,7 +194,8 @@ const CompiledGrammar::PositionTokens& CompiledGrammar::position_tokens(uint32_t
       last_uncertain = &b;
     }
   }
-  return classes_.emplace(pos, std::move(pt)).first->second;
+  classify_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  return classes_.emplace(std::move(key), std::move(pt)).first->second;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -211,7 +236,7 @@ bool GrammarMatcher::accept_token(Token token) {
   return accept_bytes(bytes);
 }
 
-void GrammarMatcher::check_uncertain(std::span<const uint32_t> start, const CompiledGrammar::PositionTokens& classes,
+void GrammarMatcher::check_uncertain(std::span<const uint32_t> start, const CompiledGrammar::ContextTokens& classes,
                                      TokenMask& mask) {
   const Vocabulary& vocab = grammar_->vocabulary();
   levels_[0].assign(start.begin(), start.end());
@@ -249,20 +274,22 @@ void GrammarMatcher::fill_mask(TokenMask& mask) {
   }
   mask.clear();
   if (!finished_) {
-    // The stacks grouped by their top position: one class lookup per position.
-    std::vector<std::pair<uint32_t, uint32_t>> tops;  // (position, stack)
+    // The stacks grouped by their context: one class lookup each.
+    std::vector<std::pair<std::string, uint32_t>> contexts;  // (context key, stack)
     for (uint32_t id : stacks_) {
-      if (id > StackTable::kSentinel) tops.emplace_back(table_.node(id).pos, id);
+      if (id > StackTable::kSentinel) contexts.emplace_back(CompiledGrammar::context_key(table_, id), id);
     }
-    std::sort(tops.begin(), tops.end());
+    std::sort(contexts.begin(), contexts.end());
     std::vector<uint32_t> group;
-    for (size_t i = 0; i < tops.size();) {
-      const uint32_t pos = tops[i].first;
+    for (size_t i = 0; i < contexts.size();) {
+      const std::string& context = contexts[i].first;
       group.clear();
-      for (; i < tops.size() && tops[i].first == pos; ++i) group.push_back(tops[i].second);
-      const CompiledGrammar::PositionTokens& classes = grammar_->position_tokens(pos);
+      size_t j = i;
+      for (; j < contexts.size() && contexts[j].first == context; ++j) group.push_back(contexts[j].second);
+      const CompiledGrammar::ContextTokens& classes = grammar_->context_tokens(table_, contexts[i].second);
       mask.merge(classes.accepted);
       if (!classes.uncertain.empty()) check_uncertain(group, classes, mask);
+      i = j;
     }
     if (can_end() || !mask.any()) {
       for (Token t : grammar_->end_tokens()) mask.set(t);

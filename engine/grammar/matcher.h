@@ -9,13 +9,14 @@
 //  - The vocabulary is sorted by its bytes once (with each token's common-prefix length with the
 //    one before), so a walk over it shares the work of common prefixes and skips every token
 //    under a prefix that died — a token trie walked in order.
-//  - *Context-independent tokens*: for each grammar position that can be a stack top, the tokens
-//    are classified once per compiled grammar by walking from that position alone, with an
-//    unknown parent below it: accepted (it matches without leaving the position's rule),
-//    rejected (it dies inside the rule), or uncertain (it leaves the rule with bytes left, so the
-//    answer depends on the stack below). A mask is then the union of the accepted sets of the
-//    state's tops plus the uncertain tokens checked against the real stacks, and a whole state's
-//    mask is cached per matcher (a string's characters, a number's digits repeat a state).
+//  - *Context-independent tokens*: for the top few frames of a stack (their grammar positions,
+//    kContextFrames of them), the tokens are classified once per compiled grammar by walking
+//    from those frames alone, with an unknown rest of the stack below: accepted (it matches
+//    without leaving them), rejected (it dies inside them), or uncertain (it leaves them with
+//    bytes left, so the answer depends on the stack below). A mask is then the union of the
+//    accepted sets of the state's stacks plus their uncertain tokens checked against the real
+//    stacks, and a whole state's mask is cached per matcher (a string's characters, a number's
+//    digits repeat a state).
 //
 // Threads: a CompiledGrammar and its matchers are used by one thread at a time (the sampler's).
 #pragma once
@@ -113,14 +114,24 @@ class CompiledGrammar {
   const std::vector<Token>& end_tokens() const { return end_tokens_; }
   bool is_end_token(Token t) const;
 
-  struct PositionTokens {
+  // How many frames from a stack's top a token class is computed for. Deeper contexts leave
+  // fewer uncertain tokens (a string's character rule ends after one byte; its string, member
+  // and object rules are a few frames down) at the cost of more classes to compute.
+  static constexpr size_t kContextFrames = 6;
+
+  struct ContextTokens {
     TokenMask accepted;
     std::vector<Token> uncertain;     // in vocabulary order (sorted by bytes)
     std::vector<uint32_t> uncertain_lcp;
   };
-  // The classes of the tokens at byte position `pos` (computed on first use).
-  const PositionTokens& position_tokens(uint32_t pos);
-  size_t classified_positions() const { return classes_.size(); }
+  // The token classes for the top frames of stack `id` of `table` (computed on first use, then
+  // shared by every stack with the same top kContextFrames positions).
+  const ContextTokens& context_tokens(const StackTable& table, uint32_t id);
+  size_t classified_contexts() const { return classes_.size(); }
+  double classify_seconds() const { return classify_seconds_; }
+  // The key context_tokens() files stack `id` under: its top frames' positions, and whether the
+  // whole stack fits in them.
+  static std::string context_key(const StackTable& table, uint32_t id);
 
   // Expansion and one-byte steps over stack sets (sorted, unique ids of `table`).
   void expand(StackTable& table, uint32_t pos, uint32_t parent, std::vector<uint32_t>& out) const;
@@ -130,7 +141,8 @@ class CompiledGrammar {
   Grammar grammar_;
   std::shared_ptr<const Vocabulary> vocabulary_;
   std::vector<Token> end_tokens_;  // sorted
-  std::unordered_map<uint32_t, PositionTokens> classes_;
+  std::unordered_map<std::string, ContextTokens> classes_;
+  double classify_seconds_ = 0;
   StackTable scratch_;  // the classification walks' stacks (their ids never leave)
 };
 
@@ -158,7 +170,7 @@ class GrammarMatcher {
 
  private:
   // Whether `token`'s bytes take `start` somewhere (uncertain tokens at a mask, no cache).
-  void check_uncertain(std::span<const uint32_t> start, const CompiledGrammar::PositionTokens& classes, TokenMask& mask);
+  void check_uncertain(std::span<const uint32_t> start, const CompiledGrammar::ContextTokens& classes, TokenMask& mask);
 
   std::shared_ptr<CompiledGrammar> grammar_;
   StackTable table_;
