@@ -8,6 +8,9 @@
 #include <span>
 #include <string_view>
 
+#include "engine/grammar/grammar.h"
+#include "engine/grammar/json_schema.h"
+
 namespace hearth::server {
 
 using nlohmann::json;
@@ -34,14 +37,14 @@ constexpr std::string_view kChatFields[] = {
     "presence_penalty", "frequency_penalty", "seed", "stop", "n", "logprobs", "top_logprobs", "logit_bias",
     "response_format", "tools", "best_of",
     // extensions (llama.cpp's names), honoured
-    "top_k", "min_p", "repeat_penalty", "ignore_eos",
+    "top_k", "min_p", "repeat_penalty", "ignore_eos", "grammar", "json_schema",
     // accepted without effect
     "user", "store", "metadata", "service_tier", "safety_identifier", "prompt_cache_key", "prompt_cache_retention",
     "prompt_cache_options", "prediction", "modalities"};
 constexpr std::string_view kCompletionFields[] = {
     "model", "prompt", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature", "top_p",
     "presence_penalty", "frequency_penalty", "seed", "stop", "n", "logprobs", "logit_bias", "best_of", "echo",
-    "suffix", "top_k", "min_p", "repeat_penalty", "ignore_eos", "user"};
+    "suffix", "top_k", "min_p", "repeat_penalty", "ignore_eos", "user", "grammar", "json_schema", "response_format"};
 
 // Fields refused with a reason of their own (before the generic "unrecognized" refusal).
 struct Refused {
@@ -51,8 +54,6 @@ struct Refused {
 constexpr Refused kRefusedFields[] = {
     {"functions", "legacy function calling ('functions' / 'function_call') is not supported by this server"},
     {"function_call", "legacy function calling ('functions' / 'function_call') is not supported by this server"},
-    {"grammar", "grammar-constrained decoding ('grammar', llama.cpp's GBNF extension) is not supported by this server"},
-    {"json_schema", "schema-constrained decoding ('json_schema', llama.cpp's extension) is not supported by this server"},
     {"audio", "'audio' (audio output) is not supported by this server: text only"},
     {"reasoning_effort", "'reasoning_effort' is not supported: this server's models have no reasoning setting"},
     {"verbosity", "'verbosity' is not supported by this server"},
@@ -195,13 +196,11 @@ void check_fields(const json& body, bool chat) {
   for (const auto& item : body.items()) {
     const std::string& key = item.key();
     if (std::find(known.begin(), known.end(), key) != known.end()) continue;
-    // A null refused field counts as absent: on chat, where OpenAI knows them all, and for
-    // llama.cpp's grammar / json_schema, which its server takes on both endpoints.
-    const bool both = key == "grammar" || key == "json_schema";
+    // A null refused field counts as absent on chat, where OpenAI knows them all.
     if (chat && (key == "tool_choice" || key == "parallel_tool_calls")) continue;
     bool refused = false;
     for (const Refused& r : kRefusedFields) refused = refused || r.name == key;
-    if (refused && (chat || both)) continue;
+    if (refused && chat) continue;
     invalid(key, fmt::format("Unrecognized request argument supplied: {} (this server neither honours nor accepts it; "
                              "the fields of {} are listed in hearth's docs/API.md)",
                              key, chat ? "/v1/chat/completions" : "/v1/completions"));
@@ -275,6 +274,91 @@ std::vector<std::pair<engine::Token, float>> parse_logit_bias(const json& body) 
 }
 
 }  // namespace
+
+// The grammar (GBNF) that constrains the output, from whichever of `grammar`, `json_schema`
+// (llama.cpp's extensions) and `response_format` (json_object / json_schema) the request gives;
+// empty when none. At most one of them may constrain; each is compiled and parsed here so that
+// a bad grammar or an unsupported schema keyword is a 400 naming the field (and the keyword).
+std::string parse_constraint(const json& body) {
+  std::vector<std::string> given;
+  std::string gbnf;
+  const auto from_schema = [&](const json& schema, const std::string& param) {
+    try {
+      gbnf = engine::grammar::json_schema_to_gbnf(schema);
+    } catch (const engine::grammar::SchemaError& e) {
+      throw ApiError(400, e.what(), "invalid_request_error", param, "unsupported_schema");
+    }
+  };
+  std::string param;
+  if (const json* g = field(body, "grammar")) {
+    if (!g->is_string() || g->get<std::string>().empty()) invalid("grammar", "'grammar' must be a non-empty string (GBNF)");
+    if (g->get<std::string>().size() > engine::grammar::kMaxGrammarBytes) {
+      invalid("grammar", fmt::format("'grammar' is longer than {} bytes", engine::grammar::kMaxGrammarBytes));
+    }
+    gbnf = g->get<std::string>();
+    given.push_back("grammar");
+    param = "grammar";
+  }
+  if (const json* js = field(body, "json_schema")) {
+    if (!js->is_object() && !js->is_boolean()) invalid("json_schema", "'json_schema' must be a JSON Schema object");
+    given.push_back("json_schema");
+    param = "json_schema";
+    from_schema(*js, "json_schema");
+  }
+  if (const json* rf = field(body, "response_format")) {
+    if (!rf->is_object() || !rf->contains("type") || !(*rf)["type"].is_string()) {
+      invalid("response_format", "'response_format' must be an object with a 'type'");
+    }
+    const std::string type = (*rf)["type"].get<std::string>();
+    if (type == "json_object") {
+      given.push_back("response_format");
+      param = "response_format";
+      gbnf = engine::grammar::json_object_gbnf();
+    } else if (type == "json_schema") {
+      const auto spec = rf->find("json_schema");
+      if (spec == rf->end() || !spec->is_object()) {
+        invalid("response_format", "response_format of type 'json_schema' needs a 'json_schema' object");
+      }
+      const auto name = spec->find("name");
+      if (name == spec->end() || !name->is_string() || name->get<std::string>().empty() ||
+          name->get<std::string>().size() > 64) {
+        invalid("response_format", "'response_format.json_schema.name' must be a string of 1 to 64 characters");
+      }
+      for (const auto& item : spec->items()) {
+        if (item.key() != "name" && item.key() != "schema" && item.key() != "strict" && item.key() != "description") {
+          invalid("response_format", fmt::format("unknown field 'response_format.json_schema.{}'", item.key()));
+        }
+      }
+      if (const auto strict = spec->find("strict"); strict != spec->end() && !strict->is_boolean() && !strict->is_null()) {
+        invalid("response_format", "'response_format.json_schema.strict' must be a boolean");
+      }
+      given.push_back("response_format");
+      param = "response_format";
+      const auto schema = spec->find("schema");
+      if (schema == spec->end() || schema->is_null()) {
+        gbnf = engine::grammar::json_object_gbnf();  // no schema: any JSON object
+      } else {
+        if (!schema->is_object() && !schema->is_boolean()) {
+          invalid("response_format", "'response_format.json_schema.schema' must be a JSON Schema object");
+        }
+        from_schema(*schema, "response_format");
+      }
+    } else if (type != "text") {
+      invalid("response_format", fmt::format("unknown response_format type '{}'", type));
+    }
+  }
+  if (given.size() > 1) {
+    invalid(given[1], fmt::format("'{}' and '{}' both constrain the output: give one of them", given[0], given[1]));
+  }
+  if (!gbnf.empty()) {
+    try {
+      engine::grammar::parse_gbnf(gbnf);
+    } catch (const engine::grammar::GrammarError& e) {
+      throw ApiError(400, fmt::format("'{}': {}", param, e.what()), "invalid_request_error", param);
+    }
+  }
+  return gbnf;
+}
 
 CompletionRequest parse_completion_request(const json& body, bool chat) {
   if (!body.is_object()) throw ApiError(400, fmt::format("the request body must be a JSON object, not {}", type_name(body)));
@@ -378,18 +462,7 @@ CompletionRequest parse_completion_request(const json& body, bool chat) {
   if (best_of != r.n) invalid("best_of", "'best_of' other than 'n' is not supported");
   r.ignore_eos = boolean(body, "ignore_eos", false);
 
-  if (const json* rf = field(body, "response_format")) {
-    if (!rf->is_object() || !rf->contains("type") || !(*rf)["type"].is_string()) {
-      invalid("response_format", "'response_format' must be an object with a 'type'");
-    }
-    const std::string type = (*rf)["type"].get<std::string>();
-    if (type == "json_object" || type == "json_schema") {
-      invalid("response_format", fmt::format("response_format of type '{}' (structured output) is not supported by this "
-                                             "server; only {{\"type\": \"text\"}} is",
-                                             type));
-    }
-    if (type != "text") invalid("response_format", fmt::format("unknown response_format type '{}'", type));
-  }
+  r.grammar = parse_constraint(body);
   return r;
 }
 

@@ -315,6 +315,12 @@ void OpenAiServer::Impl::completions(const httplib::Request& req, httplib::Respo
     s.options.sampling.seed = base_seed + static_cast<uint64_t>(i);
     s.options.stop = r.stop;
     s.options.ignore_eos = r.ignore_eos;
+    if (!r.grammar.empty()) {
+      // Constrained decoding: the grammar starts after the prompt and ends at an end token.
+      s.options.sampling.grammar = r.grammar;
+      s.options.sampling.grammar_prompt_tokens = static_cast<int32_t>(prompt.size());
+      s.options.sampling.grammar_end_tokens = m->tokenizer().end_of_generation_tokens();
+    }
     std::weak_ptr<Exchange> weak = exchange;
     s.on_token = [this, weak, i](const engine::TokenEvent& e) {
       auto ex = weak.lock();
