@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/batch/batch.h"
 #include "engine/format/gguf.h"
 #include "engine/grammar/grammar.h"
 #include "engine/grammar/json_schema.h"
@@ -124,9 +125,11 @@ TEST(Gbnf, ErrorsSayWhatAndWhere) {
 
 // Every token the mask allows is one the matcher accepts and vice versa (brute force over copies
 // of the matcher), along random walks through the grammar.
-void expect_masks_exact(const std::shared_ptr<CompiledGrammar>& g, uint64_t seed, int steps) {
+void expect_masks_exact(const std::shared_ptr<CompiledGrammar>& g, uint64_t seed, int steps,
+                        const std::string& prefix = "") {
   std::mt19937_64 rng(seed);
   GrammarMatcher m(g);
+  ASSERT_TRUE(m.accept_bytes(prefix));
   TokenMask mask;
   const auto n = static_cast<Token>(g->vocabulary().size());
   for (int step = 0; step < steps && !m.finished(); ++step) {
@@ -157,7 +160,7 @@ std::shared_ptr<const Vocabulary> json_vocabulary() {
       "", "{", "}", "\"", "\":", "\",", "\"}", "{\"", "a", "ab", "abc", "b", "1", "12", "1,", "0", ",", ":", " ",
       " \"", "\n", "\n  ", "true", "tr", "ue", "false", "null", "nul", "l", "[", "]", "[]", "{}", "\xC3", "\xA9",
       "\xC3\xA9", "é\"", "x", "\\", "\\n", "\\u", "00e9", "-", ".", "5", "e", "name", "age", "\"name", "\"age\":",
-      "<|end|>"});
+      "]]", "]]]]", "1]]]]]]]", "]]]}]]]]", "]]]]]]]]]", "<|end|>"});
 }
 
 TEST(GrammarMatcher, MasksEqualBruteForceOnJson) {
@@ -172,6 +175,9 @@ TEST(GrammarMatcher, MasksEqualBruteForceOnJson) {
                        {"required", {"name"}}};
   auto typed = compile(json_schema_to_gbnf(schema), vocab, {end});
   for (uint64_t seed = 1; seed <= 20; ++seed) expect_masks_exact(typed, seed, 40);
+  // Deep inside nested values, where a token's class depends on frames below the few a class
+  // is computed for (the uncertain tokens, checked against the real stack).
+  for (uint64_t seed = 1; seed <= 10; ++seed) expect_masks_exact(any_object, seed, 30, R"({"a": [[[{"b": [[[[)");
 }
 
 TEST(GrammarMatcher, MasksEqualBruteForceOnGbnf) {
@@ -251,6 +257,60 @@ TEST(TokenMask, ApplySetsDisallowedLogitsToMinusInfinity) {
   std::vector<float> logits(70, 1.0f);
   mask.apply(logits);
   for (size_t i = 0; i < logits.size(); ++i) EXPECT_EQ(std::isinf(logits[i]), i != 3 && i != 69) << i;
+}
+
+// ---------------------------------------------------------------------------------------------
+// SlotSamplers: masking where the sampler runs, and grammar state as a function of the tokens
+
+// Logits that make `favourite` the greedy choice by far; after it, lower ids first.
+std::vector<float> favouring(size_t n_vocab, Token favourite) {
+  std::vector<float> logits(n_vocab, 0.0f);
+  for (size_t i = 0; i < n_vocab; ++i) logits[i] = -0.1f * static_cast<float>(i);
+  logits[static_cast<size_t>(favourite)] = 50.0f;
+  return logits;
+}
+
+TEST(SlotSamplersGrammar, MasksBeforeSamplingAndReplaysFromTokens) {
+  // Tokens: 0 <eos>, 1 'a', 2 'b', 3 'c', 4 'x', 5 'ab', 6 prompt-only text 'P'.
+  auto vocab = std::make_shared<const Vocabulary>(std::vector<std::string>{"", "a", "b", "c", "x", "ab", "P"});
+  const size_t n = vocab->size();
+  SamplingParams params;
+  params.temperature = 0;
+  params.grammar = R"(root ::= "a" "b"+ "c")";
+  params.grammar_prompt_tokens = 2;
+  params.grammar_end_tokens = {0};
+  SlotSamplers samplers(2, vocab);
+  const std::vector<Token> prompt = {1, 6};  // 'aP': not fed to the grammar (an 'a' there would be taken)
+  std::vector<Token> generated;
+  BatchEntry first{1, 0, prompt, true, &params};
+  generated.push_back(samplers.sample({&first, 1}, favouring(n, 4), n)[0].token);  // 'x' favoured, 'a' forced
+  EXPECT_EQ(generated.back(), 1);
+  for (Token favourite : {4, 3}) {  // 'x' then 'c' favoured: 'b' (the best allowed), then 'c'
+    BatchEntry next{1, static_cast<int32_t>(prompt.size() + generated.size() - 1), {&generated.back(), 1}, true, nullptr};
+    generated.push_back(samplers.sample({&next, 1}, favouring(n, favourite), n)[0].token);
+  }
+  EXPECT_EQ(generated, (std::vector<Token>{1, 2, 3}));
+  BatchEntry last{1, 4, {&generated.back(), 1}, true, nullptr};
+  EXPECT_EQ(samplers.sample({&last, 1}, favouring(n, 2), n)[0].token, 0);  // complete: only the end
+
+  // A replay onto fresh samplers (recovery): prompt + generated in one begin entry, same
+  // parameters — the same state, so the same next token.
+  SlotSamplers fresh(2, vocab);
+  std::vector<Token> replay = prompt;
+  replay.insert(replay.end(), generated.begin(), generated.end() - 1);  // 'aP' 'a' 'b'
+  BatchEntry again{0, 0, replay, true, &params};
+  EXPECT_EQ(fresh.sample({&again, 1}, favouring(n, 4), n)[0].token, 2);  // 'b' or 'c' allowed; 'x' refused
+  BatchEntry again_c{0, 0, replay, true, &params};
+  EXPECT_EQ(fresh.sample({&again_c, 1}, favouring(n, 3), n)[0].token, 3);
+
+  // Without a vocabulary a grammar cannot be used; a grammar that does not parse is an Error.
+  SlotSamplers none(1);
+  BatchEntry e{0, 0, prompt, true, &params};
+  EXPECT_THROW(none.sample({&e, 1}, favouring(n, 1), n), Error);
+  SamplingParams broken = params;
+  broken.grammar = "root ::= (";
+  BatchEntry b{0, 0, prompt, true, &broken};
+  EXPECT_THROW(fresh.sample({&b, 1}, favouring(n, 1), n), Error);
 }
 
 // ---------------------------------------------------------------------------------------------
