@@ -137,37 +137,21 @@ std::string CompiledGrammar::context_key(const StackTable& table, uint32_t id) {
   return key;
 }
 
-const CompiledGrammar::ContextTokens& CompiledGrammar::context_tokens(const StackTable& table, uint32_t id) {
-  std::string key = context_key(table, id);
-  if (auto it = classes_.find(key); it != classes_.end()) return it->second;
-  const auto started = std::chrono::steady_clock::now();
-  std::vector<uint32_t> positions;
-  for (size_t at = 0; at + sizeof(uint32_t) < key.size(); at += sizeof(uint32_t)) {
-    uint32_t pos;
-    std::memcpy(&pos, key.data() + at, sizeof(pos));
-    positions.push_back(pos);
-  }
-  HEARTH_CHECK(!positions.empty() && grammar_.elements[positions[0]].kind == Element::kBytes, "not a stack top");
+void CompiledGrammar::walk_tokens(uint32_t start, std::span<const Token> tokens, std::span<const uint32_t> lcps,
+                                  std::vector<uint8_t>& classes) {
   const Vocabulary& vocab = *vocabulary_;
-  ContextTokens pt{TokenMask(vocab.size()), {}, {}};
-  scratch_ = StackTable();
-  uint32_t start = key.back() == 'E' ? StackTable::kEmpty : StackTable::kSentinel;
-  for (size_t i = positions.size(); i-- > 0;) start = scratch_.get(positions[i], start);
+  classes.assign(tokens.size(), kRejected);
   const size_t max_depth = vocab.max_token_bytes();
   std::vector<std::vector<uint32_t>> levels(max_depth + 1);
-  std::vector<uint8_t> exited(max_depth + 1, 0);  // exited[d]: the rule ended after k <= d bytes
+  std::vector<uint8_t> exited(max_depth + 1, 0);  // exited[d]: the frames ended after k <= d bytes
   levels[0] = {start};
   constexpr size_t kAlive = std::numeric_limits<size_t>::max();
-  size_t built = 0;          // levels[0..built] hold the previous token's prefix
-  size_t dead_at = kAlive;   // the previous token's first empty level
-  bool uncertain = false;    // the previous token's class when it died
-  const std::string* last_uncertain = nullptr;
-  const auto& sorted = vocab.sorted();
-  const auto& lcp = vocab.lcp();
-  for (size_t i = 0; i < sorted.size(); ++i) {
-    const Token t = sorted[i];
-    const std::string& b = vocab.bytes(t);
-    const size_t common = lcp[i];
+  size_t built = 0;         // levels[0..built] hold the previous token's prefix
+  size_t dead_at = kAlive;  // the previous token's first empty level
+  uint8_t cls = kRejected;  // the previous token's class
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    const std::string& b = vocab.bytes(tokens[i]);
+    const size_t common = lcps[i];
     if (dead_at == kAlive || common < dead_at) {
       // Walk on from the deepest level this token shares with the previous one.
       size_t d = std::min(common, built);
@@ -182,20 +166,82 @@ const CompiledGrammar::ContextTokens& CompiledGrammar::context_tokens(const Stac
         }
       }
       built = d;
-      uncertain = dead_at != kAlive && exited[dead_at - 1];
+      cls = dead_at == kAlive ? kAccepted : exited[dead_at - 1] ? kUncertain : kRejected;
     }
     // else: a prefix of this token already died; it shares that token's class.
+    classes[i] = cls;
+    if (dead_at != kAlive && i + 1 < tokens.size() && lcps[i + 1] >= dead_at) {
+      // Every following token under the dead prefix (a contiguous run of the sorted list) shares
+      // this class: find the run's end by binary search rather than one by one.
+      const std::string_view prefix = std::string_view(b).substr(0, dead_at);
+      size_t lo = i + 1, hi = tokens.size();  // tokens[lo] is under the prefix; tokens[hi] is not
+      while (hi - lo > 1) {
+        const size_t mid = lo + (hi - lo) / 2;
+        if (std::string_view(vocab.bytes(tokens[mid])).substr(0, dead_at) == prefix) {
+          lo = mid;
+        } else {
+          hi = mid;
+        }
+      }
+      std::fill(classes.begin() + static_cast<std::ptrdiff_t>(i + 1), classes.begin() + static_cast<std::ptrdiff_t>(hi), cls);
+      i = hi - 1;
+    }
+  }
+}
+
+const CompiledGrammar::ContextTokens& CompiledGrammar::context_tokens(const StackTable& table, uint32_t id) {
+  return classify(context_key(table, id));
+}
+
+const CompiledGrammar::ContextTokens& CompiledGrammar::classify(const std::string& key) {
+  if (auto it = classes_.find(key); it != classes_.end()) return it->second;
+  std::vector<uint32_t> positions;
+  for (size_t at = 0; at + sizeof(uint32_t) < key.size(); at += sizeof(uint32_t)) {
+    uint32_t pos;
+    std::memcpy(&pos, key.data() + at, sizeof(pos));
+    positions.push_back(pos);
+  }
+  HEARTH_CHECK(!positions.empty() && grammar_.elements[positions[0]].kind == Element::kBytes, "not a stack top");
+  const bool whole = key.back() == 'E';
+  // A context of k frames refines the one of its top k - 1 frames (or, for a whole stack of one
+  // frame, the same frame with more below): a token accepted or rejected there is so here too,
+  // so only that context's uncertain tokens are walked again. The big walks (every token in a
+  // string's character rule) are then shared by every context they sit in.
+  const ContextTokens* coarser = nullptr;
+  if (positions.size() > 1 || whole) {
+    const size_t frames = positions.size() > 1 ? positions.size() - 1 : 1;
+    coarser = &classify(key.substr(0, frames * sizeof(uint32_t)) + 'S');
+  }
+  const auto started = std::chrono::steady_clock::now();
+  const Vocabulary& vocab = *vocabulary_;
+  ContextTokens pt{TokenMask(vocab.size()), {}, {}};
+  scratch_ = StackTable();
+  uint32_t start = whole ? StackTable::kEmpty : StackTable::kSentinel;
+  for (size_t i = positions.size(); i-- > 0;) start = scratch_.get(positions[i], start);
+  std::span<const Token> tokens = vocab.sorted();
+  std::span<const uint32_t> lcps = vocab.lcp();
+  if (coarser != nullptr) {
+    pt.accepted = coarser->accepted;
+    tokens = coarser->uncertain;
+    lcps = coarser->uncertain_lcp;
+  }
+  std::vector<uint8_t> classes;
+  walk_tokens(start, tokens, lcps, classes);
+  const std::string* last_uncertain = nullptr;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    const Token t = tokens[i];
     if (is_end_token(t)) continue;
-    if (dead_at == kAlive) {
+    if (classes[i] == kAccepted) {
       pt.accepted.set(t);
-    } else if (uncertain) {
+    } else if (classes[i] == kUncertain) {
+      const std::string& b = vocab.bytes(t);
       pt.uncertain_lcp.push_back(last_uncertain != nullptr ? common_prefix(*last_uncertain, b) : 0);
       pt.uncertain.push_back(t);
       last_uncertain = &b;
     }
   }
   classify_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  return classes_.emplace(std::move(key), std::move(pt)).first->second;
+  return classes_.emplace(key, std::move(pt)).first->second;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -138,6 +138,13 @@ class CompiledGrammar {
   void advance(StackTable& table, std::span<const uint32_t> stacks, uint8_t byte, std::vector<uint32_t>& out) const;
 
  private:
+  static constexpr uint8_t kRejected = 0, kAccepted = 1, kUncertain = 2;
+  const ContextTokens& classify(const std::string& key);
+  // Classifies `tokens` (sorted by bytes, lcps[i] shared with the one before) from the stack
+  // `start` of scratch_: one of kRejected / kAccepted / kUncertain each.
+  void walk_tokens(uint32_t start, std::span<const Token> tokens, std::span<const uint32_t> lcps,
+                   std::vector<uint8_t>& classes);
+
   Grammar grammar_;
   std::shared_ptr<const Vocabulary> vocabulary_;
   std::vector<Token> end_tokens_;  // sorted
