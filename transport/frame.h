@@ -29,8 +29,8 @@ namespace hearth::transport {
 using MessageType = uint16_t;
 
 inline constexpr uint32_t kFrameMagic = 0x48545248;  // bytes "HRTH" read as a little-endian u32
-// 2: Batch messages carry each sampling entry's logit bias (docs/wire-protocol.md).
-inline constexpr uint16_t kProtocolVersion = 2;
+// 2: Batch messages carry each sampling entry's logit bias; 3: and its grammar (docs/wire-protocol.md).
+inline constexpr uint16_t kProtocolVersion = 3;
 inline constexpr size_t kFrameHeaderSize = 32;
 
 // Transport's own messages. Types below kFirstUserMessageType are reserved for transport;
