@@ -5,11 +5,13 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <map>
 #include <span>
 #include <string_view>
 
 #include "engine/grammar/grammar.h"
 #include "engine/grammar/json_schema.h"
+#include "server/tool_calls.h"
 
 namespace hearth::server {
 
@@ -35,7 +37,7 @@ constexpr std::string_view kChatFields[] = {
     // honoured
     "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature", "top_p",
     "presence_penalty", "frequency_penalty", "seed", "stop", "n", "logprobs", "top_logprobs", "logit_bias",
-    "response_format", "tools", "best_of",
+    "response_format", "tools", "tool_choice", "parallel_tool_calls", "functions", "function_call", "best_of",
     // extensions (llama.cpp's names), honoured
     "top_k", "min_p", "repeat_penalty", "ignore_eos", "grammar", "json_schema",
     // accepted without effect
@@ -52,8 +54,6 @@ struct Refused {
   std::string_view reason;
 };
 constexpr Refused kRefusedFields[] = {
-    {"functions", "legacy function calling ('functions' / 'function_call') is not supported by this server"},
-    {"function_call", "legacy function calling ('functions' / 'function_call') is not supported by this server"},
     {"audio", "'audio' (audio output) is not supported by this server: text only"},
     {"reasoning_effort", "'reasoning_effort' is not supported: this server's models have no reasoning setting"},
     {"verbosity", "'verbosity' is not supported by this server"},
@@ -151,12 +151,16 @@ std::string message_content(const json& content, size_t index) {
   return text;
 }
 
+// The messages, with the turns of tool calling written in the convention of tool_calls.h: an
+// assistant's `tool_calls` (or legacy `function_call`) as the calls' JSON, a `tool` (or legacy
+// `function`) result as a user message naming the call.
 std::vector<engine::ChatMessage> parse_messages(const json& body) {
   const json* m = field(body, "messages");
   if (m == nullptr) invalid("messages", "'messages' is required");
   if (!m->is_array()) invalid("messages", fmt::format("'messages' must be an array, not {}", type_name(*m)));
   if (m->empty()) invalid("messages", "'messages' must contain at least one message");
   std::vector<engine::ChatMessage> messages;
+  std::map<std::string, std::string> call_names;  // tool_call_id -> function name
   for (size_t i = 0; i < m->size(); ++i) {
     const json& msg = (*m)[i];
     const std::string param = fmt::format("messages[{}]", i);
@@ -164,30 +168,50 @@ std::vector<engine::ChatMessage> parse_messages(const json& body) {
     if (!msg.contains("role") || !msg["role"].is_string()) invalid(param + ".role", fmt::format("'{}.role' must be a string", param));
     std::string role = msg["role"].get<std::string>();
     if (role == "developer") role = "system";  // OpenAI's newer name for the system role
-    if (role != "system" && role != "user" && role != "assistant") {
-      invalid(param + ".role", fmt::format("role '{}' is not supported (system, developer, user, assistant)", role));
+    if (role != "system" && role != "user" && role != "assistant" && role != "tool" && role != "function") {
+      invalid(param + ".role", fmt::format("role '{}' is not supported (system, developer, user, assistant, tool)", role));
     }
-    if (!msg.contains("content")) invalid(param + ".content", fmt::format("'{}.content' is required", param));
-    messages.push_back({role, message_content(msg["content"], i)});
+    const json* calls = field(msg, "tool_calls");
+    const json* function_call = field(msg, "function_call");
+    const bool has_calls = role == "assistant" && (calls != nullptr || function_call != nullptr);
+    if (!msg.contains("content") && !has_calls) invalid(param + ".content", fmt::format("'{}.content' is required", param));
+    std::string content = msg.contains("content") ? message_content(msg["content"], i) : std::string();
+    if (role == "assistant" && calls != nullptr) {
+      if (calls->is_array()) {
+        for (const json& c : *calls) {
+          if (c.is_object() && c.contains("id") && c["id"].is_string() && c.contains("function") &&
+              c["function"].is_object() && c["function"].contains("name") && c["function"]["name"].is_string()) {
+            call_names[c["id"].get<std::string>()] = c["function"]["name"].get<std::string>();
+          }
+        }
+      }
+      const std::string text = tool_calls_as_text(*calls, param + ".tool_calls");
+      content = content.empty() ? text : content + "\n" + text;
+    } else if (role == "assistant" && function_call != nullptr) {
+      const std::string text = tool_calls_as_text(json::array({{{"function", *function_call}}}), param + ".function_call");
+      content = content.empty() ? text : content + "\n" + text;
+    } else if (role == "tool") {
+      const json* id = field(msg, "tool_call_id");
+      if (id == nullptr || !id->is_string()) invalid(param + ".tool_call_id", fmt::format("'{}.tool_call_id' must be a string", param));
+      const auto name = call_names.find(id->get<std::string>());
+      content = fmt::format("Tool result (call {}{}): {}", id->get<std::string>(),
+                            name != call_names.end() ? ", " + name->second : "", content);
+      role = "user";
+    } else if (role == "function") {
+      const json* name = field(msg, "name");
+      if (name == nullptr || !name->is_string()) invalid(param + ".name", fmt::format("'{}.name' must be a string", param));
+      content = fmt::format("Tool result ({}): {}", name->get<std::string>(), content);
+      role = "user";
+    }
+    messages.push_back({role, content});
   }
   return messages;
 }
 
 // Refuses, with a 400 naming it, every top-level field the endpoint does not know, and those it
-// knows only to refuse: tools and structured output (not offered yet), legacy functions,
-// llama.cpp's grammar / json_schema. A null value counts as absent for a known field, but an
-// unknown field is refused whatever its value.
+// knows only to refuse (audio output, reasoning settings, web search, ...). A null value counts
+// as absent for a known field, but an unknown field is refused whatever its value.
 void check_fields(const json& body, bool chat) {
-  const json* tools = field(body, "tools");
-  const bool has_tools = tools != nullptr && !(tools->is_array() && tools->empty());
-  if (has_tools) invalid("tools", "tool calls are not supported by this server");
-  if (field(body, "tool_choice") != nullptr) {
-    invalid("tool_choice", "'tool_choice' is only allowed when 'tools' are specified (and tools are not supported by this server)");
-  }
-  if (field(body, "parallel_tool_calls") != nullptr) {
-    invalid("parallel_tool_calls",
-            "'parallel_tool_calls' is only allowed when 'tools' are specified (and tools are not supported by this server)");
-  }
   for (const Refused& r : kRefusedFields) {
     if (field(body, std::string(r.name).c_str()) != nullptr) invalid(std::string(r.name), std::string(r.reason));
   }
@@ -197,7 +221,6 @@ void check_fields(const json& body, bool chat) {
     const std::string& key = item.key();
     if (std::find(known.begin(), known.end(), key) != known.end()) continue;
     // A null refused field counts as absent on chat, where OpenAI knows them all.
-    if (chat && (key == "tool_choice" || key == "parallel_tool_calls")) continue;
     bool refused = false;
     for (const Refused& r : kRefusedFields) refused = refused || r.name == key;
     if (refused && chat) continue;
@@ -463,6 +486,27 @@ CompletionRequest parse_completion_request(const json& body, bool chat) {
   r.ignore_eos = boolean(body, "ignore_eos", false);
 
   r.grammar = parse_constraint(body);
+  if (chat) {
+    r.tools = parse_tools(body);
+    if (r.tools) {
+      // The tools go to the model in a system message (the convention of tool_calls.h).
+      if (const std::string prompt = tools_system_prompt(*r.tools); !prompt.empty()) {
+        if (!r.messages.empty() && r.messages.front().role == "system") {
+          r.messages.front().content += "\n\n" + prompt;
+        } else {
+          r.messages.insert(r.messages.begin(), {"system", prompt});
+        }
+      }
+      if (std::string gbnf = tool_call_grammar(*r.tools); !gbnf.empty()) {
+        const char* choice = r.tools->legacy ? "function_call" : "tool_choice";
+        if (!r.grammar.empty()) {
+          invalid(choice, fmt::format("'{}' {} constrains the output to a tool call, as does a grammar or response_format: give one of them",
+                                      choice, r.tools->choice == ToolSpec::Choice::Named ? "naming a function" : "\"required\""));
+        }
+        r.grammar = std::move(gbnf);
+      }
+    }
+  }
   return r;
 }
 

@@ -15,6 +15,7 @@
 #include "engine/text/chat_template.h"
 #include "engine/batch/sampler.h"
 #include "engine/text/tokenizer.h"
+#include "server/tool_calls.h"
 
 namespace hearth::server {
 
@@ -53,6 +54,9 @@ struct CompletionRequest {
   // GBNF that constrains the output (from `grammar`, `json_schema` or `response_format`
   // json_object / json_schema; already checked to parse), empty: unconstrained.
   std::string grammar;
+  // Chat: the tools (tool_calls.h), when the request has any; their system message is already
+  // in `messages`, and for tool_choice required / named their grammar is `grammar`.
+  std::optional<ToolSpec> tools;
 };
 
 // Throws ApiError(400) for a body that is not an object, a missing messages/prompt, a wrong type

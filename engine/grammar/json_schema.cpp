@@ -513,20 +513,26 @@ class SchemaCompiler {
   std::string object(const json& s, const std::string& hint) {
     std::vector<std::pair<std::string, std::string>> props;  // (key, value expression)
     std::set<std::string> required;
+    std::vector<std::string> required_order;
     if (const auto it = s.find("required"); it != s.end()) {
       if (!it->is_array()) fail("required", "must be an array of strings");
       for (const json& r : *it) {
         if (!r.is_string()) fail("required", "must be an array of strings");
-        required.insert(r.get<std::string>());
+        if (required.insert(r.get<std::string>()).second) required_order.push_back(r.get<std::string>());
       }
     }
+    // Required properties first, in the order `required` lists them (the order of `properties`
+    // is not kept by the JSON reader), then the others by name.
     const auto props_it = s.find("properties");
-    if (props_it != s.end()) {
-      if (!props_it->is_object()) fail("properties", "must be an object");
-      for (const auto& [key, sub] : props_it->items()) props.emplace_back(key, visit(sub, safe_hint(key)));
+    if (props_it != s.end() && !props_it->is_object()) fail("properties", "must be an object");
+    for (const std::string& r : required_order) {
+      const bool declared = props_it != s.end() && props_it->contains(r);
+      props.emplace_back(r, declared ? visit((*props_it)[r], safe_hint(r)) : "jvalue");
     }
-    for (const std::string& r : required) {
-      if (props_it == s.end() || !props_it->contains(r)) props.emplace_back(r, "jvalue");
+    if (props_it != s.end()) {
+      for (const auto& [key, sub] : props_it->items()) {
+        if (!required.contains(key)) props.emplace_back(key, visit(sub, safe_hint(key)));
+      }
     }
     std::string extra;  // the value expression of additional properties, empty: none
     if (const auto it = s.find("additionalProperties"); it != s.end()) {

