@@ -486,6 +486,9 @@ CompletionRequest parse_completion_request(const json& body, bool chat) {
   r.ignore_eos = boolean(body, "ignore_eos", false);
 
   r.grammar = parse_constraint(body);
+  if (!r.grammar.empty() && r.ignore_eos) {
+    invalid("ignore_eos", "'ignore_eos' cannot be combined with a grammar or JSON constraint (the output ends where the grammar does)");
+  }
   if (chat) {
     r.tools = parse_tools(body);
     if (r.tools) {
@@ -503,6 +506,7 @@ CompletionRequest parse_completion_request(const json& body, bool chat) {
           invalid(choice, fmt::format("'{}' {} constrains the output to a tool call, as does a grammar or response_format: give one of them",
                                       choice, r.tools->choice == ToolSpec::Choice::Named ? "naming a function" : "\"required\""));
         }
+        if (r.ignore_eos) invalid("ignore_eos", "'ignore_eos' cannot be combined with a constrained tool call");
         r.grammar = std::move(gbnf);
       }
     }

@@ -389,10 +389,12 @@ class Parser {
       return {class_element({}, true)};
     }
     if (c == '(') {
+      if (++depth_ > kMaxNesting) fail(fmt::format("groups nested deeper than {}", kMaxNesting));
       ++pos_;
       Alternatives alts = parse_alternatives(true);
       skip_space();
       if (!consume(")")) fail("expected ')'");
+      --depth_;
       if (alts.size() == 1) return std::move(alts[0]);
       return {{Element::kRule, new_rule("group", std::move(alts))}};
     }
@@ -554,8 +556,11 @@ class Parser {
   // The user's name a generated rule came from is not kept; its generated name says what it is.
   std::string origin_name(uint32_t r) const { return names_[r]; }
 
+  static constexpr int kMaxNesting = 256;  // parentheses: the parser recurses into each
+
   std::string_view text_;
   size_t pos_ = 0;
+  int depth_ = 0;
   size_t n_elements_ = 0;
   std::unordered_map<std::string, uint32_t> ids_;
   std::vector<std::string> names_;

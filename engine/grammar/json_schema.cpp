@@ -274,6 +274,7 @@ class PatternCompiler {
   std::string atom() {
     const char c = peek();
     if (c == '(') {
+      if (++depth_ > 256) fail("groups nested deeper than 256");
       ++pos_;
       if (peek() == '?') {
         if (p_.substr(pos_, 2) != "?:") fail("lookaround and named groups are not supported");
@@ -282,6 +283,7 @@ class PatternCompiler {
       std::string inner = alternation();
       if (peek() != ')') fail("'(' without ')'");
       ++pos_;
+      --depth_;
       return inner;
     }
     if (c == '[') {
@@ -356,6 +358,7 @@ class PatternCompiler {
 
   std::string_view p_;
   size_t pos_ = 0;
+  int depth_ = 0;
 };
 
 class SchemaCompiler {

@@ -119,6 +119,8 @@ TEST(Gbnf, ErrorsSayWhatAndWhere) {
   EXPECT_NE(error_of("root ::= \"a\"{3,2}").find("n < m"), std::string::npos);
   EXPECT_NE(error_of("root ::= \"a\"\nroot ::= \"b\"").find("defined twice"), std::string::npos);
   EXPECT_NE(error_of("").find("empty"), std::string::npos);
+  EXPECT_NE(error_of("root ::= " + std::string(300, '(') + "\"a\"" + std::string(300, ')')).find("nested deeper"),
+            std::string::npos);
   // Right recursion is fine.
   EXPECT_EQ(error_of("root ::= \"a\" root | \"\""), "");
 }
@@ -425,6 +427,7 @@ TEST(JsonSchema, UnsupportedKeywordsAreNamed) {
   EXPECT_EQ(schema_error_keyword({{"type", "number"}, {"multipleOf", 2}}), "multipleOf");
   EXPECT_EQ(schema_error_keyword({{"type", "string"}, {"pattern", "(?=a)b"}}), "pattern");
   EXPECT_EQ(schema_error_keyword({{"type", "string"}, {"pattern", "(a)\\1"}}), "pattern");
+  EXPECT_EQ(schema_error_keyword({{"type", "string"}, {"pattern", std::string(300, '(') + std::string(300, ')')}}), "pattern");
   EXPECT_EQ(schema_error_keyword({{"type", "frobnicate"}}), "type");
   EXPECT_EQ(schema_error_keyword({{"allOf", {json::object(), json::object()}}}), "allOf");
   EXPECT_EQ(schema_error_keyword({{"type", "string"}, {"title", "t"}, {"description", "d"}}), "");
