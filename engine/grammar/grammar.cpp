@@ -543,7 +543,7 @@ class Parser {
         const uint32_t to = starts[r][next++];
         if (state[to] == 1) {
           throw GrammarError(fmt::format("left recursion: rule '{}' can reach itself without matching a character",
-                                         origin_name(to)));
+                                         names_[to]));
         }
         if (state[to] == 0) {
           state[to] = 1;
@@ -552,9 +552,6 @@ class Parser {
       }
     }
   }
-
-  // The user's name a generated rule came from is not kept; its generated name says what it is.
-  std::string origin_name(uint32_t r) const { return names_[r]; }
 
   static constexpr int kMaxNesting = 256;  // parentheses: the parser recurses into each
 

@@ -190,6 +190,9 @@ void CompiledGrammar::walk_tokens(uint32_t start, std::span<const Token> tokens,
 }
 
 const CompiledGrammar::ContextTokens& CompiledGrammar::context_tokens(const StackTable& table, uint32_t id) {
+  // Bounded memory: no reference into the cache is held across calls (classify's own recursion
+  // runs inside this one).
+  if (classes_.size() >= kMaxContexts) classes_.clear();
   return classify(context_key(table, id));
 }
 

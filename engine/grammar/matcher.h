@@ -125,7 +125,10 @@ class CompiledGrammar {
     std::vector<uint32_t> uncertain_lcp;
   };
   // The token classes for the top frames of stack `id` of `table` (computed on first use, then
-  // shared by every stack with the same top kContextFrames positions).
+  // shared by every stack with the same top kContextFrames positions). The reference is valid
+  // until the next call: at kMaxContexts classes (each holds a mask of the vocabulary) the cache
+  // starts again.
+  static constexpr size_t kMaxContexts = 4096;
   const ContextTokens& context_tokens(const StackTable& table, uint32_t id);
   size_t classified_contexts() const { return classes_.size(); }
   double classify_seconds() const { return classify_seconds_; }
@@ -176,7 +179,7 @@ class GrammarMatcher {
   const CompiledGrammar& compiled() const { return *grammar_; }
 
  private:
-  // Whether `token`'s bytes take `start` somewhere (uncertain tokens at a mask, no cache).
+  // Sets in `mask` the uncertain tokens of `classes` whose bytes the real stacks `start` accept.
   void check_uncertain(std::span<const uint32_t> start, const CompiledGrammar::ContextTokens& classes, TokenMask& mask);
 
   std::shared_ptr<CompiledGrammar> grammar_;
