@@ -14,6 +14,7 @@
 #include "core/thread_pool.h"
 #include "engine/generate/model.h"
 #include "engine/generate/scheduler.h"
+#include "engine/grammar/vocabulary.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/registry.h"
 #include "server/openai_server.h"
@@ -133,7 +134,7 @@ int run_serve(const ServeArgs& args) {
       std::fprintf(stderr, "hearth: pipeline: %s\n", cluster->describe().c_str());
       executor = &cluster->executor();
     } else {
-      local = std::make_unique<engine::LocalExecutor>(model->stage());
+      local = std::make_unique<engine::LocalExecutor>(model->stage(), engine::grammar::vocabulary_from_gguf(model->file()));
       executor = local.get();
     }
     engine::SchedulerOptions scheduler_options;

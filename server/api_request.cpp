@@ -5,8 +5,13 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <map>
 #include <span>
 #include <string_view>
+
+#include "engine/grammar/grammar.h"
+#include "engine/grammar/json_schema.h"
+#include "server/tool_calls.h"
 
 namespace hearth::server {
 
@@ -32,16 +37,16 @@ constexpr std::string_view kChatFields[] = {
     // honoured
     "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature", "top_p",
     "presence_penalty", "frequency_penalty", "seed", "stop", "n", "logprobs", "top_logprobs", "logit_bias",
-    "response_format", "tools", "best_of",
+    "response_format", "tools", "tool_choice", "parallel_tool_calls", "functions", "function_call", "best_of",
     // extensions (llama.cpp's names), honoured
-    "top_k", "min_p", "repeat_penalty", "ignore_eos",
+    "top_k", "min_p", "repeat_penalty", "ignore_eos", "grammar", "json_schema",
     // accepted without effect
     "user", "store", "metadata", "service_tier", "safety_identifier", "prompt_cache_key", "prompt_cache_retention",
     "prompt_cache_options", "prediction", "modalities"};
 constexpr std::string_view kCompletionFields[] = {
     "model", "prompt", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature", "top_p",
     "presence_penalty", "frequency_penalty", "seed", "stop", "n", "logprobs", "logit_bias", "best_of", "echo",
-    "suffix", "top_k", "min_p", "repeat_penalty", "ignore_eos", "user"};
+    "suffix", "top_k", "min_p", "repeat_penalty", "ignore_eos", "user", "grammar", "json_schema", "response_format"};
 
 // Fields refused with a reason of their own (before the generic "unrecognized" refusal).
 struct Refused {
@@ -49,10 +54,6 @@ struct Refused {
   std::string_view reason;
 };
 constexpr Refused kRefusedFields[] = {
-    {"functions", "legacy function calling ('functions' / 'function_call') is not supported by this server"},
-    {"function_call", "legacy function calling ('functions' / 'function_call') is not supported by this server"},
-    {"grammar", "grammar-constrained decoding ('grammar', llama.cpp's GBNF extension) is not supported by this server"},
-    {"json_schema", "schema-constrained decoding ('json_schema', llama.cpp's extension) is not supported by this server"},
     {"audio", "'audio' (audio output) is not supported by this server: text only"},
     {"reasoning_effort", "'reasoning_effort' is not supported: this server's models have no reasoning setting"},
     {"verbosity", "'verbosity' is not supported by this server"},
@@ -150,12 +151,16 @@ std::string message_content(const json& content, size_t index) {
   return text;
 }
 
+// The messages, with the turns of tool calling written in the convention of tool_calls.h: an
+// assistant's `tool_calls` (or legacy `function_call`) as the calls' JSON, a `tool` (or legacy
+// `function`) result as a user message naming the call.
 std::vector<engine::ChatMessage> parse_messages(const json& body) {
   const json* m = field(body, "messages");
   if (m == nullptr) invalid("messages", "'messages' is required");
   if (!m->is_array()) invalid("messages", fmt::format("'messages' must be an array, not {}", type_name(*m)));
   if (m->empty()) invalid("messages", "'messages' must contain at least one message");
   std::vector<engine::ChatMessage> messages;
+  std::map<std::string, std::string> call_names;  // tool_call_id -> function name
   for (size_t i = 0; i < m->size(); ++i) {
     const json& msg = (*m)[i];
     const std::string param = fmt::format("messages[{}]", i);
@@ -163,30 +168,50 @@ std::vector<engine::ChatMessage> parse_messages(const json& body) {
     if (!msg.contains("role") || !msg["role"].is_string()) invalid(param + ".role", fmt::format("'{}.role' must be a string", param));
     std::string role = msg["role"].get<std::string>();
     if (role == "developer") role = "system";  // OpenAI's newer name for the system role
-    if (role != "system" && role != "user" && role != "assistant") {
-      invalid(param + ".role", fmt::format("role '{}' is not supported (system, developer, user, assistant)", role));
+    if (role != "system" && role != "user" && role != "assistant" && role != "tool" && role != "function") {
+      invalid(param + ".role", fmt::format("role '{}' is not supported (system, developer, user, assistant, tool)", role));
     }
-    if (!msg.contains("content")) invalid(param + ".content", fmt::format("'{}.content' is required", param));
-    messages.push_back({role, message_content(msg["content"], i)});
+    const json* calls = field(msg, "tool_calls");
+    const json* function_call = field(msg, "function_call");
+    const bool has_calls = role == "assistant" && (calls != nullptr || function_call != nullptr);
+    if (!msg.contains("content") && !has_calls) invalid(param + ".content", fmt::format("'{}.content' is required", param));
+    std::string content = msg.contains("content") ? message_content(msg["content"], i) : std::string();
+    if (role == "assistant" && calls != nullptr) {
+      if (calls->is_array()) {
+        for (const json& c : *calls) {
+          if (c.is_object() && c.contains("id") && c["id"].is_string() && c.contains("function") &&
+              c["function"].is_object() && c["function"].contains("name") && c["function"]["name"].is_string()) {
+            call_names[c["id"].get<std::string>()] = c["function"]["name"].get<std::string>();
+          }
+        }
+      }
+      const std::string text = tool_calls_as_text(*calls, param + ".tool_calls");
+      content = content.empty() ? text : content + "\n" + text;
+    } else if (role == "assistant" && function_call != nullptr) {
+      const std::string text = tool_calls_as_text(json::array({{{"function", *function_call}}}), param + ".function_call");
+      content = content.empty() ? text : content + "\n" + text;
+    } else if (role == "tool") {
+      const json* id = field(msg, "tool_call_id");
+      if (id == nullptr || !id->is_string()) invalid(param + ".tool_call_id", fmt::format("'{}.tool_call_id' must be a string", param));
+      const auto name = call_names.find(id->get<std::string>());
+      content = fmt::format("Tool result (call {}{}): {}", id->get<std::string>(),
+                            name != call_names.end() ? ", " + name->second : "", content);
+      role = "user";
+    } else if (role == "function") {
+      const json* name = field(msg, "name");
+      if (name == nullptr || !name->is_string()) invalid(param + ".name", fmt::format("'{}.name' must be a string", param));
+      content = fmt::format("Tool result ({}): {}", name->get<std::string>(), content);
+      role = "user";
+    }
+    messages.push_back({role, content});
   }
   return messages;
 }
 
 // Refuses, with a 400 naming it, every top-level field the endpoint does not know, and those it
-// knows only to refuse: tools and structured output (not offered yet), legacy functions,
-// llama.cpp's grammar / json_schema. A null value counts as absent for a known field, but an
-// unknown field is refused whatever its value.
+// knows only to refuse (audio output, reasoning settings, web search, ...). A null value counts
+// as absent for a known field, but an unknown field is refused whatever its value.
 void check_fields(const json& body, bool chat) {
-  const json* tools = field(body, "tools");
-  const bool has_tools = tools != nullptr && !(tools->is_array() && tools->empty());
-  if (has_tools) invalid("tools", "tool calls are not supported by this server");
-  if (field(body, "tool_choice") != nullptr) {
-    invalid("tool_choice", "'tool_choice' is only allowed when 'tools' are specified (and tools are not supported by this server)");
-  }
-  if (field(body, "parallel_tool_calls") != nullptr) {
-    invalid("parallel_tool_calls",
-            "'parallel_tool_calls' is only allowed when 'tools' are specified (and tools are not supported by this server)");
-  }
   for (const Refused& r : kRefusedFields) {
     if (field(body, std::string(r.name).c_str()) != nullptr) invalid(std::string(r.name), std::string(r.reason));
   }
@@ -195,13 +220,10 @@ void check_fields(const json& body, bool chat) {
   for (const auto& item : body.items()) {
     const std::string& key = item.key();
     if (std::find(known.begin(), known.end(), key) != known.end()) continue;
-    // A null refused field counts as absent: on chat, where OpenAI knows them all, and for
-    // llama.cpp's grammar / json_schema, which its server takes on both endpoints.
-    const bool both = key == "grammar" || key == "json_schema";
-    if (chat && (key == "tool_choice" || key == "parallel_tool_calls")) continue;
+    // A null refused field counts as absent on chat, where OpenAI knows them all.
     bool refused = false;
     for (const Refused& r : kRefusedFields) refused = refused || r.name == key;
-    if (refused && (chat || both)) continue;
+    if (refused && chat) continue;
     invalid(key, fmt::format("Unrecognized request argument supplied: {} (this server neither honours nor accepts it; "
                              "the fields of {} are listed in hearth's docs/API.md)",
                              key, chat ? "/v1/chat/completions" : "/v1/completions"));
@@ -275,6 +297,91 @@ std::vector<std::pair<engine::Token, float>> parse_logit_bias(const json& body) 
 }
 
 }  // namespace
+
+// The grammar (GBNF) that constrains the output, from whichever of `grammar`, `json_schema`
+// (llama.cpp's extensions) and `response_format` (json_object / json_schema) the request gives;
+// empty when none. At most one of them may constrain; each is compiled and parsed here so that
+// a bad grammar or an unsupported schema keyword is a 400 naming the field (and the keyword).
+std::string parse_constraint(const json& body) {
+  std::vector<std::string> given;
+  std::string gbnf;
+  const auto from_schema = [&](const json& schema, const std::string& param) {
+    try {
+      gbnf = engine::grammar::json_schema_to_gbnf(schema);
+    } catch (const engine::grammar::SchemaError& e) {
+      throw ApiError(400, e.what(), "invalid_request_error", param, "unsupported_schema");
+    }
+  };
+  std::string param;
+  if (const json* g = field(body, "grammar")) {
+    if (!g->is_string() || g->get<std::string>().empty()) invalid("grammar", "'grammar' must be a non-empty string (GBNF)");
+    if (g->get<std::string>().size() > engine::grammar::kMaxGrammarBytes) {
+      invalid("grammar", fmt::format("'grammar' is longer than {} bytes", engine::grammar::kMaxGrammarBytes));
+    }
+    gbnf = g->get<std::string>();
+    given.push_back("grammar");
+    param = "grammar";
+  }
+  if (const json* js = field(body, "json_schema")) {
+    if (!js->is_object() && !js->is_boolean()) invalid("json_schema", "'json_schema' must be a JSON Schema object");
+    given.push_back("json_schema");
+    param = "json_schema";
+    from_schema(*js, "json_schema");
+  }
+  if (const json* rf = field(body, "response_format")) {
+    if (!rf->is_object() || !rf->contains("type") || !(*rf)["type"].is_string()) {
+      invalid("response_format", "'response_format' must be an object with a 'type'");
+    }
+    const std::string type = (*rf)["type"].get<std::string>();
+    if (type == "json_object") {
+      given.push_back("response_format");
+      param = "response_format";
+      gbnf = engine::grammar::json_object_gbnf();
+    } else if (type == "json_schema") {
+      const auto spec = rf->find("json_schema");
+      if (spec == rf->end() || !spec->is_object()) {
+        invalid("response_format", "response_format of type 'json_schema' needs a 'json_schema' object");
+      }
+      const auto name = spec->find("name");
+      if (name == spec->end() || !name->is_string() || name->get<std::string>().empty() ||
+          name->get<std::string>().size() > 64) {
+        invalid("response_format", "'response_format.json_schema.name' must be a string of 1 to 64 characters");
+      }
+      for (const auto& item : spec->items()) {
+        if (item.key() != "name" && item.key() != "schema" && item.key() != "strict" && item.key() != "description") {
+          invalid("response_format", fmt::format("unknown field 'response_format.json_schema.{}'", item.key()));
+        }
+      }
+      if (const auto strict = spec->find("strict"); strict != spec->end() && !strict->is_boolean() && !strict->is_null()) {
+        invalid("response_format", "'response_format.json_schema.strict' must be a boolean");
+      }
+      given.push_back("response_format");
+      param = "response_format";
+      const auto schema = spec->find("schema");
+      if (schema == spec->end() || schema->is_null()) {
+        gbnf = engine::grammar::json_object_gbnf();  // no schema: any JSON object
+      } else {
+        if (!schema->is_object() && !schema->is_boolean()) {
+          invalid("response_format", "'response_format.json_schema.schema' must be a JSON Schema object");
+        }
+        from_schema(*schema, "response_format");
+      }
+    } else if (type != "text") {
+      invalid("response_format", fmt::format("unknown response_format type '{}'", type));
+    }
+  }
+  if (given.size() > 1) {
+    invalid(given[1], fmt::format("'{}' and '{}' both constrain the output: give one of them", given[0], given[1]));
+  }
+  if (!gbnf.empty()) {
+    try {
+      engine::grammar::parse_gbnf(gbnf);
+    } catch (const engine::grammar::GrammarError& e) {
+      throw ApiError(400, fmt::format("'{}': {}", param, e.what()), "invalid_request_error", param);
+    }
+  }
+  return gbnf;
+}
 
 CompletionRequest parse_completion_request(const json& body, bool chat) {
   if (!body.is_object()) throw ApiError(400, fmt::format("the request body must be a JSON object, not {}", type_name(body)));
@@ -378,17 +485,31 @@ CompletionRequest parse_completion_request(const json& body, bool chat) {
   if (best_of != r.n) invalid("best_of", "'best_of' other than 'n' is not supported");
   r.ignore_eos = boolean(body, "ignore_eos", false);
 
-  if (const json* rf = field(body, "response_format")) {
-    if (!rf->is_object() || !rf->contains("type") || !(*rf)["type"].is_string()) {
-      invalid("response_format", "'response_format' must be an object with a 'type'");
+  r.grammar = parse_constraint(body);
+  if (!r.grammar.empty() && r.ignore_eos) {
+    invalid("ignore_eos", "'ignore_eos' cannot be combined with a grammar or JSON constraint (the output ends where the grammar does)");
+  }
+  if (chat) {
+    r.tools = parse_tools(body);
+    if (r.tools) {
+      // The tools go to the model in a system message (the convention of tool_calls.h).
+      if (const std::string prompt = tools_system_prompt(*r.tools); !prompt.empty()) {
+        if (!r.messages.empty() && r.messages.front().role == "system") {
+          r.messages.front().content += "\n\n" + prompt;
+        } else {
+          r.messages.insert(r.messages.begin(), {"system", prompt});
+        }
+      }
+      if (std::string gbnf = tool_call_grammar(*r.tools); !gbnf.empty()) {
+        const char* choice = r.tools->legacy ? "function_call" : "tool_choice";
+        if (!r.grammar.empty()) {
+          invalid(choice, fmt::format("'{}' {} constrains the output to a tool call, as does a grammar or response_format: give one of them",
+                                      choice, r.tools->choice == ToolSpec::Choice::Named ? "naming a function" : "\"required\""));
+        }
+        if (r.ignore_eos) invalid("ignore_eos", "'ignore_eos' cannot be combined with a constrained tool call");
+        r.grammar = std::move(gbnf);
+      }
     }
-    const std::string type = (*rf)["type"].get<std::string>();
-    if (type == "json_object" || type == "json_schema") {
-      invalid("response_format", fmt::format("response_format of type '{}' (structured output) is not supported by this "
-                                             "server; only {{\"type\": \"text\"}} is",
-                                             type));
-    }
-    if (type != "text") invalid("response_format", fmt::format("unknown response_format type '{}'", type));
   }
   return r;
 }

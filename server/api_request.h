@@ -15,6 +15,7 @@
 #include "engine/text/chat_template.h"
 #include "engine/batch/sampler.h"
 #include "engine/text/tokenizer.h"
+#include "server/tool_calls.h"
 
 namespace hearth::server {
 
@@ -50,12 +51,19 @@ struct CompletionRequest {
   bool logprobs = false;
   int32_t top_logprobs = 0;     // alternatives per token (chat: top_logprobs; completions: logprobs)
   bool ignore_eos = false;      // extension (llama.cpp's name): generate exactly max_tokens
+  // GBNF that constrains the output (from `grammar`, `json_schema` or `response_format`
+  // json_object / json_schema; already checked to parse), empty: unconstrained.
+  std::string grammar;
+  // Chat: the tools (tool_calls.h), when the request has any; their system message is already
+  // in `messages`, and for tool_choice required / named their grammar is `grammar`.
+  std::optional<ToolSpec> tools;
 };
 
 // Throws ApiError(400) for a body that is not an object, a missing messages/prompt, a wrong type
 // or an out-of-range value (the field is named in `param`), a feature not offered (echo, tools,
-// tool_choice, functions, suffix, best_of > n, response_format other than text, grammar,
-// json_schema, ...) or a field the endpoint does not know. logit_bias token ids are not checked
+// tool_choice, functions, suffix, best_of > n, ...), a grammar that does not parse, a schema
+// with an unsupported keyword (named), more than one of grammar / json_schema / response_format,
+// or a field the endpoint does not know. logit_bias token ids are not checked
 // against the vocabulary here (the caller knows it).
 CompletionRequest parse_completion_request(const nlohmann::json& body, bool chat);
 

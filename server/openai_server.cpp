@@ -317,6 +317,12 @@ void OpenAiServer::Impl::completions(const httplib::Request& req, httplib::Respo
     s.options.sampling.seed = base_seed + static_cast<uint64_t>(i);
     s.options.stop = r.stop;
     s.options.ignore_eos = r.ignore_eos;
+    if (!r.grammar.empty()) {
+      // Constrained decoding: the grammar starts after the prompt and ends at an end token.
+      s.options.sampling.grammar = r.grammar;
+      s.options.sampling.grammar_prompt_tokens = static_cast<int32_t>(prompt.size());
+      s.options.sampling.grammar_end_tokens = m->tokenizer().end_of_generation_tokens();
+    }
     std::weak_ptr<Exchange> weak = exchange;
     s.on_token = [this, weak, i](const engine::TokenEvent& e) {
       auto ex = weak.lock();
@@ -422,6 +428,19 @@ void OpenAiServer::Impl::completions(const httplib::Request& req, httplib::Respo
       json choice = {{"index", i}, {"finish_reason", results[c].finish_reason}, {"logprobs", nullptr}};
       if (chat) {
         choice["message"] = {{"role", "assistant"}, {"content", texts[c]}};
+        if (r.tools) {
+          if (std::optional<json> calls = parse_tool_calls(texts[c], *r.tools)) {
+            // The answer is a call in the tools convention: OpenAI's tool_calls (or function_call).
+            choice["message"]["content"] = nullptr;
+            if (r.tools->legacy) {
+              choice["message"]["function_call"] = (*calls)[0]["function"];
+              choice["finish_reason"] = "function_call";
+            } else {
+              choice["message"]["tool_calls"] = std::move(*calls);
+              choice["finish_reason"] = "tool_calls";
+            }
+          }
+        }
         if (r.logprobs) {
           json content = json::array();
           for (const auto& s : sampled[c]) content.push_back(logprob_entry(tok, s));
@@ -475,6 +494,8 @@ void OpenAiServer::Impl::completions(const httplib::Request& req, httplib::Respo
         int32_t completion_tokens = 0, cached_tokens = 0;
         int finished = 0;
         Clock::time_point last_write = Clock::now();
+        const bool tools_active = chat && r.tools && r.tools->choice != ToolSpec::Choice::None;
+        std::vector<std::string> held(static_cast<size_t>(r.n));  // per choice, with tools
         while (finished < r.n) {
           if (ending.load()) {
             // Past the shutdown grace: a last event says why the stream ends here, and the
@@ -506,6 +527,11 @@ void OpenAiServer::Impl::completions(const httplib::Request& req, httplib::Respo
           }
           for (Event& e : batch) {
             std::string out;
+            if (!e.finished && tools_active) {
+              // Held until the end: the answer is either a tool call or content.
+              held[static_cast<size_t>(e.choice)] += e.text;
+              continue;
+            }
             if (!e.finished) {
               if (e.text.empty() && !r.logprobs) continue;
               json delta = choice_delta(e.choice, e.text);
@@ -528,11 +554,39 @@ void OpenAiServer::Impl::completions(const httplib::Request& req, httplib::Respo
                 exchange->cancel();
                 return false;
               }
-              if (!e.result.tail.empty()) out += chunk(json::array({choice_delta(e.choice, e.result.tail)}));
+              std::string finish_reason = e.result.finish_reason;
+              if (tools_active) {
+                std::string& text = held[static_cast<size_t>(e.choice)];
+                text += e.result.tail;
+                if (std::optional<json> calls = parse_tool_calls(text, *r.tools)) {
+                  // As OpenAI streams calls: id, type and name with empty arguments, then the
+                  // arguments, per call.
+                  for (size_t k = 0; k < calls->size(); ++k) {
+                    const json& call = (*calls)[k];
+                    json head, arguments;
+                    if (r.tools->legacy) {
+                      head = {{"function_call", {{"name", call["function"]["name"]}, {"arguments", ""}}}};
+                      arguments = {{"function_call", {{"arguments", call["function"]["arguments"]}}}};
+                    } else {
+                      head = {{"tool_calls", json::array({{{"index", k}, {"id", call["id"]}, {"type", "function"},
+                                                           {"function", {{"name", call["function"]["name"]}, {"arguments", ""}}}}})}};
+                      arguments = {{"tool_calls", json::array({{{"index", k}, {"function", {{"arguments", call["function"]["arguments"]}}}}})}};
+                    }
+                    for (json* d : {&head, &arguments}) {
+                      out += chunk(json::array({json{{"index", e.choice}, {"delta", *d}, {"logprobs", nullptr}, {"finish_reason", nullptr}}}));
+                    }
+                  }
+                  finish_reason = r.tools->legacy ? "function_call" : "tool_calls";
+                } else if (!text.empty()) {
+                  out += chunk(json::array({choice_delta(e.choice, text)}));
+                }
+              } else if (!e.result.tail.empty()) {
+                out += chunk(json::array({choice_delta(e.choice, e.result.tail)}));
+              }
               json last = chat ? json{{"index", e.choice}, {"delta", json::object()}, {"logprobs", nullptr},
-                                      {"finish_reason", e.result.finish_reason}}
+                                      {"finish_reason", finish_reason}}
                                : json{{"index", e.choice}, {"text", ""}, {"logprobs", nullptr},
-                                      {"finish_reason", e.result.finish_reason}};
+                                      {"finish_reason", finish_reason}};
               out += chunk(json::array({last}));
             }
             if (!write(out)) {

@@ -186,6 +186,14 @@ void put_params(Writer& w, const engine::SamplingParams& p) {
     w.put(token);
     w.put(bias);
   }
+  // Constrained decoding: the GBNF text, the prompt length it skips, the end tokens.
+  HEARTH_CHECK(p.grammar.size() <= engine::grammar::kMaxGrammarBytes, "a grammar of {} bytes", p.grammar.size());
+  HEARTH_CHECK(p.grammar_end_tokens.size() <= engine::kMaxGrammarEndTokens, "{} grammar end tokens", p.grammar_end_tokens.size());
+  w.put(static_cast<uint32_t>(p.grammar.size()));
+  for (char c : p.grammar) w.put(static_cast<uint8_t>(c));
+  w.put(p.grammar_prompt_tokens);
+  w.put(static_cast<uint32_t>(p.grammar_end_tokens.size()));
+  for (engine::Token t : p.grammar_end_tokens) w.put(t);
 }
 
 engine::SamplingParams get_params(Reader& r) {
@@ -226,6 +234,24 @@ engine::SamplingParams get_params(Reader& r) {
                                   engine::kMaxLogitBiasValue));
     }
     p.logit_bias.emplace_back(token, bias);
+  }
+  const uint32_t grammar_bytes = r.get<uint32_t>();
+  if (grammar_bytes > engine::grammar::kMaxGrammarBytes) {
+    throw WireError(fmt::format("Batch message has a grammar of {} bytes (at most {})", grammar_bytes,
+                                engine::grammar::kMaxGrammarBytes));
+  }
+  const std::span<const std::byte> text = r.take(grammar_bytes);
+  p.grammar.assign(reinterpret_cast<const char*>(text.data()), text.size());
+  p.grammar_prompt_tokens = r.get<int32_t>();
+  if (p.grammar_prompt_tokens < 0) throw WireError("Batch message has a negative grammar prompt length");
+  const uint32_t n_end = r.get<uint32_t>();
+  if (n_end > engine::kMaxGrammarEndTokens) {
+    throw WireError(fmt::format("Batch message has {} grammar end tokens (at most {})", n_end, engine::kMaxGrammarEndTokens));
+  }
+  p.grammar_end_tokens.resize(n_end);
+  for (engine::Token& t : p.grammar_end_tokens) {
+    t = r.get<engine::Token>();
+    if (t < 0) throw WireError(fmt::format("Batch message has grammar end token {}", t));
   }
   return p;
 }

@@ -11,6 +11,7 @@
 #include "core/system_memory.h"
 #include "core/thread_pool.h"
 #include "engine/format/gguf.h"
+#include "engine/grammar/vocabulary.h"
 #include "engine/model/model_config.h"
 #include "engine/batch/batch.h"
 #include "engine/model/stage.h"
@@ -338,7 +339,10 @@ void Worker::run_session(std::unique_ptr<transport::TcpLink> control) {
 
     const int64_t n_embd = config->n_embd;
     const size_t n_vocab = static_cast<size_t>(config->n_vocab);
-    engine::SlotSamplers samplers(a.n_seq);
+    // Token bytes for grammar-constrained sequences (the last stage samples).
+    engine::SlotSamplers samplers(a.n_seq, stage->is_last() && file->contains("tokenizer.ggml.tokens")
+                                               ? engine::grammar::vocabulary_from_gguf(*file)
+                                               : nullptr);
     BatchMessage batch;
     std::vector<engine::Token> tokens;
     std::vector<kernels::KvSlot> kv_slots;

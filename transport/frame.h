@@ -29,7 +29,8 @@ namespace hearth::transport {
 using MessageType = uint16_t;
 
 inline constexpr uint32_t kFrameMagic = 0x48545248;  // bytes "HRTH" read as a little-endian u32
-// 2: Batch messages carry each sampling entry's logit bias (docs/wire-protocol.md).
+// 2: Batch messages carry each sampling entry's logit bias; 3: and its grammar, a replayed
+// sequence's resumed count and a cached prefix (docs/wire-protocol.md).
 inline constexpr uint16_t kProtocolVersion = 3;
 inline constexpr size_t kFrameHeaderSize = 32;
 

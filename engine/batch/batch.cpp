@@ -1,5 +1,6 @@
 #include "engine/batch/batch.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "core/error.h"
@@ -37,12 +38,37 @@ std::vector<SampledToken> SlotSamplers::sample(std::span<const BatchEntry> entri
       }
       s.sampler.emplace(*e.begin, e.resumed);
       s.history.resize(e.kept);
+      s.matcher.reset();
+      if (!e.begin->grammar.empty()) {
+        s.matcher.emplace(compiled(*e.begin));
+        s.grammar_prompt_tokens = e.begin->grammar_prompt_tokens;
+      }
     }
     if (!s.sampler) throw Error(fmt::format("sequence slot {} was stepped before its sequence began", e.slot));
+    if (s.matcher) {
+      // The generated tokens among these advance the grammar (see the class comment). A token
+      // the grammar refuses leaves it where it was (only a dead end's end token can be one).
+      for (size_t i = 0; i < e.tokens.size(); ++i) {
+        if (s.history.size() + i >= static_cast<size_t>(std::max(s.grammar_prompt_tokens, 0))) {
+          s.matcher->accept_token(e.tokens[i]);
+        }
+      }
+    }
     s.history.insert(s.history.end(), e.tokens.begin(), e.tokens.end());
     if (!e.sample) continue;
     HEARTH_CHECK((row + 1) * n_vocab <= logits.size(), "{} logit rows for more sampling entries", logits.size() / n_vocab);
-    sampled.push_back(s.sampler->sample(logits.subspan(row * n_vocab, n_vocab), s.history));
+    std::span<const float> row_logits = logits.subspan(row * n_vocab, n_vocab);
+    if (s.matcher) {
+      if (s.matcher->compiled().vocabulary().size() != n_vocab) {
+        throw Error(fmt::format("the grammar's vocabulary has {} tokens, the model {}",
+                                s.matcher->compiled().vocabulary().size(), n_vocab));
+      }
+      s.matcher->fill_mask(mask_);
+      masked_logits_.assign(row_logits.begin(), row_logits.end());
+      mask_.apply(masked_logits_);
+      row_logits = masked_logits_;
+    }
+    sampled.push_back(s.sampler->sample(row_logits, s.history));
     ++row;
   }
   return sampled;
@@ -57,7 +83,32 @@ const char* executor_state_name(ExecutorHealth::State state) {
   return "?";
 }
 
-LocalExecutor::LocalExecutor(Stage& stage) : stage_(stage), samplers_(stage.options().n_seq) {
+std::shared_ptr<grammar::CompiledGrammar> SlotSamplers::compiled(const SamplingParams& params) {
+  if (vocabulary_ == nullptr) throw Error("this stage has no vocabulary to match a grammar with");
+  if (params.grammar.size() > grammar::kMaxGrammarBytes || params.grammar_end_tokens.size() > kMaxGrammarEndTokens) {
+    throw Error("a grammar over its limits");
+  }
+  std::string key = params.grammar;
+  key.push_back('\0');
+  for (Token t : params.grammar_end_tokens) key.append(reinterpret_cast<const char*>(&t), sizeof(t));
+  for (size_t i = 0; i < grammar_cache_.size(); ++i) {
+    if (grammar_cache_[i].first == key) {
+      auto hit = std::move(grammar_cache_[i]);
+      grammar_cache_.erase(grammar_cache_.begin() + static_cast<std::ptrdiff_t>(i));
+      grammar_cache_.push_back(std::move(hit));
+      return grammar_cache_.back().second;
+    }
+  }
+  constexpr size_t kCachedGrammars = 16;
+  auto g = std::make_shared<grammar::CompiledGrammar>(grammar::parse_gbnf(params.grammar), vocabulary_,
+                                                      params.grammar_end_tokens);
+  if (grammar_cache_.size() >= kCachedGrammars) grammar_cache_.erase(grammar_cache_.begin());
+  grammar_cache_.emplace_back(std::move(key), g);
+  return g;
+}
+
+LocalExecutor::LocalExecutor(Stage& stage, std::shared_ptr<const grammar::Vocabulary> vocabulary)
+    : stage_(stage), samplers_(stage.options().n_seq, std::move(vocabulary)) {
   HEARTH_CHECK(stage.is_first() && stage.is_last(), "a local executor needs every layer");
 }
 

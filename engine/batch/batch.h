@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "engine/batch/sampler.h"
+#include "engine/grammar/matcher.h"
 #include "engine/model/stage.h"
 #include "engine/token.h"
 
@@ -50,23 +52,45 @@ struct BatchEntry {
 void flatten_entries(std::span<const BatchEntry> entries, std::vector<Token>& tokens,
                      std::vector<kernels::KvSlot>& slots, std::vector<int32_t>& output_rows);
 
-// The sampling half of a step, per sequence slot: a Sampler and the token history its
-// penalties read. Used where the logits are: in this process, or on a pipeline's last stage.
+// The sampling half of a step, per sequence slot: a Sampler, the token history its penalties
+// read, and the grammar matcher of a constrained sequence (SamplingParams::grammar). Used where
+// the logits are: in this process, or on a pipeline's last stage.
+//
+// Grammar state is a pure function of (grammar, the sequence's tokens): every token an entry
+// carries beyond the first SamplingParams::grammar_prompt_tokens of its sequence advances the
+// matcher when the entry is applied (a sampled token advances it when it comes back as the next
+// entry's token, not when it is sampled). So a sequence replayed onto a fresh stage — a `begin`
+// entry (or several entries) holding the prompt and the tokens generated so far, with the same
+// SamplingParams — has the same grammar state as before, with nothing else to restore.
 class SlotSamplers {
  public:
-  explicit SlotSamplers(int32_t n_slots) : slots_(static_cast<size_t>(n_slots)) {}
+  // `vocabulary`: the model's token bytes (grammar::vocabulary_from_gguf), needed for sequences
+  // with a grammar; null: such a sequence is refused.
+  explicit SlotSamplers(int32_t n_slots, std::shared_ptr<const grammar::Vocabulary> vocabulary = nullptr)
+      : slots_(static_cast<size_t>(n_slots)), vocabulary_(std::move(vocabulary)) {}
   // Applies the entries in order (a `begin` resets its slot; every token joins its slot's
   // history) and samples one token per sampling entry from consecutive rows of `logits`
-  // [n_sampling_entries, n_vocab]. Throws hearth::Error for a slot out of range or a slot
-  // stepped before its sequence began (a peer can send that).
+  // [n_sampling_entries, n_vocab], a grammar's disallowed tokens masked to -inf first. Throws
+  // hearth::Error for a slot out of range, a slot stepped before its sequence began, or a
+  // grammar that does not parse or cannot be used here (a peer can send those).
   std::vector<SampledToken> sample(std::span<const BatchEntry> entries, std::span<const float> logits, size_t n_vocab);
 
  private:
   struct Slot {
     std::optional<Sampler> sampler;
     std::vector<Token> history;
+    std::optional<grammar::GrammarMatcher> matcher;
+    int32_t grammar_prompt_tokens = 0;
   };
+  // The compiled grammar for these parameters, from a small cache (a compiled grammar keeps the
+  // token classes it has computed, so later requests with the same schema are fast).
+  std::shared_ptr<grammar::CompiledGrammar> compiled(const SamplingParams& params);
+
   std::vector<Slot> slots_;
+  std::shared_ptr<const grammar::Vocabulary> vocabulary_;
+  std::vector<std::pair<std::string, std::shared_ptr<grammar::CompiledGrammar>>> grammar_cache_;  // newest last
+  grammar::TokenMask mask_;
+  std::vector<float> masked_logits_;
 };
 
 // What an executor can do now, for /health and /metrics.
@@ -126,7 +150,8 @@ class BatchExecutor {
 // runs inside submit(); collect() hands its result over.
 class LocalExecutor final : public BatchExecutor {
  public:
-  explicit LocalExecutor(Stage& stage);
+  // `vocabulary`: the model's token bytes, for sequences with a grammar (null: refused).
+  explicit LocalExecutor(Stage& stage, std::shared_ptr<const grammar::Vocabulary> vocabulary = nullptr);
   int32_t n_slots() const override { return stage_.options().n_seq; }
   int32_t n_ctx() const override { return stage_.options().n_ctx; }
   void submit(std::span<const BatchEntry> entries) override;

@@ -19,6 +19,8 @@ namespace hearth::engine {
 // enforce them again).
 inline constexpr size_t kMaxLogitBias = 1024;     // entries
 inline constexpr float kMaxLogitBiasValue = 100;  // |bias|
+// Bound of SamplingParams::grammar_end_tokens (the grammar text's is grammar::kMaxGrammarBytes).
+inline constexpr size_t kMaxGrammarEndTokens = 64;
 
 struct SamplingParams {
   float temperature = 0.8f;        // <= 0: greedy (argmax)
@@ -35,6 +37,14 @@ struct SamplingParams {
   // (OpenAI's logit_bias: -100 bans a token in practice, +100 forces it). At most kMaxLogitBias
   // entries, each bias finite in [-100, 100]; tokens outside the vocabulary are ignored.
   std::vector<std::pair<Token, float>> logit_bias;
+  // Constrained decoding (engine/grammar, applied by SlotSamplers in engine/batch/batch.h): when
+  // `grammar` (GBNF text, root rule `root`) is not empty, every token after the first
+  // `grammar_prompt_tokens` tokens of the sequence (its prompt) must keep the output a prefix of
+  // a sentence of the grammar, and the end tokens `grammar_end_tokens` (at most
+  // kMaxGrammarEndTokens) are allowed only where the sentence is complete.
+  std::string grammar;
+  int32_t grammar_prompt_tokens = 0;
+  std::vector<Token> grammar_end_tokens;
 };
 
 struct TokenLogprob {

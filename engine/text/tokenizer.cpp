@@ -864,6 +864,8 @@ bool Tokenizer::is_end_of_generation(Token token) const {
   return std::binary_search(impl_->eog.begin(), impl_->eog.end(), token);
 }
 
+const std::vector<Token>& Tokenizer::end_of_generation_tokens() const { return impl_->eog; }
+
 Token Tokenizer::find_token(std::string_view text) const { return impl_->lookup(text); }
 
 // ---------------------------------------------------------------------------------------------

@@ -64,6 +64,8 @@ class Tokenizer {
   bool add_eos() const;
   // End of generation: EOS, EOT and the other tokens that end a turn for this model.
   bool is_end_of_generation(Token token) const;
+  // Every token is_end_of_generation() is true for, ascending.
+  const std::vector<Token>& end_of_generation_tokens() const;
   // The id of a token whose stored text is exactly `text`, or -1.
   Token find_token(std::string_view text) const;
 

@@ -118,20 +118,22 @@ TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "ob
 
 
 @pytest.mark.parametrize("extra,param", [
-    ({"functions": [{"name": "f", "parameters": {}}]}, "functions"),
-    ({"function_call": "auto"}, "function_call"),
+    ({"functions": [{"name": "not a name!"}]}, "functions[0].name"),
+    ({"function_call": "auto"}, "function_call"),          # without functions
     ({"function_call": {"name": "f"}}, "function_call"),
-    ({"tool_choice": "auto"}, "tool_choice"),
+    ({"tool_choice": "auto"}, "tool_choice"),              # without tools
     ({"tool_choice": "none"}, "tool_choice"),
     ({"tool_choice": "none", "tools": []}, "tool_choice"),
-    ({"tools": [TOOL]}, "tools"),
-    ({"tools": [TOOL], "tool_choice": "required"}, "tools"),
+    ({"tools": [{"type": "retrieval"}]}, "tools[0].type"),
+    ({"tools": [TOOL], "tool_choice": "sometimes"}, "tool_choice"),
+    ({"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "g"}}}, "tool_choice"),
     ({"parallel_tool_calls": False}, "parallel_tool_calls"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
-    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}}, "response_format"),  # no name
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"not": {}}}}}, "response_format"),
     ({"response_format": {"type": "yaml"}}, "response_format"),
-    ({"grammar": "root ::= \"a\""}, "grammar"),
-    ({"json_schema": {"type": "object"}}, "json_schema"),
+    ({"grammar": "root ::= undefined"}, "grammar"),
+    ({"grammar": "root ::= \"a\"", "json_schema": {"type": "string"}}, "json_schema"),  # two constraints
+    ({"json_schema": {"type": "object", "uniqueItems": True}}, "json_schema"),
     ({"reasoning_effort": "low"}, "reasoning_effort"),
     ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
     ({"modalities": ["text", "audio"]}, "modalities"),
@@ -147,7 +149,8 @@ TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "ob
 ])
 def test_chat_fields_refused_with_a_400_naming_them(server, extra, param):
     err = assert_openai_error(post(server, "/v1/chat/completions", {"messages": QUESTION, **extra}), 400, param)
-    assert param.split(".")[-1] in err["message"] or param in ("tools", "response_format", "modalities", "metadata")
+    assert param.split(".")[-1] in err["message"] or param in ("tools", "response_format", "modalities", "metadata",
+                                                               "json_schema")
 
 
 @pytest.mark.parametrize("extra,param", [
@@ -157,7 +160,7 @@ def test_chat_fields_refused_with_a_400_naming_them(server, extra, param):
     ({"functions": None}, "functions"),
     ({"logit_biases": {}}, "logit_biases"),
     ({"store": True}, "store"),
-    ({"grammar": "root ::= \"a\""}, "grammar"),
+    ({"grammar": "root ::= ("}, "grammar"),
     ({"suffix": "end"}, "suffix"),
     ({"echo": True}, "echo"),
     ({"repeat_penalty": 0}, "repeat_penalty"),    # the sampler needs > 0 (1 is off)

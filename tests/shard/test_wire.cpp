@@ -163,6 +163,39 @@ TEST(Wire, LogitBiasRoundTripsAndMalformedOnesAreRefused) {
   }
 }
 
+TEST(Wire, GrammarRoundTripsAndMalformedOnesAreRefused) {
+  Sample s;
+  s.params.grammar = "root ::= \"a\"+";
+  s.params.grammar_prompt_tokens = 3;
+  s.params.grammar_end_tokens = {2, 0};
+  const std::vector<std::byte> payload = encode_batch_head(1, s.entries, 0, WireDtype::F32);
+  BatchMessage m;
+  ASSERT_NO_THROW(decode_batch(payload, 4, 64, false, 64, m));
+  EXPECT_EQ(m.entries[0].begin->grammar, s.params.grammar);
+  EXPECT_EQ(m.entries[0].begin->grammar_prompt_tokens, 3);
+  EXPECT_EQ(m.entries[0].begin->grammar_end_tokens, (std::vector<Token>{2, 0}));
+  // The grammar's length follows the two logit biases.
+  const size_t at = logit_bias_offset(s.entries.size()) + 4 + 2 * 8;
+  {
+    uint32_t n = 0;
+    std::memcpy(&n, payload.data() + at, 4);
+    ASSERT_EQ(n, s.params.grammar.size()) << "the offset of the grammar moved";
+  }
+  const size_t after_text = at + 4 + s.params.grammar.size();
+  const auto refused = [&](auto mutate) {
+    std::vector<std::byte> p = payload;
+    mutate(p);
+    BatchMessage b;
+    EXPECT_THROW(decode_batch(p, 4, 64, false, 64, b), WireError);
+  };
+  refused([&](auto& p) { poke(p, at, static_cast<uint32_t>(engine::grammar::kMaxGrammarBytes + 1)); });  // too long
+  refused([&](auto& p) { poke(p, at, uint32_t{0xFFFFFFF0u}); });                  // past the payload
+  refused([&](auto& p) { poke(p, after_text, int32_t{-1}); });                    // negative prompt length
+  refused([&](auto& p) { poke(p, after_text + 4, static_cast<uint32_t>(engine::kMaxGrammarEndTokens + 1)); });
+  refused([&](auto& p) { poke(p, after_text + 8, Token{-3}); });                  // a negative end token
+  refused([&](auto& p) { p.resize(after_text + 2); });                            // cut inside
+}
+
 TEST(Wire, SampledRoundTripAndVocabularyCheck) {
   std::vector<SampledToken> tokens(2);
   tokens[0].token = 17;

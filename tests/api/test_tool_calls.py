@@ -1,0 +1,111 @@
+"""Tool calls through the official openai client with SmolLM2 (whose template has no tool
+section: hearth's generic JSON convention): tool_choice "required" and a named function are
+constrained by a grammar, so the call always parses — plain and streamed, and a round trip with
+the tool's result sent back; legacy functions / function_call; 400s."""
+import json
+
+import httpx
+import openai
+import pytest
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {"type": "object",
+                       "properties": {"city": {"type": "string", "maxLength": 30},
+                                      "unit": {"enum": ["celsius", "fahrenheit"]}},
+                       "required": ["city"]},
+    },
+}
+TIME = {"type": "function", "function": {"name": "get_time", "description": "The time in a city",
+                                         "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}},
+                                                        "required": ["city"]}}}
+MESSAGES = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def check_call(call, name="get_weather"):
+    assert call.type == "function"
+    assert call.id.startswith("call_")
+    assert call.function.name == name
+    args = json.loads(call.function.arguments)
+    assert isinstance(args.get("city"), str)
+    return args
+
+
+def test_required_round_trip(client):
+    r = client.chat.completions.create(model="smollm2", messages=MESSAGES, tools=[WEATHER, TIME],
+                                       tool_choice="required", temperature=0, max_tokens=100)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    assert choice.message.content is None
+    assert choice.message.tool_calls
+    call = choice.message.tool_calls[0]
+    check_call(call, call.function.name)
+    # The result goes back as a `tool` message; the model then answers in text.
+    messages = MESSAGES + [choice.message.model_dump(exclude_none=True),
+                           {"role": "tool", "tool_call_id": call.id, "content": '{"celsius": 21, "sky": "clear"}'}]
+    r2 = client.chat.completions.create(model="smollm2", messages=messages, tools=[WEATHER, TIME],
+                                        tool_choice="none", temperature=0, max_tokens=40)
+    assert r2.choices[0].message.content
+    assert r2.choices[0].finish_reason in ("stop", "length")
+
+
+def test_named_function_streamed(client):
+    stream = client.chat.completions.create(model="smollm2", messages=MESSAGES, tools=[WEATHER, TIME],
+                                            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+                                            temperature=0, max_tokens=100, stream=True)
+    calls, finish = {}, None
+    for chunk in stream:
+        if not chunk.choices:
+            continue
+        delta = chunk.choices[0].delta
+        for tc in delta.tool_calls or []:
+            entry = calls.setdefault(tc.index, {"id": None, "name": "", "arguments": ""})
+            if tc.id:
+                entry["id"] = tc.id
+            if tc.function and tc.function.name:
+                entry["name"] += tc.function.name
+            if tc.function and tc.function.arguments:
+                entry["arguments"] += tc.function.arguments
+        finish = chunk.choices[0].finish_reason or finish
+    assert finish == "tool_calls"
+    assert calls and calls[0]["name"] == "get_weather" and calls[0]["id"].startswith("call_")
+    assert isinstance(json.loads(calls[0]["arguments"])["city"], str)
+
+
+def test_parallel_tool_calls_false_gives_one_call(client):
+    r = client.chat.completions.create(model="smollm2", messages=MESSAGES, tools=[WEATHER, TIME],
+                                       tool_choice="required", parallel_tool_calls=False, temperature=0, max_tokens=100)
+    assert r.choices[0].finish_reason == "tool_calls"
+    assert len(r.choices[0].message.tool_calls) == 1
+
+
+def test_legacy_functions(server):
+    r = httpx.post(server.url + "/v1/chat/completions", headers=server.headers(), timeout=120, json={
+        "model": "smollm2", "messages": MESSAGES, "temperature": 0, "max_tokens": 100,
+        "functions": [WEATHER["function"]], "function_call": {"name": "get_weather"}})
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    assert choice["finish_reason"] == "function_call", choice
+    assert choice["message"]["function_call"]["name"] == "get_weather"
+    json.loads(choice["message"]["function_call"]["arguments"])
+
+
+def test_tool_errors_are_400(server, client):
+    def bad(body):
+        r = httpx.post(server.url + "/v1/chat/completions", headers=server.headers(), timeout=60,
+                       json={"messages": MESSAGES, "max_tokens": 4, **body})
+        assert r.status_code == 400, r.text
+        return r.json()["error"]
+    assert bad({"tool_choice": "auto"})["param"] == "tool_choice"
+    assert bad({"parallel_tool_calls": True})["param"] == "parallel_tool_calls"
+    assert bad({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}})["param"] == "tool_choice"
+    assert bad({"tools": [{"type": "retrieval"}]})["param"] == "tools[0].type"
+    assert bad({"tools": [WEATHER], "tool_choice": "required", "response_format": {"type": "json_object"}})["param"] == "tool_choice"
+    err = bad({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "not": {}}}}],
+               "tool_choice": "required"})
+    assert err["param"] == "tools" and "'not'" in err["message"], err
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="smollm2", messages=[{"role": "tool", "content": "x"}], max_tokens=4)
