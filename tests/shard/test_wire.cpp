@@ -152,11 +152,14 @@ TEST(Wire, LogitBiasRoundTripsAndMalformedOnesAreRefused) {
   refused([&](auto& p) { poke(p, at + 8, std::numeric_limits<float>::quiet_NaN()); });
   refused([&](auto& p) { poke(p, at + 8, std::numeric_limits<float>::infinity()); });
   refused([&](auto& p) { p.resize(at + 10); });                              // cut inside the biases
-  refused([&](auto& p) { poke(p, at + 20, uint32_t{64}); });                 // resumed after a full context
-  refused([&](auto& p) { poke(p, at + 24, uint32_t{64}); });                 // a cached prefix of a full context
+  // After the biases: the grammar's byte count, prompt tokens and end-token count (12 bytes, an
+  // unconstrained sequence), then resumed and kept.
+  const size_t resumed_at = at + 4 + 16 + 12;
+  refused([&](auto& p) { poke(p, resumed_at, uint32_t{64}); });              // resumed after a full context
+  refused([&](auto& p) { poke(p, resumed_at + 4, uint32_t{64}); });          // a cached prefix of a full context
   {
     std::vector<std::byte> p = payload;
-    poke(p, at + 20, uint32_t{63});
+    poke(p, resumed_at, uint32_t{63});
     BatchMessage b;
     ASSERT_NO_THROW(decode_batch(p, 4, 64, false, 64, b));
     EXPECT_EQ(b.entries[0].resumed, 63u);
