@@ -71,15 +71,24 @@ struct AffineFit {
   float offset = 0.0f;
 };
 
-int level_affine(float x, float scale, float offset, int nmax) {
-  if (scale <= 0.0f) return 0;
-  return std::clamp(nearest_int((x + offset) / scale), 0, nmax);
+// Round half away from zero without a library call (the scale search rounds millions of times
+// per tensor; its choices need no particular tie rule).
+int round_fast(float v) { return static_cast<int>(v + std::copysign(0.5f, v)); }
+
+float inverse(float scale) { return scale != 0.0f ? 1.0f / scale : 0.0f; }
+
+// The level of x in an affine sub-block of inverse scale `inv` (0: every level 0), clamped
+// before the conversion to int so that no quotient overflows it.
+int level_affine(float x, float inv, float offset, int nmax) {
+  return round_fast(std::clamp((x + offset) * inv, 0.0f, static_cast<float>(nmax)));
 }
 
+// Float arithmetic: sub-blocks are 16 or 32 values, and float keeps the loop vectorizable.
 double affine_error(const float* x, int n, int nmax, AffineFit f) {
-  double err = 0;
+  const float inv = f.scale > 0.0f ? inverse(f.scale) : 0.0f;
+  float err = 0;
   for (int i = 0; i < n; ++i) {
-    const double e = double{f.scale} * level_affine(x[i], f.scale, f.offset, nmax) - f.offset - x[i];
+    const float e = f.scale * static_cast<float>(level_affine(x[i], inv, f.offset, nmax)) - f.offset - x[i];
     err += e * e;
   }
   return err;
@@ -88,14 +97,16 @@ double affine_error(const float* x, int n, int nmax, AffineFit f) {
 // Least-squares (scale, offset) for the levels that `f` gives, with offset >= 0; `f` itself
 // when the levels do not determine a positive scale.
 AffineFit refit_affine(const float* x, int n, int nmax, AffineFit f) {
-  double sq = 0, sqq = 0, sx = 0, sqx = 0;
+  const float inv = f.scale > 0.0f ? inverse(f.scale) : 0.0f;
+  float fsq = 0, fsqq = 0, fsx = 0, fsqx = 0;
   for (int i = 0; i < n; ++i) {
-    const double q = level_affine(x[i], f.scale, f.offset, nmax);
-    sq += q;
-    sqq += q * q;
-    sx += x[i];
-    sqx += q * x[i];
+    const auto q = static_cast<float>(level_affine(x[i], inv, f.offset, nmax));
+    fsq += q;
+    fsqq += q * q;
+    fsx += x[i];
+    fsqx += q * x[i];
   }
+  const double sq = fsq, sqq = fsqq, sx = fsx, sqx = fsqx;
   const double det = n * sqq - sq * sq;
   if (det <= 0) return f;  // every element on one level
   double scale = (n * sqx - sq * sx) / det;
@@ -117,10 +128,10 @@ AffineFit fit_affine(const float* x, int n, int nmax) {
   if (hi <= lo) return {0.0f, -lo};  // every element equal to lo <= 0: the offset alone is exact
   AffineFit best{(hi - lo) / static_cast<float>(nmax), -lo};
   double best_err = affine_error(x, n, nmax, best);
-  // Starting points: the full range, then ranges narrowed by up to a third (clipping the
+  // Starting points: the full range, then ranges narrowed by up to a quarter (clipping the
   // extremes buys finer steps for the bulk of a bell-shaped sub-block).
-  for (int t = 0; t < 6; ++t) {
-    const float shrink = 1.0f - 0.06f * static_cast<float>(t);
+  for (int t = 0; t < 4; ++t) {
+    const float shrink = 1.0f - 0.08f * static_cast<float>(t);
     AffineFit f{(hi - lo) * shrink / static_cast<float>(nmax), -lo * shrink};
     for (int iter = 0; iter < 2; ++iter) f = refit_affine(x, n, nmax, f);
     const double err = affine_error(x, n, nmax, f);
@@ -134,15 +145,15 @@ AffineFit fit_affine(const float* x, int n, int nmax) {
 
 // x ~= scale * q with q in [-nneg, npos]: the Q3_K / Q6_K sub-block model. The scale carries the
 // sign, so the element of largest magnitude can use the longer (negative) side of the range.
-int level_symmetric(float x, float scale, int nneg, int npos) {
-  if (scale == 0.0f) return 0;
-  return std::clamp(nearest_int(x / scale), -nneg, npos);
+int level_symmetric(float x, float inv, int nneg, int npos) {
+  return round_fast(std::clamp(x * inv, static_cast<float>(-nneg), static_cast<float>(npos)));
 }
 
 double symmetric_error(const float* x, int n, int nneg, int npos, float scale) {
-  double err = 0;
+  const float inv = inverse(scale);
+  float err = 0;
   for (int i = 0; i < n; ++i) {
-    const double e = double{scale} * level_symmetric(x[i], scale, nneg, npos) - x[i];
+    const float e = scale * static_cast<float>(level_symmetric(x[i], inv, nneg, npos)) - x[i];
     err += e * e;
   }
   return err;
@@ -161,17 +172,18 @@ float fit_symmetric(const float* x, int n, int nneg, int npos) {
   float best = to_neg;
   double best_err = symmetric_error(x, n, nneg, npos, best);
   // Starting points: the largest magnitude on +npos, then on -nneg with the range narrowed by
-  // 0 to 20 %; each refit by least squares given its levels.
-  for (int t = 0; t < 6; ++t) {
-    float scale = t == 0 ? max / static_cast<float>(npos) : to_neg * (1.0f - 0.05f * static_cast<float>(t - 1));
+  // 0 to 14 %; each refit by least squares given its levels.
+  for (int t = 0; t < 4; ++t) {
+    float scale = t == 0 ? max / static_cast<float>(npos) : to_neg * (1.0f - 0.07f * static_cast<float>(t - 1));
     for (int iter = 0; iter < 2; ++iter) {
-      double sqq = 0, sqx = 0;
+      const float inv = inverse(scale);
+      float sqq = 0, sqx = 0;
       for (int i = 0; i < n; ++i) {
-        const double q = level_symmetric(x[i], scale, nneg, npos);
+        const auto q = static_cast<float>(level_symmetric(x[i], inv, nneg, npos));
         sqq += q * q;
         sqx += q * x[i];
       }
-      if (sqq > 0) scale = static_cast<float>(sqx / sqq);
+      if (sqq > 0) scale = sqx / sqq;
     }
     const double err = symmetric_error(x, n, nneg, npos, scale);
     if (err < best_err) {
@@ -264,7 +276,7 @@ void quantize_k4_scales(const float* x, int nmax, Block& y, uint8_t levels[kQK_K
   for (int j = 0; j < 8; ++j) {
     affine_levels(x + 32 * j, 32, nmax, fits[j], d, dmin, 63, sc[j], mn[j]);
     const float scale = d * static_cast<float>(sc[j]), offset = dmin * static_cast<float>(mn[j]);
-    for (int l = 0; l < 32; ++l) levels[32 * j + l] = static_cast<uint8_t>(level_affine(x[32 * j + l], scale, offset, nmax));
+    for (int l = 0; l < 32; ++l) levels[32 * j + l] = static_cast<uint8_t>(level_affine(x[32 * j + l], inverse(scale), offset, nmax));
   }
   pack_scales_mins_k4(sc, mn, y.scales);
 }
@@ -284,7 +296,7 @@ uint16_t quantize_k16_symmetric(const float* x, int nneg, int npos, int scale_lo
   for (int i = 0; i < 16; ++i) {
     scales[i] = symmetric_level(x + 16 * i, 16, nneg, npos, fits[i], d, scale_lo, scale_hi);
     const float scale = d * static_cast<float>(scales[i]);
-    for (int l = 0; l < 16; ++l) levels[16 * i + l] = level_symmetric(x[16 * i + l], scale, nneg, npos);
+    for (int l = 0; l < 16; ++l) levels[16 * i + l] = level_symmetric(x[16 * i + l], inverse(scale), nneg, npos);
   }
   return d_bits;
 }
@@ -659,7 +671,7 @@ void quantize_row_q2_K(const float* x, BlockQ2_K* y, int64_t n) {
       const float scale = d * static_cast<float>(sc), offset = dmin * static_cast<float>(mn);
       for (int l = 0; l < 16; ++l) {
         const int e = 16 * i + l;
-        const int q = level_affine(x[e], scale, offset, 3);
+        const int q = level_affine(x[e], inverse(scale), offset, 3);
         y[b].qs[32 * (e / 128) + e % 32] |= static_cast<uint8_t>(q << (2 * ((e % 128) / 32)));
       }
     }
