@@ -63,8 +63,9 @@ struct SynthType {
   SynthMix mix = SynthMix::None;
   uint32_t file_type = 2;     // llama.cpp's llama_ftype, written as general.file_type
 
-  SynthType() = default;
-  // Every matrix `pure` (implicit, so `options.type = DType::Q8_0` reads as it means).
+  SynthType() : SynthType(DType::Q4_0) {}
+  // Every matrix `pure` (implicit, so `options.type = DType::Q8_0` reads as it means). A type
+  // synth cannot write is refused by validate_synth_request, not here.
   SynthType(DType pure);  // NOLINT(google-explicit-constructor)
 };
 
