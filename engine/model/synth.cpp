@@ -526,7 +526,9 @@ SynthType synth_type(std::string_view name, bool pure) {
 std::vector<SynthTensorType> synth_tensor_types(const SynthShape& shape, const SynthType& type) {
   const ModelConfig config = synth_config(shape);
   std::vector<SynthTensorType> out;
-  const auto add = [&](const TensorDesc& d) { out.push_back({d.name, row_fallback(mixed_type(type, shape, d), d.ne[0])}); };
+  const auto add = [&](const TensorDesc& d) {
+    out.push_back({d.name, row_fallback(mixed_type(type, shape, d), d.ne[0])});
+  };
   add(global_tensor(config, GlobalTensor::TokenEmbd));
   for (int32_t il = 0; il < config.n_layer; ++il) {
     for (const TensorDesc& d : layer_tensors(config, il)) add(d);
@@ -659,7 +661,8 @@ SynthResult synthesize_model(const SynthOptions& options, const std::filesystem:
   std::stable_sort(by_bytes.begin(), by_bytes.end(),
                    [](const auto& x, const auto& y) { return x.second.second > y.second.second; });
   for (const auto& [type, counts] : by_bytes) {
-    result.tensor_types += fmt::format("{}{} {}", result.tensor_types.empty() ? "" : ", ", dtype_name(type), counts.first);
+    if (!result.tensor_types.empty()) result.tensor_types += ", ";
+    result.tensor_types += fmt::format("{} {}", dtype_name(type), counts.first);
   }
   return result;
 }

@@ -59,7 +59,8 @@ void quantize_q8_blocks(const float* x, Block* y, int64_t n) {
 //   1. per sub-block, fit a scale (and offset) in floating point: a few starting points, each
 //      followed by a least-squares refit given the integer levels it produced; keep the one of
 //      least squared error;
-//   2. quantize the sub-block scales against the super-block scale (d = largest / levels);
+//   2. quantize the sub-block scales against the super-block scale (d = largest / levels), each
+//      integer chosen by error between its two neighbours;
 //   3. choose each element's level with the *effective* scales the dequantizer will compute
 //      (f16-rounded d times the integer sub-block scale).
 // Errors are unweighted squared errors; synthetic weights need no importance matrix.
@@ -276,7 +277,9 @@ void quantize_k4_scales(const float* x, int nmax, Block& y, uint8_t levels[kQK_K
   for (int j = 0; j < 8; ++j) {
     affine_levels(x + 32 * j, 32, nmax, fits[j], d, dmin, 63, sc[j], mn[j]);
     const float scale = d * static_cast<float>(sc[j]), offset = dmin * static_cast<float>(mn[j]);
-    for (int l = 0; l < 32; ++l) levels[32 * j + l] = static_cast<uint8_t>(level_affine(x[32 * j + l], inverse(scale), offset, nmax));
+    for (int l = 0; l < 32; ++l) {
+      levels[32 * j + l] = static_cast<uint8_t>(level_affine(x[32 * j + l], inverse(scale), offset, nmax));
+    }
   }
   pack_scales_mins_k4(sc, mn, y.scales);
 }

@@ -352,32 +352,53 @@ uint8_t reverse_pairs(uint8_t b) {  // the four 2-bit fields of a byte in revers
 
 const Mutation kMutations[] = {
     {DType::Q4_K, "high bits of scales/mins 4..7 not packed",
-     [](uint8_t* p) { for (int j = 0; j < 8; ++j) as<BlockQ4_K>(p).scales[j] &= 63; }},
+     [](uint8_t* p) {
+       for (int j = 0; j < 8; ++j) as<BlockQ4_K>(p).scales[j] &= 63;
+     }},
     {DType::Q4_K, "sub-blocks 2p and 2p+1 in the wrong nibbles",
-     [](uint8_t* p) { for (uint8_t& b : as<BlockQ4_K>(p).qs) b = swap_nibbles(b); }},
+     [](uint8_t* p) {
+       for (uint8_t& b : as<BlockQ4_K>(p).qs) b = swap_nibbles(b);
+     }},
     {DType::Q4_K, "d and dmin swapped", [](uint8_t* p) { std::swap(as<BlockQ4_K>(p).d, as<BlockQ4_K>(p).dmin); }},
     {DType::Q5_K, "scale and min nibbles of sub-blocks 4..7 swapped",
-     [](uint8_t* p) { for (int j = 8; j < 12; ++j) as<BlockQ5_K>(p).scales[j] = swap_nibbles(as<BlockQ5_K>(p).scales[j]); }},
+     [](uint8_t* p) {
+       for (int j = 8; j < 12; ++j) as<BlockQ5_K>(p).scales[j] = swap_nibbles(as<BlockQ5_K>(p).scales[j]);
+     }},
     {DType::Q5_K, "fifth bits of sub-blocks 2p and 2p+1 swapped",
      [](uint8_t* p) {
        for (uint8_t& b : as<BlockQ5_K>(p).qh) b = static_cast<uint8_t>(((b & 0x55) << 1) | ((b & 0xAA) >> 1));
      }},
     {DType::Q5_K, "fifth bit dropped", [](uint8_t* p) { std::memset(as<BlockQ5_K>(p).qh, 0, kQK_K / 8); }},
     {DType::Q6_K, "two high bits of the four quarters in reverse order",
-     [](uint8_t* p) { for (uint8_t& b : as<BlockQ6_K>(p).qh) b = reverse_pairs(b); }},
+     [](uint8_t* p) {
+       for (uint8_t& b : as<BlockQ6_K>(p).qh) b = reverse_pairs(b);
+     }},
     {DType::Q6_K, "low nibbles of quarters 0/1 and 2/3 exchanged",
-     [](uint8_t* p) { for (uint8_t& b : as<BlockQ6_K>(p).ql) b = swap_nibbles(b); }},
+     [](uint8_t* p) {
+       for (uint8_t& b : as<BlockQ6_K>(p).ql) b = swap_nibbles(b);
+     }},
     {DType::Q6_K, "sub-block scales in reverse order",
      [](uint8_t* p) { std::reverse(as<BlockQ6_K>(p).scales, as<BlockQ6_K>(p).scales + 16); }},
     {DType::Q3_K, "hmask bit with the opposite meaning",
-     [](uint8_t* p) { for (uint8_t& b : as<BlockQ3_K>(p).hmask) b = static_cast<uint8_t>(~b); }},
+     [](uint8_t* p) {
+       for (uint8_t& b : as<BlockQ3_K>(p).hmask) b = static_cast<uint8_t>(~b);
+     }},
     {DType::Q3_K, "scale high bits in the wrong byte",
-     [](uint8_t* p) { std::rotate(as<BlockQ3_K>(p).scales + 8, as<BlockQ3_K>(p).scales + 9, as<BlockQ3_K>(p).scales + 12); }},
+     [](uint8_t* p) {
+       std::rotate(as<BlockQ3_K>(p).scales + 8, as<BlockQ3_K>(p).scales + 9, as<BlockQ3_K>(p).scales + 12);
+     }},
     {DType::Q3_K, "scale low nibbles of sub-blocks i and i+8 swapped",
-     [](uint8_t* p) { for (int j = 0; j < 8; ++j) as<BlockQ3_K>(p).scales[j] = swap_nibbles(as<BlockQ3_K>(p).scales[j]); }},
+     [](uint8_t* p) {
+       for (int j = 0; j < 8; ++j) as<BlockQ3_K>(p).scales[j] = swap_nibbles(as<BlockQ3_K>(p).scales[j]);
+     }},
     {DType::Q2_K, "scale and min nibbles swapped",
-     [](uint8_t* p) { for (uint8_t& b : as<BlockQ2_K>(p).scales) b = swap_nibbles(b); }},
-    {DType::Q2_K, "2-bit fields in reverse order", [](uint8_t* p) { for (uint8_t& b : as<BlockQ2_K>(p).qs) b = reverse_pairs(b); }},
+     [](uint8_t* p) {
+       for (uint8_t& b : as<BlockQ2_K>(p).scales) b = swap_nibbles(b);
+     }},
+    {DType::Q2_K, "2-bit fields in reverse order",
+     [](uint8_t* p) {
+       for (uint8_t& b : as<BlockQ2_K>(p).qs) b = reverse_pairs(b);
+     }},
 };
 
 class KQuantMutation : public testing::TestWithParam<Mutation> {};
