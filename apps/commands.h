@@ -66,6 +66,7 @@ struct SynthArgs {
   int32_t ff = 0;
   int32_t vocab = 32000;
   std::string type;
+  bool pure = false;        // a mix's default type for every matrix (llama-quantize --pure)
   std::string tokenizer_from;
   uint64_t seed = 0;
   bool force = false;

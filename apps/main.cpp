@@ -73,8 +73,13 @@ int main(int argc, char** argv) {
       "synth", "Write a synthetic GGUF model (real dimensions, random weights) for benchmarks");
   synth->footer(
       "Usage: hearth synth (--shape NAME | --arch llama --embd N --layers N --heads N --kv-heads N --ff N [--vocab N])\n"
-      "             --type TYPE [--tokenizer-from MODEL.gguf] [--seed S] [--force] -o OUT.gguf\n"
-      "       hearth synth --list-shapes");
+      "             --type TYPE [--pure] [--tokenizer-from MODEL.gguf] [--seed S] [--force] -o OUT.gguf\n"
+      "       hearth synth --list-shapes\n"
+      "Types: one type for every matrix (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q3_K, Q4_K, Q5_K, Q6_K, F16, BF16, F32),\n"
+      "or llama.cpp's mixes, which choose each tensor's type as llama-quantize does (Q2_K, Q3_K_S, Q3_K_M,\n"
+      "Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M: e.g. Q4_K_M gives attn_v and ffn_down Q6_K in the first and\n"
+      "last eighth of the layers and every third between, and the output head Q6_K). Norms and biases are\n"
+      "F32. K-quant rows whose length is not a multiple of 256 fall back as in llama.cpp (Q4_K -> Q5_0, ...).");
   synth->add_flag("--list-shapes", synth_args.list_shapes, "List the built-in shapes and exit");
   synth->add_option("--shape", synth_args.shape, "A built-in shape (see --list-shapes)");
   synth->add_option("--arch", synth_args.arch, "Architecture of a custom shape: llama or qwen2")->capture_default_str();
@@ -84,7 +89,9 @@ int main(int argc, char** argv) {
   synth->add_option("--kv-heads", synth_args.kv_heads, "Custom shape: key/value heads (default: --heads)");
   synth->add_option("--ff", synth_args.ff, "Custom shape: feed-forward length");
   synth->add_option("--vocab", synth_args.vocab, "Custom shape: vocabulary size")->capture_default_str();
-  synth->add_option("--type", synth_args.type, "Weight type: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, F16, BF16, F32");
+  synth->add_option("--type", synth_args.type, "Weight type or llama.cpp mix (see below), e.g. Q4_0, Q8_0, Q6_K, Q4_K_M");
+  synth->add_flag("--pure", synth_args.pure,
+                  "With a mix: every matrix of its default type (Q4_K_M -> Q4_K), as llama-quantize --pure");
   synth->add_option("--tokenizer-from", synth_args.tokenizer_from,
                     "Copy the tokenizer (every tokenizer.* key) from this GGUF; the vocabulary size follows it")
       ->check(CLI::ExistingFile);

@@ -41,12 +41,12 @@ int run_synth(const SynthArgs& args) {
     shape.name = fmt::format("{}-{}x{}-h{}-kv{}-ff{}", shape.arch, shape.n_embd, shape.n_layer, shape.n_head,
                              shape.n_head_kv, shape.n_ff);
   }
-  if (args.type.empty()) throw Error("--type is required (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, F16, BF16 or F32)");
+  if (args.type.empty()) throw Error(fmt::format("--type is required ({})", engine::synth_type_names()));
   if (args.output.empty()) throw Error("-o OUT.gguf is required");
 
   engine::SynthOptions options;
   options.shape = shape;
-  options.type = engine::synth_type(args.type);
+  options.type = engine::synth_type(args.type, args.pure);
   options.tokenizer_from = args.tokenizer_from;
   options.seed = args.seed;
   options.force = args.force;
@@ -74,8 +74,9 @@ int run_synth(const SynthArgs& args) {
   const std::string size_text =
       bytes >= 1e9 ? fmt::format("{:.3f} GB", bytes / 1e9) : fmt::format("{:.2f} MB", bytes / 1e6);
   const std::string line =
-      fmt::format("wrote {}: {}, {} parameters, vocabulary {}, {} tensors, {} in {:.2f} s ({:.0f} MB/s)\n", args.output,
-                  r.name, params_text, r.shape.n_vocab, r.n_tensors, size_text, seconds, bytes / 1e6 / seconds);
+      fmt::format("wrote {}: {}, {} parameters, vocabulary {}, {} tensors ({}), {} in {:.2f} s ({:.0f} MB/s)\n",
+                  args.output, r.name, params_text, r.shape.n_vocab, r.n_tensors, r.tensor_types, size_text, seconds,
+                  bytes / 1e6 / seconds);
   std::fwrite(line.data(), 1, line.size(), stdout);
   return 0;
 }

@@ -4,6 +4,7 @@
 #include <cctype>
 #include <cmath>
 #include <future>
+#include <map>
 #include <optional>
 
 #include "core/error.h"
@@ -57,8 +58,144 @@ std::vector<SynthShape> make_shapes() {
   return s;
 }
 
-// llama.cpp's llama_ftype for a file whose matrices are all `type`.
-uint32_t file_type_of(DType type) {
+// ---------------------------------------------------------------------------------------------
+// Weight types and llama.cpp's mixes
+//
+// llama-quantize's k-quant file types are mixes: a default type plus exceptions by tensor role
+// and layer (llama.cpp, src/llama-quant.cpp, llama_tensor_get_type). For the tensors synth
+// writes (llama / qwen2: separate q, k, v; no experts) they come to:
+//
+//   mix     ftype  default  attn_v                         ffn_down                    attn_output
+//   Q2_K      10   Q2_K     Q4_K if n_gqa >= 4, else Q3_K  Q3_K                        Q3_K
+//   Q3_K_S    11   Q3_K     -                              -                           -
+//   Q3_K_M    12   Q3_K     Q5_K in layers 0-1, else Q4_K  Q5_K if i < n/16, else Q4_K Q4_K
+//   Q3_K_L    13   Q3_K     Q5_K                           Q5_K                        Q5_K
+//   Q4_K_S    14   Q4_K     Q5_K in layers 0-3             Q5_K if i < n/8             -
+//   Q4_K_M    15   Q4_K     Q6_K if more_bits(i)           Q6_K if more_bits(i)        -
+//   Q5_K_S    16   Q5_K     -                              -                           -
+//   Q5_K_M    17   Q5_K     Q6_K if more_bits(i)           Q6_K if more_bits(i)        -
+//
+// with "-" the default type, i the layer, n the layer count, n_gqa = heads / kv-heads, and
+// more_bits(i) = i < n/8 || i >= 7n/8 || (i - n/8) % 3 == 2 (integer division): the first and
+// last eighth of the layers and every third layer between. Also:
+//   - output.weight gets Q6_K in every mix (Q8_0 when its rows, n_embd, are not a multiple of
+//     256); so does token_embd.weight when the head is tied to it; an untied token_embd, attn_q,
+//     attn_k, ffn_gate and ffn_up get the default type;
+//   - a "70B" model (llama.cpp's LLM_TYPE_70B: 80 layers, of qwen2 or of a llama with fewer KV
+//     heads than heads) gets Q5_K for attn_v where the table says Q3_K or Q4_K;
+//   - last, any k-quant tensor whose rows (ne[0]) are not a multiple of 256 falls back: Q2_K,
+//     Q3_K -> Q4_0; Q4_K -> Q5_0; Q5_K -> Q5_1; Q6_K -> Q8_0; and to F16 when the rows are not a
+//     multiple of 32 either (where llama-quantize gives up on a 32-block type, synth writes F16
+//     too). The single k-quant types (every matrix Q4_K, ...) fall back the same way; the single
+//     32-block types (Q4_0 ... Q8_0) refuse such rows instead (validate_synth_request).
+// llama.cpp's Q6_K file type needs no row of the table: every matrix is Q6_K, as synth's Q6_K.
+
+// One role's exception in a mix: `when` picks `yes` or `no` by layer.
+enum class When { Never, Always, MoreBits, FirstLayers, FirstFraction, GqaAtLeast4 };
+
+struct RoleRule {
+  When when = When::Never;
+  DType yes = DType::Q4_K;
+  DType no = DType::Q4_K;  // Never: the default type, whatever this says
+  int param = 0;           // FirstLayers: a count; FirstFraction: the divisor of n
+};
+
+struct MixRules {
+  SynthMix mix;
+  const char* name;
+  uint32_t file_type;
+  DType base;
+  RoleRule attn_v, ffn_down, attn_output;
+};
+
+constexpr RoleRule kDefault{};
+constexpr RoleRule always(DType t) { return {When::Always, t, t, 0}; }
+
+const MixRules kMixes[] = {
+    {SynthMix::Q2_K, "Q2_K", 10, DType::Q2_K, {When::GqaAtLeast4, DType::Q4_K, DType::Q3_K, 0}, always(DType::Q3_K),
+     always(DType::Q3_K)},
+    {SynthMix::Q3_K_S, "Q3_K_S", 11, DType::Q3_K, kDefault, kDefault, kDefault},
+    {SynthMix::Q3_K_M, "Q3_K_M", 12, DType::Q3_K, {When::FirstLayers, DType::Q5_K, DType::Q4_K, 2},
+     {When::FirstFraction, DType::Q5_K, DType::Q4_K, 16}, always(DType::Q4_K)},
+    {SynthMix::Q3_K_L, "Q3_K_L", 13, DType::Q3_K, always(DType::Q5_K), always(DType::Q5_K), always(DType::Q5_K)},
+    {SynthMix::Q4_K_S, "Q4_K_S", 14, DType::Q4_K, {When::FirstLayers, DType::Q5_K, DType::Q4_K, 4},
+     {When::FirstFraction, DType::Q5_K, DType::Q4_K, 8}, kDefault},
+    {SynthMix::Q4_K_M, "Q4_K_M", 15, DType::Q4_K, {When::MoreBits, DType::Q6_K, DType::Q4_K, 0},
+     {When::MoreBits, DType::Q6_K, DType::Q4_K, 0}, kDefault},
+    {SynthMix::Q5_K_S, "Q5_K_S", 16, DType::Q5_K, kDefault, kDefault, kDefault},
+    {SynthMix::Q5_K_M, "Q5_K_M", 17, DType::Q5_K, {When::MoreBits, DType::Q6_K, DType::Q5_K, 0},
+     {When::MoreBits, DType::Q6_K, DType::Q5_K, 0}, kDefault},
+};
+
+const MixRules& mix_rules(SynthMix mix) {
+  for (const MixRules& m : kMixes) {
+    if (m.mix == mix) return m;
+  }
+  HEARTH_CHECK(false, "no rules for mix {}", static_cast<int>(mix));
+  return kMixes[0];
+}
+
+bool more_bits(int32_t i, int32_t n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
+
+DType apply_rule(const RoleRule& r, DType base, int32_t layer, int32_t n_layer, int32_t n_gqa) {
+  switch (r.when) {
+    case When::Never: return base;
+    case When::Always: return r.yes;
+    case When::MoreBits: return more_bits(layer, n_layer) ? r.yes : r.no;
+    case When::FirstLayers: return layer < r.param ? r.yes : r.no;
+    case When::FirstFraction: return layer < n_layer / r.param ? r.yes : r.no;
+    case When::GqaAtLeast4: return n_gqa >= 4 ? r.yes : r.no;
+  }
+  return base;
+}
+
+bool is_k_quant(DType t) {
+  return t == DType::Q2_K || t == DType::Q3_K || t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K;
+}
+
+// llama-quantize's fallback for rows that do not fill the blocks of `t`: a k-quant's 32-block
+// twin, and F16 when that does not fit either (llama-quantize refuses a 32-block type, such as a
+// mix's Q8_0 head, whose rows do not fit; synth writes F16 there too).
+DType row_fallback(DType t, int64_t row_len) {
+  if (row_len % dtype_block_size(t) == 0) return t;
+  DType f = DType::F16;
+  switch (t) {
+    case DType::Q2_K:
+    case DType::Q3_K: f = DType::Q4_0; break;
+    case DType::Q4_K: f = DType::Q5_0; break;
+    case DType::Q5_K: f = DType::Q5_1; break;
+    case DType::Q6_K: f = DType::Q8_0; break;
+    default: break;
+  }
+  return row_len % dtype_block_size(f) == 0 ? f : DType::F16;
+}
+
+// The type of one tensor under `type`, before the row fallback.
+DType mixed_type(const SynthType& type, const SynthShape& shape, const TensorDesc& d) {
+  if (d.f32) return DType::F32;
+  if (type.mix == SynthMix::None) return type.base;
+  const MixRules& m = mix_rules(type.mix);
+  const bool head = d.layer < 0 && (d.global == GlobalTensor::Output ||
+                                    (d.global == GlobalTensor::TokenEmbd && shape.tied_output));
+  if (head) return d.ne[0] % dtype_block_size(m.base) != 0 ? DType::Q8_0 : DType::Q6_K;
+  if (d.layer < 0) return m.base;
+  const int32_t n_gqa = shape.n_head_kv > 0 ? shape.n_head / shape.n_head_kv : 1;
+  switch (d.role) {
+    case LayerTensor::V: {
+      DType t = apply_rule(m.attn_v, m.base, d.layer, shape.n_layer, n_gqa);
+      const bool is_70b = shape.n_layer == 80 && (shape.arch == "qwen2" || shape.n_head != shape.n_head_kv);
+      if (is_70b && (t == DType::Q3_K || t == DType::Q4_K)) t = DType::Q5_K;
+      return t;
+    }
+    case LayerTensor::Down: return apply_rule(m.ffn_down, m.base, d.layer, shape.n_layer, n_gqa);
+    case LayerTensor::AttnOutput: return apply_rule(m.attn_output, m.base, d.layer, shape.n_layer, n_gqa);
+    default: return m.base;
+  }
+}
+
+// llama.cpp's llama_ftype for a file whose matrices are all `type` (for a k-quant: the file type
+// whose default it is, as llama-quantize --pure writes); nullopt for a type synth does not write.
+std::optional<uint32_t> file_type_of(DType type) {
   switch (type) {
     case DType::F32: return 0;
     case DType::F16: return 1;
@@ -67,16 +204,22 @@ uint32_t file_type_of(DType type) {
     case DType::Q8_0: return 7;
     case DType::Q5_0: return 8;
     case DType::Q5_1: return 9;
+    case DType::Q2_K: return 10;
+    case DType::Q3_K: return 11;
+    case DType::Q4_K: return 14;
+    case DType::Q5_K: return 16;
+    case DType::Q6_K: return 18;
     case DType::BF16: return 32;
-    default: HEARTH_CHECK(false, "no file type for {}", dtype_name(type));
+    default: return std::nullopt;
   }
-  return 0;
 }
 
-std::string types_list() {
-  std::string out;
-  for (DType t : synth_types()) out += (out.empty() ? "" : ", ") + std::string(dtype_name(t));
-  return out;
+// Single types in listing order (Q2_K alone is reachable as a pure mix).
+constexpr DType kSingleTypes[] = {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::Q3_K,
+                                  DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::F16,  DType::BF16, DType::F32};
+
+bool writable_single(DType t) {
+  return t == DType::Q2_K || std::find(std::begin(kSingleTypes), std::end(kSingleTypes), t) != std::end(kSingleTypes);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -334,22 +477,68 @@ std::string synth_shapes_text() {
   return out;
 }
 
-const std::vector<DType>& synth_types() {
-  static const std::vector<DType> types = {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1,
-                                           DType::Q8_0, DType::F16,  DType::BF16, DType::F32};
+SynthType::SynthType(DType pure) : name(dtype_name(pure)), base(pure), file_type(file_type_of(pure).value_or(0)) {}
+
+const std::vector<SynthType>& synth_types() {
+  static const std::vector<SynthType> types = [] {
+    std::vector<SynthType> out(std::begin(kSingleTypes), std::end(kSingleTypes));
+    for (const MixRules& m : kMixes) {
+      SynthType t;
+      t.name = m.name;
+      t.base = m.base;
+      t.mix = m.mix;
+      t.file_type = m.file_type;
+      out.push_back(t);
+    }
+    return out;
+  }();
   return types;
 }
 
-DType synth_type(std::string_view name) {
-  const std::optional<DType> type = dtype_from_name(name);
-  if (!type) throw Error(fmt::format("unknown type '{}' (synth writes: {})", name, types_list()));
-  if (std::find(synth_types().begin(), synth_types().end(), *type) == synth_types().end()) {
-    throw Error(fmt::format("type {} cannot be quantized by synth (it writes: {})", dtype_name(*type), types_list()));
-  }
-  return *type;
+std::string synth_type_names() {
+  std::string out;
+  for (const SynthType& t : synth_types()) out += (out.empty() ? "" : ", ") + t.name;
+  return out;
 }
 
-void validate_synth_request(const SynthShape& s, DType type) {
+SynthType synth_type(std::string_view name, bool pure) {
+  const auto same = [name](std::string_view known) {
+    return known.size() == name.size() && std::equal(known.begin(), known.end(), name.begin(), [](char a, char b) {
+             return std::toupper(static_cast<unsigned char>(a)) == std::toupper(static_cast<unsigned char>(b));
+           });
+  };
+  for (const SynthType& t : synth_types()) {
+    if (!same(t.name)) continue;
+    if (!pure || t.mix == SynthMix::None) return t;
+    SynthType p(t.base);
+    p.name = t.name + " pure";
+    p.file_type = t.file_type;
+    return p;
+  }
+  const std::optional<DType> known = dtype_from_name(name);
+  if (known) {
+    throw Error(fmt::format("type {} cannot be quantized by synth (it writes: {})", dtype_name(*known),
+                            synth_type_names()));
+  }
+  throw Error(fmt::format("unknown type '{}' (synth writes: {})", name, synth_type_names()));
+}
+
+std::vector<SynthTensorType> synth_tensor_types(const SynthShape& shape, const SynthType& type) {
+  const ModelConfig config = synth_config(shape);
+  std::vector<SynthTensorType> out;
+  const auto add = [&](const TensorDesc& d) {
+    out.push_back({d.name, row_fallback(mixed_type(type, shape, d), d.ne[0])});
+  };
+  add(global_tensor(config, GlobalTensor::TokenEmbd));
+  for (int32_t il = 0; il < config.n_layer; ++il) {
+    for (const TensorDesc& d : layer_tensors(config, il)) add(d);
+  }
+  add(global_tensor(config, GlobalTensor::OutputNorm));
+  if (!config.tied_output) add(global_tensor(config, GlobalTensor::Output));
+  return out;
+}
+
+void validate_synth_request(const SynthShape& s, const SynthType& type) {
   if (s.arch != "llama" && s.arch != "qwen2") {
     throw Error(fmt::format("architecture '{}' cannot be synthesized (supported: llama, qwen2)", s.arch));
   }
@@ -369,15 +558,17 @@ void validate_synth_request(const SynthShape& s, DType type) {
     throw Error(fmt::format("the head size {} (--embd {} / --heads {}) must be even for rotary embeddings",
                             s.n_embd / s.n_head, s.n_embd, s.n_head));
   }
-  if (std::find(synth_types().begin(), synth_types().end(), type) == synth_types().end()) {
-    throw Error(fmt::format("type {} cannot be quantized by synth (it writes: {})", dtype_name(type), types_list()));
+  const bool known = type.mix != SynthMix::None ? type.base == mix_rules(type.mix).base : writable_single(type.base);
+  if (!known) {
+    throw Error(fmt::format("type {} cannot be quantized by synth (it writes: {})", type.name, synth_type_names()));
   }
-  const int64_t block = dtype_block_size(type);
+  if (type.mix != SynthMix::None || is_k_quant(type.base)) return;  // rows of any length fall back
+  const int64_t block = dtype_block_size(type.base);
   if (s.n_embd % block != 0) {
-    throw Error(fmt::format("--embd {} is not a multiple of {}'s block size {}", s.n_embd, dtype_name(type), block));
+    throw Error(fmt::format("--embd {} is not a multiple of {}'s block size {}", s.n_embd, type.name, block));
   }
   if (s.n_ff % block != 0) {
-    throw Error(fmt::format("--ff {} is not a multiple of {}'s block size {}", s.n_ff, dtype_name(type), block));
+    throw Error(fmt::format("--ff {} is not a multiple of {}'s block size {}", s.n_ff, type.name, block));
   }
 }
 
@@ -391,12 +582,11 @@ SynthResult synthesize_model(const SynthOptions& options, const std::filesystem:
 
   gguf::GgufWriter w;
   const std::string a = shape.arch;
-  const std::string type_name(dtype_name(options.type));
   SynthResult result;
-  result.name = fmt::format("hearth synthetic {} {}", shape.name, type_name);
+  result.name = fmt::format("hearth synthetic {} {}", shape.name, options.type.name);
   w.set_string("general.architecture", a);
   w.set_string("general.name", result.name);
-  w.set_u32("general.file_type", file_type_of(options.type));
+  w.set_u32("general.file_type", options.type.file_type);
   w.set_u32("general.quantization_version", 2);
   w.set_u64("hearth.synth.seed", options.seed);
 
@@ -425,7 +615,9 @@ SynthResult synthesize_model(const SynthOptions& options, const std::filesystem:
   const int n_threads = options.n_threads > 0 ? options.n_threads : ThreadPool::hardware_threads();
   Generator gen(n_threads, options.seed);  // outlives `w`'s callbacks, which run inside w.write
   gen.progress = &options.progress;
-  const DType t = options.type;
+  std::map<std::string, DType, std::less<>> types;  // tensor name -> its type
+  for (const SynthTensorType& tt : synth_tensor_types(shape, options.type)) types.emplace(tt.name, tt.type);
+  std::map<DType, std::pair<size_t, uint64_t>> per_type;  // tensors and bytes of each type
 
   // Each tensor's data is a row stream: [rows, row_len] of `type`, every value from `fill`;
   // rows == 0 declares a vector [row_len].
@@ -441,12 +633,17 @@ SynthResult synthesize_model(const SynthOptions& options, const std::filesystem:
         g->stream(sink, n, type, rows, row_len, fill);
       });
     }
-    gen.total_bytes += dtype_row_bytes(type, row_len) * static_cast<uint64_t>(rows);
+    const uint64_t bytes = dtype_row_bytes(type, row_len) * static_cast<uint64_t>(rows);
+    gen.total_bytes += bytes;
+    per_type[type].first += 1;
+    per_type[type].second += bytes;
   };
   // The tensors of the tensor map, in the order llama.cpp's converters write them: the
   // embedding, every layer, then the head. Norms are ones; norms and biases F32.
   const auto add_desc = [&](const TensorDesc& d) {
-    add(d.name, d.f32 ? DType::F32 : t, d.ne[0], d.n_dims == 1 ? 0 : d.ne[1], d.norm ? Fill::Ones : Fill::Normal);
+    const auto it = types.find(d.name);
+    HEARTH_CHECK(it != types.end(), "no type chosen for {}", d.name);
+    add(d.name, it->second, d.ne[0], d.n_dims == 1 ? 0 : d.ne[1], d.norm ? Fill::Ones : Fill::Normal);
   };
   add_desc(global_tensor(config, GlobalTensor::TokenEmbd));
   for (int32_t il = 0; il < config.n_layer; ++il) {
@@ -460,6 +657,13 @@ SynthResult synthesize_model(const SynthOptions& options, const std::filesystem:
   result.n_params = synth_param_count(shape);
   result.file_bytes = w.file_size();
   result.n_tensors = w.tensor_count();
+  std::vector<std::pair<DType, std::pair<size_t, uint64_t>>> by_bytes(per_type.begin(), per_type.end());
+  std::stable_sort(by_bytes.begin(), by_bytes.end(),
+                   [](const auto& x, const auto& y) { return x.second.second > y.second.second; });
+  for (const auto& [type, counts] : by_bytes) {
+    if (!result.tensor_types.empty()) result.tensor_types += ", ";
+    result.tensor_types += fmt::format("{} {}", dtype_name(type), counts.first);
+  }
   return result;
 }
 

@@ -8,6 +8,11 @@
 // reference quantizers of kernels/cpu/quants_ref.h. Generation is deterministic for a seed
 // (independent of the thread count), parallel across rows, and streamed to the file in row
 // blocks, so memory stays small whatever the model size.
+//
+// Weight types: one type for every matrix (Q4_0 … Q8_0, the k-quants Q3_K … Q6_K, F16, BF16,
+// F32), or one of llama.cpp's file-type mixes (Q2_K, Q3_K_S/M/L, Q4_K_S/M, Q5_K_S/M), which give
+// each tensor the type llama-quantize would (by role and layer; the rules are written out in
+// synth.cpp), so a speed figure is taken on the layout users download.
 #pragma once
 
 #include <cstdint>
@@ -47,16 +52,47 @@ std::string synth_shapes_text();
 // Parameters of a model of this shape (with its own n_vocab): weights, norms and biases.
 uint64_t synth_param_count(const SynthShape& shape);
 
-// The weight types synth can write (those with a reference quantizer): F32, F16, BF16, Q4_0,
-// Q4_1, Q5_0, Q5_1, Q8_0.
-const std::vector<DType>& synth_types();
-// The synth type named `name` (case-insensitive); throws hearth::Error naming the supported
-// types for an unknown name or a type synth cannot quantize to.
-DType synth_type(std::string_view name);
+// llama.cpp's file-type mixes (llama_ftype values 10..17): a default k-quant plus per-tensor
+// exceptions by role and layer.
+enum class SynthMix { None, Q2_K, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M };
+
+// What `--type` asks for.
+struct SynthType {
+  std::string name;           // as in --type and general.name: "Q4_K_M", "Q8_0", "Q2_K pure"
+  DType base = DType::Q4_0;   // every matrix (no mix), or the mix's default type
+  SynthMix mix = SynthMix::None;
+  uint32_t file_type = 2;     // llama.cpp's llama_ftype, written as general.file_type
+
+  SynthType() : SynthType(DType::Q4_0) {}
+  // Every matrix `pure` (implicit, so `options.type = DType::Q8_0` reads as it means). A type
+  // synth cannot write is refused by validate_synth_request, not here.
+  SynthType(DType pure);  // NOLINT(google-explicit-constructor)
+};
+
+// Everything --type accepts, in listing order: the single types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+// Q3_K, Q4_K, Q5_K, Q6_K, F16, BF16, F32) then the mixes (Q2_K, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S,
+// Q4_K_M, Q5_K_S, Q5_K_M). Q2_K names llama.cpp's Q2_K mix, as llama-quantize's Q2_K does.
+const std::vector<SynthType>& synth_types();
+// The names of synth_types(), comma-separated (help and error texts).
+std::string synth_type_names();
+// The type named `name` (case-insensitive). `pure` turns a mix into its default type for every
+// matrix, keeping the mix's file type (as llama-quantize --pure does): "Q2_K" with pure is every
+// matrix Q2_K. Throws hearth::Error naming the accepted types for anything else.
+SynthType synth_type(std::string_view name, bool pure = false);
+
+// The type of every tensor a model of `shape` holds under `type`, in file order (embedding,
+// layers, output norm, head): norms and biases F32; matrices `type.base`, or the mix's choice;
+// then, for a k-quant, a row length (ne[0]) that is not a multiple of 256 falls back to a
+// 32-block type (F16 when it is not a multiple of 32 either), as llama-quantize does.
+struct SynthTensorType {
+  std::string name;
+  DType type;
+};
+std::vector<SynthTensorType> synth_tensor_types(const SynthShape& shape, const SynthType& type);
 
 struct SynthOptions {
   SynthShape shape;
-  DType type = DType::Q4_0;            // every matrix (embedding and output head included)
+  SynthType type = DType::Q4_0;         // every matrix (embedding and output head included), or a mix
   std::filesystem::path tokenizer_from;  // copy tokenizer.* from this GGUF; empty: generate one
   uint64_t seed = 0;
   bool force = false;                  // overwrite an existing output file
@@ -72,13 +108,15 @@ struct SynthResult {
   uint64_t n_params = 0;
   uint64_t file_bytes = 0;
   size_t n_tensors = 0;
+  std::string tensor_types;  // tensors per type, most bytes first: "Q4_K 150, Q6_K 47, F32 61"
 };
 
 // Checks the request before writing anything: the architecture is llama or qwen2; dimensions
 // are positive; heads divide the embedding and KV heads divide heads; the head size is even;
-// rows fit the type's block size; the type is one of synth_types(); the vocabulary is large
-// enough for the generated tokenizer. Throws hearth::Error naming the offending option.
-void validate_synth_request(const SynthShape& shape, DType type);
+// the type is one of synth_types(); rows fit the block size of a type without a fallback
+// (Q4_0 … Q8_0: 32); the vocabulary is large enough for the generated tokenizer. Throws
+// hearth::Error naming the offending option.
+void validate_synth_request(const SynthShape& shape, const SynthType& type);
 
 // Writes the model to `out` (through out.tmp, renamed at the end: a failed run leaves no file).
 // Throws hearth::Error for a bad request, an existing `out` without `force`, an unreadable

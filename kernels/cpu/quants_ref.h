@@ -39,6 +39,17 @@ void quantize_row_q5_1(const float* x, BlockQ5_1* y, int64_t n);
 void quantize_row_q8_0(const float* x, BlockQ8_0* y, int64_t n);
 void quantize_row_q8_1(const float* x, BlockQ8_1* y, int64_t n);
 void quantize_row_q8_K(const float* x, BlockQ8_K* y, int64_t n);
+// K-quants of weights (hearth's own scale search, not ggml's): per sub-block a scale (and
+// minimum) of least squared error from a few starting points, then the sub-block scales
+// quantized against the f16 super-block scale(s), then every element's level chosen with the
+// scales the dequantizer will compute. The bytes follow the GGUF formats exactly, so every
+// reader (ggml, gguf-py, hearth's kernels) decodes them; the values are close to, not equal to,
+// what llama-quantize writes. All zeros give exact zeros.
+void quantize_row_q2_K(const float* x, BlockQ2_K* y, int64_t n);
+void quantize_row_q3_K(const float* x, BlockQ3_K* y, int64_t n);
+void quantize_row_q4_K(const float* x, BlockQ4_K* y, int64_t n);
+void quantize_row_q5_K(const float* x, BlockQ5_K* y, int64_t n);
+void quantize_row_q6_K(const float* x, BlockQ6_K* y, int64_t n);
 
 // Activation quantizers of the dot products (the vec_dot_type rows of kernels/cpu/dot_ref.h).
 // They differ from quantize_row_q8_0 / _q8_1 (the file-format references, which round half

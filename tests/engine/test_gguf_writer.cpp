@@ -9,6 +9,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <set>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -615,13 +618,33 @@ TEST(Synth, RefusesBadRequests) {
   EXPECT_NE(synth_error(s, DType::Q4_0, path).find("--vocab 100"), std::string::npos);
   s = tiny_shape("gemma3");
   EXPECT_NE(synth_error(s, DType::Q4_0, path).find("gemma3"), std::string::npos);
-  EXPECT_NE(synth_error(tiny_shape(), DType::Q4_K, path).find("Q4_K cannot be quantized"), std::string::npos);
+  EXPECT_NE(synth_error(tiny_shape(), DType::IQ2_XXS, path).find("IQ2_XXS cannot be quantized"), std::string::npos);
+  EXPECT_NE(synth_error(tiny_shape(), DType::Q8_K, path).find("Q8_K cannot be quantized"), std::string::npos);
   EXPECT_FALSE(fs::exists(path));
 
-  EXPECT_THROW(synth_type("Q6_K"), Error);
+  EXPECT_THROW(synth_type("IQ4_NL"), Error);
+  EXPECT_THROW(synth_type("Q8_K"), Error);
   EXPECT_THROW(synth_type("Q9_9"), Error);
-  EXPECT_EQ(synth_type("q5_1"), DType::Q5_1);
-  EXPECT_EQ(synth_type("bf16"), DType::BF16);
+  EXPECT_THROW(synth_type("Q4_K_L"), Error);
+  EXPECT_EQ(synth_type("q5_1").base, DType::Q5_1);
+  EXPECT_EQ(synth_type("bf16").base, DType::BF16);
+  EXPECT_EQ(synth_type("Q6_K").base, DType::Q6_K);
+  EXPECT_EQ(synth_type("q4_k_m").mix, SynthMix::Q4_K_M);
+  EXPECT_EQ(synth_type("Q4_K_M").file_type, 15u);
+  // Q2_K is llama.cpp's Q2_K mix; --pure gives every matrix its default type, keeping the file type.
+  EXPECT_EQ(synth_type("Q2_K").mix, SynthMix::Q2_K);
+  const SynthType pure = synth_type("Q2_K", true);
+  EXPECT_EQ(pure.mix, SynthMix::None);
+  EXPECT_EQ(pure.base, DType::Q2_K);
+  EXPECT_EQ(pure.file_type, 10u);
+  EXPECT_EQ(pure.name, "Q2_K pure");
+  EXPECT_EQ(synth_type("Q8_0", true).name, "Q8_0");
+  try {
+    synth_type("Q4_K_L");
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("Q4_K_M"), std::string::npos) << e.what();  // names what exists
+  }
 
   // An existing output is kept unless forced.
   std::ofstream(path) << "precious";
@@ -640,8 +663,294 @@ TEST(Synth, ShapesHaveTheRealModelsSizes) {
   EXPECT_NEAR(static_cast<double>(synth_param_count(synth_shape("qwen2-7b"))), 7.62e9, 0.01e9);
   for (const SynthShape& s : synth_shapes()) {
     EXPECT_NO_THROW(validate_synth_request(s, DType::Q4_0)) << s.name;
+    EXPECT_NO_THROW(validate_synth_request(s, synth_type("Q4_K_M"))) << s.name;
     EXPECT_NE(synth_shapes_text().find(s.name), std::string::npos);
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// K-quants and llama.cpp's mixes
+
+// A copy of `src` with every tensor dequantized to F32 (same metadata): the reference that a
+// quantized model's logits are compared with.
+void write_f32_copy(const fs::path& src, const fs::path& dst) {
+  const gguf::GgufFile file = gguf::GgufFile::open(src);
+  gguf::GgufWriter w;
+  for (const gguf::KeyValue& kv : file.metadata()) w.set_value(kv.key, kv.value);
+  for (const gguf::TensorInfo& t : file.tensors()) {
+    const std::vector<int64_t> ne(t.ne.begin(), t.ne.begin() + t.n_dims);
+    w.add_tensor(t.name, DType::F32, ne, [&file, &t](gguf::TensorSink& sink) {
+      const int64_t row = t.ne[0];
+      const size_t row_bytes = dtype_row_bytes(t.type, row);
+      const std::span<const uint8_t> data = file.tensor_data(t);
+      std::vector<float> out(static_cast<size_t>(row));
+      for (int64_t r = 0; r < t.n_elements / row; ++r) {
+        kernels::ref::dequantize_row(t.type, data.data() + static_cast<size_t>(r) * row_bytes, out.data(), row);
+        sink.write(out.data(), out.size() * sizeof(float));
+      }
+    });
+  }
+  w.write(dst);
+}
+
+double logits_nmse(const std::vector<float>& ref, const std::vector<float>& got) {
+  double err = 0, norm = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    err += (double{ref[i]} - got[i]) * (double{ref[i]} - got[i]);
+    norm += double{ref[i]} * ref[i];
+  }
+  return err / norm;
+}
+
+// Rows of 256 (k-quant blocks) but for ffn_down, whose rows (n_ff = 640) fall back; grouped-query
+// attention with 4 query heads per KV head (the Q2_K mix's attn_v rule); an untied head.
+SynthShape kquant_shape() {
+  SynthShape s = tiny_shape();
+  s.name = "kq";
+  s.n_embd = 256;
+  s.n_head = 4;
+  s.n_head_kv = 1;
+  s.n_ff = 640;
+  return s;
+}
+
+class SynthKQuant : public ::testing::TestWithParam<std::string> {};
+
+// The file holds the types synth_tensor_types chose and the mix's file type; the CPU backend
+// loads and runs it (its k-quant kernels reading the quantizers' bytes), and its logits match
+// those of the same weights dequantized to F32 up to the activations' 8-bit rounding.
+TEST_P(SynthKQuant, RunsLikeItsDequantizedCopy) {
+  const SynthType type = synth_type(GetParam());
+  const fs::path path = temp_model("kq-" + GetParam()), copy = temp_model("kq-f32-" + GetParam());
+  SynthOptions options;
+  options.shape = kquant_shape();
+  options.type = type;
+  options.seed = 3;
+  options.n_threads = 2;
+  options.force = true;
+  const SynthResult r = synthesize_model(options, path);
+  EXPECT_EQ(r.name, "hearth synthetic kq " + GetParam());
+  {
+    const gguf::GgufFile file = gguf::GgufFile::open(path);
+    EXPECT_EQ(file.get_uint("general.file_type"), type.file_type);
+    const std::vector<SynthTensorType> expected = synth_tensor_types(options.shape, type);
+    ASSERT_EQ(file.tensors().size(), expected.size());
+    std::set<DType> seen;
+    for (const SynthTensorType& e : expected) {
+      const gguf::TensorInfo* t = file.find_tensor(e.name);
+      ASSERT_NE(t, nullptr) << e.name;
+      EXPECT_EQ(t->type, e.type) << e.name;
+      seen.insert(e.type);
+    }
+    EXPECT_TRUE(seen.count(type.base)) << "no matrix of the default type";
+    EXPECT_EQ(file.find_tensor("blk.0.ffn_norm.weight")->type, DType::F32);
+    if (dtype_block_size(type.base) == 256) {
+      EXPECT_NE(file.find_tensor("blk.0.ffn_down.weight")->type, type.base) << "rows of 640 must fall back";
+    }
+  }
+  write_f32_copy(path, copy);
+  const std::vector<float> got = forward_logits(path), want = forward_logits(copy);
+  ASSERT_EQ(got.size(), want.size());
+  for (float v : got) ASSERT_TRUE(std::isfinite(v));
+  // The F32 copy runs with F32 activations, the quantized model with 8-bit ones: that rounding
+  // alone measured 1.0e-4 (Q8_0) and 1.2e-4 (Q4_0) with 32-value Q8_0 activation blocks, and
+  // 1.5e-4 to 2.1e-4 for the k-quants, whose Q8_K activation blocks of 256 are coarser. A kernel
+  // that misread the blocks' layout would be orders of magnitude above.
+  const double e = logits_nmse(want, got);
+  EXPECT_LT(e, 4e-4) << GetParam();
+  RecordProperty("logits_nmse", fmt::format("{:.3g}", e));
+  fs::remove(path);
+  fs::remove(copy);
+}
+
+INSTANTIATE_TEST_SUITE_P(Types, SynthKQuant,
+                         ::testing::Values("Q8_0", "Q4_0", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q2_K", "Q3_K_S",
+                                           "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M"),
+                         [](const auto& p) { return p.param; });
+
+std::map<std::string, DType> type_table(const SynthShape& shape, const SynthType& type) {
+  std::map<std::string, DType> out;
+  for (const SynthTensorType& t : synth_tensor_types(shape, type)) out[t.name] = t.type;
+  return out;
+}
+
+SynthShape thirty_layers() {
+  SynthShape s;
+  s.name = "thirty";
+  s.n_embd = 512;
+  s.n_layer = 30;
+  s.n_head = 8;
+  s.n_head_kv = 2;
+  s.n_ff = 1536;
+  return s;
+}
+
+// llama.cpp's "more bits" layers of 30: the first eighth (0-2), the last (26-29), and every third
+// layer between starting at n/8 + 2 = 5.
+const std::set<int> kMoreBits30 = {0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29};
+
+TEST(SynthMix, Q4KMOfThirtyLayers) {
+  const auto table = type_table(thirty_layers(), synth_type("Q4_K_M"));
+  EXPECT_EQ(table.size(), 1 + 30 * 9 + 2u);
+  EXPECT_EQ(table.at("token_embd.weight"), DType::Q4_K);  // untied: the default type
+  EXPECT_EQ(table.at("output.weight"), DType::Q6_K);
+  EXPECT_EQ(table.at("output_norm.weight"), DType::F32);
+  EXPECT_EQ(table.at("blk.0.attn_v.weight"), DType::Q6_K);
+  EXPECT_EQ(table.at("blk.4.attn_v.weight"), DType::Q4_K);
+  EXPECT_EQ(table.at("blk.5.attn_v.weight"), DType::Q6_K);
+  EXPECT_EQ(table.at("blk.6.attn_v.weight"), DType::Q4_K);
+  EXPECT_EQ(table.at("blk.29.ffn_down.weight"), DType::Q6_K);
+  for (int il = 0; il < 30; ++il) {
+    const DType more = kMoreBits30.count(il) ? DType::Q6_K : DType::Q4_K;
+    EXPECT_EQ(table.at(fmt::format("blk.{}.attn_v.weight", il)), more) << il;
+    EXPECT_EQ(table.at(fmt::format("blk.{}.ffn_down.weight", il)), more) << il;
+    for (const char* name : {"attn_q", "attn_k", "attn_output", "ffn_gate", "ffn_up"}) {
+      EXPECT_EQ(table.at(fmt::format("blk.{}.{}.weight", il, name)), DType::Q4_K) << il << name;
+    }
+    EXPECT_EQ(table.at(fmt::format("blk.{}.attn_norm.weight", il)), DType::F32);
+  }
+  // Q5_K_M: the same layers get Q6_K, the rest Q5_K.
+  const auto q5 = type_table(thirty_layers(), synth_type("Q5_K_M"));
+  for (int il = 0; il < 30; ++il) {
+    EXPECT_EQ(q5.at(fmt::format("blk.{}.attn_v.weight", il)), kMoreBits30.count(il) ? DType::Q6_K : DType::Q5_K);
+  }
+  // A tied head: the embedding is the head, so it gets the head's Q6_K.
+  SynthShape tied = thirty_layers();
+  tied.tied_output = true;
+  const auto t = type_table(tied, synth_type("Q4_K_M"));
+  EXPECT_EQ(t.at("token_embd.weight"), DType::Q6_K);
+  EXPECT_EQ(t.count("output.weight"), 0u);
+  // --pure: every matrix Q4_K.
+  for (const auto& [name, type] : type_table(thirty_layers(), synth_type("Q4_K_M", true))) {
+    EXPECT_EQ(type, name.find("norm") != std::string::npos ? DType::F32 : DType::Q4_K) << name;
+  }
+}
+
+TEST(SynthMix, OtherMixesOfThirtyLayers) {
+  const SynthShape s = thirty_layers();
+  const auto q3m = type_table(s, synth_type("Q3_K_M"));
+  EXPECT_EQ(q3m.at("blk.0.attn_v.weight"), DType::Q5_K);
+  EXPECT_EQ(q3m.at("blk.1.attn_v.weight"), DType::Q5_K);
+  EXPECT_EQ(q3m.at("blk.2.attn_v.weight"), DType::Q4_K);
+  EXPECT_EQ(q3m.at("blk.0.ffn_down.weight"), DType::Q5_K);  // i < 30 / 16 = 1
+  EXPECT_EQ(q3m.at("blk.1.ffn_down.weight"), DType::Q4_K);
+  EXPECT_EQ(q3m.at("blk.7.attn_output.weight"), DType::Q4_K);
+  EXPECT_EQ(q3m.at("blk.7.attn_q.weight"), DType::Q3_K);
+  EXPECT_EQ(q3m.at("output.weight"), DType::Q6_K);
+
+  const auto q4s = type_table(s, synth_type("Q4_K_S"));
+  for (int il = 0; il < 30; ++il) {
+    EXPECT_EQ(q4s.at(fmt::format("blk.{}.attn_v.weight", il)), il < 4 ? DType::Q5_K : DType::Q4_K) << il;
+    EXPECT_EQ(q4s.at(fmt::format("blk.{}.ffn_down.weight", il)), il < 3 ? DType::Q5_K : DType::Q4_K) << il;
+  }
+  const auto q2 = type_table(s, synth_type("Q2_K"));  // 8 heads over 2 KV heads: n_gqa 4
+  EXPECT_EQ(q2.at("blk.3.attn_v.weight"), DType::Q4_K);
+  EXPECT_EQ(q2.at("blk.3.ffn_down.weight"), DType::Q3_K);
+  EXPECT_EQ(q2.at("blk.3.attn_output.weight"), DType::Q3_K);
+  EXPECT_EQ(q2.at("blk.3.ffn_up.weight"), DType::Q2_K);
+  SynthShape mha = s;
+  mha.n_head_kv = 8;
+  EXPECT_EQ(type_table(mha, synth_type("Q2_K")).at("blk.3.attn_v.weight"), DType::Q3_K);
+  for (const auto& [name, type] : type_table(s, synth_type("Q5_K_S"))) {
+    const DType want = name.find("norm") != std::string::npos ? DType::F32
+                       : name == "output.weight"             ? DType::Q6_K
+                                                             : DType::Q5_K;
+    EXPECT_EQ(type, want) << name;
+  }
+  const auto q3l = type_table(s, synth_type("Q3_K_L"));
+  EXPECT_EQ(q3l.at("blk.9.attn_v.weight"), DType::Q5_K);
+  EXPECT_EQ(q3l.at("blk.9.ffn_down.weight"), DType::Q5_K);
+  EXPECT_EQ(q3l.at("blk.9.attn_output.weight"), DType::Q5_K);
+  EXPECT_EQ(q3l.at("blk.9.ffn_gate.weight"), DType::Q3_K);
+}
+
+// llama.cpp's 70B rule: attn_v gets Q5_K where the mix says Q3_K or Q4_K.
+TEST(SynthMix, SeventyBGetsQ5KValues) {
+  const SynthShape s = synth_shape("llama-70b");
+  const auto q4m = type_table(s, synth_type("Q4_K_M"));
+  EXPECT_EQ(q4m.at("blk.0.attn_v.weight"), DType::Q6_K);
+  EXPECT_EQ(q4m.at("blk.11.attn_v.weight"), DType::Q5_K);  // 80 / 8 = 10: (11 - 10) % 3 != 2
+  EXPECT_EQ(q4m.at("blk.11.ffn_down.weight"), DType::Q4_K);
+  const auto q3s = type_table(s, synth_type("Q3_K_S"));
+  EXPECT_EQ(q3s.at("blk.40.attn_v.weight"), DType::Q5_K);
+  EXPECT_EQ(q3s.at("blk.40.attn_q.weight"), DType::Q3_K);
+  EXPECT_EQ(type_table(synth_shape("llama-8b"), synth_type("Q3_K_S")).at("blk.31.attn_v.weight"), DType::Q3_K);
+}
+
+// Rows that do not fill 256-value blocks fall back as llama-quantize's do; SmolLM2 (n_embd 576,
+// n_ff 1536, tied) is the shape where that decides most of the file.
+TEST(SynthMix, RowsThatAreNotBlocksOf256FallBack) {
+  const auto q4m = type_table(synth_shape("smollm2-135m"), synth_type("Q4_K_M"));
+  EXPECT_EQ(q4m.at("token_embd.weight"), DType::Q8_0);  // the tied head: Q8_0 for rows of 576
+  EXPECT_EQ(q4m.at("blk.0.attn_v.weight"), DType::Q8_0);  // Q6_K -> Q8_0
+  EXPECT_EQ(q4m.at("blk.3.attn_v.weight"), DType::Q5_0);  // Q4_K -> Q5_0
+  EXPECT_EQ(q4m.at("blk.0.ffn_down.weight"), DType::Q6_K);  // rows of n_ff = 1536: no fallback
+  EXPECT_EQ(q4m.at("blk.3.ffn_down.weight"), DType::Q4_K);
+  const auto q5 = type_table(synth_shape("smollm2-135m"), synth_type("Q5_K"));
+  EXPECT_EQ(q5.at("blk.3.attn_q.weight"), DType::Q5_1);  // Q5_K -> Q5_1
+  const auto q2 = type_table(synth_shape("smollm2-135m"), synth_type("Q2_K"));
+  EXPECT_EQ(q2.at("blk.3.attn_q.weight"), DType::Q4_0);  // Q2_K -> Q4_0
+  EXPECT_EQ(q2.at("blk.3.attn_v.weight"), DType::Q4_0);  // Q3_K (n_gqa 3) -> Q4_0
+  // Rows that are not even whole 32-blocks: F16.
+  SynthShape odd = tiny_shape();
+  odd.n_embd = 80;
+  odd.n_ff = 200;
+  const auto t = type_table(odd, synth_type("Q4_K_M"));
+  EXPECT_EQ(t.at("output.weight"), DType::F16);  // Q8_0 needs rows of 32 (llama-quantize gives up here)
+  EXPECT_EQ(t.at("blk.0.ffn_down.weight"), DType::F16);
+  EXPECT_EQ(t.at("blk.0.attn_q.weight"), DType::F16);
+  EXPECT_NO_THROW(validate_synth_request(odd, synth_type("Q4_K_M")));
+  EXPECT_THROW(validate_synth_request(odd, DType::Q4_0), Error);  // no fallback for the 32-block types
+}
+
+// The fallback types load and run too: rows of 288 (Q5_0 / Q8_0 / Q6_K-free) and of 200 (F16).
+TEST(SynthMix, FallbackModelRunsLikeItsDequantizedCopy) {
+  SynthOptions options;
+  options.shape = tiny_shape();
+  options.shape.n_embd = 288;
+  options.shape.n_ff = 200;
+  options.type = synth_type("Q4_K_M");
+  options.force = true;
+  const fs::path path = temp_model("fallback"), copy = temp_model("fallback-f32");
+  const SynthResult r = synthesize_model(options, path);
+  EXPECT_EQ(r.tensor_types.find("Q4_K"), std::string::npos) << r.tensor_types;
+  {
+    const gguf::GgufFile file = gguf::GgufFile::open(path);
+    EXPECT_EQ(file.find_tensor("blk.0.attn_q.weight")->type, DType::Q5_0);
+    EXPECT_EQ(file.find_tensor("blk.0.ffn_down.weight")->type, DType::F16);
+    EXPECT_EQ(file.find_tensor("output.weight")->type, DType::Q8_0);
+  }
+  write_f32_copy(path, copy);
+  EXPECT_LT(logits_nmse(forward_logits(copy), forward_logits(path)), 4e-4);
+  fs::remove(path);
+  fs::remove(copy);
+}
+
+// The rules against a file llama-quantize wrote: Gemma 3 270M Q4_K_M (18 layers, n_embd 640, so
+// most tensors fall back; tied head). synth cannot write gemma3, so the table comes from a llama
+// shape of the same dimensions; only tensors whose rows agree are compared (gemma3's attn_output
+// rows are n_head * 256, not n_embd).
+TEST(SynthMix, AgreesWithLlamaQuantizeOnGemma3) {
+  const fs::path source = hearth::test::models_dir() / "gemma-3-270m-q4_k_m.gguf";
+  if (!fs::exists(source)) GTEST_SKIP() << source << " is absent (scripts/get-model.sh)";
+  const gguf::GgufFile file = gguf::GgufFile::open(source);
+  SynthShape s;
+  s.n_embd = 640;
+  s.n_layer = 18;
+  s.n_head = 4;
+  s.n_head_kv = 1;
+  s.n_ff = 2048;
+  s.n_vocab = 262144;
+  s.tied_output = true;
+  size_t compared = 0;
+  for (const SynthTensorType& t : synth_tensor_types(s, synth_type("Q4_K_M"))) {
+    if (t.name.find("attn_output") != std::string::npos) continue;
+    const gguf::TensorInfo* real = file.find_tensor(t.name);
+    ASSERT_NE(real, nullptr) << t.name;
+    EXPECT_EQ(real->type, t.type) << t.name;
+    ++compared;
+  }
+  EXPECT_EQ(compared, 2 + 18 * 8u);
 }
 
 }  // namespace

@@ -3,12 +3,15 @@
 // round-trip error bounds for every format hearth can quantize to.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstring>
 #include <random>
 #include <string>
 #include <vector>
+
+#include <fmt/format.h>
 
 #include "core/dtype.h"
 #include "kernels/cpu/quants_ref.h"
@@ -213,8 +216,213 @@ TEST(Capabilities, ReferenceCoversTheIssueList) {
     EXPECT_TRUE(can_dequantize(t)) << dtype_name(t);
   }
   EXPECT_FALSE(can_dequantize(DType::IQ2_XXS));
-  EXPECT_FALSE(can_quantize(DType::Q4_K));
+  EXPECT_FALSE(can_quantize(DType::IQ2_XXS));
+  for (DType t : {DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+    EXPECT_TRUE(can_quantize(t)) << dtype_name(t);
+  }
 }
+
+// ---------------------------------------------------------------------------------------------
+// K-quant weight quantizers. There is no independent quantizer to compare bytes with (hearth's
+// scale search is its own), so the dequantizer — bit-exact with gguf-py above — is the oracle:
+// quantize -> dequantize must stay within each format's error on random rows, hold exact what
+// the format can hold exactly, and every packing mistake must show as a failed bound (the
+// mutation tests below apply plausible packing bugs to correct output and check the bounds
+// catch each one).
+
+struct KQuantCase {
+  DType type;
+  double max_nmse;                // Gaussian rows of 4 096 values
+  double max_outlier_block_nmse;  // the rest of a block that holds a 200-sigma outlier
+};
+
+// Measured NMSE on the Gaussian rows of KQuantRoundTrip (the same at every scale: the formats are
+// scale free but for f16 subnormals): Q2_K 0.0687, Q3_K 0.0204, Q4_K 0.00516, Q5_K 0.00127,
+// Q6_K 0.000291 (0.000318 at std 1e-3, where Q6_K's d is an f16 subnormal). Bounds allow ~1.3x,
+// so a quantizer that loses a quarter of its accuracy fails. Beside a 200-sigma outlier, the
+// rest of its block measured Q2_K 0.936 (4-bit sub-block scales cannot go below d = outlier /
+// 15: the neighbours are flattened, no worse than zeros), Q3_K 0.280, Q4_K 0.149, Q5_K 0.141,
+// Q6_K 0.0669.
+const KQuantCase kKQuantCases[] = {
+    {DType::Q2_K, 0.089, 1.0},    {DType::Q3_K, 0.027, 0.35},   {DType::Q4_K, 0.0068, 0.19},
+    {DType::Q5_K, 0.0017, 0.18},  {DType::Q6_K, 0.00042, 0.085},
+};
+
+std::vector<float> gaussian_row(int64_t n, float scale, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, scale);
+  std::vector<float> x(static_cast<size_t>(n));
+  for (float& v : x) v = normal(rng);
+  return x;
+}
+
+std::vector<uint8_t> quantized(DType type, const std::vector<float>& x) {
+  std::vector<uint8_t> q(dtype_row_bytes(type, static_cast<int64_t>(x.size())));
+  quantize_row(type, x.data(), q.data(), static_cast<int64_t>(x.size()));
+  return q;
+}
+
+std::vector<float> dequantized(DType type, const std::vector<uint8_t>& q, size_t n) {
+  std::vector<float> y(n);
+  dequantize_row(type, q.data(), y.data(), static_cast<int64_t>(n));
+  return y;
+}
+
+class KQuantRoundTrip : public testing::TestWithParam<KQuantCase> {};
+
+TEST_P(KQuantRoundTrip, GaussianRowsWithinBound) {
+  const KQuantCase c = GetParam();
+  for (float scale : {1e-3f, 0.02f, 1.0f, 300.0f}) {
+    const std::vector<float> x = gaussian_row(16 * kQK_K, scale, 77);
+    const std::vector<float> y = dequantized(c.type, quantized(c.type, x), x.size());
+    const double e = nmse(x, y);
+    EXPECT_LE(e, c.max_nmse) << dtype_name(c.type) << " scale " << scale;
+    RecordProperty(fmt::format("nmse_{}", scale), fmt::format("{:.3g}", e));
+  }
+  // A short row (one block) and a row of mixed magnitudes (blocks 1000x apart): blocks are
+  // independent.
+  std::vector<float> x = gaussian_row(4 * kQK_K, 1.0f, 3);
+  for (size_t i = kQK_K; i < 2 * kQK_K; ++i) x[i] *= 1e-3f;
+  for (size_t i = 2 * kQK_K; i < 3 * kQK_K; ++i) x[i] *= 1e3f;
+  const std::vector<float> y = dequantized(c.type, quantized(c.type, x), x.size());
+  for (int b = 0; b < 4; ++b) {
+    const std::vector<float> xb(x.begin() + b * kQK_K, x.begin() + (b + 1) * kQK_K);
+    const std::vector<float> yb(y.begin() + b * kQK_K, y.begin() + (b + 1) * kQK_K);
+    EXPECT_LE(nmse(xb, yb), 1.5 * c.max_nmse) << dtype_name(c.type) << " block " << b;
+  }
+}
+
+TEST_P(KQuantRoundTrip, EdgeRows) {
+  const DType type = GetParam().type;
+  const int64_t n = 2 * kQK_K;
+  const auto round_trip = [&](const std::vector<float>& x) { return dequantized(type, quantized(type, x), x.size()); };
+  // All zeros: exact zeros.
+  for (float v : round_trip(std::vector<float>(n, 0.0f))) ASSERT_EQ(v, 0.0f) << dtype_name(type);
+  // Constant rows, either sign: every format holds a constant up to the f16 rounding of its scales
+  // (at magnitudes where the super-block scale is a normal f16: a constant of 2e-3 puts Q6_K's d
+  // = 2e-3 / 32 / 127 among the subnormals, whose few bits cost a few percent in any quantizer).
+  for (float c : {0.37f, -0.37f, 1e4f, -25.0f}) {
+    for (float v : round_trip(std::vector<float>(n, c))) {
+      ASSERT_NEAR(v, c, std::fabs(c) * 2e-3) << dtype_name(type) << " constant " << c;
+    }
+  }
+  // Negative-only and positive-only rows (the minimum of Q2_K / Q4_K / Q5_K is not clamped away).
+  for (float sign : {-1.0f, 1.0f}) {
+    std::vector<float> x = gaussian_row(n, 1.0f, 9);
+    for (float& v : x) v = sign * (std::fabs(v) + 0.5f);
+    EXPECT_LE(nmse(x, round_trip(x)), GetParam().max_nmse) << dtype_name(type) << " sign " << sign;
+  }
+  // One large outlier (200 sigma) in the second block: it survives within a few percent; the
+  // first block does not notice; the outlier's own block pays, since its other sub-block scales
+  // are quantized against the outlier's (the format's cost, not the search's).
+  std::vector<float> x = gaussian_row(n, 1.0f, 10);
+  x[300] = 200.0f;
+  const std::vector<float> y = round_trip(x);
+  EXPECT_NEAR(y[300], 200.0f, 200.0f * 0.01f) << dtype_name(type);
+  const std::vector<float> first_x(x.begin(), x.begin() + kQK_K), first_y(y.begin(), y.begin() + kQK_K);
+  EXPECT_LE(nmse(first_x, first_y), 1.5 * GetParam().max_nmse) << dtype_name(type) << " the block without the outlier";
+  std::vector<float> rest_x(x.begin() + kQK_K, x.end()), rest_y(y.begin() + kQK_K, y.end());
+  rest_x[300 - kQK_K] = rest_y[300 - kQK_K] = 0.0f;
+  const double neighbours = nmse(rest_x, rest_y);
+  EXPECT_LE(neighbours, GetParam().max_outlier_block_nmse) << dtype_name(type) << " the outlier's neighbours";
+  RecordProperty("outlier_block_nmse", fmt::format("{:.3g}", neighbours));
+}
+
+INSTANTIATE_TEST_SUITE_P(Formats, KQuantRoundTrip, testing::ValuesIn(kKQuantCases),
+                         [](const auto& param_info) { return std::string(dtype_name(param_info.param.type)); });
+
+// A packing bug in a quantizer writes the bytes of a correct quantization rearranged. Each
+// mutation below rearranges correct bytes the way one plausible bug would, and the round-trip
+// bound of KQuantRoundTrip must then fail with a margin (>= 2x): that bound is what catches it.
+struct Mutation {
+  DType type;
+  const char* bug;
+  void (*apply)(uint8_t* block);
+};
+
+template <class Block>
+Block& as(uint8_t* p) {
+  return *reinterpret_cast<Block*>(p);
+}
+
+uint8_t swap_nibbles(uint8_t b) { return static_cast<uint8_t>((b >> 4) | (b << 4)); }
+uint8_t reverse_pairs(uint8_t b) {  // the four 2-bit fields of a byte in reverse order
+  return static_cast<uint8_t>(((b & 3) << 6) | ((b & 0xC) << 2) | ((b & 0x30) >> 2) | (b >> 6));
+}
+
+const Mutation kMutations[] = {
+    {DType::Q4_K, "high bits of scales/mins 4..7 not packed",
+     [](uint8_t* p) {
+       for (int j = 0; j < 8; ++j) as<BlockQ4_K>(p).scales[j] &= 63;
+     }},
+    {DType::Q4_K, "sub-blocks 2p and 2p+1 in the wrong nibbles",
+     [](uint8_t* p) {
+       for (uint8_t& b : as<BlockQ4_K>(p).qs) b = swap_nibbles(b);
+     }},
+    {DType::Q4_K, "d and dmin swapped", [](uint8_t* p) { std::swap(as<BlockQ4_K>(p).d, as<BlockQ4_K>(p).dmin); }},
+    {DType::Q5_K, "scale and min nibbles of sub-blocks 4..7 swapped",
+     [](uint8_t* p) {
+       for (int j = 8; j < 12; ++j) as<BlockQ5_K>(p).scales[j] = swap_nibbles(as<BlockQ5_K>(p).scales[j]);
+     }},
+    {DType::Q5_K, "fifth bits of sub-blocks 2p and 2p+1 swapped",
+     [](uint8_t* p) {
+       for (uint8_t& b : as<BlockQ5_K>(p).qh) b = static_cast<uint8_t>(((b & 0x55) << 1) | ((b & 0xAA) >> 1));
+     }},
+    {DType::Q5_K, "fifth bit dropped", [](uint8_t* p) { std::memset(as<BlockQ5_K>(p).qh, 0, kQK_K / 8); }},
+    {DType::Q6_K, "two high bits of the four quarters in reverse order",
+     [](uint8_t* p) {
+       for (uint8_t& b : as<BlockQ6_K>(p).qh) b = reverse_pairs(b);
+     }},
+    {DType::Q6_K, "low nibbles of quarters 0/1 and 2/3 exchanged",
+     [](uint8_t* p) {
+       for (uint8_t& b : as<BlockQ6_K>(p).ql) b = swap_nibbles(b);
+     }},
+    {DType::Q6_K, "sub-block scales in reverse order",
+     [](uint8_t* p) { std::reverse(as<BlockQ6_K>(p).scales, as<BlockQ6_K>(p).scales + 16); }},
+    {DType::Q3_K, "hmask bit with the opposite meaning",
+     [](uint8_t* p) {
+       for (uint8_t& b : as<BlockQ3_K>(p).hmask) b = static_cast<uint8_t>(~b);
+     }},
+    {DType::Q3_K, "scale high bits in the wrong byte",
+     [](uint8_t* p) {
+       std::rotate(as<BlockQ3_K>(p).scales + 8, as<BlockQ3_K>(p).scales + 9, as<BlockQ3_K>(p).scales + 12);
+     }},
+    {DType::Q3_K, "scale low nibbles of sub-blocks i and i+8 swapped",
+     [](uint8_t* p) {
+       for (int j = 0; j < 8; ++j) as<BlockQ3_K>(p).scales[j] = swap_nibbles(as<BlockQ3_K>(p).scales[j]);
+     }},
+    {DType::Q2_K, "scale and min nibbles swapped",
+     [](uint8_t* p) {
+       for (uint8_t& b : as<BlockQ2_K>(p).scales) b = swap_nibbles(b);
+     }},
+    {DType::Q2_K, "2-bit fields in reverse order",
+     [](uint8_t* p) {
+       for (uint8_t& b : as<BlockQ2_K>(p).qs) b = reverse_pairs(b);
+     }},
+};
+
+class KQuantMutation : public testing::TestWithParam<Mutation> {};
+
+TEST_P(KQuantMutation, FailsTheRoundTripBound) {
+  const Mutation m = GetParam();
+  double bound = 0;
+  for (const KQuantCase& c : kKQuantCases) {
+    if (c.type == m.type) bound = c.max_nmse;
+  }
+  const std::vector<float> x = gaussian_row(16 * kQK_K, 0.02f, 77);
+  std::vector<uint8_t> q = quantized(m.type, x);
+  EXPECT_LE(nmse(x, dequantized(m.type, q, x.size())), bound);
+  const size_t block_bytes = dtype_block_bytes(m.type);
+  for (size_t off = 0; off < q.size(); off += block_bytes) m.apply(q.data() + off);
+  const double e = nmse(x, dequantized(m.type, q, x.size()));
+  EXPECT_GE(e, 2 * bound) << dtype_name(m.type) << ": " << m.bug;
+  RecordProperty("nmse", fmt::format("{:.3g}", e));
+}
+
+INSTANTIATE_TEST_SUITE_P(PackingBugs, KQuantMutation, testing::ValuesIn(kMutations), [](const auto& param_info) {
+  std::string name = fmt::format("{}_{}", dtype_name(param_info.param.type), param_info.index);
+  return name;
+});
 
 }  // namespace
 }  // namespace hearth::kernels::ref
