@@ -64,7 +64,7 @@ int run_generate(const RunArgs& args) {
     ClusterArgs cluster_args = args.cluster;
     cluster_args.backend = args.backend.spec();  // --local-stages workers run on the same backend
     cluster_args.n_batch = model_options.n_batch;
-    cluster = start_cluster(cluster_args, model, model.n_ctx(), 1, model_options.kv_type, threads);
+    cluster = start_cluster(cluster_args, model, backend, model.n_ctx(), 1, model_options.kv_type, threads);
     std::fprintf(stderr, "hearth: pipeline: %s\n", cluster->describe().c_str());
     executor = &cluster->executor();
   } else {

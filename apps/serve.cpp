@@ -130,7 +130,7 @@ int run_serve(const ServeArgs& args) {
       ClusterArgs cluster_args = args.cluster;
       cluster_args.backend = args.backend.spec();
       cluster_args.n_batch = args.batch_size;
-      cluster = start_cluster(cluster_args, *model, model->n_ctx(), args.parallel, model_options.kv_type, threads);
+      cluster = start_cluster(cluster_args, *model, *backend, model->n_ctx(), args.parallel, model_options.kv_type, threads);
       std::fprintf(stderr, "hearth: pipeline: %s\n", cluster->describe().c_str());
       executor = &cluster->executor();
     } else {

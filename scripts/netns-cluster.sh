@@ -4,6 +4,7 @@
 # each. Needs root (ip netns, tc).
 #
 #   scripts/netns-cluster.sh up N [--rate 1gbit|100mbit|...] [--key FILE] [--model-dir DIR] [--threads T]
+#                                 [--memory SIZE]
 #       prints the workers' list (host:port,...) on stdout; the key is --key, or a fresh one
 #       written to /tmp/hearth-netns/cluster.key
 #   scripts/netns-cluster.sh down
@@ -38,13 +39,14 @@ down() {
 up() {
   local n="$1"; shift
   local rate=1gbit key="" threads=1
-  local model_dirs=()
+  local model_dirs=() memory=()
   while [[ $# -gt 0 ]]; do
     case "$1" in
       --rate) rate="$2"; shift 2 ;;
       --key) key="$2"; shift 2 ;;
       --model-dir) model_dirs+=(--model-dir "$2"); shift 2 ;;
       --threads) threads="$2"; shift 2 ;;
+      --memory) memory=(--memory "$2"); shift 2 ;;
       *) die "unknown argument '$1'" ;;
     esac
   done
@@ -73,7 +75,7 @@ up() {
     tc qdisc add dev "$host" root tbf rate "$rate" burst 256kb latency 50ms
     ip netns exec "$ns" tc qdisc add dev eth0 root tbf rate "$rate" burst 256kb latency 50ms
     ip netns exec "$ns" "$HEARTH" worker --listen "$addr:7070" --cluster-key "$key" --threads "$threads" \
-      "${model_dirs[@]}" >"$STATE/worker$i.out" 2>"$STATE/worker$i.log" &
+      "${model_dirs[@]}" "${memory[@]}" >"$STATE/worker$i.out" 2>"$STATE/worker$i.log" &
     echo $! >>"$STATE/pids"
     workers+=("$addr:7070")
   done

@@ -77,6 +77,22 @@ std::string ServerMetrics::render(const Snapshot& s) const {
     out += fmt::format("hearth_stage_busy_seconds_total{{stage=\"{}\"}} {}\n", i, s.stage_busy_seconds[i]);
   }
 
+  out += "# HELP hearth_executor_state 1 for the state the model's executor is in: serving, recovering (a node was "
+         "lost; re-planning and replaying) or down (no plan can serve)\n"
+         "# TYPE hearth_executor_state gauge\n";
+  for (const char* state : {"serving", "recovering", "down"}) {
+    out += fmt::format("hearth_executor_state{{state=\"{}\"}} {}\n", state, s.executor_state == state ? 1 : 0);
+  }
+  counter("hearth_stage_failures_total", "Pipeline failures seen: a dead, silent or misbehaving stage",
+          static_cast<double>(s.stage_failures));
+  counter("hearth_recoveries_total", "Pipelines rebuilt on the nodes left after a failure", static_cast<double>(s.recoveries));
+  counter("hearth_rebalances_total", "Pipelines rebuilt for a better plan (a node came back)", static_cast<double>(s.rebalances));
+  counter("hearth_rebuild_seconds_total", "Time spent rebuilding pipelines (probe, plan, load)", s.rebuild_seconds);
+  gauge("hearth_last_rebuild_seconds", "How long the last rebuild took", s.last_rebuild_seconds);
+  counter("hearth_replayed_sequences_total", "Sequences replayed onto a rebuilt pipeline", static_cast<double>(s.replayed_sequences));
+  counter("hearth_replayed_tokens_total", "Tokens prefilled again to replay sequences (prompt and generated)",
+          static_cast<double>(s.replayed_tokens));
+
   std::lock_guard<std::mutex> lock(mutex_);
   counter("hearth_requests_refused_total", "Requests refused with 503: the queue was full, or one waited past --queue-timeout", static_cast<double>(refused_));
   out += "# HELP hearth_http_requests_total HTTP requests answered, by endpoint and status\n"

@@ -47,6 +47,15 @@ class ServerMetrics {
     double busy_seconds = 0.0;
     std::vector<double> stage_busy_seconds;
     bool loaded = false;
+    // Recovery: the executor's state and counters (engine::ExecutorHealth) and the replays.
+    std::string executor_state = "serving";
+    uint64_t stage_failures = 0;
+    uint64_t recoveries = 0;
+    uint64_t rebalances = 0;
+    double rebuild_seconds = 0.0;
+    double last_rebuild_seconds = 0.0;
+    uint64_t replayed_sequences = 0;
+    uint64_t replayed_tokens = 0;
   };
   std::string render(const Snapshot& snapshot) const;
 

@@ -352,6 +352,14 @@ void OpenAiServer::Impl::completions(const httplib::Request& req, httplib::Respo
     sequences.push_back(std::move(s));
   }
   exchange->running = r.n;
+  // No plan can serve the model now: say so at once, rather than queue what cannot run. (While
+  // the cluster recovers, requests queue and run once it has.)
+  if (const engine::ExecutorHealth h = sched.stats().executor; h.state == engine::ExecutorHealth::State::down) {
+    res.set_header("Retry-After", "10");
+    send_error(res, 503, fmt::format("The cluster cannot serve the model now: {}", h.reason), "unavailable_error", "",
+               "cluster_down");
+    return;
+  }
   std::optional<std::vector<std::shared_ptr<engine::SequenceHandle>>> handles;
   try {
     handles = sched.submit(std::move(sequences));
@@ -656,20 +664,34 @@ void OpenAiServer::Impl::routes() {
       res.set_content(dump(body), "application/json");
       return;
     }
-    // A pipeline whose stage died serves nothing until hearth serve is restarted (re-planning
-    // onto the workers left is not built yet): say so, rather than "ok".
+    // A cluster that lost a node says so while it re-plans and replays (503, recovering), and
+    // when no plan can serve (503, down, with what is missing) until a node comes back.
+    json body = {{"status", "ok"}};
     if (engine::Scheduler* sch = scheduler.load()) {
-      if (const std::string failure = sch->stats().executor_failure; !failure.empty()) {
-        res.set_header("Retry-After", "30");
-        json body = error_body(fmt::format("The pipeline failed and cannot serve until hearth serve is restarted: {}", failure),
-                               "unavailable_error", "", "pipeline_failed");
-        body["status"] = "failed";
+      const engine::ExecutorHealth h = sch->stats().executor;
+      if (h.state == engine::ExecutorHealth::State::recovering) {
+        res.set_header("Retry-After", "2");
+        body = error_body(fmt::format("A node of the cluster was lost; re-planning onto the nodes left (requests wait "
+                                      "and resume): {}",
+                                      h.reason),
+                          "unavailable_error", "", "recovering");
+        body["status"] = "recovering";
         res.status = 503;
-        res.set_content(dump(body), "application/json");
-        return;
+      } else if (h.state == engine::ExecutorHealth::State::down) {
+        res.set_header("Retry-After", "10");
+        body = error_body(fmt::format("The cluster cannot serve the model now: {}", h.reason), "unavailable_error", "",
+                          "cluster_down");
+        body["status"] = "down";
+        res.status = 503;
+      }
+      if (!h.plan.empty()) body["plan"] = h.plan;
+      if (!h.nodes.empty()) {
+        json nodes = json::array();
+        for (const auto& [address, role] : h.nodes) nodes.push_back({{"address", address}, {"role", role}});
+        body["nodes"] = nodes;
       }
     }
-    res.set_content(R"({"status":"ok"})", "application/json");
+    res.set_content(dump(body), "application/json");
   });
   http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
     ServerMetrics::Snapshot s;
@@ -677,6 +699,14 @@ void OpenAiServer::Impl::routes() {
       const engine::SchedulerStats st = sch->stats();
       s = {st.running, st.waiting, st.slots, st.kv_positions_used, st.kv_positions_total, st.prompt_tokens,
            st.generated_tokens, st.steps, st.busy_seconds, st.stage_busy_seconds, true};
+      s.executor_state = engine::executor_state_name(st.executor.state);
+      s.stage_failures = st.executor.stage_failures;
+      s.recoveries = st.executor.recoveries;
+      s.rebalances = st.executor.rebalances;
+      s.rebuild_seconds = st.executor.rebuild_seconds;
+      s.last_rebuild_seconds = st.executor.last_rebuild_seconds;
+      s.replayed_sequences = st.replayed_sequences;
+      s.replayed_tokens = st.replayed_tokens;
     }
     res.set_content(metrics.render(s), "text/plain; version=0.0.4");
   });

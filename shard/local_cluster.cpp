@@ -46,49 +46,18 @@ LocalCluster::LocalCluster(const std::filesystem::path& hearth, int n, int threa
 
 LocalCluster::LocalCluster(const std::filesystem::path& hearth, int threads_per_worker,
                            const std::vector<std::string>& backends)
-    : key_(transport::generate_cluster_key()) {
+    : key_(transport::generate_cluster_key()), hearth_(hearth), threads_per_worker_(threads_per_worker), backends_(backends) {
   const int n = static_cast<int>(backends.size());
   if (n < 1 || n > 64) throw Error(fmt::format("--local-stages {}: must be 1..64", n));
   char dir_template[] = "/tmp/hearth-cluster-XXXXXX";
   if (::mkdtemp(dir_template) == nullptr) throw Error("cannot create a directory for the cluster key in /tmp");
   dir_ = dir_template;
-  const std::filesystem::path key_file = dir_ / "cluster.key";
-  transport::write_cluster_key(key_file, key_);
+  transport::write_cluster_key(dir_ / "cluster.key", key_);
   try {
-    for (int i = 0; i < n; ++i) {
-      int out[2];
-      if (::pipe2(out, O_CLOEXEC) != 0) throw Error("pipe failed");
-      posix_spawn_file_actions_t actions;
-      posix_spawn_file_actions_init(&actions);
-      posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
-      const std::string exe = hearth.string();
-      const std::string threads = std::to_string(threads_per_worker);
-      const std::string key_path = key_file.string();
-      std::vector<std::string> args = {exe, "worker", "--listen", "127.0.0.1:0", "--cluster-key", key_path, "--threads", threads,
-                                       "--backend", backends[static_cast<size_t>(i)]};
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      pid_t pid = 0;
-      const int rc = ::posix_spawn(&pid, exe.c_str(), &actions, nullptr, argv.data(), environ);
-      posix_spawn_file_actions_destroy(&actions);
-      ::close(out[1]);
-      if (rc != 0) {
-        ::close(out[0]);
-        throw Error(fmt::format("cannot start {} worker: {}", exe, std::strerror(rc)));
-      }
+    for (size_t i = 0; i < backends.size(); ++i) {
+      auto [pid, address] = spawn(i);
       pids_.push_back(pid);
-      try {
-        const std::string line = read_line(out[0], 30.0, pid);
-        ::close(out[0]);
-        const std::string prefix = "listening on ";
-        const size_t at = line.find(prefix);
-        if (at == std::string::npos) throw Error(fmt::format("worker process {} said '{}'", pid, line));
-        addresses_.push_back(line.substr(at + prefix.size()));
-      } catch (...) {
-        ::close(out[0]);
-        throw;
-      }
+      addresses_.push_back(std::move(address));
     }
   } catch (...) {
     for (pid_t pid : pids_) {
@@ -101,9 +70,78 @@ LocalCluster::LocalCluster(const std::filesystem::path& hearth, int threads_per_
   }
 }
 
+std::pair<pid_t, std::string> LocalCluster::spawn(size_t i) const {
+  int out[2];
+  if (::pipe2(out, O_CLOEXEC) != 0) throw Error("pipe failed");
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
+  const std::string exe = hearth_.string();
+  const std::string threads = std::to_string(threads_per_worker_);
+  const std::string key_path = (dir_ / "cluster.key").string();
+  std::vector<std::string> args = {exe, "worker", "--listen", "127.0.0.1:0", "--cluster-key", key_path, "--threads", threads,
+                                   "--backend", backends_[i]};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = 0;
+  const int rc = ::posix_spawn(&pid, exe.c_str(), &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  ::close(out[1]);
+  if (rc != 0) {
+    ::close(out[0]);
+    throw Error(fmt::format("cannot start {} worker: {}", exe, std::strerror(rc)));
+  }
+  try {
+    const std::string line = read_line(out[0], 30.0, pid);
+    ::close(out[0]);
+    const std::string prefix = "listening on ";
+    const size_t at = line.find(prefix);
+    if (at == std::string::npos) throw Error(fmt::format("worker process {} said '{}'", pid, line));
+    return {pid, line.substr(at + prefix.size())};
+  } catch (...) {
+    ::close(out[0]);
+    ::kill(pid, SIGTERM);
+    ::waitpid(pid, nullptr, 0);
+    throw;
+  }
+}
+
+std::vector<std::string> LocalCluster::addresses() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return addresses_;
+}
+
+pid_t LocalCluster::pid(size_t i) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return pids_.at(i);
+}
+
+int LocalCluster::revive() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  int revived = 0;
+  for (size_t i = 0; i < pids_.size(); ++i) {
+    // Still running (or stopped): leave it. A pid of -1 is one that could not be started again.
+    if (pids_[i] > 0 && ::waitpid(pids_[i], nullptr, WNOHANG) != pids_[i]) continue;
+    try {
+      auto [pid, address] = spawn(i);
+      pids_[i] = pid;
+      addresses_[i] = std::move(address);
+      ++revived;
+    } catch (const Error&) {
+      pids_[i] = -1;  // tried again next time
+    }
+  }
+  return revived;
+}
+
 LocalCluster::~LocalCluster() {
-  for (pid_t pid : pids_) ::kill(pid, SIGTERM);
-  for (pid_t pid : pids_) ::waitpid(pid, nullptr, 0);
+  for (pid_t pid : pids_) {
+    if (pid > 0) ::kill(pid, SIGTERM);
+  }
+  for (pid_t pid : pids_) {
+    if (pid > 0) ::waitpid(pid, nullptr, 0);
+  }
   std::error_code ec;
   std::filesystem::remove_all(dir_, ec);
 }

@@ -6,7 +6,9 @@
 #include <sys/types.h>
 
 #include <filesystem>
+#include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/format/gguf.h"
@@ -29,13 +31,25 @@ class LocalCluster {
   LocalCluster(const LocalCluster&) = delete;
   LocalCluster& operator=(const LocalCluster&) = delete;
 
-  const std::vector<std::string>& addresses() const { return addresses_; }
+  // Any thread may ask (revive() changes them).
+  std::vector<std::string> addresses() const;
+  pid_t pid(size_t i) const;
   const transport::ClusterKey& key() const { return key_; }
-  pid_t pid(size_t i) const { return pids_.at(i); }
+  // Starts again every worker whose process has ended (killed, crashed) and returns how many:
+  // a local cluster heals itself the way a remote worker rejoins when its machine is back. The
+  // new one listens on a new port (addresses() says). Any thread may call it.
+  int revive();
 
  private:
+  // Starts worker i (its backend: backends_[i]) and returns its pid and address.
+  std::pair<pid_t, std::string> spawn(size_t i) const;
+
   transport::ClusterKey key_;
   std::filesystem::path dir_;
+  std::filesystem::path hearth_;
+  int threads_per_worker_ = 1;
+  std::vector<std::string> backends_;
+  mutable std::mutex mutex_;  // guards pids_ and addresses_
   std::vector<pid_t> pids_;
   std::vector<std::string> addresses_;
 };

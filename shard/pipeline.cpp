@@ -104,13 +104,13 @@ PipelineExecutor::PipelineExecutor(const std::filesystem::path& model_path, cons
         }
         const std::vector<ByteRange> need = subtract_ranges(stage_byte_ranges(*file, config, s.spec.first, s.spec.last), held);
         const uint64_t total = total_bytes(need);
-        if (total > 0) transport::log_line(fmt::format("hearth: sending {:.1f} MiB of weights to {}", double(total) / (1 << 20), name));
+        if (total > 0) transport::log_line(fmt::format("sending {:.1f} MiB of weights to {}", double(total) / (1 << 20), name));
         int last_tenth = 0;
         send_weights(*s.link, model_path, need, [&](uint64_t sent, uint64_t all) {
           const int tenth = static_cast<int>(10 * sent / std::max<uint64_t>(1, all));
           if (tenth > last_tenth) {
             last_tenth = tenth;
-            transport::log_line(fmt::format("hearth: {}: weights {}% ({:.1f} / {:.1f} MiB)", name, tenth * 10,
+            transport::log_line(fmt::format("{}: weights {}% ({:.1f} / {:.1f} MiB)", name, tenth * 10,
                                             double(sent) / (1 << 20), double(all) / (1 << 20)));
           }
         });
@@ -156,7 +156,7 @@ void PipelineExecutor::fail(const std::string& reason) {
     if (!failure_.empty() || closing_) return;
     failure_ = reason;
   }
-  transport::log_line(fmt::format("hearth: pipeline failed: {}", reason));
+  transport::log_line(fmt::format("pipeline failed: {}", reason));
   changed_.notify_all();
   for (Stage& s : stages_) {
     if (s.link) s.link->close(reason);

@@ -301,7 +301,9 @@ std::vector<std::byte> encode_batch_head(uint64_t id, std::span<const engine::Ba
     w.put(static_cast<uint8_t>(e.begin != nullptr ? 1 : 0));
   }
   for (const auto& e : entries) {
-    if (e.begin != nullptr) put_params(w, *e.begin);
+    if (e.begin == nullptr) continue;
+    put_params(w, *e.begin);
+    w.put(e.resumed);
   }
   for (const auto& e : entries) {
     for (engine::Token t : e.tokens) w.put(t);
@@ -359,7 +361,15 @@ void decode_batch(std::span<const std::byte> payload, int32_t n_slots, int32_t n
   }
   if (total != n_tokens || begins != n_begins) throw WireError("Batch message entries do not add up to its counts");
   out.params.clear();
-  for (uint32_t i = 0; i < n_begins; ++i) out.params.push_back(get_params(r));
+  std::vector<uint32_t> resumed(n_begins);
+  for (uint32_t i = 0; i < n_begins; ++i) {
+    out.params.push_back(get_params(r));
+    resumed[i] = r.get<uint32_t>();
+    // A replayed sequence generated fewer tokens than the context holds.
+    if (resumed[i] >= static_cast<uint32_t>(n_ctx)) {
+      throw WireError(fmt::format("Batch message resumes a sequence after {} tokens (context {})", resumed[i], n_ctx));
+    }
+  }
   r.need(size_t{n_tokens} * 4);
   out.tokens.resize(n_tokens);
   for (auto& t : out.tokens) {
@@ -375,7 +385,10 @@ void decode_batch(std::span<const std::byte> payload, int32_t n_slots, int32_t n
     entry.pos0 = e.pos0;
     entry.tokens = std::span<const engine::Token>(out.tokens.data() + at, e.count);
     entry.sample = e.sample;
-    entry.begin = e.begin ? &out.params[param++] : nullptr;
+    if (e.begin) {
+      entry.resumed = resumed[param];
+      entry.begin = &out.params[param++];
+    }
     at += e.count;
     out.entries.push_back(entry);
   }

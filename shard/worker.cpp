@@ -53,6 +53,47 @@ std::filesystem::path find_model(const StageAssignment& a, const std::vector<std
 
 }  // namespace
 
+struct Worker::LoadedStage {
+  std::string key;
+  std::optional<gguf::GgufFile> file;
+  std::optional<engine::ModelConfig> config;
+  std::unique_ptr<kernels::Backend> backend;
+  std::unique_ptr<engine::Stage> stage;
+  ~LoadedStage() {
+    stage.reset();  // before the backend that owns its buffers
+    backend.reset();
+  }
+};
+
+std::string Worker::stage_key(const StageAssignment& a) {
+  return fmt::format("{}|{}|{}|{}|{}|{}|{}", a.model_identity, a.first, a.last, a.n_ctx, a.n_seq,
+                     static_cast<int>(a.kv_type), a.n_batch);
+}
+
+std::unique_ptr<Worker::LoadedStage> Worker::take_loaded(const std::string& key) {
+  std::unique_ptr<LoadedStage> loaded;
+  {
+    std::unique_lock<std::mutex> lock(mutex_);
+    stage_kept_.wait_for(lock, std::chrono::seconds(2), [&] {
+      return stopping_.load() || (loaded_ && loaded_->key == key) || stages_in_use_.count(key) == 0;
+    });
+    loaded = std::move(loaded_);
+    stages_in_use_.insert(key);
+  }
+  if (loaded && loaded->key != key) loaded.reset();  // another range: free its memory before loading
+  return loaded;
+}
+
+void Worker::keep_loaded(std::unique_ptr<LoadedStage> loaded) {
+  if (!loaded) return;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (auto it = stages_in_use_.find(loaded->key); it != stages_in_use_.end()) stages_in_use_.erase(it);
+    if (!stopping_ && loaded->stage) loaded_ = std::move(loaded);
+  }
+  stage_kept_.notify_all();
+}
+
 Worker::Worker(WorkerOptions options, transport::ClusterKey key)
     : options_(std::move(options)),
       key_(std::move(key)),
@@ -97,6 +138,7 @@ void Worker::stop() {
   std::lock_guard<std::mutex> lock(mutex_);
   for (Link* link : open_links_) link->close("the worker is stopping");
   upstream_ready_.notify_all();
+  stage_kept_.notify_all();
 }
 
 void Worker::run() {
@@ -190,6 +232,7 @@ void Worker::run_session(std::unique_ptr<transport::TcpLink> control) {
   const std::string coordinator = control->peer();
   track(control.get(), true);
   std::unique_ptr<transport::TcpLink> upstream, downstream;
+  std::unique_ptr<LoadedStage> loaded;
   std::vector<std::unique_ptr<transport::LinkMonitor>> monitors;
   std::thread control_reader;
   auto close_all = [&](const std::string& reason) {
@@ -204,47 +247,59 @@ void Worker::run_session(std::unique_ptr<transport::TcpLink> control) {
     if (m->type != msg::kLoadStage) throw WireError(fmt::format("expected LoadStage, got message type {}", m->type));
     const StageAssignment a = StageAssignment::from_json(parse_json(m->payload, "LoadStage"));
 
-    std::optional<gguf::GgufFile> file;
-    std::optional<engine::ModelConfig> config;
-    std::unique_ptr<kernels::Backend> backend;
-    std::unique_ptr<engine::Stage> stage;
+    loaded = take_loaded(stage_key(a));
+    const bool reused = loaded != nullptr;
     try {
-      std::filesystem::path path;
-      try {
-        path = find_model(a, options_.model_dirs, options_.use_coordinator_path);
-      } catch (const Error&) {
-        if (options_.cache_dir.empty()) throw;
-        path = receive_weights(*control, a);
+      if (!loaded) {
+        loaded = std::make_unique<LoadedStage>();
+        loaded->key = stage_key(a);
+        std::filesystem::path path;
+        try {
+          path = find_model(a, options_.model_dirs, options_.use_coordinator_path);
+        } catch (const Error&) {
+          if (options_.cache_dir.empty()) throw;
+          path = receive_weights(*control, a);
+        }
+        loaded->file.emplace(gguf::GgufFile::open(path));
+        loaded->config.emplace(engine::ModelConfig::from_gguf(*loaded->file));
+        const engine::ModelConfig& c = *loaded->config;
+        if (a.last > c.n_layer) throw Error(fmt::format("layers [{}, {}) of a {}-layer model", a.first, a.last, c.n_layer));
+        const int threads = options_.threads > 0 ? options_.threads : ThreadPool::hardware_threads();
+        loaded->backend = kernels::make_backend(options_.backend, {.n_threads = threads});
+        engine::StageOptions so;
+        so.n_ctx = a.n_ctx;
+        so.n_seq = a.n_seq;
+        so.kv_type = a.kv_type;
+        so.max_batch = a.n_batch;
+        loaded->stage = std::make_unique<engine::Stage>(*loaded->file, c, *loaded->backend, a.first, a.last, so);
+        ++stages_loaded_;
+      } else {
+        ++stages_reused_;
       }
-      file.emplace(gguf::GgufFile::open(path));
-      config.emplace(engine::ModelConfig::from_gguf(*file));
-      if (a.last > config->n_layer) throw Error(fmt::format("layers [{}, {}) of a {}-layer model", a.first, a.last, config->n_layer));
-      const int threads = options_.threads > 0 ? options_.threads : ThreadPool::hardware_threads();
-      backend = kernels::make_backend(options_.backend, {.n_threads = threads});
-      engine::StageOptions so;
-      so.n_ctx = a.n_ctx;
-      so.n_seq = a.n_seq;
-      so.kv_type = a.kv_type;
-      so.max_batch = a.n_batch;
-      stage = std::make_unique<engine::Stage>(*file, *config, *backend, a.first, a.last, so);
-      if (a.wire == WireDtype::Q8_0 && config->n_embd % 32 != 0) throw Error("q8_0 on the wire needs n_embd % 32 == 0");
+      // A stage kept from an earlier session holds that session's KV cache; a coordinator
+      // starts every sequence over from position 0 on a new session, so nothing stale is read.
+      if (a.wire == WireDtype::Q8_0 && loaded->config->n_embd % 32 != 0) throw Error("q8_0 on the wire needs n_embd % 32 == 0");
       if (!a.next.empty()) {
         downstream = transport::tcp_connect(a.next, transport::Timeout(10000), pipeline_frame_limits());
         transport::HandshakeOptions hs;
         hs.capabilities = json{{"role", "upstream"}, {"session", a.session}}.dump();
         transport::handshake(*downstream, transport::Role::initiator, key_, hs);
         track(downstream.get(), true);
-      } else if (!stage->is_last()) {
+      } else if (!loaded->stage->is_last()) {
         throw Error("a stage that is not the last needs the address of the next one");
       }
-      if (!stage->is_first()) {
+      if (!loaded->stage->is_first()) {
         upstream = take_upstream(a.session, transport::Timeout(60000));
         track(upstream.get(), true);
       }
     } catch (const Error& e) {
+      // Loaded layers stay kept (keep_loaded below) when only a link failed.
       send_json(*control, msg::kStageReady, {{"ok", false}, {"error", e.what()}}, transport::Timeout(5000));
       throw;
     }
+    engine::Stage* stage = loaded->stage.get();
+    kernels::Backend* backend = loaded->backend.get();
+    const engine::ModelConfig* config = &*loaded->config;
     send_json(*control, msg::kStageReady,
               {{"ok", true},
                {"weight_bytes_received", weight_bytes_.load()},
@@ -254,8 +309,9 @@ void Worker::run_session(std::unique_ptr<transport::TcpLink> control) {
                {"device", device_line(device_json(backend->device()))},
                {"cpu", kernels::cpu_description()}},
               transport::Timeout(5000));
-    transport::log_line(fmt::format("hearth worker: stage {}/{} (layers [{}, {}) of {}) for {}", a.stage + 1, a.n_stages,
-                                    a.first, a.last, a.model_name, coordinator));
+    transport::log_line(fmt::format("hearth worker: stage {}/{} (layers [{}, {}) of {}) for {}{}", a.stage + 1, a.n_stages,
+                                    a.first, a.last, a.model_name, coordinator,
+                                    reused ? " (the layers it already held)" : ""));
 
     // A dead neighbour closes every link of the session, which ends the loop below.
     for (Link* l : {static_cast<Link*>(control.get()), static_cast<Link*>(upstream.get()), static_cast<Link*>(downstream.get())}) {
@@ -284,8 +340,9 @@ void Worker::run_session(std::unique_ptr<transport::TcpLink> control) {
     const int64_t n_embd = config->n_embd;
     const size_t n_vocab = static_cast<size_t>(config->n_vocab);
     // Token bytes for grammar-constrained sequences (the last stage samples).
-    engine::SlotSamplers samplers(a.n_seq, stage->is_last() && file->contains("tokenizer.ggml.tokens")
-                                               ? engine::grammar::vocabulary_from_gguf(*file)
+    const gguf::GgufFile& file = *loaded->file;
+    engine::SlotSamplers samplers(a.n_seq, stage->is_last() && file.contains("tokenizer.ggml.tokens")
+                                               ? engine::grammar::vocabulary_from_gguf(file)
                                                : nullptr);
     BatchMessage batch;
     std::vector<engine::Token> tokens;
@@ -329,6 +386,7 @@ void Worker::run_session(std::unique_ptr<transport::TcpLink> control) {
   for (Link* l : {static_cast<Link*>(control.get()), static_cast<Link*>(upstream.get()), static_cast<Link*>(downstream.get())}) {
     if (l != nullptr) track(l, false);
   }
+  keep_loaded(std::move(loaded));
 }
 
 }  // namespace hearth::shard

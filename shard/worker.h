@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <set>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -58,6 +59,9 @@ class Worker {
   uint64_t refused() const { return refused_.load(); }
   // Weight bytes received from coordinators so far.
   uint64_t weight_bytes_received() const { return weight_bytes_.load(); }
+  // Stages loaded, and stages a session took over from the one before (the same layers).
+  uint64_t stages_loaded() const { return stages_loaded_.load(); }
+  uint64_t stages_reused() const { return stages_reused_.load(); }
 
  private:
   struct Session;
@@ -71,12 +75,24 @@ class Worker {
   // The upstream link of `session` (from the previous stage), waiting for it to arrive.
   std::unique_ptr<transport::TcpLink> take_upstream(uint64_t session, transport::Timeout timeout);
 
+  // The layers a session loaded, kept when it ends: a coordinator that rebuilds its pipeline
+  // after losing another node (shard/recovery.h) usually assigns this worker the same range
+  // again, which then starts at once instead of loading. Another range drops them first.
+  struct LoadedStage;
+  static std::string stage_key(const struct StageAssignment& a);
+  // The kept stage when its key is `key` (nullptr otherwise; a kept stage of another key is
+  // freed). A session still ending with that key is waited for (up to 2 s): the coordinator closes
+  // the old pipeline's links just before it sends the new assignment.
+  std::unique_ptr<LoadedStage> take_loaded(const std::string& key);
+  void keep_loaded(std::unique_ptr<LoadedStage> loaded);
+
   WorkerOptions options_;
   transport::ClusterKey key_;
   transport::TcpListener listener_;
   std::atomic<bool> stopping_{false};
   std::atomic<uint64_t> refused_{0};
   std::atomic<uint64_t> weight_bytes_{0};
+  std::atomic<uint64_t> stages_loaded_{0}, stages_reused_{0};
 
   std::mutex mutex_;
   std::condition_variable upstream_ready_;
@@ -84,6 +100,9 @@ class Worker {
   std::condition_variable threads_done_;
   int active_threads_ = 0;                     // connection threads still running
   std::vector<transport::Link*> open_links_;  // closed by stop()
+  std::unique_ptr<LoadedStage> loaded_;       // kept from the last session (guarded by mutex_)
+  std::multiset<std::string> stages_in_use_;  // keys of the sessions' stages (guarded by mutex_)
+  std::condition_variable stage_kept_;
 };
 
 }  // namespace hearth::shard

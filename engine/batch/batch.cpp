@@ -31,7 +31,7 @@ std::vector<SampledToken> SlotSamplers::sample(std::span<const BatchEntry> entri
     }
     Slot& s = slots_[static_cast<size_t>(e.slot)];
     if (e.begin != nullptr) {
-      s.sampler.emplace(*e.begin);
+      s.sampler.emplace(*e.begin, e.resumed);
       s.history.clear();
       s.matcher.reset();
       if (!e.begin->grammar.empty()) {
@@ -91,6 +91,15 @@ std::shared_ptr<grammar::CompiledGrammar> SlotSamplers::compiled(const SamplingP
   if (grammar_cache_.size() >= kCachedGrammars) grammar_cache_.erase(grammar_cache_.begin());
   grammar_cache_.emplace_back(std::move(key), g);
   return g;
+}
+
+const char* executor_state_name(ExecutorHealth::State state) {
+  switch (state) {
+    case ExecutorHealth::State::serving: return "serving";
+    case ExecutorHealth::State::recovering: return "recovering";
+    case ExecutorHealth::State::down: return "down";
+  }
+  return "?";
 }
 
 LocalExecutor::LocalExecutor(Stage& stage, std::shared_ptr<const grammar::Vocabulary> vocabulary)

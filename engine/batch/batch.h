@@ -12,6 +12,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -27,12 +28,19 @@ namespace hearth::engine {
 // marks the first entry of a new sequence in that slot: its sampler starts from these
 // parameters and its token history (which the penalties read) starts empty. Every token of an
 // entry joins the slot's history.
+//
+// A replay (the sequence rebuilt on a new pipeline after a failure) begins like a new sequence
+// whose tokens are its prompt followed by the tokens it had generated, with `resumed` (on the
+// `begin` entry) = how many of them were generated: the last `resumed` tokens of the history
+// when it first samples. The sampler's state is a function of that count and the history (the
+// random generator skips `resumed` draws), so the continuation is what it would have been.
 struct BatchEntry {
   int32_t slot = 0;
   int32_t pos0 = 0;
   std::span<const Token> tokens;
   bool sample = false;
   const SamplingParams* begin = nullptr;
+  uint32_t resumed = 0;  // with `begin`: tokens already generated (a replay); 0 for a new sequence
 };
 
 // The stage input of a step's entries: every token with its KV slot, and the rows whose logits
@@ -81,6 +89,23 @@ class SlotSamplers {
   std::vector<float> masked_logits_;
 };
 
+// What an executor can do now, for /health and /metrics.
+struct ExecutorHealth {
+  enum class State { serving, recovering, down };
+  State state = State::serving;
+  std::string reason;               // why recovering or down
+  std::string plan;                 // where the layers run now (printable; empty: in this process)
+  // Every node the executor knows, with what it does now: "stage 1, layers [10, 20)",
+  // "standby", "unreachable: ...".
+  std::vector<std::pair<std::string, std::string>> nodes;
+  uint64_t stage_failures = 0;      // failures seen (a dead, silent or misbehaving stage)
+  uint64_t recoveries = 0;          // rebuilds after a failure that succeeded
+  uint64_t rebalances = 0;          // rebuilds for a better plan
+  double rebuild_seconds = 0;       // spent rebuilding, all rebuilds together
+  double last_rebuild_seconds = 0;  // the last one
+};
+const char* executor_state_name(ExecutorHealth::State state);  // "serving", "recovering", "down"
+
 // Runs steps of the continuous batch. Steps are submitted and collected in order; a pipeline of
 // S stages keeps up to max_in_flight() steps moving at once, so every stage has work.
 class BatchExecutor {
@@ -100,6 +125,21 @@ class BatchExecutor {
   // Why this executor can run no more steps (a dead stage of a pipeline), or empty while it can.
   // Any thread may ask.
   virtual std::string failure() const { return {}; }
+
+  // Recovery (shard/recovery.h: a pipeline re-planned onto the nodes left). rebuild() is called
+  // by the scheduler's thread with no step in flight, after a step failed or when
+  // rebuild_wanted() says a better plan is waiting (a node came back). It may take seconds.
+  // true: steps can run again, every KV slot is empty and every sequence must be replayed from
+  // its tokens (BatchEntry::resumed); false: it cannot serve now (failure() says why), and
+  // rebuild_wanted() turns true when it might. An executor that cannot rebuild returns false.
+  virtual bool rebuild() { return false; }
+  virtual bool rebuild_wanted() const { return false; }
+  virtual ExecutorHealth health() const {
+    ExecutorHealth h;
+    h.reason = failure();
+    h.state = h.reason.empty() ? ExecutorHealth::State::serving : ExecutorHealth::State::down;
+    return h;
+  }
 };
 
 // Every layer in this process: a Stage over all layers with one KV slot per sequence. A step

@@ -274,7 +274,8 @@ class PenalizedLogits {
 
 }  // namespace
 
-Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {
+Sampler::Sampler(const SamplingParams& params, uint32_t resumed) : params_(params), rng_(params.seed) {
+  if (params.temperature > 0.0f) rng_.discard(resumed);
   const auto require = [](bool ok, std::string_view what) {
     if (!ok) throw Error(fmt::format("sampling parameters: {}", what));
   };
@@ -323,9 +324,13 @@ SampledToken Sampler::sample(std::span<const float> logits, std::span<const Toke
   const bool unpenalized = penalized.empty();
   const PenalizedLogits view(logits, std::move(penalized));
   const float max = unpenalized ? raw_max : view.max();
-  // Greedy, and the degenerate cases with no distribution to draw from (every logit -inf, or an
-  // infinite one): the best token, the lowest id among equals.
-  if (params_.temperature <= 0.0f || !std::isfinite(max)) return finish(view.first_equal_to(max));
+  if (params_.temperature <= 0.0f) return finish(view.first_equal_to(max));
+  // Exactly one draw per sample, taken here even when it goes unused, so that a resumed
+  // Sampler can skip the draws of the tokens before it by their count alone.
+  const double uniform = uniform01(rng_);
+  // The degenerate cases with no distribution to draw from (every logit -inf, or an infinite
+  // one): the best token, the lowest id among equals.
+  if (!std::isfinite(max)) return finish(view.first_equal_to(max));
 
   // Top-k (the k best, sorted, without copying the vocabulary), temperature and softmax: from
   // here on candidates_[i].first is a weight in [0, 1], the best's exactly 1; probabilities are
@@ -384,7 +389,7 @@ SampledToken Sampler::sample(std::span<const float> logits, std::span<const Toke
   // Draw from the renormalized survivors.
   double total = 0.0;
   for (size_t i = 0; i < count; ++i) total += static_cast<double>(candidates_[i].first);
-  const double threshold = uniform01(rng_) * total;
+  const double threshold = uniform * total;
   double cumulative = 0.0;
   size_t chosen = count - 1;
   for (size_t i = 0; i < count; ++i) {

@@ -60,7 +60,11 @@ struct SampledToken {
 
 class Sampler {
  public:
-  explicit Sampler(const SamplingParams& params);
+  // `resumed`: the sequence already sampled this many tokens under these parameters before (a
+  // replay onto a rebuilt pipeline): the random generator continues after their draws, so the
+  // sequence goes on exactly as it would have. Every sample() with temperature > 0 takes exactly
+  // one draw (even where there is no distribution to draw from), so the count is all it needs.
+  explicit Sampler(const SamplingParams& params, uint32_t resumed = 0);
 
   // Samples from `logits` (size = vocabulary) given the tokens of the sequence so far
   // (prompt and generated; the penalties look at the last repeat_last_n of them).

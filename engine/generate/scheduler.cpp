@@ -16,6 +16,9 @@ struct Scheduler::Sequence {
   int32_t n_past = 0;       // positions already in the KV cache
   int32_t limit = 0;        // tokens to generate at most
   std::vector<Token> generated;
+  // A replay after the executor was rebuilt: the prompt and the tokens generated before, all
+  // prefilled again (empty: the prompt alone is prefilled).
+  std::vector<Token> replay;
   std::optional<IncrementalDecoder> decoder;
   std::optional<StopStringMatcher> stops;
   bool begun = false;       // its first entry has been submitted (the executor knows its sampler)
@@ -23,7 +26,9 @@ struct Scheduler::Sequence {
   bool finished = false;
 
   int32_t prompt_size() const { return static_cast<int32_t>(request.prompt.size()); }
-  bool prefilling() const { return n_past < prompt_size(); }
+  const std::vector<Token>& prefill() const { return replay.empty() ? request.prompt : replay; }
+  int32_t prefill_size() const { return static_cast<int32_t>(prefill().size()); }
+  bool prefilling() const { return n_past < prefill_size(); }
 };
 
 Scheduler::Scheduler(BatchExecutor& executor, const Tokenizer& tokenizer, const SchedulerOptions& options)
@@ -91,6 +96,7 @@ SchedulerStats Scheduler::stats() const {
   }
   s.stage_busy_seconds = executor_.stage_busy_seconds();
   s.executor_failure = executor_.failure();
+  s.executor = executor_.health();
   return s;
 }
 
@@ -124,11 +130,13 @@ struct Scheduler::Step {
 void Scheduler::loop() {
   std::unique_lock<std::mutex> lock(mutex_);
   while (true) {
-    wake_.wait(lock, [&] {
-      if (stopping_ || !queue_.empty() || !in_flight_.empty()) return true;
+    // The executor may ask for a rebuild at any time (a node came back): look twice a second.
+    const bool work = wake_.wait_for(lock, std::chrono::milliseconds(500), [&] {
+      if (stopping_ || !queue_.empty() || !in_flight_.empty() || rebuild_pending_) return true;
       return std::any_of(running_.begin(), running_.end(), [](const auto& s) { return !s->in_flight; });
     });
     if (stopping_) break;
+    if (!work && !executor_.rebuild_wanted()) continue;
 
     // Admit from the queue into free slots, dropping what was cancelled while waiting.
     std::vector<std::unique_ptr<Sequence>> dropped;
@@ -156,11 +164,22 @@ void Scheduler::loop() {
     for (auto& seq : running_) {
       if (!seq->finished && !seq->in_flight && seq->handle->cancelled()) finish(*seq, "cancelled", "", false);
     }
-    const int32_t n_active = static_cast<int32_t>(
-        std::count_if(running_.begin(), running_.end(), [](const auto& s) { return !s->finished; }));
-    while (static_cast<int32_t>(in_flight_.size()) < executor_.max_in_flight() && launch_step(n_active)) {
+    // A failed executor, or one that asks for a rebuild: launch nothing, drain, rebuild. One that
+    // could not rebuild fails what arrives until it asks again.
+    const bool rebuild = rebuild_pending_ || executor_.rebuild_wanted();
+    if (executor_down_ && !rebuild) {
+      fail_everything(fmt::format("the model cannot be served now: {}", executor_.failure()));
+    } else if (!rebuild) {
+      const int32_t n_active = static_cast<int32_t>(
+          std::count_if(running_.begin(), running_.end(), [](const auto& s) { return !s->finished; }));
+      while (static_cast<int32_t>(in_flight_.size()) < executor_.max_in_flight() && launch_step(n_active)) {
+      }
     }
-    if (!in_flight_.empty()) complete_step();
+    if (!in_flight_.empty()) {
+      complete_step();
+    } else if (rebuild) {
+      rebuild_executor();
+    }
 
     // Free the slots of finished sequences that no step still holds.
     std::vector<int32_t> released;
@@ -207,6 +226,7 @@ bool Scheduler::launch_step(int32_t n_active) {
   for (auto& seq : running_) {
     if (static_cast<int32_t>(step->members.size()) >= group) break;
     if (seq->finished || seq->in_flight || seq->prefilling()) continue;
+    HEARTH_CHECK(!seq->generated.empty());
     step->entries.push_back({seq->slot, seq->n_past, std::span<const Token>(&seq->generated.back(), 1), true, nullptr});
     step->sampled_for.push_back(seq.get());
     step->decoded.push_back(seq.get());
@@ -216,12 +236,13 @@ bool Scheduler::launch_step(int32_t n_active) {
   for (auto& seq : running_) {
     if (budget <= 0 || static_cast<int32_t>(step->members.size()) >= group) break;
     if (seq->finished || seq->in_flight || !seq->prefilling()) continue;
-    const int32_t count = std::min(budget, seq->prompt_size() - seq->n_past);
-    const bool completes = seq->n_past + count == seq->prompt_size();
+    const int32_t count = std::min(budget, seq->prefill_size() - seq->n_past);
+    const bool completes = seq->n_past + count == seq->prefill_size();
     const SamplingParams* begin = seq->begun ? nullptr : &seq->request.options.sampling;
+    const uint32_t resumed = begin != nullptr ? static_cast<uint32_t>(seq->generated.size()) : 0;
     step->entries.push_back({seq->slot, seq->n_past,
-                             std::span<const Token>(seq->request.prompt.data() + seq->n_past, static_cast<size_t>(count)),
-                             completes, begin});
+                             std::span<const Token>(seq->prefill().data() + seq->n_past, static_cast<size_t>(count)),
+                             completes, begin, resumed});
     if (completes) step->sampled_for.push_back(seq.get());
     step->prefilled.emplace_back(seq.get(), count);
     step->members.push_back(seq.get());
@@ -254,8 +275,14 @@ void Scheduler::complete_step() {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - step->start).count();
   for (Sequence* seq : step->members) seq->in_flight = false;
   uint64_t n_prompt = 0, n_generated = 0;
-  if (!error.empty()) {
-    for (Sequence* seq : step->members) finish(*seq, "error", error, false);
+  if (!error.empty() && !executor_.failure().empty()) {
+    // The executor failed (a stage died): its steps are lost, not the sequences. Drain the
+    // rest, then rebuild and replay (loop()).
+    rebuild_pending_ = true;
+  } else if (rebuild_pending_) {
+    // A step that completed after another failed: its work is lost with the executor's state.
+  } else if (!error.empty()) {
+    for (Sequence* seq : step->members) finish(*seq, "error", error, false);  // this step's input was bad
   } else {
     for (auto& [seq, count] : step->prefilled) {
       seq->n_past += count;
@@ -287,6 +314,44 @@ void Scheduler::complete_step() {
   stats_.generated_tokens += n_generated;
   ++stats_.steps;
   stats_.busy_seconds += seconds;
+}
+
+void Scheduler::rebuild_executor() {
+  rebuild_pending_ = false;
+  if (!executor_.rebuild()) {
+    executor_down_ = true;
+    fail_everything(fmt::format("the model cannot be served now: {}", executor_.failure()));
+    return;
+  }
+  executor_down_ = false;
+  // Every KV slot is empty now: each running sequence prefills its prompt and what it generated
+  // again, and its sampler resumes after those tokens.
+  uint64_t sequences = 0, tokens = 0;
+  for (auto& seq : running_) {
+    if (seq->finished) continue;
+    seq->replay = seq->request.prompt;
+    seq->replay.insert(seq->replay.end(), seq->generated.begin(), seq->generated.end());
+    seq->n_past = 0;
+    seq->begun = false;
+    ++sequences;
+    tokens += seq->replay.size();
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  stats_.replayed_sequences += sequences;
+  stats_.replayed_tokens += tokens;
+}
+
+void Scheduler::fail_everything(const std::string& error) {
+  std::vector<std::unique_ptr<Sequence>> queued;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto& s : queue_) queued.push_back(std::move(s));
+    queue_.clear();
+    stats_.waiting = 0;
+  }
+  for (auto& seq : queued) finish(*seq, "error", error, false);
+  // Their slots go back at the end of the loop's pass (finished, not in flight).
+  for (auto& seq : running_) finish(*seq, "error", error, false);
 }
 
 // ---- One sequence, waited for -----------------------------------------------------------

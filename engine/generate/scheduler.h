@@ -8,6 +8,14 @@
 // The scheduler knows nothing of HTTP or of where the layers run: a BatchExecutor runs a step
 // (one process: LocalExecutor over a Stage holding every layer; a cluster: the pipeline) and
 // returns the sampled tokens. Callbacks run on the scheduler's thread and must be quick.
+//
+// When the executor fails (a pipeline's stage died) or asks to be rebuilt (a better plan), the
+// scheduler stops launching steps, drains those in flight, lets the executor rebuild itself and
+// replays every running sequence: its prompt and the tokens it has generated are prefilled
+// again and its sampler resumes where it was (BatchEntry::resumed), so its stream pauses but
+// goes on with exactly the tokens it would have had. Queued sequences stay queued. Only when the
+// executor cannot rebuild do the running and queued sequences end with an error; the scheduler
+// then refuses nothing itself but fails what arrives until the executor can serve again.
 #pragma once
 
 #include <atomic>
@@ -105,6 +113,9 @@ struct SchedulerStats {
   double busy_seconds = 0.0;       // time from submitting steps to collecting them
   std::vector<double> stage_busy_seconds;  // computing, per pipeline stage (one in a single process)
   std::string executor_failure;    // non-empty: the executor can run no more steps (BatchExecutor::failure)
+  ExecutorHealth executor;         // serving, recovering or down, and why (BatchExecutor::health)
+  uint64_t replayed_sequences = 0; // sequences rebuilt on a new executor after a failure or rebalance
+  uint64_t replayed_tokens = 0;    // tokens prefilled again for them
 };
 
 class Scheduler {
@@ -129,6 +140,11 @@ class Scheduler {
   // Builds and submits a step from sequences that are not in flight; false when there is none.
   bool launch_step(int32_t n_active);
   void complete_step();
+  // Rebuilds the executor (nothing in flight) and sets every running sequence up for replay, or
+  // fails the running and queued sequences when it cannot.
+  void rebuild_executor();
+  // Ends every running and queued sequence with `error` (the executor cannot serve).
+  void fail_everything(const std::string& error);
   // Reports the end once. `release_held`: emit text held back for an incomplete character or a
   // possible stop string (not after a completed stop string, nor on cancel or error).
   void finish(Sequence& seq, const std::string& reason, const std::string& error, bool release_held);
@@ -143,6 +159,8 @@ class Scheduler {
   std::vector<std::unique_ptr<Sequence>> running_;  // scheduler thread only
   std::deque<std::unique_ptr<Step>> in_flight_;     // scheduler thread only
   std::vector<int32_t> free_slots_;
+  bool rebuild_pending_ = false;  // scheduler thread: a step failed with the executor; drain, then rebuild
+  bool executor_down_ = false;    // scheduler thread: the last rebuild failed
   SchedulerStats stats_;  // guarded by mutex_
   bool stopping_ = false;
   std::thread thread_;

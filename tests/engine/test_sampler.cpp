@@ -569,6 +569,40 @@ TEST(StopStringMatcher, FlushReturnsWhatWasHeldBack) {
   EXPECT_EQ(m.flush(), "</ans");
 }
 
+// A Sampler resumed after k tokens (a sequence replayed onto a rebuilt pipeline) draws exactly
+// what the original draws next, also when some of the k samples had nothing to draw from (every
+// logit -inf: each sample takes its one draw all the same).
+TEST(Sampler, ResumedAfterKTokensContinuesTheSameDraws) {
+  SamplingParams p = plain(0.9f);
+  p.top_k = 20;
+  p.seed = 1234;
+  const std::vector<float> degenerate(64, -std::numeric_limits<float>::infinity());
+  std::vector<std::vector<float>> steps;
+  for (uint64_t i = 0; i < 40; ++i) steps.push_back(i % 7 == 3 ? degenerate : random_logits(64, 100 + i, 1.0f));
+  std::vector<Token> history = {1, 2, 3};
+  Sampler original(p);
+  std::vector<Token> tokens;
+  for (const auto& logits : steps) {
+    tokens.push_back(original.sample(logits, history).token);
+    history.push_back(tokens.back());
+  }
+  std::set<Token> distinct(tokens.begin(), tokens.end());
+  ASSERT_GT(distinct.size(), 5u) << "the draws must matter for this test to mean anything";
+  for (uint32_t k : {0u, 1u, 3u, 4u, 17u, 39u}) {
+    Sampler resumed(p, k);
+    std::vector<Token> h = {1, 2, 3};
+    h.insert(h.end(), tokens.begin(), tokens.begin() + k);
+    for (size_t i = k; i < steps.size(); ++i) {
+      ASSERT_EQ(resumed.sample(steps[i], h).token, tokens[i]) << "resumed after " << k << ", step " << i;
+      h.push_back(tokens[i]);
+    }
+  }
+  // Greedy takes no draws: resuming it changes nothing.
+  Sampler g(greedy(), 5);
+  EXPECT_EQ(g.sample(steps[0], history).token,
+            static_cast<Token>(std::max_element(steps[0].begin(), steps[0].end()) - steps[0].begin()));
+}
+
 // Random texts cut into random pieces: what comes out is exactly the text before the first stop
 // string (or all of it), so no part of a stop string is ever emitted.
 TEST(StopStringMatcher, RandomChunkingMatchesAReference) {

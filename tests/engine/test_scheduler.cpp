@@ -347,6 +347,159 @@ TEST_F(SchedulerTest, SeededSamplingIsReproducibleInAnyCompany) {
   EXPECT_EQ(together[1].tokens, alone.tokens);
 }
 
+// An executor that loses its state as a failed pipeline does: at chosen collects it fails
+// (failure() set, that step and every one still in flight throw), and rebuild() starts over on
+// a fresh Stage — a new KV cache and new samplers, nothing kept — or refuses while `refuse` is
+// set. `want` asks for a rebuild with no failure (a rebalance). Two steps may be in flight.
+class RebuildingExecutor final : public BatchExecutor {
+ public:
+  RebuildingExecutor(const Model& model, kernels::Backend& backend) : model_(model), backend_(backend) { fresh(); }
+  int32_t n_slots() const override { return stage_->options().n_seq; }
+  int32_t n_ctx() const override { return stage_->options().n_ctx; }
+  int32_t max_in_flight() const override { return 2; }
+  void submit(std::span<const BatchEntry> entries) override { inner_->submit(entries); }
+  std::vector<SampledToken> collect() override {
+    std::vector<SampledToken> out = inner_->collect();
+    ++collected_;
+    if (std::find(fail_at.begin(), fail_at.end(), collected_) != fail_at.end()) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      failure_ = "stage 1 (127.0.0.1:7001, layers [15, 30)): peer silent for 3.0 s (heartbeat timeout)";
+    }
+    if (std::find(want_at.begin(), want_at.end(), collected_) != want_at.end()) want = true;
+    if (!failure().empty()) throw Error(fmt::format("the pipeline failed: {}", failure()));
+    return out;
+  }
+  std::vector<double> stage_busy_seconds() const override { return {0.0}; }
+  std::string failure() const override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return failure_;
+  }
+  bool rebuild() override {
+    ++rebuilds;
+    want = false;
+    if (refuse) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      failure_ = "no worker left can hold layers [0, 30): 127.0.0.1:7001 unreachable";
+      return false;
+    }
+    fresh();
+    std::lock_guard<std::mutex> lock(mutex_);
+    failure_.clear();
+    return true;
+  }
+  bool rebuild_wanted() const override { return want; }
+
+  std::vector<int> fail_at, want_at;  // collect counts (1-based) at which to fail / ask for a rebuild
+  std::atomic<bool> want{false};
+  std::atomic<bool> refuse{false};
+  std::atomic<int> rebuilds{0};
+
+ private:
+  void fresh() {
+    inner_.reset();
+    StageOptions options = const_cast<Model&>(model_).stage().options();
+    stage_ = std::make_unique<Stage>(model_.file(), model_.config(), backend_, 0, model_.config().n_layer, options);
+    inner_ = std::make_unique<LocalExecutor>(*stage_);
+  }
+  const Model& model_;
+  kernels::Backend& backend_;
+  std::unique_ptr<Stage> stage_;
+  std::unique_ptr<LocalExecutor> inner_;
+  int collected_ = 0;
+  mutable std::mutex mutex_;
+  std::string failure_;
+};
+
+// Four greedy sequences and one seeded sampled one, submitted together; their outcomes.
+std::vector<Outcome> run_mixed(Scheduler& scheduler, const Model& model) {
+  std::vector<std::unique_ptr<Collector>> collectors;
+  std::vector<SequenceRequest> requests;
+  for (size_t i = 0; i < 5; ++i) {
+    GenerationOptions o;
+    o.max_tokens = 20;
+    o.sampling.temperature = i == 4 ? 0.9f : 0.0f;
+    o.sampling.seed = 4242;
+    o.sampling.repeat_penalty = i == 4 ? 1.1f : 1.0f;  // the penalties read the replayed history
+    collectors.push_back(std::make_unique<Collector>());
+    requests.push_back(collectors.back()->request(model.tokenize_prompt(kPrompts[i]), o));
+  }
+  auto handles = scheduler.submit(std::move(requests));
+  EXPECT_TRUE(handles.has_value());
+  std::vector<Outcome> outcomes;
+  for (auto& c : collectors) outcomes.push_back(c->wait());
+  return outcomes;
+}
+
+// The replay oracle: sequences whose executor fails twice mid-generation (and is rebuilt once
+// more for a rebalance) end with exactly the tokens and text of an undisturbed run, the sampled
+// one included: each is prefilled again from its prompt and generated tokens on a fresh KV cache
+// and its sampler resumes after them.
+TEST_F(SchedulerTest, SequencesReplayedAfterExecutorFailuresGiveTheUndisturbedTokens) {
+  auto model = open(5, 256);
+  std::vector<Outcome> undisturbed;
+  {
+    LocalExecutor executor(model->stage());
+    SchedulerOptions o;
+    o.step_tokens = 16;  // prompts in chunks
+    Scheduler scheduler(executor, model->tokenizer(), o);
+    undisturbed = run_mixed(scheduler, *model);
+  }
+  ASSERT_GE(undisturbed[4].tokens.size(), 10u);
+
+  RebuildingExecutor executor(*model, backend_);
+  executor.fail_at = {3, 11, 12};  // during the prompts; mid-generation (two steps lost)
+  executor.want_at = {17};         // a rebalance with no failure
+  SchedulerOptions o;
+  o.step_tokens = 16;
+  Scheduler scheduler(executor, model->tokenizer(), o);
+  const std::vector<Outcome> replayed = run_mixed(scheduler, *model);
+  for (size_t i = 0; i < replayed.size(); ++i) {
+    EXPECT_EQ(replayed[i].result.finish_reason, undisturbed[i].result.finish_reason) << replayed[i].result.error;
+    EXPECT_EQ(replayed[i].tokens, undisturbed[i].tokens) << kPrompts[i];
+    EXPECT_EQ(replayed[i].text, undisturbed[i].text) << kPrompts[i];
+    EXPECT_EQ(replayed[i].result.prompt_tokens, undisturbed[i].result.prompt_tokens);
+  }
+  EXPECT_EQ(executor.rebuilds.load(), 3);  // fail_at 11 and 12 are one failure: the drained step is lost too
+  const SchedulerStats stats = wait_idle(scheduler);
+  EXPECT_GE(stats.replayed_sequences, 10u);
+  EXPECT_GT(stats.replayed_tokens, stats.replayed_sequences * 5);
+}
+
+// An executor that cannot rebuild: what runs and what waits ends with an error naming why, what
+// arrives meanwhile fails at once, and once the executor asks again it serves as before.
+TEST_F(SchedulerTest, AnExecutorThatCannotRebuildFailsTheSequencesUntilItCanAgain) {
+  auto model = open(2, 256);
+  RebuildingExecutor executor(*model, backend_);
+  executor.fail_at = {4};
+  executor.refuse = true;
+  Scheduler scheduler(executor, model->tokenizer(), {});
+  std::vector<std::unique_ptr<Collector>> collectors;
+  for (size_t i = 0; i < 3; ++i) {  // two run, one waits for a slot
+    collectors.push_back(std::make_unique<Collector>());
+    std::vector<SequenceRequest> one;
+    one.push_back(collectors.back()->request(model->tokenize_prompt(kPrompts[i]), greedy(16)));
+    ASSERT_TRUE(scheduler.submit(std::move(one)).has_value());
+  }
+  for (auto& c : collectors) {
+    const Outcome out = c->wait();
+    EXPECT_EQ(out.result.finish_reason, "error");
+    EXPECT_NE(out.result.error.find("no worker left can hold layers"), std::string::npos) << out.result.error;
+  }
+  EXPECT_THROW(generate(scheduler, model->tokenize_prompt(kPrompts[3]), greedy(4), {}), Error);
+  EXPECT_EQ(wait_idle(scheduler).executor_failure.find("no worker left"), 0u);
+
+  executor.refuse = false;
+  executor.want = true;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!executor.failure().empty() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(executor.failure().empty()) << "the scheduler did not rebuild when asked";
+  const GenerationResult r = generate(scheduler, model->tokenize_prompt(kPrompts[0]), greedy(8), {});
+  auto reference = open(1, 256);
+  EXPECT_EQ(r.tokens, greedy_reference(*reference, reference->tokenize_prompt(kPrompts[0]), 8));
+}
+
 TEST_F(SchedulerTest, StopStringsAndLengthLimits) {
   auto model = open(2);
   LocalExecutor executor(model->stage());

@@ -547,6 +547,38 @@ TEST_F(PipelineTest, HostileFramesLeaveTheWorkerServingItsRealPeer) {
   EXPECT_GE(rounds_under_attack, 1);
 }
 
+// A coordinator's next session (a pipeline rebuilt after another node was lost) that gives a
+// worker the layers it already holds starts without loading them; the stage kept from the last
+// session still has that session's KV cache, which a new session never reads: its tokens are the
+// single-process ones. Other layers are loaded (and the kept ones freed first).
+TEST_F(PipelineTest, ASessionWithTheSameLayersReusesTheLoadedStage) {
+  const std::vector<Outcome>& want = reference();
+  const transport::ClusterKey key = transport::generate_cluster_key();
+  InProcessCluster cluster(2, key);
+  const auto stages = even_stages(cluster.addresses(), model_->config().n_layer);
+  const auto loaded = [&] { return cluster.worker(0).stages_loaded() + cluster.worker(1).stages_loaded(); };
+  const auto reused = [&] { return cluster.worker(0).stages_reused() + cluster.worker(1).stages_reused(); };
+  {
+    PipelineExecutor first(smollm2(), model_->config(), stages, key, options());
+    run_all(first, model_->tokenizer(), {prompts_.rbegin(), prompts_.rend()}, kTokens);  // other slots, other tokens
+  }
+  EXPECT_EQ(loaded(), 2u);
+  {
+    PipelineExecutor again(smollm2(), model_->config(), stages, key, options());
+    EXPECT_EQ(reused(), 2u);
+    EXPECT_EQ(loaded(), 2u);
+    const std::vector<Outcome> got = run_all(again, model_->tokenizer(), prompts_, kTokens);
+    for (size_t p = 0; p < prompts_.size(); ++p) EXPECT_EQ(got[p].tokens, want[p].tokens) << "prompt " << p;
+  }
+  const uint64_t before = loaded();
+  std::vector<PipelineStageSpec> other = stages;
+  other[0].last = other[1].first = other[0].last + 3;
+  PipelineExecutor moved(smollm2(), model_->config(), other, key, options());
+  EXPECT_EQ(loaded(), before + 2);
+  const std::vector<Outcome> got = run_all(moved, model_->tokenizer(), {prompts_[0]}, kTokens);
+  EXPECT_EQ(got[0].tokens, want[0].tokens);
+}
+
 TEST_F(PipelineTest, AKilledWorkerIsReportedWithinThreeSecondsAndTheCoordinatorStaysUp) {
   LocalCluster cluster(HEARTH_BINARY, 3, 1);
   PipelineExecutor pipeline(smollm2(), model_->config(), even_stages(cluster.addresses(), model_->config().n_layer),
@@ -568,10 +600,11 @@ TEST_F(PipelineTest, AKilledWorkerIsReportedWithinThreeSecondsAndTheCoordinatorS
     EXPECT_NE(o.error.find("stage"), std::string::npos) << o.error;
     EXPECT_LT(std::chrono::duration<double>(o.finished_at - killed_at).count(), 3.0);
   }
-  // The coordinator is still there: a new request gets a clear error, not a hang.
+  // The coordinator is still there: a new request gets a clear error, not a hang. (A bare
+  // PipelineExecutor cannot rebuild; shard/recovery.h's can, tests/api/test_node_loss.py.)
   const std::vector<Outcome> after = run_all(pipeline, model_->tokenizer(), {prompts_[0]}, 4);
   EXPECT_EQ(after[0].finish_reason, "error");
-  EXPECT_NE(after[0].error.find("pipeline failed"), std::string::npos) << after[0].error;
+  EXPECT_NE(after[0].error.find("cannot be served now: stage 1"), std::string::npos) << after[0].error;
 }
 
 }  // namespace

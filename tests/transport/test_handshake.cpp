@@ -85,17 +85,18 @@ TEST_P(HandshakeOverLink, WrongKeyIsRefusedOnBothSides) {
 
 TEST_P(HandshakeOverLink, VersionMismatchIsNamedOnBothSides) {
   for (bool initiator_is_newer : {true, false}) {
-    SCOPED_TRACE(initiator_is_newer ? "initiator speaks 4" : "responder speaks 4");
+    const uint16_t next = kProtocolVersion + 1;
+    SCOPED_TRACE(initiator_is_newer ? "the initiator is newer" : "the responder is newer");
     LinkPair p = make();
     HandshakeOptions newer;
-    newer.protocol_version = 4;
+    newer.protocol_version = next;
     const Both r = initiator_is_newer ? handshake_both(p, key_a(), key_a(), newer, {})
                                       : handshake_both(p, key_a(), key_a(), {}, newer);
     ASSERT_FALSE(r.initiator.ok);
     ASSERT_FALSE(r.responder.ok);
     // The responder reads the first Hello and detects the mismatch; the initiator learns it
     // from the responder's Close. Both messages name both versions.
-    const std::string theirs = initiator_is_newer ? "4" : "3", ours = initiator_is_newer ? "3" : "4";
+    const uint16_t theirs = initiator_is_newer ? next : kProtocolVersion, ours = initiator_is_newer ? kProtocolVersion : next;
     EXPECT_NE(r.responder.error.find(fmt::format("peer speaks protocol version {}, we speak {}", theirs, ours)),
               std::string::npos)
         << r.responder.error;
