@@ -97,6 +97,7 @@ struct ServeArgs {
   std::string api_key;
   std::string api_key_file;
   int32_t parallel = 4;
+  bool prefix_cache = true;  // reuse a slot's KV for a prompt that begins with its tokens
   int32_t queue = -1;              // -1: as memory allows (default_queue_depth in serve.cpp)
   double queue_timeout = 300;      // seconds a request may wait for a slot (0: no limit)
   double shutdown_grace = 5;       // seconds streams in flight may run on after SIGTERM

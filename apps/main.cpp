@@ -117,6 +117,8 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   serve->add_option("-P,--parallel", serve_args.parallel, "Sequences generated at once (KV-cache slots)")
       ->capture_default_str();
+  serve->add_flag("--prefix-cache,!--no-prefix-cache", serve_args.prefix_cache,
+                  "Reuse the KV cache of a slot's last request for a prompt that begins with the same tokens (default: on)");
   serve->add_option("--queue", serve_args.queue,
                     "Sequences that may wait for a slot; beyond: 503 + Retry-After (default: as memory allows, 256..1024)");
   serve->add_option("--queue-timeout", serve_args.queue_timeout,

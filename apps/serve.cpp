@@ -140,6 +140,7 @@ int run_serve(const ServeArgs& args) {
     engine::SchedulerOptions scheduler_options;
     scheduler_options.max_queue = queue;
     scheduler_options.step_tokens = args.batch_size;
+    scheduler_options.prefix_cache = args.prefix_cache;
     scheduler = std::make_unique<engine::Scheduler>(*executor, model->tokenizer(), scheduler_options);
   } catch (...) {
     http.stop();

@@ -93,6 +93,11 @@ std::string ServerMetrics::render(const Snapshot& s) const {
   counter("hearth_replayed_tokens_total", "Tokens prefilled again to replay sequences (prompt and generated)",
           static_cast<double>(s.replayed_tokens));
 
+  counter("hearth_prefix_cache_hits_total", "Sequences whose prompt began with tokens a slot's KV cache still held",
+          static_cast<double>(s.prefix_cache_hits));
+  counter("hearth_prefix_cache_tokens_total", "Prompt tokens reused from the prompt cache instead of prefilled",
+          static_cast<double>(s.prefix_cache_tokens));
+
   std::lock_guard<std::mutex> lock(mutex_);
   counter("hearth_requests_refused_total", "Requests refused with 503: the queue was full, or one waited past --queue-timeout", static_cast<double>(refused_));
   out += "# HELP hearth_http_requests_total HTTP requests answered, by endpoint and status\n"

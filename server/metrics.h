@@ -56,6 +56,8 @@ class ServerMetrics {
     double last_rebuild_seconds = 0.0;
     uint64_t replayed_sequences = 0;
     uint64_t replayed_tokens = 0;
+    uint64_t prefix_cache_hits = 0;
+    uint64_t prefix_cache_tokens = 0;
   };
   std::string render(const Snapshot& snapshot) const;
 

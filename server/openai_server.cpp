@@ -42,10 +42,12 @@ void send_error(httplib::Response& res, int status, const std::string& message, 
 
 void send_error(httplib::Response& res, const ApiError& e) { send_error(res, e.status, e.what(), e.type, e.param, e.code); }
 
-json usage_json(int32_t prompt_tokens, int32_t completion_tokens) {
+// OpenAI's usage object; `cached_tokens`: prompt tokens whose KV the prompt cache held.
+json usage_json(int32_t prompt_tokens, int32_t completion_tokens, int32_t cached_tokens) {
   return {{"prompt_tokens", prompt_tokens},
           {"completion_tokens", completion_tokens},
-          {"total_tokens", prompt_tokens + completion_tokens}};
+          {"total_tokens", prompt_tokens + completion_tokens},
+          {"prompt_tokens_details", {{"cached_tokens", cached_tokens}}}};
 }
 
 // The legacy completions `logprobs` object for these tokens (`text_offset` counted from the
@@ -412,7 +414,7 @@ void OpenAiServer::Impl::completions(const httplib::Request& req, httplib::Respo
         }
       }
     }
-    int32_t completion_tokens = 0;
+    int32_t completion_tokens = 0, cached_tokens = 0;
     json choices = json::array();
     for (int i = 0; i < r.n; ++i) {
       const auto c = static_cast<size_t>(i);
@@ -422,6 +424,7 @@ void OpenAiServer::Impl::completions(const httplib::Request& req, httplib::Respo
         return;
       }
       completion_tokens += results[c].completion_tokens;
+      cached_tokens = std::max(cached_tokens, results[c].cached_tokens);
       json choice = {{"index", i}, {"finish_reason", results[c].finish_reason}, {"logprobs", nullptr}};
       if (chat) {
         choice["message"] = {{"role", "assistant"}, {"content", texts[c]}};
@@ -455,7 +458,7 @@ void OpenAiServer::Impl::completions(const httplib::Request& req, httplib::Respo
                 {"model", model_name},
                 {"system_fingerprint", fingerprint},
                 {"choices", choices},
-                {"usage", usage_json(n_prompt, completion_tokens)}};
+                {"usage", usage_json(n_prompt, completion_tokens, cached_tokens)}};
     res.set_content(dump(out), "application/json");
     return;
   }
@@ -488,7 +491,7 @@ void OpenAiServer::Impl::completions(const httplib::Request& req, httplib::Respo
             }
           }
         }
-        int32_t completion_tokens = 0;
+        int32_t completion_tokens = 0, cached_tokens = 0;
         int finished = 0;
         Clock::time_point last_write = Clock::now();
         const bool tools_active = chat && r.tools && r.tools->choice != ToolSpec::Choice::None;
@@ -543,6 +546,7 @@ void OpenAiServer::Impl::completions(const httplib::Request& req, httplib::Respo
             } else {
               ++finished;
               completion_tokens += e.result.completion_tokens;
+              cached_tokens = std::max(cached_tokens, e.result.cached_tokens);
               if (e.result.finish_reason == "error" || e.result.finish_reason == "cancelled") {
                 json err = error_body(fmt::format("generation failed: {}", e.result.error.empty() ? e.result.finish_reason : e.result.error),
                                       "server_error", "", "");
@@ -600,7 +604,7 @@ void OpenAiServer::Impl::completions(const httplib::Request& req, httplib::Respo
                     {"model", model_name},
                     {"system_fingerprint", fingerprint},
                     {"choices", json::array()},
-                    {"usage", usage_json(n_prompt, completion_tokens)}};
+                    {"usage", usage_json(n_prompt, completion_tokens, cached_tokens)}};
           tail += "data: " + dump(u) + "\n\n";
         }
         tail += "data: [DONE]\n\n";
@@ -707,6 +711,8 @@ void OpenAiServer::Impl::routes() {
       s.last_rebuild_seconds = st.executor.last_rebuild_seconds;
       s.replayed_sequences = st.replayed_sequences;
       s.replayed_tokens = st.replayed_tokens;
+      s.prefix_cache_hits = st.prefix_cache_hits;
+      s.prefix_cache_tokens = st.prefix_cache_tokens;
     }
     res.set_content(metrics.render(s), "text/plain; version=0.0.4");
   });

@@ -1,4 +1,3 @@
-#include "engine/grammar/vocabulary.h"
 #include "shard/recovery.h"
 
 #include <fmt/format.h>
@@ -8,6 +7,7 @@
 
 #include "core/error.h"
 #include "core/system_memory.h"
+#include "engine/grammar/vocabulary.h"
 #include "transport/log.h"
 
 namespace hearth::shard {
@@ -50,8 +50,7 @@ class LocalFallback final : public engine::BatchExecutor {
   LocalFallback(const gguf::GgufFile& file, const engine::ModelConfig& config, kernels::Backend& backend,
                 const engine::StageOptions& options)
       : stage_(file, config, backend, 0, config.n_layer, options),
-        // Token bytes, so that grammar-constrained sequences go on after the fallback too.
-        executor_(stage_, file.contains("tokenizer.ggml.tokens") ? engine::grammar::vocabulary_from_gguf(file) : nullptr) {}
+        executor_(stage_, engine::grammar::vocabulary_from_gguf(file)) {}
   int32_t n_slots() const override { return executor_.n_slots(); }
   int32_t n_ctx() const override { return executor_.n_ctx(); }
   void submit(std::span<const engine::BatchEntry> entries) override { executor_.submit(entries); }

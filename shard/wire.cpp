@@ -304,6 +304,7 @@ std::vector<std::byte> encode_batch_head(uint64_t id, std::span<const engine::Ba
     if (e.begin == nullptr) continue;
     put_params(w, *e.begin);
     w.put(e.resumed);
+    w.put(e.kept);
   }
   for (const auto& e : entries) {
     for (engine::Token t : e.tokens) w.put(t);
@@ -361,13 +362,16 @@ void decode_batch(std::span<const std::byte> payload, int32_t n_slots, int32_t n
   }
   if (total != n_tokens || begins != n_begins) throw WireError("Batch message entries do not add up to its counts");
   out.params.clear();
-  std::vector<uint32_t> resumed(n_begins);
+  std::vector<uint32_t> resumed(n_begins), kept(n_begins);
   for (uint32_t i = 0; i < n_begins; ++i) {
     out.params.push_back(get_params(r));
     resumed[i] = r.get<uint32_t>();
-    // A replayed sequence generated fewer tokens than the context holds.
-    if (resumed[i] >= static_cast<uint32_t>(n_ctx)) {
-      throw WireError(fmt::format("Batch message resumes a sequence after {} tokens (context {})", resumed[i], n_ctx));
+    kept[i] = r.get<uint32_t>();
+    // A replayed sequence generated fewer tokens than the context holds, and a cached prefix is
+    // shorter than the context too (SlotSamplers checks it against the slot).
+    if (resumed[i] >= static_cast<uint32_t>(n_ctx) || kept[i] >= static_cast<uint32_t>(n_ctx)) {
+      throw WireError(fmt::format("Batch message begins a sequence after {} generated and {} cached tokens (context {})",
+                                  resumed[i], kept[i], n_ctx));
     }
   }
   r.need(size_t{n_tokens} * 4);
@@ -387,6 +391,7 @@ void decode_batch(std::span<const std::byte> payload, int32_t n_slots, int32_t n
     entry.sample = e.sample;
     if (e.begin) {
       entry.resumed = resumed[param];
+      entry.kept = kept[param];
       entry.begin = &out.params[param++];
     }
     at += e.count;

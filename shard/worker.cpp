@@ -59,6 +59,7 @@ struct Worker::LoadedStage {
   std::optional<engine::ModelConfig> config;
   std::unique_ptr<kernels::Backend> backend;
   std::unique_ptr<engine::Stage> stage;
+  std::shared_ptr<const engine::grammar::Vocabulary> vocabulary;  // on a last stage, for grammars
   ~LoadedStage() {
     stage.reset();  // before the backend that owns its buffers
     backend.reset();
@@ -339,11 +340,11 @@ void Worker::run_session(std::unique_ptr<transport::TcpLink> control) {
 
     const int64_t n_embd = config->n_embd;
     const size_t n_vocab = static_cast<size_t>(config->n_vocab);
-    // Token bytes for grammar-constrained sequences (the last stage samples).
-    const gguf::GgufFile& file = *loaded->file;
-    engine::SlotSamplers samplers(a.n_seq, stage->is_last() && file.contains("tokenizer.ggml.tokens")
-                                               ? engine::grammar::vocabulary_from_gguf(file)
-                                               : nullptr);
+    // Token bytes for grammar-constrained sequences (the last stage samples), kept with the stage.
+    if (stage->is_last() && !loaded->vocabulary && loaded->file->contains("tokenizer.ggml.tokens")) {
+      loaded->vocabulary = engine::grammar::vocabulary_from_gguf(*loaded->file);
+    }
+    engine::SlotSamplers samplers(a.n_seq, stage->is_last() ? loaded->vocabulary : nullptr);
     BatchMessage batch;
     std::vector<engine::Token> tokens;
     std::vector<kernels::KvSlot> kv_slots;

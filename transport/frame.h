@@ -3,7 +3,7 @@
 //
 //   offset size field
 //        0    4 magic            "HRTH" (0x48 0x52 0x54 0x48)
-//        4    2 version          kProtocolVersion (4)
+//        4    2 version          kProtocolVersion (3)
 //        6    2 type             a MessageType known to the receiver's FrameLimits
 //        8    4 flags            0 (no flags are defined in version 1; any set bit is refused)
 //       12    4 reserved         0
@@ -29,9 +29,9 @@ namespace hearth::transport {
 using MessageType = uint16_t;
 
 inline constexpr uint32_t kFrameMagic = 0x48545248;  // bytes "HRTH" read as a little-endian u32
-// 2: Batch messages carry each sampling entry's logit bias; 3: the count of tokens a replayed
-// sequence had generated; 4: its grammar (docs/wire-protocol.md).
-inline constexpr uint16_t kProtocolVersion = 4;
+// 2: Batch messages carry each sampling entry's logit bias; 3: and its grammar, a replayed
+// sequence's resumed count and a cached prefix (docs/wire-protocol.md).
+inline constexpr uint16_t kProtocolVersion = 3;
 inline constexpr size_t kFrameHeaderSize = 32;
 
 // Transport's own messages. Types below kFirstUserMessageType are reserved for transport;

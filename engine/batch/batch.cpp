@@ -31,8 +31,13 @@ std::vector<SampledToken> SlotSamplers::sample(std::span<const BatchEntry> entri
     }
     Slot& s = slots_[static_cast<size_t>(e.slot)];
     if (e.begin != nullptr) {
+      // The slot's history is the tokens its KV cache holds; a prompt cache hit keeps a prefix.
+      if (e.kept > s.history.size() || static_cast<int64_t>(e.kept) != e.pos0) {
+        throw Error(fmt::format("sequence slot {} keeps {} cached tokens at position {} but holds {}", e.slot, e.kept,
+                                e.pos0, s.history.size()));
+      }
       s.sampler.emplace(*e.begin, e.resumed);
-      s.history.clear();
+      s.history.resize(e.kept);
       s.matcher.reset();
       if (!e.begin->grammar.empty()) {
         s.matcher.emplace(compiled(*e.begin));
@@ -66,6 +71,15 @@ std::vector<SampledToken> SlotSamplers::sample(std::span<const BatchEntry> entri
   return sampled;
 }
 
+const char* executor_state_name(ExecutorHealth::State state) {
+  switch (state) {
+    case ExecutorHealth::State::serving: return "serving";
+    case ExecutorHealth::State::recovering: return "recovering";
+    case ExecutorHealth::State::down: return "down";
+  }
+  return "?";
+}
+
 std::shared_ptr<grammar::CompiledGrammar> SlotSamplers::compiled(const SamplingParams& params) {
   if (vocabulary_ == nullptr) throw Error("this stage has no vocabulary to match a grammar with");
   if (params.grammar.size() > grammar::kMaxGrammarBytes || params.grammar_end_tokens.size() > kMaxGrammarEndTokens) {
@@ -88,15 +102,6 @@ std::shared_ptr<grammar::CompiledGrammar> SlotSamplers::compiled(const SamplingP
   if (grammar_cache_.size() >= kCachedGrammars) grammar_cache_.erase(grammar_cache_.begin());
   grammar_cache_.emplace_back(std::move(key), g);
   return g;
-}
-
-const char* executor_state_name(ExecutorHealth::State state) {
-  switch (state) {
-    case ExecutorHealth::State::serving: return "serving";
-    case ExecutorHealth::State::recovering: return "recovering";
-    case ExecutorHealth::State::down: return "down";
-  }
-  return "?";
 }
 
 LocalExecutor::LocalExecutor(Stage& stage, std::shared_ptr<const grammar::Vocabulary> vocabulary)

@@ -41,6 +41,10 @@ struct BatchEntry {
   bool sample = false;
   const SamplingParams* begin = nullptr;
   uint32_t resumed = 0;  // with `begin`: tokens already generated (a replay); 0 for a new sequence
+  // With `begin`: the first `kept` positions of the slot still hold the KV of the slot's previous
+  // sequence, which the new one shares (a prompt cache hit): the entry starts at pos0 == kept
+  // and the history keeps those tokens instead of starting empty.
+  uint32_t kept = 0;
 };
 
 // The stage input of a step's entries: every token with its KV slot, and the rows whose logits

@@ -22,6 +22,7 @@ struct Scheduler::Sequence {
   std::optional<IncrementalDecoder> decoder;
   std::optional<StopStringMatcher> stops;
   bool begun = false;       // its first entry has been submitted (the executor knows its sampler)
+  int32_t kept = 0;         // prompt tokens whose KV its slot already held (the prompt cache)
   bool in_flight = false;   // part of a submitted step not yet collected
   bool finished = false;
 
@@ -35,6 +36,7 @@ Scheduler::Scheduler(BatchExecutor& executor, const Tokenizer& tokenizer, const 
     : executor_(executor), tokenizer_(tokenizer), options_(options) {
   HEARTH_CHECK(options.step_tokens > 0 && options.max_queue >= 0);
   for (int32_t s = executor.n_slots() - 1; s >= 0; --s) free_slots_.push_back(s);
+  slot_cache_.resize(static_cast<size_t>(executor.n_slots()));
   stats_.slots = executor.n_slots();
   stats_.kv_positions_total = int64_t{executor.n_slots()} * executor.n_ctx();
   thread_ = std::thread([this] { loop(); });
@@ -108,6 +110,7 @@ void Scheduler::finish(Sequence& seq, const std::string& reason, const std::stri
   result.error = error;
   result.prompt_tokens = seq.prompt_size();
   result.completion_tokens = static_cast<int32_t>(seq.generated.size());
+  result.cached_tokens = seq.kept;
   if (release_held) {
     // Release what was held back: an incomplete character (as U+FFFD) or a partial stop string.
     bool stopped = false;
@@ -151,8 +154,7 @@ void Scheduler::loop() {
     while (!queue_.empty() && !free_slots_.empty()) {
       std::unique_ptr<Sequence> seq = std::move(queue_.front());
       queue_.pop_front();
-      seq->slot = free_slots_.back();
-      free_slots_.pop_back();
+      admit(*seq);
       seq->handle->admitted_.store(true, std::memory_order_release);
       running_.push_back(std::move(seq));
     }
@@ -184,7 +186,13 @@ void Scheduler::loop() {
     // Free the slots of finished sequences that no step still holds.
     std::vector<int32_t> released;
     for (auto& seq : running_) {
-      if (seq->finished && !seq->in_flight) released.push_back(seq->slot);
+      if (!seq->finished || seq->in_flight) continue;
+      released.push_back(seq->slot);
+      // The slot's KV holds the sequence's tokens up to n_past: the prompt cache of that slot.
+      SlotCache& cache = slot_cache_[static_cast<size_t>(seq->slot)];
+      cache.tokens = seq->request.prompt;
+      cache.tokens.insert(cache.tokens.end(), seq->generated.begin(), seq->generated.end());
+      cache.tokens.resize(std::min(cache.tokens.size(), static_cast<size_t>(seq->n_past)));
     }
     std::erase_if(running_, [](const std::unique_ptr<Sequence>& s) { return s->finished && !s->in_flight; });
 
@@ -240,9 +248,10 @@ bool Scheduler::launch_step(int32_t n_active) {
     const bool completes = seq->n_past + count == seq->prefill_size();
     const SamplingParams* begin = seq->begun ? nullptr : &seq->request.options.sampling;
     const uint32_t resumed = begin != nullptr ? static_cast<uint32_t>(seq->generated.size()) : 0;
+    const uint32_t kept = begin != nullptr ? static_cast<uint32_t>(seq->n_past) : 0;
     step->entries.push_back({seq->slot, seq->n_past,
                              std::span<const Token>(seq->prefill().data() + seq->n_past, static_cast<size_t>(count)),
-                             completes, begin, resumed});
+                             completes, begin, resumed, kept});
     if (completes) step->sampled_for.push_back(seq.get());
     step->prefilled.emplace_back(seq.get(), count);
     step->members.push_back(seq.get());
@@ -324,6 +333,7 @@ void Scheduler::rebuild_executor() {
     return;
   }
   executor_down_ = false;
+  for (SlotCache& cache : slot_cache_) cache.tokens.clear();
   // Every KV slot is empty now: each running sequence prefills its prompt and what it generated
   // again, and its sampler resumes after those tokens.
   uint64_t sequences = 0, tokens = 0;
@@ -339,6 +349,43 @@ void Scheduler::rebuild_executor() {
   std::lock_guard<std::mutex> lock(mutex_);
   stats_.replayed_sequences += sequences;
   stats_.replayed_tokens += tokens;
+}
+
+void Scheduler::admit(Sequence& seq) {
+  // Each free slot is worth the prompt tokens its cache shares (at least one prompt token is left
+  // to compute: its logits give the first token) less the cached tokens the new sequence would
+  // overwrite: a continued conversation takes its own slot, and a prompt that shares only a BOS
+  // or a short system prompt with a long cached conversation takes an empty or stale slot rather
+  // than destroy it. Ties go to the least recently used slot.
+  size_t best = 0, best_shared = 0;
+  int64_t best_value = 0;
+  const std::vector<Token>& prompt = seq.request.prompt;
+  for (size_t i = 0; i < free_slots_.size(); ++i) {
+    const SlotCache& cache = slot_cache_[static_cast<size_t>(free_slots_[i])];
+    size_t shared = 0;
+    if (options_.prefix_cache) {
+      const size_t limit = std::min(cache.tokens.size(), prompt.size() - 1);
+      while (shared < limit && cache.tokens[shared] == prompt[shared]) ++shared;
+    }
+    const int64_t value = 2 * static_cast<int64_t>(shared) - static_cast<int64_t>(cache.tokens.size());
+    const SlotCache& held = slot_cache_[static_cast<size_t>(free_slots_[best])];
+    if (i == 0 || value > best_value || (value == best_value && cache.last_used < held.last_used)) {
+      best = i;
+      best_shared = shared;
+      best_value = value;
+    }
+  }
+  seq.slot = free_slots_[best];
+  free_slots_.erase(free_slots_.begin() + static_cast<std::ptrdiff_t>(best));
+  SlotCache& cache = slot_cache_[static_cast<size_t>(seq.slot)];
+  cache.last_used = ++admissions_;
+  cache.tokens.clear();  // what the slot holds from now on is the new sequence's (rebuilt on release)
+  seq.n_past = static_cast<int32_t>(best_shared);
+  seq.kept = static_cast<int32_t>(best_shared);
+  if (best_shared > 0) {
+    ++stats_.prefix_cache_hits;
+    stats_.prefix_cache_tokens += best_shared;
+  }
 }
 
 void Scheduler::fail_everything(const std::string& error) {

@@ -72,6 +72,7 @@ struct SequenceResult {
   std::string tail;           // visible text released at the end (after the last TokenEvent)
   int32_t prompt_tokens = 0;
   int32_t completion_tokens = 0;
+  int32_t cached_tokens = 0;  // prompt tokens whose KV cache was reused (the prompt cache), not prefilled
 };
 
 struct SequenceRequest {
@@ -99,6 +100,12 @@ class SequenceHandle {
 struct SchedulerOptions {
   int32_t max_queue = 16;    // sequences waiting for a slot; more are refused
   int32_t step_tokens = 512;  // tokens per step (decode tokens first, then prompt chunks)
+  // The prompt cache: a free slot keeps the KV of its last sequence, and a new sequence whose
+  // prompt begins with those tokens takes that slot and prefills only the rest. A slot is worth
+  // the tokens it shares with the prompt less the cached tokens it would lose (ties: the least
+  // recently used), so a continued conversation finds its slot and an unrelated prompt does not
+  // destroy another conversation's cache while a stale or empty slot is free.
+  bool prefix_cache = true;
 };
 
 struct SchedulerStats {
@@ -116,6 +123,8 @@ struct SchedulerStats {
   ExecutorHealth executor;         // serving, recovering or down, and why (BatchExecutor::health)
   uint64_t replayed_sequences = 0; // sequences rebuilt on a new executor after a failure or rebalance
   uint64_t replayed_tokens = 0;    // tokens prefilled again for them
+  uint64_t prefix_cache_hits = 0;  // sequences that reused a cached prefix
+  uint64_t prefix_cache_tokens = 0;  // prompt tokens not prefilled thanks to it
 };
 
 class Scheduler {
@@ -143,6 +152,9 @@ class Scheduler {
   // Rebuilds the executor (nothing in flight) and sets every running sequence up for replay, or
   // fails the running and queued sequences when it cannot.
   void rebuild_executor();
+  // Gives `seq` a free slot (SchedulerOptions::prefix_cache says which); n_past starts after
+  // the tokens it shares with the slot's cache. Under mutex_.
+  void admit(Sequence& seq);
   // Ends every running and queued sequence with `error` (the executor cannot serve).
   void fail_everything(const std::string& error);
   // Reports the end once. `release_held`: emit text held back for an incomplete character or a
@@ -159,6 +171,14 @@ class Scheduler {
   std::vector<std::unique_ptr<Sequence>> running_;  // scheduler thread only
   std::deque<std::unique_ptr<Step>> in_flight_;     // scheduler thread only
   std::vector<int32_t> free_slots_;
+  // What each slot's KV cache holds (its last sequence's tokens, as far as they were computed)
+  // and when it was last used: the prompt cache (scheduler thread, under mutex_ at admission).
+  struct SlotCache {
+    std::vector<Token> tokens;
+    uint64_t last_used = 0;
+  };
+  std::vector<SlotCache> slot_cache_;
+  uint64_t admissions_ = 0;
   bool rebuild_pending_ = false;  // scheduler thread: a step failed with the executor; drain, then rebuild
   bool executor_down_ = false;    // scheduler thread: the last rebuild failed
   SchedulerStats stats_;  // guarded by mutex_

@@ -500,6 +500,73 @@ TEST_F(SchedulerTest, AnExecutorThatCannotRebuildFailsTheSequencesUntilItCanAgai
   EXPECT_EQ(r.tokens, greedy_reference(*reference, reference->tokenize_prompt(kPrompts[0]), 8));
 }
 
+// One sequence through `scheduler`, waited for, with its result.
+Outcome run_one(Scheduler& scheduler, std::vector<Token> prompt, const GenerationOptions& options) {
+  Collector c;
+  std::vector<SequenceRequest> one;
+  one.push_back(c.request(std::move(prompt), options));
+  EXPECT_TRUE(scheduler.submit(std::move(one)).has_value());
+  return c.wait();
+}
+
+// The prompt cache: turn 2 of a conversation (turn 1's prompt, its answer, a new message)
+// reuses the KV its slot kept — an unrelated sequence in between takes the other, least
+// recently used slot — and prefills only the rest; the tokens equal those of a scheduler
+// without the cache, for greedy decoding and for a seeded sampler whose repeat penalty reads
+// the kept prefix.
+TEST_F(SchedulerTest, APromptCacheHitPrefillsOnlyTheRestAndChangesNoToken) {
+  auto model = open(2, 512);
+  LocalExecutor executor(model->stage());
+  GenerationOptions sampled;
+  sampled.max_tokens = 24;
+  sampled.sampling.temperature = 0.8f;
+  sampled.sampling.seed = 7;
+  sampled.sampling.repeat_penalty = 1.5f;
+  sampled.sampling.repeat_last_n = 256;
+  for (const GenerationOptions& options : {greedy(24), sampled}) {
+    std::vector<Outcome> runs[2];
+    for (bool cache : {true, false}) {
+      SchedulerOptions o;
+      o.prefix_cache = cache;
+      o.step_tokens = 32;
+      Scheduler scheduler(executor, model->tokenizer(), o);
+      const std::vector<Token> turn1 = model->tokenize_prompt(kPrompts[2]);
+      const Outcome first = run_one(scheduler, turn1, options);
+      const Outcome other = run_one(scheduler, model->tokenize_prompt(kPrompts[4]), options);
+      std::vector<Token> turn2 = turn1;
+      turn2.insert(turn2.end(), first.tokens.begin(), first.tokens.end());
+      const std::vector<Token> more = model->tokenizer().encode(" And then what happened next?", false, false);
+      turn2.insert(turn2.end(), more.begin(), more.end());
+      const Outcome second = run_one(scheduler, turn2, options);
+      EXPECT_GE(second.tokens.size(), 8u) << "turn 2 must generate for the comparison to mean much";
+      runs[cache ? 0 : 1] = {first, other, second};
+      const SchedulerStats stats = wait_idle(scheduler);
+      if (cache) {
+        // The slot held turn 1's prompt and every generated token but the last (never fed back).
+        EXPECT_EQ(second.result.cached_tokens, static_cast<int32_t>(turn1.size() + first.tokens.size()) - 1);
+        EXPECT_EQ(first.result.cached_tokens, 0);
+        EXPECT_EQ(stats.prefix_cache_hits, 1u);
+        EXPECT_EQ(stats.prefix_cache_tokens, static_cast<uint64_t>(second.result.cached_tokens));
+        // (A sequence that ends at its first token is counted just after its callbacks ran.)
+        const uint64_t prefilled = turn1.size() + model->tokenize_prompt(kPrompts[4]).size() + turn2.size() -
+                                   static_cast<size_t>(second.result.cached_tokens);
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+        while (scheduler.stats().prompt_tokens < prefilled && std::chrono::steady_clock::now() < deadline) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+        EXPECT_EQ(scheduler.stats().prompt_tokens, prefilled);
+      } else {
+        EXPECT_EQ(second.result.cached_tokens, 0);
+        EXPECT_EQ(stats.prefix_cache_hits, 0u);
+      }
+    }
+    for (size_t i = 0; i < 3; ++i) {
+      EXPECT_EQ(runs[0][i].tokens, runs[1][i].tokens) << "run " << i << (options.sampling.temperature > 0 ? " sampled" : " greedy");
+      EXPECT_EQ(runs[0][i].text, runs[1][i].text);
+    }
+  }
+}
+
 TEST_F(SchedulerTest, StopStringsAndLengthLimits) {
   auto model = open(2);
   LocalExecutor executor(model->stage());

@@ -29,7 +29,7 @@ struct Sample {
     params.seed = 99;
     params.n_logprobs = 3;
     params.logit_bias = {{7, -100.0f}, {2, 3.5f}};  // unsorted: the encoder sorts
-    entries.push_back({1, 10, tokens_a, true, &params, 7});
+    entries.push_back({1, 10, tokens_a, true, &params, 7, 5});
     entries.push_back({3, 4, tokens_b, false, nullptr});
   }
 };
@@ -58,6 +58,7 @@ TEST(Wire, BatchRoundTripWithHiddenStates) {
     EXPECT_EQ(m.entries[0].begin->seed, 99u);
     EXPECT_EQ(m.entries[0].begin->logit_bias, (std::vector<std::pair<Token, float>>{{2, 3.5f}, {7, -100.0f}}));
     EXPECT_EQ(m.entries[0].resumed, 7u);
+    EXPECT_EQ(m.entries[0].kept, 5u);
     EXPECT_EQ(m.entries[1].begin, nullptr);
     EXPECT_EQ(m.entries[1].resumed, 0u);
     EXPECT_FALSE(m.entries[1].sample);
@@ -151,11 +152,14 @@ TEST(Wire, LogitBiasRoundTripsAndMalformedOnesAreRefused) {
   refused([&](auto& p) { poke(p, at + 8, std::numeric_limits<float>::quiet_NaN()); });
   refused([&](auto& p) { poke(p, at + 8, std::numeric_limits<float>::infinity()); });
   refused([&](auto& p) { p.resize(at + 10); });                              // cut inside the biases
-  // `resumed` follows the (empty) grammar: its length, prompt length and end-token count.
-  refused([&](auto& p) { poke(p, at + 32, uint32_t{64}); });                 // resumed after a full context
+  // After the biases: the grammar's byte count, prompt tokens and end-token count (12 bytes, an
+  // unconstrained sequence), then resumed and kept.
+  const size_t resumed_at = at + 4 + 16 + 12;
+  refused([&](auto& p) { poke(p, resumed_at, uint32_t{64}); });              // resumed after a full context
+  refused([&](auto& p) { poke(p, resumed_at + 4, uint32_t{64}); });          // a cached prefix of a full context
   {
     std::vector<std::byte> p = payload;
-    poke(p, at + 32, uint32_t{63});
+    poke(p, resumed_at, uint32_t{63});
     BatchMessage b;
     ASSERT_NO_THROW(decode_batch(p, 4, 64, false, 64, b));
     EXPECT_EQ(b.entries[0].resumed, 63u);
