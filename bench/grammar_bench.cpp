@@ -109,13 +109,15 @@ int main(int argc, char** argv) {
     },
     "required": ["name", "age", "status"]
   })");
+  // In the order the compiled grammar writes properties: the required ones in `required` order,
+  // then the others by name.
   const std::string document =
-      R"({"address": {"city": "Springfield", "street": "742 Evergreen Terrace", "zip": "49007"}, "age": 39, )"
-      R"("email": "homer@example.com", "name": "Homer Simpson", "score": 7.25, "status": "active", )"
-      R"("tags": ["safety", "donuts", "bowling"]})";
+      R"({"name": "Homer Simpson", "age": 39, "status": "active", )"
+      R"("address": {"street": "742 Evergreen Terrace", "city": "Springfield", "zip": "49007"}, )"
+      R"("email": "homer@example.com", "score": 7.25, "tags": ["safety", "donuts", "bowling"]})";
   const std::string other =
-      R"({"address": {"city": "Paris", "street": "1 Rue de Rivoli"}, "age": 7, "name": "Ana", )"
-      R"("status": "pending", "tags": []})";
+      R"({"name": "Ana", "age": 7, "status": "pending", "address": {"street": "1 Rue de Rivoli", "city": "Paris"}, )"
+      R"("tags": []})";
   std::printf("vocabulary: %zu tokens\n", vocab->size());
   bench("json_schema", grammar::json_schema_to_gbnf(schema), document, other, tok, vocab, repeats);
   bench("json_object", grammar::json_object_gbnf(), document, other, tok, vocab, repeats);

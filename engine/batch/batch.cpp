@@ -59,10 +59,7 @@ std::vector<SampledToken> SlotSamplers::sample(std::span<const BatchEntry> entri
     HEARTH_CHECK((row + 1) * n_vocab <= logits.size(), "{} logit rows for more sampling entries", logits.size() / n_vocab);
     std::span<const float> row_logits = logits.subspan(row * n_vocab, n_vocab);
     if (s.matcher) {
-      if (s.matcher->compiled().vocabulary().size() != n_vocab) {
-        throw Error(fmt::format("the grammar's vocabulary has {} tokens, the model {}",
-                                s.matcher->compiled().vocabulary().size(), n_vocab));
-      }
+      // The output head may have rows beyond the tokenizer's tokens (padding): masked too.
       s.matcher->fill_mask(mask_);
       masked_logits_.assign(row_logits.begin(), row_logits.end());
       mask_.apply(masked_logits_);

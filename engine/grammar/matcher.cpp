@@ -52,17 +52,19 @@ size_t TokenMask::count() const {
 }
 
 void TokenMask::apply(std::span<float> logits) const {
-  HEARTH_CHECK(logits.size() == n_, "{} logits for a mask of {} tokens", logits.size(), n_);
   constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
-  for (size_t w = 0; w < words_.size(); ++w) {
+  const size_t n = std::min(n_, logits.size());
+  for (size_t w = 0; w * 64 < n; ++w) {
     const uint64_t allowed = words_[w];
     if (allowed == ~uint64_t{0}) continue;
     const size_t base = w * 64;
-    const size_t end = std::min(n_, base + 64);
+    const size_t end = std::min(n, base + 64);
     for (size_t i = base; i < end; ++i) {
       if (((allowed >> (i - base)) & 1) == 0) logits[i] = kMinusInf;
     }
   }
+  // Rows of the output head beyond the vocabulary (padding) are never tokens of the grammar.
+  for (size_t i = n; i < logits.size(); ++i) logits[i] = kMinusInf;
 }
 
 uint32_t StackTable::get(uint32_t pos, uint32_t parent) {

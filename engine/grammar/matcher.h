@@ -73,7 +73,8 @@ class TokenMask {
     return false;
   }
   size_t count() const;
-  // Sets every logit of a token the mask does not allow to -inf. logits.size() == size().
+  // Sets every logit of a token the mask does not allow to -inf, and those past the mask's
+  // tokens (an output head padded beyond the vocabulary); a mask longer than `logits` is cut.
   void apply(std::span<float> logits) const;
   const std::vector<uint64_t>& words() const { return words_; }
 

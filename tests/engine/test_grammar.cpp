@@ -259,6 +259,9 @@ TEST(TokenMask, ApplySetsDisallowedLogitsToMinusInfinity) {
   std::vector<float> logits(70, 1.0f);
   mask.apply(logits);
   for (size_t i = 0; i < logits.size(); ++i) EXPECT_EQ(std::isinf(logits[i]), i != 3 && i != 69) << i;
+  std::vector<float> padded(80, 1.0f);  // an output head with rows past the vocabulary
+  mask.apply(padded);
+  for (size_t i = 0; i < padded.size(); ++i) EXPECT_EQ(std::isinf(padded[i]), i != 3 && i != 69) << i;
 }
 
 // ---------------------------------------------------------------------------------------------
