@@ -246,6 +246,7 @@ engine::ExecutorHealth RecoveringPipeline::health() const {
   if (!down_reason_.empty()) {
     h.state = engine::ExecutorHealth::State::down;
     h.reason = down_reason_;
+    h.plan.clear();  // nothing runs the layers now
   } else if (!failure.empty() && h.state == engine::ExecutorHealth::State::serving) {
     h.state = engine::ExecutorHealth::State::recovering;  // the scheduler rebuilds it next
     h.reason = failure;

@@ -281,6 +281,7 @@ def test_every_worker_lost_without_fallback_is_refused_clearly_until_one_returns
         h = health(s)
         assert h.status_code == 503 and h.json()["status"] == "down", h.text
         assert "no worker answers" in h.json()["error"]["message"]
+        assert "plan" not in h.json()  # no stale plan while nothing runs the layers
         assert int(h.headers["Retry-After"]) > 0
         r = httpx.post(s.url + "/v1/chat/completions", headers=s.headers(), timeout=30,
                        json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
