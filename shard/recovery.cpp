@@ -97,7 +97,7 @@ RecoveringPipeline::RecoveringPipeline(const std::filesystem::path& model_path, 
   }
   std::unique_ptr<Built> built;
   try {
-    built = build(report);
+    built = build(report, plan_for(report));
   } catch (const Error& e) {
     std::string why = e.what();
     if (!try_fallback(why)) throw Error(why);
@@ -135,9 +135,9 @@ PipelinePlan RecoveringPipeline::plan_for(const ProbeReport& report) const {
 
 double RecoveringPipeline::throughput(const PipelinePlan& plan) { return plan.parallel_tokens_per_s(); }
 
-std::unique_ptr<RecoveringPipeline::Built> RecoveringPipeline::build(const ProbeReport& report) {
+std::unique_ptr<RecoveringPipeline::Built> RecoveringPipeline::build(const ProbeReport& report, PipelinePlan plan) {
   auto built = std::make_unique<Built>();
-  built->plan = plan_for(report);
+  built->plan = std::move(plan);
   std::vector<PipelineStageSpec> stages;
   for (const StagePlan& s : built->plan.stages) {
     if (s.address.empty()) throw Error(fmt::format("node {} has no address to reach it at", s.node));
@@ -296,15 +296,14 @@ bool RecoveringPipeline::rebuild() {
     const ProbeReport report = options_.probe();
     bool infeasible = false;
     try {
-      std::unique_ptr<Built> built;
+      PipelinePlan plan;
       try {
-        plan_for(report);
+        plan = plan_for(report);
       } catch (const Error&) {
         infeasible = true;
         throw;
       }
-      built = build(report);
-      install(std::move(built), failed ? "recovered" : "rebalanced");
+      install(build(report, std::move(plan)), failed ? "recovered" : "rebalanced");
       ok = true;
       break;
     } catch (const Error& e) {

@@ -91,8 +91,9 @@ class RecoveringPipeline final : public engine::BatchExecutor {
 
  private:
   struct Built;
-  // One attempt: probe, plan, start. Throws hearth::Error with the reason.
-  std::unique_ptr<Built> build(const ProbeReport& report);
+  // Starts a pipeline on `plan` (made over `report`'s nodes; the others become standbys).
+  // Throws hearth::Error with the reason.
+  std::unique_ptr<Built> build(const ProbeReport& report, PipelinePlan plan);
   bool try_fallback(std::string& why);
   void install(std::unique_ptr<Built> built, const char* why);
   void watch();

@@ -82,11 +82,18 @@ def health(s) -> httpx.Response:
 
 
 def stream(s, prompt: str, sampled: bool, out: dict, first_event: threading.Event | None = None):
-    """One streamed chat request; records its text, every token's arrival time and any error."""
-    body = {"model": "smollm2", "messages": [{"role": "user", "content": prompt}], "max_tokens": MAX_TOKENS,
-            "stream": True}
+    """One streamed chat request of the five; see stream_body."""
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": prompt}], "max_tokens": MAX_TOKENS}
     body.update({"temperature": 0.9, "seed": 7} if sampled else {"temperature": 0})
+    stream_body(s, body, out, first_event)
+
+
+def stream_body(s, body: dict, out: dict, first_event: threading.Event | None = None):
+    """Streams one chat request; records its text, every token's arrival time and any error (an
+    error event or a broken stream); sets `first_event` once 6 pieces have arrived."""
+    body = dict(body, stream=True)
     text, times, errors, finish = "", [], [], None
+    out["times"] = times  # grows as tokens arrive (a test may read how far a stream has got)
     try:
         with httpx.stream("POST", s.url + "/v1/chat/completions", json=body, headers=s.headers(), timeout=120) as r:
             if r.status_code != 200:

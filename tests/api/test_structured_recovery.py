@@ -10,7 +10,7 @@ import threading
 import httpx
 import jsonschema
 
-from test_node_loss import Worker, key, serve  # noqa: F401 (key is a fixture)
+from test_node_loss import Worker, key, serve, stream_body  # noqa: F401 (key is a fixture)
 
 SCHEMA = {"type": "array", "minItems": 3, "maxItems": 4,
           "items": {"type": "object",
@@ -21,28 +21,9 @@ SCHEMA = {"type": "array", "minItems": 3, "maxItems": 4,
 
 def constrained_stream(s, out, started=None):
     body = {"model": "smollm2", "messages": [{"role": "user", "content": "List three people with their ages."}],
-            "max_tokens": 120, "temperature": 0, "stream": True,
+            "max_tokens": 120, "temperature": 0,
             "response_format": {"type": "json_schema", "json_schema": {"name": "people", "schema": SCHEMA}}}
-    text, errors, finish, n = "", [], None, 0
-    out["pieces"] = []  # as they arrive (the test reads how far the stream was at the kill)
-    with httpx.stream("POST", s.url + "/v1/chat/completions", json=body, headers=s.headers(), timeout=180) as r:
-        for line in r.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if "error" in chunk:
-                errors.append(chunk["error"])
-                continue
-            for c in chunk.get("choices", []):
-                piece = c.get("delta", {}).get("content") or ""
-                if piece:
-                    text += piece
-                    out["pieces"].append(piece)
-                    n += 1
-                    if started is not None and n >= 6:
-                        started.set()
-                finish = c.get("finish_reason") or finish
-    out.update(text=text, errors=errors, finish=finish)
+    stream_body(s, body, out, started)
 
 
 def test_a_constrained_stream_survives_a_killed_worker(key):  # noqa: F811
@@ -62,10 +43,10 @@ def test_a_constrained_stream_survives_a_killed_worker(key):  # noqa: F811
         roles = {n["address"]: n["role"] for n in httpx.get(s.url + "/health", timeout=10).json().get("nodes", [])}
         victim = next(w for w in workers if roles.get(w.address, "").startswith("stage 2"))
         os.kill(victim.proc.pid, signal.SIGKILL)  # the last stage: where the grammar lives
-        at_kill = len(got["pieces"])
+        at_kill = len(got["times"])
         t.join()
-        print(f"\nkilled {roles[victim.address]} after {at_kill} of {len(got['pieces'])} streamed pieces")
-        assert at_kill < len(got["pieces"]) - 5, "the stream ended before the kill took effect"
+        print(f"\nkilled {roles[victim.address]} after {at_kill} of {len(got['times'])} streamed pieces")
+        assert at_kill < len(got["times"]) - 5, "the stream ended before the kill took effect"
         assert got["errors"] == [], got["errors"]
         assert got["text"] == want["text"], f"\n got: {got['text']!r}\nwant: {want['text']!r}"
         assert s.metric("hearth_recoveries_total") >= 1
