@@ -102,6 +102,8 @@ struct ServeArgs {
   int32_t queue = -1;              // -1: as memory allows (default_queue_depth in serve.cpp)
   double queue_timeout = 300;      // seconds a request may wait for a slot (0: no limit)
   double shutdown_grace = 5;       // seconds streams in flight may run on after SIGTERM
+  std::string tool_format = "auto";  // tool-call format: auto (from the chat template), generic, hermes, llama3
+  int32_t stored_responses = 256;  // /v1/responses kept for previous_response_id
   double idle_timeout = 30;        // seconds an idle keep-alive connection stays open
   int32_t max_connections = 0;     // 0: from the open-file limit
   int32_t ctx_size = 0;

@@ -147,6 +147,13 @@ int main(int argc, char** argv) {
   serve->add_option("--alias", serve_args.alias, "Model name in the API (default: the file name without .gguf)");
   serve->add_option("--chat-template", serve_args.chat_template,
                     "Use this template instead of the model's: chatml, llama3, llama2, mistral, zephyr, gemma, phi3, deepseek");
+  serve->add_option("--tool-format", serve_args.tool_format,
+                    "Tool-call format: auto (what the chat template shows), generic (JSON, any model), hermes "
+                    "(<tool_call>, Qwen 2.5/3), llama3 (Llama 3.1/3.2 JSON)")
+      ->capture_default_str();
+  serve->add_option("--stored-responses", serve_args.stored_responses,
+                    "Responses (/v1/responses) kept in memory for previous_response_id; the oldest go first")
+      ->capture_default_str();
   serve->add_option("-t,--threads", serve_args.threads, "CPU threads (0: all)")->capture_default_str();
   add_backend_options(serve, serve_args.backend);
   hearth::apps::add_cluster_options(*serve, serve_args.cluster);

@@ -18,6 +18,7 @@
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/registry.h"
 #include "server/openai_server.h"
+#include "server/tool_calls.h"
 #include "apps/cluster.h"
 #include "shard/plan.h"
 
@@ -79,6 +80,10 @@ int run_serve(const ServeArgs& args) {
   if (args.parallel < 1 || args.parallel > 256) throw Error(fmt::format("--parallel {}: must be 1..256", args.parallel));
   if (args.queue < -1) throw Error(fmt::format("--queue {}: must be >= 0", args.queue));
   if (!(args.queue_timeout >= 0)) throw Error(fmt::format("--queue-timeout {}: must be >= 0 seconds", args.queue_timeout));
+  if (args.tool_format != "auto" && !server::tool_format_from_name(args.tool_format)) {
+    throw Error(fmt::format("--tool-format {}: expected auto, generic, hermes or llama3", args.tool_format));
+  }
+  if (args.stored_responses < 0) throw Error(fmt::format("--stored-responses {}: must be 0 or more", args.stored_responses));
   if (!(args.shutdown_grace >= 0 && args.shutdown_grace <= 3600)) {
     throw Error(fmt::format("--shutdown-grace {}: must be 0..3600 seconds", args.shutdown_grace));
   }
@@ -104,6 +109,8 @@ int run_serve(const ServeArgs& args) {
   options.idle_timeout_s = args.idle_timeout;
   options.queue_timeout_s = args.queue_timeout;
   options.shutdown_grace_s = args.shutdown_grace;
+  options.tool_format = args.tool_format;
+  options.stored_responses = static_cast<size_t>(args.stored_responses);
   server::OpenAiServer http(options);
   const int port = http.bind();
   std::thread listener([&] { http.run(); });

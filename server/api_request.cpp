@@ -151,16 +151,18 @@ std::string message_content(const json& content, size_t index) {
   return text;
 }
 
-// The messages, with the turns of tool calling written in the convention of tool_calls.h: an
-// assistant's `tool_calls` (or legacy `function_call`) as the calls' JSON, a `tool` (or legacy
-// `function`) result as a user message naming the call.
-std::vector<engine::ChatMessage> parse_messages(const json& body) {
+// The messages, with the turns of tool calling written in the format of tool_calls.h: an
+// assistant's `tool_calls` (or legacy `function_call`) as the format writes calls, a `tool` (or
+// legacy `function`) result as the format returns results (consecutive Hermes results share one
+// user turn, as Qwen's template writes them).
+std::vector<engine::ChatMessage> parse_messages(const json& body, ToolFormat format) {
   const json* m = field(body, "messages");
   if (m == nullptr) invalid("messages", "'messages' is required");
   if (!m->is_array()) invalid("messages", fmt::format("'messages' must be an array, not {}", type_name(*m)));
   if (m->empty()) invalid("messages", "'messages' must contain at least one message");
   std::vector<engine::ChatMessage> messages;
   std::map<std::string, std::string> call_names;  // tool_call_id -> function name
+  bool merged_results = false;                     // the last turn holds Hermes tool results
   for (size_t i = 0; i < m->size(); ++i) {
     const json& msg = (*m)[i];
     const std::string param = fmt::format("messages[{}]", i);
@@ -176,6 +178,7 @@ std::vector<engine::ChatMessage> parse_messages(const json& body) {
     const bool has_calls = role == "assistant" && (calls != nullptr || function_call != nullptr);
     if (!msg.contains("content") && !has_calls) invalid(param + ".content", fmt::format("'{}.content' is required", param));
     std::string content = msg.contains("content") ? message_content(msg["content"], i) : std::string();
+    bool merge = false;
     if (role == "assistant" && calls != nullptr) {
       if (calls->is_array()) {
         for (const json& c : *calls) {
@@ -185,25 +188,34 @@ std::vector<engine::ChatMessage> parse_messages(const json& body) {
           }
         }
       }
-      const std::string text = tool_calls_as_text(*calls, param + ".tool_calls");
+      const std::string text = tool_calls_as_text(*calls, param + ".tool_calls", format);
       content = content.empty() ? text : content + "\n" + text;
     } else if (role == "assistant" && function_call != nullptr) {
-      const std::string text = tool_calls_as_text(json::array({{{"function", *function_call}}}), param + ".function_call");
+      const std::string text =
+          tool_calls_as_text(json::array({{{"function", *function_call}}}), param + ".function_call", format);
       content = content.empty() ? text : content + "\n" + text;
     } else if (role == "tool") {
       const json* id = field(msg, "tool_call_id");
       if (id == nullptr || !id->is_string()) invalid(param + ".tool_call_id", fmt::format("'{}.tool_call_id' must be a string", param));
       const auto name = call_names.find(id->get<std::string>());
-      content = fmt::format("Tool result (call {}{}): {}", id->get<std::string>(),
-                            name != call_names.end() ? ", " + name->second : "", content);
-      role = "user";
+      ToolResultTurn turn = tool_result_turn(id->get<std::string>(), name != call_names.end() ? name->second : "", content, format);
+      role = std::move(turn.role);
+      content = std::move(turn.content);
+      merge = format == ToolFormat::Hermes;
     } else if (role == "function") {
       const json* name = field(msg, "name");
       if (name == nullptr || !name->is_string()) invalid(param + ".name", fmt::format("'{}.name' must be a string", param));
-      content = fmt::format("Tool result ({}): {}", name->get<std::string>(), content);
-      role = "user";
+      ToolResultTurn turn = tool_result_turn("", name->get<std::string>(), content, format);
+      role = std::move(turn.role);
+      content = std::move(turn.content);
+      merge = format == ToolFormat::Hermes;
     }
-    messages.push_back({role, content});
+    if (merge && merged_results && !messages.empty()) {
+      messages.back().content += "\n" + content;
+    } else {
+      messages.push_back({role, content});
+    }
+    merged_results = merge;
   }
   return messages;
 }
@@ -298,6 +310,34 @@ std::vector<std::pair<engine::Token, float>> parse_logit_bias(const json& body) 
 
 }  // namespace
 
+void add_tools_prompt(std::vector<engine::ChatMessage>& messages, const ToolSpec& tools) {
+  const std::string prompt = tools_prompt(tools);
+  if (prompt.empty()) return;
+  const bool has_system = !messages.empty() && messages.front().role == "system";
+  if (tools.format == ToolFormat::Llama3) {
+    // Llama 3.1: "Environment: ipython" opens the system message; the tools and how to call them
+    // open the first user message.
+    if (has_system) {
+      messages.front().content = "Environment: ipython\n\n" + messages.front().content;
+    } else {
+      messages.insert(messages.begin(), {"system", "Environment: ipython"});
+    }
+    for (engine::ChatMessage& m : messages) {
+      if (m.role == "user") {
+        m.content = prompt + m.content;
+        return;
+      }
+    }
+    messages.push_back({"user", prompt});
+    return;
+  }
+  if (has_system) {
+    messages.front().content += "\n\n" + prompt;
+  } else {
+    messages.insert(messages.begin(), {"system", prompt});
+  }
+}
+
 // The grammar (GBNF) that constrains the output, from whichever of `grammar`, `json_schema`
 // (llama.cpp's extensions) and `response_format` (json_object / json_schema) the request gives;
 // empty when none. At most one of them may constrain; each is compiled and parsed here so that
@@ -383,7 +423,7 @@ std::string parse_constraint(const json& body) {
   return gbnf;
 }
 
-CompletionRequest parse_completion_request(const json& body, bool chat) {
+CompletionRequest parse_completion_request(const json& body, bool chat, ToolFormat tool_format) {
   if (!body.is_object()) throw ApiError(400, fmt::format("the request body must be a JSON object, not {}", type_name(body)));
   check_fields(body, chat);
   check_no_effect_fields(body, chat);
@@ -394,7 +434,7 @@ CompletionRequest parse_completion_request(const json& body, bool chat) {
     r.model = m->get<std::string>();
   }
   if (chat) {
-    r.messages = parse_messages(body);
+    r.messages = parse_messages(body, tool_format);
   } else {
     const json* p = field(body, "prompt");
     if (p == nullptr) invalid("prompt", "'prompt' is required");
@@ -490,16 +530,9 @@ CompletionRequest parse_completion_request(const json& body, bool chat) {
     invalid("ignore_eos", "'ignore_eos' cannot be combined with a grammar or JSON constraint (the output ends where the grammar does)");
   }
   if (chat) {
-    r.tools = parse_tools(body);
+    r.tools = parse_tools(body, tool_format);
     if (r.tools) {
-      // The tools go to the model in a system message (the convention of tool_calls.h).
-      if (const std::string prompt = tools_system_prompt(*r.tools); !prompt.empty()) {
-        if (!r.messages.empty() && r.messages.front().role == "system") {
-          r.messages.front().content += "\n\n" + prompt;
-        } else {
-          r.messages.insert(r.messages.begin(), {"system", prompt});
-        }
-      }
+      add_tools_prompt(r.messages, *r.tools);
       if (std::string gbnf = tool_call_grammar(*r.tools); !gbnf.empty()) {
         const char* choice = r.tools->legacy ? "function_call" : "tool_choice";
         if (!r.grammar.empty()) {
@@ -507,6 +540,11 @@ CompletionRequest parse_completion_request(const json& body, bool chat) {
                                       choice, r.tools->choice == ToolSpec::Choice::Named ? "naming a function" : "\"required\""));
         }
         if (r.ignore_eos) invalid("ignore_eos", "'ignore_eos' cannot be combined with a constrained tool call");
+        try {
+          engine::grammar::parse_gbnf(gbnf);
+        } catch (const engine::grammar::GrammarError& e) {  // a fault of hearth's, not the request's
+          throw ApiError(500, fmt::format("the grammar built for the tool call does not parse: {}", e.what()), "server_error", "tools");
+        }
         r.grammar = std::move(gbnf);
       }
     }

@@ -54,8 +54,8 @@ struct CompletionRequest {
   // GBNF that constrains the output (from `grammar`, `json_schema` or `response_format`
   // json_object / json_schema; already checked to parse), empty: unconstrained.
   std::string grammar;
-  // Chat: the tools (tool_calls.h), when the request has any; their system message is already
-  // in `messages`, and for tool_choice required / named their grammar is `grammar`.
+  // Chat: the tools (tool_calls.h), when the request has any; their description is already in
+  // `messages`, and for tool_choice required / named their grammar is `grammar`.
   std::optional<ToolSpec> tools;
 };
 
@@ -65,6 +65,13 @@ struct CompletionRequest {
 // with an unsupported keyword (named), more than one of grammar / json_schema / response_format,
 // or a field the endpoint does not know. logit_bias token ids are not checked
 // against the vocabulary here (the caller knows it).
-CompletionRequest parse_completion_request(const nlohmann::json& body, bool chat);
+CompletionRequest parse_completion_request(const nlohmann::json& body, bool chat,
+                                           ToolFormat tool_format = ToolFormat::Generic);
+
+// The request's GBNF constraint from `grammar`, `json_schema` or `response_format` (empty:
+// none); 400 naming the field for a bad one or more than one.
+std::string parse_constraint(const nlohmann::json& body);
+// Adds the tools' description to the conversation where the format puts it (tool_calls.h).
+void add_tools_prompt(std::vector<engine::ChatMessage>& messages, const ToolSpec& tools);
 
 }  // namespace hearth::server

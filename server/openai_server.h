@@ -1,6 +1,6 @@
-// The OpenAI-compatible HTTP server (cpp-httplib): /v1/chat/completions, /v1/completions
-// (streamed as OpenAI streams, or whole), /v1/models, /health, /metrics, /tokenize,
-// /detokenize. Requests are validated (server/api_request.h), templated and tokenized on the
+// The OpenAI-compatible HTTP server (cpp-httplib): /v1/chat/completions, /v1/completions,
+// /v1/responses (streamed as OpenAI streams, or whole), Anthropic's /v1/messages, /v1/models,
+// /health, /metrics, /tokenize, /detokenize. Requests are validated (server/api_request.h), templated and tokenized on the
 // HTTP threads and handed to the engine's Scheduler, which batches them continuously.
 //
 // Lifecycle: construct, bind() (the port answers at once: /health says 503 while loading),
@@ -35,6 +35,8 @@ struct ServerOptions {
   double idle_timeout_s = 30;      // an idle keep-alive connection is closed after this
   double queue_timeout_s = 300;    // a request still waiting for a slot after this: 503 (0: no limit)
   double shutdown_grace_s = 5;     // stop(): streams in flight may finish within this, then end
+  std::string tool_format;         // "auto" or empty: from the model's chat template; generic, hermes, llama3
+  size_t stored_responses = 256;   // /v1/responses kept for previous_response_id (oldest dropped first)
 };
 
 class OpenAiServer {

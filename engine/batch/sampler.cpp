@@ -415,7 +415,13 @@ std::string StopStringMatcher::push(std::string_view text, bool& stopped) {
   // The earliest complete stop string. Any stop that began in text emitted earlier would have
   // kept that text held back, so searching what is held is enough.
   size_t first = std::string::npos;
-  for (const std::string& stop : stops_) first = std::min(first, held_.find(stop));
+  for (const std::string& stop : stops_) {
+    const size_t at = held_.find(stop);
+    if (at < first || (at == first && at != std::string::npos && stop.size() > matched_.size())) {
+      first = at;
+      matched_ = stop;
+    }
+  }
   if (first != std::string::npos) {
     stopped = true;
     std::string out = held_.substr(0, first);

@@ -88,10 +88,13 @@ class StopStringMatcher {
   std::string push(std::string_view text, bool& stopped);
   // End of stream: the held-back text (no stop string completed).
   std::string flush();
+  // The stop string that completed (after push() set `stopped`); empty before.
+  const std::string& matched() const { return matched_; }
 
  private:
   std::vector<std::string> stops_;
   std::string held_;
+  std::string matched_;
 };
 
 }  // namespace hearth::engine

@@ -111,6 +111,7 @@ void Scheduler::finish(Sequence& seq, const std::string& reason, const std::stri
   result.prompt_tokens = seq.prompt_size();
   result.completion_tokens = static_cast<int32_t>(seq.generated.size());
   result.cached_tokens = seq.kept;
+  if (reason == "stop") result.stop_string = seq.stops->matched();
   if (release_held) {
     // Release what was held back: an incomplete character (as U+FFFD) or a partial stop string.
     bool stopped = false;

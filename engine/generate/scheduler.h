@@ -70,6 +70,7 @@ struct SequenceResult {
   std::string finish_reason;  // "stop", "length", "cancelled" or "error"
   std::string error;          // why, when "error"
   std::string tail;           // visible text released at the end (after the last TokenEvent)
+  std::string stop_string;    // the stop string that ended it (finish_reason "stop"), empty for an end token
   int32_t prompt_tokens = 0;
   int32_t completion_tokens = 0;
   int32_t cached_tokens = 0;  // prompt tokens whose KV cache was reused (the prompt cache), not prefilled

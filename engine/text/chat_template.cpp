@@ -99,7 +99,8 @@ std::string_view strip(std::string_view text) {
   return text.substr(begin, end - begin);
 }
 
-std::vector<Message> parse_messages(const std::vector<ChatMessage>& messages, const ChatTemplateOptions& options) {
+std::vector<Message> parse_messages(ChatTemplateKind kind, const std::vector<ChatMessage>& messages,
+                                    const ChatTemplateOptions& options) {
   if (messages.empty()) throw Error("chat template: the conversation has no messages");
   std::vector<Message> parsed;
   parsed.reserve(messages.size() + 1);
@@ -112,6 +113,8 @@ std::vector<Message> parse_messages(const std::vector<ChatMessage>& messages, co
       parsed_role = Role::User;
     } else if (role == "assistant") {
       parsed_role = Role::Assistant;
+    } else if (role == "ipython" && kind == ChatTemplateKind::Llama3) {
+      parsed_role = Role::User;  // Llama 3.1's turn for tool results, written under its own header
     } else {
       throw Error(fmt::format("chat template: message {} has role '{}'; the supported roles are system, user "
                               "and assistant",
@@ -354,7 +357,7 @@ std::string chat_template_default_system(std::string_view t) {
 
 std::string apply_chat_template(ChatTemplateKind kind, const std::vector<ChatMessage>& messages,
                                 const ChatTemplateOptions& options) {
-  const std::vector<Message> parsed = parse_messages(messages, options);
+  const std::vector<Message> parsed = parse_messages(kind, messages, options);
   switch (kind) {
     case ChatTemplateKind::ChatML: return render_chatml(parsed, options);
     case ChatTemplateKind::Llama3: return render_llama3(parsed, options);

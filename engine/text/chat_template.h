@@ -11,7 +11,7 @@
 namespace hearth::engine {
 
 struct ChatMessage {
-  std::string role;  // "system", "user", "assistant"
+  std::string role;  // "system", "user", "assistant" (and "ipython" for Llama 3 tool results)
   std::string content;
 };
 
