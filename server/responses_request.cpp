@@ -318,8 +318,11 @@ ResponsesRequest parse_responses_request(const json& body, ToolFormat format, co
 namespace {
 
 constexpr std::string_view kMessagesFields[] = {
+    // honoured (temperature, top_p and top_k are gone from Anthropic's current API; older clients send them)
     "model", "messages", "max_tokens", "system", "stream", "temperature", "top_p", "top_k", "stop_sequences", "tools",
-    "tool_choice", "metadata", "thinking", "service_tier"};
+    "tool_choice", "output_config", "thinking", "speed",
+    // accepted without effect: caching is automatic here (the prefix cache), the rest names the caller
+    "metadata", "service_tier", "cache_control", "inference_geo", "user_profile_id", "workspace_id"};
 
 std::string block_text(const json& content, const std::string& param) {
   if (content.is_string()) return content.get<std::string>();
@@ -434,7 +437,7 @@ MessagesRequest parse_messages_request(const json& body, ToolFormat format) {
       fn["parameters"] = *schema;
       for (const auto& item : t.items()) {
         if (item.key() != "name" && item.key() != "description" && item.key() != "input_schema" && item.key() != "type" &&
-            item.key() != "cache_control") {
+            item.key() != "cache_control" && item.key() != "strict") {
           invalid(param + "." + item.key(), fmt::format("unknown field '{}.{}'", param, item.key()));
         }
       }
@@ -470,9 +473,29 @@ MessagesRequest parse_messages_request(const json& body, ToolFormat format) {
   if (const json* t = present(body, "thinking"); t != nullptr && !(t->is_object() && t->value("type", "") == "disabled")) {
     invalid("thinking", "extended thinking is not supported by this server's models");
   }
-  if (const json* s = present(body, "service_tier"); s != nullptr && !s->is_string()) invalid("service_tier", "'service_tier' must be a string");
+  for (const char* name : {"service_tier", "inference_geo", "user_profile_id", "workspace_id"}) {
+    if (const json* v = present(body, name); v != nullptr && !v->is_string()) invalid(name, fmt::format("'{}' must be a string", name));
+  }
+  if (const json* c = present(body, "cache_control"); c != nullptr && !c->is_object()) invalid("cache_control", "'cache_control' must be an object");
+  if (const json* s = present(body, "speed"); s != nullptr && *s != "standard") {
+    invalid("speed", "'speed' other than \"standard\" is not offered by this server");
+  }
+  if (const json* oc = present(body, "output_config")) {
+    if (!oc->is_object()) invalid("output_config", "'output_config' must be an object");
+    only_known(*oc, kw({"effort", "format"}), "output_config", "/v1/messages");
+    if (present(*oc, "effort") != nullptr) {
+      invalid("output_config.effort", "'output_config.effort' is not supported: this server's models have no effort setting");
+    }
+    if (const json* f = present(*oc, "format")) {
+      if (!f->is_object() || f->value("type", "") != "json_schema" || !f->contains("schema")) {
+        invalid("output_config.format", "'output_config.format' must be {\"type\": \"json_schema\", \"schema\": {...}}");
+      }
+      chat["response_format"] = {{"type", "json_schema"}, {"json_schema", {{"name", "output"}, {"schema", (*f)["schema"]}}}};
+    }
+  }
   r.chat = parse_translated(chat, format,
-                            {{"max_completion_tokens", "max_tokens"}, {"stop", "stop_sequences"}, {"messages[", "messages."}});
+                            {{"max_completion_tokens", "max_tokens"}, {"stop", "stop_sequences"}, {"messages[", "messages."},
+                             {"response_format", "output_config.format"}});
   r.stop_sequences = r.chat.stop;
   return r;
 }

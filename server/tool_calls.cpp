@@ -321,10 +321,11 @@ ParsedAnswer parse_hermes(const std::string& answer, const ToolSpec& tools) {
     const size_t body = at + kHermesOpen.size();
     size_t close = answer.find(kHermesClose, body);
     // A last call cut short of its closing tag (the answer ended at max_tokens or a stop) still
-    // counts when its JSON is whole.
+    // counts when its JSON is whole; when it is not, it is dropped and the calls before it stand.
     const std::string inside = answer.substr(body, close == std::string::npos ? std::string::npos : close - body);
     const json parsed = json::parse(trim(inside), nullptr, false);
     std::optional<json> call = parsed.is_discarded() ? std::nullopt : openai_call(parsed, tools, "arguments");
+    if (!call && close == std::string::npos && !out.empty() && parsed.is_discarded()) break;  // a last call cut short: dropped
     if (!call) return {answer, std::nullopt};
     out.push_back(std::move(*call));
     if (close == std::string::npos) break;

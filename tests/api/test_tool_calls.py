@@ -1,7 +1,9 @@
 """Tool calls through the official openai client with SmolLM2 (whose template has no tool
 section: hearth's generic JSON convention): tool_choice "required" and a named function are
 constrained by a grammar, so the call always parses — plain and streamed, and a round trip with
-the tool's result sent back; legacy functions / function_call; 400s."""
+the tool's result sent back; legacy functions / function_call; 400s. Then the Hermes format
+(--tool-format hermes, what Qwen's templates get by themselves) on the same model, and content
+that streams token by token when tools are offered but the answer is text."""
 import json
 
 import httpx
@@ -109,3 +111,61 @@ def test_tool_errors_are_400(server, client):
     assert err["param"] == "tools" and "'not'" in err["message"], err
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="smollm2", messages=[{"role": "tool", "content": "x"}], max_tokens=4)
+
+
+def test_auto_text_answer_streams_token_by_token(client):
+    # With tools offered and tool_choice auto, an answer that does not start like a call streams
+    # as it is generated (not held to the end).
+    stream = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Say hello to Ada."}],
+                                            tools=[WEATHER], temperature=0, max_tokens=24, stream=True)
+    pieces = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+    whole = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Say hello to Ada."}],
+                                           tools=[WEATHER], temperature=0, max_tokens=24)
+    assert whole.choices[0].message.content and not whole.choices[0].message.tool_calls
+    assert len(pieces) > 3, pieces
+    assert "".join(pieces) == whole.choices[0].message.content
+
+
+@pytest.fixture(scope="module")
+def hermes(request):
+    from conftest import Server  # noqa: E402
+    from openai import OpenAI
+
+    s = Server("--parallel", "2", "--ctx-size", "1024", "--tool-format", "hermes")
+    request.addfinalizer(s.stop)
+    return s, OpenAI(base_url=s.url + "/v1", api_key=s.api_key, max_retries=0, timeout=300)
+
+
+def test_hermes_format_round_trip(hermes):
+    # Qwen 2.5 / Hermes format (what a template with <tool_call> gets by itself): the model writes
+    # <tool_call>{...}</tool_call>, forced here by the grammar; results go back as <tool_response>.
+    _, client = hermes
+    r = client.chat.completions.create(model="smollm2", messages=MESSAGES, tools=[WEATHER, TIME], tool_choice="required",
+                                       parallel_tool_calls=False, temperature=0, max_tokens=100)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and len(choice.message.tool_calls) == 1, choice
+    call = choice.message.tool_calls[0]
+    check_call(call, call.function.name)
+    messages = MESSAGES + [choice.message.model_dump(exclude_none=True),
+                           {"role": "tool", "tool_call_id": call.id, "content": '{"celsius": 21}'}]
+    r2 = client.chat.completions.create(model="smollm2", messages=messages, tools=[WEATHER, TIME], tool_choice="none",
+                                        temperature=0, max_tokens=30)
+    assert r2.choices[0].message.content
+
+
+def test_hermes_format_streamed(hermes):
+    _, client = hermes
+    stream = client.chat.completions.create(model="smollm2", messages=MESSAGES, tools=[WEATHER],
+                                            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+                                            temperature=0, max_tokens=200, stream=True)
+    calls, finish = {}, None
+    for chunk in stream:
+        if not chunk.choices:
+            continue
+        for tc in chunk.choices[0].delta.tool_calls or []:
+            entry = calls.setdefault(tc.index, {"name": "", "arguments": ""})
+            entry["name"] += (tc.function.name or "") if tc.function else ""
+            entry["arguments"] += (tc.function.arguments or "") if tc.function else ""
+        finish = chunk.choices[0].finish_reason or finish
+    assert finish == "tool_calls" and calls[0]["name"] == "get_weather"
+    assert isinstance(json.loads(calls[0]["arguments"])["city"], str)

@@ -109,6 +109,12 @@ TEST(ToolFormat, ParsesEachFormat) {
   ASSERT_TRUE(l.calls);
   EXPECT_EQ(json::parse((*l.calls)[0]["function"]["arguments"].get<std::string>()), json({{"city", "Lima"}}));
 
+  // A last call cut short (max_tokens) is dropped; the whole calls before it stand.
+  ParsedAnswer cut = parse_tool_calls("<tool_call>\n{\"name\": \"get_time\", \"arguments\": {}}\n</tool_call>\n<tool_call>\n{\"na",
+                                      spec(ToolFormat::Hermes, "auto"));
+  ASSERT_TRUE(cut.calls);
+  EXPECT_EQ(cut.calls->size(), 1u);
+
   // Not calls: an unknown function, text, a call of the wrong format, parallel calls when one is allowed.
   EXPECT_FALSE(parse_tool_calls("<tool_call>\n{\"name\": \"nuke\", \"arguments\": {}}\n</tool_call>", spec(ToolFormat::Hermes, "auto")).calls);
   EXPECT_FALSE(parse_tool_calls("It is sunny.", spec(ToolFormat::Generic, "auto")).calls);
