@@ -15,7 +15,7 @@
 
 namespace hearth::server {
 
-using nlohmann::json;
+using json = nlohmann::ordered_json;
 
 json error_body(const std::string& message, const std::string& type, const std::string& param, const std::string& code) {
   json e = {{"message", message}, {"type", type}, {"param", nullptr}, {"code", nullptr}};

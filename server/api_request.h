@@ -32,7 +32,7 @@ class ApiError : public std::runtime_error {
   std::string code;   // empty: null
 };
 
-nlohmann::json error_body(const std::string& message, const std::string& type, const std::string& param,
+nlohmann::ordered_json error_body(const std::string& message, const std::string& type, const std::string& param,
                           const std::string& code);
 
 struct CompletionRequest {
@@ -65,12 +65,12 @@ struct CompletionRequest {
 // with an unsupported keyword (named), more than one of grammar / json_schema / response_format,
 // or a field the endpoint does not know. logit_bias token ids are not checked
 // against the vocabulary here (the caller knows it).
-CompletionRequest parse_completion_request(const nlohmann::json& body, bool chat,
+CompletionRequest parse_completion_request(const nlohmann::ordered_json& body, bool chat,
                                            ToolFormat tool_format = ToolFormat::Generic);
 
 // The request's GBNF constraint from `grammar`, `json_schema` or `response_format` (empty:
 // none); 400 naming the field for a bad one or more than one.
-std::string parse_constraint(const nlohmann::json& body);
+std::string parse_constraint(const nlohmann::ordered_json& body);
 // Adds the tools' description to the conversation where the format puts it (tool_calls.h).
 void add_tools_prompt(std::vector<engine::ChatMessage>& messages, const ToolSpec& tools);
 

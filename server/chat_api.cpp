@@ -9,7 +9,7 @@
 
 namespace hearth::server {
 
-using nlohmann::json;
+using json = nlohmann::ordered_json;
 
 namespace {
 

@@ -10,7 +10,7 @@
 
 namespace hearth::server {
 
-using nlohmann::json;
+using json = nlohmann::ordered_json;
 
 std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 

@@ -18,7 +18,7 @@
 
 namespace hearth::server {
 
-using nlohmann::json;
+using json = nlohmann::ordered_json;
 using Clock = std::chrono::steady_clock;
 
 namespace {

@@ -14,7 +14,7 @@
 
 namespace hearth::server {
 
-using nlohmann::json;
+using json = nlohmann::ordered_json;
 
 struct OpenAiServer::Impl::StoredResponses {
   struct Entry {

@@ -37,7 +37,7 @@ namespace hearth::server {
 using Clock = std::chrono::steady_clock;
 
 // Generated text is whole UTF-8 characters, but a single token's piece (logprobs) may not be.
-std::string dump(const nlohmann::json& j);
+std::string dump(const nlohmann::ordered_json& j);
 double seconds_between(Clock::time_point a, Clock::time_point b);
 std::string random_id(const char* prefix);
 void send_error(httplib::Response& res, int status, const std::string& message, const std::string& type,
@@ -45,7 +45,7 @@ void send_error(httplib::Response& res, int status, const std::string& message, 
 void send_error(httplib::Response& res, const ApiError& e);
 // One server-sent event: `data: JSON`, preceded by `event: NAME` when a name is given (the
 // Responses and Messages APIs name their events; chat completions do not).
-std::string sse(const nlohmann::json& data, const std::string& event = "");
+std::string sse(const nlohmann::ordered_json& data, const std::string& event = "");
 
 // One event of a sequence, passed from the scheduler thread to the HTTP thread.
 struct Event {
@@ -115,14 +115,14 @@ struct OpenAiServer::Impl {
   bool authorized(const httplib::Request& req, httplib::Response& res) const;
   engine::Model* ready(httplib::Response& res);
   std::string endpoint_label(const std::string& path) const;
-  nlohmann::json model_object(engine::Model& m) const;
+  nlohmann::ordered_json model_object(engine::Model& m) const;
   void refuse_ending(httplib::Response& res);
 
   // --- generation.cpp ---
   // The model, when it can take a generation request now; otherwise the 503 is sent.
   engine::Model* accepting(httplib::Response& res);
   // The request body as JSON; nullopt after a 400 for a body that is not JSON.
-  std::optional<nlohmann::json> parse_body(const httplib::Request& req, httplib::Response& res);
+  std::optional<nlohmann::ordered_json> parse_body(const httplib::Request& req, httplib::Response& res);
   // The prompt's tokens: the chat template over the messages, or the completion prompt.
   std::vector<engine::Token> prompt_tokens(engine::Model& m, const CompletionRequest& r) const;
   // Checks the prompt (`prompt_param` names it in errors) and logit_bias against the model,
@@ -143,7 +143,7 @@ struct OpenAiServer::Impl {
   PumpEnd pump(Exchange& ex, httplib::DataSink& sink,
                const std::function<std::optional<std::string>(Event&)>& on_event,
                const std::function<std::string()>& on_ending);
-  nlohmann::json logprob_entry(const engine::Tokenizer& tok, const engine::SampledToken& s) const;
+  nlohmann::ordered_json logprob_entry(const engine::Tokenizer& tok, const engine::SampledToken& s) const;
 
   // --- chat_api.cpp ---
   void completions(const httplib::Request& req, httplib::Response& res, bool chat);

@@ -12,7 +12,7 @@
 namespace hearth::server {
 namespace {
 
-using json = nlohmann::json;
+using json = nlohmann::ordered_json;
 
 constexpr size_t kMaxTools = 128;
 constexpr size_t kMaxParallelCalls = 8;
@@ -197,6 +197,26 @@ std::string choice_sentence(const ToolSpec& tools) {
   return {};
 }
 
+// JSON as the models' Jinja templates write it (Python's json.dumps / tojson): ", " between
+// items and ": " after keys, keys in the order given, non-ASCII text as is.
+std::string python_json(const json& v) {
+  if (v.is_object()) {
+    std::string out = "{";
+    bool first = true;
+    for (const auto& [key, value] : v.items()) {
+      out += (first ? "" : ", ") + json(key).dump() + ": " + python_json(value);
+      first = false;
+    }
+    return out + "}";
+  }
+  if (v.is_array()) {
+    std::string out = "[";
+    for (size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + python_json(v[i]);
+    return out + "]";
+  }
+  return v.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
 // The functions as OpenAI's tool objects ({"type": "function", "function": {...}}).
 json openai_tool(const ToolFunction& f) {
   json fn = {{"name", f.name}};
@@ -360,7 +380,7 @@ std::string tools_prompt(const ToolSpec& tools) {
     }
     case ToolFormat::Hermes: {
       std::string lines;
-      for (const ToolFunction& f : tools.functions) lines += "\n" + openai_tool(f).dump();
+      for (const ToolFunction& f : tools.functions) lines += "\n" + python_json(openai_tool(f));
       return fmt::format(
           "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
           "You are provided with function signatures within <tools></tools> XML tags:\n<tools>{}\n</tools>\n\n"
@@ -483,14 +503,14 @@ std::string tool_calls_as_text(const json& tool_calls, const std::string& param,
     case ToolFormat::Generic: return json{{"tool_calls", calls}}.dump();
     case ToolFormat::Hermes: {
       std::string out;
-      for (const json& c : calls) out += (out.empty() ? "" : "\n") + fmt::format("<tool_call>\n{}\n</tool_call>", c.dump());
+      for (const json& c : calls) out += (out.empty() ? "" : "\n") + fmt::format("<tool_call>\n{}\n</tool_call>", python_json(c));
       return out;
     }
     case ToolFormat::Llama3: {
-      if (calls.size() == 1) return json{{"name", calls[0]["name"]}, {"parameters", calls[0]["arguments"]}}.dump();
+      if (calls.size() == 1) return python_json({{"name", calls[0]["name"]}, {"parameters", calls[0]["arguments"]}});
       json list = json::array();
       for (const json& c : calls) list.push_back({{"name", c["name"]}, {"parameters", c["arguments"]}});
-      return list.dump();
+      return python_json(list);
     }
   }
   return {};

@@ -33,7 +33,7 @@ namespace hearth::server {
 struct ToolFunction {
   std::string name;
   std::string description;
-  nlohmann::json parameters;  // a JSON Schema (an object); {"type": "object"} when absent
+  nlohmann::ordered_json parameters;  // a JSON Schema (an object); {"type": "object"} when absent
 };
 
 enum class ToolFormat { Generic, Hermes, Llama3 };
@@ -58,10 +58,10 @@ struct ToolSpec {
 // or []). Throws ApiError (400) naming the field for anything malformed: a tool that is not a
 // function, a missing or repeated name, `tool_choice` / `parallel_tool_calls` / `function_call`
 // without tools, a named choice that is not a tool, both `tools` and `functions`.
-std::optional<ToolSpec> parse_tools(const nlohmann::json& body, ToolFormat format);
+std::optional<ToolSpec> parse_tools(const nlohmann::ordered_json& body, ToolFormat format);
 // A function's fields (name, description, parameters, strict), as in a chat tool's `function`
 // or a Responses API tool; `extra` names fields of the container to skip.
-ToolFunction parse_tool_function(const nlohmann::json& f, const std::string& param,
+ToolFunction parse_tool_function(const nlohmann::ordered_json& f, const std::string& param,
                                  std::initializer_list<std::string_view> extra = {});
 
 // The text that describes the tools to the model, in the format: the generic and Hermes
@@ -81,7 +81,7 @@ std::string tool_call_grammar(const ToolSpec& tools);
 // content). Hermes answers may have content beside their calls; the other formats none.
 struct ParsedAnswer {
   std::string content;
-  std::optional<nlohmann::json> calls;
+  std::optional<nlohmann::ordered_json> calls;
 };
 ParsedAnswer parse_tool_calls(const std::string& answer, const ToolSpec& tools);
 
@@ -104,7 +104,7 @@ class ToolCallStream {
 // The turns of tool calling written back for the template, in the format.
 // An assistant message's `tool_calls` (OpenAI form) as text. Throws ApiError naming `param`
 // when malformed.
-std::string tool_calls_as_text(const nlohmann::json& tool_calls, const std::string& param, ToolFormat format);
+std::string tool_calls_as_text(const nlohmann::ordered_json& tool_calls, const std::string& param, ToolFormat format);
 // A tool's result as a message (role and content) for the template; `name` may be empty.
 struct ToolResultTurn {
   std::string role;

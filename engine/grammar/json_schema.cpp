@@ -15,7 +15,7 @@
 namespace hearth::engine::grammar {
 namespace {
 
-using json = nlohmann::json;
+using json = nlohmann::ordered_json;
 
 // The rules every compiled schema may use. `ws` is bounded (one space, or one newline and a
 // little indentation) so that a model cannot pad forever between two tokens of JSON.
@@ -524,18 +524,15 @@ class SchemaCompiler {
         if (required.insert(r.get<std::string>()).second) required_order.push_back(r.get<std::string>());
       }
     }
-    // Required properties first, in the order `required` lists them (the order of `properties`
-    // is not kept by the JSON reader), then the others by name.
+    // In the order `properties` lists them (as OpenAI's strict output writes them), then the
+    // required names it does not declare (any value).
     const auto props_it = s.find("properties");
     if (props_it != s.end() && !props_it->is_object()) fail("properties", "must be an object");
-    for (const std::string& r : required_order) {
-      const bool declared = props_it != s.end() && props_it->contains(r);
-      props.emplace_back(r, declared ? visit((*props_it)[r], safe_hint(r)) : "jvalue");
-    }
     if (props_it != s.end()) {
-      for (const auto& [key, sub] : props_it->items()) {
-        if (!required.contains(key)) props.emplace_back(key, visit(sub, safe_hint(key)));
-      }
+      for (const auto& [key, sub] : props_it->items()) props.emplace_back(key, visit(sub, safe_hint(key)));
+    }
+    for (const std::string& r : required_order) {
+      if (props_it == s.end() || !props_it->contains(r)) props.emplace_back(r, "jvalue");
     }
     std::string extra;  // the value expression of additional properties, empty: none
     if (const auto it = s.find("additionalProperties"); it != s.end()) {
@@ -648,6 +645,10 @@ class SchemaCompiler {
 }  // namespace
 
 std::string json_schema_to_gbnf(const json& schema) { return SchemaCompiler(schema).compile(); }
+
+std::string json_schema_to_gbnf(const nlohmann::json& schema) {
+  return json_schema_to_gbnf(json::parse(schema.dump()));
+}
 
 std::string json_object_gbnf() { return fmt::format("root ::= jobject\n{}", kJsonRules); }
 

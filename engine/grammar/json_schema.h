@@ -13,8 +13,9 @@
 // ignored), `minimum` / `maximum` / `exclusiveMinimum` / `exclusiveMaximum` on integers, and on
 // numbers (which are then written as integers in range), plus the annotations (title,
 // description, default, examples, $schema, $id, $comment, deprecated, readOnly, writeOnly).
-// Properties come out required ones first, in the order `required` lists them (the JSON reader
-// does not keep the order of `properties`), then the others by name.
+// Properties come out in the order `properties` lists them (read with nlohmann::ordered_json, as
+// the server does; a plain nlohmann::json has them by name), then required names that
+// `properties` does not declare.
 //
 // Anything else (e.g. `not`, `if`, `patternProperties`, `uniqueItems`, `multipleOf`,
 // `prefixItems`, `minProperties`) is refused with a SchemaError naming the keyword.
@@ -36,6 +37,8 @@ class SchemaError : public Error {
 };
 
 // GBNF whose root is one JSON value the schema accepts. Throws SchemaError.
+std::string json_schema_to_gbnf(const nlohmann::ordered_json& schema);
+// The same for a schema whose key order is already lost (properties by name).
 std::string json_schema_to_gbnf(const nlohmann::json& schema);
 
 // GBNF for any JSON object (response_format json_object).

@@ -24,7 +24,7 @@
 namespace hearth::engine::grammar {
 namespace {
 
-using json = nlohmann::json;
+using json = nlohmann::ordered_json;  // as the server reads schemas: properties keep their order
 
 // A vocabulary of every single byte (so any text can be matched byte by byte) plus `extra`.
 std::shared_ptr<const Vocabulary> byte_vocabulary(const std::vector<std::string>& extra = {}) {
@@ -339,9 +339,15 @@ TEST(JsonSchema, ObjectsRequiredOptionalAndAdditional) {
                   {"properties", {{"a", {{"type", "integer"}}}, {"b", {{"type", "string"}}}, {"c", {{"type", "boolean"}}}}},
                   {"required", {"b"}}};
   EXPECT_TRUE(schema_matches(s, R"({"b":"x"})"));
-  EXPECT_TRUE(schema_matches(s, R"({"b": "x", "a": 1, "c": true})"));  // required first
-  EXPECT_FALSE(schema_matches(s, R"({"a": 1, "b": "x", "c": true})"));
-  EXPECT_TRUE(schema_matches(s, "{\n  \"b\": \"\",\n  \"a\": -3\n}"));
+  EXPECT_TRUE(schema_matches(s, R"({"a": 1, "b": "x", "c": true})"));  // in the order `properties` lists them
+  EXPECT_FALSE(schema_matches(s, R"({"b": "x", "a": 1, "c": true})"));
+  EXPECT_TRUE(schema_matches(s, "{\n  \"a\": -3,\n  \"b\": \"\"\n}"));
+  // Declared order, not by name; required names that `properties` does not declare come last.
+  const json z = {{"type", "object"}, {"properties", {{"zeta", {{"type", "integer"}}}, {"alpha", {{"type", "integer"}}}}},
+                  {"required", {"alpha", "omega"}}};
+  EXPECT_TRUE(schema_matches(z, R"({"zeta": 1, "alpha": 2, "omega": null})"));
+  EXPECT_TRUE(schema_matches(z, R"({"alpha": 2, "omega": [1]})"));
+  EXPECT_FALSE(schema_matches(z, R"({"alpha": 2, "zeta": 1, "omega": 0})"));
   EXPECT_TRUE(schema_matches(s, R"({"b":"x","c":false})"));
   EXPECT_FALSE(schema_matches(s, R"({"a":1})"));            // b is required
   EXPECT_FALSE(schema_matches(s, R"({"b":"x","d":1})"));    // no additional properties

@@ -21,7 +21,7 @@
 namespace hearth::server {
 namespace {
 
-using json = nlohmann::json;
+using json = nlohmann::ordered_json;
 using engine::grammar::CompiledGrammar;
 using engine::grammar::GrammarMatcher;
 using engine::grammar::Vocabulary;
@@ -189,7 +189,13 @@ TEST(ToolFormat, ChatMessagesInTheFormat) {
   const CompletionRequest hermes = parse_completion_request(body, true, ToolFormat::Hermes);
   ASSERT_EQ(hermes.messages.size(), 4u);  // system (tools), user, assistant, one user turn with both results
   EXPECT_EQ(hermes.messages[0].role, "system");
-  EXPECT_NE(hermes.messages[0].content.find("<tools>\n{\"function\""), std::string::npos);
+  // The tools one per line as Qwen's template writes them (tojson: keys in order, ", " and ": ").
+  EXPECT_NE(hermes.messages[0].content.find("<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", "),
+            std::string::npos)
+      << hermes.messages[0].content;
+  EXPECT_EQ(hermes.messages[2].content,
+            "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>\n"
+            "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Rome\"}}\n</tool_call>");
   EXPECT_EQ(hermes.messages[3].content, "<tool_response>\n5C\n</tool_response>\n<tool_response>\n20C\n</tool_response>");
 
   const CompletionRequest llama = parse_completion_request(body, true, ToolFormat::Llama3);
