@@ -295,16 +295,22 @@ int OpenAiServer::bind() {
 
 void OpenAiServer::attach(engine::Model& model, engine::Scheduler& scheduler) {
   Impl& i = *impl_;
+  const char* source = "--tool-format";
   if (i.options.tool_format.empty() || i.options.tool_format == "auto") {
     i.tool_format = ToolFormat::Generic;
+    source = "the chat template has no tool format of its own";
     if (const gguf::Value* t = model.file().find("tokenizer.chat_template")) {
-      if (const auto* text = t->get_if<std::string_view>()) i.tool_format = detect_tool_format(*text);
+      if (const auto* text = t->get_if<std::string_view>()) {
+        i.tool_format = detect_tool_format(*text);
+        if (i.tool_format != ToolFormat::Generic) source = "from the chat template";
+      }
     }
   } else {
     const std::optional<ToolFormat> f = tool_format_from_name(i.options.tool_format);
     if (!f) throw Error(fmt::format("--tool-format {}: expected auto, generic, hermes or llama3", i.options.tool_format));
     i.tool_format = *f;
   }
+  std::fprintf(stderr, "hearth: tool calls in the %s format (%s)\n", std::string(tool_format_name(i.tool_format)).c_str(), source);
   impl_->scheduler.store(&scheduler);
   impl_->model.store(&model);
 }

@@ -25,13 +25,14 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, *extra: str, api_key: str | None = API_KEY):
+    def __init__(self, *extra: str, api_key: str | None = API_KEY, model: Path | None = None):
         if not MODEL.exists():
             pytest.skip(f"model {MODEL} not fetched (scripts/get-model.sh smollm2)")
+        model = model or MODEL
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.api_key = api_key
-        args = [str(BIN), "serve", "-m", str(MODEL), "--port", str(self.port), "--alias", "smollm2", *extra]
+        args = [str(BIN), "serve", "-m", str(model), "--port", str(self.port), "--alias", "smollm2", *extra]
         if api_key:
             args += ["--api-key", api_key]
         self.log = open(f"/tmp/hearth-api-test-{self.port}.log", "w+")
