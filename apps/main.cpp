@@ -14,8 +14,8 @@ namespace {
 
 void add_backend_options(CLI::App* command, hearth::apps::BackendArgs& backend) {
   command->add_option("--backend", backend.kind,
-                      "Backend the layers run on: cpu, or cuda where built in (vulkan later; `hearth info --system` "
-                      "lists what this binary has and finds), optionally with a device: cuda:1")
+                      "Backend the layers run on: cpu, cuda or vulkan where built in (`hearth info --system` lists what "
+                      "this binary has and finds), optionally with a device: cuda:1, vulkan:0")
       ->capture_default_str();
   command->add_option("--device", backend.device, "Device of that backend (default 0)");
 }
