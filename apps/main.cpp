@@ -7,10 +7,20 @@
 #include <string>
 
 #include "apps/commands.h"
+#include "transport/handshake.h"
 #include "core/build_info.h"
 #include "core/error.h"
 
 namespace {
+
+// Links between nodes are encrypted (docs/wire-protocol.md); plaintext only for measurements,
+// and only where both ends ask for it.
+bool insecure_plaintext = false;
+void add_plaintext_option(CLI::App* command) {
+  command->add_flag("--insecure-plaintext", insecure_plaintext,
+                    "Ask for unencrypted links to other nodes (measurements only: a device on the network can then "
+                    "read and alter the hidden states; links stay encrypted unless both ends ask)");
+}
 
 void add_backend_options(CLI::App* command, hearth::apps::BackendArgs& backend) {
   command->add_option("--backend", backend.kind,
@@ -67,6 +77,7 @@ int main(int argc, char** argv) {
   add_backend_options(run, run_args.backend);
   run->add_flag("--ignore-eos", run_args.ignore_eos, "Keep generating past the end-of-generation token");
   hearth::apps::add_cluster_options(*run, run_args.cluster);
+  add_plaintext_option(run);
 
   hearth::apps::SynthArgs synth_args;
   CLI::App* synth = app.add_subcommand(
@@ -157,10 +168,12 @@ int main(int argc, char** argv) {
   serve->add_option("-t,--threads", serve_args.threads, "CPU threads (0: all)")->capture_default_str();
   add_backend_options(serve, serve_args.backend);
   hearth::apps::add_cluster_options(*serve, serve_args.cluster);
+  add_plaintext_option(serve);
 
   hearth::apps::WorkerArgs worker_args;
   CLI::App* worker = app.add_subcommand("worker", "Run pipeline stages for a coordinator (a node of a cluster)");
   worker->add_option("--listen", worker_args.listen, "HOST:PORT to listen on (port 0: any free port)")->capture_default_str();
+  add_plaintext_option(worker);
   worker->add_option("--cluster-key", worker_args.cluster_key, "The cluster's key file (hex); peers without it are refused")
       ->required()
       ->check(CLI::ExistingFile);
@@ -240,6 +253,7 @@ int main(int argc, char** argv) {
 
   try {
     app.parse(argc, argv);
+    if (insecure_plaintext) hearth::transport::set_link_encryption_default(false);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }

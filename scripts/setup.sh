@@ -37,6 +37,7 @@ PACKAGES=(
   libcpp-httplib-dev                      # HTTP server (hearth serve) and client (hearth bench serve)
   g++-aarch64-linux-gnu qemu-user         # NEON kernels cross-built and tested under emulation
   libvulkan-dev glslc mesa-vulkan-drivers vulkan-tools  # Vulkan backend; lavapipe runs its shaders on the CPU
+  tcpdump                                 # the test that nothing crosses a link in clear
 )
 
 missing=()

@@ -1,5 +1,7 @@
 #include "shard/local_cluster.h"
 
+#include "transport/handshake.h"
+
 #include <algorithm>
 
 #include <fcntl.h>
@@ -81,6 +83,8 @@ std::pair<pid_t, std::string> LocalCluster::spawn(size_t i) const {
   const std::string key_path = (dir_ / "cluster.key").string();
   std::vector<std::string> args = {exe, "worker", "--listen", "127.0.0.1:0", "--cluster-key", key_path, "--threads", threads,
                                    "--backend", backends_[i]};
+  // Links are encrypted unless both ends ask for plaintext: the workers ask when this process does.
+  if (!transport::link_encryption_default()) args.push_back("--insecure-plaintext");
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);

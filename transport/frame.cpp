@@ -37,13 +37,14 @@ HeaderBytes encode_frame_header(const FrameHeader& header) {
   store_le(&b[0], kFrameMagic, 4);
   store_le(&b[4], kProtocolVersion, 2);
   store_le(&b[6], header.type, 2);
+  store_le(&b[8], header.flags, 4);
   store_le(&b[16], header.payload_length, 8);
   store_le(&b[24], header.sequence, 8);
   return b;
 }
 
 FrameHeader decode_frame_header(std::span<const std::byte, kFrameHeaderSize> b, const FrameLimits& limits,
-                                uint64_t expected_sequence) {
+                                uint64_t expected_sequence, bool encrypted) {
   const uint64_t magic = load_le(&b[0], 4);
   if (magic != kFrameMagic) {
     throw FrameError(fmt::format("bad frame magic 0x{:08x} (expected 0x{:08x} \"HRTH\"): not a hearth peer, or the "
@@ -55,7 +56,10 @@ FrameHeader decode_frame_header(std::span<const std::byte, kFrameHeaderSize> b, 
     throw FrameError(fmt::format("frame of protocol version {}, we speak {}", version, kProtocolVersion));
   }
   const uint64_t flags = load_le(&b[8], 4);
-  if (flags != 0) throw FrameError(fmt::format("frame flags 0x{:08x} set; version 1 defines none", flags));
+  if (flags != (encrypted ? kFrameEncrypted : 0u)) {
+    throw FrameError(encrypted ? fmt::format("frame flags 0x{:08x}: an unencrypted frame on an encrypted link", flags)
+                               : fmt::format("frame flags 0x{:08x} on a link that is not encrypted", flags));
+  }
   const uint64_t reserved = load_le(&b[12], 4);
   if (reserved != 0) throw FrameError(fmt::format("frame reserved field 0x{:08x} is not zero", reserved));
 
@@ -63,9 +67,14 @@ FrameHeader decode_frame_header(std::span<const std::byte, kFrameHeaderSize> b, 
   h.type = static_cast<MessageType>(load_le(&b[6], 2));
   h.payload_length = load_le(&b[16], 8);
   h.sequence = load_le(&b[24], 8);
+  h.flags = static_cast<uint32_t>(flags);
   const FrameLimits::Entry* entry = limits.find(h.type);
   if (!entry) throw FrameError(fmt::format("unknown message type {}", h.type));
-  if (h.payload_length > entry->max_payload) {
+  if (encrypted && h.payload_length < kFrameTagLength) {
+    throw FrameError(fmt::format("encrypted {} payload of {} bytes is shorter than its tag", limits.describe(h.type),
+                                 h.payload_length));
+  }
+  if (h.payload_length - (encrypted ? kFrameTagLength : 0) > entry->max_payload) {
     throw FrameError(fmt::format("{} payload of {} bytes exceeds its limit of {} bytes", limits.describe(h.type),
                                  h.payload_length, entry->max_payload));
   }

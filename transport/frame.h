@@ -3,11 +3,11 @@
 //
 //   offset size field
 //        0    4 magic            "HRTH" (0x48 0x52 0x54 0x48)
-//        4    2 version          kProtocolVersion (3)
+//        4    2 version          kProtocolVersion (4)
 //        6    2 type             a MessageType known to the receiver's FrameLimits
-//        8    4 flags            0 (no flags are defined in version 1; any set bit is refused)
+//        8    4 flags            bit 0: encrypted (every frame after an encrypting handshake); others 0
 //       12    4 reserved         0
-//       16    8 payload_length   <= the limit registered for `type`
+//       16    8 payload_length   <= the limit registered for `type` (+ the 16-byte tag when encrypted)
 //       24    8 sequence         0, 1, 2, ... per direction of a link; any gap or repeat is refused
 //
 // A receiver validates the whole header (decode_frame_header) BEFORE it reserves room for the
@@ -30,8 +30,9 @@ using MessageType = uint16_t;
 
 inline constexpr uint32_t kFrameMagic = 0x48545248;  // bytes "HRTH" read as a little-endian u32
 // 2: Batch messages carry each sampling entry's logit bias; 3: and its grammar, a replayed
-// sequence's resumed count and a cached prefix (docs/wire-protocol.md).
-inline constexpr uint16_t kProtocolVersion = 3;
+// sequence's resumed count and a cached prefix; 4: frames after the handshake are encrypted
+// (frame_cipher.h) unless both sides ask for plaintext (docs/wire-protocol.md).
+inline constexpr uint16_t kProtocolVersion = 4;
 inline constexpr size_t kFrameHeaderSize = 32;
 
 // Transport's own messages. Types below kFirstUserMessageType are reserved for transport;
@@ -96,21 +97,28 @@ class FrameLimits {
   std::unordered_map<MessageType, Entry> entries_;
 };
 
+// Frame flags. kFrameEncrypted: the payload is ciphertext followed by a 16-byte tag
+// (frame_cipher.h); set on every frame after an encrypting handshake, and only then.
+inline constexpr uint32_t kFrameEncrypted = 1;
+inline constexpr uint64_t kFrameTagLength = 16;
+
 struct FrameHeader {
   MessageType type = 0;
-  uint64_t payload_length = 0;
+  uint64_t payload_length = 0;  // on the wire: with the tag when encrypted
   uint64_t sequence = 0;
+  uint32_t flags = 0;
 };
 
 using HeaderBytes = std::array<std::byte, kFrameHeaderSize>;
 
 HeaderBytes encode_frame_header(const FrameHeader& header);
 
-// Validates and decodes a received header: magic, version, flags, reserved, known type,
-// length <= the type's limit, sequence == expected_sequence. Throws FrameError naming the
-// field, the value received and what was expected.
+// Validates and decodes a received header: magic, version, flags (kFrameEncrypted exactly when
+// `encrypted`, nothing else), reserved, known type, length <= the type's limit (plus the tag,
+// and at least the tag, when encrypted), sequence == expected_sequence. Throws FrameError naming
+// the field, the value received and what was expected.
 FrameHeader decode_frame_header(std::span<const std::byte, kFrameHeaderSize> bytes, const FrameLimits& limits,
-                                uint64_t expected_sequence);
+                                uint64_t expected_sequence, bool encrypted = false);
 
 // A peer-supplied string made safe to print: non-printable bytes become '?', at most max_chars.
 std::string printable(std::string_view text, size_t max_chars = 200);

@@ -1,18 +1,22 @@
 #include "transport/handshake.h"
 
+#include "transport/frame_cipher.h"
 #include "transport/log.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/kdf.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 
 #include <fmt/format.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -182,6 +186,7 @@ std::array<std::byte, 32> handshake_proof(const ClusterKey& key, Role prover, By
 namespace {
 
 constexpr size_t kNonceBytes = 32;
+constexpr uint8_t kHelloPlaintext = 1;  // Hello flags byte (offset 3): this side asks for plaintext frames
 
 const char* role_name(uint64_t role) {
   return role == static_cast<uint8_t>(Role::initiator)   ? "initiator"
@@ -193,14 +198,15 @@ struct Hello {
   uint16_t version = 0;
   uint8_t role = 0;
   ByteSpan nonce;
+  bool plaintext = false;  // the peer asks for plaintext frames
   std::string capabilities;
 };
 
-std::vector<std::byte> encode_hello(uint16_t version, Role role, ByteSpan nonce, std::string_view caps) {
+std::vector<std::byte> encode_hello(uint16_t version, Role role, ByteSpan nonce, std::string_view caps, bool plaintext) {
   std::vector<std::byte> out(kHelloFixedBytes + caps.size());
   store_le(&out[0], version, 2);
   out[2] = static_cast<std::byte>(role);
-  out[3] = std::byte{0};
+  out[3] = plaintext ? std::byte{kHelloPlaintext} : std::byte{0};
   std::memcpy(&out[4], nonce.data(), kNonceBytes);
   store_le(&out[36], caps.size(), 4);
   if (!caps.empty()) std::memcpy(&out[40], caps.data(), caps.size());
@@ -280,8 +286,8 @@ Hello Exchange::parse_hello(ByteSpan p) {
   if (p.size() < kHelloFixedBytes) refuse(fmt::format("malformed Hello of {} bytes", p.size()), "malformed Hello");
   h.role = static_cast<uint8_t>(p[2]);
   const uint64_t caps_len = load_le(&p[36], 4);
-  if (p[3] != std::byte{0} || caps_len != p.size() - kHelloFixedBytes) {
-    refuse(fmt::format("malformed Hello (reserved byte {}, capabilities length {} in {} bytes)",
+  if ((static_cast<uint8_t>(p[3]) & ~kHelloPlaintext) != 0 || caps_len != p.size() - kHelloFixedBytes) {
+    refuse(fmt::format("malformed Hello (flags byte {}, capabilities length {} in {} bytes)",
                        static_cast<unsigned>(p[3]), caps_len, p.size()),
            "malformed Hello");
   }
@@ -291,6 +297,7 @@ Hello Exchange::parse_hello(ByteSpan p) {
                        role_name(h.role), h.role, role_name(static_cast<uint8_t>(role_)), role_name(h.role)),
            "unexpected role in Hello");
   }
+  h.plaintext = (static_cast<uint8_t>(p[3]) & kHelloPlaintext) != 0;
   h.nonce = p.subspan(4, kNonceBytes);
   h.capabilities.assign(reinterpret_cast<const char*>(p.data()) + kHelloFixedBytes, caps_len);
   return h;
@@ -304,7 +311,8 @@ HandshakeResult Exchange::run() {
   if (RAND_bytes(reinterpret_cast<unsigned char*>(nonce.data()), kNonceBytes) != 1) {
     throw HandshakeError("handshake: the OpenSSL random generator failed");
   }
-  const std::vector<std::byte> my_hello = encode_hello(options_.protocol_version, role_, nonce, options_.capabilities);
+  const std::vector<std::byte> my_hello =
+      encode_hello(options_.protocol_version, role_, nonce, options_.capabilities, !options_.encrypt);
 
   std::vector<std::byte> peer_hello;
   Hello peer;
@@ -342,10 +350,54 @@ HandshakeResult Exchange::run() {
     send(msg::kAuth, proof);
   }
   link_.mark_authenticated(peer.capabilities);
-  return HandshakeResult{peer.capabilities};
+  // Encrypted unless both sides asked for plaintext. Each side switches after its last
+  // handshake frame, before anything else is sent or received.
+  bool encrypted = false;
+  if (options_.encrypt || !peer.plaintext) {
+    const ByteSpan nonce_i = role_ == Role::initiator ? ByteSpan(nonce) : peer.nonce;
+    const ByteSpan nonce_r = role_ == Role::initiator ? peer.nonce : ByteSpan(nonce);
+    LinkKeys keys = derive_link_keys(key_, role_, nonce_i, nonce_r);
+    encrypted = link_.start_encryption(keys);
+    OPENSSL_cleanse(&keys, sizeof keys);
+  }
+  return HandshakeResult{peer.capabilities, encrypted};
 }
 
 }  // namespace
+
+namespace {
+std::atomic<bool> g_encrypt_default{true};
+
+// HKDF-SHA256 of the cluster key into 32 bytes (OpenSSL 3's KDF API).
+LinkKey hkdf(const ClusterKey& key, ByteSpan salt, std::string_view info) {
+  LinkKey out{};
+  EVP_KDF* kdf = EVP_KDF_fetch(nullptr, "HKDF", nullptr);
+  EVP_KDF_CTX* ctx = kdf ? EVP_KDF_CTX_new(kdf) : nullptr;
+  char digest[] = "SHA256";
+  OSSL_PARAM params[] = {
+      OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, digest, 0),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, const_cast<std::byte*>(key.bytes().data()), key.bytes().size()),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, const_cast<std::byte*>(salt.data()), salt.size()),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, const_cast<char*>(info.data()), info.size()),
+      OSSL_PARAM_construct_end()};
+  const bool ok = ctx != nullptr && EVP_KDF_derive(ctx, reinterpret_cast<unsigned char*>(out.data()), out.size(), params) == 1;
+  EVP_KDF_CTX_free(ctx);
+  EVP_KDF_free(kdf);
+  HEARTH_CHECK(ok, "HKDF-SHA256 failed");
+  return out;
+}
+}  // namespace
+
+void set_link_encryption_default(bool encrypt) { g_encrypt_default.store(encrypt); }
+bool link_encryption_default() { return g_encrypt_default.load(); }
+
+LinkKeys derive_link_keys(const ClusterKey& key, Role role, ByteSpan nonce_initiator, ByteSpan nonce_responder) {
+  std::vector<std::byte> salt(nonce_initiator.begin(), nonce_initiator.end());
+  salt.insert(salt.end(), nonce_responder.begin(), nonce_responder.end());
+  const LinkKey from_initiator = hkdf(key, salt, "hearth-link-v1 initiator");
+  const LinkKey from_responder = hkdf(key, salt, "hearth-link-v1 responder");
+  return role == Role::initiator ? LinkKeys{from_initiator, from_responder} : LinkKeys{from_responder, from_initiator};
+}
 
 HandshakeResult handshake(Link& link, Role role, const ClusterKey& key, const HandshakeOptions& options) {
   Exchange exchange(link, role, key, options);

@@ -7,6 +7,11 @@
 //                                        ←  Auth{HMAC(K, transcript, role=2)}
 //   initiator verifies, else Close + refuse
 //
+// Then, unless both Hellos asked for plaintext, every later frame in each direction is encrypted
+// with ChaCha20-Poly1305 (frame_cipher.h) under its own key:
+// HKDF-SHA256(IKM = the cluster key, salt = nonce_i | nonce_r, info = "hearth-link-v1 initiator"
+// or "hearth-link-v1 responder", the sending side) — fresh per connection and per direction.
+//
 // transcript = "hearth-handshake-v1" | prover role | nonce_i | nonce_r | len | Hello_i payload |
 // len | Hello_r payload. Each proof binds both fresh nonces, both hellos and the prover's role,
 // so a recorded proof fails in a new session (replay) and a side's own proof is useless sent
@@ -69,6 +74,11 @@ void write_cluster_key(const std::filesystem::path& path, const ClusterKey& key)
 
 enum class Role : uint8_t { initiator = 1, responder = 2 };
 
+// Whether handshakes encrypt the link by default (true; apps set false for
+// --insecure-plaintext). Process-wide, set once at startup.
+void set_link_encryption_default(bool encrypt);
+bool link_encryption_default();
+
 struct HandshakeOptions {
   // Opaque bytes for the peer (shard/ puts JSON there: backend, memory, threads, bandwidth).
   std::string capabilities;
@@ -76,10 +86,15 @@ struct HandshakeOptions {
   Timeout timeout{10000};
   // The version this side announces. Only tests set another one (to act as a future peer).
   uint16_t protocol_version = kProtocolVersion;
+  // false: this side asks for plaintext frames (measurements only). The link is encrypted
+  // unless both sides ask for plaintext; the request is in the Hello, which both proofs cover,
+  // so a device in the path cannot remove it.
+  bool encrypt = link_encryption_default();
 };
 
 struct HandshakeResult {
   std::string peer_capabilities;
+  bool encrypted = false;  // frames from now on are encrypted (a LocalLink never is)
 };
 
 // Runs the handshake on a fresh link (nothing sent or received on it yet). On success the
@@ -88,6 +103,10 @@ struct HandshakeResult {
 // "peer speaks protocol version 3, we speak 1", "peer refused the handshake: <its reason>",
 // "timed out after 10000 ms waiting for the peer's Hello".
 HandshakeResult handshake(Link& link, Role role, const ClusterKey& key, const HandshakeOptions& options = {});
+
+// The frame keys of one side of a link (exposed for tests): `role` is this side's.
+struct LinkKeys;
+LinkKeys derive_link_keys(const ClusterKey& key, Role role, ByteSpan nonce_initiator, ByteSpan nonce_responder);
 
 // The 32-byte proof a side sends (exposed for tests and docs/wire-protocol.md).
 std::array<std::byte, 32> handshake_proof(const ClusterKey& key, Role prover, ByteSpan nonce_initiator,

@@ -32,6 +32,8 @@
 
 namespace hearth::transport {
 
+struct LinkKeys;  // frame_cipher.h
+
 using Clock = std::chrono::steady_clock;
 using Timeout = std::chrono::milliseconds;
 inline constexpr Timeout kNoTimeout = Timeout::max();
@@ -105,6 +107,14 @@ class Link {
   const std::string& peer_capabilities() const { return peer_capabilities_; }
   void mark_authenticated(std::string peer_capabilities);
 
+  // From the next frame on, every frame this side sends is encrypted with keys.send and every
+  // frame it receives must be, under keys.receive (frame_cipher.h). Called by handshake(),
+  // before the link is shared between threads. Returns false for a link that carries no bytes
+  // over a wire (the in-process LocalLink), which stays as it is.
+  virtual bool start_encryption(const LinkKeys& keys) = 0;
+  // Whether frames on this link are encrypted now.
+  bool encrypted() const { return encrypted_.load(std::memory_order_acquire); }
+
  protected:
   Link(std::string peer, std::shared_ptr<const FrameLimits> limits);
 
@@ -120,6 +130,7 @@ class Link {
   virtual void shutdown_transport() = 0;
 
   void note_received() { last_receive_.store(Clock::now().time_since_epoch().count()); }
+  void mark_encrypted() { encrypted_.store(true, std::memory_order_release); }
 
  private:
   // Closes with `reason`; `notify_peer`: try to send a Close frame saying `tell_peer` (or
@@ -137,6 +148,7 @@ class Link {
   std::atomic<Clock::rep> last_receive_;
   std::atomic<Clock::rep> last_send_;
   std::atomic<bool> authenticated_{false};
+  std::atomic<bool> encrypted_{false};
   std::string peer_capabilities_;
 };
 

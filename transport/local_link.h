@@ -33,6 +33,8 @@ class LocalLink final : public Link {
 
   bool has_unread_input() const override;
   bool peer_hung_up() const override;
+  // In-process: no bytes cross a wire, nothing to encrypt.
+  bool start_encryption(const LinkKeys&) override { return false; }
 
  protected:
   void send_frame(MessageType type, std::span<const ByteSpan> segments, uint64_t payload_length,

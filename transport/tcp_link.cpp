@@ -176,13 +176,31 @@ bool TcpLink::peer_hung_up() const {
   return (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
 }
 
+bool TcpLink::start_encryption(const LinkKeys& keys) {
+  send_cipher_ = std::make_unique<FrameCipher>(keys.send);
+  receive_cipher_ = std::make_unique<FrameCipher>(keys.receive);
+  mark_encrypted();
+  return true;
+}
+
 void TcpLink::send_frame(MessageType type, std::span<const ByteSpan> segments, uint64_t payload_length,
                          Clock::time_point deadline) {
-  const HeaderBytes header = encode_frame_header({type, payload_length, send_sequence_});
   iov_.clear();
-  iov_.push_back({const_cast<std::byte*>(header.data()), header.size()});
-  for (ByteSpan s : segments) {
-    if (!s.empty()) iov_.push_back({const_cast<std::byte*>(s.data()), s.size()});
+  HeaderBytes header;
+  if (send_cipher_) {
+    // The payload goes out as ciphertext and tag; the header (with the tag counted in the
+    // length) is the associated data.
+    payload_length += kFrameTagLength;
+    header = encode_frame_header({type, payload_length, send_sequence_, kFrameEncrypted});
+    send_cipher_->seal(header, send_sequence_, segments, sealed_);
+    iov_.push_back({const_cast<std::byte*>(header.data()), header.size()});
+    iov_.push_back({sealed_.data(), sealed_.size()});
+  } else {
+    header = encode_frame_header({type, payload_length, send_sequence_});
+    iov_.push_back({const_cast<std::byte*>(header.data()), header.size()});
+    for (ByteSpan s : segments) {
+      if (!s.empty()) iov_.push_back({const_cast<std::byte*>(s.data()), s.size()});
+    }
   }
   const uint64_t total = kFrameHeaderSize + payload_length;
   uint64_t written = 0;
@@ -249,7 +267,7 @@ std::optional<Message> TcpLink::receive_frame(ByteBuffer& buffer, Clock::time_po
     header_got_ += n;
     if (header_got_ == kFrameHeaderSize) {
       // Every field is checked before the payload gets a single byte of memory.
-      header_ = decode_frame_header(header_bytes_, limits(), receive_sequence_);
+      header_ = decode_frame_header(header_bytes_, limits(), receive_sequence_, receive_cipher_ != nullptr);
       try {
         buffer.resize_for_overwrite(header_.payload_length);
       } catch (const std::bad_alloc&) {
@@ -267,6 +285,16 @@ std::optional<Message> TcpLink::receive_frame(ByteBuffer& buffer, Clock::time_po
   }
   header_got_ = 0;
   frame_buffer_ = nullptr;
+  if (receive_cipher_) {
+    const std::span<std::byte> payload(buffer.data(), header_.payload_length);
+    if (!receive_cipher_->open(header_bytes_, receive_sequence_, payload)) {
+      throw FrameError(fmt::format("{} frame {} failed authentication: altered in transit, or not from the peer that "
+                                   "holds this link's key",
+                                   limits().describe(header_.type), receive_sequence_));
+    }
+    ++receive_sequence_;
+    return Message{header_.type, buffer.bytes().first(header_.payload_length - kFrameTagLength)};
+  }
   ++receive_sequence_;
   return Message{header_.type, buffer.bytes()};
 }

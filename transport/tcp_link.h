@@ -3,6 +3,7 @@
 // receiver's buffer. SIGPIPE-safe (MSG_NOSIGNAL). Timeouts are poll-based. Linux.
 #pragma once
 
+#include "transport/frame_cipher.h"
 #include "transport/link.h"
 
 #include <cstdint>
@@ -35,6 +36,7 @@ class TcpLink final : public Link {
 
   bool has_unread_input() const override;
   bool peer_hung_up() const override;
+  bool start_encryption(const LinkKeys& keys) override;
 
  protected:
   void send_frame(MessageType type, std::span<const ByteSpan> segments, uint64_t payload_length,
@@ -51,6 +53,9 @@ class TcpLink final : public Link {
   // Send side (guarded by Link's send mutex).
   uint64_t send_sequence_ = 0;
   std::vector<iovec> iov_;
+  std::unique_ptr<FrameCipher> send_cipher_;     // set by start_encryption()
+  std::vector<std::byte> sealed_;                // an encrypted payload being sent
+  std::unique_ptr<FrameCipher> receive_cipher_;
   // Receive side (one receiver at a time).
   uint64_t receive_sequence_ = 0;
   HeaderBytes header_bytes_{};

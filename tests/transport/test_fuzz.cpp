@@ -1,9 +1,11 @@
 // Fuzz-style hardening over real TCP: thousands of random and mutated frames (flipped bytes,
-// truncations, wrong lengths, wrong types, garbage), before and after authentication, on many
-// connections to one listening endpoint. The endpoint must refuse every bad connection cleanly
+// truncations, wrong lengths, wrong types, garbage), before and after authentication (then
+// encrypted, as links are), on many connections to one listening endpoint. The endpoint must refuse every bad connection cleanly
 // (close it; never crash or hang) while an authenticated peer on its own connection keeps
 // exchanging frames correctly the whole time. Seeded: the same frames every run.
 #include "transport_test_util.h"
+
+#include "transport/frame_cipher.h"
 
 #include <random>
 
@@ -131,22 +133,53 @@ Bytes random_payload(std::mt19937_64& rng, size_t max) {
   return p;
 }
 
-// Does the initiator's side of the handshake by hand on a raw socket (so the test can then
-// write arbitrary bytes); returns the next sequence number to send, or 0 on failure.
-uint64_t raw_handshake(RawSocket& s, const ClusterKey& key, std::mt19937_64& rng) {
+// The initiator's side of an encrypted link driven by hand on a raw socket (so the test can
+// then write arbitrary bytes): the handshake, then frames sealed and opened as TcpLink does.
+struct RawLink {
+  uint64_t send_seq = 0, receive_seq = 0;
+  std::unique_ptr<FrameCipher> seal, open;
+
+  // A sealed frame of `payload` (not sent; the sequence advances).
+  Bytes frame(MessageType type, ByteSpan payload) {
+    const HeaderBytes h = encode_frame_header({type, payload.size() + kFrameTagLength, send_seq, kFrameEncrypted});
+    Bytes body;
+    const ByteSpan segments[] = {payload};
+    seal->seal(h, send_seq++, segments, body);
+    Bytes out(h.begin(), h.end());
+    out.insert(out.end(), body.begin(), body.end());
+    return out;
+  }
+  // The next frame from the peer, opened; false when it is missing or does not authenticate.
+  bool read(RawSocket& s, FrameHeader& h, Bytes& payload) {
+    HeaderBytes raw;
+    if (!s.read_exact(raw.data(), raw.size())) return false;
+    h = decode_frame_header(raw, *fuzz_limits(), receive_seq, true);
+    payload.resize(h.payload_length);
+    if (!s.read_exact(payload.data(), payload.size()) || !open->open(raw, receive_seq++, payload)) return false;
+    payload.resize(payload.size() - kFrameTagLength);
+    return true;
+  }
+};
+
+// Does the handshake by hand; false on failure.
+bool raw_handshake(RawSocket& s, const ClusterKey& key, std::mt19937_64& rng, RawLink& link) {
   Bytes nonce(32);
   for (auto& b : nonce) b = std::byte(rng() & 0xff);
   const Bytes hello = hello_payload(kProtocolVersion, Role::initiator, nonce, "{\"fuzz\":true}");
-  if (!s.write(frame_bytes(msg::kHello, 0, hello))) return 0;
+  if (!s.write(frame_bytes(msg::kHello, 0, hello))) return false;
   FrameHeader h;
   Bytes peer_hello;
-  if (!s.read_frame(h, peer_hello) || h.type != msg::kHello || peer_hello.size() < kHelloFixedBytes) return 0;
-  const auto proof = handshake_proof(key, Role::initiator, nonce, ByteSpan(peer_hello).subspan(4, 32), hello,
-                                     peer_hello);
-  if (!s.write(frame_bytes(msg::kAuth, 1, proof))) return 0;
+  if (!s.read_frame(h, peer_hello) || h.type != msg::kHello || peer_hello.size() < kHelloFixedBytes) return false;
+  const ByteSpan peer_nonce = ByteSpan(peer_hello).subspan(4, 32);
+  const auto proof = handshake_proof(key, Role::initiator, nonce, peer_nonce, hello, peer_hello);
+  if (!s.write(frame_bytes(msg::kAuth, 1, proof))) return false;
   Bytes peer_proof;
-  if (!s.read_frame(h, peer_proof) || h.type != msg::kAuth) return 0;
-  return 2;
+  if (!s.read_frame(h, peer_proof) || h.type != msg::kAuth) return false;
+  const LinkKeys keys = derive_link_keys(key, Role::initiator, nonce, peer_nonce);
+  link.send_seq = link.receive_seq = 2;
+  link.seal = std::make_unique<FrameCipher>(keys.send);
+  link.open = std::make_unique<FrameCipher>(keys.receive);
+  return true;
 }
 
 TEST(TransportFuzz, MutatedFramesNeverHurtTheEndpointOrAnHonestPeer) {
@@ -213,28 +246,23 @@ TEST(TransportFuzz, MutatedFramesNeverHurtTheEndpointOrAnHonestPeer) {
         } else {
           // After authentication: echo frames with flipped payload bytes (valid: must come
           // back exactly), then one mutated frame (its header or length wrong).
-          uint64_t seq = raw_handshake(s, key, rng);
-          if (seq == 0) {
+          RawLink link;
+          if (!raw_handshake(s, key, rng, link)) {
             ++wrong_echo;
             continue;
           }
-          for (int i = 0; i < 6; ++i, ++seq) {
+          for (int i = 0; i < 6; ++i) {
             Bytes payload = random_payload(rng, 512);
             if (!payload.empty()) payload[rng() % payload.size()] ^= std::byte{0x80};
-            s.write(frame_bytes(kEcho, seq, payload));
+            s.write(link.frame(kEcho, payload));
             FrameHeader h;
             Bytes echo;
-            if (!s.read_frame(h, echo) || h.type != kEcho || echo != payload) ++wrong_echo;
+            if (!link.read(s, h, echo) || h.type != kEcho || echo != payload) ++wrong_echo;
             ++valid_mutated;
           }
-          Bytes bad;
-          do {
-            bad = mutate(frame_bytes(kEcho, seq, random_payload(rng, 256)), rng);
-            // A mutation that left the frame valid is not what this step tests.
-          } while (bad.size() >= kFrameHeaderSize && load_le(&bad[0], 4) == kFrameMagic && load_le(&bad[4], 2) == 1 &&
-                   load_le(&bad[6], 2) == kEcho && load_le(&bad[8], 8) == 0 && load_le(&bad[24], 8) == seq &&
-                   load_le(&bad[16], 8) == bad.size() - kFrameHeaderSize);
-          s.write(bad);
+          // Any change to a sealed frame makes it invalid: the header is checked, and the
+          // header and payload are authenticated.
+          s.write(mutate(link.frame(kEcho, random_payload(rng, 256)), rng));
           ++frames_sent;
         }
         // Refused cleanly: the endpoint ends the connection (a Close frame may come first).
