@@ -342,3 +342,78 @@ def test_a_link_cut_between_namespaced_hosts_loses_nothing(key):
         if s:
             s.stop()
         subprocess.run([str(netns), "down"], env=env, capture_output=True)
+
+
+class TamperingProxy:
+    """A device in the path to one worker: forwards every connection to it, and once armed flips
+    the last byte of the next large chunk flowing toward the worker (a frame's tag, in practice)."""
+
+    def __init__(self, target_port: int):
+        import socket
+        self.target_port = target_port
+        self.armed = threading.Event()
+        self.flipped = threading.Event()
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.sockets = []
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        import socket
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self.sockets += [client, upstream]
+            threading.Thread(target=self.pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self.pump, args=(upstream, client, False), daemon=True).start()
+
+    def pump(self, src, dst, toward_worker):
+        import socket
+        try:
+            while chunk := src.recv(65536):
+                if toward_worker and len(chunk) >= 200 and self.armed.is_set() and not self.flipped.is_set():
+                    chunk = chunk[:-1] + bytes([chunk[-1] ^ 0x01])
+                    self.flipped.set()
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.listener.close()
+        for s in self.sockets:
+            s.close()
+
+
+def test_a_frame_altered_in_transit_closes_the_link_and_the_cluster_recovers(key, tmp_path):
+    # The links are encrypted (docs/wire-protocol.md): one flipped bit on the way to a worker is
+    # refused with a logged reason, the link closes, and the cluster re-plans and replays as for
+    # a lost node: every stream ends with exactly its undisturbed text.
+    workers = [Worker(key, "220MiB") for _ in range(3)]
+    proxy = TamperingProxy(workers[1].port)
+    s = None
+    try:
+        addresses = ",".join([workers[0].address, proxy.address, workers[2].address])
+        s = serve(addresses, key, "--no-fallback-local")
+        want, want_late = undisturbed(s)
+        results, late, statuses, _ = run_all(s, proxy.armed.set)
+        assert proxy.flipped.is_set(), "nothing large enough went toward the worker after arming"
+        assert_same(results, late, want, want_late)
+        assert statuses[-1] == 200
+        assert s.metric("hearth_recoveries_total") >= 1
+        assert "failed authentication" in s.output(), s.output()[-3000:]
+    finally:
+        if s:
+            s.stop()
+        proxy.close()
+        for w in workers:
+            w.stop()
