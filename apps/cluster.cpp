@@ -1,5 +1,9 @@
 #include "apps/cluster.h"
 
+#include <fmt/ranges.h>
+
+#include "transport/discovery.h"
+
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
@@ -22,9 +26,20 @@ void add_cluster_options(CLI::App& command, ClusterArgs& args) {
   auto* workers = command.add_option("--workers", args.workers, "Run the model on these workers (host:port,...)")
                       ->delimiter(',')
                       ->excludes(local);
-  command.add_option("--cluster-key", args.cluster_key, "The cluster's key file (hex), with --workers")
-      ->check(CLI::ExistingFile)
-      ->needs(workers);
+  auto* discover = command.add_flag("--discover", args.discover,
+                                    "Find the workers on the local network (workers started with --advertise and "
+                                    "this --cluster-key); nodes that appear later join at the next re-plan")
+                        ->excludes(local)
+                        ->excludes(workers);
+  command.add_option("--min-nodes", args.min_nodes, "With --discover: wait for this many workers before planning")
+      ->capture_default_str()
+      ->needs(discover);
+  command.add_option("--discover-timeout", args.discover_timeout,
+                     "With --discover: seconds to wait for --min-nodes workers")
+      ->capture_default_str()
+      ->needs(discover);
+  command.add_option("--cluster-key", args.cluster_key, "The cluster's key file (hex), with --workers or --discover")
+      ->check(CLI::ExistingFile);
   command.add_option("--wire-dtype", args.wire_dtype, "Activations between stages: f32 (exact), f16, q8_0")
       ->capture_default_str();
   command.add_flag("--fallback-local,!--no-fallback-local", args.fallback_local,
@@ -58,6 +73,27 @@ class Runtime final : public ClusterRuntime {
       recovery.revive = [this] {
         if (const int n = local_->revive(); n > 0) std::fprintf(stderr, "hearth: restarted %d local worker(s)\n", n);
       };
+    } else if (args.discover) {
+      if (args.cluster_key.empty()) throw Error("--discover needs --cluster-key FILE (the key the workers were started with)");
+      if (args.min_nodes < 1) throw Error(fmt::format("--min-nodes {}: must be 1 or more", args.min_nodes));
+      key_ = transport::load_cluster_key(args.cluster_key);
+      discovery_ = std::make_unique<transport::DiscoveryListener>(*key_);
+      std::fprintf(stderr, "hearth: looking for %d worker(s) on the local network (UDP %u)...\n", args.min_nodes,
+                   static_cast<unsigned>(transport::kDiscoveryPort));
+      const std::vector<std::string> found = discovery_->wait_for(
+          static_cast<size_t>(args.min_nodes),
+          std::chrono::milliseconds(static_cast<int64_t>(std::max(0.0, args.discover_timeout) * 1000)));
+      if (found.empty() || static_cast<int32_t>(found.size()) < args.min_nodes) {
+        throw Error(fmt::format("--discover: heard {} of {} worker(s) in {:g} s ({} other datagram(s) ignored). Are "
+                                "they started with --advertise and this cluster key, on this network segment?",
+                                found.size(), args.min_nodes, args.discover_timeout, discovery_->ignored()));
+      }
+      std::fprintf(stderr, "hearth: discovered %s\n", fmt::format("{}", fmt::join(found, ", ")).c_str());
+      // Every plan (the first and each re-plan) takes the workers heard from lately: one that
+      // appears later joins, one that stopped advertising and answering drops out.
+      recovery.probe = [this, probe_timeout] {
+        return shard::probe_reachable(discovery_->nodes_heard_within(std::chrono::seconds(15)), *key_, probe_timeout);
+      };
     } else {
       if (args.cluster_key.empty()) throw Error("--workers needs --cluster-key FILE (the key the workers were started with)");
       key_ = transport::load_cluster_key(args.cluster_key);
@@ -90,12 +126,14 @@ class Runtime final : public ClusterRuntime {
   ~Runtime() override {
     pipeline_.reset();  // close the links before the workers go
     local_.reset();
+    discovery_.reset();
   }
   engine::BatchExecutor& executor() override { return *pipeline_; }
   std::string describe() const override { return pipeline_->describe(); }
 
  private:
   std::optional<transport::ClusterKey> key_;
+  std::unique_ptr<transport::DiscoveryListener> discovery_;
   std::unique_ptr<shard::LocalCluster> local_;
   std::unique_ptr<shard::RecoveringPipeline> pipeline_;
 };

@@ -24,7 +24,12 @@ struct ClusterArgs {
   int32_t n_batch = 512;        // the scheduler's step tokens (the command's -b), for the stages' arenas
   // When no plan over the workers is left, run every layer on the coordinator (if it can hold them).
   bool fallback_local = true;
-  bool enabled() const { return local_stages > 0 || !workers.empty(); }
+  // --discover: the workers are those whose beacons (worker --advertise) open under the key;
+  // planning starts once min_nodes are heard (or discover_timeout passes with at least one).
+  bool discover = false;
+  int32_t min_nodes = 1;
+  double discover_timeout = 30;
+  bool enabled() const { return local_stages > 0 || !workers.empty() || discover; }
 };
 
 void add_cluster_options(CLI::App& command, ClusterArgs& args);

@@ -127,6 +127,7 @@ struct WorkerArgs {
   std::string memory;
   std::string cache_dir;  // empty: $XDG_CACHE_HOME/hearth/weights or ~/.cache/hearth/weights
   bool no_cache = false;
+  bool advertise = false;  // send discovery beacons (transport/discovery.h)
 };
 int run_worker(const WorkerArgs& args);
 // `hearth plan`: the pipeline plan (which node runs which layers) for a model on a cluster.

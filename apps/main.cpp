@@ -174,6 +174,9 @@ int main(int argc, char** argv) {
   CLI::App* worker = app.add_subcommand("worker", "Run pipeline stages for a coordinator (a node of a cluster)");
   worker->add_option("--listen", worker_args.listen, "HOST:PORT to listen on (port 0: any free port)")->capture_default_str();
   add_plaintext_option(worker);
+  worker->add_flag("--advertise", worker_args.advertise,
+                   "Announce this worker on the local network for coordinators started with --discover (beacons "
+                   "sealed with the cluster key: other devices learn nothing from them)");
   worker->add_option("--cluster-key", worker_args.cluster_key, "The cluster's key file (hex); peers without it are refused")
       ->required()
       ->check(CLI::ExistingFile);

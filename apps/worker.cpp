@@ -7,6 +7,8 @@
 #include <thread>
 
 #include "apps/commands.h"
+#include "transport/discovery.h"
+#include "transport/tcp_link.h"
 #include "apps/stop_signals.h"
 #include "bench/memory_bandwidth.h"
 #include "core/error.h"
@@ -41,9 +43,23 @@ int run_worker(const WorkerArgs& args) {
   // (a STREAM-style triad over 3 x 64 MiB, a fraction of a second).
   const int threads = args.threads > 0 ? args.threads : ThreadPool::hardware_threads();
   options.bandwidth_gbps = bench::measure_triad_bandwidth(threads, size_t{64} << 20, 3).bytes_per_second / 1e9;
-  shard::Worker worker(options, transport::load_cluster_key(args.cluster_key));
+  const transport::ClusterKey key = transport::load_cluster_key(args.cluster_key);
+  shard::Worker worker(options, key);
   std::printf("hearth worker: listening on %s\n", worker.address().c_str());
   std::fflush(stdout);
+  // --advertise: beacons for coordinators started with --discover (transport/discovery.h).
+  std::unique_ptr<transport::Advertiser> advertiser;
+  if (args.advertise) {
+    const transport::HostPort listening = transport::parse_host_port(worker.address());
+    if (listening.host == "127.0.0.1" || listening.host == "::1" || listening.host == "localhost") {
+      std::fprintf(stderr, "hearth worker: --advertise with --listen on loopback: only coordinators on this machine "
+                           "can reach it (listen on 0.0.0.0 for the network)\n");
+    }
+    advertiser = std::make_unique<transport::Advertiser>(key, listening.port);
+    std::fprintf(stderr, "hearth worker: advertising port %u on the local network (UDP %u, group %s)\n",
+                 static_cast<unsigned>(listening.port), static_cast<unsigned>(transport::kDiscoveryPort),
+                 transport::kDiscoveryGroup);
+  }
   std::thread server([&] { worker.run(); });
   stop_signals.wait();
   worker.stop();

@@ -4,9 +4,11 @@
 # each. Needs root (ip netns, tc).
 #
 #   scripts/netns-cluster.sh up N [--rate 1gbit|100mbit|...] [--key FILE] [--model-dir DIR] [--threads T]
-#                                 [--memory SIZE]
+#                                 [--memory SIZE] [--advertise] [--stranger]
 #       prints the workers' list (host:port,...) on stdout; the key is --key, or a fresh one
-#       written to /tmp/hearth-netns/cluster.key
+#       written to /tmp/hearth-netns/cluster.key. --advertise: the workers announce themselves
+#       (for `--discover`); --stranger: one more advertising worker, with another key, that a
+#       coordinator must ignore (not in the list printed)
 #   scripts/netns-cluster.sh down
 #       stops the workers and removes every namespace, link and the bridge
 #
@@ -38,8 +40,8 @@ down() {
 
 up() {
   local n="$1"; shift
-  local rate=1gbit key="" threads=1
-  local model_dirs=() memory=()
+  local rate=1gbit key="" threads=1 stranger=0
+  local model_dirs=() memory=() advertise=()
   while [[ $# -gt 0 ]]; do
     case "$1" in
       --rate) rate="$2"; shift 2 ;;
@@ -47,6 +49,8 @@ up() {
       --model-dir) model_dirs+=(--model-dir "$2"); shift 2 ;;
       --threads) threads="$2"; shift 2 ;;
       --memory) memory=(--memory "$2"); shift 2 ;;
+      --advertise) advertise=(--advertise); shift ;;
+      --stranger) stranger=1; shift ;;
       *) die "unknown argument '$1'" ;;
     esac
   done
@@ -58,11 +62,16 @@ up() {
     key="$STATE/cluster.key"
     (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$key"; echo >>"$key")
   fi
-  ip link add "$BRIDGE" type bridge
+  # No IGMP snooping: the discovery beacons (multicast) reach every port, the host's included.
+  ip link add "$BRIDGE" type bridge mcast_snooping 0
   ip addr add 10.77.0.1/24 dev "$BRIDGE"
   ip link set "$BRIDGE" up
-  local workers=()
-  for i in $(seq 1 "$n"); do
+  local workers=() total=$n
+  (( stranger )) && total=$((n + 1))
+  if (( stranger )); then
+    (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$STATE/stranger.key"; echo >>"$STATE/stranger.key")
+  fi
+  for i in $(seq 1 "$total"); do
     local ns="hearth-ns$i" host="hearth-v$i" addr="10.77.0.$((10 + i))"
     ip netns add "$ns"
     ip link add "$host" type veth peer name eth0 netns "$ns"
@@ -74,12 +83,14 @@ up() {
     # Token-bucket shaping in both directions (netem is not available on every kernel).
     tc qdisc add dev "$host" root tbf rate "$rate" burst 256kb latency 50ms
     ip netns exec "$ns" tc qdisc add dev eth0 root tbf rate "$rate" burst 256kb latency 50ms
-    ip netns exec "$ns" "$HEARTH" worker --listen "$addr:7070" --cluster-key "$key" --threads "$threads" \
-      "${model_dirs[@]}" "${memory[@]}" >"$STATE/worker$i.out" 2>"$STATE/worker$i.log" &
+    local worker_key="$key"
+    (( i > n )) && worker_key="$STATE/stranger.key"  # the stranger: another cluster's worker
+    ip netns exec "$ns" "$HEARTH" worker --listen "$addr:7070" --cluster-key "$worker_key" --threads "$threads" \
+      "${model_dirs[@]}" "${memory[@]}" "${advertise[@]}" >"$STATE/worker$i.out" 2>"$STATE/worker$i.log" &
     echo $! >>"$STATE/pids"
-    workers+=("$addr:7070")
+    (( i <= n )) && workers+=("$addr:7070")
   done
-  for i in $(seq 1 "$n"); do  # wait until each worker listens
+  for i in $(seq 1 "$total"); do  # wait until each worker listens
     for _ in $(seq 1 100); do
       grep -q "listening on" "$STATE/worker$i.out" 2>/dev/null && break
       sleep 0.1

@@ -374,12 +374,17 @@ LinkKey hkdf(const ClusterKey& key, ByteSpan salt, std::string_view info) {
   EVP_KDF* kdf = EVP_KDF_fetch(nullptr, "HKDF", nullptr);
   EVP_KDF_CTX* ctx = kdf ? EVP_KDF_CTX_new(kdf) : nullptr;
   char digest[] = "SHA256";
-  OSSL_PARAM params[] = {
-      OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, digest, 0),
-      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, const_cast<std::byte*>(key.bytes().data()), key.bytes().size()),
-      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, const_cast<std::byte*>(salt.data()), salt.size()),
-      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, const_cast<char*>(info.data()), info.size()),
-      OSSL_PARAM_construct_end()};
+  // No salt: HKDF's default (a string of zeros); OpenSSL refuses an empty salt parameter.
+  OSSL_PARAM params[5];
+  size_t n = 0;
+  params[n++] = OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, digest, 0);
+  params[n++] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, const_cast<std::byte*>(key.bytes().data()),
+                                                  key.bytes().size());
+  if (!salt.empty()) {
+    params[n++] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, const_cast<std::byte*>(salt.data()), salt.size());
+  }
+  params[n++] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, const_cast<char*>(info.data()), info.size());
+  params[n] = OSSL_PARAM_construct_end();
   const bool ok = ctx != nullptr && EVP_KDF_derive(ctx, reinterpret_cast<unsigned char*>(out.data()), out.size(), params) == 1;
   EVP_KDF_CTX_free(ctx);
   EVP_KDF_free(kdf);
@@ -389,6 +394,10 @@ LinkKey hkdf(const ClusterKey& key, ByteSpan salt, std::string_view info) {
 }  // namespace
 
 void set_link_encryption_default(bool encrypt) { g_encrypt_default.store(encrypt); }
+
+std::array<std::byte, 32> derive_cluster_subkey(const ClusterKey& key, ByteSpan salt, std::string_view info) {
+  return hkdf(key, salt, info);
+}
 bool link_encryption_default() { return g_encrypt_default.load(); }
 
 LinkKeys derive_link_keys(const ClusterKey& key, Role role, ByteSpan nonce_initiator, ByteSpan nonce_responder) {

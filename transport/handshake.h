@@ -104,6 +104,9 @@ struct HandshakeResult {
 // "timed out after 10000 ms waiting for the peer's Hello".
 HandshakeResult handshake(Link& link, Role role, const ClusterKey& key, const HandshakeOptions& options = {});
 
+// 32 bytes derived from the cluster key: HKDF-SHA256(IKM = key, salt, info).
+std::array<std::byte, 32> derive_cluster_subkey(const ClusterKey& key, ByteSpan salt, std::string_view info);
+
 // The frame keys of one side of a link (exposed for tests): `role` is this side's.
 struct LinkKeys;
 LinkKeys derive_link_keys(const ClusterKey& key, Role role, ByteSpan nonce_initiator, ByteSpan nonce_responder);

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End to end across network namespaces (separate hosts joined by shaped veth links): greedy text
-# through 2, 3 and 4 worker hosts equals the single-process text. Exit 77 (skipped) when not
+# through 2, 3 and 4 worker hosts equals the single-process text; then 3 advertising workers
+# (and a fourth of another cluster) found with --discover, no address typed, give it too. Exit 77 (skipped) when not
 # root or when this kernel/container does not allow network namespaces.
 #   tests/cluster/netns_e2e.sh HEARTH_BINARY MODEL
 set -uo pipefail
@@ -41,3 +42,22 @@ for n in 2 3 4; do
   echo "ok: $n hosts ($rate links): same 32 greedy tokens as one process"
   HEARTH="$HEARTH" "$NETNS" down
 done
+
+# Discovery: three workers announce themselves, a fourth with another key too; the coordinator
+# is given no address, finds the three of its cluster (never the stranger) and gives the same text.
+HEARTH="$HEARTH" "$NETNS" up 3 --advertise --stranger >/dev/null || { echo "FAIL: netns-cluster.sh up 3 --advertise"; exit 1; }
+got="$("$HEARTH" run -m "$MODEL" --chat --temp 0 -n 32 --ignore-eos -p "$PROMPT" --discover --min-nodes 3 \
+       --discover-timeout 20 --cluster-key /tmp/hearth-netns/cluster.key 2>/tmp/hearth-netns-e2e.err)"
+if [[ "$got" != "$want" ]]; then
+  echo "FAIL: 3 discovered hosts gave different text"; echo "want: $want"; echo "got:  $got"; cat /tmp/hearth-netns-e2e.err
+  exit 1
+fi
+found="$(grep -m1 '^hearth: discovered' /tmp/hearth-netns-e2e.err)"
+for i in 1 2 3; do
+  [[ "$found" == *"10.77.0.1$i:7070"* ]] || { echo "FAIL: worker $i not discovered: $found"; exit 1; }
+done
+if [[ "$found" == *"10.77.0.14"* ]] || grep -q "10.77.0.14" /tmp/hearth-netns-e2e.err; then
+  echo "FAIL: the other cluster's worker was used: $found"; exit 1
+fi
+echo "ok: 3 hosts found by --discover (the other cluster's worker ignored): same 32 greedy tokens as one process"
+HEARTH="$HEARTH" "$NETNS" down
