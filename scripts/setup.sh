@@ -38,6 +38,7 @@ PACKAGES=(
   g++-aarch64-linux-gnu qemu-user         # NEON kernels cross-built and tested under emulation
   libvulkan-dev glslc mesa-vulkan-drivers vulkan-tools  # Vulkan backend; lavapipe runs its shaders on the CPU
   tcpdump                                 # the test that nothing crosses a link in clear
+  chromium                                # the dashboard's test in a real (headless) browser
 )
 
 missing=()

@@ -49,7 +49,7 @@ log "OpenAI API tests: the official openai client against a real hearth serve (t
 if [[ ! -x .venv-api/bin/python ]]; then python3 -m venv .venv-api; fi
 # The clients agents and apps use: the openai and anthropic SDKs, LangChain, the OpenAI Agents SDK.
 .venv-api/bin/pip install -q --disable-pip-version-check openai==3.54.0 httpx==0.28.1 pytest==9.2.0 jsonschema==4.25.1 \
-  anthropic==2.16.0 langchain-openai==1.8.1 openai-agents==0.24.0
+  anthropic==2.16.0 langchain-openai==1.8.1 openai-agents==0.24.0 websocket-client==1.9.2
 HEARTH_BIN="$ROOT/build/bin/hearth" .venv-api/bin/python -m pytest -q -p no:cacheprovider tests/api
 
 log "aarch64 NEON kernels: cross build, tests under qemu (scripts/test-arm.sh)"

@@ -87,7 +87,7 @@ engine::Model* OpenAiServer::Impl::ready(httplib::Response& res) {
 
 std::string OpenAiServer::Impl::endpoint_label(const std::string& path) const {
   for (const char* known : {"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages", "/v1/models",
-                            "/health", "/metrics", "/tokenize", "/detokenize"}) {
+                            "/v1/cluster", "/", "/health", "/metrics", "/tokenize", "/detokenize"}) {
     if (path == known) return path;
   }
   if (path.starts_with("/v1/models/")) return "/v1/models/{id}";
@@ -108,7 +108,7 @@ void OpenAiServer::Impl::routes() {
       res.status = 204;
       return httplib::Server::HandlerResponse::Handled;
     }
-    const bool open = req.path == "/health" || req.path == "/metrics";
+    const bool open = req.path == "/health" || req.path == "/metrics" || req.path == "/" || req.path == "/v1/cluster";
     if (!open && !authorized(req, res)) return httplib::Server::HandlerResponse::Handled;
     return httplib::Server::HandlerResponse::Unhandled;
   });
@@ -221,6 +221,9 @@ void OpenAiServer::Impl::routes() {
   http.Get(R"(/v1/responses/([^/]+))", [this](const httplib::Request& req, httplib::Response& res) { get_response(req, res); });
   http.Delete(R"(/v1/responses/([^/]+))", [this](const httplib::Request& req, httplib::Response& res) { delete_response(req, res); });
   http.Post("/v1/messages", [this](const httplib::Request& req, httplib::Response& res) { messages(req, res); });
+  // The dashboard (dashboard.cpp): the page and the cluster's state as JSON; open, as /health is.
+  http.Get("/", [this](const httplib::Request& req, httplib::Response& res) { dashboard(req, res); });
+  http.Get("/v1/cluster", [this](const httplib::Request& req, httplib::Response& res) { cluster(req, res); });
 
   http.Post("/tokenize", [this](const httplib::Request& req, httplib::Response& res) {
     engine::Model* m = ready(res);

@@ -153,6 +153,17 @@ struct OpenAiServer::Impl {
   void delete_response(const httplib::Request& req, httplib::Response& res);
   // --- messages_api.cpp ---
   void messages(const httplib::Request& req, httplib::Response& res);
+  // --- dashboard.cpp ---
+  void dashboard(const httplib::Request& req, httplib::Response& res);
+  void cluster(const httplib::Request& req, httplib::Response& res);
+  struct Rates {  // /v1/cluster's rates, over the time between two calls
+    std::mutex mutex;
+    Clock::time_point at{};
+    uint64_t generated = 0;
+    std::vector<double> busy;
+    double tokens_per_second = 0;
+    std::vector<double> busy_share;
+  } rates;
 };
 
 // Streams a response produced by `provider` (the body of a content provider) as server-sent

@@ -1,5 +1,7 @@
 #include "shard/recovery.h"
 
+#include <map>
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -19,6 +21,7 @@ struct RecoveringPipeline::Built {
   std::unique_ptr<PipelineExecutor> pipeline;
   std::unique_ptr<engine::BatchExecutor> fallback;
   PipelinePlan plan;           // of the pipeline
+  std::map<std::string, double> bandwidth_gbps;  // each planned node's measured bandwidth, by address
   std::string description;
   double tokens_per_s = 0;     // the plan's estimate (0 for the fallback: any plan is better)
 
@@ -138,6 +141,7 @@ double RecoveringPipeline::throughput(const PipelinePlan& plan) { return plan.pa
 std::unique_ptr<RecoveringPipeline::Built> RecoveringPipeline::build(const ProbeReport& report, PipelinePlan plan) {
   auto built = std::make_unique<Built>();
   built->plan = std::move(plan);
+  for (const NodeSpec& n : report.cluster.nodes) built->bandwidth_gbps[n.address] = n.bandwidth_gbps;
   std::vector<PipelineStageSpec> stages;
   for (const StagePlan& s : built->plan.stages) {
     if (s.address.empty()) throw Error(fmt::format("node {} has no address to reach it at", s.node));
@@ -252,10 +256,14 @@ engine::ExecutorHealth RecoveringPipeline::health() const {
     h.reason = failure;
   }
   h.nodes.clear();
+  h.stages.clear();
   if (built_ && built_->pipeline && down_reason_.empty()) {
     for (size_t i = 0; i < built_->plan.stages.size(); ++i) {
       const StagePlan& s = built_->plan.stages[i];
       h.nodes.emplace_back(s.address, fmt::format("stage {}, layers [{}, {})", i, s.first, s.last));
+      const auto bw = built_->bandwidth_gbps.find(s.address);
+      h.stages.push_back({s.address, s.backend, s.device, s.first, s.last, s.memory_bytes, s.memory_budget,
+                          bw == built_->bandwidth_gbps.end() ? 0.0 : bw->second});
     }
   }
   for (const std::string& a : standby_) h.nodes.emplace_back(a, "standby");

@@ -94,6 +94,16 @@ class SlotSamplers {
 };
 
 // What an executor can do now, for /health and /metrics.
+// One pipeline stage as the executor runs it now (for dashboards: /v1/cluster).
+struct StageHealth {
+  std::string address;           // the node ("" for this process)
+  std::string backend, device;   // what runs it
+  int32_t first = 0, last = 0;   // layers [first, last)
+  uint64_t memory_used = 0;      // weights + KV + compute buffers, planned
+  uint64_t memory_budget = 0;    // what the node offered
+  double bandwidth_gbps = 0;     // the node's measured bandwidth (0: unknown)
+};
+
 struct ExecutorHealth {
   enum class State { serving, recovering, down };
   State state = State::serving;
@@ -102,6 +112,7 @@ struct ExecutorHealth {
   // Every node the executor knows, with what it does now: "stage 1, layers [10, 20)",
   // "standby", "unreachable: ...".
   std::vector<std::pair<std::string, std::string>> nodes;
+  std::vector<StageHealth> stages;  // the pipeline's stages in order (empty: every layer in this process)
   uint64_t stage_failures = 0;      // failures seen (a dead, silent or misbehaving stage)
   uint64_t recoveries = 0;          // rebuilds after a failure that succeeded
   uint64_t rebalances = 0;          // rebuilds for a better plan
