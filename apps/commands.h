@@ -135,7 +135,10 @@ struct PlanArgs {
   std::string model;
   std::string nodes_file;            // JSON description of the nodes (shard/plan.h)
   std::vector<std::string> workers;  // live workers to ask (shard/probe.h)
-  std::string cluster_key;           // their key file, with --workers
+  std::string cluster_key;           // their key file, with --workers or --discover
+  bool discover = false;             // the workers heard on the local network (transport/discovery.h)
+  int32_t min_nodes = 0;             // --discover: stop once this many are heard (0: listen the whole time)
+  double discover_timeout = 5;       // --discover: seconds to listen at most
   int32_t local = 0;                 // N hypothetical nodes sharing this machine
   double bandwidth_gbps = 0;         // --local: GB/s per node (0: measure)
   std::string memory;                // --local: memory to share (empty: available memory)

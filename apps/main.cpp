@@ -209,8 +209,14 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   plan->add_option("--workers", plan_args.workers, "Live workers to ask for their capabilities (host:port,...)")
       ->delimiter(',');
-  plan->add_option("--cluster-key", plan_args.cluster_key, "The workers' key file (hex), with --workers")
+  plan->add_option("--cluster-key", plan_args.cluster_key, "The workers' key file (hex), with --workers or --discover")
       ->check(CLI::ExistingFile);
+  plan->add_flag("--discover", plan_args.discover, "Plan over the workers found on the local network (--advertise)");
+  plan->add_option("--min-nodes", plan_args.min_nodes,
+                   "With --discover: stop listening once this many are heard (0: listen the whole --discover-timeout)")
+      ->capture_default_str();
+  plan->add_option("--discover-timeout", plan_args.discover_timeout, "With --discover: seconds to listen at most")
+      ->capture_default_str();
   plan->add_option("--local", plan_args.local, "N hypothetical nodes on this machine, sharing its memory");
   plan->add_option("--bandwidth", plan_args.bandwidth_gbps, "--local: memory bandwidth in GB/s (default: measured)");
   plan->add_option("--memory", plan_args.memory, "--local: memory the nodes share (default: available memory)");

@@ -12,6 +12,9 @@
 #include "shard/local_cluster.h"
 #include "shard/plan.h"
 #include "shard/probe.h"
+#include "transport/discovery.h"
+
+#include <cstdint>
 #include <nlohmann/json.hpp>
 #include "transport/handshake.h"
 
@@ -37,10 +40,26 @@ shard::ClusterSpec local_cluster(const PlanArgs& args) {
 
 }  // namespace
 
-int run_plan(const PlanArgs& args) {
+int run_plan(const PlanArgs& given) {
+  PlanArgs args = given;
   if (args.output != "md" && args.output != "json") throw Error(fmt::format("unknown output format '{}' (md, json)", args.output));
-  const int sources = (!args.nodes_file.empty() ? 1 : 0) + (!args.workers.empty() ? 1 : 0) + (args.local > 0 ? 1 : 0);
-  if (sources != 1) throw Error("hearth plan needs exactly one of --nodes FILE, --workers HOST:PORT,... or --local N");
+  const int sources = (!args.nodes_file.empty() ? 1 : 0) + (!args.workers.empty() ? 1 : 0) + (args.local > 0 ? 1 : 0) +
+                      (args.discover ? 1 : 0);
+  if (sources != 1) {
+    throw Error("hearth plan needs exactly one of --nodes FILE, --workers HOST:PORT,..., --discover or --local N");
+  }
+  if (args.discover) {
+    // The workers that answer on the local network within the wait (transport/discovery.h).
+    if (args.cluster_key.empty()) throw Error("--discover needs --cluster-key FILE (the key the workers were started with)");
+    const transport::DiscoveryListener listener(transport::load_cluster_key(args.cluster_key));
+    // --min-nodes 0 (the default): listen the whole time, so that every worker is heard.
+    args.workers = listener.wait_for(args.min_nodes > 0 ? static_cast<size_t>(args.min_nodes) : SIZE_MAX,
+                                     std::chrono::milliseconds(static_cast<int64_t>(args.discover_timeout * 1000)));
+    if (args.workers.empty()) {
+      throw Error(fmt::format("--discover: no worker of this cluster heard in {:g} s ({} other datagram(s) ignored)",
+                              args.discover_timeout, listener.ignored()));
+    }
+  }
 
   const gguf::GgufFile file = gguf::GgufFile::open(args.model);
   const engine::ModelConfig config = engine::ModelConfig::from_gguf(file);

@@ -60,4 +60,11 @@ if [[ "$found" == *"10.77.0.14"* ]] || grep -q "10.77.0.14" /tmp/hearth-netns-e2
   echo "FAIL: the other cluster's worker was used: $found"; exit 1
 fi
 echo "ok: 3 hosts found by --discover (the other cluster's worker ignored): same 32 greedy tokens as one process"
+planned="$("$HEARTH" plan -m "$MODEL" --discover --discover-timeout 3 --cluster-key /tmp/hearth-netns/cluster.key -o json)" ||
+  { echo "FAIL: hearth plan --discover"; exit 1; }
+for i in 1 2 3; do
+  [[ "$planned" == *"10.77.0.1$i:7070"* ]] || { echo "FAIL: hearth plan --discover did not plan over worker $i"; exit 1; }
+done
+[[ "$planned" != *"10.77.0.14"* ]] || { echo "FAIL: hearth plan --discover planned over the other cluster's worker"; exit 1; }
+echo "ok: hearth plan --discover plans over the same 3 hosts"
 HEARTH="$HEARTH" "$NETNS" down
