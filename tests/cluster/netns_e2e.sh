@@ -67,4 +67,44 @@ for i in 1 2 3; do
 done
 [[ "$planned" != *"10.77.0.14"* ]] || { echo "FAIL: hearth plan --discover planned over the other cluster's worker"; exit 1; }
 echo "ok: hearth plan --discover plans over the same 3 hosts"
+
+# The same with `hearth serve --discover --min-nodes 3`, while tcpdump captures the veth links: the
+# answer is the single process's, and neither the prompt's token ids nor the answer's cross a
+# link in clear (the links are encrypted; tests/api/test_link_encryption.py has the control).
+if command -v tcpdump >/dev/null; then
+  port=$((20000 + RANDOM % 20000))
+  tcpdump -i hearth-br0 -U -s 0 -w /tmp/hearth-netns-e2e.pcap tcp >/dev/null 2>&1 &
+  dump=$!
+  "$HEARTH" serve -m "$MODEL" --port "$port" --discover --min-nodes 3 --discover-timeout 20 \
+    --cluster-key /tmp/hearth-netns/cluster.key >/tmp/hearth-netns-serve.log 2>&1 &
+  serve=$!
+  for _ in $(seq 1 300); do
+    [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health") == 200 ]] && break
+    sleep 0.2
+  done
+  body='{"model":"m","messages":[{"role":"user","content":"'"$PROMPT"'"}],"max_tokens":32,"ignore_eos":true,"temperature":0}'
+  answer="$(curl -s "http://127.0.0.1:$port/v1/chat/completions" -H 'Content-Type: application/json' -d "$body")"
+  sleep 0.5
+  kill -INT "$dump"; wait "$dump" 2>/dev/null
+  verdict="$(python3 - "$answer" "$port" "$PROMPT" "$want" <<'PY'
+import json, struct, sys, urllib.request
+answer, port, prompt, want = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+text = answer["choices"][0]["message"]["content"]
+def tokens(t):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/tokenize", data=json.dumps({"content": t}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    return json.load(urllib.request.urlopen(req))["tokens"]
+data = open("/tmp/hearth-netns-e2e.pcap", "rb").read()
+runs = [b"".join(struct.pack("<i", t) for t in p) for p in (lambda ids: [ids[i:i + 4] for i in range(len(ids) - 3)])(tokens(prompt))]
+singles = [struct.pack("<i", t) for t in set(tokens(text)) if t >= 1000]
+if text.rstrip("\n") != want: print(f"different text: {text!r}"); sys.exit()  # $(...) drops trailing newlines
+if len(data) < 10000: print(f"the capture holds {len(data)} bytes only"); sys.exit()
+seen = sum(r in data for r in runs) + sum(s in data for s in singles)
+print("ok" if seen == 0 else f"{seen} token patterns of the request found in clear on the links")
+PY
+)"
+  kill "$serve"; wait "$serve" 2>/dev/null
+  [[ "$verdict" == ok ]] || { echo "FAIL: serve --discover: $verdict"; tail -20 /tmp/hearth-netns-serve.log; exit 1; }
+  echo "ok: serve --discover over 3 hosts: the single process's text; no token of it in clear on the veth links"
+fi
 HEARTH="$HEARTH" "$NETNS" down
