@@ -38,6 +38,25 @@ def check_call(call, name="get_weather"):
     return args
 
 
+def streamed_calls(stream):
+    """The calls of a streamed answer, put together from their delta.tool_calls fragments as
+    OpenAI's clients do (by index), and the finish reason."""
+    calls, finish = {}, None
+    for chunk in stream:
+        if not chunk.choices:
+            continue
+        for tc in chunk.choices[0].delta.tool_calls or []:
+            entry = calls.setdefault(tc.index, {"id": None, "name": "", "arguments": ""})
+            if tc.id:
+                entry["id"] = tc.id
+            if tc.function and tc.function.name:
+                entry["name"] += tc.function.name
+            if tc.function and tc.function.arguments:
+                entry["arguments"] += tc.function.arguments
+        finish = chunk.choices[0].finish_reason or finish
+    return calls, finish
+
+
 def test_required_round_trip(client):
     r = client.chat.completions.create(model="smollm2", messages=MESSAGES, tools=[WEATHER, TIME],
                                        tool_choice="required", temperature=0, max_tokens=100)
@@ -60,20 +79,7 @@ def test_named_function_streamed(client):
     stream = client.chat.completions.create(model="smollm2", messages=MESSAGES, tools=[WEATHER, TIME],
                                             tool_choice={"type": "function", "function": {"name": "get_weather"}},
                                             temperature=0, max_tokens=100, stream=True)
-    calls, finish = {}, None
-    for chunk in stream:
-        if not chunk.choices:
-            continue
-        delta = chunk.choices[0].delta
-        for tc in delta.tool_calls or []:
-            entry = calls.setdefault(tc.index, {"id": None, "name": "", "arguments": ""})
-            if tc.id:
-                entry["id"] = tc.id
-            if tc.function and tc.function.name:
-                entry["name"] += tc.function.name
-            if tc.function and tc.function.arguments:
-                entry["arguments"] += tc.function.arguments
-        finish = chunk.choices[0].finish_reason or finish
+    calls, finish = streamed_calls(stream)
     assert finish == "tool_calls"
     assert calls and calls[0]["name"] == "get_weather" and calls[0]["id"].startswith("call_")
     assert isinstance(json.loads(calls[0]["arguments"])["city"], str)
@@ -200,14 +206,6 @@ def test_hermes_format_streamed(hermes):
     stream = client.chat.completions.create(model="smollm2", messages=MESSAGES, tools=[WEATHER],
                                             tool_choice={"type": "function", "function": {"name": "get_weather"}},
                                             temperature=0, max_tokens=200, stream=True)
-    calls, finish = {}, None
-    for chunk in stream:
-        if not chunk.choices:
-            continue
-        for tc in chunk.choices[0].delta.tool_calls or []:
-            entry = calls.setdefault(tc.index, {"name": "", "arguments": ""})
-            entry["name"] += (tc.function.name or "") if tc.function else ""
-            entry["arguments"] += (tc.function.arguments or "") if tc.function else ""
-        finish = chunk.choices[0].finish_reason or finish
+    calls, finish = streamed_calls(stream)
     assert finish == "tool_calls" and calls[0]["name"] == "get_weather"
     assert isinstance(json.loads(calls[0]["arguments"])["city"], str)
