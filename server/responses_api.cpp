@@ -5,6 +5,7 @@
 // --stored-responses, for `previous_response_id` and GET / DELETE /v1/responses/{id}.
 #include <fmt/format.h>
 
+#include <cmath>
 #include <ctime>
 #include <list>
 #include <unordered_map>
@@ -146,11 +147,11 @@ void OpenAiServer::Impl::responses(const httplib::Request& req, httplib::Respons
                                                   {"previous_response_id", r.previous_response_id ? json(*r.previous_response_id) : json(nullptr)},
                                                   {"reasoning", {{"effort", nullptr}, {"summary", nullptr}}},
                                                   {"store", r.store},
-                                                  {"temperature", r.temperature ? json(*r.temperature) : json(1.0)},
+                                                  {"temperature", std::round(r.chat.sampling.temperature * 1e6) / 1e6},  // what runs (hearth's default when not given)
                                                   {"text", {{"format", r.text_format}}},
                                                   {"tool_choice", r.tool_choice},
                                                   {"tools", r.tools},
-                                                  {"top_p", r.top_p ? json(*r.top_p) : json(1.0)},
+                                                  {"top_p", std::round(r.chat.sampling.top_p * 1e6) / 1e6},
                                                   {"truncation", "disabled"},
                                                   {"usage", nullptr},
                                                   {"user", r.user ? json(*r.user) : json(nullptr)},

@@ -308,8 +308,6 @@ ResponsesRequest parse_responses_request(const json& body, ToolFormat format, co
   }
   r.chat = parse_translated(chat, format,
                             {{"messages", "input"}, {"max_completion_tokens", "max_output_tokens"}, {"response_format", "text.format"}});
-  if (const json* v = present(body, "temperature")) r.temperature = v->get<double>();
-  if (const json* v = present(body, "top_p")) r.top_p = v->get<double>();
   return r;
 }
 

@@ -28,7 +28,6 @@ struct ResponsesRequest {
   nlohmann::ordered_json tools = nlohmann::ordered_json::array();   // echoed as given
   nlohmann::ordered_json tool_choice = "auto";              // echoed as given
   bool parallel_tool_calls = true;
-  std::optional<double> temperature, top_p;
   std::optional<std::string> user;
 };
 
