@@ -82,6 +82,8 @@ class InProcessCollective final : public Collective {
   void all_gather(std::span<const float> mine, std::span<float> all, std::span<const int64_t> counts) override;
   void broadcast(std::span<std::byte> data, int root) override;
   void barrier() override;
+  // The group's abort: a rank that failed wakes its peers with `reason`.
+  void abort(const std::string& reason) { group_->abort(reason); }
 
  private:
   std::shared_ptr<InProcessGroup> group_;
