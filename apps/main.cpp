@@ -67,6 +67,7 @@ int main(int argc, char** argv) {
   add_backend_options(run, run_args.backend);
   run->add_flag("--ignore-eos", run_args.ignore_eos, "Keep generating past the end-of-generation token");
   hearth::apps::add_cluster_options(*run, run_args.cluster);
+  hearth::apps::add_tp_options(*run, run_args.tp);
 
   hearth::apps::SynthArgs synth_args;
   CLI::App* synth = app.add_subcommand(

@@ -339,6 +339,7 @@ void Stage::run_layer(Layer& l, int32_t il, const Activations& a, uint64_t key) 
 void Stage::forward(const StageInput& input, std::vector<float>& out) {
   const ModelConfig& c = config_;
   kernels::Backend& b = backend_;
+  if (options_.tp_before_forward) options_.tp_before_forward(input);
   const int64_t n = static_cast<int64_t>(input.slots.size());
   HEARTH_CHECK(n > 0, "empty batch");
   for (const kernels::KvSlot& s : input.slots) {

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <utility>
 #include <vector>
@@ -21,6 +22,8 @@
 #include "kernels/backend.h"
 
 namespace hearth::engine {
+
+struct StageInput;
 
 struct StageOptions {
   int32_t n_ctx = 4096;    // positions per sequence slot
@@ -36,6 +39,9 @@ struct StageOptions {
   // The comm must outlive the stage. Null: the whole layers.
   TensorParallelComm* tp_comm = nullptr;
   TensorSlice tp_slice{};
+  // Under tensor parallelism across processes, the shard that schedules (rank 0) hands each
+  // step's input to the other shards before it runs its own part: forward() calls this first.
+  std::function<void(const StageInput&)> tp_before_forward;
 };
 
 struct StageInput {

@@ -4,10 +4,21 @@
 // sum, and a split into sub-groups.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <filesystem>
 #include <numeric>
+#include <thread>
 
 #include "core/fp16.h"
+#include "engine/format/gguf.h"
+#include "engine/model/model_config.h"
+#include "engine/model/stage.h"
+#include "engine/model/synth.h"
+#include "engine/model/tensor_parallel.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "shard/collective_mpi.h"
+#include "shard/tensor_parallel_steps.h"
 
 namespace hearth::shard {
 namespace {
@@ -78,6 +89,116 @@ TEST(Mpi, SplitFormsSubGroups) {
   std::vector<float> one = {1.0f};
   group->all_reduce_sum(one);
   EXPECT_EQ(one[0], static_cast<float>(group->size()));
+}
+
+// A synthetic model (grouped-query, Q8_0), each rank its own copy.
+std::filesystem::path synth_model(int rank) {
+  engine::SynthOptions options;
+  options.shape.name = "tp-mpi";
+  options.shape.n_head = 6;
+  options.shape.n_head_kv = 3;
+  options.shape.n_embd = 384;
+  options.shape.n_layer = 3;
+  options.shape.n_ff = 768;
+  options.shape.n_vocab = 2048;
+  options.type = DType::Q8_0;
+  options.seed = 7;
+  options.n_threads = 1;
+  options.force = true;
+  const auto path = std::filesystem::temp_directory_path() / fmt::format("hearth-test-tp-mpi-{}-{}.gguf", ::getppid(), rank);
+  engine::synthesize_model(options, path);
+  return path;
+}
+
+// A prompt then greedy steps through `forward`; every step's logits, concatenated.
+template <class Forward>
+std::vector<float> run_steps(Forward&& forward, size_t vocab) {
+  std::vector<float> all, logits;
+  std::vector<engine::Token> tokens = {5, 77, 901, 1500, 33, 2047, 12};
+  std::vector<kernels::KvSlot> slots;
+  std::vector<int32_t> rows;
+  for (int32_t i = 0; i < static_cast<int32_t>(tokens.size()); ++i) slots.push_back({0, i}), rows.push_back(i);
+  forward(engine::StageInput{.tokens = tokens, .hidden = {}, .slots = slots, .output_rows = rows}, logits);
+  all = logits;
+  for (int32_t s = 0; s < 6; ++s) {
+    const engine::Token t = static_cast<engine::Token>(
+        std::max_element(logits.end() - static_cast<std::ptrdiff_t>(vocab), logits.end()) - (logits.end() - static_cast<std::ptrdiff_t>(vocab)));
+    const kernels::KvSlot slot{0, static_cast<int32_t>(tokens.size()) + s};
+    const int32_t row = 0;
+    forward(engine::StageInput{.tokens = std::span(&t, 1), .hidden = {}, .slots = std::span(&slot, 1),
+                               .output_rows = std::span(&row, 1)},
+            logits);
+    all.insert(all.end(), logits.begin(), logits.end());
+  }
+  return all;
+}
+
+// A tensor-parallel stage over the MPI ranks (rank 0 leads, the others follow its steps, as
+// `mpirun hearth run --tp N` does) gives the same bits as the same shards as threads of one
+// process, and the logits of one device.
+TEST(MpiTensorParallel, SameBitsAsInProcessShardsAndOneDevice) {
+  MpiCollective& w = *world();
+  const std::filesystem::path path = synth_model(w.rank());
+  const gguf::GgufFile file = gguf::GgufFile::open(path);
+  const engine::ModelConfig config = engine::ModelConfig::from_gguf(file);
+  const std::vector<double> shares = w.size() == 2 ? std::vector<double>{2, 1} : std::vector<double>{};
+  const auto slices = engine::tensor_slices(config, w.size(), shares, engine::slice_granularity_of(file, config));
+  engine::StageOptions options;
+  options.n_ctx = 32;
+  const auto vocab = static_cast<size_t>(config.n_vocab);
+
+  kernels::CpuBackend backend(1);
+  engine::StageOptions o = options;
+  o.tp_comm = &w;
+  o.tp_slice = slices[static_cast<size_t>(w.rank())];
+  if (w.rank() == 0) lead_steps(o, w);
+  engine::Stage stage(file, config, backend, 0, config.n_layer, o);
+  if (w.rank() != 0) {
+    follow_steps(stage, w);
+    std::filesystem::remove(path);
+    return;
+  }
+  const std::vector<float> mpi = run_steps([&](const engine::StageInput& in, std::vector<float>& out) { stage.forward(in, out); }, vocab);
+  stop_followers(w);
+
+  // The same shards as threads.
+  auto ranks = make_in_process_group(w.size());
+  std::vector<std::unique_ptr<kernels::CpuBackend>> backends;
+  std::vector<std::unique_ptr<engine::Stage>> stages(static_cast<size_t>(w.size()));
+  for (int r = 0; r < w.size(); ++r) backends.push_back(std::make_unique<kernels::CpuBackend>(1));
+  std::vector<std::thread> threads;
+  for (int r = 1; r < w.size(); ++r) {
+    threads.emplace_back([&, r] {
+      const auto i = static_cast<size_t>(r);
+      engine::StageOptions so = options;
+      so.tp_comm = ranks[i].get();
+      so.tp_slice = slices[i];
+      stages[i] = std::make_unique<engine::Stage>(file, config, *backends[i], 0, config.n_layer, so);
+      follow_steps(*stages[i], *ranks[i]);
+    });
+  }
+  engine::StageOptions so = options;
+  so.tp_comm = ranks[0].get();
+  so.tp_slice = slices[0];
+  lead_steps(so, *ranks[0]);
+  stages[0] = std::make_unique<engine::Stage>(file, config, *backends[0], 0, config.n_layer, so);
+  const std::vector<float> threaded =
+      run_steps([&](const engine::StageInput& in, std::vector<float>& out) { stages[0]->forward(in, out); }, vocab);
+  stop_followers(*ranks[0]);
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(mpi, threaded);
+
+  kernels::CpuBackend one_backend(1);
+  engine::Stage one(file, config, one_backend, 0, config.n_layer, options);
+  const std::vector<float> single = run_steps([&](const engine::StageInput& in, std::vector<float>& out) { one.forward(in, out); }, vocab);
+  double err = 0.0, norm = 0.0;
+  for (size_t i = 0; i < single.size(); ++i) {
+    err += (double(mpi[i]) - single[i]) * (double(mpi[i]) - single[i]);
+    norm += double(single[i]) * single[i];
+  }
+  std::printf("[ mpi tp ] %d ranks: %zu logits, NMSE against one device %.2g\n", w.size(), single.size(), err / norm);
+  EXPECT_LE(err / norm, 1e-8);
+  std::filesystem::remove(path);
 }
 
 }  // namespace
