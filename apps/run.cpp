@@ -113,6 +113,18 @@ int run_generate(const RunArgs& args) {
                "%.2f s after the first (%.1f tokens/s); finish: %s; seed %llu\n",
                r.prompt_tokens, r.prompt_seconds, pp_rate, r.tokens.size(), r.generation_seconds, gen_rate,
                r.finish_reason.c_str(), static_cast<unsigned long long>(s.seed));
+  if (tp != nullptr) {
+    const engine::Stage::TpStats& st = tp->stage().tp_stats();
+    const uint64_t steps = std::max<uint64_t>(1, st.gathers);
+    std::fprintf(stderr,
+                 "hearth: tensor parallel (shard 0): %llu all-reduces, %.1f us each (host copies included); %llu logits "
+                 "gathers, %.1f us each; %.1f KiB handed to the collectives per step\n",
+                 static_cast<unsigned long long>(st.all_reduces),
+                 st.all_reduces > 0 ? st.all_reduce_seconds / static_cast<double>(st.all_reduces) * 1e6 : 0.0,
+                 static_cast<unsigned long long>(st.gathers),
+                 st.gathers > 0 ? st.gather_seconds / static_cast<double>(st.gathers) * 1e6 : 0.0,
+                 static_cast<double>(st.bytes) / static_cast<double>(steps) / 1024.0);
+  }
   return 0;
 }
 

@@ -1,6 +1,7 @@
 #include "engine/model/stage.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include "core/error.h"
@@ -272,10 +273,14 @@ Stage::Activations Stage::activations(int64_t n, int64_t n_out) const {
 void Stage::all_reduce(const Tensor& t, uint64_t key, int32_t part) {
   kernels::Backend& b = backend_;
   b.end_step();
+  const auto start = std::chrono::steady_clock::now();
   reduce_buffer_.resize(static_cast<size_t>(t.n_elements()));
   b.read(t, reduce_buffer_.data(), reduce_buffer_.size() * sizeof(float));
   options_.tp_comm->all_reduce_sum(reduce_buffer_);
   b.write(t, reduce_buffer_.data(), reduce_buffer_.size() * sizeof(float));
+  tp_stats_.all_reduces += 1;
+  tp_stats_.bytes += reduce_buffer_.size() * sizeof(float);
+  tp_stats_.all_reduce_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   // Each part of a step between two all-reduces is a step of its own for a recording backend.
   b.begin_step(key + static_cast<uint64_t>(part + 1) * 0x9E3779B97F4A7C15ull);
 }
@@ -407,6 +412,7 @@ void Stage::forward(const StageInput& input, std::vector<float>& out) {
   }
   // Every shard's logits of its vocabulary rows, gathered rank by rank, then laid out as rows of
   // the whole vocabulary.
+  const auto start = std::chrono::steady_clock::now();
   local_logits_.resize(static_cast<size_t>(n_out * n_vocab_));
   b.read(a.logits, local_logits_.data(), local_logits_.size() * sizeof(float));
   std::vector<int64_t> counts(vocab_counts_.size());
@@ -422,6 +428,9 @@ void Stage::forward(const StageInput& input, std::vector<float>& out) {
     at += v * n_out;
     column += v;
   }
+  tp_stats_.gathers += 1;
+  tp_stats_.bytes += local_logits_.size() * sizeof(float);
+  tp_stats_.gather_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
 }  // namespace hearth::engine

@@ -69,6 +69,13 @@ class Stage {
   const StageOptions& options() const { return options_; }
   const ModelConfig& config() const { return config_; }
   bool tensor_parallel() const { return options_.tp_comm != nullptr; }
+  // Under tensor parallelism: the all-reduces and logits gathers so far and the time spent in
+  // them (host copies included), and the bytes this shard handed to them.
+  struct TpStats {
+    uint64_t all_reduces = 0, gathers = 0, bytes = 0;
+    double all_reduce_seconds = 0.0, gather_seconds = 0.0;
+  };
+  const TpStats& tp_stats() const { return tp_stats_; }
 
  private:
   struct Layer {
@@ -120,6 +127,7 @@ class Stage {
   int32_t n_head_ = 0, n_head_kv_ = 0, n_ff_ = 0, n_vocab_ = 0;
   std::vector<int64_t> vocab_counts_;
   std::vector<float> reduce_buffer_, local_logits_;
+  TpStats tp_stats_;
 };
 
 }  // namespace hearth::engine

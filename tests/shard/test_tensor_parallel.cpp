@@ -274,13 +274,23 @@ fs::path synth_model(const SynthCase& c) {
   options.n_threads = 2;
   options.force = true;
   const fs::path path = fs::temp_directory_path() / fmt::format("hearth-test-tp-{}-{}.gguf", options.shape.name, ::getpid());
-  if (!fs::exists(path)) engine::synthesize_model(options, path);
+  engine::synthesize_model(options, path);
   return path;
 }
+
+// Removes the file when the test ends.
+struct RemoveAtEnd {
+  fs::path path;
+  ~RemoveAtEnd() {
+    std::error_code ec;
+    fs::remove(path, ec);
+  }
+};
 
 TEST_P(TensorParallelSynthetic, MatchesOneDevice) {
   const SynthCase& c = GetParam();
   const fs::path path = synth_model(c);
+  const RemoveAtEnd remove{path};
   const gguf::GgufFile file = gguf::GgufFile::open(path);
   const ModelConfig config = ModelConfig::from_gguf(file);
   StageOptions options;
@@ -396,7 +406,8 @@ INSTANTIATE_TEST_SUITE_P(Shares, TensorParallelSmolLM2,
 
 TEST(TensorParallelStage, ASliceThatDoesNotFitIsRefusedByName) {
   const SynthCase c{"gqa", 6, 3, 768, DType::Q8_0, 2, {}};
-  const gguf::GgufFile file = gguf::GgufFile::open(synth_model(c));
+  const RemoveAtEnd remove{synth_model(c)};
+  const gguf::GgufFile file = gguf::GgufFile::open(remove.path);
   const ModelConfig config = ModelConfig::from_gguf(file);
   auto ranks = make_in_process_group(1);
   kernels::CpuBackend backend(1);
