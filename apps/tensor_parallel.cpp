@@ -61,7 +61,9 @@ TpRuntime::TpRuntime(const TpArgs& args, const engine::Model& model, const std::
 #endif
   // In-process: one thread and one backend per shard, the threads split among them.
   const int per_shard = std::max(1, threads / args.tp);
-  ranks_ = shard::make_in_process_group(args.tp);
+  // Followers wait for the leader's next step as long as it takes (a failing shard aborts the
+  // group, so the timeout only bounds a hang).
+  ranks_ = shard::make_in_process_group(args.tp, std::chrono::hours(24));
   stages_.resize(static_cast<size_t>(args.tp));
   follower_errors_.resize(static_cast<size_t>(args.tp));
   for (int r = 0; r < args.tp; ++r) backends_.push_back(kernels::make_backend(backend_spec, {.n_threads = per_shard}));

@@ -107,8 +107,8 @@ void InProcessCollective::broadcast(std::span<std::byte> data, int root) {
 
 void InProcessCollective::barrier() { group_->arrive_and_wait("barrier"); }
 
-std::vector<std::unique_ptr<InProcessCollective>> make_in_process_group(int size) {
-  auto group = std::make_shared<InProcessGroup>(size);
+std::vector<std::unique_ptr<InProcessCollective>> make_in_process_group(int size, std::chrono::milliseconds timeout) {
+  auto group = std::make_shared<InProcessGroup>(size, timeout);
   std::vector<std::unique_ptr<InProcessCollective>> ranks;
   for (int r = 0; r < size; ++r) ranks.push_back(std::make_unique<InProcessCollective>(group, r));
   return ranks;

@@ -92,6 +92,7 @@ class InProcessCollective final : public Collective {
 };
 
 // Rank collectives of an in-process group of `size` ranks, [r] for rank r.
-std::vector<std::unique_ptr<InProcessCollective>> make_in_process_group(int size);
+std::vector<std::unique_ptr<InProcessCollective>> make_in_process_group(
+    int size, std::chrono::milliseconds timeout = std::chrono::seconds(60));
 
 }  // namespace hearth::shard
