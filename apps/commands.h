@@ -114,6 +114,7 @@ struct ServeArgs {
   int32_t threads = 0;
   BackendArgs backend;
   ClusterArgs cluster;
+  TpArgs tp;
 };
 int run_serve(const ServeArgs& args);
 

@@ -151,6 +151,7 @@ int main(int argc, char** argv) {
   serve->add_option("-t,--threads", serve_args.threads, "CPU threads (0: all)")->capture_default_str();
   add_backend_options(serve, serve_args.backend);
   hearth::apps::add_cluster_options(*serve, serve_args.cluster);
+  hearth::apps::add_tp_options(*serve, serve_args.tp);
 
   hearth::apps::WorkerArgs worker_args;
   CLI::App* worker = app.add_subcommand("worker", "Run pipeline stages for a coordinator (a node of a cluster)");

@@ -1,6 +1,8 @@
 #include "apps/tensor_parallel.h"
 
 #include <cstdio>
+#include <cstdlib>
+#include <string_view>
 
 #include "core/error.h"
 #include "engine/model/tensor_parallel.h"
@@ -31,6 +33,18 @@ std::string slice_text(const engine::TensorSlice& s) {
 }
 
 }  // namespace
+
+bool TpRuntime::mpi_follower(const TpArgs& args) {
+#ifdef HEARTH_HAS_MPI
+  if (!args.enabled() || !shard::MpiRuntime::launched_by_mpirun()) return false;
+  for (const char* name : {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"}) {
+    if (const char* v = std::getenv(name); v != nullptr) return std::string_view(v) != "0";
+  }
+#else
+  (void)args;
+#endif
+  return false;
+}
 
 TpRuntime::TpRuntime(const TpArgs& args, const engine::Model& model, const std::string& backend_spec, int threads,
                      const engine::StageOptions& options) {
@@ -63,7 +77,7 @@ TpRuntime::TpRuntime(const TpArgs& args, const engine::Model& model, const std::
   const int per_shard = std::max(1, threads / args.tp);
   // Followers wait for the leader's next step as long as it takes (a failing shard aborts the
   // group, so the timeout only bounds a hang).
-  ranks_ = shard::make_in_process_group(args.tp, std::chrono::hours(24));
+  ranks_ = shard::make_in_process_group(args.tp, std::chrono::hours(24 * 365));
   stages_.resize(static_cast<size_t>(args.tp));
   follower_errors_.resize(static_cast<size_t>(args.tp));
   for (int r = 0; r < args.tp; ++r) backends_.push_back(kernels::make_backend(backend_spec, {.n_threads = per_shard}));

@@ -39,6 +39,8 @@ class TpRuntime {
   TpRuntime(const TpRuntime&) = delete;
   TpRuntime& operator=(const TpRuntime&) = delete;
 
+  // True in a process that mpirun started as a rank other than 0 with --tp (it will follow).
+  static bool mpi_follower(const TpArgs& args);
   // This process schedules (in-process: always; under mpirun: rank 0).
   bool leader() const { return rank_ == 0; }
   // The leader's shard: a Stage to run steps on (a LocalExecutor's).

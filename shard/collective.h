@@ -38,6 +38,11 @@ class Collective : public engine::TensorParallelComm {
   virtual void broadcast(std::span<std::byte> data, int root) = 0;
   // Returns once every rank has entered it.
   virtual void barrier() = 0;
+  // broadcast() for a receiver that may wait long (a follower between requests): an
+  // implementation that busy-polls (MPI) backs off to sleeping, at some latency. Every rank of
+  // one broadcast must use the same call (broadcast or broadcast_idle): MPI matches a
+  // non-blocking broadcast only with another.
+  virtual void broadcast_idle(std::span<std::byte> data, int root) { broadcast(data, root); }
   using engine::TensorParallelComm::all_gather;
   using engine::TensorParallelComm::all_reduce_sum;
 };

@@ -3,6 +3,8 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <chrono>
+#include <thread>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
@@ -139,5 +141,21 @@ void MpiCollective::broadcast(std::span<std::byte> data, int root) {
 }
 
 void MpiCollective::barrier() { check(MPI_Barrier(comm_->comm), "barrier"); }
+
+void MpiCollective::broadcast_idle(std::span<std::byte> data, int root) {
+  HEARTH_CHECK(root >= 0 && root < size_, "broadcast from rank {} of {}", root, size_);
+  MPI_Request request = MPI_REQUEST_NULL;
+  check(MPI_Ibcast(data.data(), as_int(data.size(), "broadcast"), MPI_BYTE, root, comm_->comm, &request), "broadcast");
+  const auto start = std::chrono::steady_clock::now();
+  auto nap = std::chrono::microseconds(100);
+  for (;;) {
+    int done = 0;
+    check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "broadcast");
+    if (done) return;
+    if (std::chrono::steady_clock::now() - start < std::chrono::milliseconds(2)) continue;
+    std::this_thread::sleep_for(nap);
+    nap = std::min(nap * 2, std::chrono::microseconds(1000));
+  }
+}
 
 }  // namespace hearth::shard

@@ -51,6 +51,9 @@ class MpiCollective final : public Collective {
   void all_gather(std::span<const float> mine, std::span<float> all, std::span<const int64_t> counts) override;
   void broadcast(std::span<std::byte> data, int root) override;
   void barrier() override;
+  // MPI_Ibcast polled with MPI_Test: spinning for 2 ms, then sleeping 0.1-1 ms between tests, so
+  // an idle follower does not hold a core.
+  void broadcast_idle(std::span<std::byte> data, int root) override;
 
  private:
   struct Comm;

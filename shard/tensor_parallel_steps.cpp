@@ -24,7 +24,9 @@ void lead_steps(engine::StageOptions& options, Collective& comm) {
   options.tp_before_forward = [&comm](const engine::StageInput& in) {
     Header h = {kStep, static_cast<int64_t>(in.tokens.size()), static_cast<int64_t>(in.hidden.size()),
                 static_cast<int64_t>(in.slots.size()), static_cast<int64_t>(in.output_rows.size())};
-    comm.broadcast(std::as_writable_bytes(std::span(h)), 0);
+    // The followers wait for the header with broadcast_idle; the leader must send it with the
+    // same call (MPI does not match a blocking broadcast with a non-blocking one).
+    comm.broadcast_idle(std::as_writable_bytes(std::span(h)), 0);
     // broadcast() writes on non-root ranks only: the leader's spans are read, never written.
     const auto send = [&](auto span) {
       if (!span.empty()) comm.broadcast({const_cast<std::byte*>(std::as_bytes(span).data()), span.size_bytes()}, 0);
@@ -44,7 +46,7 @@ void follow_steps(engine::Stage& stage, Collective& comm) {
   std::vector<int32_t> rows;
   for (;;) {
     Header h{};
-    comm.broadcast(std::as_writable_bytes(std::span(h)), 0);
+    comm.broadcast_idle(std::as_writable_bytes(std::span(h)), 0);  // the leader may be idle for long
     if (h[0] == kStop) return;
     for (size_t i = 1; i < h.size(); ++i) {
       if (h[0] != kStep || h[i] < 0 || h[i] > kMaxValues) {
@@ -66,7 +68,7 @@ void follow_steps(engine::Stage& stage, Collective& comm) {
 
 void stop_followers(Collective& comm) {
   Header h = {kStop, 0, 0, 0, 0};
-  comm.broadcast(std::as_writable_bytes(std::span(h)), 0);
+  comm.broadcast_idle(std::as_writable_bytes(std::span(h)), 0);
 }
 
 }  // namespace hearth::shard
