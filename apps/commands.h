@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "apps/cluster.h"
+#include "apps/tensor_parallel.h"
 
 namespace hearth::apps {
 
@@ -50,6 +51,7 @@ struct RunArgs {
   BackendArgs backend;
   bool ignore_eos = false;
   ClusterArgs cluster;
+  TpArgs tp;
 };
 int run_generate(const RunArgs& args);
 
@@ -114,6 +116,7 @@ struct ServeArgs {
   int32_t threads = 0;
   BackendArgs backend;
   ClusterArgs cluster;
+  TpArgs tp;
 };
 int run_serve(const ServeArgs& args);
 

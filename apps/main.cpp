@@ -78,6 +78,7 @@ int main(int argc, char** argv) {
   run->add_flag("--ignore-eos", run_args.ignore_eos, "Keep generating past the end-of-generation token");
   hearth::apps::add_cluster_options(*run, run_args.cluster);
   add_plaintext_option(run);
+  hearth::apps::add_tp_options(*run, run_args.tp);
 
   hearth::apps::SynthArgs synth_args;
   CLI::App* synth = app.add_subcommand(
@@ -169,6 +170,7 @@ int main(int argc, char** argv) {
   add_backend_options(serve, serve_args.backend);
   hearth::apps::add_cluster_options(*serve, serve_args.cluster);
   add_plaintext_option(serve);
+  hearth::apps::add_tp_options(*serve, serve_args.tp);
 
   hearth::apps::WorkerArgs worker_args;
   CLI::App* worker = app.add_subcommand("worker", "Run pipeline stages for a coordinator (a node of a cluster)");

@@ -5,6 +5,7 @@
 #include <random>
 
 #include "apps/commands.h"
+#include "apps/tensor_parallel.h"
 #include "core/thread_pool.h"
 #include "engine/generate/model.h"
 #include "engine/generate/scheduler.h"
@@ -22,9 +23,26 @@ int run_generate(const RunArgs& args) {
   model_options.n_ctx = args.ctx_size;
   model_options.kv_type = shard::parse_plan_dtype(args.kv_type, "--kv-type");
   model_options.chat_template = args.chat_template;
-  model_options.load_weights = !args.cluster.enabled();  // a cluster's workers hold the layers
+  // A cluster's workers hold the layers; tensor-parallel shards load their own slices.
+  model_options.load_weights = !args.cluster.enabled() && !args.tp.enabled();
+  if (args.tp.enabled() && args.cluster.enabled()) {
+    throw Error("--tp with --local-stages / --workers (pipeline stages of tensor-parallel groups) is not built yet");
+  }
   engine::Model model(args.model, backend, model_options);
   const engine::ModelConfig& c = model.config();
+  std::unique_ptr<TpRuntime> tp;
+  if (args.tp.enabled()) {
+    engine::StageOptions stage_options;
+    stage_options.n_ctx = model.n_ctx();
+    stage_options.n_seq = 1;
+    stage_options.kv_type = model_options.kv_type;
+    stage_options.max_batch = model_options.n_batch;
+    tp = std::make_unique<TpRuntime>(args.tp, model, args.backend.spec(), threads, stage_options);
+    if (!tp->leader()) {  // an mpirun rank other than 0: its shard follows rank 0's steps
+      tp->follow();
+      return 0;
+    }
+  }
   std::fprintf(stderr,
                "hearth: %s (%s, %d layers, %d-token vocabulary) on %s [%s] with %d threads, context %d (%s KV cache)\n",
                args.model.c_str(), c.arch.c_str(), c.n_layer, c.n_vocab, backend.name().c_str(),
@@ -67,6 +85,10 @@ int run_generate(const RunArgs& args) {
     cluster = start_cluster(cluster_args, model, backend, model.n_ctx(), 1, model_options.kv_type, threads);
     std::fprintf(stderr, "hearth: pipeline: %s\n", cluster->describe().c_str());
     executor = &cluster->executor();
+  } else if (tp != nullptr) {
+    std::fprintf(stderr, "hearth: tensor parallel: %s\n", tp->describe().c_str());
+    local = std::make_unique<engine::LocalExecutor>(tp->stage());
+    executor = local.get();
   } else {
     local = std::make_unique<engine::LocalExecutor>(model.stage());
     executor = local.get();
@@ -91,6 +113,18 @@ int run_generate(const RunArgs& args) {
                "%.2f s after the first (%.1f tokens/s); finish: %s; seed %llu\n",
                r.prompt_tokens, r.prompt_seconds, pp_rate, r.tokens.size(), r.generation_seconds, gen_rate,
                r.finish_reason.c_str(), static_cast<unsigned long long>(s.seed));
+  if (tp != nullptr) {
+    const engine::Stage::TpStats& st = tp->stage().tp_stats();
+    const uint64_t steps = std::max<uint64_t>(1, st.gathers);
+    std::fprintf(stderr,
+                 "hearth: tensor parallel (shard 0): %llu all-reduces, %.1f us each (host copies included); %llu logits "
+                 "gathers, %.1f us each; %.1f KiB handed to the collectives per step\n",
+                 static_cast<unsigned long long>(st.all_reduces),
+                 st.all_reduces > 0 ? st.all_reduce_seconds / static_cast<double>(st.all_reduces) * 1e6 : 0.0,
+                 static_cast<unsigned long long>(st.gathers),
+                 st.gathers > 0 ? st.gather_seconds / static_cast<double>(st.gathers) * 1e6 : 0.0,
+                 static_cast<double>(st.bytes) / static_cast<double>(steps) / 1024.0);
+  }
   return 0;
 }
 

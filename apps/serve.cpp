@@ -93,6 +93,39 @@ int run_serve(const ServeArgs& args) {
   if (args.max_connections < 0) throw Error(fmt::format("--max-connections {}: must be >= 1 (0: automatic)", args.max_connections));
   if (!args.api_key.empty() && !args.api_key_file.empty()) throw Error("give --api-key or --api-key-file, not both");
 
+  if (args.tp.enabled() && args.cluster.enabled()) {
+    throw Error("--tp with --local-stages / --workers (pipeline stages of tensor-parallel groups) is not built yet");
+  }
+  const int threads = args.threads > 0 ? args.threads : ThreadPool::hardware_threads();
+  const auto model_options_of = [&] {
+    engine::ModelOptions o;
+    o.n_batch = args.batch_size;
+    o.n_ctx = args.ctx_size;
+    o.n_seq = args.parallel;
+    o.kv_type = shard::parse_plan_dtype(args.kv_type, "--kv-type");
+    o.chat_template = args.chat_template;
+    // A cluster's workers hold the layers; tensor-parallel shards load their own slices.
+    o.load_weights = !args.cluster.enabled() && !args.tp.enabled();
+    return o;
+  };
+  const auto tp_stage_options = [&](const engine::Model& m, const engine::ModelOptions& o) {
+    engine::StageOptions so;
+    so.n_ctx = m.n_ctx();
+    so.n_seq = o.n_seq;
+    so.kv_type = o.kv_type;
+    so.max_batch = o.n_batch;
+    return so;
+  };
+  if (TpRuntime::mpi_follower(args.tp)) {
+    // An mpirun rank other than 0: no HTTP; its shard follows rank 0's steps until rank 0 stops.
+    const auto backend = kernels::make_backend(args.backend.spec(), {.n_threads = threads});
+    const engine::ModelOptions o = model_options_of();
+    const engine::Model m(args.model, *backend, o);
+    TpRuntime tp(args.tp, m, args.backend.spec(), threads, tp_stage_options(m, o));
+    tp.follow();
+    return 0;
+  }
+
   StopSignals stop_signals;  // before any thread starts
 
   server::ServerOptions options;
@@ -116,21 +149,15 @@ int run_serve(const ServeArgs& args) {
   std::thread listener([&] { http.run(); });
   std::fprintf(stderr, "hearth: listening on http://%s:%d (loading %s)\n", args.host.c_str(), port, args.model.c_str());
 
-  const int threads = args.threads > 0 ? args.threads : ThreadPool::hardware_threads();
   std::unique_ptr<kernels::Backend> backend;
   std::unique_ptr<engine::Model> model;
   std::unique_ptr<engine::LocalExecutor> local;
   std::unique_ptr<ClusterRuntime> cluster;
+  std::unique_ptr<TpRuntime> tp;
   std::unique_ptr<engine::Scheduler> scheduler;
   try {
     backend = kernels::make_backend(args.backend.spec(), {.n_threads = threads});
-    engine::ModelOptions model_options;
-    model_options.n_batch = args.batch_size;
-    model_options.n_ctx = args.ctx_size;
-    model_options.n_seq = args.parallel;
-    model_options.kv_type = shard::parse_plan_dtype(args.kv_type, "--kv-type");
-    model_options.chat_template = args.chat_template;
-    model_options.load_weights = !args.cluster.enabled();  // a cluster's workers hold the layers
+    const engine::ModelOptions model_options = model_options_of();
     model = std::make_unique<engine::Model>(args.model, *backend, model_options);
     engine::BatchExecutor* executor = nullptr;
     if (args.cluster.enabled()) {
@@ -140,6 +167,12 @@ int run_serve(const ServeArgs& args) {
       cluster = start_cluster(cluster_args, *model, *backend, model->n_ctx(), args.parallel, model_options.kv_type, threads);
       std::fprintf(stderr, "hearth: pipeline: %s\n", cluster->describe().c_str());
       executor = &cluster->executor();
+    } else if (args.tp.enabled()) {
+      tp = std::make_unique<TpRuntime>(args.tp, *model, args.backend.spec(), threads,
+                                       tp_stage_options(*model, model_options));
+      std::fprintf(stderr, "hearth: tensor parallel: %s\n", tp->describe().c_str());
+      local = std::make_unique<engine::LocalExecutor>(tp->stage(), engine::grammar::vocabulary_from_gguf(model->file()));
+      executor = local.get();
     } else {
       local = std::make_unique<engine::LocalExecutor>(model->stage(), engine::grammar::vocabulary_from_gguf(model->file()));
       executor = local.get();
@@ -169,6 +202,8 @@ int run_serve(const ServeArgs& args) {
   listener.join();
   scheduler.reset();  // finishes what is still running as cancelled
   cluster.reset();    // then the pipeline and its local workers
+  local.reset();
+  tp.reset();         // then the tensor-parallel shards (followers stop)
   return 0;
 }
 

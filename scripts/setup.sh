@@ -35,6 +35,7 @@ PACKAGES=(
   python3 python3-pip python3-venv
   libfmt-dev libcli11-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev libssl-dev libpcre2-dev
   libcpp-httplib-dev                      # HTTP server (hearth serve) and client (hearth bench serve)
+  libopenmpi-dev openmpi-bin              # the Open MPI collective (tensor parallelism) and mpirun launch
   g++-aarch64-linux-gnu qemu-user         # NEON kernels cross-built and tested under emulation
   libvulkan-dev glslc mesa-vulkan-drivers vulkan-tools  # Vulkan backend; lavapipe runs its shaders on the CPU
   tcpdump                                 # the test that nothing crosses a link in clear

@@ -1,6 +1,7 @@
 #include "engine/model/stage.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include "core/error.h"
@@ -16,11 +17,14 @@ std::string shape_text(const std::array<int64_t, 4>& ne) {
 }
 }  // namespace
 
-Tensor Stage::load(const gguf::GgufFile& file, const TensorDesc& desc) {
+namespace {
+// The tensor `desc` describes, checked against it (present when required, shape, F32 where it
+// must be, a type the backend supports); null when an optional one is absent.
+const gguf::TensorInfo* checked_tensor(const gguf::GgufFile& file, const TensorDesc& desc, kernels::Backend& backend) {
   const gguf::TensorInfo* info = file.find_tensor(desc.name);
   if (info == nullptr) {
     if (desc.required) throw Error(fmt::format("{}: tensor '{}' is missing", file.path(), desc.name));
-    return {};
+    return nullptr;
   }
   if (info->ne != desc.ne) {
     throw Error(fmt::format("{}: tensor '{}' has shape {}, expected {}", file.path(), desc.name, shape_text(info->ne),
@@ -29,14 +33,85 @@ Tensor Stage::load(const gguf::GgufFile& file, const TensorDesc& desc) {
   if (desc.f32 && info->type != DType::F32) {
     throw Error(fmt::format("{}: tensor '{}' must be F32, not {}", file.path(), desc.name, dtype_name(info->type)));
   }
-  if (!backend_.supports_weight_type(info->type)) {
+  if (!backend.supports_weight_type(info->type)) {
     throw Error(fmt::format("{}: tensor '{}' has type {}, which the {} backend does not support yet", file.path(),
-                            desc.name, dtype_name(info->type), backend_.name()));
+                            desc.name, dtype_name(info->type), backend.name()));
   }
+  return info;
+}
+}  // namespace
+
+Tensor Stage::load(const gguf::GgufFile& file, const TensorDesc& desc) {
+  const gguf::TensorInfo* info = checked_tensor(file, desc, backend_);
+  if (info == nullptr) return {};
   const std::span<const uint8_t> bytes = file.tensor_data(*info);
   Tensor t = backend_.weight(info->type, info->ne, bytes.data(), mapping_);
   // The backend copied (repacked) the bytes: the mapped original need not stay resident.
   if (!t.buffer->borrows_host_memory()) mapping_->release(bytes);
+  return t;
+}
+
+std::pair<int64_t, int64_t> Stage::slice_range(const TensorDesc& desc) const {
+  const TensorSlice& t = options_.tp_slice;
+  const int64_t hd = config_.head_dim;
+  if (desc.layer < 0) {
+    HEARTH_CHECK(desc.global == GlobalTensor::Output || desc.global == GlobalTensor::TokenEmbd, "{}", desc.name);
+    return {t.vocab_first, t.n_vocab};
+  }
+  switch (desc.role) {
+    case LayerTensor::Q:
+    case LayerTensor::BiasQ:
+    case LayerTensor::AttnOutput: return {t.head_first * hd, t.n_head * hd};
+    case LayerTensor::K:
+    case LayerTensor::V:
+    case LayerTensor::BiasK:
+    case LayerTensor::BiasV: return {t.kv_first * hd, t.n_head_kv * hd};
+    case LayerTensor::Gate:
+    case LayerTensor::Up:
+    case LayerTensor::Down: return {t.ff_first, t.n_ff};
+    default: break;
+  }
+  HEARTH_CHECK(false, "tensor {} is not cut by tensor parallelism", desc.name);
+  return {};
+}
+
+Tensor Stage::load_slice(const gguf::GgufFile& file, const TensorDesc& desc) {
+  if (!tensor_parallel() || desc.slice == SliceRule::Replicated) return load(file, desc);
+  const gguf::TensorInfo* info = checked_tensor(file, desc, backend_);
+  if (info == nullptr) return {};
+  const auto [first, count] = slice_range(desc);
+  const std::span<const uint8_t> bytes = file.tensor_data(*info);
+  const DType type = info->type;
+  const int64_t ne0 = info->ne[0], rows = info->ne[1];
+  if (desc.slice == SliceRule::Rows && desc.n_dims == 2) {
+    // Whole rows: a contiguous part of the file, used in place like a whole tensor.
+    HEARTH_CHECK(first >= 0 && count > 0 && first + count <= rows, "{} rows [{}, +{})", desc.name, first, count);
+    const size_t row_bytes = dtype_row_bytes(type, ne0);
+    const std::span<const uint8_t> part = bytes.subspan(static_cast<size_t>(first) * row_bytes,
+                                                        static_cast<size_t>(count) * row_bytes);
+    Tensor t = backend_.weight(type, {ne0, count, 1, 1}, part.data(), mapping_);
+    if (!t.buffer->borrows_host_memory()) mapping_->release(part);
+    return t;
+  }
+  // A vector cut along its values (a bias) or a matrix cut by columns: every row's part of whole
+  // quant blocks, copied into memory of the shard's own.
+  HEARTH_CHECK(first >= 0 && count > 0 && first + count <= ne0, "{} values [{}, +{})", desc.name, first, count);
+  const int64_t block = dtype_block_size(type);
+  if (first % block != 0 || (count % block != 0 && first + count != ne0)) {
+    throw Error(fmt::format("{}: tensor '{}' ({}) cannot be cut at values [{}, {}): not whole blocks of {}", file.path(),
+                            desc.name, dtype_name(type), first, first + count, block));
+  }
+  const size_t row_bytes = dtype_row_bytes(type, ne0), part_offset = dtype_row_bytes(type, first),
+               part_bytes = dtype_row_bytes(type, count);
+  auto copy = std::make_shared<std::vector<uint8_t>>(part_bytes * static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r) {
+    std::memcpy(copy->data() + static_cast<size_t>(r) * part_bytes,
+                bytes.data() + static_cast<size_t>(r) * row_bytes + part_offset, part_bytes);
+  }
+  const std::array<int64_t, 4> ne = desc.n_dims == 1 ? std::array<int64_t, 4>{count, 1, 1, 1}
+                                                     : std::array<int64_t, 4>{count, rows, 1, 1};
+  Tensor t = backend_.weight(type, ne, copy->data(), copy);
+  mapping_->release(bytes);
   return t;
 }
 
@@ -70,6 +145,26 @@ Stage::Stage(const gguf::GgufFile& file, const ModelConfig& config, kernels::Bac
   if (first < 0 || last > c.n_layer || first >= last) {
     throw Error(fmt::format("stage layers [{}, {}) are not inside the model's {} layers", first, last, c.n_layer));
   }
+  n_head_ = c.n_head, n_head_kv_ = c.n_head_kv, n_ff_ = c.n_ff, n_vocab_ = c.n_vocab;
+  if (tensor_parallel()) {
+    const TensorSlice& t = options.tp_slice;
+    // The backend's grouped-query attention maps local head j to local KV head j / (n_head /
+    // n_head_kv): that must be the KV head the model gives global head head_first + j.
+    const int32_t group = c.n_head / c.n_head_kv;
+    bool heads_ok = t.n_head > 0 && t.head_first >= 0 && t.head_first + t.n_head <= c.n_head && t.n_head_kv > 0 &&
+                    t.kv_first >= 0 && t.kv_first + t.n_head_kv <= c.n_head_kv && t.n_head % t.n_head_kv == 0;
+    for (int32_t j = 0; heads_ok && j < t.n_head; ++j) {
+      heads_ok = (t.head_first + j) / group == t.kv_first + j / (t.n_head / t.n_head_kv);
+    }
+    if (!heads_ok || t.n_ff <= 0 || t.ff_first < 0 || t.ff_first + t.n_ff > c.n_ff || t.n_vocab <= 0 ||
+        t.vocab_first < 0 || t.vocab_first + t.n_vocab > c.n_vocab) {
+      throw Error(fmt::format("tensor-parallel slice (heads {}+{}, KV heads {}+{}, features {}+{}, vocabulary {}+{}) does "
+                              "not fit {} ({} heads over {} KV heads, {} features, {} tokens)",
+                              t.head_first, t.n_head, t.kv_first, t.n_head_kv, t.ff_first, t.n_ff, t.vocab_first,
+                              t.n_vocab, file.path(), c.n_head, c.n_head_kv, c.n_ff, c.n_vocab));
+    }
+    n_head_ = t.n_head, n_head_kv_ = t.n_head_kv, n_ff_ = t.n_ff, n_vocab_ = t.n_vocab;
+  }
   if (!backend_.supports_kv_type(options.kv_type, c.head_dim)) {
     const int64_t block = dtype_block_size(options.kv_type);
     throw Error(fmt::format("the {} backend cannot hold a {} KV cache for {}{}; use an f16 or f32 cache",
@@ -82,26 +177,47 @@ Stage::Stage(const gguf::GgufFile& file, const ModelConfig& config, kernels::Bac
   layers_.resize(static_cast<size_t>(last - first));
   for (const TensorDesc& desc : stage_tensors(c, first, last)) {
     if (desc.layer >= 0) {
-      layers_[static_cast<size_t>(desc.layer - first)][desc.role] = load(file, desc);
+      layers_[static_cast<size_t>(desc.layer - first)][desc.role] = load_slice(file, desc);
       continue;
     }
     switch (desc.global) {
       case GlobalTensor::TokenEmbd: token_embd_ = load(file, desc); break;
       case GlobalTensor::OutputNorm: output_norm_ = load(file, desc); break;
-      case GlobalTensor::Output: output_ = load(file, desc); break;
+      case GlobalTensor::Output: output_ = load_slice(file, desc); break;
       // A constant table, read by every rope of every step.
       case GlobalTensor::RopeFreqs: rope_freqs_ = load(file, desc); break;
     }
   }
-  if (is_last() && c.tied_output) output_ = token_embd_;
-  const int64_t kv_dim = int64_t{c.n_head_kv} * c.head_dim;
+  if (is_last() && c.tied_output) {
+    if (tensor_parallel()) {
+      // This shard's vocabulary rows of the embedding are its part of the head.
+      TensorDesc head = global_tensor(c, GlobalTensor::TokenEmbd);
+      head.slice = SliceRule::Rows;
+      output_ = load_slice(file, head);
+    } else {
+      output_ = token_embd_;
+    }
+  }
+  if (is_last() && tensor_parallel()) {
+    // Every shard's vocabulary rows, for the gather of the logits.
+    std::vector<float> mine = {static_cast<float>(n_vocab_)}, all(static_cast<size_t>(options.tp_comm->size()));
+    const std::vector<int64_t> ones(all.size(), 1);
+    options.tp_comm->all_gather(mine, all, ones);
+    int64_t total = 0;
+    for (float v : all) vocab_counts_.push_back(static_cast<int64_t>(v)), total += vocab_counts_.back();
+    if (total != c.n_vocab) {
+      throw Error(fmt::format("the tensor-parallel shards hold {} vocabulary rows together, not the model's {}", total,
+                              c.n_vocab));
+    }
+  }
+  const int64_t kv_dim = int64_t{n_head_kv_} * c.head_dim;
   for (Layer& l : layers_) l.kv = backend_.new_kv_layer(options.kv_type, options.n_seq, options.n_ctx, kv_dim);
   reserve_arena(std::max(1, options.max_batch), std::max(1, options.n_seq));
 }
 
 void Stage::reserve_arena(int64_t tokens, int64_t outputs) {
   const ModelConfig& c = config_;
-  const int64_t e = c.n_embd, q_dim = int64_t{c.n_head} * c.head_dim, kv_dim = int64_t{c.n_head_kv} * c.head_dim;
+  const int64_t e = c.n_embd, q_dim = int64_t{n_head_} * c.head_dim, kv_dim = int64_t{n_head_kv_} * c.head_dim;
   const auto f32_rows = [](int64_t width, int64_t rows) { return static_cast<size_t>(width * rows) * sizeof(float); };
   kernels::Arena arena;
   Regions r{};
@@ -111,15 +227,15 @@ void Stage::reserve_arena(int64_t tokens, int64_t outputs) {
   r.k = arena.reserve(f32_rows(kv_dim, tokens));
   r.v = arena.reserve(f32_rows(kv_dim, tokens));
   r.attn = arena.reserve(f32_rows(q_dim, tokens));
-  r.gate = arena.reserve(f32_rows(c.n_ff, tokens));
-  r.up = arena.reserve(f32_rows(c.n_ff, tokens));
+  r.gate = arena.reserve(f32_rows(n_ff_, tokens));
+  r.up = arena.reserve(f32_rows(n_ff_, tokens));
   r.tokens = arena.reserve(static_cast<size_t>(tokens) * sizeof(int32_t));
   r.positions = arena.reserve(static_cast<size_t>(tokens) * sizeof(int32_t));
   r.slots = arena.reserve(static_cast<size_t>(tokens) * sizeof(kernels::KvSlot));
   r.out_rows = arena.reserve(static_cast<size_t>(outputs) * sizeof(int32_t));
   if (is_last()) {
     r.picked = arena.reserve(f32_rows(e, outputs));
-    r.logits = arena.reserve(f32_rows(c.n_vocab, outputs));
+    r.logits = arena.reserve(f32_rows(n_vocab_, outputs));
   }
   arena.allocate(backend_);
   arena_ = std::move(arena);
@@ -130,7 +246,7 @@ void Stage::reserve_arena(int64_t tokens, int64_t outputs) {
 
 Stage::Activations Stage::activations(int64_t n, int64_t n_out) const {
   const ModelConfig& c = config_;
-  const int64_t e = c.n_embd, q_dim = int64_t{c.n_head} * c.head_dim, kv_dim = int64_t{c.n_head_kv} * c.head_dim;
+  const int64_t e = c.n_embd, q_dim = int64_t{n_head_} * c.head_dim, kv_dim = int64_t{n_head_kv_} * c.head_dim;
   const Regions& r = regions_;
   Activations a;
   a.x = arena_.tensor(r.x, DType::F32, {e, n, 1, 1});
@@ -139,8 +255,8 @@ Stage::Activations Stage::activations(int64_t n, int64_t n_out) const {
   a.k = arena_.tensor(r.k, DType::F32, {kv_dim, n, 1, 1});
   a.v = arena_.tensor(r.v, DType::F32, {kv_dim, n, 1, 1});
   a.attn = arena_.tensor(r.attn, DType::F32, {q_dim, n, 1, 1});
-  a.gate = arena_.tensor(r.gate, DType::F32, {c.n_ff, n, 1, 1});
-  a.up = arena_.tensor(r.up, DType::F32, {c.n_ff, n, 1, 1});
+  a.gate = arena_.tensor(r.gate, DType::F32, {n_ff_, n, 1, 1});
+  a.up = arena_.tensor(r.up, DType::F32, {n_ff_, n, 1, 1});
   a.tokens = arena_.tensor(r.tokens, DType::I32, {n, 1, 1, 1});
   a.positions = arena_.tensor(r.positions, DType::I32, {n, 1, 1, 1});
   a.slots = arena_.tensor(r.slots, DType::I32, {2, n, 1, 1});
@@ -148,13 +264,28 @@ Stage::Activations Stage::activations(int64_t n, int64_t n_out) const {
     a.out_rows = arena_.tensor(r.out_rows, DType::I32, {n_out, 1, 1, 1});
     if (is_last()) {
       a.picked = arena_.tensor(r.picked, DType::F32, {e, n_out, 1, 1});
-      a.logits = arena_.tensor(r.logits, DType::F32, {c.n_vocab, n_out, 1, 1});
+      a.logits = arena_.tensor(r.logits, DType::F32, {n_vocab_, n_out, 1, 1});
     }
   }
   return a;
 }
 
-void Stage::run_layer(Layer& l, int32_t il, const Activations& a) {
+void Stage::all_reduce(const Tensor& t, uint64_t key, int32_t part) {
+  kernels::Backend& b = backend_;
+  b.end_step();
+  const auto start = std::chrono::steady_clock::now();
+  reduce_buffer_.resize(static_cast<size_t>(t.n_elements()));
+  b.read(t, reduce_buffer_.data(), reduce_buffer_.size() * sizeof(float));
+  options_.tp_comm->all_reduce_sum(reduce_buffer_);
+  b.write(t, reduce_buffer_.data(), reduce_buffer_.size() * sizeof(float));
+  tp_stats_.all_reduces += 1;
+  tp_stats_.bytes += reduce_buffer_.size() * sizeof(float);
+  tp_stats_.all_reduce_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  // Each part of a step between two all-reduces is a step of its own for a recording backend.
+  b.begin_step(key + static_cast<uint64_t>(part + 1) * 0x9E3779B97F4A7C15ull);
+}
+
+void Stage::run_layer(Layer& l, int32_t il, const Activations& a, uint64_t key) {
   const ModelConfig& c = config_;
   kernels::Backend& b = backend_;
   const int64_t n = a.x.n_rows();
@@ -171,8 +302,8 @@ void Stage::run_layer(Layer& l, int32_t il, const Activations& a) {
     b.add_bias(v, l.bv);
   }
   if (c.qk_norm) {  // per head: view [n * heads, head_dim]
-    const Tensor qh = q.reshaped({c.head_dim, n * c.n_head, 1, 1});
-    const Tensor kh = k.reshaped({c.head_dim, n * c.n_head_kv, 1, 1});
+    const Tensor qh = q.reshaped({c.head_dim, n * n_head_, 1, 1});
+    const Tensor kh = k.reshaped({c.head_dim, n * n_head_kv_, 1, 1});
     b.rms_norm(qh, l.q_norm, c.norm_eps, qh);
     b.rms_norm(kh, l.k_norm, c.norm_eps, kh);
   }
@@ -183,18 +314,19 @@ void Stage::run_layer(Layer& l, int32_t il, const Activations& a) {
   rope.freq_base = swa ? c.rope_freq_base_swa : c.rope_freq_base;
   rope.freq_scale = swa ? 1.0f : c.rope_freq_scale;
   rope.freq_factors = rope_freqs_;
-  b.rope(q, c.n_head, a.positions, rope);
-  b.rope(k, c.n_head_kv, a.positions, rope);
+  b.rope(q, n_head_, a.positions, rope);
+  b.rope(k, n_head_kv_, a.positions, rope);
   b.kv_store(l.kv, k, v, a.slots);
   kernels::AttentionParams ap;
-  ap.n_head = c.n_head;
-  ap.n_head_kv = c.n_head_kv;
+  ap.n_head = n_head_;
+  ap.n_head_kv = n_head_kv_;
   ap.head_dim = c.head_dim;
   ap.scale = c.attention_scale;
   ap.softcap = c.attn_logit_softcap;
   ap.window = swa ? c.sliding_window : 0;
   b.attention(q, l.kv, a.slots, ap, a.attn);
   b.matmul(l.wo, a.attn, cur);
+  if (tensor_parallel()) all_reduce(cur, key, 2 * (il - first_));
   if (c.post_norms) b.rms_norm(cur, l.post_attn_norm, c.norm_eps, cur);
   b.add(x, cur, x);
 
@@ -204,6 +336,7 @@ void Stage::run_layer(Layer& l, int32_t il, const Activations& a) {
   b.matmul(l.w_up, cur, a.up);
   b.glu(a.gate, a.up, c.activation, a.gate);
   b.matmul(l.w_down, a.gate, cur);
+  if (tensor_parallel()) all_reduce(cur, key, 2 * (il - first_) + 1);
   if (c.post_norms) b.rms_norm(cur, l.post_ffn_norm, c.norm_eps, cur);
   b.add(x, cur, x);
 }
@@ -211,6 +344,7 @@ void Stage::run_layer(Layer& l, int32_t il, const Activations& a) {
 void Stage::forward(const StageInput& input, std::vector<float>& out) {
   const ModelConfig& c = config_;
   kernels::Backend& b = backend_;
+  if (options_.tp_before_forward) options_.tp_before_forward(input);
   const int64_t n = static_cast<int64_t>(input.slots.size());
   HEARTH_CHECK(n > 0, "empty batch");
   for (const kernels::KvSlot& s : input.slots) {
@@ -249,12 +383,13 @@ void Stage::forward(const StageInput& input, std::vector<float>& out) {
   }
   if (n_out > 0) b.write(a.out_rows, input.output_rows.data(), static_cast<size_t>(n_out) * sizeof(int32_t));
 
-  b.begin_step((static_cast<uint64_t>(n) << 32) | static_cast<uint64_t>(n_out));
+  const uint64_t key = (static_cast<uint64_t>(n) << 32) | static_cast<uint64_t>(n_out);
+  b.begin_step(key);
   if (is_first()) {
     b.get_rows(token_embd_, a.tokens, a.x);
     if (c.embedding_scale != 1.0f) b.scale(a.x, c.embedding_scale);
   }
-  for (int32_t il = first_; il < last_; ++il) run_layer(layers_[static_cast<size_t>(il - first_)], il, a);
+  for (int32_t il = first_; il < last_; ++il) run_layer(layers_[static_cast<size_t>(il - first_)], il, a, key);
   if (n_out > 0) {
     // Only the wanted rows go through the final norm and the output head.
     b.get_rows(a.x, a.out_rows, a.picked);
@@ -270,7 +405,32 @@ void Stage::forward(const StageInput& input, std::vector<float>& out) {
     return;
   }
   out.resize(static_cast<size_t>(n_out * c.n_vocab));
-  if (n_out > 0) b.read(a.logits, out.data(), out.size() * sizeof(float));
+  if (n_out == 0) return;
+  if (!tensor_parallel()) {
+    b.read(a.logits, out.data(), out.size() * sizeof(float));
+    return;
+  }
+  // Every shard's logits of its vocabulary rows, gathered rank by rank, then laid out as rows of
+  // the whole vocabulary.
+  const auto start = std::chrono::steady_clock::now();
+  local_logits_.resize(static_cast<size_t>(n_out * n_vocab_));
+  b.read(a.logits, local_logits_.data(), local_logits_.size() * sizeof(float));
+  std::vector<int64_t> counts(vocab_counts_.size());
+  for (size_t r = 0; r < counts.size(); ++r) counts[r] = vocab_counts_[r] * n_out;
+  reduce_buffer_.resize(out.size());
+  options_.tp_comm->all_gather(local_logits_, reduce_buffer_, counts);
+  int64_t at = 0, column = 0;
+  for (const int64_t v : vocab_counts_) {
+    for (int64_t row = 0; row < n_out; ++row) {
+      std::memcpy(out.data() + row * c.n_vocab + column, reduce_buffer_.data() + at + row * v,
+                  static_cast<size_t>(v) * sizeof(float));
+    }
+    at += v * n_out;
+    column += v;
+  }
+  tp_stats_.gathers += 1;
+  tp_stats_.bytes += local_logits_.size() * sizeof(float);
+  tp_stats_.gather_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
 }  // namespace hearth::engine

@@ -9,16 +9,21 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "engine/format/gguf.h"
 #include "engine/model/model_config.h"
 #include "engine/model/tensor_map.h"
+#include "engine/model/tensor_parallel.h"
 #include "engine/token.h"
 #include "kernels/backend.h"
 
 namespace hearth::engine {
+
+struct StageInput;
 
 struct StageOptions {
   int32_t n_ctx = 4096;    // positions per sequence slot
@@ -27,6 +32,16 @@ struct StageOptions {
   // Tokens per forward pass the activation arena is sized for at load. A larger batch grows the
   // arena (once: the addresses then change, and stay put again).
   int32_t max_batch = 512;
+  // Tensor parallelism (engine/model/tensor_parallel.h): with `tp_comm` set, this stage is the
+  // shard `tp_slice` of a group of tp_comm->size() shards that run the same steps together; it
+  // holds only its slice of each layer and of the KV cache, joins the partial sums through
+  // tp_comm and returns the whole output (hidden states, or logits over the whole vocabulary).
+  // The comm must outlive the stage. Null: the whole layers.
+  TensorParallelComm* tp_comm = nullptr;
+  TensorSlice tp_slice{};
+  // Under tensor parallelism across processes, the shard that schedules (rank 0) hands each
+  // step's input to the other shards before it runs its own part: forward() calls this first.
+  std::function<void(const StageInput&)> tp_before_forward;
 };
 
 struct StageInput {
@@ -53,6 +68,14 @@ class Stage {
   int32_t last_layer() const { return last_; }
   const StageOptions& options() const { return options_; }
   const ModelConfig& config() const { return config_; }
+  bool tensor_parallel() const { return options_.tp_comm != nullptr; }
+  // Under tensor parallelism: the all-reduces and logits gathers so far and the time spent in
+  // them (host copies included), and the bytes this shard handed to them.
+  struct TpStats {
+    uint64_t all_reduces = 0, gathers = 0, bytes = 0;
+    double all_reduce_seconds = 0.0, gather_seconds = 0.0;
+  };
+  const TpStats& tp_stats() const { return tp_stats_; }
 
  private:
   struct Layer {
@@ -65,6 +88,14 @@ class Stage {
   // The tensor `desc` describes, checked against it (present when required, shape, F32 where it
   // must be, a type the backend supports). Empty when an optional one is absent.
   kernels::Tensor load(const gguf::GgufFile& file, const TensorDesc& desc);
+  // Under tensor parallelism: this shard's slice of the tensor, per the tensor map's SliceRule
+  // (rows or columns in whole heads / features / vocabulary rows); the whole tensor otherwise.
+  kernels::Tensor load_slice(const gguf::GgufFile& file, const TensorDesc& desc);
+  // The rows or columns of `desc` this shard holds: {first, count} in values along the cut.
+  std::pair<int64_t, int64_t> slice_range(const TensorDesc& desc) const;
+  // Under tensor parallelism, between two ops of a step: closes the step, sums `t` over the
+  // group (through the host) and opens the next part of the step (`part` keeps the keys apart).
+  void all_reduce(const kernels::Tensor& t, uint64_t key, int32_t part);
   // Activation tensors of one step of n tokens and n_out output rows, views of arena_.
   struct Activations {
     kernels::Tensor x, cur, q, k, v, attn, gate, up;   // [n, ...]
@@ -74,7 +105,7 @@ class Stage {
   // Sizes the arena for batches of up to `tokens` tokens and `outputs` output rows.
   void reserve_arena(int64_t tokens, int64_t outputs);
   Activations activations(int64_t n, int64_t n_out) const;
-  void run_layer(Layer& layer, int32_t il, const Activations& a);
+  void run_layer(Layer& layer, int32_t il, const Activations& a, uint64_t key);
 
   ModelConfig config_;
   kernels::Backend& backend_;
@@ -91,6 +122,12 @@ class Stage {
     size_t x, cur, q, k, v, attn, gate, up, tokens, positions, slots, out_rows, picked, logits;
   } regions_{};
   std::vector<int32_t> positions_;  // host staging of the positions input
+  // Tensor parallelism: this shard's head, KV-head and feature counts (the config's otherwise),
+  // every shard's vocabulary rows, and host staging for the all-reduces and the logits gather.
+  int32_t n_head_ = 0, n_head_kv_ = 0, n_ff_ = 0, n_vocab_ = 0;
+  std::vector<int64_t> vocab_counts_;
+  std::vector<float> reduce_buffer_, local_logits_;
+  TpStats tp_stats_;
 };
 
 }  // namespace hearth::engine

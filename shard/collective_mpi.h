@@ -1,0 +1,67 @@
+// The Open MPI collective (built when CMake finds MPI; HEARTH_HAS_MPI is then defined): the
+// ranks of an `mpirun`, on one host or several. Open MPI chooses the transport by itself —
+// shared memory between ranks of one host, TCP, or UCX over RDMA where the fabric has it.
+//
+// The sums are taken as an all-gather followed by a local sum in rank order, so every rank gets
+// the same bits (an MPI_Allreduce may round differently on different ranks) and the same bits
+// as InProcessCollective; a tensor-parallel all-reduce is a few KiB per token, where the
+// all-gather's one round is the cheapest anyway.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "shard/collective.h"
+
+namespace hearth::shard {
+
+// MPI_Init_thread on construction (one per process, before any MpiCollective), MPI_Finalize on
+// destruction. Threads: MPI_THREAD_SERIALIZED (one thread at a time makes MPI calls).
+class MpiRuntime {
+ public:
+  MpiRuntime(int* argc, char*** argv);
+  ~MpiRuntime();
+  MpiRuntime(const MpiRuntime&) = delete;
+  MpiRuntime& operator=(const MpiRuntime&) = delete;
+  int world_rank() const { return rank_; }
+  int world_size() const { return size_; }
+  // True when this process was started by mpirun / mpiexec (Open MPI or PMIx environment).
+  static bool launched_by_mpirun();
+
+ private:
+  int rank_ = 0, size_ = 1;
+  bool finalize_ = false;
+};
+
+class MpiCollective final : public Collective {
+ public:
+  // Every rank of MPI_COMM_WORLD. Needs a live MpiRuntime.
+  static std::unique_ptr<MpiCollective> world();
+  ~MpiCollective() override;
+  // The ranks of this group that pass the same `color` form a new group, ordered by `key` then
+  // by rank here (MPI_Comm_split). Every rank of this group must call it.
+  std::unique_ptr<MpiCollective> split(int color, int key) const;
+
+  std::string name() const override { return "mpi"; }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  void all_reduce_sum(std::span<float> data) override;
+  void all_reduce_sum_f16(std::span<uint16_t> data) override;
+  void all_gather(std::span<const float> mine, std::span<float> all, std::span<const int64_t> counts) override;
+  void broadcast(std::span<std::byte> data, int root) override;
+  void barrier() override;
+  // MPI_Ibcast polled with MPI_Test: spinning for 2 ms, then sleeping 0.1-1 ms between tests, so
+  // an idle follower does not hold a core.
+  void broadcast_idle(std::span<std::byte> data, int root) override;
+
+ private:
+  struct Comm;
+  explicit MpiCollective(std::unique_ptr<Comm> comm);
+  std::unique_ptr<Comm> comm_;
+  int rank_ = 0, size_ = 1;
+  std::vector<float> gathered_;
+  std::vector<uint16_t> gathered_f16_;
+};
+
+}  // namespace hearth::shard

@@ -1,0 +1,424 @@
+// Tensor parallelism: how heads, features and vocabulary are cut (shares, whole heads, whole KV
+// groups, replicated KV heads, whole quant blocks), and a tensor-parallel stage of 2 and 3
+// in-process shards (threads, one CPU backend each), even and uneven, against one device:
+//  - synthetic models (own head, grouped and multi-query attention, Q8_0 and Q4_K weights);
+//  - SmolLM2 (tied head) on the golden prompts, when the model is present: logits NMSE, top-1
+//    agreement with one device and with llama.cpp, and free-running greedy text.
+// Why the bounds are tight: a shard's cut falls on whole quant blocks of the activations too, so
+// every dot product is the one device's, block for block; only the order of the float sums of a
+// row-parallel product (per shard, then across shards) differs — a rounding difference.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <filesystem>
+#include <functional>
+#include <thread>
+
+#include <unistd.h>
+
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "engine/format/gguf.h"
+#include "engine/model/model_config.h"
+#include "engine/model/stage.h"
+#include "engine/model/synth.h"
+#include "engine/model/tensor_parallel.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/cpu_features.h"
+#include "shard/collective.h"
+#include "tests/support/fixtures.h"
+
+namespace hearth::shard {
+namespace {
+
+namespace fs = std::filesystem;
+using engine::ModelConfig;
+using engine::SliceGranularity;
+using engine::Stage;
+using engine::StageInput;
+using engine::StageOptions;
+using engine::TensorSlice;
+
+// ---------------------------------------------------------------------------------------------
+// Cutting
+
+TEST(SplitByShares, EvenUnevenAndWholeUnits) {
+  const std::vector<double> even = {1, 1}, two_one = {2, 1}, three = {1, 1, 1};
+  EXPECT_EQ(engine::split_by_shares(1536, 32, even, "ff"), (std::vector<int64_t>{0, 768, 1536}));
+  EXPECT_EQ(engine::split_by_shares(1536, 32, two_one, "ff"), (std::vector<int64_t>{0, 1024, 1536}));
+  EXPECT_EQ(engine::split_by_shares(100, 32, three, "ff"), (std::vector<int64_t>{0, 32, 64, 100}));  // last unit partial
+  // Every shard gets at least one unit, however small its share.
+  const std::vector<double> tiny = {100, 1, 1};
+  EXPECT_EQ(engine::split_by_shares(4, 1, tiny, "x"), (std::vector<int64_t>{0, 2, 3, 4}));
+  EXPECT_THROW(engine::split_by_shares(64, 32, three, "ff"), Error);
+  const std::vector<double> negative = {1, -1};
+  EXPECT_THROW(engine::split_by_shares(64, 1, negative, "ff"), Error);
+}
+
+TEST(ParseShares, NumbersOnly) {
+  EXPECT_EQ(engine::parse_shares("2,1"), (std::vector<double>{2, 1}));
+  EXPECT_EQ(engine::parse_shares("1.5"), (std::vector<double>{1.5}));
+  for (const char* bad : {"", "2,", ",1", "a", "0,1", "-1,2", "1;2"}) EXPECT_THROW(engine::parse_shares(bad), Error) << bad;
+}
+
+ModelConfig config_of(int32_t n_head, int32_t n_head_kv, int32_t n_ff, int32_t head_dim = 64) {
+  ModelConfig c;
+  c.n_head = n_head;
+  c.n_head_kv = n_head_kv;
+  c.head_dim = head_dim;
+  c.n_embd = n_head * head_dim;
+  c.n_ff = n_ff;
+  c.n_vocab = 1000;
+  return c;
+}
+
+TEST(TensorSlices, WholeKvGroupsWhenThereAreEnough) {
+  const ModelConfig smollm2 = config_of(9, 3, 1536);  // groups of 3 query heads
+  const SliceGranularity q4_1{.head_values = 32, .ff_values = 32};
+  const std::vector<double> two_one = {2, 1};
+  const auto s = engine::tensor_slices(smollm2, 2, two_one, q4_1);
+  ASSERT_EQ(s.size(), 2u);
+  EXPECT_EQ(s[0], (TensorSlice{0, 6, 0, 2, 0, 1024, 0, 667}));
+  EXPECT_EQ(s[1], (TensorSlice{6, 3, 2, 1, 1024, 512, 667, 333}));
+  const auto three = engine::tensor_slices(smollm2, 3, {}, q4_1);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(three[static_cast<size_t>(i)].n_head, 3);
+    EXPECT_EQ(three[static_cast<size_t>(i)].kv_first, i);
+    EXPECT_EQ(three[static_cast<size_t>(i)].n_ff, 512);
+  }
+}
+
+TEST(TensorSlices, ReplicatedKvHeadsWhenThereAreFewer) {
+  const ModelConfig gqa = config_of(8, 2, 1024);
+  const auto s = engine::tensor_slices(gqa, 4, {}, {});
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(s[static_cast<size_t>(i)].head_first, 2 * i);
+    EXPECT_EQ(s[static_cast<size_t>(i)].n_head, 2);
+    EXPECT_EQ(s[static_cast<size_t>(i)].kv_first, i / 2);  // two shards hold each KV head
+    EXPECT_EQ(s[static_cast<size_t>(i)].n_head_kv, 1);
+  }
+  // Three shards cannot share two KV heads without a shard straddling both groups.
+  EXPECT_THROW(engine::tensor_slices(gqa, 3, {}, {}), Error);
+}
+
+TEST(TensorSlices, WholeQuantBlocksOfTheColumnCuts) {
+  // Q4_K blocks of 256 values: attn_output's columns in 4 heads of 64, ffn_down's in 256 features.
+  const ModelConfig c = config_of(8, 8, 1024);
+  const SliceGranularity q4_k{.head_values = 256, .ff_values = 256};
+  const std::vector<double> two_one = {2, 1};
+  const auto s = engine::tensor_slices(c, 2, two_one, q4_k);
+  EXPECT_EQ(s[0].n_head, 4);  // 2/3 of 8 heads rounds to one unit of 4
+  EXPECT_EQ(s[0].n_ff, 768);
+  EXPECT_EQ(s[1].n_head, 4);
+  EXPECT_EQ(s[1].n_ff, 256);
+  EXPECT_THROW(engine::tensor_slices(c, 3, {}, q4_k), Error);  // 8 heads are 2 units of 4
+}
+
+// ---------------------------------------------------------------------------------------------
+// A tensor-parallel stage against one device
+
+// T shards of a whole model, each on a CPU backend of one thread, run by one thread per shard.
+class TpGroup {
+ public:
+  TpGroup(const gguf::GgufFile& file, const ModelConfig& config, int n, std::span<const double> shares,
+          const StageOptions& options) {
+    ranks_ = make_in_process_group(n);
+    slices_ = engine::tensor_slices(config, n, shares, engine::slice_granularity_of(file, config));
+    stages_.resize(static_cast<size_t>(n));
+    for (int r = 0; r < n; ++r) backends_.push_back(std::make_unique<kernels::CpuBackend>(1));
+    on_every_rank([&](size_t r) {
+      StageOptions o = options;
+      o.tp_comm = ranks_[r].get();
+      o.tp_slice = slices_[r];
+      stages_[r] = std::make_unique<Stage>(file, config, *backends_[r], 0, config.n_layer, o);
+    });
+  }
+  // Every shard runs the step; each returns the whole output, and they agree bit for bit.
+  void forward(const StageInput& input, std::vector<float>& out) {
+    std::vector<std::vector<float>> outs(stages_.size());
+    on_every_rank([&](size_t r) { stages_[r]->forward(input, outs[r]); });
+    for (size_t r = 1; r < outs.size(); ++r) ASSERT_EQ(outs[r], outs[0]) << "shard " << r << " differs from shard 0";
+    out = std::move(outs[0]);
+  }
+  const std::vector<TensorSlice>& slices() const { return slices_; }
+
+ private:
+  void on_every_rank(const std::function<void(size_t)>& fn) {
+    std::vector<std::thread> threads;
+    std::vector<std::exception_ptr> errors(ranks_.size());
+    for (size_t r = 0; r < ranks_.size(); ++r) {
+      threads.emplace_back([&, r] {
+        try {
+          fn(r);
+        } catch (...) {
+          errors[r] = std::current_exception();
+          ranks_[r]->abort(fmt::format("shard {} failed", r));
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    for (auto& e : errors) {
+      if (e) std::rethrow_exception(e);
+    }
+  }
+
+  std::vector<std::unique_ptr<InProcessCollective>> ranks_;
+  std::vector<TensorSlice> slices_;
+  std::vector<std::unique_ptr<kernels::CpuBackend>> backends_;
+  std::vector<std::unique_ptr<Stage>> stages_;
+};
+
+double nmse(std::span<const float> got, std::span<const float> want) {
+  double err = 0.0, norm = 0.0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double d = double(got[i]) - double(want[i]);
+    err += d * d;
+    norm += double(want[i]) * double(want[i]);
+  }
+  return err / std::max(norm, 1e-30);
+}
+
+int32_t argmax(std::span<const float> v) { return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin()); }
+
+// What one prompt gives: logits at every prompt position, then `n_greedy` free-running greedy tokens.
+struct PromptRun {
+  std::vector<float> logits;
+  std::vector<engine::Token> greedy;
+};
+
+template <class Forward>
+PromptRun run_prompt(Forward&& forward, std::span<const engine::Token> tokens, int n_greedy, size_t vocab) {
+  PromptRun run;
+  const auto n = static_cast<int32_t>(tokens.size());
+  std::vector<kernels::KvSlot> slots;
+  std::vector<int32_t> rows;
+  for (int32_t i = 0; i < n; ++i) {
+    slots.push_back({0, i});
+    rows.push_back(i);
+  }
+  forward(StageInput{.tokens = tokens, .hidden = {}, .slots = slots, .output_rows = rows}, run.logits);
+  std::vector<float> step(run.logits.end() - static_cast<std::ptrdiff_t>(vocab), run.logits.end());
+  for (int s = 0; s < n_greedy; ++s) {
+    const engine::Token t = argmax(step);
+    run.greedy.push_back(t);
+    const kernels::KvSlot slot{0, n + s};
+    const int32_t row = 0;
+    forward(StageInput{.tokens = std::span(&t, 1), .hidden = {}, .slots = std::span(&slot, 1),
+                       .output_rows = std::span(&row, 1)},
+            step);
+  }
+  return run;
+}
+
+struct Tally {
+  int positions = 0, top1_same = 0, prompts = 0, greedy_identical = 0, greedy_steps = 0, greedy_same_steps = 0;
+  double max_nmse = 0.0;
+  std::vector<double> nmse_all;
+  void add(const PromptRun& tp, const PromptRun& one, size_t vocab) {
+    const size_t n = one.logits.size() / vocab;
+    for (size_t i = 0; i < n; ++i) {
+      const std::span<const float> a(tp.logits.data() + i * vocab, vocab), b(one.logits.data() + i * vocab, vocab);
+      const double e = nmse(a, b);
+      nmse_all.push_back(e);
+      max_nmse = std::max(max_nmse, e);
+      ++positions;
+      top1_same += argmax(a) == argmax(b);
+    }
+    ++prompts;
+    greedy_identical += tp.greedy == one.greedy;
+    for (size_t s = 0; s < one.greedy.size(); ++s) {
+      if (tp.greedy[s] != one.greedy[s]) break;  // free-running: after a split the texts differ anyway
+      ++greedy_same_steps;
+    }
+    greedy_steps += static_cast<int>(one.greedy.size());
+  }
+  double median_nmse() {
+    std::sort(nmse_all.begin(), nmse_all.end());
+    return nmse_all.empty() ? 0.0 : nmse_all[nmse_all.size() / 2];
+  }
+};
+
+std::string shares_text(std::span<const double> shares, int n) {
+  if (shares.empty()) return fmt::format("{} even", n);
+  std::string s;
+  for (double v : shares) s += (s.empty() ? "" : ":") + fmt::format("{}", v);
+  return s;
+}
+
+// Synthetic models (random weights) of a few layouts.
+struct SynthCase {
+  std::string name;
+  int32_t n_head, n_head_kv, n_ff;
+  DType type;
+  int shards;
+  std::vector<double> shares;
+};
+
+void PrintTo(const SynthCase& c, std::ostream* os) { *os << c.name; }
+
+class TensorParallelSynthetic : public testing::TestWithParam<SynthCase> {};
+
+fs::path synth_model(const SynthCase& c) {
+  engine::SynthOptions options;
+  options.shape.name = fmt::format("tp-{}-{}-{}", c.n_head, c.n_head_kv, dtype_name(c.type));
+  options.shape.n_head = c.n_head;
+  options.shape.n_head_kv = c.n_head_kv;
+  options.shape.n_embd = c.n_head * 64;
+  options.shape.n_layer = 3;
+  options.shape.n_ff = c.n_ff;
+  options.shape.n_vocab = 2048;
+  options.type = c.type;
+  options.seed = 7;
+  options.n_threads = 2;
+  options.force = true;
+  const fs::path path = fs::temp_directory_path() / fmt::format("hearth-test-tp-{}-{}.gguf", options.shape.name, ::getpid());
+  engine::synthesize_model(options, path);
+  return path;
+}
+
+// Removes the file when the test ends.
+struct RemoveAtEnd {
+  fs::path path;
+  ~RemoveAtEnd() {
+    std::error_code ec;
+    fs::remove(path, ec);
+  }
+};
+
+TEST_P(TensorParallelSynthetic, MatchesOneDevice) {
+  const SynthCase& c = GetParam();
+  const fs::path path = synth_model(c);
+  const RemoveAtEnd remove{path};
+  const gguf::GgufFile file = gguf::GgufFile::open(path);
+  const ModelConfig config = ModelConfig::from_gguf(file);
+  StageOptions options;
+  options.n_ctx = 64;
+  kernels::CpuBackend one_backend(1);
+  Stage one(file, config, one_backend, 0, config.n_layer, options);
+  TpGroup tp(file, config, c.shards, c.shares, options);
+  const auto vocab = static_cast<size_t>(config.n_vocab);
+  Tally tally;
+  for (uint32_t seed : {1u, 2u, 3u}) {
+    std::vector<engine::Token> prompt;
+    for (uint32_t i = 0; i < 9; ++i) prompt.push_back(static_cast<engine::Token>((seed * 7919u + i * 104729u) % vocab));
+    const PromptRun a = run_prompt([&](const StageInput& in, std::vector<float>& out) { tp.forward(in, out); }, prompt, 8, vocab);
+    const PromptRun b = run_prompt([&](const StageInput& in, std::vector<float>& out) { one.forward(in, out); }, prompt, 8, vocab);
+    tally.add(a, b, vocab);
+  }
+  std::printf("[ tp synth ] %s, %s shards: %d positions, median NMSE %.2g, max %.2g; top-1 same at %d; greedy identical "
+              "%d of %d prompts\n",
+              c.name.c_str(), shares_text(c.shares, c.shards).c_str(), tally.positions, tally.median_nmse(),
+              tally.max_nmse, tally.top1_same, tally.greedy_identical, tally.prompts);
+  EXPECT_LE(tally.max_nmse, 1e-8);
+  EXPECT_EQ(tally.top1_same, tally.positions);
+  EXPECT_EQ(tally.greedy_identical, tally.prompts);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Layouts, TensorParallelSynthetic,
+    testing::Values(SynthCase{"gqa_q8_0_tp2", 6, 3, 768, DType::Q8_0, 2, {}},
+                    SynthCase{"gqa_q8_0_tp2_2to1", 6, 3, 768, DType::Q8_0, 2, {2, 1}},
+                    SynthCase{"gqa_q8_0_tp3", 6, 3, 768, DType::Q8_0, 3, {}},
+                    SynthCase{"gqa_q8_0_tp3_2to1to1", 6, 3, 768, DType::Q8_0, 3, {2, 1, 1}},
+                    SynthCase{"mqa_q8_0_tp2", 8, 1, 1024, DType::Q8_0, 2, {}},
+                    SynthCase{"mqa_q8_0_tp3_2to1to1", 8, 1, 1024, DType::Q8_0, 3, {2, 1, 1}},
+                    SynthCase{"mha_q4_k_tp2_2to1", 8, 8, 1024, DType::Q4_K, 2, {2, 1}}),
+    [](const testing::TestParamInfo<SynthCase>& p) { return p.param.name; });
+
+// ---------------------------------------------------------------------------------------------
+// SmolLM2 on the golden prompts
+
+using json = nlohmann::json;
+
+class TensorParallelSmolLM2 : public testing::TestWithParam<std::pair<int, std::vector<double>>> {};
+
+TEST_P(TensorParallelSmolLM2, GoldenPromptsMatchOneDevice) {
+  const json fixture = json::parse(test::read_file_text(test::fixtures_dir() / "golden" / "smollm2.json"));
+  const fs::path path = test::models_dir() / fixture["file"].get<std::string>();
+  if (!fs::exists(path)) GTEST_SKIP() << path << " not present: run scripts/get-model.sh smollm2";
+  const auto& [shards, shares] = GetParam();
+  const gguf::GgufFile file = gguf::GgufFile::open(path);
+  const ModelConfig config = ModelConfig::from_gguf(file);
+  StageOptions options;
+  options.n_ctx = 256;
+  kernels::CpuBackend one_backend(1);
+  Stage one(file, config, one_backend, 0, config.n_layer, options);
+  TpGroup tp(file, config, shards, shares, options);
+  const auto vocab = static_cast<size_t>(config.n_vocab);
+  constexpr int kGreedy = 24;
+  // The noise floor of one device against itself: the same weights through the unpacked matmul
+  // kernels (another summation order, nothing else).
+  kernels::CpuBackend unpacked_backend(1, kernels::cpu_level(), false);
+  Stage unpacked(file, config, unpacked_backend, 0, config.n_layer, options);
+  Tally tally, floor;
+  int llama_top1_tp = 0, llama_top1_one = 0;
+  for (const json& prompt : fixture["prompts"]) {
+    const auto tokens = prompt["tokens"].get<std::vector<engine::Token>>();
+    const PromptRun a = run_prompt([&](const StageInput& in, std::vector<float>& out) { tp.forward(in, out); }, tokens, kGreedy,
+                             vocab);
+    const PromptRun b = run_prompt([&](const StageInput& in, std::vector<float>& out) { one.forward(in, out); }, tokens,
+                             kGreedy, vocab);
+    tally.add(a, b, vocab);
+    const PromptRun u = run_prompt([&](const StageInput& in, std::vector<float>& out) { unpacked.forward(in, out); },
+                                   tokens, kGreedy, vocab);
+    floor.add(u, b, vocab);
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      const int32_t want = prompt["top_ids"][i][0].get<int32_t>();
+      llama_top1_tp += argmax(std::span<const float>(a.logits.data() + i * vocab, vocab)) == want;
+      llama_top1_one += argmax(std::span<const float>(b.logits.data() + i * vocab, vocab)) == want;
+    }
+  }
+  std::printf("[ tp smollm2 ] %s shards: %d positions: NMSE vs one device median %.2g, max %.2g; top-1 same at %d; "
+              "top-1 = llama.cpp's at %d (one device: %d); greedy %d tokens identical for %d of %d prompts (%d of %d "
+              "steps before any split)\n",
+              shares_text(shares, shards).c_str(), tally.positions, tally.median_nmse(), tally.max_nmse,
+              tally.top1_same, llama_top1_tp, llama_top1_one, kGreedy, tally.greedy_identical, tally.prompts,
+              tally.greedy_same_steps, tally.greedy_steps);
+  std::printf("[ tp smollm2 ] floor: one device unpacked vs packed: NMSE median %.2g, max %.2g; top-1 same at %d; "
+              "greedy identical for %d of %d prompts (%d of %d steps)\n",
+              floor.median_nmse(), floor.max_nmse, floor.top1_same, floor.greedy_identical, floor.prompts,
+              floor.greedy_same_steps, floor.greedy_steps);
+  // Measured (2-core EPYC, AVX-512): TP 2 / 2:1 / 3 / 2:1:1 give median NMSE 1.1e-3 / 0.9e-3 /
+  // 1.1e-3 / 1.0e-3 (max 0.07) against the floor's 1.0e-3 (max 0.03); top-1 differs from one
+  // device at 0-2 of 232 positions (the floor: 2); 24 free-running greedy tokens identical for
+  // 3-5 of 9 prompts (the floor: 6). The row-parallel sums round differently, and a rounding flip of
+  // a quantized activation is what the floor shows too. Bounds: within 3x the floor's median,
+  // top-1 as the golden test's 95%, and llama.cpp's top-1 no less often than one device's but for
+  // 2 positions.
+  EXPECT_LE(tally.median_nmse(), std::max(3.0 * floor.median_nmse(), 1e-4));
+  EXPECT_LE(tally.max_nmse, 0.25);
+  EXPECT_GE(tally.top1_same, 0.95 * tally.positions);
+  EXPECT_GE(llama_top1_tp, llama_top1_one - 2);
+  EXPECT_GE(tally.greedy_identical, 2);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shares, TensorParallelSmolLM2,
+                         testing::Values(std::pair<int, std::vector<double>>{2, {}},
+                                         std::pair<int, std::vector<double>>{2, {2, 1}},
+                                         std::pair<int, std::vector<double>>{3, {}},
+                                         std::pair<int, std::vector<double>>{3, {2, 1, 1}}),
+                         [](const auto& p) {
+                           return fmt::format("tp{}_{}", p.param.first,
+                                              p.param.second.empty() ? std::string("even") : std::string("uneven"));
+                         });
+
+TEST(TensorParallelStage, ASliceThatDoesNotFitIsRefusedByName) {
+  const SynthCase c{"gqa", 6, 3, 768, DType::Q8_0, 2, {}};
+  const RemoveAtEnd remove{synth_model(c)};
+  const gguf::GgufFile file = gguf::GgufFile::open(remove.path);
+  const ModelConfig config = ModelConfig::from_gguf(file);
+  auto ranks = make_in_process_group(1);
+  kernels::CpuBackend backend(1);
+  StageOptions options;
+  options.n_ctx = 16;
+  options.tp_comm = ranks[0].get();
+  options.tp_slice = TensorSlice{1, 2, 0, 1, 0, 768, 0, config.n_vocab};  // heads 1-2 straddle KV groups 0 and 1
+  EXPECT_THROW(Stage(file, config, backend, 0, config.n_layer, options), Error);
+  options.tp_slice = TensorSlice{0, 2, 0, 1, 16, 32, 0, config.n_vocab};  // features not on whole Q8_0 blocks
+  EXPECT_THROW(Stage(file, config, backend, 0, config.n_layer, options), Error);
+}
+
+}  // namespace
+}  // namespace hearth::shard
