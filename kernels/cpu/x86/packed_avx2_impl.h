@@ -36,8 +36,8 @@ namespace hearth::kernels::x86::HEARTH_PACKED_NS {
 namespace {
 
 constexpr bool kDpbusd = HEARTH_PACKED_DPBUSD != 0;
-// Tokens per register tile: a half-group's eight decoded registers, the tile's accumulators of
-// both halves and its int32 totals share sixteen ymm registers.
+// Tokens per register tile: a half-group's eight decoded registers and the tile's accumulators
+// (and int32 totals) share sixteen ymm registers.
 constexpr int kAvx2Tile = 4;
 
 [[gnu::always_inline]] inline __m256i dpbusd(__m256i acc, __m256i u8, __m256i s8) {
@@ -114,20 +114,22 @@ void group_tile(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_
   constexpr PackedFormat f = packed_format(Type);
   const size_t corr_at = static_cast<size_t>(k) + 4 * static_cast<size_t>(nb);
   const __m256i low4 = _mm256_set1_epi8(0x0F), ones16 = _mm256_set1_epi16(1), flip = _mm256_set1_epi8(static_cast<char>(0x80));
-  __m256 acc[2][T];
+  // One half (eight rows) over all blocks, then the other: the tile's accumulators of one half
+  // and the eight decoded registers fit the sixteen ymm registers; the second half reads the
+  // group again from L1 / L2.
   for (int h = 0; h < 2; ++h) {
-    for (int t = 0; t < T; ++t) acc[h][t] = _mm256_setzero_ps();
-  }
-  for (int64_t b = 0; b < nb; ++b) {
-    const auto ub = static_cast<size_t>(b);
-    const uint8_t* qs = grp + reg.qs + ub * reg.qs_block;
-    // The same block of the next group, one group ahead of its use (as the AVX-512 kernel).
-    const uint8_t* next = qs + reg.total;
-    for (size_t line = 0; line < reg.qs_block; line += 64) _mm_prefetch(reinterpret_cast<const char*>(next + line), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.d + ub * 32), _MM_HINT_T0);
-    if constexpr (f.has_min) _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.m + ub * 32), _MM_HINT_T0);
-    if constexpr (f.has_qh) _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.qh + ub * 64), _MM_HINT_T0);
-    for (int h = 0; h < 2; ++h) {
+    __m256 acc[T] = {};
+    for (int64_t b = 0; b < nb; ++b) {
+      const auto ub = static_cast<size_t>(b);
+      const uint8_t* qs = grp + reg.qs + ub * reg.qs_block;
+      if (h == 0) {
+        // The same block of the next group, one group ahead of its use (as the AVX-512 kernel).
+        const uint8_t* next = qs + reg.total;
+        for (size_t line = 0; line < reg.qs_block; line += 64) _mm_prefetch(reinterpret_cast<const char*>(next + line), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.d + ub * 32), _MM_HINT_T0);
+        if constexpr (f.has_min) _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.m + ub * 32), _MM_HINT_T0);
+        if constexpr (f.has_qh) _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.qh + ub * 64), _MM_HINT_T0);
+      }
       __m256i w[8];
       if constexpr (f.q8) {
 #pragma GCC unroll 8
@@ -194,14 +196,11 @@ void group_tile(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_
           if constexpr (!f.has_min) isum = _mm256_add_epi32(isum, _mm256_set1_epi32(load_i32(a + corr_at + 4 * ub)));
         }
         const __m256 scale = _mm256_mul_ps(dw, _mm256_set1_ps(load_f32(a + k + 4 * ub)));
-        acc[h][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[h][t]);
-        if constexpr (f.has_min) acc[h][t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(load_f32(a + corr_at + 4 * ub)), acc[h][t]);
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[t]);
+        if constexpr (f.has_min) acc[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(load_f32(a + corr_at + 4 * ub)), acc[t]);
       });
     }
-  }
-  for (int t = 0; t < T; ++t) {
-    store_rows(y + t * y_stride, acc[0][t], valid);
-    store_rows(y + t * y_stride + 8, acc[1][t], valid - 8);
+    for (int t = 0; t < T; ++t) store_rows(y + t * y_stride + 8 * h, acc[t], valid - 8 * h);
   }
 }
 
@@ -213,15 +212,15 @@ void group_tile_k4(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int
                    size_t act_stride, float* y, int64_t y_stride, int64_t valid) {
   const size_t sums_at = static_cast<size_t>(k) + 4 * static_cast<size_t>(nb);
   const __m256i low4 = _mm256_set1_epi8(0x0F);
-  __m256 acc[2][T];
+  // One half (eight rows) over all super-blocks, then the other (see group_tile).
   for (int h = 0; h < 2; ++h) {
-    for (int t = 0; t < T; ++t) acc[h][t] = _mm256_setzero_ps();
-  }
-  for (int64_t b = 0; b < nb; ++b) {
-    const auto ub = static_cast<size_t>(b);
-    const uint8_t* next = grp + reg.total + reg.qs + ub * reg.qs_block;
-    for (size_t line = 0; line < reg.qs_block; line += 64) _mm_prefetch(reinterpret_cast<const char*>(next + line), _MM_HINT_T0);
-    for (int h = 0; h < 2; ++h) {
+    __m256 acc[T] = {};
+    for (int64_t b = 0; b < nb; ++b) {
+      const auto ub = static_cast<size_t>(b);
+      const uint8_t* next = grp + reg.total + reg.qs + ub * reg.qs_block;
+      if (h == 0) {
+        for (size_t line = 0; line < reg.qs_block; line += 64) _mm_prefetch(reinterpret_cast<const char*>(next + line), _MM_HINT_T0);
+      }
       const auto uh = static_cast<size_t>(h);
       __m256i total[T];
       for (int t = 0; t < T; ++t) total[t] = _mm256_setzero_si256();
@@ -267,14 +266,11 @@ void group_tile_k4(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int
         __m256i msum = _mm256_madd_epi16(mn[0], bcast32(sums));
         for (int q = 1; q < 4; ++q) msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mn[q], bcast32(sums + 4 * q)));
         const __m256 dx = _mm256_set1_ps(load_f32(a + k + 4 * ub));
-        acc[h][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total[t]), _mm256_mul_ps(dw, dx), acc[h][t]);
-        acc[h][t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, dx), acc[h][t]);
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total[t]), _mm256_mul_ps(dw, dx), acc[t]);
+        acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, dx), acc[t]);
       });
     }
-  }
-  for (int t = 0; t < T; ++t) {
-    store_rows(y + t * y_stride, acc[0][t], valid);
-    store_rows(y + t * y_stride + 8, acc[1][t], valid - 8);
+    for (int t = 0; t < T; ++t) store_rows(y + t * y_stride + 8 * h, acc[t], valid - 8 * h);
   }
 }
 
@@ -289,17 +285,17 @@ void group_tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int
                    size_t act_stride, float* y, int64_t y_stride, int64_t valid) {
   const size_t corr_at = static_cast<size_t>(k) + 4 * static_cast<size_t>(nb);
   const __m256i low4 = _mm256_set1_epi8(0x0F), low2 = _mm256_set1_epi8(0x03);
-  __m256 acc[2][T];
+  // One half (eight rows) over all super-blocks, then the other (see group_tile).
   for (int h = 0; h < 2; ++h) {
-    for (int t = 0; t < T; ++t) acc[h][t] = _mm256_setzero_ps();
-  }
-  for (int64_t b = 0; b < nb; ++b) {
-    const auto ub = static_cast<size_t>(b);
-    const uint8_t* ql = grp + reg.qs + ub * reg.qs_block;
-    const uint8_t* qh = grp + reg.qh + ub * 1024;
-    for (size_t line = 0; line < reg.qs_block; line += 64) _mm_prefetch(reinterpret_cast<const char*>(ql + reg.total + line), _MM_HINT_T0);
-    for (size_t line = 0; line < 1024; line += 64) _mm_prefetch(reinterpret_cast<const char*>(qh + reg.total + line), _MM_HINT_T0);
-    for (int h = 0; h < 2; ++h) {
+    __m256 acc[T] = {};
+    for (int64_t b = 0; b < nb; ++b) {
+      const auto ub = static_cast<size_t>(b);
+      const uint8_t* ql = grp + reg.qs + ub * reg.qs_block;
+      const uint8_t* qh = grp + reg.qh + ub * 1024;
+      if (h == 0) {
+        for (size_t line = 0; line < reg.qs_block; line += 64) _mm_prefetch(reinterpret_cast<const char*>(ql + reg.total + line), _MM_HINT_T0);
+        for (size_t line = 0; line < 1024; line += 64) _mm_prefetch(reinterpret_cast<const char*>(qh + reg.total + line), _MM_HINT_T0);
+      }
       const auto uh = static_cast<size_t>(h);
       __m256i total[T];
       for (int t = 0; t < T; ++t) total[t] = _mm256_setzero_si256();
@@ -361,13 +357,10 @@ void group_tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int
       const __m256 dw = load_f16x8(grp + reg.d + ub * 32 + 16 * uh);
       for (int t = 0; t < T; ++t) {
         const __m256 dx = _mm256_set1_ps(load_f32(xa + static_cast<size_t>(t) * act_stride + k + 4 * ub));
-        acc[h][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total[t]), _mm256_mul_ps(dw, dx), acc[h][t]);
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total[t]), _mm256_mul_ps(dw, dx), acc[t]);
       }
     }
-  }
-  for (int t = 0; t < T; ++t) {
-    store_rows(y + t * y_stride, acc[0][t], valid);
-    store_rows(y + t * y_stride + 8, acc[1][t], valid - 8);
+    for (int t = 0; t < T; ++t) store_rows(y + t * y_stride + 8 * h, acc[t], valid - 8 * h);
   }
 }
 
