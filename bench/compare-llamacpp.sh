@@ -17,7 +17,7 @@
 # ; GGML_NATIVE=OFF with GGML_AVX2=ON etc. for an AVX2-only build to set beside
 # HEARTH_CPU_LEVEL=avx2), run as `llama-bench -m MODEL -p P -n N -t T -r 1 -o json` per
 # repetition with its defaults otherwise (its own warm-up, flash attention auto, batch 2048,
-# micro-batch 512). Without LLAMA_BENCH, llama.cpp is taken from llama-cpp-python (its bundled
+# micro-batch 512; LLAMA_BENCH_ARGS adds options). Without LLAMA_BENCH, llama.cpp is taken from llama-cpp-python (its bundled
 # libllama, driven from a Python loop; slower than llama-bench on small models): LLAMA_CPP_PYTHON
 # names a python that has it (default: python3); `pip install llama-cpp-python` builds it.
 set -euo pipefail
@@ -41,6 +41,9 @@ done
 if [[ -n "$LLAMA_BENCH" ]]; then
   [[ -x "$LLAMA_BENCH" ]] || { echo "compare-llamacpp.sh: LLAMA_BENCH=$LLAMA_BENCH is not an executable" >&2; exit 1; }
   LLAMA_ARGS=(-m "$MODEL" -t "$T" -r 1 -o json -ctk "$KV" -ctv "$KV")
+  # LLAMA_BENCH_ARGS: more llama-bench options, e.g. "--poll 0" (no busy-waiting threads: its
+  # default spins, which a machine with other work on every core punishes).
+  if [[ -n "${LLAMA_BENCH_ARGS:-}" ]]; then read -r -a EXTRA <<<"$LLAMA_BENCH_ARGS"; LLAMA_ARGS+=("${EXTRA[@]}"); fi
   # llama-bench runs each of -p and -n as its own test; 0 turns one off.
   LLAMA_ARGS+=(-p "$P" -n "$N")
   if [[ "$D" -gt 0 ]]; then LLAMA_ARGS+=(-d "$D"); fi
@@ -137,8 +140,9 @@ for rep in range(1, reps + 1):
         llama.setdefault(name, []).append(v)
 print(f"CPU: {cpu_model}; SIMD: {cpu_flags or '-'}" + (f"; HEARTH_CPU_LEVEL={level}" if level else ""))
 if llama_info:
-    print(f"llama.cpp: llama-bench {llama_info['build_commit']} ({reference}), backends {llama_info['backends']}, "
-          f"flash_attn {llama_info['flash_attn']}")
+    extra = os.environ.get("LLAMA_BENCH_ARGS", "")
+    print(f"llama.cpp: llama-bench {llama_info['build_commit']} ({reference}{', ' + extra if extra else ''}), "
+          f"backends {llama_info['backends']}, flash_attn {llama_info['flash_attn']}")
 else:
     print(f"llama.cpp: llama-cpp-python ({reference})")
 def ms(v):
