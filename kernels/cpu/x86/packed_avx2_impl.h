@@ -220,10 +220,19 @@ void group_tile_k4(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int
       const uint8_t* next = grp + reg.total + reg.qs + ub * reg.qs_block;
       if (h == 0) {
         for (size_t line = 0; line < reg.qs_block; line += 64) _mm_prefetch(reinterpret_cast<const char*>(next + line), _MM_HINT_T0);
+        // And the next group's scales and mins, which are separate streams.
+        const uint8_t* g_next = grp + reg.total;
+        _mm_prefetch(reinterpret_cast<const char*>(g_next + reg.d + ub * 32), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(g_next + reg.m + ub * 32), _MM_HINT_T0);
+        for (size_t line = 0; line < 128; line += 64) {
+          _mm_prefetch(reinterpret_cast<const char*>(g_next + reg.sc + ub * 128 + line), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(g_next + reg.mn + ub * 128 + line), _MM_HINT_T0);
+        }
       }
       const auto uh = static_cast<size_t>(h);
       __m256i total[T];
       for (int t = 0; t < T; ++t) total[t] = _mm256_setzero_si256();
+#pragma GCC unroll 8
       for (int j = 0; j < 8; ++j) {
         const uint8_t* qs = grp + reg.qs + ub * reg.qs_block + 512 * static_cast<size_t>(j / 2) + 32 * uh;
         __m256i w[8];
@@ -295,6 +304,9 @@ void group_tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int
       if (h == 0) {
         for (size_t line = 0; line < reg.qs_block; line += 64) _mm_prefetch(reinterpret_cast<const char*>(ql + reg.total + line), _MM_HINT_T0);
         for (size_t line = 0; line < 1024; line += 64) _mm_prefetch(reinterpret_cast<const char*>(qh + reg.total + line), _MM_HINT_T0);
+        // And the next group's scales, separate streams.
+        for (size_t line = 0; line < 256; line += 64) _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.sc + ub * 256 + line), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.d + ub * 32), _MM_HINT_T0);
       }
       const auto uh = static_cast<size_t>(h);
       __m256i total[T];
@@ -303,6 +315,7 @@ void group_tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int
         // The offset's share: vpmaddwd of (scale_2q, scale_2q+1) lane pairs with the token's
         // (-sum_2q, -sum_2q+1), times 32.
         __m256i scq[8];
+#pragma GCC unroll 8
         for (int q = 0; q < 8; ++q) {
           const uint8_t* s = grp + reg.sc + ub * 256 + 32 * static_cast<size_t>(q) + 8 * uh;
           scq[q] = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(load64(s), load64(s + 16)));
@@ -319,6 +332,8 @@ void group_tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int
           total[t] = _mm256_slli_epi32(off, 5);
         });
       }
+      // Unrolled: every offset and shift below becomes a constant.
+#pragma GCC unroll 16
       for (int j = 0; j < 16; ++j) {
         const int hh = j / 8, quarter = j % 8 / 2, half = j % 2;
         __m256i w[4];
