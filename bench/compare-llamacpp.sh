@@ -2,20 +2,29 @@
 # hearth against llama.cpp on the same model file, the same threads, in one run: llama-bench's
 # pp<P> (P prompt tokens in batches of 512) and tg<N> (N tokens one at a time, after a BOS),
 # random tokens, one warm-up each, repetitions alternating between the two (hearth, llama.cpp,
-# hearth, ...) so that a noisy machine disturbs both alike. Prints mean ± sd tokens/s, the ratio
-# hearth / llama.cpp per test, and tg against the memory-bandwidth limit. -d DEPTH fills the
-# context with DEPTH random tokens (untimed) before each test; --kv-type f16|f32|q8_0 picks both
-# sides' KV cache (llama.cpp gets type_k = type_v = it, and flash attention for q8_0, without
-# which it has no quantized V cache).
+# hearth, ...) so that a noisy machine disturbs both alike. Prints the CPU (model, SIMD flags,
+# HEARTH_CPU_LEVEL when set), mean ± sd tokens/s, the ratio hearth / llama.cpp per test, and tg
+# against the memory-bandwidth limit. -d DEPTH fills the context with DEPTH random tokens
+# (untimed) before each test; --kv-type f16|f32|q8_0 picks both sides' KV cache (llama.cpp gets
+# type_k = type_v = it, and flash attention for q8_0, without which it has no quantized V cache).
 #
 #   bench/compare-llamacpp.sh MODEL.gguf [-p 512] [-n 128] [-d 0] [-r 3] [-t THREADS] [--kv-type f16]
 #
-# llama.cpp is taken from llama-cpp-python (its bundled libllama): LLAMA_CPP_PYTHON names a
-# python that has it (default: python3); `pip install llama-cpp-python` builds it from source.
+# The reference is upstream llama.cpp's own `llama-bench` when LLAMA_BENCH names the binary
+# (built by hand from a llama.cpp checkout, outside this repository, e.g.
+#   cmake -S llama.cpp -B llama.cpp/build -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF
+#   cmake --build llama.cpp/build -j --target llama-bench
+# ; GGML_NATIVE=OFF with GGML_AVX2=ON etc. for an AVX2-only build to set beside
+# HEARTH_CPU_LEVEL=avx2), run as `llama-bench -m MODEL -p P -n N -t T -r 1 -o json` per
+# repetition with its defaults otherwise (its own warm-up, flash attention auto, batch 2048,
+# micro-batch 512; LLAMA_BENCH_ARGS adds options). Without LLAMA_BENCH, llama.cpp is taken from llama-cpp-python (its bundled
+# libllama, driven from a Python loop; slower than llama-bench on small models): LLAMA_CPP_PYTHON
+# names a python that has it (default: python3); `pip install llama-cpp-python` builds it.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HEARTH="${HEARTH:-$ROOT/build/bin/hearth}"
 PY="${LLAMA_CPP_PYTHON:-python3}"
+LLAMA_BENCH="${LLAMA_BENCH:-}"
 MODEL="${1:?usage: bench/compare-llamacpp.sh MODEL.gguf [-p 512] [-n 128] [-d 0] [-r 3] [-t THREADS] [--kv-type f16]}"; shift
 P=512 N=128 D=0 R=3 T="$(nproc)" KV=f16
 while [[ $# -gt 0 ]]; do
@@ -29,10 +38,22 @@ while [[ $# -gt 0 ]]; do
     *) echo "compare-llamacpp.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
-"$PY" -c 'import llama_cpp' 2>/dev/null || {
-  echo "compare-llamacpp.sh: $PY cannot import llama_cpp: pip install llama-cpp-python (or set LLAMA_CPP_PYTHON)" >&2
-  exit 1
-}
+if [[ -n "$LLAMA_BENCH" ]]; then
+  [[ -x "$LLAMA_BENCH" ]] || { echo "compare-llamacpp.sh: LLAMA_BENCH=$LLAMA_BENCH is not an executable" >&2; exit 1; }
+  LLAMA_ARGS=(-m "$MODEL" -t "$T" -r 1 -o json -ctk "$KV" -ctv "$KV")
+  # LLAMA_BENCH_ARGS: more llama-bench options, e.g. "--poll 0" (no busy-waiting threads: its
+  # default spins, which a machine with other work on every core punishes).
+  if [[ -n "${LLAMA_BENCH_ARGS:-}" ]]; then read -r -a EXTRA <<<"$LLAMA_BENCH_ARGS"; LLAMA_ARGS+=("${EXTRA[@]}"); fi
+  # llama-bench runs each of -p and -n as its own test; 0 turns one off.
+  LLAMA_ARGS+=(-p "$P" -n "$N")
+  if [[ "$D" -gt 0 ]]; then LLAMA_ARGS+=(-d "$D"); fi
+  if [[ "$KV" == q8_0 ]]; then LLAMA_ARGS+=(-fa on); fi
+else
+  "$PY" -c 'import llama_cpp' 2>/dev/null || {
+    echo "compare-llamacpp.sh: set LLAMA_BENCH=/path/to/llama-bench, or $PY cannot import llama_cpp: pip install llama-cpp-python (or set LLAMA_CPP_PYTHON)" >&2
+    exit 1
+  }
+fi
 
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
@@ -41,6 +62,24 @@ for rep in $(seq 1 "$R"); do
   "$HEARTH" bench -m "$MODEL" -p "$P" -n "$N" -d "$D" --kv-type "$KV" -r 1 -t "$T" -o json 2>/dev/null \
     >"$TMP/hearth-$rep.json"
   echo "repetition $rep/$R: llama.cpp" >&2
+  if [[ -n "$LLAMA_BENCH" ]]; then
+    "$LLAMA_BENCH" "${LLAMA_ARGS[@]}" 2>"$TMP/llama-bench-$rep.log" >"$TMP/llama-bench-$rep.json" || {
+      echo "compare-llamacpp.sh: llama-bench failed:" >&2; tail -5 "$TMP/llama-bench-$rep.log" >&2; exit 1
+    }
+    # llama-bench's JSON (one object per test) -> {"pp512": tokens/s, "tg128": tokens/s}
+    python3 - "$TMP/llama-bench-$rep.json" >"$TMP/llama-$rep.json" <<'PY'
+import json, sys
+out = {}
+for t in json.load(open(sys.argv[1])):
+    name = f"pp{t['n_prompt']}" if t["n_gen"] == 0 else f"tg{t['n_gen']}"
+    if t.get("n_depth", 0) > 0:
+        name += f" @ d{t['n_depth']}"
+    out[name] = t["avg_ts"]
+    out["_info"] = {k: t.get(k) for k in ("build_commit", "cpu_info", "backends", "flash_attn", "n_threads")}
+print(json.dumps(out))
+PY
+    continue
+  fi
   "$PY" - "$MODEL" "$P" "$N" "$D" "$T" "$KV" >"$TMP/llama-$rep.json" <<'PY'
 import json, random, sys, time
 import llama_cpp
@@ -78,17 +117,34 @@ print(json.dumps(out))
 PY
 done
 
-python3 - "$TMP" "$R" "$MODEL" "$T" "$KV" <<'PY'
+# The CPU: its model and the SIMD extensions the kernels of both sides may use.
+CPU_MODEL="$(grep -m1 -E '^(model name|Model|Hardware)' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//')"
+CPU_FLAGS="$(grep -m1 -E '^(flags|Features)' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | tr ' ' '\n' |
+  grep -E '^(avx|avx2|fma|f16c|avx512f|avx512bw|avx512vl|avx512_vnni|avx512_bf16|avx_vnni|amx_int8|asimd|asimddp|i8mm|sve|sve2)$' |
+  tr '\n' ' ' || true)"
+python3 - "$TMP" "$R" "$MODEL" "$T" "$KV" "${CPU_MODEL:-unknown CPU}" "${CPU_FLAGS:-}" "${HEARTH_CPU_LEVEL:-}" \
+  "${LLAMA_BENCH:-llama-cpp-python}" <<'PY'
 import json, statistics, sys, os
 tmp, reps, model, threads, kv = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
-hearth, llama, info = {}, {}, None
+cpu_model, cpu_flags, level, reference = sys.argv[6], sys.argv[7].strip(), sys.argv[8], sys.argv[9]
+hearth, llama, info, llama_info = {}, {}, None, None
 for rep in range(1, reps + 1):
     h = json.load(open(os.path.join(tmp, f"hearth-{rep}.json")))
     info = h
     for t in h["tests"]:
         hearth.setdefault(t["test"], []).append(t["tokens_per_s_mean"])
     for name, v in json.load(open(os.path.join(tmp, f"llama-{rep}.json"))).items():
+        if name == "_info":
+            llama_info = v
+            continue
         llama.setdefault(name, []).append(v)
+print(f"CPU: {cpu_model}; SIMD: {cpu_flags or '-'}" + (f"; HEARTH_CPU_LEVEL={level}" if level else ""))
+if llama_info:
+    extra = os.environ.get("LLAMA_BENCH_ARGS", "")
+    print(f"llama.cpp: llama-bench {llama_info['build_commit']} ({reference}{', ' + extra if extra else ''}), "
+          f"backends {llama_info['backends']}, flash_attn {llama_info['flash_attn']}")
+else:
+    print(f"llama.cpp: llama-cpp-python ({reference})")
 def ms(v):
     return f"{statistics.mean(v):.1f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.1f}"
 print(f"model {os.path.basename(model)} ({info['model_type']}, {info['size_bytes'] / 2**20:.1f} MiB), {threads} threads, "

@@ -6,6 +6,9 @@
 
 #include "core/error.h"
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#endif
 #if defined(__aarch64__) && defined(__linux__)
 #include <asm/hwcap.h>
 #include <sys/auxv.h>
@@ -86,6 +89,21 @@ bool cpu_has_vnni() {
 #endif
 }
 
+bool cpu_has_avx_vnni() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  // CPUID leaf 7 sub-leaf 1, EAX bit 4; the ymm state is enabled wherever the Avx2 level is.
+  static const bool avx_vnni = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (!cpu_level_supported(CpuLevel::Avx2) || __get_cpuid_max(0, nullptr) < 7) return false;
+    __cpuid_count(7, 1, eax, ebx, ecx, edx);
+    return (eax & (1u << 4)) != 0;
+  }();
+  return avx_vnni;
+#else
+  return false;
+#endif
+}
+
 namespace {
 
 CpuLevel decide_level() {
@@ -112,9 +130,11 @@ CpuLevel cpu_level() {
 std::string cpu_description() {
   const CpuLevel active = cpu_level();
   const CpuLevel supported = cpu_supported_level();
-  const std::string hw = std::string(cpu_level_name(supported)) + (cpu_has_vnni() ? " vnni" : "");
+  const std::string hw = std::string(cpu_level_name(supported)) + (cpu_has_vnni() ? " vnni" : "") +
+                         (cpu_has_avx_vnni() ? " avx-vnni" : "");
   if (active != supported) return std::string(cpu_level_name(active)) + " (HEARTH_CPU_LEVEL; cpu has " + hw + ")";
   if (active == CpuLevel::Avx512) return cpu_has_vnni() ? "avx512 (vnni)" : "avx512 (no vnni)";
+  if (active == CpuLevel::Avx2 && cpu_has_avx_vnni()) return "avx2 (avx-vnni)";
   return std::string(cpu_level_name(active));
 }
 

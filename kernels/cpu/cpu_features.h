@@ -34,6 +34,8 @@ CpuLevel cpu_supported_level();
 bool cpu_level_supported(CpuLevel level);
 // AVX-512 VNNI (vpdpbusd), usable only together with the Avx512 level.
 bool cpu_has_vnni();
+// AVX-VNNI (the VEX vpdpbusd on ymm: Alder Lake and later, Zen 5), usable from the Avx2 level.
+bool cpu_has_avx_vnni();
 
 // The level the kernels use: cpu_supported_level(), or the lower one named by the environment
 // variable HEARTH_CPU_LEVEL (one of the names above; for tests and comparisons). Decided on the

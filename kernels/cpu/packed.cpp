@@ -417,36 +417,73 @@ void packed_gemm_ref(DType type, const void* w, int64_t k, int64_t m, int64_t g0
 namespace {
 
 #if defined(HEARTH_X86_KERNELS)
+void quantize_avx2(DType type, const float* x, void* out, int64_t k) { quantize_at(CpuLevel::Avx2, type, x, out, k); }
 void quantize_avx512(DType type, const float* x, void* out, int64_t k) { quantize_at(CpuLevel::Avx512, type, x, out, k); }
+
+// One instruction set's kernels for the seven packable types, in packable order.
+#define HEARTH_PACKED_SET(ns, quantize)                                                                           \
+  {                                                                                                               \
+    PackedKernel{quantize, x86::ns::packed_gemm_q4_0}, PackedKernel{quantize, x86::ns::packed_gemm_q4_1},          \
+        PackedKernel{quantize, x86::ns::packed_gemm_q5_0}, PackedKernel{quantize, x86::ns::packed_gemm_q5_1},      \
+        PackedKernel{quantize, x86::ns::packed_gemm_q8_0}, PackedKernel{quantize, x86::ns::packed_gemm_q4_K},      \
+        PackedKernel{quantize, x86::ns::packed_gemm_q6_K},                                                         \
+  }
+const PackedKernel kAvx512[] = HEARTH_PACKED_SET(avx512, quantize_avx512);
+const PackedKernel kAvx2[] = HEARTH_PACKED_SET(avx2, quantize_avx2);
+#if defined(HEARTH_X86_AVXVNNI)
+const PackedKernel kAvxVnni[] = HEARTH_PACKED_SET(avxvnni, quantize_avx2);
 #endif
+const PackedKernel kAvx2Evex[] = HEARTH_PACKED_SET(avx2_evex, quantize_avx512);
+#undef HEARTH_PACKED_SET
+#endif
+
+// The index of a packable type in the sets above, or -1.
+int packed_index(DType type) {
+  switch (type) {
+    case DType::Q4_0: return 0;
+    case DType::Q4_1: return 1;
+    case DType::Q5_0: return 2;
+    case DType::Q5_1: return 3;
+    case DType::Q8_0: return 4;
+    case DType::Q4_K: return 5;
+    case DType::Q6_K: return 6;
+    default: return -1;
+  }
+}
 
 }  // namespace
 
 const PackedKernel* packed_kernel(DType type, CpuLevel level) {
+  const int i = packed_index(type);
+  if (i < 0 || !cpu_level_supported(level)) return nullptr;
 #if defined(HEARTH_X86_KERNELS)
-  if (level == CpuLevel::Avx512 && cpu_level_supported(CpuLevel::Avx512) && cpu_has_vnni()) {
-    static const PackedKernel q4_0{quantize_avx512, x86::avx512::packed_gemm_q4_0};
-    static const PackedKernel q4_1{quantize_avx512, x86::avx512::packed_gemm_q4_1};
-    static const PackedKernel q5_0{quantize_avx512, x86::avx512::packed_gemm_q5_0};
-    static const PackedKernel q5_1{quantize_avx512, x86::avx512::packed_gemm_q5_1};
-    static const PackedKernel q8_0{quantize_avx512, x86::avx512::packed_gemm_q8_0};
-    static const PackedKernel q4_k{quantize_avx512, x86::avx512::packed_gemm_q4_K};
-    static const PackedKernel q6_k{quantize_avx512, x86::avx512::packed_gemm_q6_K};
-    switch (type) {
-      case DType::Q4_0: return &q4_0;
-      case DType::Q4_1: return &q4_1;
-      case DType::Q5_0: return &q5_0;
-      case DType::Q5_1: return &q5_1;
-      case DType::Q8_0: return &q8_0;
-      case DType::Q4_K: return &q4_k;
-      case DType::Q6_K: return &q6_k;
-      default: return nullptr;
-    }
+  if (level == CpuLevel::Avx512 && cpu_has_vnni()) return &kAvx512[i];
+  // The ymm kernels serve the avx2 level, and the avx512 level of a CPU without VNNI.
+  if (level == CpuLevel::Avx2 || level == CpuLevel::Avx512) {
+#if defined(HEARTH_X86_AVXVNNI)
+    if (cpu_has_avx_vnni()) return &kAvxVnni[i];
+#endif
+    return &kAvx2[i];
   }
 #endif
-  (void)type;
-  (void)level;
   return nullptr;
+}
+
+std::vector<PackedVariant> packed_kernel_variants(DType type) {
+  std::vector<PackedVariant> out;
+  const int i = packed_index(type);
+  if (i < 0) return out;
+#if defined(HEARTH_X86_KERNELS)
+  if (cpu_level_supported(CpuLevel::Avx2)) out.push_back({"avx2", &kAvx2[i]});
+#if defined(HEARTH_X86_AVXVNNI)
+  if (cpu_has_avx_vnni()) out.push_back({"avx2 avx-vnni", &kAvxVnni[i]});
+#endif
+  if (cpu_level_supported(CpuLevel::Avx512) && cpu_has_vnni()) {
+    out.push_back({"avx2 vpdpbusd (evex)", &kAvx2Evex[i]});
+    out.push_back({"avx512", &kAvx512[i]});
+  }
+#endif
+  return out;
 }
 
 }  // namespace hearth::kernels

@@ -1,5 +1,5 @@
 // Weights repacked for the CPU matmul: 16 rows interleaved so that one 512-bit integer dot
-// product computes a partial sum for each of 16 rows at once, against one token's four
+// product (or two 256-bit ones, on AVX2) computes a partial sum for each of 16 rows at once, against one token's four
 // activation bytes broadcast to every lane. The sum of a block stays in its row's lane, so no
 // horizontal reduction is ever needed, and one decoded weight block serves up to
 // kPackTokens tokens from registers. The CPU backend repacks a weight at load when its type and
@@ -41,6 +41,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "core/dtype.h"
 #include "kernels/cpu/cpu_features.h"
@@ -122,6 +123,15 @@ struct PackedKernel {
 // The packed kernels for weights of `type` at `level`, or nullptr where there are none (the
 // weight then stays in its native layout and goes through dot_kernel()).
 const PackedKernel* packed_kernel(DType type, CpuLevel level);
+
+// Every packed kernel set this CPU can run, for tests and the kernel lab: the one
+// packed_kernel() picks for each level plus variants it never picks here (the ymm kernels'
+// vpdpbusd arithmetic in EVEX form on AVX-512 machines, which mostly lack AVX-VNNI).
+struct PackedVariant {
+  const char* name;
+  const PackedKernel* kernel;
+};
+std::vector<PackedVariant> packed_kernel_variants(DType type);
 
 // The scalar model of the packed arithmetic (any level): what the SIMD kernels compute, in
 // the same order per lane; tests compare them bit for bit and both with ref::vec_dot.

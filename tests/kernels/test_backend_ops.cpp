@@ -3,8 +3,9 @@
 // Backend::write, outputs come back with Backend::read; nothing here touches backend memory.
 //
 // Backends register in backend_configs(): the CPU backend at every SIMD level of this build's
-// architecture (a level the CPU lacks reports itself skipped), the AVX-512 level once more with
-// its weights in native rows (the packed and unpacked matmuls are different kernels), and every
+// architecture (a level the CPU lacks reports itself skipped), the AVX2 and AVX-512 levels once
+// more with their weights in native rows (the packed and unpacked matmuls are different
+// kernels), and every
 // device that kernels::list_backends() finds for the other backends compiled in. A new backend
 // gets every case below by appearing there; an op or type it lacks says so through supports()
 // and the case is skipped with that reason.
@@ -60,7 +61,7 @@ std::vector<BackendConfig> backend_configs() {
     const std::string name = "cpu_" + std::string(cpu_level_name(level));
     const std::string why = cpu_level_supported(level) ? "" : "this CPU (or build) lacks " + std::string(cpu_level_name(level));
     out.push_back({name, [level] { return std::make_unique<CpuBackend>(kThreads, level, true); }, why});
-    if (level == CpuLevel::Avx512) {
+    if (level == CpuLevel::Avx2 || level == CpuLevel::Avx512) {
       out.push_back({name + "_native_rows", [level] { return std::make_unique<CpuBackend>(kThreads, level, false); }, why});
     }
   }

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <random>
 #include <string>
@@ -142,10 +143,14 @@ TEST_P(PackedType, ScalarModelAgreesWithReferenceDots) {
 TEST_P(PackedType, SimdKernelsGiveTheScalarModelsBits) {
   const DType type = GetParam();
   int levels = 0;
+  // Every level's kernels, and the variants no level picks on this CPU (packed_kernel_variants).
+  std::vector<PackedVariant> variants;
   for (const CpuLevel level : kAllCpuLevels) {
-    if (!cpu_level_supported(level)) continue;
-    const PackedKernel* kernel = packed_kernel(type, level);
-    if (kernel == nullptr) continue;
+    if (!cpu_level_supported(level) || packed_kernel(type, level) == nullptr) continue;
+    variants.push_back({cpu_level_name(level).data(), packed_kernel(type, level)});
+  }
+  for (const PackedVariant& v : packed_kernel_variants(type)) variants.push_back(v);
+  for (const auto& [name, kernel] : variants) {
     ++levels;
     std::mt19937 rng(3);
     const int64_t k = row_of(type, 5), m = 53;  // four groups, the last one of five rows
@@ -162,7 +167,7 @@ TEST_P(PackedType, SimdKernelsGiveTheScalarModelsBits) {
     for (int64_t t = 0; t < max_n; ++t) {
       kernel->quantize(type, x.data() + t * k, xa_simd.data() + 1 + static_cast<size_t>(t) * stride, k);
     }
-    ASSERT_EQ(0, std::memcmp(xa.data(), xa_simd.data() + 1, xa.size())) << cpu_level_name(level);
+    ASSERT_EQ(0, std::memcmp(xa.data(), xa_simd.data() + 1, xa.size())) << name;
     for (int64_t n = 1; n <= max_n; ++n) {
       for (const auto& [g0, g1] : {std::pair<int64_t, int64_t>{0, 4}, {1, 3}, {3, 4}}) {
         std::vector<float> want(static_cast<size_t>(m * n), NAN), got(want.size(), NAN);
@@ -174,7 +179,7 @@ TEST_P(PackedType, SimdKernelsGiveTheScalarModelsBits) {
             EXPECT_TRUE(std::isnan(got[i])) << "wrote outside its groups at " << i;
             continue;
           }
-          ASSERT_EQ(want[i], got[i]) << cpu_level_name(level) << " n=" << n << " groups [" << g0 << ", " << g1
+          ASSERT_EQ(want[i], got[i]) << name << " n=" << n << " groups [" << g0 << ", " << g1
                                      << ") token " << i / m << " row " << i % m;
         }
       }
@@ -239,6 +244,73 @@ TEST_P(PackedType, GetRowsReadsPackedTablesExactly) {
 }
 
 std::string type_name(const ::testing::TestParamInfo<DType>& info) { return std::string(dtype_name(info.param)); }
+
+// The largest quants every format can hold (all nibbles and fifth bits set, Q8_0 at -128,
+// Q4_K's 6-bit scales and mins at 63, Q6_K's scales at -128) against activations all at +127
+// or all at -127: the integer sums where narrow SIMD steps (vpmaddubsw's int16 pairs) would
+// saturate or wrap first, if their bounds were wrong. Every kernel must still give the model's
+// bits.
+TEST_P(PackedType, SimdKernelsExactAtTheExtremes) {
+  const DType type = GetParam();
+  std::mt19937 rng(5);
+  const int64_t k = row_of(type, 4), m = 21;
+  std::vector<uint8_t> native = random_rows(type, k, m, rng);
+  const size_t block = dtype_block_bytes(type);
+  for (size_t at = 0; at < native.size(); at += block) {
+    uint8_t* b = native.data() + at;
+    const auto fill = [&](size_t offset, size_t len, uint8_t v) { std::memset(b + offset, v, len); };
+    switch (type) {
+      case DType::Q4_0: fill(offsetof(BlockQ4_0, qs), sizeof(BlockQ4_0::qs), 0xFF); break;
+      case DType::Q4_1: fill(offsetof(BlockQ4_1, qs), sizeof(BlockQ4_1::qs), 0xFF); break;
+      case DType::Q5_0:
+        fill(offsetof(BlockQ5_0, qs), sizeof(BlockQ5_0::qs), 0xFF);
+        fill(offsetof(BlockQ5_0, qh), sizeof(BlockQ5_0::qh), 0xFF);
+        break;
+      case DType::Q5_1:
+        fill(offsetof(BlockQ5_1, qs), sizeof(BlockQ5_1::qs), 0xFF);
+        fill(offsetof(BlockQ5_1, qh), sizeof(BlockQ5_1::qh), 0xFF);
+        break;
+      case DType::Q8_0: fill(offsetof(BlockQ8_0, qs), sizeof(BlockQ8_0::qs), 0x80); break;
+      case DType::Q4_K:
+        fill(offsetof(BlockQ4_K, qs), sizeof(BlockQ4_K::qs), 0xFF);
+        fill(offsetof(BlockQ4_K, scales), sizeof(BlockQ4_K::scales), 0xFF);
+        break;
+      case DType::Q6_K:
+        fill(offsetof(BlockQ6_K, ql), sizeof(BlockQ6_K::ql), 0xFF);
+        fill(offsetof(BlockQ6_K, qh), sizeof(BlockQ6_K::qh), 0xFF);
+        fill(offsetof(BlockQ6_K, scales), sizeof(BlockQ6_K::scales), 0x80);
+        break;
+      default: FAIL() << "no extremes for " << dtype_name(type);
+    }
+  }
+  const Packed packed(type, native, k, m);
+  const int64_t n = 6;  // tokens alternately all +1 and all -1: quants all +-127
+  std::vector<float> x(static_cast<size_t>(k * n));
+  for (int64_t t = 0; t < n; ++t) {
+    for (int64_t i = 0; i < k; ++i) x[static_cast<size_t>(t * k + i)] = t % 2 == 0 ? 1.0f : -1.0f;
+  }
+  const std::vector<uint8_t> xa = packed_acts(type, x, k, n);
+  const size_t stride = packed_act_row_bytes(type, k);
+  std::vector<float> want(static_cast<size_t>(m * n));
+  packed_gemm_ref(type, packed.bytes.data(), k, m, 0, packed_groups(m), xa.data(), stride, n, want.data(), m);
+  int kernels = 0;
+  std::vector<PackedVariant> variants;
+  for (const CpuLevel level : kAllCpuLevels) {
+    if (cpu_level_supported(level) && packed_kernel(type, level) != nullptr) {
+      variants.push_back({cpu_level_name(level).data(), packed_kernel(type, level)});
+    }
+  }
+  for (const PackedVariant& v : packed_kernel_variants(type)) variants.push_back(v);
+  for (const auto& [name, kernel] : variants) {
+    ++kernels;
+    for (int64_t tokens = 1; tokens <= n; ++tokens) {
+      std::vector<float> got(static_cast<size_t>(m * tokens), NAN);
+      kernel->gemm(packed.bytes.data(), k, m, 0, packed_groups(m), xa.data(), stride, tokens, got.data(), m);
+      for (size_t i = 0; i < got.size(); ++i) ASSERT_EQ(want[i], got[i]) << name << " tokens=" << tokens << " at " << i;
+    }
+  }
+  if (kernels == 0) GTEST_SKIP() << "no packed kernels on this CPU";
+}
 
 INSTANTIATE_TEST_SUITE_P(Types, PackedType, ::testing::ValuesIn(kTypes), type_name);
 

@@ -113,8 +113,17 @@ void group_tile_k4(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int
     const auto ub = static_cast<size_t>(b);
     const uint8_t* next = grp + reg.total + reg.qs + ub * reg.qs_block;
     for (size_t line = 0; line < reg.qs_block; line += 64) _mm_prefetch(reinterpret_cast<const char*>(next + line), _MM_HINT_T0);
+    // And the next group's scales and mins, which are separate streams.
+    const uint8_t* g_next = grp + reg.total;
+    _mm_prefetch(reinterpret_cast<const char*>(g_next + reg.d + ub * 32), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(g_next + reg.m + ub * 32), _MM_HINT_T0);
+    for (size_t line = 0; line < 128; line += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(g_next + reg.sc + ub * 128 + line), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(g_next + reg.mn + ub * 128 + line), _MM_HINT_T0);
+    }
     __m512i total[T];
     for (int t = 0; t < T; ++t) total[t] = _mm512_setzero_si512();
+#pragma GCC unroll 8
     for (int j = 0; j < 8; ++j) {
       const uint8_t* qs = grp + reg.qs + ub * reg.qs_block + 512 * static_cast<size_t>(j / 2);
       __m512i w[8];
@@ -172,8 +181,12 @@ void group_tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int
     const uint8_t* qh = grp + reg.qh + ub * 1024;
     for (size_t line = 0; line < reg.qs_block; line += 64) _mm_prefetch(reinterpret_cast<const char*>(ql + reg.total + line), _MM_HINT_T0);
     for (size_t line = 0; line < 1024; line += 64) _mm_prefetch(reinterpret_cast<const char*>(qh + reg.total + line), _MM_HINT_T0);
+    for (size_t line = 0; line < 256; line += 64) _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.sc + ub * 256 + line), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.d + ub * 32), _MM_HINT_T0);
     __m512i total[T];
     for (int t = 0; t < T; ++t) total[t] = _mm512_setzero_si512();
+    // Unrolled: every offset and shift below becomes a constant.
+#pragma GCC unroll 16
     for (int j = 0; j < 16; ++j) {
       const int h = j / 8, quarter = j % 8 / 2, half = j % 2;
       __m512i w[4];

@@ -1,0 +1,446 @@
+// The packed-weight matmul with 256-bit vectors (layout: kernels/cpu/packed.h), written once and
+// compiled per instruction set by the file that includes it, which defines
+//   HEARTH_PACKED_NS      the namespace under hearth::kernels::x86 (avx2, avxvnni, avx2_evex)
+//   HEARTH_PACKED_DPBUSD  0: AVX2 integer dots (vpmaddubsw + vpmaddwd); 1: AVX-VNNI's VEX
+//                         vpdpbusd; 2: the EVEX vpdpbusd of AVX-512 VNNI + VL on ymm (the same
+//                         arithmetic as 1, so that it can be tested on a machine without AVX-VNNI)
+//
+// A 16-row group is two halves of eight rows: the 64 bytes of a k-step hold four bytes of each
+// row, so its first 32 bytes are rows 0-7 and the next 32 rows 8-15, one ymm each, lane r
+// holding row r's partial sum. Per block and half, the quants are decoded once into registers;
+// then every token of a tile (up to kAvx2Tile) runs its products against them with its four
+// activation bytes broadcast. The integer sums are exact (bounds below), so the per-lane
+// arithmetic is packed_gemm_ref's and a token's result never depends on its company.
+//
+// Bounds of the AVX2 path (vpmaddubsw saturates each pair sum at int16; activation quants are in
+// [-127, 127], the quantizers' range): a pair of 4-bit products is at most 2 x 15 x 127 = 3810,
+// so eight k-steps add up in int16 (30480); 5-bit: 7874, four k-steps (31496); 6-bit (Q6_K):
+// 16002, two; Q8_0's u8 q + 128 would overflow, so its products are |q| x sign(a, q) (at most
+// 2 x 128 x 127 = 32512 each, widened to int32 at once). The sub-block scales of the k-quants
+// enter through vpmaddwd against (scale, scale) pairs, which sums and scales in one instruction.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+#include "core/dtype.h"
+#include "kernels/cpu/packed.h"
+#include "kernels/cpu/x86/packed_x86.h"
+
+#if !defined(HEARTH_PACKED_NS) || !defined(HEARTH_PACKED_DPBUSD)
+#error "define HEARTH_PACKED_NS and HEARTH_PACKED_DPBUSD before including packed_avx2_impl.h"
+#endif
+
+namespace hearth::kernels::x86::HEARTH_PACKED_NS {
+namespace {
+
+constexpr bool kDpbusd = HEARTH_PACKED_DPBUSD != 0;
+// Tokens per register tile: a half-group's eight decoded registers and the tile's accumulators
+// (and int32 totals) share sixteen ymm registers.
+constexpr int kAvx2Tile = 4;
+
+[[gnu::always_inline]] inline __m256i dpbusd(__m256i acc, __m256i u8, __m256i s8) {
+#if HEARTH_PACKED_DPBUSD == 1
+  return _mm256_dpbusd_avx_epi32(acc, u8, s8);
+#elif HEARTH_PACKED_DPBUSD == 2
+  return _mm256_dpbusd_epi32(acc, u8, s8);
+#else
+  (void)u8;
+  (void)s8;
+  return acc;  // never called without vpdpbusd
+#endif
+}
+
+inline int32_t load_i32(const uint8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline float load_f32(const uint8_t* p) {
+  float v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline uint64_t load_u64(const uint8_t* p) {
+  uint64_t v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline __m256i load256(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+inline __m128i load128(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
+inline __m128i load64(const uint8_t* p) { return _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)); }
+inline __m256i bcast32(const uint8_t* p) { return _mm256_set1_epi32(load_i32(p)); }
+// Eight f16 -> eight floats.
+inline __m256 load_f16x8(const uint8_t* p) { return _mm256_cvtph_ps(load128(p)); }
+// Eight bytes -> lanes of (v, v) int16 pairs, unsigned or signed: vpmaddwd's operand that scales
+// both int16 halves of a lane by the lane's byte.
+inline __m256i pairs_u8(const uint8_t* p) {
+  const __m128i b = load64(p);
+  return _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(b, b));
+}
+inline __m256i pairs_i8(const uint8_t* p) {
+  const __m128i b = load64(p);
+  return _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(b, b));
+}
+// 32 bits (bit 4 r + c: row r, column c of a k-step) -> 0x10 in the bytes whose bit is set.
+inline __m256i fifth_bits(uint32_t bits) {
+  const __m256i spread = _mm256_shuffle_epi8(
+      _mm256_set1_epi32(static_cast<int32_t>(bits)),
+      _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+  const __m256i bit = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ull));
+  return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(0x10));
+}
+// Stores the first `rows` (0..8) lanes.
+inline void store_rows(float* y, __m256 v, int64_t rows) {
+  if (rows >= 8) {
+    _mm256_storeu_ps(y, v);
+  } else if (rows > 0) {
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(rows)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    _mm256_maskstore_ps(y, mask, v);
+  }
+}
+
+template <int T, typename F>
+[[gnu::always_inline]] inline void each_token(F&& f) {
+  [&]<int... I>(std::integer_sequence<int, I...>) { (f(std::integral_constant<int, I>{}), ...); }(
+      std::make_integer_sequence<int, T>{});
+}
+
+// The 32-element types.
+template <DType Type, int T>
+void group_tile(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k, const uint8_t* xa,
+                size_t act_stride, float* y, int64_t y_stride, int64_t valid) {
+  constexpr PackedFormat f = packed_format(Type);
+  const size_t corr_at = static_cast<size_t>(k) + 4 * static_cast<size_t>(nb);
+  const __m256i low4 = _mm256_set1_epi8(0x0F), ones16 = _mm256_set1_epi16(1), flip = _mm256_set1_epi8(static_cast<char>(0x80));
+  // One half (eight rows) over all blocks, then the other: the tile's accumulators of one half
+  // and the eight decoded registers fit the sixteen ymm registers; the second half reads the
+  // group again from L1 / L2.
+  for (int h = 0; h < 2; ++h) {
+    __m256 acc[T] = {};
+    for (int64_t b = 0; b < nb; ++b) {
+      const auto ub = static_cast<size_t>(b);
+      const uint8_t* qs = grp + reg.qs + ub * reg.qs_block;
+      if (h == 0) {
+        // The same block of the next group, one group ahead of its use (as the AVX-512 kernel).
+        const uint8_t* next = qs + reg.total;
+        for (size_t line = 0; line < reg.qs_block; line += 64) _mm_prefetch(reinterpret_cast<const char*>(next + line), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.d + ub * 32), _MM_HINT_T0);
+        if constexpr (f.has_min) _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.m + ub * 32), _MM_HINT_T0);
+        if constexpr (f.has_qh) _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.qh + ub * 64), _MM_HINT_T0);
+      }
+      __m256i w[8];
+      if constexpr (f.q8) {
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; ++j) {
+          w[j] = load256(qs + 64 * j + 32 * h);  // q + 128
+          if constexpr (!kDpbusd) w[j] = _mm256_xor_si256(w[j], flip);  // q
+        }
+      } else {
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) {
+          const __m256i p = load256(qs + 64 * i + 32 * h);
+          w[i] = _mm256_and_si256(p, low4);
+          w[i + 4] = _mm256_and_si256(_mm256_srli_epi16(p, 4), low4);
+        }
+        if constexpr (f.has_qh) {
+          const uint8_t* qh = grp + reg.qh + ub * 64;
+#pragma GCC unroll 8
+          for (int j = 0; j < 8; ++j) {
+            w[j] = _mm256_or_si256(w[j], fifth_bits(static_cast<uint32_t>(load_u64(qh + 8 * j) >> (32 * h))));
+          }
+        }
+      }
+      const __m256 dw = load_f16x8(grp + reg.d + ub * 32 + 16 * static_cast<size_t>(h));
+      __m256 mw = _mm256_setzero_ps();
+      if constexpr (f.has_min) mw = load_f16x8(grp + reg.m + ub * 32 + 16 * static_cast<size_t>(h));
+      each_token<T>([&]<int t>(std::integral_constant<int, t>) {
+        const uint8_t* a = xa + static_cast<size_t>(t) * act_stride;
+        const uint8_t* aq = a + 32 * ub;
+        __m256i isum;
+        if constexpr (kDpbusd) {
+          // The stored quants are unsigned (Q8_0 as q + 128); the token's correction starts the
+          // first chain, as in the AVX-512 kernel.
+          __m256i s0 = f.has_min ? _mm256_setzero_si256() : _mm256_set1_epi32(load_i32(a + corr_at + 4 * ub));
+          __m256i s1 = _mm256_setzero_si256();
+#pragma GCC unroll 8
+          for (int j = 0; j < 8; j += 2) {
+            s0 = dpbusd(s0, w[j], bcast32(aq + 4 * j));
+            s1 = dpbusd(s1, w[j + 1], bcast32(aq + 4 * j + 4));
+          }
+          isum = _mm256_add_epi32(s0, s1);
+        } else if constexpr (f.q8) {
+          // sum q a directly: the stored offset and its correction cancel exactly.
+          __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+#pragma GCC unroll 8
+          for (int j = 0; j < 8; j += 2) {
+            const __m256i a0 = bcast32(aq + 4 * j), a1 = bcast32(aq + 4 * j + 4);
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w[j]), _mm256_sign_epi8(a0, w[j])), ones16));
+            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w[j + 1]), _mm256_sign_epi8(a1, w[j + 1])), ones16));
+          }
+          isum = _mm256_add_epi32(s0, s1);
+        } else {
+          constexpr int per16 = f.has_qh ? 4 : 8;  // k-steps whose pair sums int16 holds
+          __m256i s16[8 / per16];
+#pragma GCC unroll 2
+          for (int c = 0; c < 8 / per16; ++c) {
+            s16[c] = _mm256_maddubs_epi16(w[per16 * c], bcast32(aq + 4 * per16 * c));
+#pragma GCC unroll 8
+            for (int j = per16 * c + 1; j < per16 * c + per16; ++j) {
+              s16[c] = _mm256_add_epi16(s16[c], _mm256_maddubs_epi16(w[j], bcast32(aq + 4 * j)));
+            }
+          }
+          isum = _mm256_madd_epi16(s16[0], ones16);
+          if constexpr (per16 == 4) isum = _mm256_add_epi32(isum, _mm256_madd_epi16(s16[1], ones16));
+          if constexpr (!f.has_min) isum = _mm256_add_epi32(isum, _mm256_set1_epi32(load_i32(a + corr_at + 4 * ub)));
+        }
+        const __m256 scale = _mm256_mul_ps(dw, _mm256_set1_ps(load_f32(a + k + 4 * ub)));
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[t]);
+        if constexpr (f.has_min) acc[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(load_f32(a + corr_at + 4 * ub)), acc[t]);
+      });
+    }
+    for (int t = 0; t < T; ++t) store_rows(y + t * y_stride + 8 * h, acc[t], valid - 8 * h);
+  }
+}
+
+// Q4_K: per sub-block of 32 the same eight k-steps; on AVX2 the int16 sums meet the sub-block's
+// 6-bit scales in vpmaddwd, with vpdpbusd the int32 sums in vpmulld. The mins meet the token's
+// sums of 32 in four vpmaddwd (pairs of sub-blocks, the layout's order for vpdpwssd).
+template <int T>
+void group_tile_k4(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k, const uint8_t* xa,
+                   size_t act_stride, float* y, int64_t y_stride, int64_t valid) {
+  const size_t sums_at = static_cast<size_t>(k) + 4 * static_cast<size_t>(nb);
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  // One half (eight rows) over all super-blocks, then the other (see group_tile).
+  for (int h = 0; h < 2; ++h) {
+    __m256 acc[T] = {};
+    for (int64_t b = 0; b < nb; ++b) {
+      const auto ub = static_cast<size_t>(b);
+      const uint8_t* next = grp + reg.total + reg.qs + ub * reg.qs_block;
+      if (h == 0) {
+        for (size_t line = 0; line < reg.qs_block; line += 64) _mm_prefetch(reinterpret_cast<const char*>(next + line), _MM_HINT_T0);
+        // And the next group's scales and mins, which are separate streams.
+        const uint8_t* g_next = grp + reg.total;
+        _mm_prefetch(reinterpret_cast<const char*>(g_next + reg.d + ub * 32), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(g_next + reg.m + ub * 32), _MM_HINT_T0);
+        for (size_t line = 0; line < 128; line += 64) {
+          _mm_prefetch(reinterpret_cast<const char*>(g_next + reg.sc + ub * 128 + line), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(g_next + reg.mn + ub * 128 + line), _MM_HINT_T0);
+        }
+      }
+      const auto uh = static_cast<size_t>(h);
+      __m256i total[T];
+      for (int t = 0; t < T; ++t) total[t] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) {
+        const uint8_t* qs = grp + reg.qs + ub * reg.qs_block + 512 * static_cast<size_t>(j / 2) + 32 * uh;
+        __m256i w[8];
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; ++i) {
+          const __m256i p = load256(qs + 64 * i);
+          w[i] = _mm256_and_si256(j % 2 == 0 ? p : _mm256_srli_epi16(p, 4), low4);
+        }
+        const uint8_t* sc = grp + reg.sc + ub * 128 + 16 * static_cast<size_t>(j) + 8 * uh;
+        if constexpr (kDpbusd) {
+          const __m256i sc32 = _mm256_cvtepu8_epi32(load64(sc));
+          each_token<T>([&]<int t>(std::integral_constant<int, t>) {
+            const uint8_t* aq = xa + static_cast<size_t>(t) * act_stride + 256 * ub + 32 * static_cast<size_t>(j);
+            __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; i += 2) {
+              s0 = dpbusd(s0, w[i], bcast32(aq + 4 * i));
+              s1 = dpbusd(s1, w[i + 1], bcast32(aq + 4 * i + 4));
+            }
+            total[t] = _mm256_add_epi32(total[t], _mm256_mullo_epi32(_mm256_add_epi32(s0, s1), sc32));
+          });
+        } else {
+          const __m256i scp = pairs_u8(sc);
+          each_token<T>([&]<int t>(std::integral_constant<int, t>) {
+            const uint8_t* aq = xa + static_cast<size_t>(t) * act_stride + 256 * ub + 32 * static_cast<size_t>(j);
+            __m256i s16 = _mm256_maddubs_epi16(w[0], bcast32(aq));
+#pragma GCC unroll 8
+            for (int i = 1; i < 8; ++i) s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w[i], bcast32(aq + 4 * i)));
+            total[t] = _mm256_add_epi32(total[t], _mm256_madd_epi16(s16, scp));
+          });
+        }
+      }
+      const __m256 dw = load_f16x8(grp + reg.d + ub * 32 + 16 * uh);
+      const __m256 dmin = load_f16x8(grp + reg.m + ub * 32 + 16 * uh);
+      __m256i mn[4];
+      for (int q = 0; q < 4; ++q) mn[q] = _mm256_cvtepu8_epi16(load128(grp + reg.mn + ub * 128 + 32 * static_cast<size_t>(q) + 16 * uh));
+      each_token<T>([&]<int t>(std::integral_constant<int, t>) {
+        const uint8_t* a = xa + static_cast<size_t>(t) * act_stride;
+        const uint8_t* sums = a + sums_at + 16 * ub;
+        __m256i msum = _mm256_madd_epi16(mn[0], bcast32(sums));
+        for (int q = 1; q < 4; ++q) msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mn[q], bcast32(sums + 4 * q)));
+        const __m256 dx = _mm256_set1_ps(load_f32(a + k + 4 * ub));
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total[t]), _mm256_mul_ps(dw, dx), acc[t]);
+        acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, dx), acc[t]);
+      });
+    }
+    for (int t = 0; t < T; ++t) store_rows(y + t * y_stride + 8 * h, acc[t], valid - 8 * h);
+  }
+}
+
+// Q6_K: per sub-block of 16, four k-steps. With vpdpbusd each chain starts at the token's
+// -32 x sum of the 16 quants and the sum meets the int8 scale in vpmulld (as the AVX-512
+// kernel). On AVX2 the two int16 pair sums meet the scales in vpmaddwd, and the -32 offset is
+// added once per super-block: sum_j scale_j (-32 sum_j) = 32 sum over pairs of sub-blocks of
+// vpmaddwd((scale_2q, scale_2q+1), (-sum_2q, -sum_2q+1)), the sums recovered exactly from the
+// token's int32 corrections by an arithmetic shift.
+template <int T>
+void group_tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k, const uint8_t* xa,
+                   size_t act_stride, float* y, int64_t y_stride, int64_t valid) {
+  const size_t corr_at = static_cast<size_t>(k) + 4 * static_cast<size_t>(nb);
+  const __m256i low4 = _mm256_set1_epi8(0x0F), low2 = _mm256_set1_epi8(0x03);
+  // One half (eight rows) over all super-blocks, then the other (see group_tile).
+  for (int h = 0; h < 2; ++h) {
+    __m256 acc[T] = {};
+    for (int64_t b = 0; b < nb; ++b) {
+      const auto ub = static_cast<size_t>(b);
+      const uint8_t* ql = grp + reg.qs + ub * reg.qs_block;
+      const uint8_t* qh = grp + reg.qh + ub * 1024;
+      if (h == 0) {
+        for (size_t line = 0; line < reg.qs_block; line += 64) _mm_prefetch(reinterpret_cast<const char*>(ql + reg.total + line), _MM_HINT_T0);
+        for (size_t line = 0; line < 1024; line += 64) _mm_prefetch(reinterpret_cast<const char*>(qh + reg.total + line), _MM_HINT_T0);
+        // And the next group's scales, separate streams.
+        for (size_t line = 0; line < 256; line += 64) _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.sc + ub * 256 + line), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.d + ub * 32), _MM_HINT_T0);
+      }
+      const auto uh = static_cast<size_t>(h);
+      __m256i total[T];
+      for (int t = 0; t < T; ++t) total[t] = _mm256_setzero_si256();
+      if constexpr (!kDpbusd) {
+        // The offset's share: vpmaddwd of (scale_2q, scale_2q+1) lane pairs with the token's
+        // (-sum_2q, -sum_2q+1), times 32.
+        __m256i scq[8];
+#pragma GCC unroll 8
+        for (int q = 0; q < 8; ++q) {
+          const uint8_t* s = grp + reg.sc + ub * 256 + 32 * static_cast<size_t>(q) + 8 * uh;
+          scq[q] = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(load64(s), load64(s + 16)));
+        }
+        each_token<T>([&]<int t>(std::integral_constant<int, t>) {
+          const uint8_t* c = xa + static_cast<size_t>(t) * act_stride + corr_at + 64 * ub;
+          const __m256i neg0 = _mm256_srai_epi32(load256(c), 5), neg1 = _mm256_srai_epi32(load256(c + 32), 5);
+          // int16 -sum_0 .. -sum_15 in order; |sum| <= 16 x 127.
+          const __m256i neg = _mm256_permute4x64_epi64(_mm256_packs_epi32(neg0, neg1), 0xD8);
+          __m256i off = _mm256_madd_epi16(scq[0], _mm256_permutevar8x32_epi32(neg, _mm256_setzero_si256()));
+          for (int q = 1; q < 8; ++q) {
+            off = _mm256_add_epi32(off, _mm256_madd_epi16(scq[q], _mm256_permutevar8x32_epi32(neg, _mm256_set1_epi32(q))));
+          }
+          total[t] = _mm256_slli_epi32(off, 5);
+        });
+      }
+      // Unrolled: every offset and shift below becomes a constant.
+#pragma GCC unroll 16
+      for (int j = 0; j < 16; ++j) {
+        const int hh = j / 8, quarter = j % 8 / 2, half = j % 2;
+        __m256i w[4];
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) {
+          const __m256i lo = load256(ql + 64 * (16 * hh + 8 * (quarter % 2) + 4 * half + i) + 32 * uh);
+          const __m256i hi = load256(qh + 64 * (8 * hh + 4 * half + i) + 32 * uh);
+          const __m256i low = _mm256_and_si256(quarter / 2 == 0 ? lo : _mm256_srli_epi16(lo, 4), low4);
+          const __m256i high = _mm256_and_si256(_mm256_srl_epi16(hi, _mm_cvtsi32_si128(2 * quarter)), low2);
+          w[i] = _mm256_or_si256(low, _mm256_slli_epi16(high, 4));
+        }
+        const uint8_t* sc = grp + reg.sc + ub * 256 + 16 * static_cast<size_t>(j) + 8 * uh;
+        if constexpr (kDpbusd) {
+          const __m256i sc32 = _mm256_cvtepi8_epi32(load64(sc));
+          each_token<T>([&]<int t>(std::integral_constant<int, t>) {
+            const uint8_t* a = xa + static_cast<size_t>(t) * act_stride;
+            const uint8_t* aq = a + 256 * ub + 16 * static_cast<size_t>(j);
+            __m256i s0 = _mm256_set1_epi32(load_i32(a + corr_at + 64 * ub + 4 * static_cast<size_t>(j)));
+            __m256i s1 = _mm256_setzero_si256();
+            s0 = dpbusd(s0, w[0], bcast32(aq));
+            s1 = dpbusd(s1, w[1], bcast32(aq + 4));
+            s0 = dpbusd(s0, w[2], bcast32(aq + 8));
+            s1 = dpbusd(s1, w[3], bcast32(aq + 12));
+            total[t] = _mm256_add_epi32(total[t], _mm256_mullo_epi32(_mm256_add_epi32(s0, s1), sc32));
+          });
+        } else {
+          const __m256i scp = pairs_i8(sc);
+          each_token<T>([&]<int t>(std::integral_constant<int, t>) {
+            const uint8_t* aq = xa + static_cast<size_t>(t) * act_stride + 256 * ub + 16 * static_cast<size_t>(j);
+            const __m256i s0 = _mm256_add_epi16(_mm256_maddubs_epi16(w[0], bcast32(aq)), _mm256_maddubs_epi16(w[1], bcast32(aq + 4)));
+            const __m256i s1 = _mm256_add_epi16(_mm256_maddubs_epi16(w[2], bcast32(aq + 8)), _mm256_maddubs_epi16(w[3], bcast32(aq + 12)));
+            total[t] = _mm256_add_epi32(total[t], _mm256_add_epi32(_mm256_madd_epi16(s0, scp), _mm256_madd_epi16(s1, scp)));
+          });
+        }
+      }
+      const __m256 dw = load_f16x8(grp + reg.d + ub * 32 + 16 * uh);
+      for (int t = 0; t < T; ++t) {
+        const __m256 dx = _mm256_set1_ps(load_f32(xa + static_cast<size_t>(t) * act_stride + k + 4 * ub));
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total[t]), _mm256_mul_ps(dw, dx), acc[t]);
+      }
+    }
+    for (int t = 0; t < T; ++t) store_rows(y + t * y_stride + 8 * h, acc[t], valid - 8 * h);
+  }
+}
+
+template <DType Type, int T>
+void group_tiles(const uint8_t* w, const PackedRegions& reg, int64_t nb, int64_t k, int64_t m, int64_t g0, int64_t g1,
+                 const uint8_t* xa, size_t act_stride, float* y, int64_t y_stride) {
+  for (int64_t g = g0; g < g1; ++g) {
+    const int64_t row0 = g * kPackRows;
+    const int64_t valid = std::min<int64_t>(kPackRows, m - row0);
+    const uint8_t* grp = w + static_cast<size_t>(g) * reg.total;
+    if constexpr (packed_format(Type).k4) {
+      group_tile_k4<T>(grp, reg, nb, k, xa, act_stride, y + row0, y_stride, valid);
+    } else if constexpr (packed_format(Type).k6) {
+      group_tile_k6<T>(grp, reg, nb, k, xa, act_stride, y + row0, y_stride, valid);
+    } else {
+      group_tile<Type, T>(grp, reg, nb, k, xa, act_stride, y + row0, y_stride, valid);
+    }
+  }
+}
+
+template <DType Type>
+void gemm(const void* w, int64_t k, int64_t m, int64_t g0, int64_t g1, const void* xa, size_t act_stride, int64_t n,
+          float* y, int64_t y_stride) {
+  constexpr PackedFormat f = packed_format(Type);
+  const int64_t nb = k / f.block;
+  const PackedRegions reg = packed_regions(f, nb);
+  const auto* wb = static_cast<const uint8_t*>(w);
+  const auto* ab = static_cast<const uint8_t*>(xa);
+  // Groups in chunks of about 256 KiB that stay in L2 while every tile of tokens passes.
+  const int64_t chunk = std::max<int64_t>(1, static_cast<int64_t>((256u << 10) / reg.total));
+  for (int64_t c0 = g0; c0 < g1; c0 += chunk) {
+    const int64_t c1 = std::min(g1, c0 + chunk);
+    // Tiles as even as possible (5 tokens: 3 + 2, not 4 + 1).
+    const int64_t tiles = (n + kAvx2Tile - 1) / kAvx2Tile;
+    for (int64_t i = 0, t0 = 0; i < tiles; ++i) {
+      const int64_t size = n / tiles + (i < n % tiles ? 1 : 0);
+      const uint8_t* a = ab + static_cast<size_t>(t0) * act_stride;
+      float* yt = y + t0 * y_stride;
+      t0 += size;
+      switch (size) {
+        case 1: group_tiles<Type, 1>(wb, reg, nb, k, m, c0, c1, a, act_stride, yt, y_stride); break;
+        case 2: group_tiles<Type, 2>(wb, reg, nb, k, m, c0, c1, a, act_stride, yt, y_stride); break;
+        case 3: group_tiles<Type, 3>(wb, reg, nb, k, m, c0, c1, a, act_stride, yt, y_stride); break;
+        default: group_tiles<Type, 4>(wb, reg, nb, k, m, c0, c1, a, act_stride, yt, y_stride); break;
+      }
+    }
+  }
+}
+
+static_assert(kAvx2Tile == 4, "the switch above covers tiles of 1 to 4 tokens");
+
+}  // namespace
+
+#define HEARTH_X86_DEFINE_PACKED_GEMM(t, T)                                                                      \
+  void packed_gemm_##t(const void* w, int64_t k, int64_t m, int64_t g0, int64_t g1, const void* xa, size_t act_stride, \
+                       int64_t n, float* y, int64_t y_stride) {                                                  \
+    gemm<DType::T>(w, k, m, g0, g1, xa, act_stride, n, y, y_stride);                                             \
+  }
+HEARTH_X86_DEFINE_PACKED_GEMM(q4_0, Q4_0)
+HEARTH_X86_DEFINE_PACKED_GEMM(q4_1, Q4_1)
+HEARTH_X86_DEFINE_PACKED_GEMM(q5_0, Q5_0)
+HEARTH_X86_DEFINE_PACKED_GEMM(q5_1, Q5_1)
+HEARTH_X86_DEFINE_PACKED_GEMM(q8_0, Q8_0)
+HEARTH_X86_DEFINE_PACKED_GEMM(q4_K, Q4_K)
+HEARTH_X86_DEFINE_PACKED_GEMM(q6_K, Q6_K)
+#undef HEARTH_X86_DEFINE_PACKED_GEMM
+
+}  // namespace hearth::kernels::x86::HEARTH_PACKED_NS
