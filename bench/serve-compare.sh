@@ -129,8 +129,11 @@ wait_ready "hearth serve" "$HEARTH_PID" "http://127.0.0.1:$HEARTH_PORT/health" "
 
 for round in $(seq 1 "$ROUNDS"); do
   for c in $LEVELS; do
+    # New prompts for every level and round (the same for both servers): a server that keeps
+    # earlier prompts' KV (llama-server's prompt cache does, across slots) must not answer a
+    # level from the previous level's prompts.
     args=(--model "$NAME" --concurrency "$c" --requests "$REQUESTS" --input-len "$INPUT_LEN"
-          --output-len "$OUTPUT_LEN" --warmup 2 --seed "$round" --ignore-eos -o json)
+          --output-len "$OUTPUT_LEN" --warmup 2 --seed "$((round * 1000 + c))" --ignore-eos -o json)
     echo "serve-compare: round $round, concurrency $c: hearth" >&2
     "$HEARTH" bench serve --url "http://127.0.0.1:$HEARTH_PORT" "${args[@]}" >"$WORK/hearth-$round-$c.json" || true
     echo "serve-compare: round $round, concurrency $c: llama.cpp" >&2
