@@ -94,6 +94,16 @@ int compute_queue_family(VkPhysicalDevice d) {
 }
 
 // What the backend needs that this device lacks ("" when it has everything).
+VkPhysicalDeviceSubgroupProperties subgroup_properties(VkPhysicalDevice d) {
+  VkPhysicalDeviceSubgroupProperties sub{};
+  sub.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES;
+  VkPhysicalDeviceProperties2 p2{};
+  p2.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2;
+  p2.pNext = &sub;
+  vkGetPhysicalDeviceProperties2(d, &p2);
+  return sub;
+}
+
 std::string missing(VkPhysicalDevice d, const VkPhysicalDeviceProperties& p, const Features& f) {
   std::string out;
   const auto need = [&](bool ok, const char* what) {
@@ -105,6 +115,11 @@ std::string missing(VkPhysicalDevice d, const VkPhysicalDeviceProperties& p, con
   need(f.v12.storageBuffer8BitAccess, "storageBuffer8BitAccess");
   need(f.v11.storageBuffer16BitAccess, "storageBuffer16BitAccess");
   need(compute_queue_family(d) >= 0, "a compute queue");
+  const VkPhysicalDeviceSubgroupProperties sub = subgroup_properties(d);
+  need((sub.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) != 0 &&
+           (sub.supportedOperations & VK_SUBGROUP_FEATURE_ARITHMETIC_BIT) != 0 && sub.subgroupSize >= 4 &&
+           sub.subgroupSize <= 128,
+       "subgroup arithmetic in compute shaders");
   return out;
 }
 
@@ -119,13 +134,9 @@ const char* type_name(VkPhysicalDeviceType t) {
 }
 
 DeviceInfo describe(VkPhysicalDevice d, int index) {
-  VkPhysicalDeviceSubgroupProperties sub{};
-  sub.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES;
-  VkPhysicalDeviceProperties2 p2{};
-  p2.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2;
-  p2.pNext = &sub;
-  vkGetPhysicalDeviceProperties2(d, &p2);
-  const VkPhysicalDeviceProperties& p = p2.properties;
+  const VkPhysicalDeviceSubgroupProperties sub = subgroup_properties(d);
+  VkPhysicalDeviceProperties p{};
+  vkGetPhysicalDeviceProperties(d, &p);
   Features f;
   vkGetPhysicalDeviceFeatures2(d, &f.f2);
   VkPhysicalDeviceMemoryProperties mem{};
@@ -194,6 +205,7 @@ Context::Context(int index) {
       throw Error(fmt::format("vulkan:{} ({}) lacks what the backend needs: {}", index, properties.deviceName, why));
     }
     info = describe(physical, index);
+    subgroup_size = subgroup_properties(physical).subgroupSize;
     queue_family = static_cast<uint32_t>(compute_queue_family(physical));
     const float priority = 1.0f;
     VkDeviceQueueCreateInfo q{};

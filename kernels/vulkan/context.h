@@ -35,6 +35,7 @@ class Context {
   uint32_t queue_family = 0;
   VkPhysicalDeviceProperties properties{};
   VkPhysicalDeviceMemoryProperties memory{};
+  uint32_t subgroup_size = 0;  // the matrix-vector shaders' workgroup width
   DeviceInfo info;
 
   // A memory type index allowed by `type_bits` with every flag of `required`, preferring one

@@ -218,6 +218,9 @@ enum EltOp : uint32_t { kAdd = 0, kBias = 1, kScale = 2, kSoftcap = 3, kSilu = 4
 
 constexpr uint32_t kMaxGroups = 65535;
 
+// Weight rows per workgroup of matvec1 (one token) and matvec8 (up to 8): matvec.glsl's ROWS.
+int64_t matvec_rows(int64_t n) { return n == 1 ? 8 : 4; }
+
 class VulkanBackend final : public Backend {
  public:
   VulkanBackend(int index, const VulkanOptions& options)
@@ -418,8 +421,8 @@ class VulkanBackend final : public Backend {
                  {range_of(x)}, {rx});
       }
       if (n <= 8) {
-        dispatch(cb, "matvec", static_cast<uint32_t>(w.type), &pc, sizeof(pc), groups_1d(u32((m + 7) / 8)),
-                 {range_of(w), rx}, {range_of(y)});
+        dispatch(cb, n == 1 ? "matvec1" : "matvec8", static_cast<uint32_t>(w.type), &pc, sizeof(pc),
+                 groups_1d(u32((m + matvec_rows(n) - 1) / matvec_rows(n))), {range_of(w), rx}, {range_of(y)});
       } else if (chunked_prefill_) {
         // On a software device the tiled kernel's barriers cost more than reading the weights
         // once per 8 tokens: matrix-vector over chunks of 8 tokens (each token's sums are the
@@ -429,8 +432,8 @@ class VulkanBackend final : public Backend {
           c.x = xq + static_cast<uint64_t>(t0 * k) * sizeof(float);
           c.y = pc.y + static_cast<uint64_t>(t0 * m) * sizeof(float);
           c.n = u32(std::min<int64_t>(8, n - t0));
-          dispatch(cb, "matvec", static_cast<uint32_t>(w.type), &c, sizeof(c), groups_1d(u32((m + 7) / 8)),
-                   {range_of(w), rx}, {range_of(y)});
+          dispatch(cb, c.n == 1 ? "matvec1" : "matvec8", static_cast<uint32_t>(w.type), &c, sizeof(c),
+                   groups_1d(u32((m + matvec_rows(c.n) - 1) / matvec_rows(c.n))), {range_of(w), rx}, {range_of(y)});
         }
       } else {
         dispatch(cb, "matmul", static_cast<uint32_t>(w.type), &pc, sizeof(pc), {u32((m + 63) / 64), u32((n + 63) / 64), 1},
@@ -670,8 +673,11 @@ class VulkanBackend final : public Backend {
     if (auto it = pipelines_.find(key); it != pipelines_.end()) return it->second;
     const auto m = modules_.find(shader);
     HEARTH_CHECK(m != modules_.end(), "no shader {}", shader);
-    VkSpecializationMapEntry entry{0, 0, sizeof(uint32_t)};
-    VkSpecializationInfo si{1, &entry, sizeof(uint32_t), &spec};
+    // Constant 0: the shader's own (a type, a mode); constant 1: the subgroup size, which the
+    // matrix-vector shaders take as their workgroup width (others have no constant 1).
+    const uint32_t values[2] = {spec, ctx_->subgroup_size};
+    const VkSpecializationMapEntry entries[2] = {{0, 0, sizeof(uint32_t)}, {1, sizeof(uint32_t), sizeof(uint32_t)}};
+    VkSpecializationInfo si{2, entries, sizeof(values), values};
     VkComputePipelineCreateInfo ci{};
     ci.sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO;
     ci.stage.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO;

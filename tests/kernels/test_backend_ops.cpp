@@ -247,7 +247,19 @@ void matmul_case(Backend& b, DType type) {
         want[static_cast<size_t>(t * m + r)] = static_cast<float>(s);
       }
     }
-    EXPECT_LE(nmse(get_f32(b, y), want), bound) << n << " tokens";
+    const std::vector<float> got = get_f32(b, y);
+    EXPECT_LE(nmse(got, want), bound) << n << " tokens";
+    // Batch invariance: a token's outputs are the same bits whichever batch it came in (a
+    // sequence decodes the same tokens beside others or alone).
+    if (n == 5) {
+      for (int64_t t = 0; t < n; ++t) {
+        const Tensor xt1 = put_f32(b, std::vector<float>(x.begin() + t * k, x.begin() + (t + 1) * k), k);
+        const Tensor y1 = out_f32(b, m, 1);
+        b.matmul(w, xt1, y1);
+        const std::vector<float> alone = get_f32(b, y1);
+        EXPECT_TRUE(std::equal(alone.begin(), alone.end(), got.begin() + t * m)) << "token " << t << " of 5 differs from alone";
+      }
+    }
   }
 }
 

@@ -13,6 +13,7 @@ layout(buffer_reference, std430, buffer_reference_align = 4) buffer F32s { float
 layout(buffer_reference, std430, buffer_reference_align = 4) buffer I32s { int v[]; };
 layout(buffer_reference, std430, buffer_reference_align = 1) buffer U8s { uint8_t v[]; };
 layout(buffer_reference, std430, buffer_reference_align = 2) buffer U16s { uint16_t v[]; };
+layout(buffer_reference, std430, buffer_reference_align = 4) buffer U32s { uint v[]; };
 
 // Element i of an array at a device address (indices may pass 2^32 elements, so they are
 // folded into the address: GLSL indexes arrays with 32-bit integers only).
@@ -29,6 +30,13 @@ void load8(uint64_t a, out uint b[8]) {
     const uint h = uint(U16s(a + 2ul * i).v[0]);
     b[2u * i] = h & 255u;
     b[2u * i + 1u] = h >> 8;
+  }
+}
+// Eight bytes at a 4-aligned address, as two 32-bit loads.
+void load8_4(uint64_t a, out uint b[8]) {
+  for (uint i = 0; i < 2u; ++i) {
+    const uint w = U32s(a + 4ul * i).v[0];
+    for (uint j = 0; j < 4u; ++j) b[4u * i + j] = (w >> (8u * j)) & 255u;
   }
 }
 float f16_even(uint64_t a) { return unpackHalf2x16(uint(U16s(a).v[0])).x; }  // an f16 at an even address
@@ -90,7 +98,11 @@ void decode8(uint t, uint64_t row, uint64_t j, uint part, out int q[8], out floa
       return;
     }
     const bool has_min = t == T_Q4_1 || t == T_Q5_1, has_high = t == T_Q5_0 || t == T_Q5_1;
-    if (has_min) m = f16_even(b + 2u);
+    if (has_min) {
+      const vec2 dm = unpackHalf2x16(U32s(b).v[0]);
+      d = dm.x;
+      m = dm.y;
+    }
     const uint64_t qs = b + 2u + (has_min ? 2u : 0u) + (has_high ? 4u : 0u);
     uint qh = 0u;
     if (has_high) {
@@ -98,7 +110,7 @@ void decode8(uint t, uint64_t row, uint64_t j, uint part, out int q[8], out floa
       qh = uint(U16s(h).v[0]) | (uint(U16s(h + 2ul).v[0]) << 16);
     }
     const int bias = t == T_Q4_0 ? 8 : t == T_Q5_0 ? 16 : 0;
-    load8(qs + 8u * (part % 2u), by);
+    if (has_min) load8_4(qs + 8u * (part % 2u), by); else load8(qs + 8u * (part % 2u), by);
     for (uint i = 0; i < 8u; ++i) {
       const uint v = 8u * part + i;  // value index in the block
       const uint byte_v = by[i];
