@@ -13,6 +13,8 @@
 #include "bench/memory_bandwidth.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "kernels/backend.h"
+#include "kernels/registry.h"
 #include "shard/plan.h"
 #include "shard/worker.h"
 #include "transport/tcp_link.h"
@@ -39,10 +41,16 @@ int run_worker(const WorkerArgs& args) {
       options.cache_dir = std::filesystem::path(home) / ".cache" / "hearth" / "weights";
     }
   }
-  // What the planner weighs stages by: the memory bandwidth this worker's threads sustain
-  // (a STREAM-style triad over 3 x 64 MiB, a fraction of a second).
+  // What the planner weighs stages by: on the CPU, the memory bandwidth this worker's threads
+  // sustain (a STREAM-style triad over 3 x 64 MiB, a fraction of a second); on a GPU, the rate
+  // a matrix-vector product of 64 MiB of weights reads them on the device.
   const int threads = args.threads > 0 ? args.threads : ThreadPool::hardware_threads();
-  options.bandwidth_gbps = bench::measure_triad_bandwidth(threads, size_t{64} << 20, 3).bytes_per_second / 1e9;
+  if (args.backend.spec().starts_with("cpu")) {
+    options.bandwidth_gbps = bench::measure_triad_bandwidth(threads, size_t{64} << 20, 3).bytes_per_second / 1e9;
+  } else {
+    const std::unique_ptr<kernels::Backend> device = kernels::make_backend(options.backend, {.n_threads = args.threads});
+    options.bandwidth_gbps = bench::measure_matvec_bandwidth(*device).bytes_per_second / 1e9;
+  }
   const transport::ClusterKey key = transport::load_cluster_key(args.cluster_key);
   shard::Worker worker(options, key);
   std::printf("hearth worker: listening on %s\n", worker.address().c_str());

@@ -5,6 +5,10 @@
 
 #include <cstddef>
 
+namespace hearth::kernels {
+class Backend;
+}
+
 namespace hearth::bench {
 
 struct BandwidthResult {
@@ -14,5 +18,12 @@ struct BandwidthResult {
 };
 
 BandwidthResult measure_triad_bandwidth(int threads, size_t array_bytes = size_t{256} << 20, int repetitions = 5);
+
+// What decoding reads weights at on `backend`'s device: a Q8_0 matrix of about `weight_bytes`
+// times one token (matmul, as a stage's decode step does it), best of the repetitions after one
+// warm-up. For a GPU worker this is what the planner weighs its stages by, where a triad over
+// host memory would say nothing of the device. (array_bytes: the matrix's bytes; threads: 0.)
+BandwidthResult measure_matvec_bandwidth(kernels::Backend& backend, size_t weight_bytes = size_t{64} << 20,
+                                         int repetitions = 3);
 
 }  // namespace hearth::bench

@@ -102,13 +102,17 @@ Worker::Worker(WorkerOptions options, transport::ClusterKey key)
   // Refuses an unknown backend or device at start (naming what exists), not at the first LoadStage.
   const kernels::BackendOptions bo{.n_threads = options_.threads};
   const std::unique_ptr<kernels::Backend> probe = kernels::make_backend(options_.backend, bo);
-  // The measured bandwidth is the CPU's (a STREAM triad over host memory).
-  const auto bandwidth = [&](const kernels::DeviceInfo& d) { return d.backend == "cpu" ? options_.bandwidth_gbps : 0.0; };
+  // The measured bandwidth is that of the device stages run on (apps/worker.cpp measures it).
+  const kernels::DeviceInfo mine = probe->device();
+  const auto bandwidth = [&](const kernels::DeviceInfo& d) {
+    return d.backend == mine.backend && d.index == mine.index ? options_.bandwidth_gbps : 0.0;
+  };
   nlohmann::ordered_json devices = nlohmann::ordered_json::array();
   for (const auto& report : kernels::list_backends(bo)) {
     for (const kernels::DeviceInfo& d : report.devices) devices.push_back(device_json(d, bandwidth(d)));
   }
-  const kernels::DeviceInfo mine = probe->device();
+  // On a GPU, a stage's weights, cache and activations live in the device's memory.
+  if (mine.backend != "cpu") device_memory_ = mine.memory_free;
   devices_json_ = nlohmann::ordered_json{{"device", device_json(mine, bandwidth(mine))}, {"devices", devices}}.dump();
 }
 
@@ -120,7 +124,9 @@ Worker::~Worker() {
 
 std::string Worker::capabilities() const {
   const int threads = options_.threads > 0 ? options_.threads : ThreadPool::hardware_threads();
-  const uint64_t memory = options_.memory_bytes > 0 ? options_.memory_bytes : available_memory_bytes();
+  const uint64_t memory = options_.memory_bytes > 0 ? options_.memory_bytes
+                          : device_memory_ > 0     ? device_memory_
+                                                   : available_memory_bytes();
   const json devices = json::parse(devices_json_);
   json caps = {{"role", "worker"},
                {"backend", devices["device"]["backend"]},

@@ -30,8 +30,10 @@ struct WorkerOptions {
   int threads = 0;                         // CPU threads (0: all)
   std::string backend = "cpu";             // what stages run on: a kernels::make_backend spec ("cpu", "cuda:0")
   std::vector<std::filesystem::path> model_dirs;  // where to look for the coordinator's model
-  uint64_t memory_bytes = 0;               // advertised budget (0: the machine's available memory)
-  double bandwidth_gbps = 0;               // measured memory bandwidth, advertised to planners (0: unknown)
+  // Advertised budget (0: the machine's available memory, or a GPU backend's device memory).
+  uint64_t memory_bytes = 0;
+  // Measured bandwidth of the device stages run on, advertised to planners (0: unknown).
+  double bandwidth_gbps = 0;
   // Weights streamed by coordinators are kept here (shard/weights.h); empty: never accept them.
   std::filesystem::path cache_dir;
   // Use the coordinator's own path when this machine has it (false: act as another machine).
@@ -66,6 +68,7 @@ class Worker {
  private:
   struct Session;
   std::string devices_json_;  // {"device": ..., "devices": [...]}, found once at start
+  uint64_t device_memory_ = 0;  // a GPU backend's device memory (0: stages live in host memory)
   void serve_connection(std::unique_ptr<transport::TcpLink> link);
   // A coordinator's session: LoadStage, then batches until a link of the session ends.
   void run_session(std::unique_ptr<transport::TcpLink> control);

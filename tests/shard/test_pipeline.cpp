@@ -23,6 +23,7 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "shard/local_cluster.h"
 #include "shard/pipeline.h"
+#include "shard/probe.h"
 #include "shard/stage_assignment.h"
 #include "shard/weights.h"
 #include "shard/wire.h"
@@ -410,6 +411,44 @@ TEST_F(PipelineTest, AWorkerWithoutTheModelSaysSoAndStaysUp) {
                             options());
   const std::vector<Outcome> got = run_all(pipeline, model_->tokenizer(), {prompts_[0]}, kTokens);
   EXPECT_EQ(got[0].tokens, reference()[0].tokens);
+}
+
+// A worker on a GPU backend tells planners its device's memory and bandwidth, not the host's:
+// a stage's weights and cache live on the device, and decode reads them there. On lavapipe the
+// device is 2 GiB of "device" memory read at well under a GB/s, where the host triad says tens.
+TEST_F(PipelineTest, AGpuWorkerAdvertisesItsDevicesMemoryAndBandwidth) {
+  std::string why;
+  const std::string vulkan = test::first_usable_device("vulkan", why);
+  if (vulkan.empty()) GTEST_SKIP() << why;
+  uint64_t device_memory = 0;
+  bool software = false;
+  for (const kernels::BackendReport& r : kernels::list_backends()) {
+    for (const kernels::DeviceInfo& d : r.devices) {
+      if (d.spec() != vulkan) continue;
+      device_memory = d.memory_free;
+      software = test::software(d);
+    }
+  }
+  ASSERT_GT(device_memory, 0u);
+  LocalCluster cluster(HEARTH_BINARY, 1, {vulkan, "cpu"});
+  const NodeSpec gpu = probe_worker(cluster.addresses()[0], cluster.key(), "gpu", transport::Timeout(10000), 0.0);
+  const NodeSpec cpu = probe_worker(cluster.addresses()[1], cluster.key(), "cpu", transport::Timeout(10000), 0.0);
+  EXPECT_EQ(gpu.backend, "vulkan");
+  EXPECT_EQ(gpu.memory_bytes, device_memory) << "the device's memory, not the host's";
+  EXPECT_GT(cpu.memory_bytes, 0u);
+  EXPECT_GT(gpu.bandwidth_gbps, 0.0);
+  EXPECT_GT(cpu.bandwidth_gbps, 0.0);
+  std::printf("[ pipeline ] %s worker: %.2f GB/s (matrix-vector on the device); cpu worker: %.2f GB/s (triad)\n",
+              vulkan.c_str(), gpu.bandwidth_gbps, cpu.bandwidth_gbps);
+  // The device entry carries the measurement; the worker's other devices do not.
+  int with_bandwidth = 0;
+  for (const std::string& line : gpu.devices) with_bandwidth += line.find("GB/s") != std::string::npos;
+  EXPECT_EQ(with_bandwidth, 1) << "only the device stages run on is measured";
+  // lavapipe reads weights far slower than the host's triad: a worker that advertised the
+  // triad for its device would fail here.
+  if (software) {
+    EXPECT_LT(gpu.bandwidth_gbps, cpu.bandwidth_gbps / 3);
+  }
 }
 
 TEST_F(PipelineTest, WeightsAreStreamedOnceToWorkersWithoutTheModel) {
