@@ -405,16 +405,23 @@ class VulkanBackend final : public Backend {
   void matmul(const Tensor& w, const Tensor& x, const Tensor& y) override {
     const auto [m, k, n] = device_checks::check_matmul(w, x, y);
     // The activations are first rounded as the CPU backend rounds them for this weight type
-    // (quantize_x.comp), into scratch; f32 weights take them as they are.
-    const int mode = activation_mode(w.type);
-    const size_t xq_bytes = mode < 0 ? 0 : static_cast<size_t>(n * k) * sizeof(float);
+    // (quantize_x.comp), into scratch; f32 weights take them as they are. The matrix-vector
+    // kernels take quantized ones as 8-bit records (MODE 4 / 5: 40 bytes per 32 values) for
+    // their integer dot products, the tiled kernel as floats.
+    const bool tiled = n > 8 && !chunked_prefill_;
+    int mode = activation_mode(w.type);
+    if (!tiled && (mode == 0 || mode == 1)) mode += 4;
+    const size_t xq_bytes = mode < 0 ? 0
+                            : mode >= 4 ? static_cast<size_t>(n * k / 32) * 40
+                                        : static_cast<size_t>(n * k) * sizeof(float);
+    const size_t token_bytes = xq_bytes / static_cast<size_t>(n);
     ensure_scratch(xq_bytes);
     const uint64_t xq = mode < 0 ? f32_addr(x) : scratch_->block().address;
     const MatmulPc pc{addr(w), xq, f32_addr(y), w.row_bytes(), u32(m), u32(k), u32(n)};
     op("matmul", {&w, &x, &y}, [=, this](VkCommandBuffer cb) {
       const Range rx = mode < 0 ? range_of(x) : Range{xq, xq + xq_bytes};
       if (mode >= 0) {
-        const uint32_t block = mode == 0 ? 32 : mode == 1 ? 256 : 1;
+        const uint32_t block = mode == 0 || mode == 4 ? 32 : mode == 1 || mode == 5 ? 256 : 1;
         const uint32_t count = u32(n * k / block);
         const struct { uint64_t x, out; uint32_t count; } qpc{f32_addr(x), xq, count};
         dispatch(cb, "quantize_x", static_cast<uint32_t>(mode), &qpc, sizeof(qpc), groups_1d((count + 63) / 64),
@@ -429,7 +436,7 @@ class VulkanBackend final : public Backend {
         // same as alone).
         for (int64_t t0 = 0; t0 < n; t0 += 8) {
           MatmulPc c = pc;
-          c.x = xq + static_cast<uint64_t>(t0 * k) * sizeof(float);
+          c.x = xq + static_cast<uint64_t>(t0) * (mode < 0 ? static_cast<uint64_t>(k) * sizeof(float) : token_bytes);
           c.y = pc.y + static_cast<uint64_t>(t0 * m) * sizeof(float);
           c.n = u32(std::min<int64_t>(8, n - t0));
           dispatch(cb, c.n == 1 ? "matvec1" : "matvec8", static_cast<uint32_t>(w.type), &c, sizeof(c),

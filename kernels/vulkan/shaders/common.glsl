@@ -85,6 +85,73 @@ uint block_bytes(uint t) {
 }
 bool is_k_quant(uint t) { return t >= T_Q2_K && t <= T_Q6_K; }
 
+// A k-quant's chunk as integers: value = dk * sc * q - dmk * mn (Q3_K and Q6_K: mn = 0), with
+// dk and dmk the super-block's f16 scales; the form of the CPU's integer dot products.
+void decode8_k(uint t, uint64_t row, uint64_t j, uint part, out int q[8], out int sc, out int mn, out float dk,
+               out float dmk) {
+  const uint64_t b = row + (j / 8u) * block_bytes(t);
+  const uint s = uint(j % 8u);
+  mn = 0;
+  dmk = 0.0;
+  if (t == T_Q4_K || t == T_Q5_K) {
+    if (s < 4u) {
+      sc = int(byte_at(b, 4u + s) & 63u);
+      mn = int(byte_at(b, 8u + s) & 63u);
+    } else {
+      sc = int((byte_at(b, 4u + s + 4u) & 15u) | ((byte_at(b, 4u + s - 4u) >> 6) << 4));
+      mn = int((byte_at(b, 4u + s + 4u) >> 4) | ((byte_at(b, 4u + s) >> 6) << 4));
+    }
+    dk = f16_even(b);
+    dmk = f16_even(b + 2u);
+    const uint64_t qs = b + (t == T_Q4_K ? 16u : 48u) + 32u * (s / 2u) + 8u * part;
+    const uint shift = s % 2u == 0u ? 0u : 4u;
+    uint by[8], hb[8];
+    load8(qs, by);
+    if (t == T_Q5_K) load8(b + 16u + 8u * part, hb);
+    for (uint i = 0; i < 8u; ++i) {
+      uint v = (by[i] >> shift) & 15u;
+      if (t == T_Q5_K) v |= ((hb[i] >> s) & 1u) << 4;
+      q[i] = int(v);
+    }
+  } else if (t == T_Q6_K) {
+    const uint h = s / 4u, k = s % 4u, l0 = 8u * part;
+    dk = f16_even(b + 208u);
+    sc = sext8(byte_at(b, 192u + 8u * h + l0 / 16u + 2u * k));
+    uint lb[8], hb[8];
+    load8(b + 64u * h + 32u * (k & 1u) + l0, lb);
+    load8(b + 128u + 32u * h + l0, hb);
+    for (uint i = 0; i < 8u; ++i) {
+      const uint lo = (lb[i] >> (k >= 2u ? 4u : 0u)) & 15u;
+      const uint hi = (hb[i] >> (2u * k)) & 3u;
+      q[i] = int(lo | (hi << 4)) - 32;
+    }
+  } else if (t == T_Q2_K) {
+    const uint half_i = s / 4u, shift = 2u * (s % 4u);
+    const uint scb = byte_at(b, 8u * half_i + 2u * (s % 4u) + part / 2u);
+    dk = f16_even(b + 80u);
+    dmk = f16_even(b + 82u);
+    sc = int(scb & 15u);
+    mn = int(scb >> 4);
+    uint by[8];
+    load8(b + 16u + 32u * half_i + 8u * part, by);
+    for (uint i = 0; i < 8u; ++i) q[i] = int((by[i] >> shift) & 3u);
+  } else {  // Q3_K
+    const uint half_i = s / 4u, shift = 2u * (s % 4u), is = 2u * s + part / 2u;
+    const uint low = (byte_at(b, 96u + is % 8u) >> (4u * (is / 8u))) & 15u;
+    const uint high = (byte_at(b, 104u + is % 4u) >> (2u * (is / 4u))) & 3u;
+    dk = f16_even(b + 108u);
+    sc = int(low | (high << 4)) - 32;
+    uint by[8], hm[8];
+    load8(b + 32u + 32u * half_i + 8u * part, by);
+    load8(b + 8u * part, hm);
+    for (uint i = 0; i < 8u; ++i) {
+      const uint q2 = (by[i] >> shift) & 3u;
+      const uint hbit = (hm[i] >> s) & 1u;
+      q[i] = int(q2) - (hbit != 0u ? 0 : 4);
+    }
+  }
+}
+
 // Chunk `part` of sub-block j of the row at `row`: q[8], d, m.
 void decode8(uint t, uint64_t row, uint64_t j, uint part, out int q[8], out float d, out float m) {
   m = 0.0;
@@ -120,62 +187,11 @@ void decode8(uint t, uint64_t row, uint64_t j, uint part, out int q[8], out floa
     }
     return;
   }
-  const uint64_t b = row + (j / 8u) * block_bytes(t);
-  const uint s = uint(j % 8u);
-  if (t == T_Q4_K || t == T_Q5_K) {
-    int sc, mn;
-    if (s < 4u) {
-      sc = int(byte_at(b, 4u + s) & 63u);
-      mn = int(byte_at(b, 8u + s) & 63u);
-    } else {
-      sc = int((byte_at(b, 4u + s + 4u) & 15u) | ((byte_at(b, 4u + s - 4u) >> 6) << 4));
-      mn = int((byte_at(b, 4u + s + 4u) >> 4) | ((byte_at(b, 4u + s) >> 6) << 4));
-    }
-    d = f16_even(b) * float(sc);
-    m = -(f16_even(b + 2u) * float(mn));
-    const uint64_t qs = b + (t == T_Q4_K ? 16u : 48u) + 32u * (s / 2u) + 8u * part;
-    const uint shift = s % 2u == 0u ? 0u : 4u;
-    uint by[8], hb[8];
-    load8(qs, by);
-    if (t == T_Q5_K) load8(b + 16u + 8u * part, hb);
-    for (uint i = 0; i < 8u; ++i) {
-      uint v = (by[i] >> shift) & 15u;
-      if (t == T_Q5_K) v |= ((hb[i] >> s) & 1u) << 4;
-      q[i] = int(v);
-    }
-  } else if (t == T_Q6_K) {
-    const uint h = s / 4u, k = s % 4u, l0 = 8u * part;
-    d = f16_even(b + 208u) * float(sext8(byte_at(b, 192u + 8u * h + l0 / 16u + 2u * k)));
-    uint lb[8], hb[8];
-    load8(b + 64u * h + 32u * (k & 1u) + l0, lb);
-    load8(b + 128u + 32u * h + l0, hb);
-    for (uint i = 0; i < 8u; ++i) {
-      const uint lo = (lb[i] >> (k >= 2u ? 4u : 0u)) & 15u;
-      const uint hi = (hb[i] >> (2u * k)) & 3u;
-      q[i] = int(lo | (hi << 4)) - 32;
-    }
-  } else if (t == T_Q2_K) {
-    const uint half_i = s / 4u, shift = 2u * (s % 4u);
-    const uint sc = byte_at(b, 8u * half_i + 2u * (s % 4u) + part / 2u);
-    d = f16_even(b + 80u) * float(sc & 15u);
-    m = -(f16_even(b + 82u) * float(sc >> 4));
-    uint by[8];
-    load8(b + 16u + 32u * half_i + 8u * part, by);
-    for (uint i = 0; i < 8u; ++i) q[i] = int((by[i] >> shift) & 3u);
-  } else {  // Q3_K
-    const uint half_i = s / 4u, shift = 2u * (s % 4u), is = 2u * s + part / 2u;
-    const uint low = (byte_at(b, 96u + is % 8u) >> (4u * (is / 8u))) & 15u;
-    const uint high = (byte_at(b, 104u + is % 4u) >> (2u * (is / 4u))) & 3u;
-    d = f16_even(b + 108u) * float(int(low | (high << 4)) - 32);
-    uint by[8], hm[8];
-    load8(b + 32u + 32u * half_i + 8u * part, by);
-    load8(b + 8u * part, hm);
-    for (uint i = 0; i < 8u; ++i) {
-      const uint q2 = (by[i] >> shift) & 3u;
-      const uint hbit = (hm[i] >> s) & 1u;
-      q[i] = int(q2) - (hbit != 0u ? 0 : 4);
-    }
-  }
+  int sc, mn;
+  float dk, dmk;
+  decode8_k(t, row, j, part, q, sc, mn, dk, dmk);
+  d = dk * float(sc);
+  m = -(dmk * float(mn));
 }
 
 // Element i of a plain (f32 / f16 / bf16) row.

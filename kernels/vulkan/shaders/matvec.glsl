@@ -6,14 +6,18 @@
 // register; subgroupAdd then sums the invocations (and, where a device runs the workgroup as
 // several subgroups, shared memory sums those).
 //
+// Quantized weights take 8-bit activations (quantize_x MODE 4 / 5 records) and multiply as
+// integers, as the CPU's dot products do: a chunk's integer sum is exact, then scaled with the
+// CPU's formula for the weight type (its per-block form applied per chunk), so the result differs
+// from the CPU's only by the rounding of a few float operations per chunk and their order, not by
+// a rounding per product. Plain weights (f32 / f16 / bf16) multiply floats.
+//
 // Why this shape: a software device (lavapipe) runs one subgroup as one SIMD vector and loads
 // from a buffer lane by lane, per component, and a workgroup wider than one subgroup costs it
-// dearly; so every load is counted: activations come as vec4s, once per chunk for ROWS rows,
-// the accumulators are named variables (a0..a7), the rows unrolled by hand. On lavapipe this
-// made SmolLM2's decoding about 6 times faster than the previous eight-rows-per-64-invocations
-// kernel. Per token the sums are added in the same order in both shaders (precise: no
-// contraction), so a token's result does not depend on the batch it came in (the op suite
-// asserts it).
+// dearly; so every load is counted: a chunk's activations are loaded once for ROWS rows, the
+// accumulators are named variables (a0..a7), the rows unrolled by hand. Per token the sums are
+// added in the same order in both shaders (precise: no contraction), so a token's result does
+// not depend on the batch it came in (the op suite asserts it).
 #extension GL_KHR_shader_subgroup_arithmetic : require
 #include "common.glsl"
 layout(local_size_x_id = 1) in;
@@ -32,60 +36,119 @@ layout(push_constant) uniform P {
 #endif
 shared float red[ROWS * TOKENS][16];  // per subgroup, when the workgroup holds several
 
-uint row0() { return group_index() * ROWS; }
-
-// One token's chunk sum, the products added in index order.
-float dot8(const mat2x4 w, const mat2x4 x) {
-  precise float s = w[0][0] * x[0][0];
-  s += w[0][1] * x[0][1];
-  s += w[0][2] * x[0][2];
-  s += w[0][3] * x[0][3];
-  s += w[1][0] * x[1][0];
-  s += w[1][1] * x[1][1];
-  s += w[1][2] * x[1][2];
-  s += w[1][3] * x[1][3];
-  return s;
-}
-
 const bool PLAIN = TYPE == T_F32 || TYPE == T_F16 || TYPE == T_BF16;
 
-// Chunk c of row `row` as floats (plain rows: values 8c .. 8c + 7, those past k read as 0).
-mat2x4 weights(const uint row, const uint c) {
+uint row0() { return group_index() * ROWS; }
+
+// A chunk of weights: plain rows as floats (f), quantized ones as integers (q) with the scales
+// of the CPU's formula: a, b = d, m (Q4_0 .. Q8_0) or the super-block's d, dmin (k-quants), and
+// the sub-block's integer scale and min.
+struct W8 {
+  mat2x4 f;
+  ivec4 qlo, qhi;
+  float a, b;
+  int sc, mn;
+};
+
+// A chunk of one token's activations: floats, or the 8-bit values with their block's d and s
+// (s = d * sum of the block, for Q4_1 / Q5_1) and the chunk's sum (for k-quant minimums).
+struct X8 {
+  mat2x4 f;
+  ivec4 qlo, qhi;
+  float d, s;
+  int qsum;
+};
+
+W8 weights(const uint row, const uint c) {
   const uint64_t r = p.w + uint64_t(min(row, p.m - 1u)) * p.row_bytes;
-  float v[8];
+  W8 w;
   if (PLAIN) {
+    float v[8];
     for (uint i = 0; i < 8u; ++i) v[i] = 8u * c + i < p.k ? plain_at(TYPE, r, 8u * c + i) : 0.0;
-  } else {
-    int q[8];
-    float d, m;
-    decode8(TYPE, r, c / 4u, c % 4u, q, d, m);
-    for (uint i = 0; i < 8u; ++i) v[i] = dq(d, q[i], m);
+    w.f = mat2x4(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]);
+    return w;
   }
-  return mat2x4(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]);
+  int q[8];
+  if (is_k_quant(TYPE)) {
+    decode8_k(TYPE, r, c / 4u, c % 4u, q, w.sc, w.mn, w.a, w.b);
+  } else {
+    decode8(TYPE, r, c / 4u, c % 4u, q, w.a, w.b);
+  }
+  w.qlo = ivec4(q[0], q[1], q[2], q[3]);
+  w.qhi = ivec4(q[4], q[5], q[6], q[7]);
+  return w;
+}
+
+ivec4 bytes4(const uint word) {
+  return ivec4(bitfieldExtract(int(word), 0, 8), bitfieldExtract(int(word), 8, 8), bitfieldExtract(int(word), 16, 8),
+               bitfieldExtract(int(word), 24, 8));
 }
 
 // Token t's activations of chunk c (zeros past n tokens, or past k values of a plain row).
-// Quantized rows have k a multiple of 32 and take them from matmul's scratch (16-byte aligned):
-// two vec4 loads, where a software device would gather eight floats one by one.
-layout(buffer_reference, std430, buffer_reference_align = 16) buffer F32x4s { vec4 v[]; };
-mat2x4 activations(const uint t, const uint c) {
-  if (t >= p.n) return mat2x4(0.0);
-  if (!PLAIN) {
-    F32x4s x = F32x4s(p.x + 4ul * (uint64_t(t) * p.k + 8u * c));
-    return mat2x4(x.v[0], x.v[1]);
+X8 activations(const uint t, const uint c) {
+  X8 x;
+  x.qlo = ivec4(0);
+  x.qhi = ivec4(0);
+  x.d = 0.0;
+  x.s = 0.0;
+  x.qsum = 0;
+  x.f = mat2x4(0.0);
+  if (t >= p.n) return x;
+  if (PLAIN) {
+    F32s xs = F32s(p.x);
+    float v[8];
+    for (uint i = 0; i < 8u; ++i) v[i] = 8u * c + i < p.k ? xs.v[t * p.k + 8u * c + i] : 0.0;
+    x.f = mat2x4(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]);
+    return x;
   }
-  F32s x = F32s(p.x);
-  float v[8];
-  for (uint i = 0; i < 8u; ++i) v[i] = 8u * c + i < p.k ? x.v[t * p.k + 8u * c + i] : 0.0;
-  return mat2x4(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]);
+  // Records of 10 words per 32 values (quantize_x.comp); k is a multiple of 32.
+  const uint64_t rec = p.x + 40ul * (uint64_t(t) * (p.k / 32u) + c / 4u);
+  U32s words = U32s(rec);
+  x.qlo = bytes4(words.v[2u * (c % 4u)]);
+  x.qhi = bytes4(words.v[2u * (c % 4u) + 1u]);
+  x.d = uintBitsToFloat(words.v[8]);
+  x.s = uintBitsToFloat(words.v[9]);
+  x.qsum = x.qlo.x + x.qlo.y + x.qlo.z + x.qlo.w + x.qhi.x + x.qhi.y + x.qhi.z + x.qhi.w;
+  return x;
+}
+
+// The chunk's share of w . x, in the CPU's formula for the type (kernels/cpu/dot_ref.cpp).
+float dot8(const W8 w, const X8 x, const uint c) {
+  if (PLAIN) {
+    precise float s = w.f[0][0] * x.f[0][0];
+    s += w.f[0][1] * x.f[0][1];
+    s += w.f[0][2] * x.f[0][2];
+    s += w.f[0][3] * x.f[0][3];
+    s += w.f[1][0] * x.f[1][0];
+    s += w.f[1][1] * x.f[1][1];
+    s += w.f[1][2] * x.f[1][2];
+    s += w.f[1][3] * x.f[1][3];
+    return s;
+  }
+  const int isum = w.qlo.x * x.qlo.x + w.qlo.y * x.qlo.y + w.qlo.z * x.qlo.z + w.qlo.w * x.qlo.w +
+                   w.qhi.x * x.qhi.x + w.qhi.y * x.qhi.y + w.qhi.z * x.qhi.z + w.qhi.w * x.qhi.w;
+  precise float r;
+  if (TYPE == T_Q4_0 || TYPE == T_Q5_0) {
+    r = float(isum) * w.a * x.d;
+  } else if (TYPE == T_Q8_0) {
+    r = float(isum) * (w.a * x.d);
+  } else if (TYPE == T_Q4_1 || TYPE == T_Q5_1) {
+    r = (w.a * x.d) * float(isum);
+    if (c % 4u == 0u) r += w.b * x.s;  // the block's minimum term, once per block
+  } else if (TYPE == T_Q3_K || TYPE == T_Q6_K) {
+    r = (w.a * x.d) * float(w.sc * isum);
+  } else {  // Q2_K, Q4_K, Q5_K
+    r = (x.d * w.a) * float(w.sc * isum) - (x.d * w.b) * float(w.mn * x.qsum);
+  }
+  return r;
 }
 
 #if TOKENS == 1
-#define CHUNK(r, a) { const mat2x4 w = weights(r0 + r, c); a += dot8(w, x0); }
+#define CHUNK(r, a) { const W8 w = weights(r0 + r, c); a += dot8(w, x0, c); }
 #else
-#define CHUNK(r, a) { const mat2x4 w = weights(r0 + r, c); \
-    a[0] += vec4(dot8(w, x0), dot8(w, x1), dot8(w, x2), dot8(w, x3)); \
-    a[1] += vec4(dot8(w, x4), dot8(w, x5), dot8(w, x6), dot8(w, x7)); }
+#define CHUNK(r, a) { const W8 w = weights(r0 + r, c); \
+    a[0] += vec4(dot8(w, x0, c), dot8(w, x1, c), dot8(w, x2, c), dot8(w, x3, c)); \
+    a[1] += vec4(dot8(w, x4, c), dot8(w, x5, c), dot8(w, x6, c), dot8(w, x7, c)); }
 #endif
 
 float token_sum(const ACC a, const uint t) {
@@ -107,7 +170,6 @@ void finish(const uint r, const uint t, const ACC a) {
   }
 }
 
-
 void main() {
   const uint lane = gl_LocalInvocationID.x;
   const uint r0 = row0();
@@ -117,10 +179,10 @@ void main() {
 #endif
   const uint chunks = PLAIN ? (p.k + 7u) / 8u : p.k / 8u;
   for (uint c = lane; c < chunks; c += gl_WorkGroupSize.x) {
-    const mat2x4 x0 = activations(0u, c);
+    const X8 x0 = activations(0u, c);
 #if TOKENS == 8
-    const mat2x4 x1 = activations(1u, c), x2 = activations(2u, c), x3 = activations(3u, c);
-    const mat2x4 x4 = activations(4u, c), x5 = activations(5u, c), x6 = activations(6u, c), x7 = activations(7u, c);
+    const X8 x1 = activations(1u, c), x2 = activations(2u, c), x3 = activations(3u, c);
+    const X8 x4 = activations(4u, c), x5 = activations(5u, c), x6 = activations(6u, c), x7 = activations(7u, c);
 #endif
     CHUNK(0u, a0)
     CHUNK(1u, a1)
