@@ -218,7 +218,11 @@ Context::Context(int index) {
     want.v11.storageBuffer16BitAccess = VK_TRUE;
     want.v12.storageBuffer8BitAccess = VK_TRUE;
     want.v12.bufferDeviceAddress = VK_TRUE;
-    want.v12.pNext = nullptr;  // no 1.3 features needed
+    // 1.3: integer dot products, where the device has them (the matrix-vector shaders' packed
+    // 8-bit path); otherwise no 1.3 feature is asked for.
+    integer_dot = properties.apiVersion >= VK_API_VERSION_1_3 && f.v13.shaderIntegerDotProduct;
+    want.v13.shaderIntegerDotProduct = integer_dot ? VK_TRUE : VK_FALSE;
+    if (!integer_dot) want.v12.pNext = nullptr;
     VkDeviceCreateInfo ci{};
     ci.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO;
     ci.pNext = &want.f2;

@@ -36,6 +36,7 @@ class Context {
   VkPhysicalDeviceProperties properties{};
   VkPhysicalDeviceMemoryProperties memory{};
   uint32_t subgroup_size = 0;  // the matrix-vector shaders' workgroup width
+  bool integer_dot = false;    // Vulkan 1.3 shaderIntegerDotProduct, enabled on the device
   DeviceInfo info;
 
   // A memory type index allowed by `type_bits` with every flag of `required`, preferring one

@@ -23,6 +23,11 @@ struct VulkanOptions {
   // tokens (software devices, where barriers are dear); Auto picks by device type. The op suite
   // runs both on every device.
   enum class Prefill { Auto, Tiled, Chunked } prefill = Prefill::Auto;
+  // Matrix-vector integer dot products: the device's packed 8-bit dot product instruction
+  // (Vulkan 1.3 shaderIntegerDotProduct) where it has one, or plain integer multiplies; Auto
+  // uses the instruction where the device reports it. Both give the same bits; the op suite
+  // runs both on every device that has the instruction.
+  enum class IntegerDot { Auto, Off } integer_dot = IntegerDot::Auto;
 };
 // Throws hearth::Error when the device cannot be opened or lacks what the backend needs.
 std::unique_ptr<Backend> make_vulkan_backend(int index, const VulkanOptions& options = {});

@@ -229,6 +229,7 @@ class VulkanBackend final : public Backend {
         staging_pool_(std::make_shared<Pool>(ctx_, true)) {
     software_ = ctx_->properties.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU;
     if (software_) split_target_ = 8;
+    integer_dot_ = ctx_->integer_dot && options.integer_dot == VulkanOptions::IntegerDot::Auto;
     chunked_prefill_ = options.prefill == VulkanOptions::Prefill::Auto ? software_
                                                                        : options.prefill == VulkanOptions::Prefill::Chunked;
     VkPushConstantRange pc{VK_SHADER_STAGE_COMPUTE_BIT, 0, 128};
@@ -428,7 +429,7 @@ class VulkanBackend final : public Backend {
                  {range_of(x)}, {rx});
       }
       if (n <= 8) {
-        dispatch(cb, n == 1 ? "matvec1" : "matvec8", static_cast<uint32_t>(w.type), &pc, sizeof(pc),
+        dispatch(cb, matvec_shader(n), static_cast<uint32_t>(w.type), &pc, sizeof(pc),
                  groups_1d(u32((m + matvec_rows(n) - 1) / matvec_rows(n))), {range_of(w), rx}, {range_of(y)});
       } else if (chunked_prefill_) {
         // On a software device the tiled kernel's barriers cost more than reading the weights
@@ -439,7 +440,7 @@ class VulkanBackend final : public Backend {
           c.x = xq + static_cast<uint64_t>(t0) * (mode < 0 ? static_cast<uint64_t>(k) * sizeof(float) : token_bytes);
           c.y = pc.y + static_cast<uint64_t>(t0 * m) * sizeof(float);
           c.n = u32(std::min<int64_t>(8, n - t0));
-          dispatch(cb, c.n == 1 ? "matvec1" : "matvec8", static_cast<uint32_t>(w.type), &c, sizeof(c),
+          dispatch(cb, matvec_shader(c.n), static_cast<uint32_t>(w.type), &c, sizeof(c),
                    groups_1d(u32((m + matvec_rows(c.n) - 1) / matvec_rows(c.n))), {range_of(w), rx}, {range_of(y)});
         }
       } else {
@@ -675,6 +676,11 @@ class VulkanBackend final : public Backend {
     u.written.insert(u.written.end(), writes.begin(), writes.end());
   }
 
+  // The matrix-vector shader for n <= 8 tokens.
+  std::string matvec_shader(int64_t n) const {
+    return std::string(n == 1 ? "matvec1" : "matvec8") + (integer_dot_ ? "_dot" : "");
+  }
+
   VkPipeline pipeline(const std::string& shader, uint32_t spec) {
     const auto key = std::make_pair(shader, spec);
     if (auto it = pipelines_.find(key); it != pipelines_.end()) return it->second;
@@ -784,6 +790,7 @@ class VulkanBackend final : public Backend {
   int split_target_ = 256;
   bool software_ = false;  // a CPU implementation (lavapipe): prefers few barriers to tiles
   bool chunked_prefill_ = false;
+  bool integer_dot_ = false;  // matvec*_dot: the device's packed 8-bit dot product instruction
   std::shared_ptr<Pool> pool_, staging_pool_;
   VkPipelineLayout layout_ = VK_NULL_HANDLE;
   std::unordered_map<std::string, VkShaderModule> modules_;

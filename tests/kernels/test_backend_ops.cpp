@@ -91,6 +91,14 @@ std::vector<BackendConfig> backend_configs() {
                          [index, prefill] { return make_vulkan_backend(index, {.prefill = prefill}); },
                          ok ? "" : device.spec() + " is not usable here"});
         }
+        // Matrix-vector without the packed dot product instruction, where the device has one
+        // (its default then takes the instruction).
+        if (test::device_property_is(device, "integer_dot_product", "yes")) {
+          const int index = device.index;
+          out.push_back({name + "_nodot",
+                         [index] { return make_vulkan_backend(index, {.integer_dot = VulkanOptions::IntegerDot::Off}); },
+                         ok ? "" : device.spec() + " is not usable here"});
+        }
       }
 #endif
     }

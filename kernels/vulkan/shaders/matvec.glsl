@@ -20,6 +20,14 @@
 // not depend on the batch it came in (the op suite asserts it).
 #extension GL_KHR_shader_subgroup_arithmetic : require
 #include "common.glsl"
+#ifdef INTEGER_DOT
+// OpSDot on four packed signed 8-bit values (SPV_KHR_integer_dot_product, core in Vulkan 1.3;
+// capabilities DotProduct and DotProductInput4x8BitPacked), spelled through spirv_intrinsics
+// because this glslang predates GL_EXT_integer_dot_product.
+#extension GL_EXT_spirv_intrinsics : require
+spirv_instruction(extensions = ["SPV_KHR_integer_dot_product"], capabilities = [6019, 6018], id = 4450)
+int sdot4x8(uint a, uint b, spirv_literal int packed_format);
+#endif
 layout(local_size_x_id = 1) in;
 layout(constant_id = 0) const uint TYPE = 0;
 layout(push_constant) uniform P {
@@ -46,6 +54,7 @@ uint row0() { return group_index() * ROWS; }
 struct W8 {
   mat2x4 f;
   ivec4 qlo, qhi;
+  uint plo, phi;  // INTEGER_DOT: q packed four 8-bit values to a word
   float a, b;
   int sc, mn;
 };
@@ -55,9 +64,17 @@ struct W8 {
 struct X8 {
   mat2x4 f;
   ivec4 qlo, qhi;
+  uint plo, phi;  // the record's packed words
   float d, s;
   int qsum;
 };
+
+uint packed4(const ivec4 v) { return uint(v.x & 255) | uint(v.y & 255) << 8 | uint(v.z & 255) << 16 | uint(v.w & 255) << 24; }
+
+ivec4 bytes4(const uint word) {
+  return ivec4(bitfieldExtract(int(word), 0, 8), bitfieldExtract(int(word), 8, 8), bitfieldExtract(int(word), 16, 8),
+               bitfieldExtract(int(word), 24, 8));
+}
 
 W8 weights(const uint row, const uint c) {
   const uint64_t r = p.w + uint64_t(min(row, p.m - 1u)) * p.row_bytes;
@@ -76,12 +93,11 @@ W8 weights(const uint row, const uint c) {
   }
   w.qlo = ivec4(q[0], q[1], q[2], q[3]);
   w.qhi = ivec4(q[4], q[5], q[6], q[7]);
+#ifdef INTEGER_DOT
+  w.plo = packed4(w.qlo);
+  w.phi = packed4(w.qhi);
+#endif
   return w;
-}
-
-ivec4 bytes4(const uint word) {
-  return ivec4(bitfieldExtract(int(word), 0, 8), bitfieldExtract(int(word), 8, 8), bitfieldExtract(int(word), 16, 8),
-               bitfieldExtract(int(word), 24, 8));
 }
 
 // Token t's activations of chunk c (zeros past n tokens, or past k values of a plain row).
@@ -89,6 +105,8 @@ X8 activations(const uint t, const uint c) {
   X8 x;
   x.qlo = ivec4(0);
   x.qhi = ivec4(0);
+  x.plo = 0u;
+  x.phi = 0u;
   x.d = 0.0;
   x.s = 0.0;
   x.qsum = 0;
@@ -104,8 +122,10 @@ X8 activations(const uint t, const uint c) {
   // Records of 10 words per 32 values (quantize_x.comp); k is a multiple of 32.
   const uint64_t rec = p.x + 40ul * (uint64_t(t) * (p.k / 32u) + c / 4u);
   U32s words = U32s(rec);
-  x.qlo = bytes4(words.v[2u * (c % 4u)]);
-  x.qhi = bytes4(words.v[2u * (c % 4u) + 1u]);
+  x.plo = words.v[2u * (c % 4u)];
+  x.phi = words.v[2u * (c % 4u) + 1u];
+  x.qlo = bytes4(x.plo);
+  x.qhi = bytes4(x.phi);
   x.d = uintBitsToFloat(words.v[8]);
   x.s = uintBitsToFloat(words.v[9]);
   x.qsum = x.qlo.x + x.qlo.y + x.qlo.z + x.qlo.w + x.qhi.x + x.qhi.y + x.qhi.z + x.qhi.w;
@@ -125,8 +145,12 @@ float dot8(const W8 w, const X8 x, const uint c) {
     s += w.f[1][3] * x.f[1][3];
     return s;
   }
+#ifdef INTEGER_DOT
+  const int isum = sdot4x8(w.plo, x.plo, 0) + sdot4x8(w.phi, x.phi, 0);
+#else
   const int isum = w.qlo.x * x.qlo.x + w.qlo.y * x.qlo.y + w.qlo.z * x.qlo.z + w.qlo.w * x.qlo.w +
                    w.qhi.x * x.qhi.x + w.qhi.y * x.qhi.y + w.qhi.z * x.qhi.z + w.qhi.w * x.qhi.w;
+#endif
   precise float r;
   if (TYPE == T_Q4_0 || TYPE == T_Q5_0) {
     r = float(isum) * w.a * x.d;
