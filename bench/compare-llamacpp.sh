@@ -20,6 +20,11 @@
 # micro-batch 512; LLAMA_BENCH_ARGS adds options). Without LLAMA_BENCH, llama.cpp is taken from llama-cpp-python (its bundled
 # libllama, driven from a Python loop; slower than llama-bench on small models): LLAMA_CPP_PYTHON
 # names a python that has it (default: python3); `pip install llama-cpp-python` builds it.
+#
+# HEARTH_BENCH_ARGS adds `hearth bench` options. A GPU backend against llama.cpp's:
+#   HEARTH_BENCH_ARGS="--backend vulkan" LLAMA_BENCH=/path/to/vulkan-build/bin/llama-bench \
+#     LLAMA_BENCH_ARGS="-ngl 99" bench/compare-llamacpp.sh MODEL.gguf -p 64 -n 16 -r 3
+# (llama.cpp built with -DGGML_VULKAN=ON; on lavapipe both run on the CPU through Mesa).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HEARTH="${HEARTH:-$ROOT/build/bin/hearth}"
@@ -59,8 +64,10 @@ TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 for rep in $(seq 1 "$R"); do
   echo "repetition $rep/$R: hearth" >&2
-  "$HEARTH" bench -m "$MODEL" -p "$P" -n "$N" -d "$D" --kv-type "$KV" -r 1 -t "$T" -o json 2>/dev/null \
-    >"$TMP/hearth-$rep.json"
+  HEARTH_EXTRA=()
+  if [[ -n "${HEARTH_BENCH_ARGS:-}" ]]; then read -r -a HEARTH_EXTRA <<<"$HEARTH_BENCH_ARGS"; fi
+  "$HEARTH" bench -m "$MODEL" -p "$P" -n "$N" -d "$D" --kv-type "$KV" -r 1 -t "$T" -o json "${HEARTH_EXTRA[@]}" \
+    2>/dev/null >"$TMP/hearth-$rep.json"
   echo "repetition $rep/$R: llama.cpp" >&2
   if [[ -n "$LLAMA_BENCH" ]]; then
     "$LLAMA_BENCH" "${LLAMA_ARGS[@]}" 2>"$TMP/llama-bench-$rep.log" >"$TMP/llama-bench-$rep.json" || {

@@ -20,8 +20,8 @@ inline bool usable(const kernels::DeviceInfo& d) { return d.backend != "vulkan" 
 inline bool software(const kernels::DeviceInfo& d) { return device_property_is(d, "type", "CPU"); }
 
 // The spec of the first usable device of backend `kind` ("vulkan:0"), or "" with the reason in
-// `why`. Software devices are passed over unless `allow_software`.
-inline std::string first_usable_device(std::string_view kind, std::string& why, bool allow_software = true) {
+// `why`.
+inline std::string first_usable_device(std::string_view kind, std::string& why) {
   for (const kernels::BackendReport& r : kernels::list_backends()) {
     if (r.kind != kind) continue;
     if (!r.compiled) {
@@ -30,10 +30,6 @@ inline std::string first_usable_device(std::string_view kind, std::string& why, 
     }
     for (const kernels::DeviceInfo& d : r.devices) {
       if (!usable(d)) continue;
-      if (software(d) && !allow_software) {
-        why = d.spec() + " is a software device (" + d.name + "): set HEARTH_TEST_SLOW=1 to run this test on it";
-        continue;
-      }
       return d.spec();
     }
     if (why.empty()) why = "no usable " + r.kind + " device" + (r.note.empty() ? "" : ": " + r.note);
