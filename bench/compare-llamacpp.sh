@@ -24,7 +24,9 @@
 # HEARTH_BENCH_ARGS adds `hearth bench` options. A GPU backend against llama.cpp's:
 #   HEARTH_BENCH_ARGS="--backend vulkan" LLAMA_BENCH=/path/to/vulkan-build/bin/llama-bench \
 #     LLAMA_BENCH_ARGS="-ngl 99" bench/compare-llamacpp.sh MODEL.gguf -p 64 -n 16 -r 3
-# (llama.cpp built with -DGGML_VULKAN=ON; on lavapipe both run on the CPU through Mesa).
+# (llama.cpp built with -DGGML_VULKAN=ON; on lavapipe both run on the CPU through Mesa, and
+# llama.cpp takes a CPU-type Vulkan device only when told: GGML_VK_VISIBLE_DEVICES=0; without
+# it llama-bench says "ggml_vulkan: No devices found." and runs on its CPU backend).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HEARTH="${HEARTH:-$ROOT/build/bin/hearth}"
