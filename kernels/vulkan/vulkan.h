@@ -39,6 +39,7 @@ struct VulkanCounters {
   uint64_t pipelines_created = 0;  // vkCreateComputePipelines calls (descriptor sets: none, ever)
   uint64_t dispatches = 0;         // vkCmdDispatch calls recorded
   uint64_t barriers = 0;           // pipeline barriers recorded
+  uint64_t memory_allocations = 0; // vkAllocateMemory calls (slabs and large blocks)
 };
 VulkanCounters vulkan_counters(const Backend& backend);  // zeros for another backend
 

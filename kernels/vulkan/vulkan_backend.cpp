@@ -49,23 +49,33 @@ using vulkan::Context;
 struct Block {
   VkBuffer buffer = VK_NULL_HANDLE;
   VkDeviceMemory memory = VK_NULL_HANDLE;
-  uint64_t address = 0;
-  void* mapped = nullptr;  // host-visible blocks only
+  uint64_t address = 0;    // of the block's first byte
+  void* mapped = nullptr;  // host-visible blocks only: the block's first byte
   size_t size = 0;
+  size_t offset = 0;       // bytes into `buffer` (a slab's range); 0 for a block of its own
+  int slab = -1;           // the slab it was cut from, -1: a block of its own
 };
 
-// Device-local (or host-visible, for staging) blocks: one VkBuffer + VkDeviceMemory each, freed
-// blocks cached by size and handed out again (never an allocation per token).
+// Device-local (or host-visible, for staging) memory. Blocks up to kSlabBytes / 4 are cut from
+// 64 MiB slabs (one VkBuffer + VkDeviceMemory each, first fit, neighbours merged when given
+// back), so a model's few hundred tensors cost a handful of allocations (drivers bound the count,
+// 4096 on many); larger blocks get an allocation of their own, cached by size when freed and
+// handed out again. Never an allocation per token.
 class Pool {
  public:
+  static constexpr size_t kSlabBytes = size_t{64} << 20;
+  static constexpr size_t kAlign = 256;
+
   Pool(std::shared_ptr<Context> ctx, bool host_visible) : ctx_(std::move(ctx)), host_visible_(host_visible) {}
   ~Pool() {
     for (auto& [size, b] : free_) destroy(b);
+    for (Slab& s : slabs_) destroy(s.whole);
   }
 
   Block take(size_t bytes) {
-    const size_t size = bytes < (size_t{1} << 20) ? (std::max<size_t>(bytes, 4) + 255) / 256 * 256
-                                                  : (bytes + (size_t{2} << 20) - 1) / (size_t{2} << 20) * (size_t{2} << 20);
+    const size_t aligned = (std::max<size_t>(bytes, 4) + kAlign - 1) / kAlign * kAlign;
+    if (aligned <= kSlabBytes / 4) return cut(aligned);
+    const size_t size = (bytes + (size_t{2} << 20) - 1) / (size_t{2} << 20) * (size_t{2} << 20);
     {
       std::lock_guard lock(mu_);
       auto it = free_.lower_bound(size);
@@ -85,19 +95,92 @@ class Pool {
 
   void give_back(const Block& b) noexcept {
     std::lock_guard lock(mu_);
-    free_.emplace(b.size, b);
+    if (b.slab < 0) {
+      free_.emplace(b.size, b);
+      return;
+    }
+    std::map<size_t, size_t>& f = slabs_[static_cast<size_t>(b.slab)].free;
+    size_t at = b.offset, size = b.size;
+    auto next = f.lower_bound(at);
+    if (next != f.end() && at + size == next->first) {  // merge with the range after
+      size += next->second;
+      next = f.erase(next);
+    }
+    if (next != f.begin()) {  // and with the one before
+      auto prev = std::prev(next);
+      if (prev->first + prev->second == at) {
+        prev->second += size;
+        return;
+      }
+    }
+    f.emplace(at, size);
   }
 
+  // Frees what is cached: blocks of their own, and slabs with nothing cut from them.
   void release_cached() noexcept {
     std::lock_guard lock(mu_);
     for (auto& [size, b] : free_) destroy(b);
     free_.clear();
+    for (Slab& s : slabs_) {
+      if (s.whole.buffer != VK_NULL_HANDLE && s.free.size() == 1 && s.free.begin()->second == kSlabBytes) {
+        destroy(s.whole);
+        s.whole = Block{};
+        s.free.clear();
+      }
+    }
   }
 
+  // VkDeviceMemory allocations made so far (slabs and blocks of their own; for tests).
+  uint64_t allocations() const { return allocations_; }
+
  private:
+  struct Slab {
+    Block whole;                     // VK_NULL_HANDLE buffer: released (its index is reused)
+    std::map<size_t, size_t> free;  // offset -> bytes
+  };
+
+  Block cut(size_t size) {
+    std::lock_guard lock(mu_);
+    for (int pass = 0; pass < 2; ++pass) {
+      for (size_t i = 0; i < slabs_.size(); ++i) {
+        Slab& s = slabs_[i];
+        for (auto it = s.free.begin(); it != s.free.end(); ++it) {
+          if (it->second < size) continue;
+          const size_t at = it->first, left = it->second - size;
+          s.free.erase(it);
+          if (left > 0) s.free.emplace(at + size, left);
+          Block b = s.whole;
+          b.address += at;
+          if (b.mapped != nullptr) b.mapped = static_cast<uint8_t*>(b.mapped) + at;
+          b.size = size;
+          b.offset = at;
+          b.slab = static_cast<int>(i);
+          return b;
+        }
+      }
+      if (pass == 1) break;
+      // No room: a new slab (in a released one's place when there is one).
+      Block whole;
+      try {
+        whole = create(kSlabBytes);
+      } catch (const Error&) {
+        for (auto& [bytes, b] : free_) destroy(b);
+        free_.clear();
+        whole = create(kSlabBytes);
+      }
+      auto released = std::find_if(slabs_.begin(), slabs_.end(), [](const Slab& s) { return s.whole.buffer == VK_NULL_HANDLE; });
+      if (released == slabs_.end()) released = slabs_.insert(slabs_.end(), Slab{});
+      released->whole = whole;
+      released->free = {{0, kSlabBytes}};
+    }
+    HEARTH_CHECK(false, "a new {}-byte slab has no room for {} bytes", kSlabBytes, size);
+    return {};
+  }
+
   Block create(size_t size) {
     Block b;
     b.size = size;
+    ++allocations_;
     VkBufferCreateInfo bi{};
     bi.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO;
     bi.size = size;
@@ -147,6 +230,8 @@ class Pool {
   bool host_visible_;
   std::mutex mu_;
   std::multimap<size_t, Block> free_;
+  std::vector<Slab> slabs_;
+  uint64_t allocations_ = 0;
 };
 
 class VkBufferObj final : public Buffer {
@@ -304,7 +389,7 @@ class VulkanBackend final : public Backend {
       const Range r{b.address + to, b.address + to + n};
       VkCommandBuffer cb = open();
       hazard(cb, {}, {r});
-      VkBufferCopy copy{at, to, n};
+      VkBufferCopy copy{sb.offset + at, b.offset + to, n};
       vkCmdCopyBuffer(cb, sb.buffer, b.buffer, 1, &copy);
       done += n;
     }
@@ -321,7 +406,7 @@ class VulkanBackend final : public Backend {
       VkCommandBuffer cb = open();
       const Range r{b.address + src.offset + done, b.address + src.offset + done + n};
       hazard(cb, {r}, {});
-      VkBufferCopy copy{src.offset + done, at, n};
+      VkBufferCopy copy{b.offset + src.offset + done, sb.offset + at, n};
       vkCmdCopyBuffer(cb, b.buffer, sb.buffer, 1, &copy);
       synchronize();
       std::memcpy(out + done, static_cast<const uint8_t*>(sb.mapped) + at, n);
@@ -388,7 +473,11 @@ class VulkanBackend final : public Backend {
   }
 
   uint64_t step_replays() const override { return replays_; }
-  VulkanCounters counters() const { return counters_; }
+  VulkanCounters counters() const {
+    VulkanCounters c = counters_;
+    c.memory_allocations = pool_->allocations() + staging_pool_->allocations();
+    return c;
+  }
 
   // ---- ops ----
 
@@ -498,7 +587,7 @@ class VulkanBackend final : public Backend {
     for (const Tensor* t : {&layer.k, &layer.v}) {
       VkCommandBuffer cb = open();
       hazard(cb, {}, {range_of(*t)});
-      vkCmdFillBuffer(cb, block_of(*t).buffer, t->offset, (t->n_bytes() + 3) / 4 * 4, 0);
+      vkCmdFillBuffer(cb, block_of(*t).buffer, block_of(*t).offset + t->offset, (t->n_bytes() + 3) / 4 * 4, 0);
     }
     return layer;
   }

@@ -303,6 +303,10 @@ TEST(VulkanRecording, OneSubmissionAndNoCreationsPerDecodeToken) {
   StageOptions options;
   options.n_ctx = 64;
   Stage stage(file, config, *vk, 0, config.n_layer, options);
+  // Weights, cache and activations come from a few slabs, not an allocation per tensor.
+  const uint64_t tensors = file.tensors().size();
+  const uint64_t loaded_allocations = kernels::vulkan_counters(*vk).memory_allocations;
+  EXPECT_LE(loaded_allocations * 4, tensors) << loaded_allocations << " memory allocations for " << tensors << " tensors";
   std::vector<float> logits;
   const auto step = [&](Token token, int32_t pos) {
     const kernels::KvSlot slot{0, pos};
@@ -320,9 +324,11 @@ TEST(VulkanRecording, OneSubmissionAndNoCreationsPerDecodeToken) {
   EXPECT_EQ(after.submissions - before.submissions, uint64_t{kTokens});
   EXPECT_EQ(after.pipelines_created, before.pipelines_created);
   EXPECT_EQ(after.dispatches, before.dispatches) << "replayed steps record nothing";
+  EXPECT_EQ(after.memory_allocations, before.memory_allocations) << "no memory allocated per token";
   EXPECT_EQ(vk->step_replays() - replays_before, uint64_t{kTokens});
-  std::printf("[ vulkan   ] decode: %llu submissions for %d tokens, %llu pipelines created after warm-up (%llu in all), "
-              "%llu dispatches and %llu barriers recorded during the warm-up\n",
+  std::printf("[ vulkan   ] %llu memory allocations for %llu tensors; decode: %llu submissions for %d tokens, %llu pipelines "
+              "created after warm-up (%llu in all), %llu dispatches and %llu barriers recorded during the warm-up\n",
+              static_cast<unsigned long long>(loaded_allocations), static_cast<unsigned long long>(tensors),
               static_cast<unsigned long long>(after.submissions - before.submissions), kTokens,
               static_cast<unsigned long long>(after.pipelines_created - before.pipelines_created),
               static_cast<unsigned long long>(after.pipelines_created), static_cast<unsigned long long>(before.dispatches),
