@@ -1,5 +1,6 @@
 #include "kernels/registry.h"
 
+#include <cctype>
 #include <charconv>
 
 #include "core/error.h"
@@ -19,6 +20,7 @@ namespace {
 struct Spec {
   std::string kind;
   int device = 0;
+  std::string name;  // "vulkan:Radeon": a device named by part of its name instead of its index
 };
 
 Spec parse_spec(std::string_view spec) {
@@ -27,12 +29,38 @@ Spec parse_spec(std::string_view spec) {
   s.kind = std::string(spec.substr(0, colon));
   if (colon != std::string_view::npos) {
     const std::string_view index = spec.substr(colon + 1);
+    if (index.empty()) throw Error(fmt::format("backend '{}': a device index or name must follow ':' (e.g. cuda:0)", spec));
     const auto [ptr, ec] = std::from_chars(index.data(), index.data() + index.size(), s.device);
-    if (index.empty() || ec != std::errc() || ptr != index.data() + index.size() || s.device < 0) {
-      throw Error(fmt::format("backend '{}': the device after ':' must be a number (e.g. cuda:0)", spec));
+    if (ec != std::errc() || ptr != index.data() + index.size() || s.device < 0) {
+      s.device = -1;
+      s.name = std::string(index);
     }
   }
   return s;
+}
+
+std::string lower(std::string_view text) {
+  std::string out(text);
+  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+// The index of the device of `devices` whose name contains `name` (case-insensitive); throws when
+// none or several do, naming them.
+int device_by_name(std::string_view spec_text, std::string_view name, const std::vector<DeviceInfo>& devices) {
+  std::vector<const DeviceInfo*> found;
+  for (const DeviceInfo& d : devices) {
+    if (lower(d.name).find(lower(name)) != std::string::npos) found.push_back(&d);
+  }
+  if (found.size() == 1) return found[0]->index;
+  std::string list;
+  if (found.empty()) {
+    for (const DeviceInfo& d : devices) list += (list.empty() ? "" : ", ") + d.spec() + " " + d.name;
+    throw Error(fmt::format("backend '{}': no device's name contains '{}'; devices: {}", spec_text, name,
+                            list.empty() ? "none" : list));
+  }
+  for (const DeviceInfo* d : found) list += (list.empty() ? "" : ", ") + d->spec() + " " + d->name;
+  throw Error(fmt::format("backend '{}': '{}' names several devices ({}); give the index", spec_text, name, list));
 }
 
 std::string known_list(const std::vector<BackendReport>& reports) {
@@ -85,7 +113,7 @@ std::vector<BackendReport> list_backends(const BackendOptions& options) {
 }
 
 std::unique_ptr<Backend> make_backend(std::string_view spec_text, const BackendOptions& options) {
-  const Spec spec = parse_spec(spec_text);
+  Spec spec = parse_spec(spec_text);
   if (spec.kind == "cpu") {
     if (spec.device != 0) throw Error(fmt::format("backend '{}': the CPU is device cpu:0 only", spec_text));
     return std::make_unique<CpuBackend>(options.n_threads > 0 ? options.n_threads : ThreadPool::hardware_threads());
@@ -96,6 +124,7 @@ std::unique_ptr<Backend> make_backend(std::string_view spec_text, const BackendO
     if (!r.compiled) {
       throw Error(fmt::format("backend '{}' is not built into this binary; available: {}", spec_text, known_list(reports)));
     }
+    if (!spec.name.empty()) spec.device = device_by_name(spec_text, spec.name, r.devices);
 #ifdef HEARTH_WITH_CUDA
     if (r.kind == "cuda") {
       for (const DeviceInfo& d : r.devices) {
@@ -120,6 +149,7 @@ std::string backend_spec(std::string_view kind, int device) {
   const size_t colon = kind.find(':');
   if (colon != std::string_view::npos) {
     const Spec s = parse_spec(kind);
+    if (!s.name.empty()) throw Error(fmt::format("--backend {} names its device, and --device {} another", kind, device));
     if (s.device != device) {
       throw Error(fmt::format("--backend {} names device {}, --device says {}", kind, s.device, device));
     }

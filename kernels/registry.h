@@ -1,5 +1,6 @@
 // The one place backends are built. A spec names a backend kind and one of its devices:
-// "cpu" (= "cpu:0"), later "cuda:N" and "vulkan:N". Every kind hearth knows is listed, with
+// "cpu" (= "cpu:0"), "cuda:N" and "vulkan:N", or a device by part of its name ("vulkan:radeon",
+// case-insensitive; refused when several match). Every kind hearth knows is listed, with
 // whether this binary has it compiled in and the devices it finds, so a user can see why a
 // GPU is not used.
 #pragma once

@@ -26,6 +26,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -289,6 +290,28 @@ INSTANTIATE_TEST_SUITE_P(Backends, GpuSteps, testing::Values(Gpu::Cuda, Gpu::Vul
                          [](const auto& param_info) { return gpu_name(param_info.param); });
 
 #ifdef HEARTH_TEST_VULKAN
+// `--backend vulkan:NAME` picks the device whose name contains NAME (any case), as a home box
+// with an integrated and a discrete GPU needs; a name matching no device is refused, naming them.
+TEST(VulkanDevices, ADeviceIsChosenByPartOfItsName) {
+  std::string why;
+  const std::unique_ptr<kernels::Backend> vk = gpu_backend(Gpu::Vulkan, why);
+  if (!vk) GTEST_SKIP() << why;
+  const kernels::DeviceInfo first = vk->device();
+  std::string part = first.name.substr(0, std::min<size_t>(first.name.size(), 6));
+  for (char& c : part) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  const std::unique_ptr<kernels::Backend> by_name = kernels::make_backend("vulkan:" + part);
+  EXPECT_EQ(by_name->device().index, first.index);
+  EXPECT_EQ(by_name->device().name, first.name);
+  try {
+    kernels::make_backend("vulkan:no-such-gpu-anywhere");
+    ADD_FAILURE() << "a name matching no device was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no device's name contains 'no-such-gpu-anywhere'; devices: " + first.spec()),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 // A recorded step costs one queue submission and creates nothing: after the first decode steps
 // (recorded, pipelines created), every further token submits exactly once (its inputs' uploads
 // ride in the same submission) and creates no pipeline (and no descriptor set: the backend has
