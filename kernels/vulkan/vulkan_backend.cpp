@@ -615,7 +615,8 @@ class VulkanBackend final : public Backend {
       const AttnPc pc{f32_addr(q), addr(c.k), addr(c.v), i32_addr(slots), stats, partial,
                       u32(p.n_head), u32(p.n_head_kv), u32(p.head_dim), u32(c.k.ne[0]), u32(c.n_ctx), u32(splits),
                       u32(std::max(0, p.window)), p.scale, p.softcap};
-      const uint32_t type = static_cast<uint32_t>(c.k.type);
+      // attention.glsl's SPEC: the cache type, the head dimension above it.
+      const uint32_t type = static_cast<uint32_t>(c.k.type) | u32(p.head_dim) << 8;
       const std::array<uint32_t, 3> grid = {u32(splits), u32(p.n_head), u32(n)};
       const Range rs{stats, stats + stats_bytes}, rp{partial, partial + partial_bytes};
       const std::vector<Range> cache_reads = {range_of(q), range_of(c.k), range_of(c.v), range_of(slots)};

@@ -2,10 +2,14 @@
 // for the scheme: per-split softmax statistics, then p * V per split with the token's merged
 // maximum and sum, then the partial outputs summed in split order). Workgroups: x split, y head,
 // z token; 64 invocations, one position each at a time.
-layout(constant_id = 0) const uint TYPE = 0;  // cache type: F32, F16, Q8_0
+// Specialization: the cache type (F32, F16, Q8_0) and, above it, the model's head dimension,
+// so the per-dimension loops have known bounds.
+layout(constant_id = 0) const uint SPEC = 0;
+const uint TYPE = SPEC & 255u;
+const uint HEAD_DIM = SPEC >> 8;
 layout(push_constant) uniform P {
   uint64_t q, k_cache, v_cache, slots, stats, partial;
-  uint n_head, n_head_kv, head_dim, kv_dim, n_ctx, splits, window;
+  uint n_head, n_head_kv, head_dim_unused, kv_dim, n_ctx, splits, window;  // head_dim: HEAD_DIM
   float scale, softcap;
 } p;
 
@@ -48,9 +52,9 @@ Where where_am_i() {
 // an f16 cache, quantized to q8_0 (and back) for a q8_0 cache. Ends with a barrier.
 void load_query(Where w) {
   const uint tid = gl_LocalInvocationID.x;
-  const uint64_t base = (uint64_t(w.token) * p.n_head + w.head) * p.head_dim;
+  const uint64_t base = (uint64_t(w.token) * p.n_head + w.head) * HEAD_DIM;
   if (TYPE == T_Q8_0) {
-    if (tid < p.head_dim / 32u) {
+    if (tid < HEAD_DIM / 32u) {
       float amax = 0.0;
       for (uint i = 0; i < 32u; ++i) amax = max(amax, abs(ld_f32(p.q, base + 32u * tid + i)));
       const float id = amax != 0.0 ? 127.0 / amax : 0.0;
@@ -58,7 +62,7 @@ void load_query(Where w) {
       for (uint i = 0; i < 32u; ++i) qs[32u * tid + i] = float(int(roundEven(ld_f32(p.q, base + 32u * tid + i) * id))) * d;
     }
   } else {
-    for (uint d = tid; d < p.head_dim; d += 64u) {
+    for (uint d = tid; d < HEAD_DIM; d += 64u) {
       const float v = ld_f32(p.q, base + d);
       qs[d] = TYPE == T_F16 ? f16_round(v) : v;
     }
@@ -68,9 +72,9 @@ void load_query(Where w) {
 
 float score(Where w, int pos) {
   const uint64_t row = w.k_seq + uint64_t(pos) * w.row_bytes;
-  const uint off = w.kv_head * p.head_dim;
+  const uint off = w.kv_head * HEAD_DIM;
   float s = 0.0;
-  for (uint d = 0; d < p.head_dim; ++d) s += qs[d] * cache_value(row, off + d);
+  for (uint d = 0; d < HEAD_DIM; ++d) s += qs[d] * cache_value(row, off + d);
   s *= p.scale;
   if (p.softcap > 0.0) s = p.softcap * tanh(s / p.softcap);
   return s;

@@ -22,7 +22,7 @@ void main() {
   }
   const float inv = 1.0 / sum;
   float acc[4] = float[4](0, 0, 0, 0);
-  const uint off = w.kv_head * p.head_dim;
+  const uint off = w.kv_head * HEAD_DIM;
   for (int c0 = w.lo; c0 < w.hi; c0 += 64) {
     const int pos = c0 + int(tid);
     if (pos < w.hi) {
@@ -33,16 +33,16 @@ void main() {
     const int count = min(64, w.hi - c0);
     for (uint i = 0; i < 4u; ++i) {
       const uint d = tid + 64u * i;
-      if (d >= p.head_dim) break;
+      if (d >= HEAD_DIM) break;
       float a = acc[i];
       for (int j = 0; j < count; ++j) a += probs[j] * cache_value(w.v_seq + uint64_t(c0 + j) * w.row_bytes, off + d);
       acc[i] = a;
     }
     barrier();
   }
-  const uint64_t at = ((uint64_t(w.token) * p.n_head + w.head) * p.splits + w.split) * p.head_dim;
+  const uint64_t at = ((uint64_t(w.token) * p.n_head + w.head) * p.splits + w.split) * HEAD_DIM;
   for (uint i = 0; i < 4u; ++i) {
     const uint d = tid + 64u * i;
-    if (d < p.head_dim) st_f32(p.partial, at + d, acc[i]);
+    if (d < HEAD_DIM) st_f32(p.partial, at + d, acc[i]);
   }
 }
