@@ -22,14 +22,19 @@ void add_tp_options(CLI::App& command, TpArgs& args) {
   command.add_option("--tp-shares", args.shares,
                      "Each shard's share of heads, FFN features and vocabulary, e.g. 2,1 (default: even; rounded to "
                      "whole heads and quant blocks)");
+  command.add_option("--tp-join", args.join,
+                     "How the shards join attn_output and ffn_down: sum (one all-reduce each; rounding differs from "
+                     "one device) or gather (two all-gathers each; bit for bit one device's output)")
+      ->check(CLI::IsMember({"sum", "gather"}))
+      ->capture_default_str();
 }
 
 namespace {
 
 std::string slice_text(const engine::TensorSlice& s) {
-  return fmt::format("heads {}-{}, KV heads {}-{}, FFN {}-{}, vocabulary {}-{}", s.head_first, s.head_first + s.n_head,
-                     s.kv_first, s.kv_first + s.n_head_kv, s.ff_first, s.ff_first + s.n_ff, s.vocab_first,
-                     s.vocab_first + s.n_vocab);
+  return fmt::format("heads {}-{}, KV heads {}-{}, FFN {}-{}, vocabulary {}-{}, embedding rows {}-{}", s.head_first,
+                     s.head_first + s.n_head, s.kv_first, s.kv_first + s.n_head_kv, s.ff_first, s.ff_first + s.n_ff,
+                     s.vocab_first, s.vocab_first + s.n_vocab, s.embd_first, s.embd_first + s.n_embd);
 }
 
 }  // namespace
@@ -65,11 +70,13 @@ TpRuntime::TpRuntime(const TpArgs& args, const engine::Model& model, const std::
     rank_ = mpi_comm_->rank();
     backends_.push_back(kernels::make_backend(backend_spec, {.n_threads = threads}));
     engine::StageOptions o = options;
+    o.tp_join = engine::parse_tp_join(args.join);
     o.tp_comm = mpi_comm_.get();
     o.tp_slice = slices[static_cast<size_t>(rank_)];
     if (rank_ == 0) shard::lead_steps(o, *mpi_comm_);
     stages_.push_back(std::make_unique<engine::Stage>(model.file(), config, *backends_[0], 0, config.n_layer, o));
-    description_ = fmt::format("{} MPI ranks of {} threads; rank 0: {}", args.tp, threads, slice_text(o.tp_slice));
+    description_ = fmt::format("{} MPI ranks of {} threads, joined by {}; rank 0: {}", args.tp, threads, args.join,
+                               slice_text(o.tp_slice));
     return;
   }
 #endif
@@ -83,6 +90,7 @@ TpRuntime::TpRuntime(const TpArgs& args, const engine::Model& model, const std::
   for (int r = 0; r < args.tp; ++r) backends_.push_back(kernels::make_backend(backend_spec, {.n_threads = per_shard}));
   const auto options_of = [&](int r) {
     engine::StageOptions o = options;
+    o.tp_join = engine::parse_tp_join(args.join);
     o.tp_comm = ranks_[static_cast<size_t>(r)].get();
     o.tp_slice = slices[static_cast<size_t>(r)];
     return o;
@@ -108,7 +116,7 @@ TpRuntime::TpRuntime(const TpArgs& args, const engine::Model& model, const std::
     for (auto& t : followers_) t.join();
     throw;
   }
-  description_ = fmt::format("{} in-process shards of {} threads", args.tp, per_shard);
+  description_ = fmt::format("{} in-process shards of {} threads, joined by {}", args.tp, per_shard, args.join);
   for (int r = 0; r < args.tp; ++r) description_ += fmt::format("; shard {}: {}", r, slice_text(slices[static_cast<size_t>(r)]));
 }
 

@@ -25,6 +25,7 @@ namespace hearth::apps {
 struct TpArgs {
   int32_t tp = 0;      // shards (0: no tensor parallelism)
   std::string shares;  // "2,1": each shard's share of heads, features and vocabulary (empty: even)
+  std::string join = "sum";  // "sum" | "gather": engine::TpJoin
   bool enabled() const { return tp > 0; }
 };
 void add_tp_options(CLI::App& command, TpArgs& args);

@@ -135,8 +135,9 @@ std::vector<float> run_steps(Forward&& forward, size_t vocab) {
 
 // A tensor-parallel stage over the MPI ranks (rank 0 leads, the others follow its steps, as
 // `mpirun hearth run --tp N` does) gives the same bits as the same shards as threads of one
-// process, and the logits of one device.
-TEST(MpiTensorParallel, SameBitsAsInProcessShardsAndOneDevice) {
+// process, and the logits of one device: within rounding joined by sums, bit for bit joined by
+// gathers.
+void same_bits_as_in_process_shards_and_one_device(engine::TpJoin join) {
   MpiCollective& w = *world();
   const std::filesystem::path path = synth_model(w.rank());
   const gguf::GgufFile file = gguf::GgufFile::open(path);
@@ -145,6 +146,7 @@ TEST(MpiTensorParallel, SameBitsAsInProcessShardsAndOneDevice) {
   const auto slices = engine::tensor_slices(config, w.size(), shares, engine::slice_granularity_of(file, config));
   engine::StageOptions options;
   options.n_ctx = 32;
+  options.tp_join = join;
   const auto vocab = static_cast<size_t>(config.n_vocab);
 
   kernels::CpuBackend backend(1);
@@ -189,16 +191,30 @@ TEST(MpiTensorParallel, SameBitsAsInProcessShardsAndOneDevice) {
   EXPECT_EQ(mpi, threaded);
 
   kernels::CpuBackend one_backend(1);
-  engine::Stage one(file, config, one_backend, 0, config.n_layer, options);
+  engine::StageOptions whole = options;
+  whole.tp_join = engine::TpJoin::SumPartials;
+  engine::Stage one(file, config, one_backend, 0, config.n_layer, whole);
   const std::vector<float> single = run_steps([&](const engine::StageInput& in, std::vector<float>& out) { one.forward(in, out); }, vocab);
   double err = 0.0, norm = 0.0;
   for (size_t i = 0; i < single.size(); ++i) {
     err += (double(mpi[i]) - single[i]) * (double(mpi[i]) - single[i]);
     norm += double(single[i]) * single[i];
   }
-  std::printf("[ mpi tp ] %d ranks: %zu logits, NMSE against one device %.2g\n", w.size(), single.size(), err / norm);
+  std::printf("[ mpi tp ] %d ranks joined by %s: %zu logits, NMSE against one device %.2g\n", w.size(),
+              engine::tp_join_name(join), single.size(), err / norm);
   EXPECT_LE(err / norm, 1e-8);
+  if (join == engine::TpJoin::GatherSlices) {
+    EXPECT_EQ(mpi, single);
+  }
   std::filesystem::remove(path);
+}
+
+TEST(MpiTensorParallel, SameBitsAsInProcessShardsAndOneDevice) {
+  same_bits_as_in_process_shards_and_one_device(engine::TpJoin::SumPartials);
+}
+
+TEST(MpiTensorParallel, JoinedByGathersBitForBitOneDevice) {
+  same_bits_as_in_process_shards_and_one_device(engine::TpJoin::GatherSlices);
 }
 
 }  // namespace
