@@ -6,6 +6,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <numeric>
 #include <thread>
@@ -89,6 +92,33 @@ TEST(Mpi, SplitFormsSubGroups) {
   std::vector<float> one = {1.0f};
   group->all_reduce_sum(one);
   EXPECT_EQ(one[0], static_cast<float>(group->size()));
+}
+
+// The latency of one all-reduce of a llama-1b hidden state (2048 floats, 8 KiB), back to back
+// after a barrier: what the collective costs apart from the shards' compute (a stage's own
+// figure includes waiting for the slowest shard). Printed, not bounded (shared machines); the
+// sums are checked. bench/tp-bench.sh runs it with a count: --gtest_filter=*Latency* plus
+// HEARTH_MPI_LATENCY_ROUNDS.
+TEST(Mpi, AllReduceLatency) {
+  Collective& c = *world();
+  const char* env = std::getenv("HEARTH_MPI_LATENCY_ROUNDS");
+  const int rounds = env != nullptr ? std::max(1, std::atoi(env)) : 200;
+  std::vector<float> data(2048);
+  std::vector<double> us;
+  c.barrier();
+  for (int round = 0; round < rounds; ++round) {
+    for (size_t i = 0; i < data.size(); ++i) data[i] = value(c.rank(), i);
+    const auto start = std::chrono::steady_clock::now();
+    c.all_reduce_sum(data);
+    us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count());
+    float expected = 0.0f;
+    for (int r = 0; r < c.size(); ++r) expected += value(r, 5);
+    ASSERT_EQ(data[5], expected);
+  }
+  std::sort(us.begin(), us.end());
+  const double mean = std::accumulate(us.begin(), us.end(), 0.0) / static_cast<double>(us.size());
+  if (c.rank() == 0) std::printf("[ mpi latency ] %d ranks: all-reduce of 2048 floats: median %.1f us, mean %.1f us, p90 %.1f us over %d\n",
+              c.size(), us[us.size() / 2], mean, us[us.size() * 9 / 10], rounds);
 }
 
 // A synthetic model (grouped-query, Q8_0), each rank its own copy.
