@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "core/error.h"
 #include "engine/model/tensor_map.h"
@@ -486,6 +488,18 @@ void Stage::forward(const StageInput& input, std::vector<float>& out) {
     b.read(a.x, out.data(), out.size() * sizeof(float));
     return;
   }
+  if (input.top_k > 0) {
+    if (n_out == 0) {
+      out.clear();
+      return;
+    }
+    const auto start = std::chrono::steady_clock::now();
+    local_logits_.resize(static_cast<size_t>(n_out * n_vocab_));
+    b.read(a.logits, local_logits_.data(), local_logits_.size() * sizeof(float));
+    top_candidates(input.top_k, n_out, out);
+    tp_stats_.gather_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return;
+  }
   out.resize(static_cast<size_t>(n_out * c.n_vocab));
   if (n_out == 0) return;
   if (!tensor_parallel()) {
@@ -513,6 +527,98 @@ void Stage::forward(const StageInput& input, std::vector<float>& out) {
   tp_stats_.gathers += 1;
   tp_stats_.bytes += local_logits_.size() * sizeof(float);
   tp_stats_.gather_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+namespace {
+using Candidate = std::pair<float, int32_t>;  // (logit, token)
+// The sampler's order: higher logit first, then the lower token.
+bool better_candidate(const Candidate& a, const Candidate& b) {
+  return a.first > b.first || (a.first == b.first && a.second < b.second);
+}
+// log(sum(exp(l))) of `n` logits: the largest plus the log of the sum of exp(l - largest), in
+// double; the largest itself when it is not finite (all -inf, or +inf), as the sampler does.
+float log_sum_exp_of(const float* l, int64_t n) {
+  float m = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n; ++i) m = l[i] > m ? l[i] : m;
+  if (!std::isfinite(m)) return m;
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(l[i]) - m);
+  return static_cast<float>(m + std::log(sum));
+}
+}  // namespace
+
+void Stage::top_candidates(int32_t k, int64_t n_out, std::vector<float>& out) {
+  if (config_.n_vocab > (int64_t{1} << 24)) {
+    throw Error(fmt::format("top-{} candidates: token ids of a vocabulary of {} do not fit a float exactly", k,
+                            config_.n_vocab));
+  }
+  k = std::min(k, config_.n_vocab);
+  const int64_t width = candidate_row_width(k);
+  const int32_t id0 = tensor_parallel() ? options_.tp_slice.vocab_first : 0;
+  constexpr float kNone = -std::numeric_limits<float>::infinity();
+  // This shard's part: per row, its log-sum-exp and its k best (a heap of the k best so far).
+  candidates_.assign(static_cast<size_t>(n_out * width), 0.0f);
+  std::vector<Candidate> heap;
+  for (int64_t row = 0; row < n_out; ++row) {
+    const float* l = local_logits_.data() + row * n_vocab_;
+    float* dst = candidates_.data() + row * width;
+    dst[0] = log_sum_exp_of(l, n_vocab_);
+    heap.clear();
+    for (int64_t i = 0; i < n_vocab_; ++i) {
+      if (std::isnan(l[i])) continue;
+      const Candidate c{l[i], id0 + static_cast<int32_t>(i)};
+      if (static_cast<int32_t>(heap.size()) < k) {
+        heap.push_back(c);
+        std::push_heap(heap.begin(), heap.end(), better_candidate);  // front: the worst kept
+      } else if (better_candidate(c, heap.front())) {
+        std::pop_heap(heap.begin(), heap.end(), better_candidate);
+        heap.back() = c;
+        std::push_heap(heap.begin(), heap.end(), better_candidate);
+      }
+    }
+    std::sort_heap(heap.begin(), heap.end(), better_candidate);  // best first
+    for (int32_t j = 0; j < k; ++j) {
+      const bool have = j < static_cast<int32_t>(heap.size());
+      dst[kCandidateHeader + 2 * j] = have ? heap[static_cast<size_t>(j)].first : kNone;
+      dst[kCandidateHeader + 2 * j + 1] = have ? static_cast<float>(heap[static_cast<size_t>(j)].second) : -1.0f;
+    }
+  }
+  out.resize(candidates_.size());
+  if (!tensor_parallel()) {
+    std::copy(candidates_.begin(), candidates_.end(), out.begin());
+    return;
+  }
+  // Every shard's rows, rank by rank; the union holds the k best of the whole vocabulary.
+  const auto size = static_cast<size_t>(options_.tp_comm->size());
+  reduce_buffer_.resize(candidates_.size() * size);
+  const std::vector<int64_t> counts(size, static_cast<int64_t>(candidates_.size()));
+  options_.tp_comm->all_gather(candidates_, reduce_buffer_, counts);
+  tp_stats_.gathers += 1;
+  tp_stats_.bytes += candidates_.size() * sizeof(float);
+  std::vector<Candidate> all;
+  for (int64_t row = 0; row < n_out; ++row) {
+    all.clear();
+    float m = kNone;
+    for (size_t r = 0; r < size; ++r) m = std::max(m, reduce_buffer_[r * candidates_.size() + static_cast<size_t>(row * width)]);
+    double sum = 0.0;
+    for (size_t r = 0; r < size; ++r) {
+      const float* src = reduce_buffer_.data() + r * candidates_.size() + row * width;
+      if (std::isfinite(m)) sum += std::exp(static_cast<double>(src[0]) - m);
+      for (int32_t j = 0; j < k; ++j) {
+        const float id = src[kCandidateHeader + 2 * j + 1];
+        if (id >= 0.0f) all.push_back({src[kCandidateHeader + 2 * j], static_cast<int32_t>(id)});
+      }
+    }
+    const size_t keep = std::min(all.size(), static_cast<size_t>(k));
+    std::partial_sort(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(keep), all.end(), better_candidate);
+    float* dst = out.data() + row * width;
+    dst[0] = std::isfinite(m) ? static_cast<float>(m + std::log(sum)) : m;
+    for (int32_t j = 0; j < k; ++j) {
+      const bool have = j < static_cast<int32_t>(keep);
+      dst[kCandidateHeader + 2 * j] = have ? all[static_cast<size_t>(j)].first : kNone;
+      dst[kCandidateHeader + 2 * j + 1] = have ? static_cast<float>(all[static_cast<size_t>(j)].second) : -1.0f;
+    }
+  }
 }
 
 }  // namespace hearth::engine

@@ -50,7 +50,15 @@ struct StageInput {
   std::span<const float> hidden;           // later stages: [n_tokens, n_embd]
   std::span<const kernels::KvSlot> slots;  // [n_tokens]: sequence slot and position of each token
   std::span<const int32_t> output_rows;    // last stage: the tokens whose logits are wanted
+  // Last stage: > 0 asks, instead of the logits, for each output row's `top_k` best tokens over
+  // the whole vocabulary (see Stage::forward); under tensor parallelism each shard then sends
+  // its own best and a log-sum-exp, never its logits.
+  int32_t top_k = 0;
 };
+
+// Stage::forward's output for StageInput::top_k = k: per output row, kCandidateHeader + 2 k floats.
+inline constexpr int64_t kCandidateHeader = 1;
+inline int64_t candidate_row_width(int32_t k) { return kCandidateHeader + 2 * int64_t{k}; }
 
 class Stage {
  public:
@@ -61,6 +69,11 @@ class Stage {
         int32_t last, const StageOptions& options);
 
   // Last stage: logits [output_rows.size(), n_vocab]; otherwise hidden states [n_tokens, n_embd].
+  // Last stage with input.top_k = k > 0: per output row, candidate_row_width(k) floats: the
+  // log-sum-exp of the row's logits over the whole vocabulary, then k (logit, token id) pairs,
+  // best first (higher logit, then lower id; NaN never), the ids as exact floats, padded with
+  // (-inf, -1) when the vocabulary has fewer tokens. The tokens and logits are the k best of the
+  // logits forward() would return, bit for bit; the log-sum-exp is the same up to rounding.
   void forward(const StageInput& input, std::vector<float>& out);
 
   bool is_first() const { return first_ == 0; }
@@ -117,6 +130,9 @@ class Stage {
   void reserve_arena(int64_t tokens, int64_t outputs);
   Activations activations(int64_t n, int64_t n_out) const;
   void run_layer(Layer& layer, int32_t il, const Activations& a, uint64_t key);
+  // The StageInput::top_k output from this shard's logits [n_out, n_vocab_] (local_logits_),
+  // merged over the group under tensor parallelism.
+  void top_candidates(int32_t k, int64_t n_out, std::vector<float>& out);
 
   ModelConfig config_;
   kernels::Backend& backend_;
@@ -140,7 +156,7 @@ class Stage {
   std::vector<int64_t> vocab_counts_;
   // Every shard's widths of the gathered slices (gather join): query values, features, embd rows.
   std::vector<int64_t> q_widths_, ff_widths_, embd_widths_;
-  std::vector<float> reduce_buffer_, local_logits_, gathered_;
+  std::vector<float> reduce_buffer_, local_logits_, gathered_, candidates_;
   TpStats tp_stats_;
 };
 

@@ -15,8 +15,8 @@
 //    so the output is bit for bit one device's; it costs two collectives where the sum costs one
 //    and moves the FFN activation (n_ff values) instead of a second n_embd sum.
 //  - The output head is cut by vocabulary rows; each shard computes the logits of its rows and
-//    they are all-gathered into the full vocabulary (greedy or top-k over the shards without the
-//    gather is not built yet).
+//    they are all-gathered into the full vocabulary, or, for greedy and top-k sampling
+//    (StageInput::top_k), each shard sends only its k best tokens and a log-sum-exp.
 //  - Each shard's KV cache holds its own KV heads only; norms and the embedding are replicated.
 //
 // Shares may be uneven ({2, 1}: the first shard twice the heads and features of the second):

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <functional>
 #include <thread>
@@ -20,6 +21,7 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "engine/batch/batch.h"
 #include "engine/format/gguf.h"
 #include "engine/model/model_config.h"
 #include "engine/model/stage.h"
@@ -28,6 +30,7 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/cpu_features.h"
 #include "shard/collective.h"
+#include "shard/tensor_parallel_steps.h"
 #include "tests/support/fixtures.h"
 
 namespace hearth::shard {
@@ -442,6 +445,164 @@ INSTANTIATE_TEST_SUITE_P(Shares, TensorParallelSmolLM2,
                                               p.param.shares.empty() ? std::string("even") : std::string("uneven"),
                                               engine::tp_join_name(p.param.join));
                          });
+
+// ---------------------------------------------------------------------------------------------
+// Distributed top-k: the shards send their best tokens, not their logits
+
+// The k best of `logits` by the sampler's order (higher logit, then lower id).
+std::vector<std::pair<float, int32_t>> best_of(std::span<const float> logits, int32_t k) {
+  std::vector<std::pair<float, int32_t>> all;
+  for (size_t i = 0; i < logits.size(); ++i) all.push_back({logits[i], static_cast<int32_t>(i)});
+  std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); });
+  all.resize(static_cast<size_t>(k));
+  return all;
+}
+
+// StageInput::top_k on 3 uneven shards: each output row's k best tokens and logits are those of
+// the gathered logits bit for bit, and its log-sum-exp is theirs up to rounding.
+TEST(TensorParallelTopK, CandidatesAreTheBestOfTheGatheredLogits) {
+  const SynthCase c{"gqa", 6, 3, 768, DType::Q8_0, 3, {2, 1, 1}};
+  const RemoveAtEnd remove{synth_model(c)};
+  const gguf::GgufFile file = gguf::GgufFile::open(remove.path);
+  const ModelConfig config = ModelConfig::from_gguf(file);
+  StageOptions options;
+  options.n_ctx = 32;
+  TpGroup tp(file, config, c.shards, c.shares, options);
+  const std::vector<engine::Token> tokens = {3, 1999, 700, 701, 5};
+  std::vector<kernels::KvSlot> slots;
+  const std::vector<int32_t> rows = {2, 4};
+  for (int32_t i = 0; i < static_cast<int32_t>(tokens.size()); ++i) slots.push_back({0, i});
+  std::vector<float> logits, candidates;
+  tp.forward(StageInput{.tokens = tokens, .hidden = {}, .slots = slots, .output_rows = rows}, logits);
+  const auto vocab = static_cast<size_t>(config.n_vocab);
+  for (const int32_t k : {1, 7, 64}) {
+    tp.forward(StageInput{.tokens = tokens, .hidden = {}, .slots = slots, .output_rows = rows, .top_k = k}, candidates);
+    const auto width = static_cast<size_t>(engine::candidate_row_width(k));
+    ASSERT_EQ(candidates.size(), rows.size() * width);
+    for (size_t row = 0; row < rows.size(); ++row) {
+      const std::span<const float> full(logits.data() + row * vocab, vocab);
+      const float* got = candidates.data() + row * width;
+      const auto want = best_of(full, k);
+      for (int32_t j = 0; j < k; ++j) {
+        EXPECT_EQ(got[engine::kCandidateHeader + 2 * j], want[static_cast<size_t>(j)].first) << "k " << k << " row " << row << " #" << j;
+        EXPECT_EQ(got[engine::kCandidateHeader + 2 * j + 1], static_cast<float>(want[static_cast<size_t>(j)].second))
+            << "k " << k << " row " << row << " #" << j;
+      }
+      double m = -INFINITY, sum = 0.0;
+      for (float v : full) m = std::max(m, double(v));
+      for (float v : full) sum += std::exp(double(v) - m);
+      EXPECT_NEAR(got[0], m + std::log(sum), 1e-5 * std::max(1.0, std::abs(m)));
+    }
+  }
+}
+
+// Generation through a LocalExecutor over a leading shard (the other shards following its steps,
+// as `hearth run --tp` does): greedy and top-k / top-p / min-p sampling give the same tokens when
+// the shards send their candidates as when they gather the logits (logprobs asked: the whole
+// vocabulary), and the candidates move (1 + 2k) floats per shard and token instead of its
+// vocabulary rows.
+TEST(TensorParallelTopK, SamplingFromCandidatesGivesTheGatherPathsTokens) {
+  const json fixture = json::parse(test::read_file_text(test::fixtures_dir() / "golden" / "smollm2.json"));
+  const fs::path path = test::models_dir() / fixture["file"].get<std::string>();
+  if (!fs::exists(path)) GTEST_SKIP() << path << " not present: run scripts/get-model.sh smollm2";
+  const gguf::GgufFile file = gguf::GgufFile::open(path);
+  const ModelConfig config = ModelConfig::from_gguf(file);
+  constexpr int kShards = 2;
+  const std::vector<double> shares = {2, 1};
+  const auto slices = engine::tensor_slices(config, kShards, shares, engine::slice_granularity_of(file, config));
+  auto ranks = make_in_process_group(kShards);
+  std::vector<std::unique_ptr<kernels::CpuBackend>> backends;
+  for (int r = 0; r < kShards; ++r) backends.push_back(std::make_unique<kernels::CpuBackend>(1));
+  StageOptions options;
+  options.n_ctx = 128;
+  std::thread follower([&] {
+    StageOptions o = options;
+    o.tp_comm = ranks[1].get();
+    o.tp_slice = slices[1];
+    try {
+      Stage stage(file, config, *backends[1], 0, config.n_layer, o);
+      follow_steps(stage, *ranks[1]);
+    } catch (const std::exception& e) {
+      ranks[1]->abort(e.what());
+    }
+  });
+  StageOptions o = options;
+  o.tp_comm = ranks[0].get();
+  o.tp_slice = slices[0];
+  lead_steps(o, *ranks[0]);
+  std::unique_ptr<Stage> leader;
+  try {
+    leader = std::make_unique<Stage>(file, config, *backends[0], 0, config.n_layer, o);
+  } catch (...) {
+    ranks[0]->abort("leader failed");
+    follower.join();
+    throw;
+  }
+  engine::LocalExecutor executor(*leader);
+  const auto prompt = fixture["prompts"][0]["tokens"].get<std::vector<engine::Token>>();
+  constexpr int kTokens = 12;
+  // Tokens of one sequence under `params`, and the bytes shard 0 handed to the collectives for
+  // the logits (the candidates or the gather) per sampled token.
+  const auto generate = [&](const engine::SamplingParams& params, double& logit_bytes_per_token,
+                            std::vector<float>& logprobs) {
+    std::vector<engine::Token> out;
+    std::vector<engine::Token> step(prompt);
+    int32_t pos = 0;
+    const engine::Stage::TpStats before = leader->tp_stats();
+    for (int i = 0; i < kTokens; ++i) {
+      const engine::BatchEntry entry{.slot = 0, .pos0 = pos, .tokens = step, .sample = true,
+                                     .begin = i == 0 ? &params : nullptr};
+      executor.submit(std::span(&entry, 1));
+      const auto sampled = executor.collect();
+      pos += static_cast<int32_t>(step.size());
+      out.push_back(sampled.at(0).token);
+      logprobs.push_back(sampled.at(0).logprob);
+      step = {sampled.at(0).token};
+    }
+    const engine::Stage::TpStats& after = leader->tp_stats();
+    // The layers' collectives move the same bytes on both paths: what differs is the logits'.
+    const uint64_t layer_bytes_per_step =
+        2ull * static_cast<uint64_t>(config.n_layer) * static_cast<uint64_t>(config.n_embd) * sizeof(float);
+    const uint64_t layer_bytes = layer_bytes_per_step * static_cast<uint64_t>(prompt.size()) +
+                                 layer_bytes_per_step * (kTokens - 1);
+    logit_bytes_per_token = static_cast<double>(after.bytes - before.bytes - layer_bytes) / kTokens;
+    return out;
+  };
+  struct Case {
+    const char* name;
+    engine::SamplingParams params;
+  };
+  std::vector<Case> cases;
+  cases.push_back({"greedy", {}});
+  cases.back().params.temperature = 0.0f;
+  cases.push_back({"top-k 40, top-p 0.95, min-p 0.05, t 0.8", {}});
+  cases.back().params.seed = 11;
+  cases.push_back({"top-k 5, t 1.5", {}});
+  cases.back().params.temperature = 1.5f;
+  cases.back().params.top_k = 5;
+  cases.back().params.top_p = 1.0f;
+  cases.back().params.min_p = 0.0f;
+  cases.back().params.seed = 3;
+  for (const Case& c : cases) {
+    double candidate_bytes = 0, gather_bytes = 0;
+    std::vector<float> lp_candidates, lp_gather;
+    const auto from_candidates = generate(c.params, candidate_bytes, lp_candidates);
+    engine::SamplingParams with_logprobs = c.params;
+    with_logprobs.n_logprobs = 1;  // needs the whole vocabulary: the logits are gathered
+    const auto from_gather = generate(with_logprobs, gather_bytes, lp_gather);
+    const int32_t k = c.params.temperature <= 0.0f ? 1 : c.params.top_k;
+    std::printf("[ tp top-k ] %s: %d tokens; shard 0 hands %.0f bytes per token to the logits' collective with "
+                "candidates (k = %d), %.0f with the gather\n",
+                c.name, kTokens, candidate_bytes, k, gather_bytes);
+    EXPECT_EQ(from_candidates, from_gather) << c.name;
+    EXPECT_EQ(candidate_bytes, static_cast<double>(engine::candidate_row_width(k) * sizeof(float))) << c.name;
+    EXPECT_EQ(gather_bytes, static_cast<double>(slices[0].n_vocab * sizeof(float))) << c.name;
+    for (size_t i = 0; i < lp_candidates.size(); ++i) EXPECT_NEAR(lp_candidates[i], lp_gather[i], 1e-4) << c.name << " " << i;
+  }
+  leader.reset();  // nothing more to lead
+  stop_followers(*ranks[0]);
+  follower.join();
+}
 
 TEST(TensorParallelStage, ASliceThatDoesNotFitIsRefusedByName) {
   const SynthCase c{"gqa", 6, 3, 768, DType::Q8_0, 2, {}};
