@@ -95,16 +95,34 @@ std::unique_ptr<MpiCollective> MpiCollective::split(int color, int key) const {
   return std::unique_ptr<MpiCollective>(new MpiCollective(std::move(comm)));
 }
 
-void MpiCollective::wait(void* request_ptr, const char* what) {
+void MpiCollective::wait(void* request_ptr, const char* what, bool idle) {
   auto& request = *static_cast<MPI_Request*>(request_ptr);
   const auto start = std::chrono::steady_clock::now();
+  auto nap = nap_;
   for (;;) {
     int done = 0;
     check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), what);
     if (done) return;
     if (spin_.count() < 0 || std::chrono::steady_clock::now() - start < spin_) continue;
-    std::this_thread::sleep_for(nap_);
+    std::this_thread::sleep_for(nap);
+    if (idle && std::chrono::steady_clock::now() - start > std::chrono::milliseconds(2)) {
+      nap = std::min(nap * 2, std::chrono::microseconds(1000));
+    }
   }
+}
+
+void MpiCollective::send(std::span<const std::byte> data, int dest, int tag) {
+  HEARTH_CHECK(dest >= 0 && dest < size_ && dest != rank_, "send to rank {} of {}", dest, size_);
+  MPI_Request request = MPI_REQUEST_NULL;
+  check(MPI_Isend(data.data(), as_int(data.size(), "send"), MPI_BYTE, dest, tag, comm_->comm, &request), "send");
+  wait(&request, "send");
+}
+
+void MpiCollective::recv(std::span<std::byte> data, int source, int tag, bool idle) {
+  HEARTH_CHECK(source >= 0 && source < size_ && source != rank_, "receive from rank {} of {}", source, size_);
+  MPI_Request request = MPI_REQUEST_NULL;
+  check(MPI_Irecv(data.data(), as_int(data.size(), "receive"), MPI_BYTE, source, tag, comm_->comm, &request), "receive");
+  wait(&request, "receive", idle);
 }
 
 void MpiCollective::all_reduce_sum(std::span<float> data) {

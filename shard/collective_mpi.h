@@ -65,11 +65,17 @@ class MpiCollective final : public Collective {
   // spin: spin forever, as a blocking call does).
   void set_wait(std::chrono::microseconds spin, std::chrono::microseconds nap) { spin_ = spin, nap_ = nap; }
 
+  // Point to point (pipeline links between stages): `data` to rank `dest` of this group with
+  // `tag`; from rank `source` into `data` (the size must be the sender's). `idle`: the receiver
+  // may wait long (between requests) and backs off to sleeping up to 1 ms between polls.
+  void send(std::span<const std::byte> data, int dest, int tag);
+  void recv(std::span<std::byte> data, int source, int tag, bool idle = false);
+
  private:
   struct Comm;
   explicit MpiCollective(std::unique_ptr<Comm> comm);
   // Polls `request` (an MPI_Request) until it completes, as set_wait says.
-  void wait(void* request, const char* what);
+  void wait(void* request, const char* what, bool idle = false);
   std::chrono::microseconds spin_{200}, nap_{20};
   std::unique_ptr<Comm> comm_;
   int rank_ = 0, size_ = 1;

@@ -132,7 +132,9 @@ std::shared_ptr<grammar::CompiledGrammar> SlotSamplers::compiled(const SamplingP
 
 LocalExecutor::LocalExecutor(Stage& stage, std::shared_ptr<const grammar::Vocabulary> vocabulary)
     : stage_(stage), samplers_(stage.options().n_seq, std::move(vocabulary)) {
-  HEARTH_CHECK(stage.is_first() && stage.is_last(), "a local executor needs every layer");
+  // Every layer, or the first stage of a pipeline whose rest it runs (StageOptions::rest_of_pipeline).
+  HEARTH_CHECK(stage.is_first() && (stage.is_last() || stage.options().rest_of_pipeline),
+               "a local executor needs every layer");
 }
 
 void LocalExecutor::submit(std::span<const BatchEntry> entries) {

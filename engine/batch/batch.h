@@ -167,8 +167,9 @@ class BatchExecutor {
   }
 };
 
-// Every layer in this process: a Stage over all layers with one KV slot per sequence. A step
-// runs inside submit(); collect() hands its result over.
+// Every layer in this process: a Stage over all layers with one KV slot per sequence (or the first
+// stage of an mpirun pipeline, whose StageOptions::rest_of_pipeline runs the others). A step runs
+// inside submit(); collect() hands its result over.
 class LocalExecutor final : public BatchExecutor {
  public:
   // `vocabulary`: the model's token bytes, for sequences with a grammar (null: refused).

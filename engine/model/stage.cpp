@@ -484,8 +484,15 @@ void Stage::forward(const StageInput& input, std::vector<float>& out) {
   b.end_step();
 
   if (!is_last()) {
-    out.resize(static_cast<size_t>(n * c.n_embd));
-    b.read(a.x, out.data(), out.size() * sizeof(float));
+    std::vector<float>& hidden = options_.rest_of_pipeline ? hidden_out_ : out;
+    hidden.resize(static_cast<size_t>(n * c.n_embd));
+    b.read(a.x, hidden.data(), hidden.size() * sizeof(float));
+    if (options_.rest_of_pipeline) {
+      StageInput next = input;
+      next.tokens = {};
+      next.hidden = hidden;
+      options_.rest_of_pipeline(next, out);
+    }
     return;
   }
   if (input.top_k > 0) {

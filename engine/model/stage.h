@@ -43,6 +43,11 @@ struct StageOptions {
   // Under tensor parallelism across processes, the shard that schedules (rank 0) hands each
   // step's input to the other shards before it runs its own part: forward() calls this first.
   std::function<void(const StageInput&)> tp_before_forward;
+  // A stage that is not the last, in the process that schedules, when the later stages run
+  // elsewhere (`mpirun --pp`): after its layers, forward() hands `input` with its hidden states
+  // (tokens empty) to this, which runs the rest of the pipeline and leaves the last stage's
+  // output for that input (logits, or candidates for input.top_k) in `out`.
+  std::function<void(const StageInput&, std::vector<float>& out)> rest_of_pipeline;
 };
 
 struct StageInput {
@@ -156,7 +161,7 @@ class Stage {
   std::vector<int64_t> vocab_counts_;
   // Every shard's widths of the gathered slices (gather join): query values, features, embd rows.
   std::vector<int64_t> q_widths_, ff_widths_, embd_widths_;
-  std::vector<float> reduce_buffer_, local_logits_, gathered_, candidates_;
+  std::vector<float> reduce_buffer_, local_logits_, gathered_, candidates_, hidden_out_;
   TpStats tp_stats_;
 };
 
