@@ -99,6 +99,7 @@ int run_plan(const PlanArgs& given) {
     out = j.dump(2) + "\n";
   } else {
     out = plan.to_markdown();
+    out += shard::tensor_groups_markdown(shard::advise_tensor_groups(cost, cluster));
     if (!args.workers.empty()) {
       out += "\ndevices the workers advertise (* runs the stage):\n";
       for (const shard::NodeSpec& n : cluster.nodes) {

@@ -117,8 +117,9 @@ int run_generate(const RunArgs& args) {
     const engine::Stage::TpStats& st = tp->stage().tp_stats();
     const uint64_t steps = std::max<uint64_t>(1, st.gathers);
     std::fprintf(stderr,
-                 "hearth: tensor parallel (shard 0): %llu all-reduces, %.1f us each (host copies included); %llu logits "
-                 "gathers, %.1f us each; %.1f KiB handed to the collectives per step\n",
+                 "hearth: tensor parallel (shard 0): %llu layer collectives (all-reduces, or all-gathers joined by "
+                 "gathers), %.1f us each (host copies and waiting for the other shards included); %llu logits gathers "
+                 "or top-k exchanges, %.1f us each; %.1f KiB handed to the collectives per step\n",
                  static_cast<unsigned long long>(st.all_reduces),
                  st.all_reduces > 0 ? st.all_reduce_seconds / static_cast<double>(st.all_reduces) * 1e6 : 0.0,
                  static_cast<unsigned long long>(st.gathers),

@@ -15,9 +15,13 @@
 #include "engine/model/stage.h"
 #include "kernels/backend.h"
 #include "shard/collective.h"
+#ifdef HEARTH_HAS_MPI
+#include "shard/mpi_pipeline.h"
+#endif
 
 namespace hearth::shard {
 class MpiRuntime;
+class MpiCollective;
 }
 
 namespace hearth::apps {
@@ -25,6 +29,8 @@ namespace hearth::apps {
 struct TpArgs {
   int32_t tp = 0;      // shards (0: no tensor parallelism)
   std::string shares;  // "2,1": each shard's share of heads, features and vocabulary (empty: even)
+  std::string join = "sum";  // "sum" | "gather": engine::TpJoin
+  int32_t pp = 1;            // under mpirun: pipeline stages of tp ranks each (shard/mpi_pipeline.h)
   bool enabled() const { return tp > 0; }
 };
 void add_tp_options(CLI::App& command, TpArgs& args);
@@ -51,7 +57,12 @@ class TpRuntime {
 
  private:
   std::unique_ptr<shard::MpiRuntime> mpi_;
-  std::unique_ptr<shard::Collective> mpi_comm_;
+  std::unique_ptr<shard::MpiCollective> mpi_world_;
+  std::unique_ptr<shard::Collective> mpi_comm_;  // this rank's stage group (the world with one stage)
+  int mpi_stages_ = 1, mpi_stage_ = 0;
+#ifdef HEARTH_HAS_MPI
+  shard::MpiGrid grid_;
+#endif
   std::vector<std::unique_ptr<shard::InProcessCollective>> ranks_;
   std::vector<std::unique_ptr<kernels::Backend>> backends_;
   std::vector<std::unique_ptr<engine::Stage>> stages_;  // [0]: this process's (leader's) shard

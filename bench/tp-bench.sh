@@ -60,6 +60,14 @@ echo "TP-2 in-process, 1 thread each:   tg $inproc tokens/s   $(tp_line)"
 mpi="$(best_tg mpirun -np 2 --oversubscribe "$HEARTH" "${RUN[@]}" -t 1 --tp 2)"
 echo "TP-2 mpirun -np 2, 1 thread each: tg $mpi tokens/s   $(tp_line)"
 awk -v a="$mpi" -v b="$one1" -v c="$one2" 'BEGIN { printf "mpirun TP-2 / 1 thread: %.2fx (goal 1.6x); / 2 threads: %.2fx (goal 0.85x)\n", a / b, a / c }'
+mpig="$(best_tg mpirun -np 2 --oversubscribe "$HEARTH" "${RUN[@]}" -t 1 --tp 2 --tp-join gather)"
+echo "TP-2 mpirun -np 2, joined by gathers: tg $mpig tokens/s   $(tp_line)"
+# The collective alone: all-reduces of 2048 floats back to back (no compute between them).
+LATENCY_TEST="${LATENCY_TEST:-$(dirname "$HEARTH")/test_collective_mpi}"
+if [[ -x "$LATENCY_TEST" ]]; then
+  HEARTH_MPI_LATENCY_ROUNDS=2000 mpirun -np 2 --oversubscribe "$LATENCY_TEST" --gtest_filter='*Latency*' 2>&1 |
+    grep -o 'all-reduce of 2048 floats.*' | sed 's/^/mpirun -np 2 /'
+fi
 
 # One rank slowed: rank 1 on the scalar kernels.
 slow=(mpirun -np 1 --oversubscribe -x HEARTH_CPU_LEVEL="$(HEARTH_CPU_LEVEL= "$HEARTH" info --system 2>/dev/null | grep -o 'cpu kernels *[a-z0-9]*' | awk '{print $3}')"

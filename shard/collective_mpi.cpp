@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <numeric>
+#include <utility>
 
 #include "core/error.h"
 #include "core/fp16.h"
@@ -71,6 +72,9 @@ bool MpiRuntime::launched_by_mpirun() {
 }
 
 MpiCollective::MpiCollective(std::unique_ptr<Comm> comm) : comm_(std::move(comm)) {
+  for (auto [name, into] : {std::pair{"HEARTH_MPI_SPIN_US", &spin_}, std::pair{"HEARTH_MPI_NAP_US", &nap_}}) {
+    if (const char* v = std::getenv(name); v != nullptr && *v != '\0') *into = std::chrono::microseconds(std::atoll(v));
+  }
   MPI_Comm_set_errhandler(comm_->comm, MPI_ERRORS_RETURN);
   check(MPI_Comm_rank(comm_->comm, &rank_), "rank");
   check(MPI_Comm_size(comm_->comm, &size_), "size");
@@ -91,10 +95,42 @@ std::unique_ptr<MpiCollective> MpiCollective::split(int color, int key) const {
   return std::unique_ptr<MpiCollective>(new MpiCollective(std::move(comm)));
 }
 
+void MpiCollective::wait(void* request_ptr, const char* what, bool idle) {
+  auto& request = *static_cast<MPI_Request*>(request_ptr);
+  const auto start = std::chrono::steady_clock::now();
+  auto nap = nap_;
+  for (;;) {
+    int done = 0;
+    check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), what);
+    if (done) return;
+    if (spin_.count() < 0 || std::chrono::steady_clock::now() - start < spin_) continue;
+    std::this_thread::sleep_for(nap);
+    if (idle && std::chrono::steady_clock::now() - start > std::chrono::milliseconds(2)) {
+      nap = std::min(nap * 2, std::chrono::microseconds(1000));
+    }
+  }
+}
+
+void MpiCollective::send(std::span<const std::byte> data, int dest, int tag) {
+  HEARTH_CHECK(dest >= 0 && dest < size_ && dest != rank_, "send to rank {} of {}", dest, size_);
+  MPI_Request request = MPI_REQUEST_NULL;
+  check(MPI_Isend(data.data(), as_int(data.size(), "send"), MPI_BYTE, dest, tag, comm_->comm, &request), "send");
+  wait(&request, "send");
+}
+
+void MpiCollective::recv(std::span<std::byte> data, int source, int tag, bool idle) {
+  HEARTH_CHECK(source >= 0 && source < size_ && source != rank_, "receive from rank {} of {}", source, size_);
+  MPI_Request request = MPI_REQUEST_NULL;
+  check(MPI_Irecv(data.data(), as_int(data.size(), "receive"), MPI_BYTE, source, tag, comm_->comm, &request), "receive");
+  wait(&request, "receive", idle);
+}
+
 void MpiCollective::all_reduce_sum(std::span<float> data) {
   const int n = as_int(data.size(), "all-reduce");
   gathered_.resize(data.size() * static_cast<size_t>(size_));
-  check(MPI_Allgather(data.data(), n, MPI_FLOAT, gathered_.data(), n, MPI_FLOAT, comm_->comm), "all-reduce");
+  MPI_Request request = MPI_REQUEST_NULL;
+  check(MPI_Iallgather(data.data(), n, MPI_FLOAT, gathered_.data(), n, MPI_FLOAT, comm_->comm, &request), "all-reduce");
+  wait(&request, "all-reduce");
   // In rank order, as InProcessCollective: the same bits on every rank.
   for (size_t i = 0; i < data.size(); ++i) {
     float sum = 0.0f;
@@ -106,8 +142,10 @@ void MpiCollective::all_reduce_sum(std::span<float> data) {
 void MpiCollective::all_reduce_sum_f16(std::span<uint16_t> data) {
   const int n = as_int(data.size(), "all-reduce (f16)");
   gathered_f16_.resize(data.size() * static_cast<size_t>(size_));
-  check(MPI_Allgather(data.data(), n, MPI_UINT16_T, gathered_f16_.data(), n, MPI_UINT16_T, comm_->comm),
+  MPI_Request request = MPI_REQUEST_NULL;
+  check(MPI_Iallgather(data.data(), n, MPI_UINT16_T, gathered_f16_.data(), n, MPI_UINT16_T, comm_->comm, &request),
         "all-reduce (f16)");
+  wait(&request, "all-reduce (f16)");
   for (size_t i = 0; i < data.size(); ++i) {
     float sum = 0.0f;
     for (int r = 0; r < size_; ++r) sum += fp16_to_fp32(gathered_f16_[static_cast<size_t>(r) * data.size() + i]);
@@ -126,21 +164,29 @@ void MpiCollective::all_gather(std::span<const float> mine, std::span<float> all
     at[r] = as_int(offset, "all-gather");
     offset += static_cast<size_t>(counts[r]);
   }
-  check(MPI_Allgatherv(mine.data(), n[static_cast<size_t>(rank_)], MPI_FLOAT, all.data(), n.data(), at.data(), MPI_FLOAT,
-                       comm_->comm),
+  MPI_Request request = MPI_REQUEST_NULL;
+  check(MPI_Iallgatherv(mine.data(), n[static_cast<size_t>(rank_)], MPI_FLOAT, all.data(), n.data(), at.data(),
+                        MPI_FLOAT, comm_->comm, &request),
         "all-gather");
+  wait(&request, "all-gather");
 }
 
 void MpiCollective::broadcast(std::span<std::byte> data, int root) {
   HEARTH_CHECK(root >= 0 && root < size_, "broadcast from rank {} of {}", root, size_);
   for (size_t at = 0; at < data.size() || (at == 0 && data.empty()); at += static_cast<size_t>(INT_MAX)) {
     const size_t n = std::min(data.size() - at, static_cast<size_t>(INT_MAX));
-    check(MPI_Bcast(data.data() + at, static_cast<int>(n), MPI_BYTE, root, comm_->comm), "broadcast");
+    MPI_Request request = MPI_REQUEST_NULL;
+    check(MPI_Ibcast(data.data() + at, static_cast<int>(n), MPI_BYTE, root, comm_->comm, &request), "broadcast");
+    wait(&request, "broadcast");
     if (data.empty()) break;
   }
 }
 
-void MpiCollective::barrier() { check(MPI_Barrier(comm_->comm), "barrier"); }
+void MpiCollective::barrier() {
+  MPI_Request request = MPI_REQUEST_NULL;
+  check(MPI_Ibarrier(comm_->comm, &request), "barrier");
+  wait(&request, "barrier");
+}
 
 void MpiCollective::broadcast_idle(std::span<std::byte> data, int root) {
   HEARTH_CHECK(root >= 0 && root < size_, "broadcast from rank {} of {}", root, size_);

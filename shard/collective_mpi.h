@@ -8,6 +8,7 @@
 // all-gather's one round is the cheapest anyway.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
@@ -55,9 +56,27 @@ class MpiCollective final : public Collective {
   // an idle follower does not hold a core.
   void broadcast_idle(std::span<std::byte> data, int root) override;
 
+  // How every other operation waits: it starts the non-blocking collective and polls it with
+  // MPI_Test, spinning for `spin`, then sleeping `nap` between polls. A blocking MPI call spins
+  // for as long as the peer takes; on a machine whose cores are shared (other processes, or
+  // more threads than cores) a rank whose peer is descheduled then burns its own time slice
+  // waiting, and the two ranks rarely run at once. Default 200 us (the ThreadPool's spin) and
+  // 20 us; the environment's HEARTH_MPI_SPIN_US / HEARTH_MPI_NAP_US override them (a negative
+  // spin: spin forever, as a blocking call does).
+  void set_wait(std::chrono::microseconds spin, std::chrono::microseconds nap) { spin_ = spin, nap_ = nap; }
+
+  // Point to point (pipeline links between stages): `data` to rank `dest` of this group with
+  // `tag`; from rank `source` into `data` (the size must be the sender's). `idle`: the receiver
+  // may wait long (between requests) and backs off to sleeping up to 1 ms between polls.
+  void send(std::span<const std::byte> data, int dest, int tag);
+  void recv(std::span<std::byte> data, int source, int tag, bool idle = false);
+
  private:
   struct Comm;
   explicit MpiCollective(std::unique_ptr<Comm> comm);
+  // Polls `request` (an MPI_Request) until it completes, as set_wait says.
+  void wait(void* request, const char* what, bool idle = false);
+  std::chrono::microseconds spin_{200}, nap_{20};
   std::unique_ptr<Comm> comm_;
   int rank_ = 0, size_ = 1;
   std::vector<float> gathered_;

@@ -123,6 +123,36 @@ uint64_t parse_size(std::string_view text);
 std::string format_bytes(uint64_t bytes);  // "1.5 GiB", "412.0 MiB", "35.2 KiB", "12 B"
 
 // ---------------------------------------------------------------------------------------------
+// Tensor parallelism: which nodes to join into one tensor-parallel group
+//
+// For one sequence a pipeline is no faster than its nodes one after the other: with layers split
+// by bandwidth every stage takes bytes / sum(bandwidth), and the n stages add up. A tensor-parallel
+// group of the same nodes reads its shares at once (bytes / sum(bandwidth), shares proportional
+// to bandwidth) but joins every layer with two collectives over its slowest link. Per token:
+//
+//     pp_ms = n * bytes / sum(bw) + n_layer * overhead + (n - 1) hops (latency + hidden / link bw)
+//     tp_ms = bytes / sum(bw) + n_layer * overhead + 2 * n_layer * all_reduce_ms
+//     all_reduce_ms = latency + (n - 1) * n_embd * 4 bytes / link bw   (an all-gather of f32 sums)
+//
+// so a group pays inside a box or over a fast link (a few us of latency) and not across 1 GbE or
+// Wi-Fi, where 2 * n_layer latencies outweigh what the shared read saves.
+struct TensorGroupAdvice {
+  std::vector<std::string> members;  // node names, the group's order
+  std::vector<double> shares;        // each member's share, proportional to its bandwidth
+  LinkSpec slowest_link;             // the slowest link between two members
+  double all_reduce_ms = 0;          // one all-reduce of a hidden state over it
+  double tp_ms = 0, pp_ms = 0;       // per token, the whole model, as above
+  bool tensor_parallel = false;      // tp_ms < pp_ms
+  std::string why;                   // one sentence with the figures
+};
+
+// The groups worth asking about: the nodes of each host with several, and each pair of nodes an
+// explicit link joins; each estimated as above. Empty when no two nodes share a host or a link.
+std::vector<TensorGroupAdvice> advise_tensor_groups(const ModelCost& cost, const ClusterSpec& cluster);
+// Markdown: one line per group with its shares, both estimates and the choice.
+std::string tensor_groups_markdown(const std::vector<TensorGroupAdvice>& groups);
+
+// ---------------------------------------------------------------------------------------------
 // The plan
 
 struct PlanOptions {

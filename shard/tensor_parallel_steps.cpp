@@ -1,6 +1,8 @@
 #include "shard/tensor_parallel_steps.h"
 
+#include <algorithm>
 #include <array>
+#include <climits>
 
 #include "core/error.h"
 
@@ -8,8 +10,8 @@ namespace hearth::shard {
 namespace {
 
 enum : int64_t { kStep = 1, kStop = 2 };
-// op, tokens, hidden values, slots, output rows
-using Header = std::array<int64_t, 5>;
+// op, tokens, hidden values, slots, output rows, top_k (StageInput::top_k)
+using Header = std::array<int64_t, 6>;
 constexpr int64_t kMaxValues = int64_t{1} << 31;
 
 template <class T>
@@ -23,7 +25,7 @@ void lead_steps(engine::StageOptions& options, Collective& comm) {
   HEARTH_CHECK(comm.rank() == 0, "the leader of tensor-parallel steps is rank 0, not {}", comm.rank());
   options.tp_before_forward = [&comm](const engine::StageInput& in) {
     Header h = {kStep, static_cast<int64_t>(in.tokens.size()), static_cast<int64_t>(in.hidden.size()),
-                static_cast<int64_t>(in.slots.size()), static_cast<int64_t>(in.output_rows.size())};
+                static_cast<int64_t>(in.slots.size()), static_cast<int64_t>(in.output_rows.size()), in.top_k};
     // The followers wait for the header with broadcast_idle; the leader must send it with the
     // same call (MPI does not match a blocking broadcast with a non-blocking one).
     comm.broadcast_idle(std::as_writable_bytes(std::span(h)), 0);
@@ -50,8 +52,8 @@ void follow_steps(engine::Stage& stage, Collective& comm) {
     if (h[0] == kStop) return;
     for (size_t i = 1; i < h.size(); ++i) {
       if (h[0] != kStep || h[i] < 0 || h[i] > kMaxValues) {
-        throw Error(fmt::format("tensor-parallel step from rank 0: malformed header ({} {} {} {} {})", h[0], h[1], h[2],
-                                h[3], h[4]));
+        throw Error(fmt::format("tensor-parallel step from rank 0: malformed header ({} {} {} {} {} {})", h[0], h[1],
+                                h[2], h[3], h[4], h[5]));
       }
     }
     tokens.resize(static_cast<size_t>(h[1]));
@@ -62,12 +64,14 @@ void follow_steps(engine::Stage& stage, Collective& comm) {
     if (!hidden.empty()) comm.broadcast(bytes_of(hidden), 0);
     if (!slots.empty()) comm.broadcast(bytes_of(slots), 0);
     if (!rows.empty()) comm.broadcast(bytes_of(rows), 0);
-    stage.forward({.tokens = tokens, .hidden = hidden, .slots = slots, .output_rows = rows}, out);
+    stage.forward({.tokens = tokens, .hidden = hidden, .slots = slots, .output_rows = rows,
+                   .top_k = static_cast<int32_t>(std::min<int64_t>(h[5], INT32_MAX))},
+                  out);
   }
 }
 
 void stop_followers(Collective& comm) {
-  Header h = {kStop, 0, 0, 0, 0};
+  Header h = {kStop, 0, 0, 0, 0, 0};
   comm.broadcast_idle(std::as_writable_bytes(std::span(h)), 0);
 }
 

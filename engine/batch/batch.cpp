@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <limits>
 
 #include "core/error.h"
 
@@ -21,8 +22,32 @@ void flatten_entries(std::span<const BatchEntry> entries, std::vector<Token>& to
   }
 }
 
+int32_t SlotSamplers::candidates_needed(std::span<const BatchEntry> entries, size_t n_vocab) const {
+  constexpr int32_t kMostCandidates = 1024;  // beyond this, gathering the logits costs little more
+  int32_t k = 0;
+  for (const BatchEntry& e : entries) {
+    if (e.slot < 0 || static_cast<size_t>(e.slot) >= slots_.size()) return 0;  // sample() says why
+    const Slot& s = slots_[static_cast<size_t>(e.slot)];
+    if (!e.sample) continue;
+    const SamplingParams* p = e.begin != nullptr ? e.begin : (s.sampler ? &s.sampler->params() : nullptr);
+    if (p == nullptr || !p->grammar.empty() || (e.begin == nullptr && s.matcher) || p->n_logprobs > 0 ||
+        !p->logit_bias.empty() || p->repeat_penalty != 1.0f || p->presence_penalty != 0.0f ||
+        p->frequency_penalty != 0.0f) {
+      return 0;
+    }
+    if (p->temperature <= 0.0f) {
+      k = std::max(k, 1);
+    } else if (p->top_k > 0 && static_cast<size_t>(p->top_k) < n_vocab && p->top_k <= kMostCandidates) {
+      k = std::max(k, p->top_k);
+    } else {
+      return 0;
+    }
+  }
+  return k;
+}
+
 std::vector<SampledToken> SlotSamplers::sample(std::span<const BatchEntry> entries, std::span<const float> logits,
-                                               size_t n_vocab) {
+                                               size_t n_vocab, std::span<const double> log_z) {
   std::vector<SampledToken> sampled;
   size_t row = 0;
   for (const BatchEntry& e : entries) {
@@ -65,7 +90,8 @@ std::vector<SampledToken> SlotSamplers::sample(std::span<const BatchEntry> entri
       mask_.apply(masked_logits_);
       row_logits = masked_logits_;
     }
-    sampled.push_back(s.sampler->sample(row_logits, s.history));
+    sampled.push_back(log_z.empty() ? s.sampler->sample(row_logits, s.history)
+                                    : s.sampler->sample(row_logits, s.history, log_z[row]));
     ++row;
   }
   return sampled;
@@ -106,7 +132,9 @@ std::shared_ptr<grammar::CompiledGrammar> SlotSamplers::compiled(const SamplingP
 
 LocalExecutor::LocalExecutor(Stage& stage, std::shared_ptr<const grammar::Vocabulary> vocabulary)
     : stage_(stage), samplers_(stage.options().n_seq, std::move(vocabulary)) {
-  HEARTH_CHECK(stage.is_first() && stage.is_last(), "a local executor needs every layer");
+  // Every layer, or the first stage of a pipeline whose rest it runs (StageOptions::rest_of_pipeline).
+  HEARTH_CHECK(stage.is_first() && (stage.is_last() || stage.options().rest_of_pipeline),
+               "a local executor needs every layer");
 }
 
 void LocalExecutor::submit(std::span<const BatchEntry> entries) {
@@ -130,8 +158,26 @@ std::vector<SampledToken> LocalExecutor::collect() {
 
 std::vector<SampledToken> LocalExecutor::run(std::span<const BatchEntry> entries) {
   flatten_entries(entries, tokens_, kv_slots_, output_rows_);
-  stage_.forward({.tokens = tokens_, .hidden = {}, .slots = kv_slots_, .output_rows = output_rows_}, logits_);
-  return samplers_.sample(entries, logits_, static_cast<size_t>(stage_.config().n_vocab));
+  const auto n_vocab = static_cast<size_t>(stage_.config().n_vocab);
+  // A tensor-parallel stage sends its shards' best tokens instead of gathering the logits when
+  // the samplers need no more.
+  const int32_t k = stage_.tensor_parallel() ? samplers_.candidates_needed(entries, n_vocab) : 0;
+  stage_.forward({.tokens = tokens_, .hidden = {}, .slots = kv_slots_, .output_rows = output_rows_, .top_k = k},
+                 logits_);
+  if (k == 0) return samplers_.sample(entries, logits_, n_vocab);
+  const int64_t width = candidate_row_width(k);
+  const size_t rows = logits_.size() / static_cast<size_t>(width);
+  candidates_.assign(rows * n_vocab, -std::numeric_limits<float>::infinity());
+  log_z_.resize(rows);
+  for (size_t row = 0; row < rows; ++row) {
+    const float* src = logits_.data() + row * static_cast<size_t>(width);
+    log_z_[row] = src[0];
+    for (int32_t j = 0; j < k; ++j) {
+      const float id = src[kCandidateHeader + 2 * j + 1];
+      if (id >= 0.0f) candidates_[row * n_vocab + static_cast<size_t>(id)] = src[kCandidateHeader + 2 * j];
+    }
+  }
+  return samplers_.sample(entries, candidates_, n_vocab, log_z_);
 }
 
 }  // namespace hearth::engine

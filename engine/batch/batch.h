@@ -73,7 +73,17 @@ class SlotSamplers {
   // [n_sampling_entries, n_vocab], a grammar's disallowed tokens masked to -inf first. Throws
   // hearth::Error for a slot out of range, a slot stepped before its sequence began, or a
   // grammar that does not parse or cannot be used here (a peer can send those).
-  std::vector<SampledToken> sample(std::span<const BatchEntry> entries, std::span<const float> logits, size_t n_vocab);
+  // `log_z` (empty, or one per sampling entry): each row's log-sum-exp, passed to the Sampler.
+  std::vector<SampledToken> sample(std::span<const BatchEntry> entries, std::span<const float> logits, size_t n_vocab,
+                                   std::span<const double> log_z = {});
+  // How many of the best tokens of each sampling row these entries' samplers need: 1 when every
+  // one is greedy, the largest top_k when they draw from the top-k, 0 when any needs the whole
+  // vocabulary (logprobs, penalties, logit bias, a grammar, no top-k, or a slot not begun). The
+  // tokens sample() then picks from logits that are -inf outside those candidates are the ones
+  // it picks from the whole logits (the greedy best and the top-k come first in both), so a
+  // tensor-parallel stage can send its shards' best instead of gathering the logits. Call it
+  // before sample() with the same entries.
+  int32_t candidates_needed(std::span<const BatchEntry> entries, size_t n_vocab) const;
 
  private:
   struct Slot {
@@ -157,8 +167,9 @@ class BatchExecutor {
   }
 };
 
-// Every layer in this process: a Stage over all layers with one KV slot per sequence. A step
-// runs inside submit(); collect() hands its result over.
+// Every layer in this process: a Stage over all layers with one KV slot per sequence (or the first
+// stage of an mpirun pipeline, whose StageOptions::rest_of_pipeline runs the others). A step runs
+// inside submit(); collect() hands its result over.
 class LocalExecutor final : public BatchExecutor {
  public:
   // `vocabulary`: the model's token bytes, for sequences with a grammar (null: refused).
@@ -179,6 +190,10 @@ class LocalExecutor final : public BatchExecutor {
   std::vector<kernels::KvSlot> kv_slots_;
   std::vector<int32_t> output_rows_;
   std::vector<float> logits_;
+  // Under tensor parallelism: the stage's candidates, spread over a vocabulary of -inf, and each
+  // row's log-sum-exp (see SlotSamplers::candidates_needed).
+  std::vector<float> candidates_;
+  std::vector<double> log_z_;
   std::deque<std::variant<std::vector<SampledToken>, std::string>> done_;  // results or errors
 };
 

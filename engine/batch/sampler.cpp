@@ -299,11 +299,11 @@ Sampler::Sampler(const SamplingParams& params, uint32_t resumed) : params_(param
   require(params.n_logprobs >= 0, fmt::format("n_logprobs must be >= 0, not {}", params.n_logprobs));
 }
 
-SampledToken Sampler::sample(std::span<const float> logits, std::span<const Token> history) {
+SampledToken Sampler::sample(std::span<const float> logits, std::span<const Token> history, double known_log_z) {
   if (logits.empty()) throw Error("sampler: no logits (empty vocabulary)");
   const size_t n_vocab = logits.size();
   const float raw_max = max_of(logits.data(), n_vocab);
-  const double log_z = log_sum_exp(logits, raw_max);
+  const double log_z = std::isnan(known_log_z) ? log_sum_exp(logits, raw_max) : known_log_z;
   SampledToken result{};
   const auto finish = [&](Token token) {
     result.token = token;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <random>
 #include <span>
 #include <string>
@@ -68,7 +69,11 @@ class Sampler {
 
   // Samples from `logits` (size = vocabulary) given the tokens of the sequence so far
   // (prompt and generated; the penalties look at the last repeat_last_n of them).
-  SampledToken sample(std::span<const float> logits, std::span<const Token> history);
+  // `log_z`: the log-sum-exp of the logits when the caller knows it better than `logits` do (a
+  // tensor-parallel stage's candidates spread over a vocabulary of -inf: see
+  // SlotSamplers::candidates_needed); NaN: computed from `logits`.
+  SampledToken sample(std::span<const float> logits, std::span<const Token> history,
+                      double log_z = std::numeric_limits<double>::quiet_NaN());
 
   const SamplingParams& params() const { return params_; }
 

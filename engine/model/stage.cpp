@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "core/error.h"
 #include "engine/model/tensor_map.h"
@@ -59,24 +61,33 @@ std::pair<int64_t, int64_t> Stage::slice_range(const TensorDesc& desc) const {
     return {t.vocab_first, t.n_vocab};
   }
   switch (desc.role) {
+    case LayerTensor::AttnOutput:
+      if (gather_join()) return {t.embd_first, t.n_embd};
+      return {t.head_first * hd, t.n_head * hd};
     case LayerTensor::Q:
-    case LayerTensor::BiasQ:
-    case LayerTensor::AttnOutput: return {t.head_first * hd, t.n_head * hd};
+    case LayerTensor::BiasQ: return {t.head_first * hd, t.n_head * hd};
     case LayerTensor::K:
     case LayerTensor::V:
     case LayerTensor::BiasK:
     case LayerTensor::BiasV: return {t.kv_first * hd, t.n_head_kv * hd};
+    case LayerTensor::Down:
+      if (gather_join()) return {t.embd_first, t.n_embd};
+      return {t.ff_first, t.n_ff};
     case LayerTensor::Gate:
-    case LayerTensor::Up:
-    case LayerTensor::Down: return {t.ff_first, t.n_ff};
+    case LayerTensor::Up: return {t.ff_first, t.n_ff};
     default: break;
   }
   HEARTH_CHECK(false, "tensor {} is not cut by tensor parallelism", desc.name);
   return {};
 }
 
-Tensor Stage::load_slice(const gguf::GgufFile& file, const TensorDesc& desc) {
-  if (!tensor_parallel() || desc.slice == SliceRule::Replicated) return load(file, desc);
+Tensor Stage::load_slice(const gguf::GgufFile& file, const TensorDesc& cut) {
+  if (!tensor_parallel() || cut.slice == SliceRule::Replicated) return load(file, cut);
+  TensorDesc desc = cut;
+  // Joining by gathers, attn_output and ffn_down are cut by their rows (output features).
+  if (gather_join() && desc.layer >= 0 && (desc.role == LayerTensor::AttnOutput || desc.role == LayerTensor::Down)) {
+    desc.slice = SliceRule::Rows;
+  }
   const gguf::TensorInfo* info = checked_tensor(file, desc, backend_);
   if (info == nullptr) return {};
   const auto [first, count] = slice_range(desc);
@@ -156,12 +167,15 @@ Stage::Stage(const gguf::GgufFile& file, const ModelConfig& config, kernels::Bac
     for (int32_t j = 0; heads_ok && j < t.n_head; ++j) {
       heads_ok = (t.head_first + j) / group == t.kv_first + j / (t.n_head / t.n_head_kv);
     }
-    if (!heads_ok || t.n_ff <= 0 || t.ff_first < 0 || t.ff_first + t.n_ff > c.n_ff || t.n_vocab <= 0 ||
+    const bool embd_ok = !gather_join() || (t.n_embd > 0 && t.embd_first >= 0 && t.embd_first + t.n_embd <= c.n_embd);
+    if (!heads_ok || !embd_ok || t.n_ff <= 0 || t.ff_first < 0 || t.ff_first + t.n_ff > c.n_ff || t.n_vocab <= 0 ||
         t.vocab_first < 0 || t.vocab_first + t.n_vocab > c.n_vocab) {
-      throw Error(fmt::format("tensor-parallel slice (heads {}+{}, KV heads {}+{}, features {}+{}, vocabulary {}+{}) does "
-                              "not fit {} ({} heads over {} KV heads, {} features, {} tokens)",
+      throw Error(fmt::format("tensor-parallel slice (heads {}+{}, KV heads {}+{}, features {}+{}, vocabulary {}+{}, "
+                              "embedding rows {}+{}) does not fit {} ({} heads over {} KV heads, {} features, {} "
+                              "tokens, {} embedding rows)",
                               t.head_first, t.n_head, t.kv_first, t.n_head_kv, t.ff_first, t.n_ff, t.vocab_first,
-                              t.n_vocab, file.path(), c.n_head, c.n_head_kv, c.n_ff, c.n_vocab));
+                              t.n_vocab, t.embd_first, t.n_embd, file.path(), c.n_head, c.n_head_kv, c.n_ff, c.n_vocab,
+                              c.n_embd));
     }
     n_head_ = t.n_head, n_head_kv_ = t.n_head_kv, n_ff_ = t.n_ff, n_vocab_ = t.n_vocab;
   }
@@ -198,17 +212,30 @@ Stage::Stage(const gguf::GgufFile& file, const ModelConfig& config, kernels::Bac
       output_ = token_embd_;
     }
   }
-  if (is_last() && tensor_parallel()) {
-    // Every shard's vocabulary rows, for the gather of the logits.
-    std::vector<float> mine = {static_cast<float>(n_vocab_)}, all(static_cast<size_t>(options.tp_comm->size()));
-    const std::vector<int64_t> ones(all.size(), 1);
-    options.tp_comm->all_gather(mine, all, ones);
-    int64_t total = 0;
-    for (float v : all) vocab_counts_.push_back(static_cast<int64_t>(v)), total += vocab_counts_.back();
-    if (total != c.n_vocab) {
-      throw Error(fmt::format("the tensor-parallel shards hold {} vocabulary rows together, not the model's {}", total,
-                              c.n_vocab));
-    }
+  if (tensor_parallel()) {
+    // Every shard's widths along each gathered dimension (the same collective on every shard,
+    // whatever its stage holds): vocabulary rows for the logits, query values, features and
+    // embedding rows for the gather join. Each must add up to the model's.
+    const auto size = static_cast<size_t>(options.tp_comm->size());
+    const TensorSlice& t = options.tp_slice;
+    std::vector<float> mine = {static_cast<float>(n_vocab_), static_cast<float>(int64_t{t.n_head} * c.head_dim),
+                               static_cast<float>(t.n_ff), static_cast<float>(t.n_embd)};
+    std::vector<float> all(size * mine.size());
+    const std::vector<int64_t> counts(size, static_cast<int64_t>(mine.size()));
+    options.tp_comm->all_gather(mine, all, counts);
+    const auto widths = [&](size_t field, int64_t want, const char* what, bool check) {
+      std::vector<int64_t> w;
+      int64_t total = 0;
+      for (size_t r = 0; r < size; ++r) w.push_back(static_cast<int64_t>(all[r * mine.size() + field])), total += w.back();
+      if (check && total != want) {
+        throw Error(fmt::format("the tensor-parallel shards hold {} {} together, not the model's {}", total, what, want));
+      }
+      return w;
+    };
+    vocab_counts_ = widths(0, c.n_vocab, "vocabulary rows", is_last());
+    q_widths_ = widths(1, int64_t{c.n_head} * c.head_dim, "query values", gather_join());
+    ff_widths_ = widths(2, c.n_ff, "FFN features", gather_join());
+    embd_widths_ = widths(3, c.n_embd, "embedding rows", gather_join());
   }
   const int64_t kv_dim = int64_t{n_head_kv_} * c.head_dim;
   for (Layer& l : layers_) l.kv = backend_.new_kv_layer(options.kv_type, options.n_seq, options.n_ctx, kv_dim);
@@ -233,6 +260,11 @@ void Stage::reserve_arena(int64_t tokens, int64_t outputs) {
   r.positions = arena.reserve(static_cast<size_t>(tokens) * sizeof(int32_t));
   r.slots = arena.reserve(static_cast<size_t>(tokens) * sizeof(kernels::KvSlot));
   r.out_rows = arena.reserve(static_cast<size_t>(outputs) * sizeof(int32_t));
+  if (gather_join()) {
+    r.attn_all = arena.reserve(f32_rows(int64_t{c.n_head} * c.head_dim, tokens));
+    r.ff_all = arena.reserve(f32_rows(c.n_ff, tokens));
+    r.part = arena.reserve(f32_rows(options_.tp_slice.n_embd, tokens));
+  }
   if (is_last()) {
     r.picked = arena.reserve(f32_rows(e, outputs));
     r.logits = arena.reserve(f32_rows(n_vocab_, outputs));
@@ -260,6 +292,11 @@ Stage::Activations Stage::activations(int64_t n, int64_t n_out) const {
   a.tokens = arena_.tensor(r.tokens, DType::I32, {n, 1, 1, 1});
   a.positions = arena_.tensor(r.positions, DType::I32, {n, 1, 1, 1});
   a.slots = arena_.tensor(r.slots, DType::I32, {2, n, 1, 1});
+  if (gather_join()) {
+    a.attn_all = arena_.tensor(r.attn_all, DType::F32, {int64_t{c.n_head} * c.head_dim, n, 1, 1});
+    a.ff_all = arena_.tensor(r.ff_all, DType::F32, {c.n_ff, n, 1, 1});
+    a.part = arena_.tensor(r.part, DType::F32, {options_.tp_slice.n_embd, n, 1, 1});
+  }
   if (n_out > 0) {
     a.out_rows = arena_.tensor(r.out_rows, DType::I32, {n_out, 1, 1, 1});
     if (is_last()) {
@@ -281,8 +318,43 @@ void Stage::all_reduce(const Tensor& t, uint64_t key, int32_t part) {
   tp_stats_.all_reduces += 1;
   tp_stats_.bytes += reduce_buffer_.size() * sizeof(float);
   tp_stats_.all_reduce_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  // Each part of a step between two all-reduces is a step of its own for a recording backend.
-  b.begin_step(key + static_cast<uint64_t>(part + 1) * 0x9E3779B97F4A7C15ull);
+  next_part(key, part);
+}
+
+void Stage::next_part(uint64_t key, int32_t part) {
+  // Each part of a step between two collectives is a step of its own for a recording backend.
+  backend_.begin_step(key + static_cast<uint64_t>(part + 1) * 0x9E3779B97F4A7C15ull);
+}
+
+void Stage::gather_slices(const Tensor& mine, const Tensor& all, const std::vector<int64_t>& widths, uint64_t key,
+                          int32_t part) {
+  kernels::Backend& b = backend_;
+  b.end_step();
+  const auto start = std::chrono::steady_clock::now();
+  const int64_t n = mine.n_rows(), width = mine.ne[0], total = all.ne[0];
+  HEARTH_CHECK(all.n_rows() == n);
+  local_logits_.resize(static_cast<size_t>(width * n));
+  b.read(mine, local_logits_.data(), local_logits_.size() * sizeof(float));
+  std::vector<int64_t> counts(widths.size());
+  for (size_t r = 0; r < counts.size(); ++r) counts[r] = widths[r] * n;
+  reduce_buffer_.resize(static_cast<size_t>(total * n));
+  options_.tp_comm->all_gather(local_logits_, reduce_buffer_, counts);
+  // Rank by rank, [n, width_r] blocks -> columns of the rows of [n, total].
+  gathered_.resize(reduce_buffer_.size());
+  int64_t at = 0, column = 0;
+  for (const int64_t w : widths) {
+    for (int64_t row = 0; row < n; ++row) {
+      std::memcpy(gathered_.data() + row * total + column, reduce_buffer_.data() + at + row * w,
+                  static_cast<size_t>(w) * sizeof(float));
+    }
+    at += w * n;
+    column += w;
+  }
+  b.write(all, gathered_.data(), gathered_.size() * sizeof(float));
+  tp_stats_.all_reduces += 1;
+  tp_stats_.bytes += local_logits_.size() * sizeof(float);
+  tp_stats_.all_reduce_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  next_part(key, part);
 }
 
 void Stage::run_layer(Layer& l, int32_t il, const Activations& a, uint64_t key) {
@@ -325,8 +397,14 @@ void Stage::run_layer(Layer& l, int32_t il, const Activations& a, uint64_t key) 
   ap.softcap = c.attn_logit_softcap;
   ap.window = swa ? c.sliding_window : 0;
   b.attention(q, l.kv, a.slots, ap, a.attn);
-  b.matmul(l.wo, a.attn, cur);
-  if (tensor_parallel()) all_reduce(cur, key, 2 * (il - first_));
+  if (gather_join()) {
+    gather_slices(a.attn, a.attn_all, q_widths_, key, 4 * (il - first_));
+    b.matmul(l.wo, a.attn_all, a.part);
+    gather_slices(a.part, cur, embd_widths_, key, 4 * (il - first_) + 1);
+  } else {
+    b.matmul(l.wo, a.attn, cur);
+    if (tensor_parallel()) all_reduce(cur, key, 2 * (il - first_));
+  }
   if (c.post_norms) b.rms_norm(cur, l.post_attn_norm, c.norm_eps, cur);
   b.add(x, cur, x);
 
@@ -335,8 +413,14 @@ void Stage::run_layer(Layer& l, int32_t il, const Activations& a, uint64_t key) 
   b.matmul(l.w_gate, cur, a.gate);
   b.matmul(l.w_up, cur, a.up);
   b.glu(a.gate, a.up, c.activation, a.gate);
-  b.matmul(l.w_down, a.gate, cur);
-  if (tensor_parallel()) all_reduce(cur, key, 2 * (il - first_) + 1);
+  if (gather_join()) {
+    gather_slices(a.gate, a.ff_all, ff_widths_, key, 4 * (il - first_) + 2);
+    b.matmul(l.w_down, a.ff_all, a.part);
+    gather_slices(a.part, cur, embd_widths_, key, 4 * (il - first_) + 3);
+  } else {
+    b.matmul(l.w_down, a.gate, cur);
+    if (tensor_parallel()) all_reduce(cur, key, 2 * (il - first_) + 1);
+  }
   if (c.post_norms) b.rms_norm(cur, l.post_ffn_norm, c.norm_eps, cur);
   b.add(x, cur, x);
 }
@@ -400,8 +484,27 @@ void Stage::forward(const StageInput& input, std::vector<float>& out) {
   b.end_step();
 
   if (!is_last()) {
-    out.resize(static_cast<size_t>(n * c.n_embd));
-    b.read(a.x, out.data(), out.size() * sizeof(float));
+    std::vector<float>& hidden = options_.rest_of_pipeline ? hidden_out_ : out;
+    hidden.resize(static_cast<size_t>(n * c.n_embd));
+    b.read(a.x, hidden.data(), hidden.size() * sizeof(float));
+    if (options_.rest_of_pipeline) {
+      StageInput next = input;
+      next.tokens = {};
+      next.hidden = hidden;
+      options_.rest_of_pipeline(next, out);
+    }
+    return;
+  }
+  if (input.top_k > 0) {
+    if (n_out == 0) {
+      out.clear();
+      return;
+    }
+    const auto start = std::chrono::steady_clock::now();
+    local_logits_.resize(static_cast<size_t>(n_out * n_vocab_));
+    b.read(a.logits, local_logits_.data(), local_logits_.size() * sizeof(float));
+    top_candidates(input.top_k, n_out, out);
+    tp_stats_.gather_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return;
   }
   out.resize(static_cast<size_t>(n_out * c.n_vocab));
@@ -431,6 +534,98 @@ void Stage::forward(const StageInput& input, std::vector<float>& out) {
   tp_stats_.gathers += 1;
   tp_stats_.bytes += local_logits_.size() * sizeof(float);
   tp_stats_.gather_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+namespace {
+using Candidate = std::pair<float, int32_t>;  // (logit, token)
+// The sampler's order: higher logit first, then the lower token.
+bool better_candidate(const Candidate& a, const Candidate& b) {
+  return a.first > b.first || (a.first == b.first && a.second < b.second);
+}
+// log(sum(exp(l))) of `n` logits: the largest plus the log of the sum of exp(l - largest), in
+// double; the largest itself when it is not finite (all -inf, or +inf), as the sampler does.
+float log_sum_exp_of(const float* l, int64_t n) {
+  float m = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n; ++i) m = l[i] > m ? l[i] : m;
+  if (!std::isfinite(m)) return m;
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(l[i]) - m);
+  return static_cast<float>(m + std::log(sum));
+}
+}  // namespace
+
+void Stage::top_candidates(int32_t k, int64_t n_out, std::vector<float>& out) {
+  if (config_.n_vocab > (int64_t{1} << 24)) {
+    throw Error(fmt::format("top-{} candidates: token ids of a vocabulary of {} do not fit a float exactly", k,
+                            config_.n_vocab));
+  }
+  k = std::min(k, config_.n_vocab);
+  const int64_t width = candidate_row_width(k);
+  const int32_t id0 = tensor_parallel() ? options_.tp_slice.vocab_first : 0;
+  constexpr float kNone = -std::numeric_limits<float>::infinity();
+  // This shard's part: per row, its log-sum-exp and its k best (a heap of the k best so far).
+  candidates_.assign(static_cast<size_t>(n_out * width), 0.0f);
+  std::vector<Candidate> heap;
+  for (int64_t row = 0; row < n_out; ++row) {
+    const float* l = local_logits_.data() + row * n_vocab_;
+    float* dst = candidates_.data() + row * width;
+    dst[0] = log_sum_exp_of(l, n_vocab_);
+    heap.clear();
+    for (int64_t i = 0; i < n_vocab_; ++i) {
+      if (std::isnan(l[i])) continue;
+      const Candidate c{l[i], id0 + static_cast<int32_t>(i)};
+      if (static_cast<int32_t>(heap.size()) < k) {
+        heap.push_back(c);
+        std::push_heap(heap.begin(), heap.end(), better_candidate);  // front: the worst kept
+      } else if (better_candidate(c, heap.front())) {
+        std::pop_heap(heap.begin(), heap.end(), better_candidate);
+        heap.back() = c;
+        std::push_heap(heap.begin(), heap.end(), better_candidate);
+      }
+    }
+    std::sort_heap(heap.begin(), heap.end(), better_candidate);  // best first
+    for (int32_t j = 0; j < k; ++j) {
+      const bool have = j < static_cast<int32_t>(heap.size());
+      dst[kCandidateHeader + 2 * j] = have ? heap[static_cast<size_t>(j)].first : kNone;
+      dst[kCandidateHeader + 2 * j + 1] = have ? static_cast<float>(heap[static_cast<size_t>(j)].second) : -1.0f;
+    }
+  }
+  out.resize(candidates_.size());
+  if (!tensor_parallel()) {
+    std::copy(candidates_.begin(), candidates_.end(), out.begin());
+    return;
+  }
+  // Every shard's rows, rank by rank; the union holds the k best of the whole vocabulary.
+  const auto size = static_cast<size_t>(options_.tp_comm->size());
+  reduce_buffer_.resize(candidates_.size() * size);
+  const std::vector<int64_t> counts(size, static_cast<int64_t>(candidates_.size()));
+  options_.tp_comm->all_gather(candidates_, reduce_buffer_, counts);
+  tp_stats_.gathers += 1;
+  tp_stats_.bytes += candidates_.size() * sizeof(float);
+  std::vector<Candidate> all;
+  for (int64_t row = 0; row < n_out; ++row) {
+    all.clear();
+    float m = kNone;
+    for (size_t r = 0; r < size; ++r) m = std::max(m, reduce_buffer_[r * candidates_.size() + static_cast<size_t>(row * width)]);
+    double sum = 0.0;
+    for (size_t r = 0; r < size; ++r) {
+      const float* src = reduce_buffer_.data() + r * candidates_.size() + row * width;
+      if (std::isfinite(m)) sum += std::exp(static_cast<double>(src[0]) - m);
+      for (int32_t j = 0; j < k; ++j) {
+        const float id = src[kCandidateHeader + 2 * j + 1];
+        if (id >= 0.0f) all.push_back({src[kCandidateHeader + 2 * j], static_cast<int32_t>(id)});
+      }
+    }
+    const size_t keep = std::min(all.size(), static_cast<size_t>(k));
+    std::partial_sort(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(keep), all.end(), better_candidate);
+    float* dst = out.data() + row * width;
+    dst[0] = std::isfinite(m) ? static_cast<float>(m + std::log(sum)) : m;
+    for (int32_t j = 0; j < k; ++j) {
+      const bool have = j < static_cast<int32_t>(keep);
+      dst[kCandidateHeader + 2 * j] = have ? all[static_cast<size_t>(j)].first : kNone;
+      dst[kCandidateHeader + 2 * j + 1] = have ? static_cast<float>(all[static_cast<size_t>(j)].second) : -1.0f;
+    }
+  }
 }
 
 }  // namespace hearth::engine

@@ -112,14 +112,25 @@ std::vector<TensorSlice> tensor_slices(const ModelConfig& c, int32_t n_shards, s
                                                   fmt::format("{} FFN features (ffn_down in blocks of {})", c.n_ff,
                                                               granularity.ff_values));
   const std::vector<int64_t> vocab = split_by_shares(c.n_vocab, 1, shares, fmt::format("{} vocabulary rows", c.n_vocab));
+  const std::vector<int64_t> embd = split_by_shares(c.n_embd, 1, shares, fmt::format("{} embedding rows", c.n_embd));
   for (size_t i = 0; i < out.size(); ++i) {
     out[i].ff_first = static_cast<int32_t>(ff[i]);
     out[i].n_ff = static_cast<int32_t>(ff[i + 1] - ff[i]);
     out[i].vocab_first = static_cast<int32_t>(vocab[i]);
     out[i].n_vocab = static_cast<int32_t>(vocab[i + 1] - vocab[i]);
+    out[i].embd_first = static_cast<int32_t>(embd[i]);
+    out[i].n_embd = static_cast<int32_t>(embd[i + 1] - embd[i]);
   }
   return out;
 }
+
+TpJoin parse_tp_join(const std::string& text) {
+  if (text == "sum") return TpJoin::SumPartials;
+  if (text == "gather") return TpJoin::GatherSlices;
+  throw Error(fmt::format("tensor-parallel join '{}': expected 'sum' or 'gather'", text));
+}
+
+const char* tp_join_name(TpJoin join) { return join == TpJoin::SumPartials ? "sum" : "gather"; }
 
 std::vector<double> parse_shares(const std::string& text) {
   std::vector<double> shares;

@@ -8,9 +8,15 @@
 //    heads and its partial products are summed by an all-reduce.
 //  - FFN gate / up are cut by rows (features), down by columns over the same features, then an
 //    all-reduce.
+//  - Or, joining by gathers (TpJoin::GatherSlices): attn_output and ffn_down are cut by rows
+//    (output features of n_embd) instead; the shards all-gather the attention output and the FFN
+//    activation first, each computes its rows of the product over the whole input, and they
+//    all-gather those. Every dot product is then one device's, in one device's summation order,
+//    so the output is bit for bit one device's; it costs two collectives where the sum costs one
+//    and moves the FFN activation (n_ff values) instead of a second n_embd sum.
 //  - The output head is cut by vocabulary rows; each shard computes the logits of its rows and
-//    they are all-gathered into the full vocabulary (greedy or top-k over the shards without the
-//    gather is not built yet).
+//    they are all-gathered into the full vocabulary, or, for greedy and top-k sampling
+//    (StageInput::top_k), each shard sends only its k best tokens and a log-sum-exp.
 //  - Each shard's KV cache holds its own KV heads only; norms and the embedding are replicated.
 //
 // Shares may be uneven ({2, 1}: the first shard twice the heads and features of the second):
@@ -45,12 +51,24 @@ class TensorParallelComm {
   virtual void all_gather(std::span<const float> mine, std::span<float> all, std::span<const int64_t> counts) = 0;
 };
 
-// One shard's part of every layer (global indices: heads, KV heads, FFN features, vocabulary rows).
+// How the shards join the two halves of a layer (see the head of this file).
+enum class TpJoin {
+  SumPartials,   // Megatron: attn_output / ffn_down by columns, one all-reduce each; rounding differs
+  GatherSlices,  // attn_output / ffn_down by rows, two all-gathers each; bit for bit one device's
+};
+
+// "sum" | "gather"; throws hearth::Error otherwise.
+TpJoin parse_tp_join(const std::string& text);
+const char* tp_join_name(TpJoin join);
+
+// One shard's part of every layer (global indices: heads, KV heads, FFN features, vocabulary
+// rows, and the rows of attn_output / ffn_down it computes when joining by gathers).
 struct TensorSlice {
   int32_t head_first = 0, n_head = 0;
   int32_t kv_first = 0, n_head_kv = 0;
   int32_t ff_first = 0, n_ff = 0;
   int32_t vocab_first = 0, n_vocab = 0;
+  int32_t embd_first = 0, n_embd = 0;
   friend bool operator==(const TensorSlice&, const TensorSlice&) = default;
 };
 

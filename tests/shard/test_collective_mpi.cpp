@@ -6,6 +6,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <numeric>
 #include <thread>
@@ -18,6 +21,7 @@
 #include "engine/model/tensor_parallel.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "shard/collective_mpi.h"
+#include "shard/mpi_pipeline.h"
 #include "shard/tensor_parallel_steps.h"
 
 namespace hearth::shard {
@@ -91,6 +95,33 @@ TEST(Mpi, SplitFormsSubGroups) {
   EXPECT_EQ(one[0], static_cast<float>(group->size()));
 }
 
+// The latency of one all-reduce of a llama-1b hidden state (2048 floats, 8 KiB), back to back
+// after a barrier: what the collective costs apart from the shards' compute (a stage's own
+// figure includes waiting for the slowest shard). Printed, not bounded (shared machines); the
+// sums are checked. bench/tp-bench.sh runs it with a count: --gtest_filter=*Latency* plus
+// HEARTH_MPI_LATENCY_ROUNDS.
+TEST(Mpi, AllReduceLatency) {
+  Collective& c = *world();
+  const char* env = std::getenv("HEARTH_MPI_LATENCY_ROUNDS");
+  const int rounds = env != nullptr ? std::max(1, std::atoi(env)) : 200;
+  std::vector<float> data(2048);
+  std::vector<double> us;
+  c.barrier();
+  for (int round = 0; round < rounds; ++round) {
+    for (size_t i = 0; i < data.size(); ++i) data[i] = value(c.rank(), i);
+    const auto start = std::chrono::steady_clock::now();
+    c.all_reduce_sum(data);
+    us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count());
+    float expected = 0.0f;
+    for (int r = 0; r < c.size(); ++r) expected += value(r, 5);
+    ASSERT_EQ(data[5], expected);
+  }
+  std::sort(us.begin(), us.end());
+  const double mean = std::accumulate(us.begin(), us.end(), 0.0) / static_cast<double>(us.size());
+  if (c.rank() == 0) std::printf("[ mpi latency ] %d ranks: all-reduce of 2048 floats: median %.1f us, mean %.1f us, p90 %.1f us over %d\n",
+              c.size(), us[us.size() / 2], mean, us[us.size() * 9 / 10], rounds);
+}
+
 // A synthetic model (grouped-query, Q8_0), each rank its own copy.
 std::filesystem::path synth_model(int rank) {
   engine::SynthOptions options;
@@ -135,9 +166,12 @@ std::vector<float> run_steps(Forward&& forward, size_t vocab) {
 
 // A tensor-parallel stage over the MPI ranks (rank 0 leads, the others follow its steps, as
 // `mpirun hearth run --tp N` does) gives the same bits as the same shards as threads of one
-// process, and the logits of one device.
-TEST(MpiTensorParallel, SameBitsAsInProcessShardsAndOneDevice) {
+// process, and the logits of one device: within rounding joined by sums, bit for bit joined by
+// gathers.
+void same_bits_as_in_process_shards_and_one_device(engine::TpJoin join) {
   MpiCollective& w = *world();
+  // The synthetic model's 3 KV heads cut into 2 or 3 shards (4 ranks run the pipeline test).
+  if (w.size() > 3) GTEST_SKIP() << "3 KV heads do not cut into " << w.size() << " shards";
   const std::filesystem::path path = synth_model(w.rank());
   const gguf::GgufFile file = gguf::GgufFile::open(path);
   const engine::ModelConfig config = engine::ModelConfig::from_gguf(file);
@@ -145,6 +179,7 @@ TEST(MpiTensorParallel, SameBitsAsInProcessShardsAndOneDevice) {
   const auto slices = engine::tensor_slices(config, w.size(), shares, engine::slice_granularity_of(file, config));
   engine::StageOptions options;
   options.n_ctx = 32;
+  options.tp_join = join;
   const auto vocab = static_cast<size_t>(config.n_vocab);
 
   kernels::CpuBackend backend(1);
@@ -189,15 +224,79 @@ TEST(MpiTensorParallel, SameBitsAsInProcessShardsAndOneDevice) {
   EXPECT_EQ(mpi, threaded);
 
   kernels::CpuBackend one_backend(1);
-  engine::Stage one(file, config, one_backend, 0, config.n_layer, options);
+  engine::StageOptions whole = options;
+  whole.tp_join = engine::TpJoin::SumPartials;
+  engine::Stage one(file, config, one_backend, 0, config.n_layer, whole);
   const std::vector<float> single = run_steps([&](const engine::StageInput& in, std::vector<float>& out) { one.forward(in, out); }, vocab);
   double err = 0.0, norm = 0.0;
   for (size_t i = 0; i < single.size(); ++i) {
     err += (double(mpi[i]) - single[i]) * (double(mpi[i]) - single[i]);
     norm += double(single[i]) * single[i];
   }
-  std::printf("[ mpi tp ] %d ranks: %zu logits, NMSE against one device %.2g\n", w.size(), single.size(), err / norm);
+  std::printf("[ mpi tp ] %d ranks joined by %s: %zu logits, NMSE against one device %.2g\n", w.size(),
+              engine::tp_join_name(join), single.size(), err / norm);
   EXPECT_LE(err / norm, 1e-8);
+  if (join == engine::TpJoin::GatherSlices) {
+    EXPECT_EQ(mpi, single);
+  }
+  std::filesystem::remove(path);
+}
+
+TEST(MpiTensorParallel, SameBitsAsInProcessShardsAndOneDevice) {
+  same_bits_as_in_process_shards_and_one_device(engine::TpJoin::SumPartials);
+}
+
+TEST(MpiTensorParallel, JoinedByGathersBitForBitOneDevice) {
+  same_bits_as_in_process_shards_and_one_device(engine::TpJoin::GatherSlices);
+}
+
+// Pipeline stages of tensor-parallel groups over the ranks (shard/mpi_pipeline.h), the stages
+// linked by MPI point-to-point: 2 ranks make 2 stages of 1 shard, 3 ranks 3 stages, 4 ranks 2
+// stages of 2 shards (joined by gathers). The logits are one device's bit for bit.
+TEST(MpiPipeline, StagesOfGroupsGiveOneDevicesBits) {
+  MpiCollective& w = *world();
+  const std::filesystem::path path = synth_model(w.rank());
+  const gguf::GgufFile file = gguf::GgufFile::open(path);
+  const engine::ModelConfig config = engine::ModelConfig::from_gguf(file);
+  const int tp = w.size() >= 4 ? 2 : 1;
+  if (w.size() % tp != 0 || w.size() / tp > config.n_layer) GTEST_SKIP() << w.size() << " ranks";
+  const MpiGrid grid = mpi_grid(w.rank(), w.size(), tp, config.n_layer);
+  const auto group = w.split(grid.stage, grid.shard);
+  const auto slices = engine::tensor_slices(config, tp, {}, engine::slice_granularity_of(file, config));
+  engine::StageOptions o;
+  o.n_ctx = 32;
+  if (tp > 1) {
+    o.tp_join = engine::TpJoin::GatherSlices;
+    o.tp_comm = group.get();
+    o.tp_slice = slices[static_cast<size_t>(grid.shard)];
+    if (grid.leader()) lead_steps(o, *group);
+  }
+  if (w.rank() == 0 && grid.stages > 1) lead_pipeline(o, w, grid);
+  kernels::CpuBackend backend(1);
+  engine::Stage stage(file, config, backend, grid.first_layer(grid.stage, config.n_layer),
+                      grid.first_layer(grid.stage + 1, config.n_layer), o);
+  const auto vocab = static_cast<size_t>(config.n_vocab);
+  if (w.rank() != 0) {
+    if (grid.leader()) {
+      relay_pipeline(stage, w, grid);
+      if (tp > 1) stop_followers(*group);
+    } else {
+      follow_steps(stage, *group);
+    }
+    std::filesystem::remove(path);
+    return;
+  }
+  const std::vector<float> piped = run_steps([&](const engine::StageInput& in, std::vector<float>& out) { stage.forward(in, out); }, vocab);
+  stop_pipeline(w, grid);
+  if (tp > 1) stop_followers(*group);
+  kernels::CpuBackend one_backend(1);
+  engine::StageOptions whole;
+  whole.n_ctx = 32;
+  engine::Stage one(file, config, one_backend, 0, config.n_layer, whole);
+  const std::vector<float> single = run_steps([&](const engine::StageInput& in, std::vector<float>& out) { one.forward(in, out); }, vocab);
+  std::printf("[ mpi pipeline ] %d stages of %d shards: %zu logits, %s one device's\n", grid.stages, grid.shards,
+              single.size(), piped == single ? "bit for bit" : "NOT");
+  EXPECT_EQ(piped, single);
   std::filesystem::remove(path);
 }
 

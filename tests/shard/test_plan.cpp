@@ -296,6 +296,39 @@ TEST(Plan, FastNodeGetsProportionallyMoreLayers) {
   EXPECT_EQ(slow, 10);
 }
 
+// A tensor-parallel group pays inside a box (20 us links), not over 1 GbE (0.3 ms): 2 * n_layer
+// all-reduces a token outweigh reading the weights at once. Shares follow bandwidth.
+TEST(Plan, TensorGroupsInsideABoxNotAcrossSlowLinks) {
+  ModelCost cost = model_of(std::vector<uint64_t>(16, 40 * MiB));  // a llama-1b's 640 MiB
+  cost.n_embd = 2048;
+  ClusterSpec cluster;
+  cluster.nodes = {node("gpu0", 4096 * MiB, 300, "box"), node("gpu1", 4096 * MiB, 150, "box"),
+                   node("a", 4096 * MiB, 40, "a"), node("b", 4096 * MiB, 40, "b")};
+  cluster.local_link = {40, 0.02};
+  cluster.add_link("a", "b", {1, 0.3});
+  const auto groups = advise_tensor_groups(cost, cluster);
+  ASSERT_EQ(groups.size(), 2u);
+  const TensorGroupAdvice& box = groups[0];
+  EXPECT_EQ(box.members, (std::vector<std::string>{"gpu0", "gpu1"}));
+  EXPECT_EQ(box.shares, (std::vector<double>{2, 1}));
+  // By hand: 640 MiB read at 450 GB/s; 16 layers of 0.01 ms; 32 all-reduces of 0.02 ms + 8 KiB at
+  // 40 Gbit/s; the pipeline reads twice as long and hops once (0.02 ms + 4 KiB of f16).
+  const double read = 640.0 * MiB / 450e9 * 1e3;
+  EXPECT_NEAR(box.tp_ms, read + 16 * 0.01 + 32 * (0.02 + 2048 * 4 * 8 / 40e9 * 1e3), 1e-9);
+  EXPECT_NEAR(box.pp_ms, 2 * read + 16 * 0.01 + 0.02 + 2048 * 2 * 8 / 40e9 * 1e3, 1e-9);
+  EXPECT_TRUE(box.tensor_parallel) << box.why;
+  const TensorGroupAdvice& lan = groups[1];
+  EXPECT_EQ(lan.members, (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(lan.shares, (std::vector<double>{1, 1}));
+  EXPECT_FALSE(lan.tensor_parallel) << lan.why;
+  // The same two machines over a 25 Gbit/s, 5 us link: a group again.
+  cluster.add_link("a", "b", {25, 0.005});
+  EXPECT_TRUE(advise_tensor_groups(cost, cluster)[1].tensor_parallel);
+  const std::string text = tensor_groups_markdown(groups);
+  EXPECT_NE(text.find("- gpu0 + gpu1, shares 2:1: tensor-parallel"), std::string::npos) << text;
+  EXPECT_NE(text.find("-> pipeline"), std::string::npos) << text;
+}
+
 TEST(Plan, NodesOfOneHostAreAdjacentAndTheCoordinatorFirst) {
   const ModelCost cost = model_of(std::vector<uint64_t>(16, 10 * MiB));
   ClusterSpec cluster;
