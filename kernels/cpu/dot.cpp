@@ -156,6 +156,8 @@ const std::array<Table, kLevels>& tables() {
     // anyway, it gets the plain NEON kernels instead of an illegal instruction.
     a[static_cast<size_t>(CpuLevel::Dotprod)] =
         cpu_level_supported(CpuLevel::Dotprod) ? dotprod_table() : a[static_cast<size_t>(CpuLevel::Neon)];
+    // i8mm pays in the packed prefill kernels (packed.h); the native-row dots stay dotprod's.
+    a[static_cast<size_t>(CpuLevel::I8mm)] = a[static_cast<size_t>(CpuLevel::Dotprod)];
 #endif
     return a;
   }();

@@ -366,13 +366,16 @@ TEST(CpuFeatures, SupportedLevelsFollowTheArchitecture) {
 #if defined(__x86_64__)
   EXPECT_FALSE(cpu_level_supported(CpuLevel::Neon));
   EXPECT_FALSE(cpu_level_supported(CpuLevel::Dotprod));
+  EXPECT_FALSE(cpu_level_supported(CpuLevel::I8mm));
   EXPECT_EQ(cpu_level_supported(CpuLevel::Avx2), cpu_supported_level() != CpuLevel::Scalar);
   EXPECT_EQ(cpu_level_supported(CpuLevel::Avx512), cpu_supported_level() == CpuLevel::Avx512);
 #elif defined(__aarch64__)
   EXPECT_FALSE(cpu_level_supported(CpuLevel::Avx2));
   EXPECT_FALSE(cpu_level_supported(CpuLevel::Avx512));
   EXPECT_TRUE(cpu_level_supported(CpuLevel::Neon));  // Advanced SIMD is part of armv8-a
-  EXPECT_EQ(cpu_level_supported(CpuLevel::Dotprod), cpu_supported_level() == CpuLevel::Dotprod);
+  EXPECT_EQ(cpu_level_supported(CpuLevel::Dotprod),
+            cpu_supported_level() == CpuLevel::Dotprod || cpu_supported_level() == CpuLevel::I8mm);
+  EXPECT_EQ(cpu_level_supported(CpuLevel::I8mm), cpu_supported_level() == CpuLevel::I8mm);
 #endif
 }
 
