@@ -11,6 +11,9 @@
 #if defined(HEARTH_X86_KERNELS)
 #include "kernels/cpu/x86/packed_x86.h"
 #endif
+#if defined(HEARTH_ARM_KERNELS)
+#include "kernels/cpu/arm/packed_arm.h"
+#endif
 
 namespace hearth::kernels {
 namespace {
@@ -437,6 +440,24 @@ const PackedKernel kAvx2Evex[] = HEARTH_PACKED_SET(avx2_evex, quantize_avx512);
 #undef HEARTH_PACKED_SET
 #endif
 
+#if defined(HEARTH_ARM_KERNELS)
+// The activations of every aarch64 level come from the neon and dotprod quantizers, which
+// write the scalar ones' bytes (dot products have no use in quantizing).
+void quantize_neon(DType type, const float* x, void* out, int64_t k) { quantize_at(CpuLevel::Neon, type, x, out, k); }
+
+#define HEARTH_PACKED_SET(ns)                                                                                     \
+  {                                                                                                               \
+    PackedKernel{quantize_neon, arm::ns::packed_gemm_q4_0}, PackedKernel{quantize_neon, arm::ns::packed_gemm_q4_1}, \
+        PackedKernel{quantize_neon, arm::ns::packed_gemm_q5_0}, PackedKernel{quantize_neon, arm::ns::packed_gemm_q5_1}, \
+        PackedKernel{quantize_neon, arm::ns::packed_gemm_q8_0}, PackedKernel{quantize_neon, arm::ns::packed_gemm_q4_K}, \
+        PackedKernel{quantize_neon, arm::ns::packed_gemm_q6_K},                                                    \
+  }
+const PackedKernel kNeon[] = HEARTH_PACKED_SET(neon);
+const PackedKernel kDotprod[] = HEARTH_PACKED_SET(dotprod);
+const PackedKernel kI8mm[] = HEARTH_PACKED_SET(i8mm);
+#undef HEARTH_PACKED_SET
+#endif
+
 // The index of a packable type in the sets above, or -1.
 int packed_index(DType type) {
   switch (type) {
@@ -464,6 +485,14 @@ const PackedKernel* packed_kernel(DType type, CpuLevel level) {
     if (cpu_has_avx_vnni()) return &kAvxVnni[i];
 #endif
     return &kAvx2[i];
+  }
+#endif
+#if defined(HEARTH_ARM_KERNELS)
+  switch (level) {
+    case CpuLevel::Neon: return &kNeon[i];
+    case CpuLevel::Dotprod: return &kDotprod[i];
+    case CpuLevel::I8mm: return &kI8mm[i];
+    default: break;
   }
 #endif
   return nullptr;

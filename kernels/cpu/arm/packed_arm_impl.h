@@ -1,0 +1,449 @@
+// The packed-weight matmul on aarch64 (layout: kernels/cpu/packed.h, shared with x86), written
+// once and compiled per level by the file that includes it, which defines
+//   HEARTH_ARM_NS       the namespace under hearth::kernels::arm (neon, dotprod, i8mm)
+//   HEARTH_ARM_DOTPROD  1: sdot by element (vdotq_laneq_s32); 0: the same sums from vmull_s8
+//   HEARTH_ARM_I8MM     1: the 32-element types' tiles of two tokens run on smmla (vmmlaq_s32)
+// Include it nowhere else.
+//
+// The layout's k-step (64 bytes: four bytes of each of 16 rows) is four 16-byte vectors, one
+// per quarter of the group (rows 4 q .. 4 q + 3). `sdot v, w, a.4b[l]` multiplies the four
+// bytes of each row with the token's four activation bytes of lane l, so one instruction adds
+// one k-step to the four rows' int32 sums, each in its own lane: no horizontal reduction, and
+// one decoded weight vector serves every token of a tile. With smmla, two k-steps of two rows
+// (a zip of two k-steps' vectors) meet two tokens' eight activation bytes: a 2 x 2 block of
+// int32 sums per instruction.
+//
+// The integer sums are exact (int8 activations in [-127, 127], the quantizers' range; Q8_0's
+// stored q + 128 is turned back into q, whose sum with the activations is exactly the model's
+// sum of q + 128 plus its correction), and each lane's float arithmetic is packed_gemm_ref's:
+// acc = fma(float(isum), dw * dx, acc) (then fma(mw, sx, acc) for types with a min), so every
+// result is the scalar model's bits, whatever the tile or the level.
+#include <arm_neon.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "core/dtype.h"
+#include "kernels/cpu/arm/packed_arm.h"
+#include "kernels/cpu/packed.h"
+
+#if !defined(HEARTH_ARM_NS) || !defined(HEARTH_ARM_DOTPROD) || !defined(HEARTH_ARM_I8MM)
+#error "define HEARTH_ARM_NS, HEARTH_ARM_DOTPROD and HEARTH_ARM_I8MM before including packed_arm_impl.h"
+#endif
+
+namespace hearth::kernels::arm::HEARTH_ARM_NS {
+namespace {
+
+constexpr int kTile = 4;  // tokens per register tile
+
+inline float load_f32(const uint8_t* p) {
+  float v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline int32_t load_i32(const uint8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline uint16_t load_u16(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline int8x16_t load_s8(const uint8_t* p) { return vreinterpretq_s8_u8(vld1q_u8(p)); }
+// Four f16 at any address -> four floats (exact).
+inline float32x4_t f16x4(const uint8_t* p) { return vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8(p))); }
+// Four bytes -> four int32 lanes.
+inline int32x4_t u8x4_to_s32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, sizeof(v));
+  return vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(vmovl_u8(vcreate_u8(v)))));
+}
+inline int32x4_t s8x4_to_s32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, sizeof(v));
+  return vmovl_s16(vget_low_s16(vmovl_s8(vreinterpret_s8_u32(vcreate_u32(v)))));
+}
+
+// acc[r] += sum_c w[4 r + c] a[4 L + c] for the four rows of a quarter (exact for int8 values
+// whose products pair up within int16: |w a| <= 128 x 127).
+template <int L>
+[[gnu::always_inline]] inline int32x4_t dot_lane(int32x4_t acc, int8x16_t w, int8x16_t a) {
+#if HEARTH_ARM_DOTPROD
+  return vdotq_laneq_s32(acc, w, a, L);
+#else
+  const int8x16_t b = vreinterpretq_s8_s32(vdupq_laneq_s32(vreinterpretq_s32_s8(a), L));
+  // Rows r, r + 1 from the low halves, r + 2, r + 3 from the high ones; the pairwise adds leave
+  // row r's four products as two int16 then one int32 lane.
+  const int16x8_t pairs = vpaddq_s16(vmull_s8(vget_low_s8(w), vget_low_s8(b)), vmull_high_s8(w, b));
+  return vpadalq_s16(acc, pairs);
+#endif
+}
+
+// isum + the eight k-steps w[0..7] of a quarter against the token's 32 activation bytes a0
+// (k-steps 0..3) and a1 (4..7).
+[[gnu::always_inline]] inline int32x4_t dot_8_steps(int32x4_t isum, const int8x16_t w[8], int8x16_t a0, int8x16_t a1) {
+  isum = dot_lane<0>(isum, w[0], a0);
+  isum = dot_lane<1>(isum, w[1], a0);
+  isum = dot_lane<2>(isum, w[2], a0);
+  isum = dot_lane<3>(isum, w[3], a0);
+  isum = dot_lane<0>(isum, w[4], a1);
+  isum = dot_lane<1>(isum, w[5], a1);
+  isum = dot_lane<2>(isum, w[6], a1);
+  return dot_lane<3>(isum, w[7], a1);
+}
+
+// 16 bits (bit l: lane l) -> 0x10 in the bytes whose bit is set.
+inline uint8x16_t fifth_bits_16(uint32_t bits) {
+  const uint8x8_t bytes = vcreate_u8(bits);
+  const uint8x16_t spread = vcombine_u8(vdup_lane_u8(bytes, 0), vdup_lane_u8(bytes, 1));
+  const uint8x16_t bit = vreinterpretq_u8_u64(vdupq_n_u64(0x8040201008040201ULL));
+  return vandq_u8(vtstq_u8(spread, bit), vdupq_n_u8(0x10));
+}
+
+// Stores the first `rows` (at most 4; none when <= 0) lanes.
+inline void store_rows(float* y, float32x4_t v, int64_t rows) {
+  if (rows >= 4) {
+    vst1q_f32(y, v);
+    return;
+  }
+  float tmp[4];
+  vst1q_f32(tmp, v);
+  for (int64_t i = 0; i < rows; ++i) y[i] = tmp[i];
+}
+
+// The eight k-steps of quarter q of block `ub` of a 32-element type, as int8 (Q8_0: q; the
+// others: the stored unsigned quants, fifth bit included).
+template <DType Type>
+[[gnu::always_inline]] inline void decode_32(const uint8_t* grp, const PackedRegions& reg, size_t ub, int q, int8x16_t w[8]) {
+  constexpr PackedFormat f = packed_format(Type);
+  const uint8_t* qs = grp + reg.qs + ub * reg.qs_block + 16 * q;
+  if constexpr (f.q8) {
+    for (int j = 0; j < 8; ++j) w[j] = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(qs + 64 * j), vdupq_n_u8(0x80)));
+  } else {
+    for (int i = 0; i < 4; ++i) {
+      const uint8x16_t v = vld1q_u8(qs + 64 * i);
+      uint8x16_t lo = vandq_u8(v, vdupq_n_u8(0x0F)), hi = vshrq_n_u8(v, 4);
+      if constexpr (f.has_qh) {
+        const uint8_t* qh = grp + reg.qh + ub * 64;
+        uint64_t w_lo, w_hi;
+        std::memcpy(&w_lo, qh + 8 * i, 8);
+        std::memcpy(&w_hi, qh + 8 * (i + 4), 8);
+        lo = vorrq_u8(lo, fifth_bits_16(static_cast<uint32_t>(w_lo >> (16 * q)) & 0xFFFF));
+        hi = vorrq_u8(hi, fifth_bits_16(static_cast<uint32_t>(w_hi >> (16 * q)) & 0xFFFF));
+      }
+      w[i] = vreinterpretq_s8_u8(lo);
+      w[i + 4] = vreinterpretq_s8_u8(hi);
+    }
+  }
+}
+
+// The 32-element types, T tokens, one half-group (quarters 2 h and 2 h + 1) per pass.
+template <DType Type, int T>
+void tile_32(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k, const uint8_t* xa, size_t act_stride,
+             float* y, int64_t y_stride, int64_t valid) {
+  constexpr PackedFormat f = packed_format(Type);
+  const size_t corr_at = static_cast<size_t>(k) + 4 * static_cast<size_t>(nb);
+  for (int h = 0; h < 2; ++h) {
+    float32x4_t acc[T][2];
+    for (int t = 0; t < T; ++t) acc[t][0] = acc[t][1] = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < nb; ++b) {
+      const auto ub = static_cast<size_t>(b);
+      if (h == 0) {  // the same block of the next group, one group ahead of its use
+        const uint8_t* next = grp + reg.total + reg.qs + ub * reg.qs_block;
+        for (size_t line = 0; line < reg.qs_block; line += 64) __builtin_prefetch(next + line);
+      }
+      for (int qq = 0; qq < 2; ++qq) {
+        const int q = 2 * h + qq;
+        int8x16_t w[8];
+        decode_32<Type>(grp, reg, ub, q, w);
+        const float32x4_t dw = f16x4(grp + reg.d + ub * 32 + 8 * static_cast<size_t>(q));
+        float32x4_t mw = vdupq_n_f32(0.0f);
+        if constexpr (f.has_min) mw = f16x4(grp + reg.m + ub * 32 + 8 * static_cast<size_t>(q));
+        for (int t = 0; t < T; ++t) {
+          const uint8_t* a = xa + static_cast<size_t>(t) * act_stride;
+          const uint8_t* aq = a + 32 * ub;
+          // Q8_0 sums q a directly; the other offset types start at the token's correction.
+          int32x4_t isum = vdupq_n_s32(f.q8 || f.has_min ? 0 : load_i32(a + corr_at + 4 * ub));
+          isum = dot_8_steps(isum, w, load_s8(aq), load_s8(aq + 16));
+          acc[t][qq] = vfmaq_f32(acc[t][qq], vcvtq_f32_s32(isum), vmulq_n_f32(dw, load_f32(a + k + 4 * ub)));
+          if constexpr (f.has_min) acc[t][qq] = vfmaq_n_f32(acc[t][qq], mw, load_f32(a + corr_at + 4 * ub));
+        }
+      }
+    }
+    for (int t = 0; t < T; ++t) {
+      for (int qq = 0; qq < 2; ++qq) {
+        const int row = 8 * h + 4 * qq;
+        store_rows(y + t * y_stride + row, acc[t][qq], valid - row);
+      }
+    }
+  }
+}
+
+#if HEARTH_ARM_I8MM
+// The 32-element types, a pair of tokens on smmla, one half-group per pass. Per quarter, the
+// zip of k-steps 2 p and 2 p + 1 gives rows (4 q, 4 q + 1) (zip1) and (4 q + 2, 4 q + 3) (zip2),
+// eight bytes each: smmla's 2 x 8 operand; the tokens' eight activation bytes of those k-steps
+// are the 8 x 2 one. Lanes of a result: (row 0, token 0), (row 0, token 1), (row 1, token 0),
+// (row 1, token 1).
+template <DType Type>
+void tile_32_pair(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k, const uint8_t* xa,
+                  size_t act_stride, float* y, int64_t y_stride, int64_t valid) {
+  constexpr PackedFormat f = packed_format(Type);
+  const size_t corr_at = static_cast<size_t>(k) + 4 * static_cast<size_t>(nb);
+  const uint8_t* a0 = xa;
+  const uint8_t* a1 = xa + act_stride;
+  for (int h = 0; h < 2; ++h) {
+    float32x4_t acc[4];  // row pairs (4 q, 4 q + 1), (4 q + 2, 4 q + 3) of the two quarters
+    for (auto& v : acc) v = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < nb; ++b) {
+      const auto ub = static_cast<size_t>(b);
+      if (h == 0) {
+        const uint8_t* next = grp + reg.total + reg.qs + ub * reg.qs_block;
+        for (size_t line = 0; line < reg.qs_block; line += 64) __builtin_prefetch(next + line);
+      }
+      // The tokens' activations per pair of k-steps, and their scales and corrections as
+      // (token 0, token 1, token 0, token 1).
+      int8x16_t act[4];
+      for (int p = 0; p < 4; ++p) act[p] = vcombine_s8(vld1_s8(reinterpret_cast<const int8_t*>(a0 + 32 * ub + 8 * p)),
+                                                       vld1_s8(reinterpret_cast<const int8_t*>(a1 + 32 * ub + 8 * p)));
+      const float dx0 = load_f32(a0 + k + 4 * ub), dx1 = load_f32(a1 + k + 4 * ub);
+      const float32x4_t dx = {dx0, dx1, dx0, dx1};
+      int32x4_t start = vdupq_n_s32(0);
+      float32x4_t sx = vdupq_n_f32(0.0f);
+      if constexpr (f.has_min) {
+        const float s0 = load_f32(a0 + corr_at + 4 * ub), s1 = load_f32(a1 + corr_at + 4 * ub);
+        sx = float32x4_t{s0, s1, s0, s1};
+      } else if constexpr (!f.q8) {
+        const int32_t c0 = load_i32(a0 + corr_at + 4 * ub), c1 = load_i32(a1 + corr_at + 4 * ub);
+        start = int32x4_t{c0, c1, c0, c1};
+      }
+      for (int qq = 0; qq < 2; ++qq) {
+        const int q = 2 * h + qq;
+        int8x16_t w[8];
+        decode_32<Type>(grp, reg, ub, q, w);
+        int32x4_t s01 = start, s23 = start;
+        for (int p = 0; p < 4; ++p) {
+          const int32x4_t e = vreinterpretq_s32_s8(w[2 * p]), o = vreinterpretq_s32_s8(w[2 * p + 1]);
+          s01 = vmmlaq_s32(s01, vreinterpretq_s8_s32(vzip1q_s32(e, o)), act[p]);
+          s23 = vmmlaq_s32(s23, vreinterpretq_s8_s32(vzip2q_s32(e, o)), act[p]);
+        }
+        const float32x4_t dw = f16x4(grp + reg.d + ub * 32 + 8 * static_cast<size_t>(q));
+        acc[2 * qq] = vfmaq_f32(acc[2 * qq], vcvtq_f32_s32(s01), vmulq_f32(vzip1q_f32(dw, dw), dx));
+        acc[2 * qq + 1] = vfmaq_f32(acc[2 * qq + 1], vcvtq_f32_s32(s23), vmulq_f32(vzip2q_f32(dw, dw), dx));
+        if constexpr (f.has_min) {
+          const float32x4_t mw = f16x4(grp + reg.m + ub * 32 + 8 * static_cast<size_t>(q));
+          acc[2 * qq] = vfmaq_f32(acc[2 * qq], vzip1q_f32(mw, mw), sx);
+          acc[2 * qq + 1] = vfmaq_f32(acc[2 * qq + 1], vzip2q_f32(mw, mw), sx);
+        }
+      }
+    }
+    for (int qq = 0; qq < 2; ++qq) {
+      const int row = 8 * h + 4 * qq;
+      store_rows(y + row, vuzp1q_f32(acc[2 * qq], acc[2 * qq + 1]), valid - row);
+      store_rows(y + y_stride + row, vuzp2q_f32(acc[2 * qq], acc[2 * qq + 1]), valid - row);
+    }
+  }
+}
+#endif
+
+// Q4_K: per sub-block j of 32, eight k-steps; the int32 sums meet the sub-block's 6-bit scales
+// in a multiply-add, the mins the token's sums of 32, all exact. One quarter at a time.
+template <int T>
+void tile_k4(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k, const uint8_t* xa, size_t act_stride,
+             float* y, int64_t y_stride, int64_t valid) {
+  const size_t sums_at = static_cast<size_t>(k) + 4 * static_cast<size_t>(nb);
+  for (int q = 0; q < 4; ++q) {
+    float32x4_t acc[T];
+    for (auto& v : acc) v = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < nb; ++b) {
+      const auto ub = static_cast<size_t>(b);
+      if (q == 0) {
+        const uint8_t* next = grp + reg.total + reg.qs + ub * reg.qs_block;
+        for (size_t line = 0; line < reg.qs_block; line += 64) __builtin_prefetch(next + line);
+      }
+      int32x4_t total[T], msum[T];
+      for (int t = 0; t < T; ++t) total[t] = msum[t] = vdupq_n_s32(0);
+      for (int p = 0; p < 4; ++p) {  // sub-blocks 2 p (low nibbles) and 2 p + 1 (high)
+        int8x16_t lo[8], hi[8];
+        const uint8_t* qs = grp + reg.qs + ub * reg.qs_block + 512 * static_cast<size_t>(p) + 16 * static_cast<size_t>(q);
+        for (int i = 0; i < 8; ++i) {
+          const uint8x16_t v = vld1q_u8(qs + 64 * i);
+          lo[i] = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0F)));
+          hi[i] = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+        }
+        const uint8_t* sc = grp + reg.sc + ub * 128 + 4 * static_cast<size_t>(q);
+        const int32x4_t sc_lo = u8x4_to_s32(sc + 16 * (2 * p)), sc_hi = u8x4_to_s32(sc + 16 * (2 * p + 1));
+        // Mins of sub-blocks 2 p, 2 p + 1 for the quarter's rows: (row, even), (row, odd) pairs.
+        const int16x8_t mn = vreinterpretq_s16_u16(vmovl_u8(vld1_u8(grp + reg.mn + ub * 128 + 32 * static_cast<size_t>(p) + 8 * static_cast<size_t>(q))));
+        for (int t = 0; t < T; ++t) {
+          const uint8_t* a = xa + static_cast<size_t>(t) * act_stride;
+          const uint8_t* aq = a + 256 * ub + 64 * static_cast<size_t>(p);
+          const int32x4_t s_lo = dot_8_steps(vdupq_n_s32(0), lo, load_s8(aq), load_s8(aq + 16));
+          const int32x4_t s_hi = dot_8_steps(vdupq_n_s32(0), hi, load_s8(aq + 32), load_s8(aq + 48));
+          total[t] = vmlaq_s32(vmlaq_s32(total[t], s_lo, sc_lo), s_hi, sc_hi);
+          uint32_t pair;  // the token's int16 sums of sub-blocks 2 p and 2 p + 1
+          std::memcpy(&pair, a + sums_at + 16 * ub + 4 * static_cast<size_t>(p), 4);
+          const int16x8_t bs = vreinterpretq_s16_u32(vdupq_n_u32(pair));
+          msum[t] = vaddq_s32(msum[t], vpaddq_s32(vmull_s16(vget_low_s16(mn), vget_low_s16(bs)), vmull_high_s16(mn, bs)));
+        }
+      }
+      const float32x4_t dw = f16x4(grp + reg.d + ub * 32 + 8 * static_cast<size_t>(q));
+      const float32x4_t dmin = f16x4(grp + reg.m + ub * 32 + 8 * static_cast<size_t>(q));
+      for (int t = 0; t < T; ++t) {
+        const float dx = load_f32(xa + static_cast<size_t>(t) * act_stride + k + 4 * ub);
+        acc[t] = vfmaq_f32(acc[t], vcvtq_f32_s32(total[t]), vmulq_n_f32(dw, dx));
+        acc[t] = vfmsq_f32(acc[t], vcvtq_f32_s32(msum[t]), vmulq_n_f32(dmin, dx));
+      }
+    }
+    for (int t = 0; t < T; ++t) store_rows(y + t * y_stride + 4 * q, acc[t], valid - 4 * q);
+  }
+}
+
+// Q6_K: sub-blocks of 16 (four k-steps), each sum starting at the token's -32 x the sum of its
+// 16 quants, then times the int8 scale. The ql chunk 16 hh + 8 qq + c (c = 0..7) holds, in its
+// low nibbles, the k-step of elements 128 hh + 32 qq + 4 c .. + 3 and, in its high nibbles,
+// those 64 further; their top two bits are in the qh chunk 8 hh + c, at bits 2 qq (low) and
+// 2 qq + 4 (high). One quarter at a time.
+template <int T>
+void tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k, const uint8_t* xa, size_t act_stride,
+             float* y, int64_t y_stride, int64_t valid) {
+  const size_t corr_at = static_cast<size_t>(k) + 4 * static_cast<size_t>(nb);
+  const uint8x16_t low4 = vdupq_n_u8(0x0F), two = vdupq_n_u8(0x30);
+  for (int q = 0; q < 4; ++q) {
+    float32x4_t acc[T];
+    for (auto& v : acc) v = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < nb; ++b) {
+      const auto ub = static_cast<size_t>(b);
+      const uint8_t* ql = grp + reg.qs + ub * reg.qs_block + 16 * static_cast<size_t>(q);
+      const uint8_t* qh = grp + reg.qh + ub * 1024 + 16 * static_cast<size_t>(q);
+      if (q == 0) {
+        for (size_t line = 0; line < reg.qs_block; line += 64) __builtin_prefetch(ql + reg.total + line);
+        for (size_t line = 0; line < 1024; line += 64) __builtin_prefetch(qh + reg.total + line);
+      }
+      int32x4_t total[T];
+      for (auto& v : total) v = vdupq_n_s32(0);
+      for (int hh = 0; hh < 2; ++hh) {
+        for (int qq = 0; qq < 2; ++qq) {
+          for (int c4 = 0; c4 < 2; ++c4) {  // k-steps c = 4 c4 .. 4 c4 + 3: one sub-block each
+            int8x16_t lo[4], hi[4];
+            for (int i = 0; i < 4; ++i) {
+              const int c = 4 * c4 + i;
+              const uint8x16_t l = vld1q_u8(ql + 64 * (16 * hh + 8 * qq + c));
+              const uint8x16_t h = vld1q_u8(qh + 64 * (8 * hh + c));
+              // bits 2 qq, 2 qq + 1 (low) and 2 qq + 4, 2 qq + 5 (high) of h to bits 4, 5
+              const uint8x16_t h_lo = qq == 0 ? vshlq_n_u8(h, 4) : vshlq_n_u8(h, 2);
+              const uint8x16_t h_hi = qq == 0 ? h : vshrq_n_u8(h, 2);
+              lo[i] = vreinterpretq_s8_u8(vorrq_u8(vandq_u8(l, low4), vandq_u8(h_lo, two)));
+              hi[i] = vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8(l, 4), vandq_u8(h_hi, two)));
+            }
+            const int j_lo = 8 * hh + 2 * qq + c4, j_hi = j_lo + 4;  // sub-blocks of 16
+            const int32x4_t sc_lo = s8x4_to_s32(grp + reg.sc + ub * 256 + 16 * static_cast<size_t>(j_lo) + 4 * static_cast<size_t>(q));
+            const int32x4_t sc_hi = s8x4_to_s32(grp + reg.sc + ub * 256 + 16 * static_cast<size_t>(j_hi) + 4 * static_cast<size_t>(q));
+            for (int t = 0; t < T; ++t) {
+              const uint8_t* a = xa + static_cast<size_t>(t) * act_stride;
+              const uint8_t* corr = a + corr_at + 64 * ub;
+              const int8x16_t x_lo = load_s8(a + 256 * ub + 16 * static_cast<size_t>(j_lo));
+              const int8x16_t x_hi = load_s8(a + 256 * ub + 16 * static_cast<size_t>(j_hi));
+              int32x4_t s_lo = vdupq_n_s32(load_i32(corr + 4 * j_lo)), s_hi = vdupq_n_s32(load_i32(corr + 4 * j_hi));
+              s_lo = dot_lane<0>(s_lo, lo[0], x_lo);
+              s_lo = dot_lane<1>(s_lo, lo[1], x_lo);
+              s_lo = dot_lane<2>(s_lo, lo[2], x_lo);
+              s_lo = dot_lane<3>(s_lo, lo[3], x_lo);
+              s_hi = dot_lane<0>(s_hi, hi[0], x_hi);
+              s_hi = dot_lane<1>(s_hi, hi[1], x_hi);
+              s_hi = dot_lane<2>(s_hi, hi[2], x_hi);
+              s_hi = dot_lane<3>(s_hi, hi[3], x_hi);
+              total[t] = vmlaq_s32(vmlaq_s32(total[t], s_lo, sc_lo), s_hi, sc_hi);
+            }
+          }
+        }
+      }
+      const float32x4_t dw = f16x4(grp + reg.d + ub * 32 + 8 * static_cast<size_t>(q));
+      for (int t = 0; t < T; ++t) {
+        const float dx = load_f32(xa + static_cast<size_t>(t) * act_stride + k + 4 * ub);
+        acc[t] = vfmaq_f32(acc[t], vcvtq_f32_s32(total[t]), vmulq_n_f32(dw, dx));
+      }
+    }
+    for (int t = 0; t < T; ++t) store_rows(y + t * y_stride + 4 * q, acc[t], valid - 4 * q);
+  }
+}
+
+template <DType Type, int T>
+void group_tile(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k, const uint8_t* xa, size_t act_stride,
+                float* y, int64_t y_stride, int64_t valid) {
+  constexpr PackedFormat f = packed_format(Type);
+  if constexpr (f.k4) {
+    tile_k4<T>(grp, reg, nb, k, xa, act_stride, y, y_stride, valid);
+  } else if constexpr (f.k6) {
+    tile_k6<T>(grp, reg, nb, k, xa, act_stride, y, y_stride, valid);
+  } else {
+#if HEARTH_ARM_I8MM
+    if constexpr (T % 2 == 0) {  // pairs of tokens on smmla
+      for (int t = 0; t < T; t += 2) {
+        tile_32_pair<Type>(grp, reg, nb, k, xa + static_cast<size_t>(t) * act_stride, act_stride, y + t * y_stride, y_stride,
+                           valid);
+      }
+      return;
+    }
+#endif
+    tile_32<Type, T>(grp, reg, nb, k, xa, act_stride, y, y_stride, valid);
+  }
+}
+
+template <DType Type>
+void gemm(const void* w, int64_t k, int64_t m, int64_t g0, int64_t g1, const void* xa, size_t act_stride, int64_t n,
+          float* y, int64_t y_stride) {
+  constexpr PackedFormat f = packed_format(Type);
+  const int64_t nb = k / f.block;
+  const PackedRegions reg = packed_regions(f, nb);
+  const auto* wb = static_cast<const uint8_t*>(w);
+  const auto* ab = static_cast<const uint8_t*>(xa);
+  // Groups in chunks of about 256 KiB that stay in L2 while every tile of tokens passes.
+  const int64_t chunk = std::max<int64_t>(1, static_cast<int64_t>((256u << 10) / reg.total));
+  for (int64_t c0 = g0; c0 < g1; c0 += chunk) {
+    const int64_t c1 = std::min(g1, c0 + chunk);
+    // Tiles as even as possible (5 tokens: 3 + 2, not 4 + 1).
+    const int64_t tiles = (n + kTile - 1) / kTile;
+    for (int64_t i = 0, t0 = 0; i < tiles; ++i) {
+      const int64_t size = n / tiles + (i < n % tiles ? 1 : 0);
+      const uint8_t* a = ab + static_cast<size_t>(t0) * act_stride;
+      float* yt = y + t0 * y_stride;
+      t0 += size;
+      for (int64_t g = c0; g < c1; ++g) {
+        const int64_t row0 = g * kPackRows;
+        const int64_t valid = std::min<int64_t>(kPackRows, m - row0);
+        const uint8_t* grp = wb + static_cast<size_t>(g) * reg.total;
+        switch (size) {
+          case 1: group_tile<Type, 1>(grp, reg, nb, k, a, act_stride, yt + row0, y_stride, valid); break;
+          case 2: group_tile<Type, 2>(grp, reg, nb, k, a, act_stride, yt + row0, y_stride, valid); break;
+          case 3: group_tile<Type, 3>(grp, reg, nb, k, a, act_stride, yt + row0, y_stride, valid); break;
+          default: group_tile<Type, 4>(grp, reg, nb, k, a, act_stride, yt + row0, y_stride, valid); break;
+        }
+      }
+    }
+  }
+}
+
+static_assert(kTile == 4, "the switch above covers tiles of 1 to 4 tokens");
+
+}  // namespace
+
+#define HEARTH_ARM_DEFINE_PACKED_GEMM(t, T)                                                                      \
+  void packed_gemm_##t(const void* w, int64_t k, int64_t m, int64_t g0, int64_t g1, const void* xa, size_t act_stride, \
+                       int64_t n, float* y, int64_t y_stride) {                                                  \
+    gemm<DType::T>(w, k, m, g0, g1, xa, act_stride, n, y, y_stride);                                             \
+  }
+HEARTH_ARM_DEFINE_PACKED_GEMM(q4_0, Q4_0)
+HEARTH_ARM_DEFINE_PACKED_GEMM(q4_1, Q4_1)
+HEARTH_ARM_DEFINE_PACKED_GEMM(q5_0, Q5_0)
+HEARTH_ARM_DEFINE_PACKED_GEMM(q5_1, Q5_1)
+HEARTH_ARM_DEFINE_PACKED_GEMM(q8_0, Q8_0)
+HEARTH_ARM_DEFINE_PACKED_GEMM(q4_K, Q4_K)
+HEARTH_ARM_DEFINE_PACKED_GEMM(q6_K, Q6_K)
+#undef HEARTH_ARM_DEFINE_PACKED_GEMM
+
+}  // namespace hearth::kernels::arm::HEARTH_ARM_NS
