@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
 #include "core/dtype.h"
@@ -184,67 +185,98 @@ void tile_32(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k
 }
 
 #if HEARTH_ARM_I8MM
-// The 32-element types, a pair of tokens on smmla, one half-group per pass. Per quarter, the
+// Tokens t, t + 1 of a tile for smmla: per block, four 16-byte vectors, vector p holding the
+// eight activation bytes of k-steps 2 p, 2 p + 1 of token t, then of token t + 1 (smmla's
+// 8 x 2 operand). Built once per call, so the kernel loads each with one instruction.
+void interleave_pair(const uint8_t* a0, const uint8_t* a1, int64_t nb, uint8_t* out) {
+  for (int64_t i = 0; i < 4 * nb; ++i) {
+    std::memcpy(out + 16 * i, a0 + 8 * i, 8);
+    std::memcpy(out + 16 * i + 8, a1 + 8 * i, 8);
+  }
+}
+
+// The 32-element types, P pairs of tokens on smmla, Q quarters of the group per pass. Per quarter, the
 // zip of k-steps 2 p and 2 p + 1 gives rows (4 q, 4 q + 1) (zip1) and (4 q + 2, 4 q + 3) (zip2),
-// eight bytes each: smmla's 2 x 8 operand; the tokens' eight activation bytes of those k-steps
-// are the 8 x 2 one. Lanes of a result: (row 0, token 0), (row 0, token 1), (row 1, token 0),
-// (row 1, token 1).
-template <DType Type>
-void tile_32_pair(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k, const uint8_t* xa,
-                  size_t act_stride, float* y, int64_t y_stride, int64_t valid) {
+// eight bytes each: smmla's 2 x 8 operand, decoded once for all pairs. Lanes of a result:
+// (row 0, token 0), (row 0, token 1), (row 1, token 0), (row 1, token 1). `pairs` holds the
+// tile's pairs as interleave_pair writes them, nb * 64 bytes apart; `xa` the tile's tokens.
+template <DType Type, int P, int Q>
+void tile_32_mmla(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k, const uint8_t* xa,
+                  size_t act_stride, const uint8_t* pairs, float* y, int64_t y_stride, int64_t valid) {
   constexpr PackedFormat f = packed_format(Type);
   const size_t corr_at = static_cast<size_t>(k) + 4 * static_cast<size_t>(nb);
-  const uint8_t* a0 = xa;
-  const uint8_t* a1 = xa + act_stride;
-  for (int h = 0; h < 2; ++h) {
-    float32x4_t acc[4];  // row pairs (4 q, 4 q + 1), (4 q + 2, 4 q + 3) of the two quarters
-    for (auto& v : acc) v = vdupq_n_f32(0.0f);
+  const size_t pair_stride = 64 * static_cast<size_t>(nb);
+  for (int h = 0; h < 4 / Q; ++h) {
+    float32x4_t acc[P][2 * Q];  // per pair: row pairs (4 q, 4 q + 1), (4 q + 2, 4 q + 3) of the pass's quarters
+    for (int i = 0; i < P; ++i) {
+      for (auto& v : acc[i]) v = vdupq_n_f32(0.0f);
+    }
     for (int64_t b = 0; b < nb; ++b) {
       const auto ub = static_cast<size_t>(b);
       if (h == 0) {
         const uint8_t* next = grp + reg.total + reg.qs + ub * reg.qs_block;
         for (size_t line = 0; line < reg.qs_block; line += 64) __builtin_prefetch(next + line);
       }
-      // The tokens' activations per pair of k-steps, and their scales and corrections as
-      // (token 0, token 1, token 0, token 1).
-      int8x16_t act[4];
-      for (int p = 0; p < 4; ++p) act[p] = vcombine_s8(vld1_s8(reinterpret_cast<const int8_t*>(a0 + 32 * ub + 8 * p)),
-                                                       vld1_s8(reinterpret_cast<const int8_t*>(a1 + 32 * ub + 8 * p)));
-      const float dx0 = load_f32(a0 + k + 4 * ub), dx1 = load_f32(a1 + k + 4 * ub);
-      const float32x4_t dx = {dx0, dx1, dx0, dx1};
-      int32x4_t start = vdupq_n_s32(0);
-      float32x4_t sx = vdupq_n_f32(0.0f);
-      if constexpr (f.has_min) {
-        const float s0 = load_f32(a0 + corr_at + 4 * ub), s1 = load_f32(a1 + corr_at + 4 * ub);
-        sx = float32x4_t{s0, s1, s0, s1};
-      } else if constexpr (!f.q8) {
-        const int32_t c0 = load_i32(a0 + corr_at + 4 * ub), c1 = load_i32(a1 + corr_at + 4 * ub);
-        start = int32x4_t{c0, c1, c0, c1};
+      // Per pair: scales and corrections as (token 0, token 1, token 0, token 1).
+      float32x4_t dx[P], sx[P];
+      int32x4_t start[P];
+      int8x16_t x[P][4];  // the pairs' activations of the block, for both quarters
+      for (int i = 0; i < P; ++i) {
+        for (int p = 0; p < 4; ++p) x[i][p] = load_s8(pairs + static_cast<size_t>(i) * pair_stride + 64 * ub + 16 * p);
+        const uint8_t* a0 = xa + static_cast<size_t>(2 * i) * act_stride;
+        const uint8_t* a1 = a0 + act_stride;
+        const float d0 = load_f32(a0 + k + 4 * ub), d1 = load_f32(a1 + k + 4 * ub);
+        dx[i] = float32x4_t{d0, d1, d0, d1};
+        start[i] = vdupq_n_s32(0);
+        sx[i] = vdupq_n_f32(0.0f);
+        if constexpr (f.has_min) {
+          const float s0 = load_f32(a0 + corr_at + 4 * ub), s1 = load_f32(a1 + corr_at + 4 * ub);
+          sx[i] = float32x4_t{s0, s1, s0, s1};
+        } else if constexpr (!f.q8) {
+          const int32_t c0 = load_i32(a0 + corr_at + 4 * ub), c1 = load_i32(a1 + corr_at + 4 * ub);
+          start[i] = int32x4_t{c0, c1, c0, c1};
+        }
       }
-      for (int qq = 0; qq < 2; ++qq) {
-        const int q = 2 * h + qq;
+      for (int qq = 0; qq < Q; ++qq) {
+        const int q = Q * h + qq;
         int8x16_t w[8];
         decode_32<Type>(grp, reg, ub, q, w);
-        int32x4_t s01 = start, s23 = start;
+        int8x16_t rows01[4], rows23[4];
         for (int p = 0; p < 4; ++p) {
           const int32x4_t e = vreinterpretq_s32_s8(w[2 * p]), o = vreinterpretq_s32_s8(w[2 * p + 1]);
-          s01 = vmmlaq_s32(s01, vreinterpretq_s8_s32(vzip1q_s32(e, o)), act[p]);
-          s23 = vmmlaq_s32(s23, vreinterpretq_s8_s32(vzip2q_s32(e, o)), act[p]);
+          rows01[p] = vreinterpretq_s8_s32(vzip1q_s32(e, o));
+          rows23[p] = vreinterpretq_s8_s32(vzip2q_s32(e, o));
         }
         const float32x4_t dw = f16x4(grp + reg.d + ub * 32 + 8 * static_cast<size_t>(q));
-        acc[2 * qq] = vfmaq_f32(acc[2 * qq], vcvtq_f32_s32(s01), vmulq_f32(vzip1q_f32(dw, dw), dx));
-        acc[2 * qq + 1] = vfmaq_f32(acc[2 * qq + 1], vcvtq_f32_s32(s23), vmulq_f32(vzip2q_f32(dw, dw), dx));
+        const float32x4_t dw01 = vzip1q_f32(dw, dw), dw23 = vzip2q_f32(dw, dw);
+        float32x4_t mw01 = vdupq_n_f32(0.0f), mw23 = vdupq_n_f32(0.0f);
         if constexpr (f.has_min) {
           const float32x4_t mw = f16x4(grp + reg.m + ub * 32 + 8 * static_cast<size_t>(q));
-          acc[2 * qq] = vfmaq_f32(acc[2 * qq], vzip1q_f32(mw, mw), sx);
-          acc[2 * qq + 1] = vfmaq_f32(acc[2 * qq + 1], vzip2q_f32(mw, mw), sx);
+          mw01 = vzip1q_f32(mw, mw);
+          mw23 = vzip2q_f32(mw, mw);
+        }
+        for (int i = 0; i < P; ++i) {
+          int32x4_t s01 = start[i], s23 = start[i];
+          for (int p = 0; p < 4; ++p) {
+            s01 = vmmlaq_s32(s01, rows01[p], x[i][p]);
+            s23 = vmmlaq_s32(s23, rows23[p], x[i][p]);
+          }
+          acc[i][2 * qq] = vfmaq_f32(acc[i][2 * qq], vcvtq_f32_s32(s01), vmulq_f32(dw01, dx[i]));
+          acc[i][2 * qq + 1] = vfmaq_f32(acc[i][2 * qq + 1], vcvtq_f32_s32(s23), vmulq_f32(dw23, dx[i]));
+          if constexpr (f.has_min) {
+            acc[i][2 * qq] = vfmaq_f32(acc[i][2 * qq], mw01, sx[i]);
+            acc[i][2 * qq + 1] = vfmaq_f32(acc[i][2 * qq + 1], mw23, sx[i]);
+          }
         }
       }
     }
-    for (int qq = 0; qq < 2; ++qq) {
-      const int row = 8 * h + 4 * qq;
-      store_rows(y + row, vuzp1q_f32(acc[2 * qq], acc[2 * qq + 1]), valid - row);
-      store_rows(y + y_stride + row, vuzp2q_f32(acc[2 * qq], acc[2 * qq + 1]), valid - row);
+    for (int i = 0; i < P; ++i) {
+      for (int qq = 0; qq < Q; ++qq) {
+        const int row = 4 * (Q * h + qq);
+        float* yt = y + 2 * i * y_stride + row;
+        store_rows(yt, vuzp1q_f32(acc[i][2 * qq], acc[i][2 * qq + 1]), valid - row);
+        store_rows(yt + y_stride, vuzp2q_f32(acc[i][2 * qq], acc[i][2 * qq + 1]), valid - row);
+      }
     }
   }
 }
@@ -381,18 +413,63 @@ void group_tile(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_
   } else if constexpr (f.k6) {
     tile_k6<T>(grp, reg, nb, k, xa, act_stride, y, y_stride, valid);
   } else {
-#if HEARTH_ARM_I8MM
-    if constexpr (T % 2 == 0) {  // pairs of tokens on smmla
-      for (int t = 0; t < T; t += 2) {
-        tile_32_pair<Type>(grp, reg, nb, k, xa + static_cast<size_t>(t) * act_stride, act_stride, y + t * y_stride, y_stride,
-                           valid);
-      }
-      return;
-    }
-#endif
     tile_32<Type, T>(grp, reg, nb, k, xa, act_stride, y, y_stride, valid);
   }
 }
+
+#if HEARTH_ARM_I8MM
+// The 32-element types on smmla: tokens in pairs, tiles of up to kMmlaPairs pairs sharing each
+// decoded block; an odd last token goes through the sdot tile.
+constexpr int kMmlaPairs = 2;
+constexpr int kMmlaQuarters = 2;  // quarters of a group per pass (1: more activation loads, fewer spills; counted worse)
+
+// False (nothing written) when the pairs' buffer cannot be allocated.
+template <DType Type>
+bool gemm_mmla(const uint8_t* wb, const PackedRegions& reg, int64_t nb, int64_t k, int64_t m, int64_t g0, int64_t g1,
+               const uint8_t* ab, size_t act_stride, int64_t n, float* y, int64_t y_stride) {
+  const int64_t n_pairs = n / 2;
+  const size_t pair_bytes = 64 * static_cast<size_t>(nb);
+  // malloc, not a std::vector: a container's members instantiated here would be weak symbols
+  // built with +i8mm (see the file comment of packed_i8mm.cpp).
+  auto* pairs = static_cast<uint8_t*>(std::malloc(static_cast<size_t>(n_pairs) * pair_bytes));
+  if (pairs == nullptr) return false;
+  for (int64_t i = 0; i < n_pairs; ++i) {
+    interleave_pair(ab + static_cast<size_t>(2 * i) * act_stride, ab + static_cast<size_t>(2 * i + 1) * act_stride, nb,
+                    pairs + static_cast<size_t>(i) * pair_bytes);
+  }
+  const int64_t chunk = std::max<int64_t>(1, static_cast<int64_t>((256u << 10) / reg.total));
+  for (int64_t c0 = g0; c0 < g1; c0 += chunk) {
+    const int64_t c1 = std::min(g1, c0 + chunk);
+    for (int64_t i = 0; i < n_pairs; i += kMmlaPairs) {
+      const int64_t t0 = 2 * i;
+      const uint8_t* a = ab + static_cast<size_t>(t0) * act_stride;
+      const uint8_t* pa = pairs + static_cast<size_t>(i) * pair_bytes;
+      for (int64_t g = c0; g < c1; ++g) {
+        const int64_t row0 = g * kPackRows;
+        const int64_t valid = std::min<int64_t>(kPackRows, m - row0);
+        const uint8_t* grp = wb + static_cast<size_t>(g) * reg.total;
+        float* yt = y + t0 * y_stride + row0;
+        if (n_pairs - i >= 2) {
+          tile_32_mmla<Type, 2, kMmlaQuarters>(grp, reg, nb, k, a, act_stride, pa, yt, y_stride, valid);
+        } else {
+          tile_32_mmla<Type, 1, kMmlaQuarters>(grp, reg, nb, k, a, act_stride, pa, yt, y_stride, valid);
+        }
+      }
+    }
+    if (n % 2 != 0) {
+      const int64_t t = n - 1;
+      for (int64_t g = c0; g < c1; ++g) {
+        const int64_t row0 = g * kPackRows;
+        tile_32<Type, 1>(wb + static_cast<size_t>(g) * reg.total, reg, nb, k, ab + static_cast<size_t>(t) * act_stride,
+                         act_stride, y + t * y_stride + row0, y_stride, std::min<int64_t>(kPackRows, m - row0));
+      }
+    }
+  }
+  std::free(pairs);
+  return true;
+}
+static_assert(kMmlaPairs == 2, "gemm_mmla's tiles are of one or two pairs");
+#endif
 
 template <DType Type>
 void gemm(const void* w, int64_t k, int64_t m, int64_t g0, int64_t g1, const void* xa, size_t act_stride, int64_t n,
@@ -402,6 +479,11 @@ void gemm(const void* w, int64_t k, int64_t m, int64_t g0, int64_t g1, const voi
   const PackedRegions reg = packed_regions(f, nb);
   const auto* wb = static_cast<const uint8_t*>(w);
   const auto* ab = static_cast<const uint8_t*>(xa);
+#if HEARTH_ARM_I8MM
+  if constexpr (!f.k4 && !f.k6) {
+    if (n >= 2 && gemm_mmla<Type>(wb, reg, nb, k, m, g0, g1, ab, act_stride, n, y, y_stride)) return;
+  }
+#endif
   // Groups in chunks of about 256 KiB that stay in L2 while every tile of tokens passes.
   const int64_t chunk = std::max<int64_t>(1, static_cast<int64_t>((256u << 10) / reg.total));
   for (int64_t c0 = g0; c0 < g1; c0 += chunk) {
