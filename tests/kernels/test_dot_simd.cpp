@@ -409,6 +409,13 @@ TEST(DotDispatch, SimdWhereExpected) {
       EXPECT_TRUE(dot_kernel(t, l).simd_quantize) << cpu_level_name(l) << " " << dtype_name(t);
       EXPECT_NE(dot_kernel(t, l).vec_dot_rows, nullptr) << cpu_level_name(l) << " " << dtype_name(t);
     }
+#if defined(__aarch64__)
+    // The 2- and 3-bit k-quants have SIMD kernels on aarch64 only, so far.
+    for (DType t : {DType::Q2_K, DType::Q3_K}) {
+      EXPECT_TRUE(dot_kernel(t, l).simd_dot) << cpu_level_name(l) << " " << dtype_name(t);
+      EXPECT_NE(dot_kernel(t, l).vec_dot_rows, nullptr) << cpu_level_name(l) << " " << dtype_name(t);
+    }
+#endif
   }
 }
 
