@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 
 #include "core/dtype.h"
 #include "kernels/cpu/arm/packed_arm.h"
@@ -69,38 +70,63 @@ inline int32x4_t s8x4_to_s32(const uint8_t* p) {
   return vmovl_s16(vget_low_s16(vmovl_s8(vreinterpret_s8_u32(vcreate_u32(v)))));
 }
 
-// acc[r] += sum_c w[4 r + c] a[4 L + c] for the four rows of a quarter (exact for int8 values
-// whose products pair up within int16: |w a| <= 128 x 127).
+// The token's four activation bytes of lane L, in every lane (the neon path's operand).
 template <int L>
-[[gnu::always_inline]] inline int32x4_t dot_lane(int32x4_t acc, int8x16_t w, int8x16_t a) {
+[[gnu::always_inline]] inline int8x16_t lane_bytes(int8x16_t a) {
+  return vreinterpretq_s8_s32(vdupq_laneq_s32(vreinterpretq_s32_s8(a), L));
+}
+
+// isum + N k-steps w[0..N-1] of a quarter against the token's activation bytes: k-step j in
+// lane j % 4 of a0 (j < 4) or a1 (j >= 4). The weights are below 2^kBits in magnitude (unsigned
+// quants) or int8 (kBits = 8). Without sdot, the products of up to G k-steps pile up in int16
+// lanes (vmlal_s8; each lane a (row, byte) pair) before one pairwise add joins a row's lanes
+// two by two and a widening pairwise add the rest into int32, G as large as keeps every int16
+// sum exact: |sum| <= 2 G (2^kBits - 1) 127 < 2^15 (4-bit: G = 8; 5-bit: 4; 6-bit: 2; int8:
+// one k-step per pairwise add, |2 x 128 x 127| < 2^15).
+template <int N, int kBits>
+[[gnu::always_inline]] inline int32x4_t dot_steps(int32x4_t isum, const int8x16_t* w, int8x16_t a0, int8x16_t a1) {
 #if HEARTH_ARM_DOTPROD
-  return vdotq_laneq_s32(acc, w, a, L);
+  [&]<int... J>(std::integer_sequence<int, J...>) {
+    ((isum = vdotq_laneq_s32(isum, w[J], J < 4 ? a0 : a1, J % 4)), ...);
+  }(std::make_integer_sequence<int, N>{});
+  return isum;
 #else
-  const int8x16_t b = vreinterpretq_s8_s32(vdupq_laneq_s32(vreinterpretq_s32_s8(a), L));
-  // Rows r, r + 1 from the low halves, r + 2, r + 3 from the high ones; the pairwise adds leave
-  // row r's four products as two int16 then one int32 lane.
-  const int16x8_t pairs = vpaddq_s16(vmull_s8(vget_low_s8(w), vget_low_s8(b)), vmull_high_s8(w, b));
-  return vpadalq_s16(acc, pairs);
+  constexpr int kMax = kBits >= 8 ? 128 : (1 << kBits) - 1;
+  constexpr int G = kBits >= 8 ? 1 : 32767 / (2 * kMax * 127);
+  static_assert(G >= 1 && 2 * G * kMax * 127 < 32768);
+  int8x16_t b[N];
+  [&]<int... J>(std::integer_sequence<int, J...>) {
+    ((b[J] = lane_bytes<J % 4>(J < 4 ? a0 : a1)), ...);
+  }(std::make_integer_sequence<int, N>{});
+  for (int g = 0; g < N; g += G) {
+    // rows 4 q, 4 q + 1 from the low halves, 4 q + 2, 4 q + 3 from the high ones
+    int16x8_t lo = vmull_s8(vget_low_s8(w[g]), vget_low_s8(b[g]));
+    int16x8_t hi = vmull_high_s8(w[g], b[g]);
+    for (int j = g + 1; j < g + G && j < N; ++j) {
+      lo = vmlal_s8(lo, vget_low_s8(w[j]), vget_low_s8(b[j]));
+      hi = vmlal_high_s8(hi, w[j], b[j]);
+    }
+    isum = vpadalq_s16(isum, vpaddq_s16(lo, hi));
+  }
+  return isum;
 #endif
 }
 
 // isum + the eight k-steps w[0..7] of a quarter against the token's 32 activation bytes a0
 // (k-steps 0..3) and a1 (4..7).
+template <int kBits>
 [[gnu::always_inline]] inline int32x4_t dot_8_steps(int32x4_t isum, const int8x16_t w[8], int8x16_t a0, int8x16_t a1) {
-  isum = dot_lane<0>(isum, w[0], a0);
-  isum = dot_lane<1>(isum, w[1], a0);
-  isum = dot_lane<2>(isum, w[2], a0);
-  isum = dot_lane<3>(isum, w[3], a0);
-  isum = dot_lane<0>(isum, w[4], a1);
-  isum = dot_lane<1>(isum, w[5], a1);
-  isum = dot_lane<2>(isum, w[6], a1);
-  return dot_lane<3>(isum, w[7], a1);
+  return dot_steps<8, kBits>(isum, w, a0, a1);
 }
 
-// 16 bits (bit l: lane l) -> 0x10 in the bytes whose bit is set.
-inline uint8x16_t fifth_bits_16(uint32_t bits) {
-  const uint8x8_t bytes = vcreate_u8(bits);
-  const uint8x16_t spread = vcombine_u8(vdup_lane_u8(bytes, 0), vdup_lane_u8(bytes, 1));
+// Bits 16 q .. 16 q + 15 of a k-step's 64-bit fifth-bit word (bit 4 r + c: row r, byte c) ->
+// 0x10 in the quarter's bytes whose bit is set: bytes 2 q and 2 q + 1 of the word spread over
+// eight lanes each by one table lookup, then tested against one bit per lane.
+inline uint8x16_t fifth_bits_quarter(const uint8_t* word, int q) {
+  uint64_t bits;
+  std::memcpy(&bits, word, sizeof(bits));
+  const uint8x16_t spread = vqtbl1q_u8(vreinterpretq_u8_u64(vdupq_n_u64(bits)),
+                                       vcombine_u8(vdup_n_u8(static_cast<uint8_t>(2 * q)), vdup_n_u8(static_cast<uint8_t>(2 * q + 1))));
   const uint8x16_t bit = vreinterpretq_u8_u64(vdupq_n_u64(0x8040201008040201ULL));
   return vandq_u8(vtstq_u8(spread, bit), vdupq_n_u8(0x10));
 }
@@ -130,11 +156,8 @@ template <DType Type>
       uint8x16_t lo = vandq_u8(v, vdupq_n_u8(0x0F)), hi = vshrq_n_u8(v, 4);
       if constexpr (f.has_qh) {
         const uint8_t* qh = grp + reg.qh + ub * 64;
-        uint64_t w_lo, w_hi;
-        std::memcpy(&w_lo, qh + 8 * i, 8);
-        std::memcpy(&w_hi, qh + 8 * (i + 4), 8);
-        lo = vorrq_u8(lo, fifth_bits_16(static_cast<uint32_t>(w_lo >> (16 * q)) & 0xFFFF));
-        hi = vorrq_u8(hi, fifth_bits_16(static_cast<uint32_t>(w_hi >> (16 * q)) & 0xFFFF));
+        lo = vorrq_u8(lo, fifth_bits_quarter(qh + 8 * i, q));
+        hi = vorrq_u8(hi, fifth_bits_quarter(qh + 8 * (i + 4), q));
       }
       w[i] = vreinterpretq_s8_u8(lo);
       w[i + 4] = vreinterpretq_s8_u8(hi);
@@ -169,7 +192,7 @@ void tile_32(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k
           const uint8_t* aq = a + 32 * ub;
           // Q8_0 sums q a directly; the other offset types start at the token's correction.
           int32x4_t isum = vdupq_n_s32(f.q8 || f.has_min ? 0 : load_i32(a + corr_at + 4 * ub));
-          isum = dot_8_steps(isum, w, load_s8(aq), load_s8(aq + 16));
+          isum = dot_8_steps<f.q8 ? 8 : f.has_qh ? 5 : 4>(isum, w, load_s8(aq), load_s8(aq + 16));
           acc[t][qq] = vfmaq_f32(acc[t][qq], vcvtq_f32_s32(isum), vmulq_n_f32(dw, load_f32(a + k + 4 * ub)));
           if constexpr (f.has_min) acc[t][qq] = vfmaq_n_f32(acc[t][qq], mw, load_f32(a + corr_at + 4 * ub));
         }
@@ -314,8 +337,8 @@ void tile_k4(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k
         for (int t = 0; t < T; ++t) {
           const uint8_t* a = xa + static_cast<size_t>(t) * act_stride;
           const uint8_t* aq = a + 256 * ub + 64 * static_cast<size_t>(p);
-          const int32x4_t s_lo = dot_8_steps(vdupq_n_s32(0), lo, load_s8(aq), load_s8(aq + 16));
-          const int32x4_t s_hi = dot_8_steps(vdupq_n_s32(0), hi, load_s8(aq + 32), load_s8(aq + 48));
+          const int32x4_t s_lo = dot_8_steps<4>(vdupq_n_s32(0), lo, load_s8(aq), load_s8(aq + 16));
+          const int32x4_t s_hi = dot_8_steps<4>(vdupq_n_s32(0), hi, load_s8(aq + 32), load_s8(aq + 48));
           total[t] = vmlaq_s32(vmlaq_s32(total[t], s_lo, sc_lo), s_hi, sc_hi);
           uint32_t pair;  // the token's int16 sums of sub-blocks 2 p and 2 p + 1
           std::memcpy(&pair, a + sums_at + 16 * ub + 4 * static_cast<size_t>(p), 4);
@@ -381,14 +404,8 @@ void tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k
               const int8x16_t x_lo = load_s8(a + 256 * ub + 16 * static_cast<size_t>(j_lo));
               const int8x16_t x_hi = load_s8(a + 256 * ub + 16 * static_cast<size_t>(j_hi));
               int32x4_t s_lo = vdupq_n_s32(load_i32(corr + 4 * j_lo)), s_hi = vdupq_n_s32(load_i32(corr + 4 * j_hi));
-              s_lo = dot_lane<0>(s_lo, lo[0], x_lo);
-              s_lo = dot_lane<1>(s_lo, lo[1], x_lo);
-              s_lo = dot_lane<2>(s_lo, lo[2], x_lo);
-              s_lo = dot_lane<3>(s_lo, lo[3], x_lo);
-              s_hi = dot_lane<0>(s_hi, hi[0], x_hi);
-              s_hi = dot_lane<1>(s_hi, hi[1], x_hi);
-              s_hi = dot_lane<2>(s_hi, hi[2], x_hi);
-              s_hi = dot_lane<3>(s_hi, hi[3], x_hi);
+              s_lo = dot_steps<4, 6>(s_lo, lo, x_lo, x_lo);
+              s_hi = dot_steps<4, 6>(s_hi, hi, x_hi, x_hi);
               total[t] = vmlaq_s32(vmlaq_s32(total[t], s_lo, sc_lo), s_hi, sc_hi);
             }
           }
