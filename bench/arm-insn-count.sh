@@ -65,7 +65,7 @@ for c in "${CASES[@]}"; do
   nl="$(layers "$shape")"
   for level in neon dotprod i8mm; do
     modes=(pack native)
-    case "$type" in q4_0|q4_1|q5_0|q5_1|q8_0|q4_K|q6_K) ;; *) modes=(native) ;; esac  # packable types
+    case "$type" in q4_0|q4_1|q5_0|q5_1|q8_0|q4_K|q5_K|q6_K) ;; *) modes=(native) ;; esac  # packed on aarch64
     for mode in "${modes[@]}"; do
       d1="$(count "$level" "$type" 1 1 "$mode" "$shape")"
       d3="$(count "$level" "$type" 1 3 "$mode" "$shape")"

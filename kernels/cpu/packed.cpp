@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <vector>
 
 #include "core/error.h"
@@ -57,6 +58,7 @@ bool packable_type(DType type) {
     case DType::Q5_1:
     case DType::Q8_0:
     case DType::Q4_K:
+    case DType::Q5_K:
     case DType::Q6_K: return true;
     default: return false;
   }
@@ -152,12 +154,17 @@ void transfer_32(DType type, bool to_packed, uint8_t* grp, const PackedRegions& 
   }
 }
 
-void transfer_q4_K(bool to_packed, uint8_t* grp, const PackedRegions& reg, size_t ub, size_t r, uint8_t* blk) {
-  for (size_t c = 0; c < 32; ++c) copy(to_packed, grp + reg.qs + ub * reg.qs_block + 64 * c + 4 * r, blk + offsetof(BlockQ4_K, qs) + 4 * c, 4);
-  copy(to_packed, grp + reg.d + (ub * kPackRows + r) * 2, blk + offsetof(BlockQ4_K, d), 2);
-  copy(to_packed, grp + reg.m + (ub * kPackRows + r) * 2, blk + offsetof(BlockQ4_K, dmin), 2);
+// Q4_K, and Q5_K with its fifth bits: the blocks differ only in qh and where qs starts.
+template <class Block>
+void transfer_k4(bool to_packed, uint8_t* grp, const PackedRegions& reg, size_t ub, size_t r, uint8_t* blk) {
+  for (size_t c = 0; c < 32; ++c) copy(to_packed, grp + reg.qs + ub * reg.qs_block + 64 * c + 4 * r, blk + offsetof(Block, qs) + 4 * c, 4);
+  if constexpr (sizeof(Block) == sizeof(BlockQ5_K)) {
+    for (size_t c = 0; c < 8; ++c) copy(to_packed, grp + reg.qh + ub * 512 + 64 * c + 4 * r, blk + offsetof(BlockQ5_K, qh) + 4 * c, 4);
+  }
+  copy(to_packed, grp + reg.d + (ub * kPackRows + r) * 2, blk + offsetof(Block, d), 2);
+  copy(to_packed, grp + reg.m + (ub * kPackRows + r) * 2, blk + offsetof(Block, dmin), 2);
   int sc[8], mn[8];
-  if (to_packed) unpack_scales_mins_k4(blk + offsetof(BlockQ4_K, scales), sc, mn);
+  if (to_packed) unpack_scales_mins_k4(blk + offsetof(Block, scales), sc, mn);
   for (size_t j = 0; j < 8; ++j) {
     uint8_t& ps = grp[reg.sc + ub * 128 + 16 * j + r];
     uint8_t& pm = grp[reg.mn + ub * 128 + 32 * (j / 2) + 2 * r + j % 2];
@@ -169,7 +176,7 @@ void transfer_q4_K(bool to_packed, uint8_t* grp, const PackedRegions& reg, size_
       mn[j] = pm;
     }
   }
-  if (!to_packed) pack_scales_mins_k4(sc, mn, blk + offsetof(BlockQ4_K, scales));
+  if (!to_packed) pack_scales_mins_k4(sc, mn, blk + offsetof(Block, scales));
 }
 
 void transfer_q6_K(bool to_packed, uint8_t* grp, const PackedRegions& reg, size_t ub, size_t r, uint8_t* blk) {
@@ -181,7 +188,8 @@ void transfer_q6_K(bool to_packed, uint8_t* grp, const PackedRegions& reg, size_
 
 void transfer(DType type, bool to_packed, uint8_t* grp, const PackedRegions& reg, size_t ub, size_t r, uint8_t* blk) {
   switch (type) {
-    case DType::Q4_K: return transfer_q4_K(to_packed, grp, reg, ub, r, blk);
+    case DType::Q4_K: return transfer_k4<BlockQ4_K>(to_packed, grp, reg, ub, r, blk);
+    case DType::Q5_K: return transfer_k4<BlockQ5_K>(to_packed, grp, reg, ub, r, blk);
     case DType::Q6_K: return transfer_q6_K(to_packed, grp, reg, ub, r, blk);
     default: return transfer_32(type, to_packed, grp, reg, ub, r, blk);
   }
@@ -291,8 +299,8 @@ void quantize_at(CpuLevel level, DType type, const float* x, void* out, int64_t 
   }
 }
 
-// The scalar model of one Q4_K row (lane r of group `grp`) against one token.
-float dot_k4_ref(const uint8_t* grp, const PackedRegions& reg, int r, int64_t nb, int64_t k, const uint8_t* a) {
+// The scalar model of one Q4_K or Q5_K row (lane r of group `grp`) against one token.
+float dot_k4_ref(PackedFormat f, const uint8_t* grp, const PackedRegions& reg, int r, int64_t nb, int64_t k, const uint8_t* a) {
   const auto* aq = reinterpret_cast<const int8_t*>(a);
   float acc = 0.0f;
   for (int64_t b = 0; b < nb; ++b) {
@@ -306,7 +314,8 @@ float dot_k4_ref(const uint8_t* grp, const PackedRegions& reg, int r, int64_t nb
       for (int i = 0; i < 8; ++i) {
         for (int c = 0; c < 4; ++c) {
           const uint8_t byte = qs[64 * (8 * (j / 2) + i) + 4 * r + c];
-          const int q = j % 2 == 0 ? (byte & 0xF) : (byte >> 4);
+          int q = j % 2 == 0 ? (byte & 0xF) : (byte >> 4);
+          if (f.has_qh) q |= ((grp[reg.qh + ub * 512 + 64 * static_cast<size_t>(i) + 4 * static_cast<size_t>(r) + static_cast<size_t>(c)] >> j) & 1) << 4;
           isum += q * aq[256 * b + 32 * j + 4 * i + c];
         }
       }
@@ -373,7 +382,7 @@ void packed_gemm_ref(DType type, const void* w, int64_t k, int64_t m, int64_t g0
         const int64_t row = g * kPackRows + r;
         if (row >= m) break;
         if (f.k4 || f.k6) {
-          y[t * y_stride + row] = f.k4 ? dot_k4_ref(grp, reg, r, nb, k, a) : dot_k6_ref(grp, reg, r, nb, k, a);
+          y[t * y_stride + row] = f.k4 ? dot_k4_ref(f, grp, reg, r, nb, k, a) : dot_k6_ref(grp, reg, r, nb, k, a);
           continue;
         }
         float acc = 0.0f;
@@ -450,7 +459,7 @@ void quantize_neon(DType type, const float* x, void* out, int64_t k) { quantize_
     PackedKernel{quantize_neon, arm::ns::packed_gemm_q4_0}, PackedKernel{quantize_neon, arm::ns::packed_gemm_q4_1}, \
         PackedKernel{quantize_neon, arm::ns::packed_gemm_q5_0}, PackedKernel{quantize_neon, arm::ns::packed_gemm_q5_1}, \
         PackedKernel{quantize_neon, arm::ns::packed_gemm_q8_0}, PackedKernel{quantize_neon, arm::ns::packed_gemm_q4_K}, \
-        PackedKernel{quantize_neon, arm::ns::packed_gemm_q6_K},                                                    \
+        PackedKernel{quantize_neon, arm::ns::packed_gemm_q6_K}, PackedKernel{quantize_neon, arm::ns::packed_gemm_q5_K}, \
   }
 const PackedKernel kNeon[] = HEARTH_PACKED_SET(neon);
 const PackedKernel kDotprod[] = HEARTH_PACKED_SET(dotprod);
@@ -468,6 +477,7 @@ int packed_index(DType type) {
     case DType::Q8_0: return 4;
     case DType::Q4_K: return 5;
     case DType::Q6_K: return 6;
+    case DType::Q5_K: return 7;  // aarch64 kernels only
     default: return -1;
   }
 }
@@ -478,6 +488,7 @@ const PackedKernel* packed_kernel(DType type, CpuLevel level) {
   const int i = packed_index(type);
   if (i < 0 || !cpu_level_supported(level)) return nullptr;
 #if defined(HEARTH_X86_KERNELS)
+  if (i >= static_cast<int>(std::size(kAvx2))) return nullptr;  // a type with aarch64 kernels only
   if (level == CpuLevel::Avx512 && cpu_has_vnni()) return &kAvx512[i];
   // The ymm kernels serve the avx2 level, and the avx512 level of a CPU without VNNI.
   if (level == CpuLevel::Avx2 || level == CpuLevel::Avx512) {
@@ -503,6 +514,7 @@ std::vector<PackedVariant> packed_kernel_variants(DType type) {
   const int i = packed_index(type);
   if (i < 0) return out;
 #if defined(HEARTH_X86_KERNELS)
+  if (i >= static_cast<int>(std::size(kAvx2))) return out;
   if (cpu_level_supported(CpuLevel::Avx2)) out.push_back({"avx2", &kAvx2[i]});
 #if defined(HEARTH_X86_AVXVNNI)
   if (cpu_has_avx_vnni()) out.push_back({"avx2 avx-vnni", &kAvxVnni[i]});

@@ -322,9 +322,11 @@ void tile_32_mmla(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int6
 }
 #endif
 
-// Q4_K: per sub-block j of 32, eight k-steps; the int32 sums meet the sub-block's 6-bit scales
-// in a multiply-add, the mins the token's sums of 32, all exact. One quarter at a time.
-template <int T>
+// Q4_K and Q5_K: per sub-block j of 32, eight k-steps; the int32 sums meet the sub-block's
+// 6-bit scales in a multiply-add, the mins the token's sums of 32, all exact. Q5_K's fifth bits
+// come from its qh region, laid out as the quants' k-steps (bit j: sub-block j). One quarter at
+// a time.
+template <DType Type, int T>
 void tile_k4(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k, const uint8_t* xa, size_t act_stride,
              float* y, int64_t y_stride, int64_t valid) {
   const size_t sums_at = static_cast<size_t>(k) + 4 * static_cast<size_t>(nb);
@@ -348,8 +350,16 @@ void tile_k4(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k
         #pragma GCC unroll 16
         for (int i = 0; i < 8; ++i) {
           const uint8x16_t v = vld1q_u8(qs + 64 * i);
-          lo[i] = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0F)));
-          hi[i] = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+          uint8x16_t l = vandq_u8(v, vdupq_n_u8(0x0F)), h = vshrq_n_u8(v, 4);
+          if constexpr (packed_format(Type).has_qh) {
+            // bit 2 p (the low nibbles' sub-block) and bit 2 p + 1 (the high ones') to bit 4
+            const uint8x16_t bits = vld1q_u8(grp + reg.qh + ub * 512 + 64 * static_cast<size_t>(i) + 16 * static_cast<size_t>(q));
+            const uint8x16_t fifth = vdupq_n_u8(0x10);
+            l = vorrq_u8(l, vandq_u8(vshlq_u8(bits, vdupq_n_s8(static_cast<int8_t>(4 - 2 * p))), fifth));
+            h = vorrq_u8(h, vandq_u8(vshlq_u8(bits, vdupq_n_s8(static_cast<int8_t>(3 - 2 * p))), fifth));
+          }
+          lo[i] = vreinterpretq_s8_u8(l);
+          hi[i] = vreinterpretq_s8_u8(h);
         }
         const uint8_t* sc = grp + reg.sc + ub * 128 + 4 * static_cast<size_t>(q);
         const int32x4_t sc_lo = u8x4_to_s32(sc + 16 * (2 * p)), sc_hi = u8x4_to_s32(sc + 16 * (2 * p + 1));
@@ -359,8 +369,9 @@ void tile_k4(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k
         for (int t = 0; t < T; ++t) {
           const uint8_t* a = xa + static_cast<size_t>(t) * act_stride;
           const uint8_t* aq = a + 256 * ub + 64 * static_cast<size_t>(p);
-          const int32x4_t s_lo = dot_8_steps<4>(vdupq_n_s32(0), lo, load_s8(aq), load_s8(aq + 16));
-          const int32x4_t s_hi = dot_8_steps<4>(vdupq_n_s32(0), hi, load_s8(aq + 32), load_s8(aq + 48));
+          constexpr int kBits = packed_format(Type).has_qh ? 5 : 4;
+          const int32x4_t s_lo = dot_8_steps<kBits>(vdupq_n_s32(0), lo, load_s8(aq), load_s8(aq + 16));
+          const int32x4_t s_hi = dot_8_steps<kBits>(vdupq_n_s32(0), hi, load_s8(aq + 32), load_s8(aq + 48));
           total[t] = vmlaq_s32(vmlaq_s32(total[t], s_lo, sc_lo), s_hi, sc_hi);
           uint32_t pair;  // the token's int16 sums of sub-blocks 2 p and 2 p + 1
           std::memcpy(&pair, a + sums_at + 16 * ub + 4 * static_cast<size_t>(p), 4);
@@ -459,7 +470,7 @@ void group_tile(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_
                 float* y, int64_t y_stride, int64_t valid) {
   constexpr PackedFormat f = packed_format(Type);
   if constexpr (f.k4) {
-    tile_k4<T>(grp, reg, nb, k, xa, act_stride, y, y_stride, valid);
+    tile_k4<Type, T>(grp, reg, nb, k, xa, act_stride, y, y_stride, valid);
   } else if constexpr (f.k6) {
     tile_k6<T>(grp, reg, nb, k, xa, act_stride, y, y_stride, valid);
   } else {
@@ -576,6 +587,7 @@ HEARTH_ARM_DEFINE_PACKED_GEMM(q5_1, Q5_1)
 HEARTH_ARM_DEFINE_PACKED_GEMM(q8_0, Q8_0)
 HEARTH_ARM_DEFINE_PACKED_GEMM(q4_K, Q4_K)
 HEARTH_ARM_DEFINE_PACKED_GEMM(q6_K, Q6_K)
+HEARTH_ARM_DEFINE_PACKED_GEMM(q5_K, Q5_K)
 #undef HEARTH_ARM_DEFINE_PACKED_GEMM
 
 }  // namespace hearth::kernels::arm::HEARTH_ARM_NS
