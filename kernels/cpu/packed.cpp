@@ -450,8 +450,8 @@ const PackedKernel kAvx2Evex[] = HEARTH_PACKED_SET(avx2_evex, quantize_avx512);
 #endif
 
 #if defined(HEARTH_ARM_KERNELS)
-// The activations of every aarch64 level come from the neon and dotprod quantizers, which
-// write the scalar ones' bytes (dot products have no use in quantizing).
+// The activations of every aarch64 level come from the neon quantizers, which write the scalar
+// ones' bytes (dot products and smmla have no use in quantizing).
 void quantize_neon(DType type, const float* x, void* out, int64_t k) { quantize_at(CpuLevel::Neon, type, x, out, k); }
 
 #define HEARTH_PACKED_SET(ns)                                                                                     \
