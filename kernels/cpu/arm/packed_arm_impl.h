@@ -50,11 +50,6 @@ inline int32_t load_i32(const uint8_t* p) {
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
-inline uint16_t load_u16(const uint8_t* p) {
-  uint16_t v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
 inline int8x16_t load_s8(const uint8_t* p) { return vreinterpretq_s8_u8(vld1q_u8(p)); }
 // Four f16 at any address -> four floats (exact).
 inline float32x4_t f16x4(const uint8_t* p) { return vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8(p))); }
@@ -149,10 +144,10 @@ template <DType Type>
   constexpr PackedFormat f = packed_format(Type);
   const uint8_t* qs = grp + reg.qs + ub * reg.qs_block + 16 * q;
   if constexpr (f.q8) {
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int j = 0; j < 8; ++j) w[j] = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(qs + 64 * j), vdupq_n_u8(0x80)));
   } else {
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int i = 0; i < 4; ++i) {
       const uint8x16_t v = vld1q_u8(qs + 64 * i);
       uint8x16_t lo = vandq_u8(v, vdupq_n_u8(0x0F)), hi = vshrq_n_u8(v, 4);
@@ -175,7 +170,7 @@ void tile_32(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k
   const size_t corr_at = static_cast<size_t>(k) + 4 * static_cast<size_t>(nb);
   for (int h = 0; h < 2; ++h) {
     float32x4_t acc[T][2];
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int t = 0; t < T; ++t) acc[t][0] = acc[t][1] = vdupq_n_f32(0.0f);
     for (int64_t b = 0; b < nb; ++b) {
       const auto ub = static_cast<size_t>(b);
@@ -183,7 +178,7 @@ void tile_32(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k
         const uint8_t* next = grp + reg.total + reg.qs + ub * reg.qs_block;
         for (size_t line = 0; line < reg.qs_block; line += 64) __builtin_prefetch(next + line);
       }
-      #pragma GCC unroll 16
+#pragma GCC unroll 16
       for (int qq = 0; qq < 2; ++qq) {
         const int q = 2 * h + qq;
         int8x16_t w[8];
@@ -191,7 +186,7 @@ void tile_32(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k
         const float32x4_t dw = f16x4(grp + reg.d + ub * 32 + 8 * static_cast<size_t>(q));
         float32x4_t mw = vdupq_n_f32(0.0f);
         if constexpr (f.has_min) mw = f16x4(grp + reg.m + ub * 32 + 8 * static_cast<size_t>(q));
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int t = 0; t < T; ++t) {
           const uint8_t* a = xa + static_cast<size_t>(t) * act_stride;
           const uint8_t* aq = a + 32 * ub;
@@ -203,9 +198,9 @@ void tile_32(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k
         }
       }
     }
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int t = 0; t < T; ++t) {
-      #pragma GCC unroll 16
+#pragma GCC unroll 16
       for (int qq = 0; qq < 2; ++qq) {
         const int row = 8 * h + 4 * qq;
         store_rows(y + t * y_stride + row, acc[t][qq], valid - row);
@@ -238,9 +233,9 @@ void tile_32_mmla(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int6
   const size_t pair_stride = 64 * static_cast<size_t>(nb);
   for (int h = 0; h < 4 / Q; ++h) {
     float32x4_t acc[P][2 * Q];  // per pair: row pairs (4 q, 4 q + 1), (4 q + 2, 4 q + 3) of the pass's quarters
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int i = 0; i < P; ++i) {
-      #pragma GCC unroll 16
+#pragma GCC unroll 16
       for (auto& v : acc[i]) v = vdupq_n_f32(0.0f);
     }
     for (int64_t b = 0; b < nb; ++b) {
@@ -253,9 +248,9 @@ void tile_32_mmla(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int6
       float32x4_t dx[P], sx[P];
       int32x4_t start[P];
       int8x16_t x[P][4];  // the pairs' activations of the block, for both quarters
-      #pragma GCC unroll 16
+#pragma GCC unroll 16
       for (int i = 0; i < P; ++i) {
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int p = 0; p < 4; ++p) x[i][p] = load_s8(pairs + static_cast<size_t>(i) * pair_stride + 64 * ub + 16 * p);
         const uint8_t* a0 = xa + static_cast<size_t>(2 * i) * act_stride;
         const uint8_t* a1 = a0 + act_stride;
@@ -271,13 +266,13 @@ void tile_32_mmla(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int6
           start[i] = int32x4_t{c0, c1, c0, c1};
         }
       }
-      #pragma GCC unroll 16
+#pragma GCC unroll 16
       for (int qq = 0; qq < Q; ++qq) {
         const int q = Q * h + qq;
         int8x16_t w[8];
         decode_32<Type>(grp, reg, ub, q, w);
         int8x16_t rows01[4], rows23[4];
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int p = 0; p < 4; ++p) {
           const int32x4_t e = vreinterpretq_s32_s8(w[2 * p]), o = vreinterpretq_s32_s8(w[2 * p + 1]);
           rows01[p] = vreinterpretq_s8_s32(vzip1q_s32(e, o));
@@ -291,10 +286,10 @@ void tile_32_mmla(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int6
           mw01 = vzip1q_f32(mw, mw);
           mw23 = vzip2q_f32(mw, mw);
         }
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int i = 0; i < P; ++i) {
           int32x4_t s01 = start[i], s23 = start[i];
-          #pragma GCC unroll 16
+#pragma GCC unroll 16
           for (int p = 0; p < 4; ++p) {
             s01 = vmmlaq_s32(s01, rows01[p], x[i][p]);
             s23 = vmmlaq_s32(s23, rows23[p], x[i][p]);
@@ -308,9 +303,9 @@ void tile_32_mmla(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int6
         }
       }
     }
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int i = 0; i < P; ++i) {
-      #pragma GCC unroll 16
+#pragma GCC unroll 16
       for (int qq = 0; qq < Q; ++qq) {
         const int row = 4 * (Q * h + qq);
         float* yt = y + 2 * i * y_stride + row;
@@ -332,7 +327,7 @@ void tile_k4(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k
   const size_t sums_at = static_cast<size_t>(k) + 4 * static_cast<size_t>(nb);
   for (int q = 0; q < 4; ++q) {
     float32x4_t acc[T];
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (auto& v : acc) v = vdupq_n_f32(0.0f);
     for (int64_t b = 0; b < nb; ++b) {
       const auto ub = static_cast<size_t>(b);
@@ -341,13 +336,13 @@ void tile_k4(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k
         for (size_t line = 0; line < reg.qs_block; line += 64) __builtin_prefetch(next + line);
       }
       int32x4_t total[T], msum[T];
-      #pragma GCC unroll 16
+#pragma GCC unroll 16
       for (int t = 0; t < T; ++t) total[t] = msum[t] = vdupq_n_s32(0);
-      #pragma GCC unroll 16
+#pragma GCC unroll 16
       for (int p = 0; p < 4; ++p) {  // sub-blocks 2 p (low nibbles) and 2 p + 1 (high)
         int8x16_t lo[8], hi[8];
         const uint8_t* qs = grp + reg.qs + ub * reg.qs_block + 512 * static_cast<size_t>(p) + 16 * static_cast<size_t>(q);
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int i = 0; i < 8; ++i) {
           const uint8x16_t v = vld1q_u8(qs + 64 * i);
           uint8x16_t l = vandq_u8(v, vdupq_n_u8(0x0F)), h = vshrq_n_u8(v, 4);
@@ -365,7 +360,7 @@ void tile_k4(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k
         const int32x4_t sc_lo = u8x4_to_s32(sc + 16 * (2 * p)), sc_hi = u8x4_to_s32(sc + 16 * (2 * p + 1));
         // Mins of sub-blocks 2 p, 2 p + 1 for the quarter's rows: (row, even), (row, odd) pairs.
         const int16x8_t mn = vreinterpretq_s16_u16(vmovl_u8(vld1_u8(grp + reg.mn + ub * 128 + 32 * static_cast<size_t>(p) + 8 * static_cast<size_t>(q))));
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int t = 0; t < T; ++t) {
           const uint8_t* a = xa + static_cast<size_t>(t) * act_stride;
           const uint8_t* aq = a + 256 * ub + 64 * static_cast<size_t>(p);
@@ -381,14 +376,14 @@ void tile_k4(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k
       }
       const float32x4_t dw = f16x4(grp + reg.d + ub * 32 + 8 * static_cast<size_t>(q));
       const float32x4_t dmin = f16x4(grp + reg.m + ub * 32 + 8 * static_cast<size_t>(q));
-      #pragma GCC unroll 16
+#pragma GCC unroll 16
       for (int t = 0; t < T; ++t) {
         const float dx = load_f32(xa + static_cast<size_t>(t) * act_stride + k + 4 * ub);
         acc[t] = vfmaq_f32(acc[t], vcvtq_f32_s32(total[t]), vmulq_n_f32(dw, dx));
         acc[t] = vfmsq_f32(acc[t], vcvtq_f32_s32(msum[t]), vmulq_n_f32(dmin, dx));
       }
     }
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int t = 0; t < T; ++t) store_rows(y + t * y_stride + 4 * q, acc[t], valid - 4 * q);
   }
 }
@@ -405,7 +400,7 @@ void tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k
   const uint8x16_t low4 = vdupq_n_u8(0x0F), two = vdupq_n_u8(0x30);
   for (int q = 0; q < 4; ++q) {
     float32x4_t acc[T];
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (auto& v : acc) v = vdupq_n_f32(0.0f);
     for (int64_t b = 0; b < nb; ++b) {
       const auto ub = static_cast<size_t>(b);
@@ -416,16 +411,16 @@ void tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k
         for (size_t line = 0; line < 1024; line += 64) __builtin_prefetch(qh + reg.total + line);
       }
       int32x4_t total[T];
-      #pragma GCC unroll 16
+#pragma GCC unroll 16
       for (auto& v : total) v = vdupq_n_s32(0);
-      #pragma GCC unroll 16
+#pragma GCC unroll 16
       for (int hh = 0; hh < 2; ++hh) {
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int qq = 0; qq < 2; ++qq) {
-          #pragma GCC unroll 16
+#pragma GCC unroll 16
           for (int c4 = 0; c4 < 2; ++c4) {  // k-steps c = 4 c4 .. 4 c4 + 3: one sub-block each
             int8x16_t lo[4], hi[4];
-            #pragma GCC unroll 16
+#pragma GCC unroll 16
             for (int i = 0; i < 4; ++i) {
               const int c = 4 * c4 + i;
               const uint8x16_t l = vld1q_u8(ql + 64 * (16 * hh + 8 * qq + c));
@@ -439,7 +434,7 @@ void tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k
             const int j_lo = 8 * hh + 2 * qq + c4, j_hi = j_lo + 4;  // sub-blocks of 16
             const int32x4_t sc_lo = s8x4_to_s32(grp + reg.sc + ub * 256 + 16 * static_cast<size_t>(j_lo) + 4 * static_cast<size_t>(q));
             const int32x4_t sc_hi = s8x4_to_s32(grp + reg.sc + ub * 256 + 16 * static_cast<size_t>(j_hi) + 4 * static_cast<size_t>(q));
-            #pragma GCC unroll 16
+#pragma GCC unroll 16
             for (int t = 0; t < T; ++t) {
               const uint8_t* a = xa + static_cast<size_t>(t) * act_stride;
               const uint8_t* corr = a + corr_at + 64 * ub;
@@ -454,13 +449,13 @@ void tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k
         }
       }
       const float32x4_t dw = f16x4(grp + reg.d + ub * 32 + 8 * static_cast<size_t>(q));
-      #pragma GCC unroll 16
+#pragma GCC unroll 16
       for (int t = 0; t < T; ++t) {
         const float dx = load_f32(xa + static_cast<size_t>(t) * act_stride + k + 4 * ub);
         acc[t] = vfmaq_f32(acc[t], vcvtq_f32_s32(total[t]), vmulq_n_f32(dw, dx));
       }
     }
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int t = 0; t < T; ++t) store_rows(y + t * y_stride + 4 * q, acc[t], valid - 4 * q);
   }
 }
