@@ -500,7 +500,11 @@ const PackedKernel* packed_kernel(DType type, CpuLevel level) {
 #endif
 #if defined(HEARTH_ARM_KERNELS)
   switch (level) {
-    case CpuLevel::Neon: return &kNeon[i];
+    // Without sdot the k-quants' packed kernels count more instructions per prompt token than
+    // the native rows (bench/arm-insn-count.sh: Q4_K +12%, Q5_K +29%, Q6_K +58%), and prefill
+    // is where instructions are the limit: plain NEON keeps them in rows (their packed kernels
+    // stay tested through packed_kernel_variants).
+    case CpuLevel::Neon: return packed_format(type).block == 256 ? nullptr : &kNeon[i];
     case CpuLevel::Dotprod: return &kDotprod[i];
     case CpuLevel::I8mm: return &kI8mm[i];
     default: break;
@@ -523,6 +527,9 @@ std::vector<PackedVariant> packed_kernel_variants(DType type) {
     out.push_back({"avx2 vpdpbusd (evex)", &kAvx2Evex[i]});
     out.push_back({"avx512", &kAvx512[i]});
   }
+#endif
+#if defined(HEARTH_ARM_KERNELS)
+  if (packed_format(type).block == 256 && cpu_level_supported(CpuLevel::Neon)) out.push_back({"neon k-quants", &kNeon[i]});
 #endif
   return out;
 }

@@ -132,7 +132,8 @@ const PackedKernel* packed_kernel(DType type, CpuLevel level);
 
 // Every packed kernel set this CPU can run, for tests and the kernel lab: the one
 // packed_kernel() picks for each level plus variants it never picks here (the ymm kernels'
-// vpdpbusd arithmetic in EVEX form on AVX-512 machines, which mostly lack AVX-VNNI).
+// vpdpbusd arithmetic in EVEX form on AVX-512 machines, which mostly lack AVX-VNNI; the plain
+// NEON kernels of the k-quants, which keep native rows at that level).
 struct PackedVariant {
   const char* name;
   const PackedKernel* kernel;
