@@ -15,8 +15,8 @@
 # token, and nothing else (no attention, norms, RoPE, embeddings or output head).
 #
 # Every level runs on `qemu -cpu max` with HEARTH_CPU_LEVEL forcing neon / dotprod / i8mm, for
-# weights repacked in 16-row groups (the default wherever a packed kernel exists) and kept in
-# native rows (CpuBackend's pack_weights = false). ARM speed is otherwise unmeasured: an
+# weights repacked in 16-row groups (the default wherever the level has a packed kernel; neon
+# keeps the k-quants in rows) and kept in native rows (CpuBackend's pack_weights = false). ARM speed is otherwise unmeasured: an
 # instruction count is not a cycle count (sdot, smmla and a plain add each count one).
 #
 #   bench/arm-insn-count.sh [TYPE:SHAPE ...]     default: q4_0:smollm2 q8_0:smollm2 q4_K:llama-1b q6_K:llama-1b
@@ -66,6 +66,7 @@ for c in "${CASES[@]}"; do
   for level in neon dotprod i8mm; do
     modes=(pack native)
     case "$type" in q4_0|q4_1|q5_0|q5_1|q8_0|q4_K|q5_K|q6_K) ;; *) modes=(native) ;; esac  # packed on aarch64
+    [[ $level == neon && $type == *_K ]] && modes=(native)  # neon keeps the k-quants in rows (packed.cpp)
     for mode in "${modes[@]}"; do
       d1="$(count "$level" "$type" 1 1 "$mode" "$shape")"
       d3="$(count "$level" "$type" 1 3 "$mode" "$shape")"
