@@ -12,6 +12,9 @@
 #if defined(__aarch64__) && defined(__linux__)
 #include <asm/hwcap.h>
 #include <sys/auxv.h>
+#ifndef HWCAP2_I8MM  // Linux 5.10's value, for older headers
+#define HWCAP2_I8MM (1 << 13)
+#endif
 #endif
 
 namespace hearth::kernels {
@@ -23,6 +26,7 @@ std::string_view cpu_level_name(CpuLevel level) {
     case CpuLevel::Avx512: return "avx512";
     case CpuLevel::Neon: return "neon";
     case CpuLevel::Dotprod: return "dotprod";
+    case CpuLevel::I8mm: return "i8mm";
   }
   return "?";
 }
@@ -51,7 +55,8 @@ CpuLevel cpu_supported_level() {
   static const CpuLevel level = [] {
     const unsigned long hwcap = getauxval(AT_HWCAP);
     if ((hwcap & HWCAP_ASIMD) == 0) return CpuLevel::Scalar;
-    return (hwcap & HWCAP_ASIMDDP) != 0 ? CpuLevel::Dotprod : CpuLevel::Neon;
+    if ((hwcap & HWCAP_ASIMDDP) == 0) return CpuLevel::Neon;
+    return (getauxval(AT_HWCAP2) & HWCAP2_I8MM) != 0 ? CpuLevel::I8mm : CpuLevel::Dotprod;
   }();
   return level;
 #elif defined(__aarch64__)
@@ -65,7 +70,7 @@ CpuLevel cpu_supported_level() {
 
 namespace {
 
-bool is_arm_level(CpuLevel l) { return l == CpuLevel::Neon || l == CpuLevel::Dotprod; }
+bool is_arm_level(CpuLevel l) { return l == CpuLevel::Neon || l == CpuLevel::Dotprod || l == CpuLevel::I8mm; }
 
 }  // namespace
 
@@ -111,7 +116,7 @@ CpuLevel decide_level() {
   const char* env = std::getenv("HEARTH_CPU_LEVEL");
   if (env == nullptr || *env == '\0') return supported;
   const std::optional<CpuLevel> wanted = cpu_level_from_name(env);
-  if (!wanted) throw Error(fmt::format("HEARTH_CPU_LEVEL={}: expected scalar, avx2, avx512, neon or dotprod", env));
+  if (!wanted) throw Error(fmt::format("HEARTH_CPU_LEVEL={}: expected scalar, avx2, avx512, neon, dotprod or i8mm", env));
   if (!cpu_level_supported(*wanted)) {
     throw Error(fmt::format("HEARTH_CPU_LEVEL={}: this CPU lacks it (best level here: {})", env,
                             cpu_level_name(supported)));

@@ -14,16 +14,19 @@ namespace hearth::kernels {
 //   x86-64:  Scalar < Avx2 < Avx512
 //     Avx2:    AVX2 + FMA + F16C
 //     Avx512:  Avx2 + AVX-512 F, BW and VL (VNNI is reported separately: cpu_has_vnni())
-//   aarch64: Scalar < Neon < Dotprod
+//   aarch64: Scalar < Neon < Dotprod < I8mm
 //     Neon:    armv8-a Advanced SIMD (ASIMD)
 //     Dotprod: Neon + the ARMv8.2 int8 dot products (sdot / udot)
+//     I8mm:    Dotprod + the ARMv8.6 int8 matrix multiply (smmla: a 2x8 by 8x2 block per
+//              instruction), which the packed prefill kernels use (Graviton 3, Apple M2,
+//              Cortex-A510/A710 and later)
 // Levels of the other architecture are never supported, so compare levels only through
 // cpu_level_supported(), never with < on the enum values (which are table indices).
-enum class CpuLevel { Scalar = 0, Avx2 = 1, Avx512 = 2, Neon = 3, Dotprod = 4 };
-inline constexpr CpuLevel kAllCpuLevels[] = {CpuLevel::Scalar, CpuLevel::Avx2, CpuLevel::Avx512, CpuLevel::Neon,
-                                             CpuLevel::Dotprod};
+enum class CpuLevel { Scalar = 0, Avx2 = 1, Avx512 = 2, Neon = 3, Dotprod = 4, I8mm = 5 };
+inline constexpr CpuLevel kAllCpuLevels[] = {CpuLevel::Scalar, CpuLevel::Avx2,    CpuLevel::Avx512,
+                                             CpuLevel::Neon,   CpuLevel::Dotprod, CpuLevel::I8mm};
 
-// "scalar", "avx2", "avx512", "neon", "dotprod"
+// "scalar", "avx2", "avx512", "neon", "dotprod", "i8mm"
 std::string_view cpu_level_name(CpuLevel level);
 std::optional<CpuLevel> cpu_level_from_name(std::string_view name);  // inverse, exact names
 

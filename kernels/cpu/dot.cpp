@@ -132,8 +132,20 @@ HEARTH_X86_TABLE(avx512_table, avx512_simd_table, x86::avx512)
 #undef HEARTH_SET_SCALED
 #endif
 #if defined(HEARTH_ARM_KERNELS)
-HEARTH_SIMD_TABLE(neon_table, arm::neon)
-HEARTH_SIMD_TABLE(dotprod_table, arm::dotprod)
+HEARTH_SIMD_TABLE(neon_simd_table, arm::neon)
+HEARTH_SIMD_TABLE(dotprod_simd_table, arm::dotprod)
+// And the aarch64 kernels of the 2- and 3-bit k-quants (their activations, Q8_K, already come
+// from the level's quantizer).
+#define HEARTH_ARM_TABLE(fn, base, ns) \
+  Table fn() {                         \
+    Table t = base();                  \
+    HEARTH_SET_BLOCK(ns, Q2_K, q2_K)   \
+    HEARTH_SET_BLOCK(ns, Q3_K, q3_K)   \
+    return t;                          \
+  }
+HEARTH_ARM_TABLE(neon_table, neon_simd_table, arm::neon)
+HEARTH_ARM_TABLE(dotprod_table, dotprod_simd_table, arm::dotprod)
+#undef HEARTH_ARM_TABLE
 #endif
 #undef HEARTH_SIMD_TABLE
 #undef HEARTH_SET_PLAIN
@@ -156,6 +168,8 @@ const std::array<Table, kLevels>& tables() {
     // anyway, it gets the plain NEON kernels instead of an illegal instruction.
     a[static_cast<size_t>(CpuLevel::Dotprod)] =
         cpu_level_supported(CpuLevel::Dotprod) ? dotprod_table() : a[static_cast<size_t>(CpuLevel::Neon)];
+    // i8mm pays in the packed prefill kernels (packed.h); the native-row dots stay dotprod's.
+    a[static_cast<size_t>(CpuLevel::I8mm)] = a[static_cast<size_t>(CpuLevel::Dotprod)];
 #endif
     return a;
   }();

@@ -177,9 +177,10 @@ const std::array<OpsKernels, std::size(kAllCpuLevels)>& tables() {
     a[static_cast<size_t>(CpuLevel::Avx512)] = HEARTH_OPS_TABLE_NATIVE(x86::avx512);
 #endif
 #if defined(HEARTH_ARM_KERNELS)
-    // Plain armv8-a NEON serves both aarch64 levels (these ops have no use for sdot).
+    // Plain armv8-a NEON serves every aarch64 level (these ops have no use for sdot).
     a[static_cast<size_t>(CpuLevel::Neon)] = HEARTH_OPS_TABLE_TWICE(arm::neon);
     a[static_cast<size_t>(CpuLevel::Dotprod)] = HEARTH_OPS_TABLE_TWICE(arm::neon);
+    a[static_cast<size_t>(CpuLevel::I8mm)] = HEARTH_OPS_TABLE_TWICE(arm::neon);
 #endif
     return a;
   }();

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <vector>
 
 #include "core/error.h"
@@ -10,6 +11,9 @@
 #include "kernels/cpu/dot.h"
 #if defined(HEARTH_X86_KERNELS)
 #include "kernels/cpu/x86/packed_x86.h"
+#endif
+#if defined(HEARTH_ARM_KERNELS)
+#include "kernels/cpu/arm/packed_arm.h"
 #endif
 
 namespace hearth::kernels {
@@ -54,6 +58,7 @@ bool packable_type(DType type) {
     case DType::Q5_1:
     case DType::Q8_0:
     case DType::Q4_K:
+    case DType::Q5_K:
     case DType::Q6_K: return true;
     default: return false;
   }
@@ -149,12 +154,17 @@ void transfer_32(DType type, bool to_packed, uint8_t* grp, const PackedRegions& 
   }
 }
 
-void transfer_q4_K(bool to_packed, uint8_t* grp, const PackedRegions& reg, size_t ub, size_t r, uint8_t* blk) {
-  for (size_t c = 0; c < 32; ++c) copy(to_packed, grp + reg.qs + ub * reg.qs_block + 64 * c + 4 * r, blk + offsetof(BlockQ4_K, qs) + 4 * c, 4);
-  copy(to_packed, grp + reg.d + (ub * kPackRows + r) * 2, blk + offsetof(BlockQ4_K, d), 2);
-  copy(to_packed, grp + reg.m + (ub * kPackRows + r) * 2, blk + offsetof(BlockQ4_K, dmin), 2);
+// Q4_K, and Q5_K with its fifth bits: the blocks differ only in qh and where qs starts.
+template <class Block>
+void transfer_k4(bool to_packed, uint8_t* grp, const PackedRegions& reg, size_t ub, size_t r, uint8_t* blk) {
+  for (size_t c = 0; c < 32; ++c) copy(to_packed, grp + reg.qs + ub * reg.qs_block + 64 * c + 4 * r, blk + offsetof(Block, qs) + 4 * c, 4);
+  if constexpr (sizeof(Block) == sizeof(BlockQ5_K)) {
+    for (size_t c = 0; c < 8; ++c) copy(to_packed, grp + reg.qh + ub * 512 + 64 * c + 4 * r, blk + offsetof(BlockQ5_K, qh) + 4 * c, 4);
+  }
+  copy(to_packed, grp + reg.d + (ub * kPackRows + r) * 2, blk + offsetof(Block, d), 2);
+  copy(to_packed, grp + reg.m + (ub * kPackRows + r) * 2, blk + offsetof(Block, dmin), 2);
   int sc[8], mn[8];
-  if (to_packed) unpack_scales_mins_k4(blk + offsetof(BlockQ4_K, scales), sc, mn);
+  if (to_packed) unpack_scales_mins_k4(blk + offsetof(Block, scales), sc, mn);
   for (size_t j = 0; j < 8; ++j) {
     uint8_t& ps = grp[reg.sc + ub * 128 + 16 * j + r];
     uint8_t& pm = grp[reg.mn + ub * 128 + 32 * (j / 2) + 2 * r + j % 2];
@@ -166,7 +176,7 @@ void transfer_q4_K(bool to_packed, uint8_t* grp, const PackedRegions& reg, size_
       mn[j] = pm;
     }
   }
-  if (!to_packed) pack_scales_mins_k4(sc, mn, blk + offsetof(BlockQ4_K, scales));
+  if (!to_packed) pack_scales_mins_k4(sc, mn, blk + offsetof(Block, scales));
 }
 
 void transfer_q6_K(bool to_packed, uint8_t* grp, const PackedRegions& reg, size_t ub, size_t r, uint8_t* blk) {
@@ -178,7 +188,8 @@ void transfer_q6_K(bool to_packed, uint8_t* grp, const PackedRegions& reg, size_
 
 void transfer(DType type, bool to_packed, uint8_t* grp, const PackedRegions& reg, size_t ub, size_t r, uint8_t* blk) {
   switch (type) {
-    case DType::Q4_K: return transfer_q4_K(to_packed, grp, reg, ub, r, blk);
+    case DType::Q4_K: return transfer_k4<BlockQ4_K>(to_packed, grp, reg, ub, r, blk);
+    case DType::Q5_K: return transfer_k4<BlockQ5_K>(to_packed, grp, reg, ub, r, blk);
     case DType::Q6_K: return transfer_q6_K(to_packed, grp, reg, ub, r, blk);
     default: return transfer_32(type, to_packed, grp, reg, ub, r, blk);
   }
@@ -288,8 +299,8 @@ void quantize_at(CpuLevel level, DType type, const float* x, void* out, int64_t 
   }
 }
 
-// The scalar model of one Q4_K row (lane r of group `grp`) against one token.
-float dot_k4_ref(const uint8_t* grp, const PackedRegions& reg, int r, int64_t nb, int64_t k, const uint8_t* a) {
+// The scalar model of one Q4_K or Q5_K row (lane r of group `grp`) against one token.
+float dot_k4_ref(PackedFormat f, const uint8_t* grp, const PackedRegions& reg, int r, int64_t nb, int64_t k, const uint8_t* a) {
   const auto* aq = reinterpret_cast<const int8_t*>(a);
   float acc = 0.0f;
   for (int64_t b = 0; b < nb; ++b) {
@@ -303,7 +314,8 @@ float dot_k4_ref(const uint8_t* grp, const PackedRegions& reg, int r, int64_t nb
       for (int i = 0; i < 8; ++i) {
         for (int c = 0; c < 4; ++c) {
           const uint8_t byte = qs[64 * (8 * (j / 2) + i) + 4 * r + c];
-          const int q = j % 2 == 0 ? (byte & 0xF) : (byte >> 4);
+          int q = j % 2 == 0 ? (byte & 0xF) : (byte >> 4);
+          if (f.has_qh) q |= ((grp[reg.qh + ub * 512 + 64 * static_cast<size_t>(i) + 4 * static_cast<size_t>(r) + static_cast<size_t>(c)] >> j) & 1) << 4;
           isum += q * aq[256 * b + 32 * j + 4 * i + c];
         }
       }
@@ -370,7 +382,7 @@ void packed_gemm_ref(DType type, const void* w, int64_t k, int64_t m, int64_t g0
         const int64_t row = g * kPackRows + r;
         if (row >= m) break;
         if (f.k4 || f.k6) {
-          y[t * y_stride + row] = f.k4 ? dot_k4_ref(grp, reg, r, nb, k, a) : dot_k6_ref(grp, reg, r, nb, k, a);
+          y[t * y_stride + row] = f.k4 ? dot_k4_ref(f, grp, reg, r, nb, k, a) : dot_k6_ref(grp, reg, r, nb, k, a);
           continue;
         }
         float acc = 0.0f;
@@ -437,6 +449,24 @@ const PackedKernel kAvx2Evex[] = HEARTH_PACKED_SET(avx2_evex, quantize_avx512);
 #undef HEARTH_PACKED_SET
 #endif
 
+#if defined(HEARTH_ARM_KERNELS)
+// The activations of every aarch64 level come from the neon quantizers, which write the scalar
+// ones' bytes (dot products and smmla have no use in quantizing).
+void quantize_neon(DType type, const float* x, void* out, int64_t k) { quantize_at(CpuLevel::Neon, type, x, out, k); }
+
+#define HEARTH_PACKED_SET(ns)                                                                                     \
+  {                                                                                                               \
+    PackedKernel{quantize_neon, arm::ns::packed_gemm_q4_0}, PackedKernel{quantize_neon, arm::ns::packed_gemm_q4_1}, \
+        PackedKernel{quantize_neon, arm::ns::packed_gemm_q5_0}, PackedKernel{quantize_neon, arm::ns::packed_gemm_q5_1}, \
+        PackedKernel{quantize_neon, arm::ns::packed_gemm_q8_0}, PackedKernel{quantize_neon, arm::ns::packed_gemm_q4_K}, \
+        PackedKernel{quantize_neon, arm::ns::packed_gemm_q6_K}, PackedKernel{quantize_neon, arm::ns::packed_gemm_q5_K}, \
+  }
+const PackedKernel kNeon[] = HEARTH_PACKED_SET(neon);
+const PackedKernel kDotprod[] = HEARTH_PACKED_SET(dotprod);
+const PackedKernel kI8mm[] = HEARTH_PACKED_SET(i8mm);
+#undef HEARTH_PACKED_SET
+#endif
+
 // The index of a packable type in the sets above, or -1.
 int packed_index(DType type) {
   switch (type) {
@@ -447,6 +477,7 @@ int packed_index(DType type) {
     case DType::Q8_0: return 4;
     case DType::Q4_K: return 5;
     case DType::Q6_K: return 6;
+    case DType::Q5_K: return 7;  // aarch64 kernels only
     default: return -1;
   }
 }
@@ -457,6 +488,7 @@ const PackedKernel* packed_kernel(DType type, CpuLevel level) {
   const int i = packed_index(type);
   if (i < 0 || !cpu_level_supported(level)) return nullptr;
 #if defined(HEARTH_X86_KERNELS)
+  if (i >= static_cast<int>(std::size(kAvx2))) return nullptr;  // a type with aarch64 kernels only
   if (level == CpuLevel::Avx512 && cpu_has_vnni()) return &kAvx512[i];
   // The ymm kernels serve the avx2 level, and the avx512 level of a CPU without VNNI.
   if (level == CpuLevel::Avx2 || level == CpuLevel::Avx512) {
@@ -464,6 +496,18 @@ const PackedKernel* packed_kernel(DType type, CpuLevel level) {
     if (cpu_has_avx_vnni()) return &kAvxVnni[i];
 #endif
     return &kAvx2[i];
+  }
+#endif
+#if defined(HEARTH_ARM_KERNELS)
+  switch (level) {
+    // Without sdot the k-quants' packed kernels count more instructions per prompt token than
+    // the native rows (bench/arm-insn-count.sh: Q4_K +12%, Q5_K +29%, Q6_K +58%), and prefill
+    // is where instructions are the limit: plain NEON keeps them in rows (their packed kernels
+    // stay tested through packed_kernel_variants).
+    case CpuLevel::Neon: return packed_format(type).block == 256 ? nullptr : &kNeon[i];
+    case CpuLevel::Dotprod: return &kDotprod[i];
+    case CpuLevel::I8mm: return &kI8mm[i];
+    default: break;
   }
 #endif
   return nullptr;
@@ -474,6 +518,7 @@ std::vector<PackedVariant> packed_kernel_variants(DType type) {
   const int i = packed_index(type);
   if (i < 0) return out;
 #if defined(HEARTH_X86_KERNELS)
+  if (i >= static_cast<int>(std::size(kAvx2))) return out;
   if (cpu_level_supported(CpuLevel::Avx2)) out.push_back({"avx2", &kAvx2[i]});
 #if defined(HEARTH_X86_AVXVNNI)
   if (cpu_has_avx_vnni()) out.push_back({"avx2 avx-vnni", &kAvxVnni[i]});
@@ -482,6 +527,9 @@ std::vector<PackedVariant> packed_kernel_variants(DType type) {
     out.push_back({"avx2 vpdpbusd (evex)", &kAvx2Evex[i]});
     out.push_back({"avx512", &kAvx512[i]});
   }
+#endif
+#if defined(HEARTH_ARM_KERNELS)
+  if (packed_format(type).block == 256 && cpu_level_supported(CpuLevel::Neon)) out.push_back({"neon k-quants", &kNeon[i]});
 #endif
   return out;
 }

@@ -26,6 +26,11 @@
 // sub-blocks 2 q and 2 q + 1 of row r at 32 q + 2 r, as pairs for vpdpwssd). 2368 bytes per
 // super-block of 16 rows, 2.8% over the native 2304.
 //
+// Q5_K: Q4_K's regions, plus qh nb x 512 between m and sc (the 64 bytes at 64 c, c = 0..7, hold
+// at 4 r + c' byte 4 c + c' of row r's native qh: bit j of it is the fifth bit of element
+// 4 c + c' of sub-block j). 2880 bytes per super-block of 16 rows, 2.3% over the native 2816.
+// Its activations are Q4_K's. (aarch64 kernels only so far.)
+//
 // Q6_K (nb = k / 256): ql nb x 2048 (the 64 bytes at 64 c hold, at 4 r + c', byte 4 c + c' of
 // row r's native ql), qh nb x 1024 (likewise 16 chunks of its native qh), sc nb x 16 x 16 int8
 // (sub-block j's scale of row r at 16 j + r), d nb x 16 f16: exactly the native size.
@@ -60,8 +65,8 @@ bool packable_type(DType type);
 struct PackedFormat {
   bool q8 = false;       // 32 int8 quants per block row (Q8_0) instead of nibbles
   bool has_min = false;  // Q4_1, Q5_1
-  bool has_qh = false;   // Q5_0, Q5_1
-  bool k4 = false;       // Q4_K: super-blocks of 256 with 6-bit sub-block scales and mins
+  bool has_qh = false;   // Q5_0, Q5_1, Q5_K, Q6_K
+  bool k4 = false;       // Q4_K, Q5_K: super-blocks of 256 with 6-bit sub-block scales and mins
   bool k6 = false;       // Q6_K: super-blocks of 256, 16 sub-blocks with int8 scales
   int offset = 0;        // stored quant = value + offset (32-element types without a min)
   int block = 32;        // elements per block
@@ -74,6 +79,7 @@ struct PackedFormat {
     case DType::Q5_1: return {false, true, true, false, false, 0, 32};
     case DType::Q8_0: return {true, false, false, false, false, 128, 32};
     case DType::Q4_K: return {false, true, false, true, false, 0, 256};
+    case DType::Q5_K: return {false, true, true, true, false, 0, 256};
     case DType::Q6_K: return {false, false, true, false, true, 32, 256};
     default: return {};
   }
@@ -90,7 +96,7 @@ struct PackedRegions {
   r.d = n * r.qs_block;
   r.m = r.d + n * 2 * kPackRows;
   r.qh = r.m + (f.has_min ? n * 2 * kPackRows : 0);
-  r.sc = r.qh + (f.has_qh ? n * (f.k6 ? 64 * kPackRows : 8 * sizeof(uint64_t)) : 0);
+  r.sc = r.qh + (f.has_qh ? n * (f.k6 ? 64 * kPackRows : f.k4 ? 32 * kPackRows : 8 * sizeof(uint64_t)) : 0);
   r.mn = r.sc + (f.k4 ? n * 8 * kPackRows : f.k6 ? n * 16 * kPackRows : 0);
   r.total = r.mn + (f.k4 ? n * 8 * kPackRows : 0);
   return r;
@@ -126,7 +132,8 @@ const PackedKernel* packed_kernel(DType type, CpuLevel level);
 
 // Every packed kernel set this CPU can run, for tests and the kernel lab: the one
 // packed_kernel() picks for each level plus variants it never picks here (the ymm kernels'
-// vpdpbusd arithmetic in EVEX form on AVX-512 machines, which mostly lack AVX-VNNI).
+// vpdpbusd arithmetic in EVEX form on AVX-512 machines, which mostly lack AVX-VNNI; the plain
+// NEON kernels of the k-quants, which keep native rows at that level).
 struct PackedVariant {
   const char* name;
   const PackedKernel* kernel;

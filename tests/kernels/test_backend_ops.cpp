@@ -61,7 +61,9 @@ std::vector<BackendConfig> backend_configs() {
     const std::string name = "cpu_" + std::string(cpu_level_name(level));
     const std::string why = cpu_level_supported(level) ? "" : "this CPU (or build) lacks " + std::string(cpu_level_name(level));
     out.push_back({name, [level] { return std::make_unique<CpuBackend>(kThreads, level, true); }, why});
-    if (level == CpuLevel::Avx2 || level == CpuLevel::Avx512) {
+    // Where a level has packed kernels, its native-row kernels still serve the other types and
+    // weights that cannot be packed: both paths run the suite.
+    if (level != CpuLevel::Scalar) {
       out.push_back({name + "_native_rows", [level] { return std::make_unique<CpuBackend>(kThreads, level, false); }, why});
     }
   }

@@ -366,13 +366,16 @@ TEST(CpuFeatures, SupportedLevelsFollowTheArchitecture) {
 #if defined(__x86_64__)
   EXPECT_FALSE(cpu_level_supported(CpuLevel::Neon));
   EXPECT_FALSE(cpu_level_supported(CpuLevel::Dotprod));
+  EXPECT_FALSE(cpu_level_supported(CpuLevel::I8mm));
   EXPECT_EQ(cpu_level_supported(CpuLevel::Avx2), cpu_supported_level() != CpuLevel::Scalar);
   EXPECT_EQ(cpu_level_supported(CpuLevel::Avx512), cpu_supported_level() == CpuLevel::Avx512);
 #elif defined(__aarch64__)
   EXPECT_FALSE(cpu_level_supported(CpuLevel::Avx2));
   EXPECT_FALSE(cpu_level_supported(CpuLevel::Avx512));
   EXPECT_TRUE(cpu_level_supported(CpuLevel::Neon));  // Advanced SIMD is part of armv8-a
-  EXPECT_EQ(cpu_level_supported(CpuLevel::Dotprod), cpu_supported_level() == CpuLevel::Dotprod);
+  EXPECT_EQ(cpu_level_supported(CpuLevel::Dotprod),
+            cpu_supported_level() == CpuLevel::Dotprod || cpu_supported_level() == CpuLevel::I8mm);
+  EXPECT_EQ(cpu_level_supported(CpuLevel::I8mm), cpu_supported_level() == CpuLevel::I8mm);
 #endif
 }
 
@@ -406,6 +409,13 @@ TEST(DotDispatch, SimdWhereExpected) {
       EXPECT_TRUE(dot_kernel(t, l).simd_quantize) << cpu_level_name(l) << " " << dtype_name(t);
       EXPECT_NE(dot_kernel(t, l).vec_dot_rows, nullptr) << cpu_level_name(l) << " " << dtype_name(t);
     }
+#if defined(__aarch64__)
+    // The 2- and 3-bit k-quants have SIMD kernels on aarch64 only, so far.
+    for (DType t : {DType::Q2_K, DType::Q3_K}) {
+      EXPECT_TRUE(dot_kernel(t, l).simd_dot) << cpu_level_name(l) << " " << dtype_name(t);
+      EXPECT_NE(dot_kernel(t, l).vec_dot_rows, nullptr) << cpu_level_name(l) << " " << dtype_name(t);
+    }
+#endif
   }
 }
 

@@ -24,7 +24,7 @@
 namespace hearth::kernels {
 namespace {
 
-constexpr DType kTypes[] = {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::Q4_K, DType::Q6_K};
+constexpr DType kTypes[] = {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K};
 
 // A row length of `blocks` blocks of the type (32 or 256 elements each).
 int64_t row_of(DType type, int64_t blocks) { return dtype_block_size(type) * blocks; }
@@ -42,16 +42,19 @@ std::vector<uint8_t> random_rows(DType type, int64_t k, int64_t m, std::mt19937&
     }
     return out;
   }
-  if (type == DType::Q4_K) {
-    // No reference quantizer: random bytes (any scale bytes are valid six-bit values) with sane
-    // f16 d and dmin.
+  if (type == DType::Q4_K || type == DType::Q5_K) {
+    // Random bytes (any scale bytes are valid six-bit values, any qh bits valid fifth bits:
+    // more variety than the quantizer's output) with sane f16 d and dmin, which both blocks
+    // begin with.
+    static_assert(offsetof(BlockQ4_K, d) == offsetof(BlockQ5_K, d) && offsetof(BlockQ4_K, dmin) == offsetof(BlockQ5_K, dmin));
     std::vector<uint8_t> out(dtype_row_bytes(type, k) * static_cast<size_t>(m));
     std::uniform_int_distribution<int> byte(0, 255);
     for (auto& b : out) b = static_cast<uint8_t>(byte(rng));
-    for (size_t b = 0; b < out.size() / sizeof(BlockQ4_K); ++b) {
+    const size_t block = dtype_block_bytes(type);
+    for (size_t b = 0; b < out.size() / block; ++b) {
       const uint16_t d = fp32_to_fp16(0.01f * normal(rng)), dmin = fp32_to_fp16(0.01f * std::fabs(normal(rng)));
-      std::memcpy(out.data() + b * sizeof(BlockQ4_K) + offsetof(BlockQ4_K, d), &d, 2);
-      std::memcpy(out.data() + b * sizeof(BlockQ4_K) + offsetof(BlockQ4_K, dmin), &dmin, 2);
+      std::memcpy(out.data() + b * block + offsetof(BlockQ4_K, d), &d, 2);
+      std::memcpy(out.data() + b * block + offsetof(BlockQ4_K, dmin), &dmin, 2);
     }
     return out;
   }
@@ -97,9 +100,10 @@ TEST_P(PackedType, LayoutRoundTripsEveryRow) {
     const int64_t k = row_of(type, 3);
     const std::vector<uint8_t> native = random_rows(type, k, m, rng);
     const Packed packed(type, native, k, m);
-    // The native size for whole groups; Q4_K's scales and mins unpacked to bytes add 64 per
-    // super-block of 16 rows.
-    const size_t native_group = kPackRows * dtype_row_bytes(type, k) + (type == DType::Q4_K ? 64 * 3 : 0);
+    // The native size for whole groups; Q4_K's and Q5_K's scales and mins unpacked to bytes add
+    // 64 per super-block of 16 rows.
+    const size_t native_group =
+        kPackRows * dtype_row_bytes(type, k) + (type == DType::Q4_K || type == DType::Q5_K ? 64 * 3 : 0);
     EXPECT_EQ(packed.bytes.size(), static_cast<size_t>(packed_groups(m)) * native_group);
     std::vector<uint8_t> row(dtype_row_bytes(type, k));
     for (int64_t r = 0; r < m; ++r) {
@@ -274,6 +278,11 @@ TEST_P(PackedType, SimdKernelsExactAtTheExtremes) {
       case DType::Q4_K:
         fill(offsetof(BlockQ4_K, qs), sizeof(BlockQ4_K::qs), 0xFF);
         fill(offsetof(BlockQ4_K, scales), sizeof(BlockQ4_K::scales), 0xFF);
+        break;
+      case DType::Q5_K:
+        fill(offsetof(BlockQ5_K, qs), sizeof(BlockQ5_K::qs), 0xFF);
+        fill(offsetof(BlockQ5_K, qh), sizeof(BlockQ5_K::qh), 0xFF);
+        fill(offsetof(BlockQ5_K, scales), sizeof(BlockQ5_K::scales), 0xFF);
         break;
       case DType::Q6_K:
         fill(offsetof(BlockQ6_K, ql), sizeof(BlockQ6_K::ql), 0xFF);

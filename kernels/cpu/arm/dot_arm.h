@@ -17,7 +17,7 @@
 #include <cstdint>
 
 // The kernels every aarch64 level provides: X(name) with name the weight type in lower case.
-#define HEARTH_ARM_BLOCK_DOTS(X) X(q8_0) X(q4_0) X(q4_1) X(q5_0) X(q5_1) X(q4_K) X(q5_K) X(q6_K)
+#define HEARTH_ARM_BLOCK_DOTS(X) X(q8_0) X(q4_0) X(q4_1) X(q5_0) X(q5_1) X(q2_K) X(q3_K) X(q4_K) X(q5_K) X(q6_K)
 #define HEARTH_ARM_PLAIN_DOTS(X) X(f16) X(bf16) X(f32)
 #define HEARTH_ARM_QUANTIZERS(X) X(q8_0) X(q8_1) X(q8_K)
 

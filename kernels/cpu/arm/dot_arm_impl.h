@@ -317,6 +317,111 @@ void dot_q6_K(int64_t n, const void* w, const void* x, size_t x_stride, float* o
   for (int r = 0; r < NR; ++r) out[r] = vaddvq_f32(acc[r]);
 }
 
+// Q2_K: 16 sub-blocks of 16, x = d (sc & 15) q - dmin (sc >> 4), q in 0..3. The 32 bytes of a
+// half hold four 2-bit planes; plane s of bytes 0..15 is sub-block 8 half + 2 s, of bytes
+// 16..31 sub-block 8 half + 2 s + 1, against the next 16 activations each.
+template <int NR>
+void dot_q2_K(int64_t n, const void* w, const void* x, size_t x_stride, float* out) {
+  const auto* wb = static_cast<const uint8_t*>(w);
+  const auto* xb = static_cast<const uint8_t*>(x);
+  const int64_t nb = n / kQK_K;
+  float32x4_t acc[NR];
+  float accm[NR];
+  for (int r = 0; r < NR; ++r) {
+    acc[r] = vdupq_n_f32(0.0f);
+    accm[r] = 0.0f;
+  }
+  const uint8x16_t three = vdupq_n_u8(3);
+  for (int64_t b = 0; b < nb; ++b, wb += sizeof(BlockQ2_K)) {
+    uint8_t sc[16];
+    std::memcpy(sc, wb + offsetof(BlockQ2_K, scales), sizeof(sc));
+    // The minimums (high nibbles) as int16, for the sums of 16 of each row's activations.
+    const uint8x16_t scv = vld1q_u8(sc);
+    const int16x8_t mn0 = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(vshrq_n_u8(scv, 4))));
+    const int16x8_t mn1 = vreinterpretq_s16_u16(vmovl_high_u8(vshrq_n_u8(scv, 4)));
+    int32x4_t sumi[NR];
+    for (int r = 0; r < NR; ++r) sumi[r] = vdupq_n_s32(0);
+    for (int half = 0; half < 2; ++half) {
+      const uint8x16_t v0 = vld1q_u8(wb + offsetof(BlockQ2_K, qs) + 32 * half);
+      const uint8x16_t v1 = vld1q_u8(wb + offsetof(BlockQ2_K, qs) + 32 * half + 16);
+      for (int s = 0; s < 4; ++s) {
+        const int8x16_t shift = vdupq_n_s8(static_cast<int8_t>(-2 * s));
+        const int8x16_t q0 = vreinterpretq_s8_u8(vandq_u8(vshlq_u8(v0, shift), three));
+        const int8x16_t q1 = vreinterpretq_s8_u8(vandq_u8(vshlq_u8(v1, shift), three));
+        const int is = 8 * half + 2 * s;
+        for (int r = 0; r < NR; ++r) {
+          const uint8_t* yq = xb + r * x_stride + static_cast<size_t>(b) * sizeof(BlockQ8_K) + offsetof(BlockQ8_K, qs) +
+                              128 * half + 32 * s;
+          sumi[r] = vmlaq_n_s32(sumi[r], dot_s8(vdupq_n_s32(0), q0, load_s8(yq)), sc[is] & 0xF);
+          sumi[r] = vmlaq_n_s32(sumi[r], dot_s8(vdupq_n_s32(0), q1, load_s8(yq + 16)), sc[is + 1] & 0xF);
+        }
+      }
+    }
+    const float dw = load_f16(wb + offsetof(BlockQ2_K, d));
+    const float dminw = load_f16(wb + offsetof(BlockQ2_K, dmin));
+    for (int r = 0; r < NR; ++r) {
+      const uint8_t* y = xb + r * x_stride + static_cast<size_t>(b) * sizeof(BlockQ8_K);
+      const int16x8_t bs0 = vreinterpretq_s16_u8(vld1q_u8(y + offsetof(BlockQ8_K, bsums)));
+      const int16x8_t bs1 = vreinterpretq_s16_u8(vld1q_u8(y + offsetof(BlockQ8_K, bsums) + 16));
+      int32x4_t m = vmull_s16(vget_low_s16(mn0), vget_low_s16(bs0));
+      m = vmlal_high_s16(m, mn0, bs0);
+      m = vmlal_s16(m, vget_low_s16(mn1), vget_low_s16(bs1));
+      m = vmlal_high_s16(m, mn1, bs1);
+      const float dy = load_f32(y + offsetof(BlockQ8_K, d));
+      acc[r] = vfmaq_n_f32(acc[r], vcvtq_f32_s32(sumi[r]), dy * dw);
+      accm[r] += dy * dminw * static_cast<float>(vaddvq_s32(m));
+    }
+  }
+  for (int r = 0; r < NR; ++r) out[r] = vaddvq_f32(acc[r]) - accm[r];
+}
+
+// Q3_K: 16 sub-blocks of 16, x = d (scale - 32) (q - 4 h'), q in 0..3 from two bits of qs and
+// h' = 1 where the sub-block's bit of hmask is clear: a value in [-4, 3]. Same planes as Q2_K;
+// the high bit of plane s of half `half` is bit 4 half + s of hmask's 32 bytes.
+template <int NR>
+void dot_q3_K(int64_t n, const void* w, const void* x, size_t x_stride, float* out) {
+  const auto* wb = static_cast<const uint8_t*>(w);
+  const auto* xb = static_cast<const uint8_t*>(x);
+  const int64_t nb = n / kQK_K;
+  float32x4_t acc[NR];
+  for (int r = 0; r < NR; ++r) acc[r] = vdupq_n_f32(0.0f);
+  const uint8x16_t three = vdupq_n_u8(3), four = vdupq_n_u8(4);
+  for (int64_t b = 0; b < nb; ++b, wb += sizeof(BlockQ3_K)) {
+    int sc[16];
+    unpack_scales_q3_K(wb + offsetof(BlockQ3_K, scales), sc);
+    const uint8x16_t hm0 = vld1q_u8(wb + offsetof(BlockQ3_K, hmask));
+    const uint8x16_t hm1 = vld1q_u8(wb + offsetof(BlockQ3_K, hmask) + 16);
+    int32x4_t sumi[NR];
+    for (int r = 0; r < NR; ++r) sumi[r] = vdupq_n_s32(0);
+    for (int half = 0; half < 2; ++half) {
+      const uint8x16_t v0 = vld1q_u8(wb + offsetof(BlockQ3_K, qs) + 32 * half);
+      const uint8x16_t v1 = vld1q_u8(wb + offsetof(BlockQ3_K, qs) + 32 * half + 16);
+      for (int s = 0; s < 4; ++s) {
+        const int8x16_t shift = vdupq_n_s8(static_cast<int8_t>(-2 * s));
+        const uint8x16_t bit = vdupq_n_u8(static_cast<uint8_t>(1u << (4 * half + s)));
+        // q - 4 where the high bit is clear
+        const int8x16_t q0 = vreinterpretq_s8_u8(
+            vsubq_u8(vandq_u8(vshlq_u8(v0, shift), three), vbicq_u8(four, vtstq_u8(hm0, bit))));
+        const int8x16_t q1 = vreinterpretq_s8_u8(
+            vsubq_u8(vandq_u8(vshlq_u8(v1, shift), three), vbicq_u8(four, vtstq_u8(hm1, bit))));
+        const int is = 8 * half + 2 * s;
+        for (int r = 0; r < NR; ++r) {
+          const uint8_t* yq = xb + r * x_stride + static_cast<size_t>(b) * sizeof(BlockQ8_K) + offsetof(BlockQ8_K, qs) +
+                              128 * half + 32 * s;
+          sumi[r] = vmlaq_n_s32(sumi[r], dot_s8(vdupq_n_s32(0), q0, load_s8(yq)), sc[is]);
+          sumi[r] = vmlaq_n_s32(sumi[r], dot_s8(vdupq_n_s32(0), q1, load_s8(yq + 16)), sc[is + 1]);
+        }
+      }
+    }
+    const float dw = load_f16(wb + offsetof(BlockQ3_K, d));
+    for (int r = 0; r < NR; ++r) {
+      const uint8_t* y = xb + r * x_stride + static_cast<size_t>(b) * sizeof(BlockQ8_K);
+      acc[r] = vfmaq_n_f32(acc[r], vcvtq_f32_s32(sumi[r]), dw * load_f32(y + offsetof(BlockQ8_K, d)));
+    }
+  }
+  for (int r = 0; r < NR; ++r) out[r] = vaddvq_f32(acc[r]);
+}
+
 // --- plain types ---------------------------------------------------------------------------
 // Accumulated in double like the reference (which follows ggml's wide accumulation), so these
 // agree with it to the last bits: f16 x f16 products are exact in float, bf16 and f32 values
