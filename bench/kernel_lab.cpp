@@ -218,6 +218,9 @@ const bool registered = [] {
   const Shape shapes[] = {
       {"smollm2", 576, 1536}, {"smollm2", 1536, 576}, {"smollm2", 576, 49152},
       {"llama1b", 2048, 8192}, {"llama1b", 8192, 2048}, {"llama1b", 2048, 512},
+      // Llama 3.2 1B's tied head: 75-215 MB, far past the caches, so decode (1 token) here reads
+      // from memory as in a model, where the shapes above fit in L3 and read from it.
+      {"llama1b_head", 2048, 128256},
   };
   const DType types[] = {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q8_0, DType::Q4_K, DType::Q6_K};
   for (DType type : types) {

@@ -123,12 +123,13 @@ void group_tile(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_
       const auto ub = static_cast<size_t>(b);
       const uint8_t* qs = grp + reg.qs + ub * reg.qs_block;
       if (h == 0) {
-        // The same block of the next group, one group ahead of its use (as the AVX-512 kernel).
+        // The same block of the next group, one group ahead of its use, into L2 (as the AVX-512
+        // kernel, which says why).
         const uint8_t* next = qs + reg.total;
-        for (size_t line = 0; line < reg.qs_block; line += 64) _mm_prefetch(reinterpret_cast<const char*>(next + line), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.d + ub * 32), _MM_HINT_T0);
-        if constexpr (f.has_min) _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.m + ub * 32), _MM_HINT_T0);
-        if constexpr (f.has_qh) _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.qh + ub * 64), _MM_HINT_T0);
+        for (size_t line = 0; line < reg.qs_block; line += 64) _mm_prefetch(reinterpret_cast<const char*>(next + line), _MM_HINT_T2);
+        _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.d + ub * 32), _MM_HINT_T2);
+        if constexpr (f.has_min) _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.m + ub * 32), _MM_HINT_T2);
+        if constexpr (f.has_qh) _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.qh + ub * 64), _MM_HINT_T2);
       }
       __m256i w[8];
       if constexpr (f.q8) {
@@ -219,14 +220,14 @@ void group_tile_k4(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int
       const auto ub = static_cast<size_t>(b);
       const uint8_t* next = grp + reg.total + reg.qs + ub * reg.qs_block;
       if (h == 0) {
-        for (size_t line = 0; line < reg.qs_block; line += 64) _mm_prefetch(reinterpret_cast<const char*>(next + line), _MM_HINT_T0);
+        for (size_t line = 0; line < reg.qs_block; line += 64) _mm_prefetch(reinterpret_cast<const char*>(next + line), _MM_HINT_T2);
         // And the next group's scales and mins, which are separate streams.
         const uint8_t* g_next = grp + reg.total;
-        _mm_prefetch(reinterpret_cast<const char*>(g_next + reg.d + ub * 32), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(g_next + reg.m + ub * 32), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(g_next + reg.d + ub * 32), _MM_HINT_T2);
+        _mm_prefetch(reinterpret_cast<const char*>(g_next + reg.m + ub * 32), _MM_HINT_T2);
         for (size_t line = 0; line < 128; line += 64) {
-          _mm_prefetch(reinterpret_cast<const char*>(g_next + reg.sc + ub * 128 + line), _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(g_next + reg.mn + ub * 128 + line), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(g_next + reg.sc + ub * 128 + line), _MM_HINT_T2);
+          _mm_prefetch(reinterpret_cast<const char*>(g_next + reg.mn + ub * 128 + line), _MM_HINT_T2);
         }
       }
       const auto uh = static_cast<size_t>(h);
@@ -302,11 +303,11 @@ void group_tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int
       const uint8_t* ql = grp + reg.qs + ub * reg.qs_block;
       const uint8_t* qh = grp + reg.qh + ub * 1024;
       if (h == 0) {
-        for (size_t line = 0; line < reg.qs_block; line += 64) _mm_prefetch(reinterpret_cast<const char*>(ql + reg.total + line), _MM_HINT_T0);
-        for (size_t line = 0; line < 1024; line += 64) _mm_prefetch(reinterpret_cast<const char*>(qh + reg.total + line), _MM_HINT_T0);
+        for (size_t line = 0; line < reg.qs_block; line += 64) _mm_prefetch(reinterpret_cast<const char*>(ql + reg.total + line), _MM_HINT_T2);
+        for (size_t line = 0; line < 1024; line += 64) _mm_prefetch(reinterpret_cast<const char*>(qh + reg.total + line), _MM_HINT_T2);
         // And the next group's scales, separate streams.
-        for (size_t line = 0; line < 256; line += 64) _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.sc + ub * 256 + line), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.d + ub * 32), _MM_HINT_T0);
+        for (size_t line = 0; line < 256; line += 64) _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.sc + ub * 256 + line), _MM_HINT_T2);
+        _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.d + ub * 32), _MM_HINT_T2);
       }
       const auto uh = static_cast<size_t>(h);
       __m256i total[T];
