@@ -15,6 +15,7 @@
 // through the level's quantizer. RmsNorm/Glu: n rows of an embedding / feed-forward width.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -97,6 +98,51 @@ void fill_normal(Tensor& t, uint32_t seed) {
   std::normal_distribution<float> normal(0.0f, 1.0f);
   for (int64_t i = 0; i < t.n_elements(); ++i) static_cast<float*>(CpuBackend::host(t))[i] = normal(rng);
 }
+
+// Every matrix of a model's layers, one after the other, for one token: the matmul part of a
+// decode step, with each weight read from memory (the layers together are far larger than the
+// caches), as in a model and unlike one small shape timed alone.
+struct LayerShape {
+  const char* model;
+  int64_t n_embd, q_dim, kv_dim, n_ff;
+  int n_layer;
+};
+
+void decode_layers(benchmark::State& state, DType type, LayerShape shape, bool packed) {
+  CpuBackend backend(1, cpu_level(), packed);
+  const std::pair<int64_t, int64_t> mats[] = {{shape.n_embd, shape.q_dim}, {shape.n_embd, shape.kv_dim},
+                                              {shape.n_embd, shape.kv_dim}, {shape.q_dim, shape.n_embd},
+                                              {shape.n_embd, shape.n_ff},   {shape.n_embd, shape.n_ff},
+                                              {shape.n_ff, shape.n_embd}};
+  std::vector<Tensor> weights;
+  size_t bytes = 0;
+  for (int l = 0; l < shape.n_layer; ++l) {
+    for (const auto& [k, m] : mats) {
+      const std::vector<uint8_t> host = random_weight(type, k, m, static_cast<uint32_t>(weights.size()));
+      weights.push_back(backend.weight(type, {k, m, 1, 1}, host.data(), nullptr));
+      bytes += host.size();
+      if (packed && weights.back().layout == 0) {
+        state.SkipWithError("no packed kernel for this type at this CPU level");
+        return;
+      }
+    }
+  }
+  const int64_t widest = std::max({shape.n_embd, shape.q_dim, shape.n_ff});
+  Tensor x = backend.new_tensor(DType::F32, {widest, 1, 1, 1});
+  Tensor y = backend.new_tensor(DType::F32, {widest, 1, 1, 1});
+  fill_normal(x, 5);
+  for (auto _ : state) {
+    for (const Tensor& w : weights) {
+      Tensor xv = x, yv = y;
+      xv.ne[0] = w.ne[0], yv.ne[0] = w.ne[1];
+      backend.matmul(w, xv, yv);
+    }
+    benchmark::DoNotOptimize(CpuBackend::host(y));
+  }
+  state.counters["weight_B/s"] =
+      benchmark::Counter(static_cast<double>(state.iterations()) * static_cast<double>(bytes), benchmark::Counter::kIsRate);
+}
+
 
 struct AttnShape {
   const char* model;
@@ -223,6 +269,17 @@ const bool registered = [] {
       {"llama1b_head", 2048, 128256},
   };
   const DType types[] = {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q8_0, DType::Q4_K, DType::Q6_K};
+  const LayerShape layer_shapes[] = {{"smollm2", 576, 576, 192, 1536, 30}, {"llama1b", 2048, 2048, 512, 8192, 4}};
+  for (DType type : types) {
+    for (const LayerShape& s : layer_shapes) {
+      if (s.n_embd % dtype_block_size(type) != 0 || s.n_ff % dtype_block_size(type) != 0) continue;
+      for (const bool packed : {true, false}) {
+        const std::string name = std::string("DecodeLayers/") + std::string(dtype_name(type)) + "/" +
+                                 (packed ? "packed" : "rows") + "/" + s.model + "x" + std::to_string(s.n_layer);
+        benchmark::RegisterBenchmark(name.c_str(), decode_layers, type, s, packed)->Unit(benchmark::kMicrosecond);
+      }
+    }
+  }
   for (DType type : types) {
     for (const Shape& s : shapes) {
       for (const bool packed : {true, false}) {

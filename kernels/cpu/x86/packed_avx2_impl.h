@@ -107,6 +107,31 @@ template <int T, typename F>
       std::make_integer_sequence<int, T>{});
 }
 
+// Runs block(h, b, acc) over both halves (eight rows each) of a group and every block, then
+// stores the tile. Several tokens: one half over all blocks, then the other, so that the
+// accumulators of one half and a block's decoded registers fit the sixteen ymm registers (the
+// second half reads the group again, from L1 / L2). One token: both halves of a block before
+// the next block, so the weights stream from memory once and in order; a half's pass over all
+// blocks and then the other's read a group twice, which for one token costs more than the
+// registers it saves (kernel_lab DecodeLayers, Zen 4 at the avx2 level: Q8_0 14 -> 24 GB/s).
+template <int T, typename Block>
+[[gnu::always_inline]] inline void each_half(int64_t nb, float* y, int64_t y_stride, int64_t valid, Block&& block) {
+  if constexpr (T == 1) {
+    __m256 acc[2][1] = {};
+    for (int64_t b = 0; b < nb; ++b) {
+      block(0, static_cast<size_t>(b), acc[0]);
+      block(1, static_cast<size_t>(b), acc[1]);
+    }
+    for (int h = 0; h < 2; ++h) store_rows(y + 8 * h, acc[h][0], valid - 8 * h);
+  } else {
+    for (int h = 0; h < 2; ++h) {
+      __m256 acc[T] = {};
+      for (int64_t b = 0; b < nb; ++b) block(h, static_cast<size_t>(b), acc);
+      for (int t = 0; t < T; ++t) store_rows(y + t * y_stride + 8 * h, acc[t], valid - 8 * h);
+    }
+  }
+}
+
 // The 32-element types.
 template <DType Type, int T>
 void group_tile(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k, const uint8_t* xa,
@@ -114,95 +139,90 @@ void group_tile(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_
   constexpr PackedFormat f = packed_format(Type);
   const size_t corr_at = static_cast<size_t>(k) + 4 * static_cast<size_t>(nb);
   const __m256i low4 = _mm256_set1_epi8(0x0F), ones16 = _mm256_set1_epi16(1), flip = _mm256_set1_epi8(static_cast<char>(0x80));
-  // One half (eight rows) over all blocks, then the other: the tile's accumulators of one half
-  // and the eight decoded registers fit the sixteen ymm registers; the second half reads the
-  // group again from L1 / L2.
-  for (int h = 0; h < 2; ++h) {
-    __m256 acc[T] = {};
-    for (int64_t b = 0; b < nb; ++b) {
-      const auto ub = static_cast<size_t>(b);
-      const uint8_t* qs = grp + reg.qs + ub * reg.qs_block;
-      if (h == 0) {
-        // The same block of the next group, one group ahead of its use, into L2 (as the AVX-512
-        // kernel, which says why).
-        const uint8_t* next = qs + reg.total;
-        for (size_t line = 0; line < reg.qs_block; line += 64) _mm_prefetch(reinterpret_cast<const char*>(next + line), _MM_HINT_T2);
-        _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.d + ub * 32), _MM_HINT_T2);
-        if constexpr (f.has_min) _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.m + ub * 32), _MM_HINT_T2);
-        if constexpr (f.has_qh) _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.qh + ub * 64), _MM_HINT_T2);
+  // One block of one half (eight rows) into acc: the block's eight decoded registers and the
+  // tile's accumulators of one half fit the sixteen ymm registers.
+  const auto block = [&](int h, size_t ub, __m256 (&acc)[T]) {
+    const uint8_t* qs = grp + reg.qs + ub * reg.qs_block;
+    if (h == 0) {
+      // The same block of the next group, one group ahead of its use, into L2 (as the AVX-512
+      // kernel, which says why).
+      const uint8_t* next = qs + reg.total;
+      for (size_t line = 0; line < reg.qs_block; line += 64) _mm_prefetch(reinterpret_cast<const char*>(next + line), _MM_HINT_T2);
+      _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.d + ub * 32), _MM_HINT_T2);
+      if constexpr (f.has_min) _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.m + ub * 32), _MM_HINT_T2);
+      if constexpr (f.has_qh) _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.qh + ub * 64), _MM_HINT_T2);
+    }
+    __m256i w[8];
+    if constexpr (f.q8) {
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) {
+        w[j] = load256(qs + 64 * j + 32 * h);  // q + 128
+        if constexpr (!kDpbusd) w[j] = _mm256_xor_si256(w[j], flip);  // q
       }
-      __m256i w[8];
-      if constexpr (f.q8) {
+    } else {
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) {
+        const __m256i p = load256(qs + 64 * i + 32 * h);
+        w[i] = _mm256_and_si256(p, low4);
+        w[i + 4] = _mm256_and_si256(_mm256_srli_epi16(p, 4), low4);
+      }
+      if constexpr (f.has_qh) {
+        const uint8_t* qh = grp + reg.qh + ub * 64;
 #pragma GCC unroll 8
         for (int j = 0; j < 8; ++j) {
-          w[j] = load256(qs + 64 * j + 32 * h);  // q + 128
-          if constexpr (!kDpbusd) w[j] = _mm256_xor_si256(w[j], flip);  // q
-        }
-      } else {
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; ++i) {
-          const __m256i p = load256(qs + 64 * i + 32 * h);
-          w[i] = _mm256_and_si256(p, low4);
-          w[i + 4] = _mm256_and_si256(_mm256_srli_epi16(p, 4), low4);
-        }
-        if constexpr (f.has_qh) {
-          const uint8_t* qh = grp + reg.qh + ub * 64;
-#pragma GCC unroll 8
-          for (int j = 0; j < 8; ++j) {
-            w[j] = _mm256_or_si256(w[j], fifth_bits(static_cast<uint32_t>(load_u64(qh + 8 * j) >> (32 * h))));
-          }
+          w[j] = _mm256_or_si256(w[j], fifth_bits(static_cast<uint32_t>(load_u64(qh + 8 * j) >> (32 * h))));
         }
       }
-      const __m256 dw = load_f16x8(grp + reg.d + ub * 32 + 16 * static_cast<size_t>(h));
-      __m256 mw = _mm256_setzero_ps();
-      if constexpr (f.has_min) mw = load_f16x8(grp + reg.m + ub * 32 + 16 * static_cast<size_t>(h));
-      each_token<T>([&]<int t>(std::integral_constant<int, t>) {
-        const uint8_t* a = xa + static_cast<size_t>(t) * act_stride;
-        const uint8_t* aq = a + 32 * ub;
-        __m256i isum;
-        if constexpr (kDpbusd) {
-          // The stored quants are unsigned (Q8_0 as q + 128); the token's correction starts the
-          // first chain, as in the AVX-512 kernel.
-          __m256i s0 = f.has_min ? _mm256_setzero_si256() : _mm256_set1_epi32(load_i32(a + corr_at + 4 * ub));
-          __m256i s1 = _mm256_setzero_si256();
-#pragma GCC unroll 8
-          for (int j = 0; j < 8; j += 2) {
-            s0 = dpbusd(s0, w[j], bcast32(aq + 4 * j));
-            s1 = dpbusd(s1, w[j + 1], bcast32(aq + 4 * j + 4));
-          }
-          isum = _mm256_add_epi32(s0, s1);
-        } else if constexpr (f.q8) {
-          // sum q a directly: the stored offset and its correction cancel exactly.
-          __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
-#pragma GCC unroll 8
-          for (int j = 0; j < 8; j += 2) {
-            const __m256i a0 = bcast32(aq + 4 * j), a1 = bcast32(aq + 4 * j + 4);
-            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w[j]), _mm256_sign_epi8(a0, w[j])), ones16));
-            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w[j + 1]), _mm256_sign_epi8(a1, w[j + 1])), ones16));
-          }
-          isum = _mm256_add_epi32(s0, s1);
-        } else {
-          constexpr int per16 = f.has_qh ? 4 : 8;  // k-steps whose pair sums int16 holds
-          __m256i s16[8 / per16];
-#pragma GCC unroll 2
-          for (int c = 0; c < 8 / per16; ++c) {
-            s16[c] = _mm256_maddubs_epi16(w[per16 * c], bcast32(aq + 4 * per16 * c));
-#pragma GCC unroll 8
-            for (int j = per16 * c + 1; j < per16 * c + per16; ++j) {
-              s16[c] = _mm256_add_epi16(s16[c], _mm256_maddubs_epi16(w[j], bcast32(aq + 4 * j)));
-            }
-          }
-          isum = _mm256_madd_epi16(s16[0], ones16);
-          if constexpr (per16 == 4) isum = _mm256_add_epi32(isum, _mm256_madd_epi16(s16[1], ones16));
-          if constexpr (!f.has_min) isum = _mm256_add_epi32(isum, _mm256_set1_epi32(load_i32(a + corr_at + 4 * ub)));
-        }
-        const __m256 scale = _mm256_mul_ps(dw, _mm256_set1_ps(load_f32(a + k + 4 * ub)));
-        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[t]);
-        if constexpr (f.has_min) acc[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(load_f32(a + corr_at + 4 * ub)), acc[t]);
-      });
     }
-    for (int t = 0; t < T; ++t) store_rows(y + t * y_stride + 8 * h, acc[t], valid - 8 * h);
-  }
+    const __m256 dw = load_f16x8(grp + reg.d + ub * 32 + 16 * static_cast<size_t>(h));
+    __m256 mw = _mm256_setzero_ps();
+    if constexpr (f.has_min) mw = load_f16x8(grp + reg.m + ub * 32 + 16 * static_cast<size_t>(h));
+    each_token<T>([&]<int t>(std::integral_constant<int, t>) {
+      const uint8_t* a = xa + static_cast<size_t>(t) * act_stride;
+      const uint8_t* aq = a + 32 * ub;
+      __m256i isum;
+      if constexpr (kDpbusd) {
+        // The stored quants are unsigned (Q8_0 as q + 128); the token's correction starts the
+        // first chain, as in the AVX-512 kernel.
+        __m256i s0 = f.has_min ? _mm256_setzero_si256() : _mm256_set1_epi32(load_i32(a + corr_at + 4 * ub));
+        __m256i s1 = _mm256_setzero_si256();
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j += 2) {
+          s0 = dpbusd(s0, w[j], bcast32(aq + 4 * j));
+          s1 = dpbusd(s1, w[j + 1], bcast32(aq + 4 * j + 4));
+        }
+        isum = _mm256_add_epi32(s0, s1);
+      } else if constexpr (f.q8) {
+        // sum q a directly: the stored offset and its correction cancel exactly.
+        __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j += 2) {
+          const __m256i a0 = bcast32(aq + 4 * j), a1 = bcast32(aq + 4 * j + 4);
+          s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w[j]), _mm256_sign_epi8(a0, w[j])), ones16));
+          s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w[j + 1]), _mm256_sign_epi8(a1, w[j + 1])), ones16));
+        }
+        isum = _mm256_add_epi32(s0, s1);
+      } else {
+        constexpr int per16 = f.has_qh ? 4 : 8;  // k-steps whose pair sums int16 holds
+        __m256i s16[8 / per16];
+#pragma GCC unroll 2
+        for (int c = 0; c < 8 / per16; ++c) {
+          s16[c] = _mm256_maddubs_epi16(w[per16 * c], bcast32(aq + 4 * per16 * c));
+#pragma GCC unroll 8
+          for (int j = per16 * c + 1; j < per16 * c + per16; ++j) {
+            s16[c] = _mm256_add_epi16(s16[c], _mm256_maddubs_epi16(w[j], bcast32(aq + 4 * j)));
+          }
+        }
+        isum = _mm256_madd_epi16(s16[0], ones16);
+        if constexpr (per16 == 4) isum = _mm256_add_epi32(isum, _mm256_madd_epi16(s16[1], ones16));
+        if constexpr (!f.has_min) isum = _mm256_add_epi32(isum, _mm256_set1_epi32(load_i32(a + corr_at + 4 * ub)));
+      }
+      const __m256 scale = _mm256_mul_ps(dw, _mm256_set1_ps(load_f32(a + k + 4 * ub)));
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[t]);
+      if constexpr (f.has_min) acc[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(load_f32(a + corr_at + 4 * ub)), acc[t]);
+    });
+  };
+  each_half<T>(nb, y, y_stride, valid, block);
 }
 
 // Q4_K: per sub-block of 32 the same eight k-steps; on AVX2 the int16 sums meet the sub-block's
@@ -213,75 +233,71 @@ void group_tile_k4(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int
                    size_t act_stride, float* y, int64_t y_stride, int64_t valid) {
   const size_t sums_at = static_cast<size_t>(k) + 4 * static_cast<size_t>(nb);
   const __m256i low4 = _mm256_set1_epi8(0x0F);
-  // One half (eight rows) over all super-blocks, then the other (see group_tile).
-  for (int h = 0; h < 2; ++h) {
-    __m256 acc[T] = {};
-    for (int64_t b = 0; b < nb; ++b) {
-      const auto ub = static_cast<size_t>(b);
-      const uint8_t* next = grp + reg.total + reg.qs + ub * reg.qs_block;
-      if (h == 0) {
-        for (size_t line = 0; line < reg.qs_block; line += 64) _mm_prefetch(reinterpret_cast<const char*>(next + line), _MM_HINT_T2);
-        // And the next group's scales and mins, which are separate streams.
-        const uint8_t* g_next = grp + reg.total;
-        _mm_prefetch(reinterpret_cast<const char*>(g_next + reg.d + ub * 32), _MM_HINT_T2);
-        _mm_prefetch(reinterpret_cast<const char*>(g_next + reg.m + ub * 32), _MM_HINT_T2);
-        for (size_t line = 0; line < 128; line += 64) {
-          _mm_prefetch(reinterpret_cast<const char*>(g_next + reg.sc + ub * 128 + line), _MM_HINT_T2);
-          _mm_prefetch(reinterpret_cast<const char*>(g_next + reg.mn + ub * 128 + line), _MM_HINT_T2);
-        }
+  // One super-block of one half (eight rows) into acc (see group_tile).
+  const auto block = [&](int h, size_t ub, __m256 (&acc)[T]) {
+    const uint8_t* next = grp + reg.total + reg.qs + ub * reg.qs_block;
+    if (h == 0) {
+      for (size_t line = 0; line < reg.qs_block; line += 64) _mm_prefetch(reinterpret_cast<const char*>(next + line), _MM_HINT_T2);
+      // And the next group's scales and mins, which are separate streams.
+      const uint8_t* g_next = grp + reg.total;
+      _mm_prefetch(reinterpret_cast<const char*>(g_next + reg.d + ub * 32), _MM_HINT_T2);
+      _mm_prefetch(reinterpret_cast<const char*>(g_next + reg.m + ub * 32), _MM_HINT_T2);
+      for (size_t line = 0; line < 128; line += 64) {
+        _mm_prefetch(reinterpret_cast<const char*>(g_next + reg.sc + ub * 128 + line), _MM_HINT_T2);
+        _mm_prefetch(reinterpret_cast<const char*>(g_next + reg.mn + ub * 128 + line), _MM_HINT_T2);
       }
-      const auto uh = static_cast<size_t>(h);
-      __m256i total[T];
-      for (int t = 0; t < T; ++t) total[t] = _mm256_setzero_si256();
-#pragma GCC unroll 8
-      for (int j = 0; j < 8; ++j) {
-        const uint8_t* qs = grp + reg.qs + ub * reg.qs_block + 512 * static_cast<size_t>(j / 2) + 32 * uh;
-        __m256i w[8];
-#pragma GCC unroll 8
-        for (int i = 0; i < 8; ++i) {
-          const __m256i p = load256(qs + 64 * i);
-          w[i] = _mm256_and_si256(j % 2 == 0 ? p : _mm256_srli_epi16(p, 4), low4);
-        }
-        const uint8_t* sc = grp + reg.sc + ub * 128 + 16 * static_cast<size_t>(j) + 8 * uh;
-        if constexpr (kDpbusd) {
-          const __m256i sc32 = _mm256_cvtepu8_epi32(load64(sc));
-          each_token<T>([&]<int t>(std::integral_constant<int, t>) {
-            const uint8_t* aq = xa + static_cast<size_t>(t) * act_stride + 256 * ub + 32 * static_cast<size_t>(j);
-            __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
-#pragma GCC unroll 8
-            for (int i = 0; i < 8; i += 2) {
-              s0 = dpbusd(s0, w[i], bcast32(aq + 4 * i));
-              s1 = dpbusd(s1, w[i + 1], bcast32(aq + 4 * i + 4));
-            }
-            total[t] = _mm256_add_epi32(total[t], _mm256_mullo_epi32(_mm256_add_epi32(s0, s1), sc32));
-          });
-        } else {
-          const __m256i scp = pairs_u8(sc);
-          each_token<T>([&]<int t>(std::integral_constant<int, t>) {
-            const uint8_t* aq = xa + static_cast<size_t>(t) * act_stride + 256 * ub + 32 * static_cast<size_t>(j);
-            __m256i s16 = _mm256_maddubs_epi16(w[0], bcast32(aq));
-#pragma GCC unroll 8
-            for (int i = 1; i < 8; ++i) s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w[i], bcast32(aq + 4 * i)));
-            total[t] = _mm256_add_epi32(total[t], _mm256_madd_epi16(s16, scp));
-          });
-        }
-      }
-      const __m256 dw = load_f16x8(grp + reg.d + ub * 32 + 16 * uh);
-      const __m256 dmin = load_f16x8(grp + reg.m + ub * 32 + 16 * uh);
-      __m256i mn[4];
-      for (int q = 0; q < 4; ++q) mn[q] = _mm256_cvtepu8_epi16(load128(grp + reg.mn + ub * 128 + 32 * static_cast<size_t>(q) + 16 * uh));
-      each_token<T>([&]<int t>(std::integral_constant<int, t>) {
-        const uint8_t* a = xa + static_cast<size_t>(t) * act_stride;
-        const uint8_t* sums = a + sums_at + 16 * ub;
-        __m256i msum = _mm256_madd_epi16(mn[0], bcast32(sums));
-        for (int q = 1; q < 4; ++q) msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mn[q], bcast32(sums + 4 * q)));
-        const __m256 dx = _mm256_set1_ps(load_f32(a + k + 4 * ub));
-        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total[t]), _mm256_mul_ps(dw, dx), acc[t]);
-        acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, dx), acc[t]);
-      });
     }
-    for (int t = 0; t < T; ++t) store_rows(y + t * y_stride + 8 * h, acc[t], valid - 8 * h);
-  }
+    const auto uh = static_cast<size_t>(h);
+    __m256i total[T];
+    for (int t = 0; t < T; ++t) total[t] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) {
+      const uint8_t* qs = grp + reg.qs + ub * reg.qs_block + 512 * static_cast<size_t>(j / 2) + 32 * uh;
+      __m256i w[8];
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) {
+        const __m256i p = load256(qs + 64 * i);
+        w[i] = _mm256_and_si256(j % 2 == 0 ? p : _mm256_srli_epi16(p, 4), low4);
+      }
+      const uint8_t* sc = grp + reg.sc + ub * 128 + 16 * static_cast<size_t>(j) + 8 * uh;
+      if constexpr (kDpbusd) {
+        const __m256i sc32 = _mm256_cvtepu8_epi32(load64(sc));
+        each_token<T>([&]<int t>(std::integral_constant<int, t>) {
+          const uint8_t* aq = xa + static_cast<size_t>(t) * act_stride + 256 * ub + 32 * static_cast<size_t>(j);
+          __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+#pragma GCC unroll 8
+          for (int i = 0; i < 8; i += 2) {
+            s0 = dpbusd(s0, w[i], bcast32(aq + 4 * i));
+            s1 = dpbusd(s1, w[i + 1], bcast32(aq + 4 * i + 4));
+          }
+          total[t] = _mm256_add_epi32(total[t], _mm256_mullo_epi32(_mm256_add_epi32(s0, s1), sc32));
+        });
+      } else {
+        const __m256i scp = pairs_u8(sc);
+        each_token<T>([&]<int t>(std::integral_constant<int, t>) {
+          const uint8_t* aq = xa + static_cast<size_t>(t) * act_stride + 256 * ub + 32 * static_cast<size_t>(j);
+          __m256i s16 = _mm256_maddubs_epi16(w[0], bcast32(aq));
+#pragma GCC unroll 8
+          for (int i = 1; i < 8; ++i) s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w[i], bcast32(aq + 4 * i)));
+          total[t] = _mm256_add_epi32(total[t], _mm256_madd_epi16(s16, scp));
+        });
+      }
+    }
+    const __m256 dw = load_f16x8(grp + reg.d + ub * 32 + 16 * uh);
+    const __m256 dmin = load_f16x8(grp + reg.m + ub * 32 + 16 * uh);
+    __m256i mn[4];
+    for (int q = 0; q < 4; ++q) mn[q] = _mm256_cvtepu8_epi16(load128(grp + reg.mn + ub * 128 + 32 * static_cast<size_t>(q) + 16 * uh));
+    each_token<T>([&]<int t>(std::integral_constant<int, t>) {
+      const uint8_t* a = xa + static_cast<size_t>(t) * act_stride;
+      const uint8_t* sums = a + sums_at + 16 * ub;
+      __m256i msum = _mm256_madd_epi16(mn[0], bcast32(sums));
+      for (int q = 1; q < 4; ++q) msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mn[q], bcast32(sums + 4 * q)));
+      const __m256 dx = _mm256_set1_ps(load_f32(a + k + 4 * ub));
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total[t]), _mm256_mul_ps(dw, dx), acc[t]);
+      acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, dx), acc[t]);
+    });
+  };
+  each_half<T>(nb, y, y_stride, valid, block);
 }
 
 // Q6_K: per sub-block of 16, four k-steps. With vpdpbusd each chain starts at the token's
@@ -295,89 +311,85 @@ void group_tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int
                    size_t act_stride, float* y, int64_t y_stride, int64_t valid) {
   const size_t corr_at = static_cast<size_t>(k) + 4 * static_cast<size_t>(nb);
   const __m256i low4 = _mm256_set1_epi8(0x0F), low2 = _mm256_set1_epi8(0x03);
-  // One half (eight rows) over all super-blocks, then the other (see group_tile).
-  for (int h = 0; h < 2; ++h) {
-    __m256 acc[T] = {};
-    for (int64_t b = 0; b < nb; ++b) {
-      const auto ub = static_cast<size_t>(b);
-      const uint8_t* ql = grp + reg.qs + ub * reg.qs_block;
-      const uint8_t* qh = grp + reg.qh + ub * 1024;
-      if (h == 0) {
-        for (size_t line = 0; line < reg.qs_block; line += 64) _mm_prefetch(reinterpret_cast<const char*>(ql + reg.total + line), _MM_HINT_T2);
-        for (size_t line = 0; line < 1024; line += 64) _mm_prefetch(reinterpret_cast<const char*>(qh + reg.total + line), _MM_HINT_T2);
-        // And the next group's scales, separate streams.
-        for (size_t line = 0; line < 256; line += 64) _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.sc + ub * 256 + line), _MM_HINT_T2);
-        _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.d + ub * 32), _MM_HINT_T2);
-      }
-      const auto uh = static_cast<size_t>(h);
-      __m256i total[T];
-      for (int t = 0; t < T; ++t) total[t] = _mm256_setzero_si256();
-      if constexpr (!kDpbusd) {
-        // The offset's share: vpmaddwd of (scale_2q, scale_2q+1) lane pairs with the token's
-        // (-sum_2q, -sum_2q+1), times 32.
-        __m256i scq[8];
+  // One super-block of one half (eight rows) into acc (see group_tile).
+  const auto block = [&](int h, size_t ub, __m256 (&acc)[T]) {
+    const uint8_t* ql = grp + reg.qs + ub * reg.qs_block;
+    const uint8_t* qh = grp + reg.qh + ub * 1024;
+    if (h == 0) {
+      for (size_t line = 0; line < reg.qs_block; line += 64) _mm_prefetch(reinterpret_cast<const char*>(ql + reg.total + line), _MM_HINT_T2);
+      for (size_t line = 0; line < 1024; line += 64) _mm_prefetch(reinterpret_cast<const char*>(qh + reg.total + line), _MM_HINT_T2);
+      // And the next group's scales, separate streams.
+      for (size_t line = 0; line < 256; line += 64) _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.sc + ub * 256 + line), _MM_HINT_T2);
+      _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.d + ub * 32), _MM_HINT_T2);
+    }
+    const auto uh = static_cast<size_t>(h);
+    __m256i total[T];
+    for (int t = 0; t < T; ++t) total[t] = _mm256_setzero_si256();
+    if constexpr (!kDpbusd) {
+      // The offset's share: vpmaddwd of (scale_2q, scale_2q+1) lane pairs with the token's
+      // (-sum_2q, -sum_2q+1), times 32.
+      __m256i scq[8];
 #pragma GCC unroll 8
-        for (int q = 0; q < 8; ++q) {
-          const uint8_t* s = grp + reg.sc + ub * 256 + 32 * static_cast<size_t>(q) + 8 * uh;
-          scq[q] = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(load64(s), load64(s + 16)));
+      for (int q = 0; q < 8; ++q) {
+        const uint8_t* s = grp + reg.sc + ub * 256 + 32 * static_cast<size_t>(q) + 8 * uh;
+        scq[q] = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(load64(s), load64(s + 16)));
+      }
+      each_token<T>([&]<int t>(std::integral_constant<int, t>) {
+        const uint8_t* c = xa + static_cast<size_t>(t) * act_stride + corr_at + 64 * ub;
+        const __m256i neg0 = _mm256_srai_epi32(load256(c), 5), neg1 = _mm256_srai_epi32(load256(c + 32), 5);
+        // int16 -sum_0 .. -sum_15 in order; |sum| <= 16 x 127.
+        const __m256i neg = _mm256_permute4x64_epi64(_mm256_packs_epi32(neg0, neg1), 0xD8);
+        __m256i off = _mm256_madd_epi16(scq[0], _mm256_permutevar8x32_epi32(neg, _mm256_setzero_si256()));
+        for (int q = 1; q < 8; ++q) {
+          off = _mm256_add_epi32(off, _mm256_madd_epi16(scq[q], _mm256_permutevar8x32_epi32(neg, _mm256_set1_epi32(q))));
         }
+        total[t] = _mm256_slli_epi32(off, 5);
+      });
+    }
+    // Unrolled: every offset and shift below becomes a constant.
+#pragma GCC unroll 16
+    for (int j = 0; j < 16; ++j) {
+      const int hh = j / 8, quarter = j % 8 / 2, half = j % 2;
+      __m256i w[4];
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) {
+        const __m256i lo = load256(ql + 64 * (16 * hh + 8 * (quarter % 2) + 4 * half + i) + 32 * uh);
+        const __m256i hi = load256(qh + 64 * (8 * hh + 4 * half + i) + 32 * uh);
+        const __m256i low = _mm256_and_si256(quarter / 2 == 0 ? lo : _mm256_srli_epi16(lo, 4), low4);
+        const __m256i high = _mm256_and_si256(_mm256_srl_epi16(hi, _mm_cvtsi32_si128(2 * quarter)), low2);
+        w[i] = _mm256_or_si256(low, _mm256_slli_epi16(high, 4));
+      }
+      const uint8_t* sc = grp + reg.sc + ub * 256 + 16 * static_cast<size_t>(j) + 8 * uh;
+      if constexpr (kDpbusd) {
+        const __m256i sc32 = _mm256_cvtepi8_epi32(load64(sc));
         each_token<T>([&]<int t>(std::integral_constant<int, t>) {
-          const uint8_t* c = xa + static_cast<size_t>(t) * act_stride + corr_at + 64 * ub;
-          const __m256i neg0 = _mm256_srai_epi32(load256(c), 5), neg1 = _mm256_srai_epi32(load256(c + 32), 5);
-          // int16 -sum_0 .. -sum_15 in order; |sum| <= 16 x 127.
-          const __m256i neg = _mm256_permute4x64_epi64(_mm256_packs_epi32(neg0, neg1), 0xD8);
-          __m256i off = _mm256_madd_epi16(scq[0], _mm256_permutevar8x32_epi32(neg, _mm256_setzero_si256()));
-          for (int q = 1; q < 8; ++q) {
-            off = _mm256_add_epi32(off, _mm256_madd_epi16(scq[q], _mm256_permutevar8x32_epi32(neg, _mm256_set1_epi32(q))));
-          }
-          total[t] = _mm256_slli_epi32(off, 5);
+          const uint8_t* a = xa + static_cast<size_t>(t) * act_stride;
+          const uint8_t* aq = a + 256 * ub + 16 * static_cast<size_t>(j);
+          __m256i s0 = _mm256_set1_epi32(load_i32(a + corr_at + 64 * ub + 4 * static_cast<size_t>(j)));
+          __m256i s1 = _mm256_setzero_si256();
+          s0 = dpbusd(s0, w[0], bcast32(aq));
+          s1 = dpbusd(s1, w[1], bcast32(aq + 4));
+          s0 = dpbusd(s0, w[2], bcast32(aq + 8));
+          s1 = dpbusd(s1, w[3], bcast32(aq + 12));
+          total[t] = _mm256_add_epi32(total[t], _mm256_mullo_epi32(_mm256_add_epi32(s0, s1), sc32));
+        });
+      } else {
+        const __m256i scp = pairs_i8(sc);
+        each_token<T>([&]<int t>(std::integral_constant<int, t>) {
+          const uint8_t* aq = xa + static_cast<size_t>(t) * act_stride + 256 * ub + 16 * static_cast<size_t>(j);
+          const __m256i s0 = _mm256_add_epi16(_mm256_maddubs_epi16(w[0], bcast32(aq)), _mm256_maddubs_epi16(w[1], bcast32(aq + 4)));
+          const __m256i s1 = _mm256_add_epi16(_mm256_maddubs_epi16(w[2], bcast32(aq + 8)), _mm256_maddubs_epi16(w[3], bcast32(aq + 12)));
+          total[t] = _mm256_add_epi32(total[t], _mm256_add_epi32(_mm256_madd_epi16(s0, scp), _mm256_madd_epi16(s1, scp)));
         });
       }
-      // Unrolled: every offset and shift below becomes a constant.
-#pragma GCC unroll 16
-      for (int j = 0; j < 16; ++j) {
-        const int hh = j / 8, quarter = j % 8 / 2, half = j % 2;
-        __m256i w[4];
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; ++i) {
-          const __m256i lo = load256(ql + 64 * (16 * hh + 8 * (quarter % 2) + 4 * half + i) + 32 * uh);
-          const __m256i hi = load256(qh + 64 * (8 * hh + 4 * half + i) + 32 * uh);
-          const __m256i low = _mm256_and_si256(quarter / 2 == 0 ? lo : _mm256_srli_epi16(lo, 4), low4);
-          const __m256i high = _mm256_and_si256(_mm256_srl_epi16(hi, _mm_cvtsi32_si128(2 * quarter)), low2);
-          w[i] = _mm256_or_si256(low, _mm256_slli_epi16(high, 4));
-        }
-        const uint8_t* sc = grp + reg.sc + ub * 256 + 16 * static_cast<size_t>(j) + 8 * uh;
-        if constexpr (kDpbusd) {
-          const __m256i sc32 = _mm256_cvtepi8_epi32(load64(sc));
-          each_token<T>([&]<int t>(std::integral_constant<int, t>) {
-            const uint8_t* a = xa + static_cast<size_t>(t) * act_stride;
-            const uint8_t* aq = a + 256 * ub + 16 * static_cast<size_t>(j);
-            __m256i s0 = _mm256_set1_epi32(load_i32(a + corr_at + 64 * ub + 4 * static_cast<size_t>(j)));
-            __m256i s1 = _mm256_setzero_si256();
-            s0 = dpbusd(s0, w[0], bcast32(aq));
-            s1 = dpbusd(s1, w[1], bcast32(aq + 4));
-            s0 = dpbusd(s0, w[2], bcast32(aq + 8));
-            s1 = dpbusd(s1, w[3], bcast32(aq + 12));
-            total[t] = _mm256_add_epi32(total[t], _mm256_mullo_epi32(_mm256_add_epi32(s0, s1), sc32));
-          });
-        } else {
-          const __m256i scp = pairs_i8(sc);
-          each_token<T>([&]<int t>(std::integral_constant<int, t>) {
-            const uint8_t* aq = xa + static_cast<size_t>(t) * act_stride + 256 * ub + 16 * static_cast<size_t>(j);
-            const __m256i s0 = _mm256_add_epi16(_mm256_maddubs_epi16(w[0], bcast32(aq)), _mm256_maddubs_epi16(w[1], bcast32(aq + 4)));
-            const __m256i s1 = _mm256_add_epi16(_mm256_maddubs_epi16(w[2], bcast32(aq + 8)), _mm256_maddubs_epi16(w[3], bcast32(aq + 12)));
-            total[t] = _mm256_add_epi32(total[t], _mm256_add_epi32(_mm256_madd_epi16(s0, scp), _mm256_madd_epi16(s1, scp)));
-          });
-        }
-      }
-      const __m256 dw = load_f16x8(grp + reg.d + ub * 32 + 16 * uh);
-      for (int t = 0; t < T; ++t) {
-        const __m256 dx = _mm256_set1_ps(load_f32(xa + static_cast<size_t>(t) * act_stride + k + 4 * ub));
-        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total[t]), _mm256_mul_ps(dw, dx), acc[t]);
-      }
     }
-    for (int t = 0; t < T; ++t) store_rows(y + t * y_stride + 8 * h, acc[t], valid - 8 * h);
-  }
+    const __m256 dw = load_f16x8(grp + reg.d + ub * 32 + 16 * uh);
+    for (int t = 0; t < T; ++t) {
+      const __m256 dx = _mm256_set1_ps(load_f32(xa + static_cast<size_t>(t) * act_stride + k + 4 * ub));
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total[t]), _mm256_mul_ps(dw, dx), acc[t]);
+    }
+  };
+  each_half<T>(nb, y, y_stride, valid, block);
 }
 
 template <DType Type, int T>
