@@ -152,6 +152,12 @@ std::vector<TensorGroupAdvice> advise_tensor_groups(const ModelCost& cost, const
 // Markdown: one line per group with its shares, both estimates and the choice.
 std::string tensor_groups_markdown(const std::vector<TensorGroupAdvice>& groups);
 
+// Tensor-parallel shares for members of these speeds (bandwidths, any unit, > 0): the smallest
+// whole numbers within 10% of the ratios (2:1 rather than 0.667:0.333, 4:5 for 1:1.15), so speeds
+// within 10% of each other give even shares (1:1) — measurement noise must not cost a rounding of
+// heads and quant blocks. Beyond 8:8 scales, the ratios to 1/100.
+std::vector<double> whole_shares(const std::vector<double>& speeds);
+
 // ---------------------------------------------------------------------------------------------
 // The plan
 

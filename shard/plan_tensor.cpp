@@ -19,25 +19,6 @@ double overhead_ms(const NodeSpec& n) {
   return n.layer_overhead_ms >= 0 ? n.layer_overhead_ms : default_layer_overhead_ms(n.backend);
 }
 
-// Shares in the smallest whole numbers within 10% of the bandwidth ratios (2:1 rather than
-// 0.667:0.333), for --tp-shares.
-std::vector<double> whole_shares(const std::vector<double>& bandwidth) {
-  const double low = *std::min_element(bandwidth.begin(), bandwidth.end());
-  for (int scale = 1; scale <= 8; ++scale) {
-    std::vector<double> shares;
-    bool close = true;
-    for (double b : bandwidth) {
-      const double exact = b / low * scale;
-      shares.push_back(std::max(1.0, std::round(exact)));
-      close = close && std::abs(shares.back() - exact) <= 0.1 * exact;
-    }
-    if (close) return shares;
-  }
-  std::vector<double> shares;
-  for (double b : bandwidth) shares.push_back(std::round(b / low * 100.0) / 100.0);
-  return shares;
-}
-
 TensorGroupAdvice estimate(const ModelCost& cost, const ClusterSpec& cluster, const std::vector<size_t>& members) {
   TensorGroupAdvice a;
   std::vector<double> bandwidth;
@@ -80,6 +61,25 @@ TensorGroupAdvice estimate(const ModelCost& cost, const ClusterSpec& cluster, co
 }
 
 }  // namespace
+
+std::vector<double> whole_shares(const std::vector<double>& speeds) {
+  HEARTH_CHECK(!speeds.empty(), "no speeds to share by");
+  for (double b : speeds) HEARTH_CHECK(b > 0.0 && std::isfinite(b), "speed {} is not positive", b);
+  const double low = *std::min_element(speeds.begin(), speeds.end());
+  for (int scale = 1; scale <= 8; ++scale) {
+    std::vector<double> shares;
+    bool close = true;
+    for (double b : speeds) {
+      const double exact = b / low * scale;
+      shares.push_back(std::max(1.0, std::round(exact)));
+      close = close && std::abs(shares.back() - exact) <= 0.1 * exact;
+    }
+    if (close) return shares;
+  }
+  std::vector<double> shares;
+  for (double b : speeds) shares.push_back(std::round(b / low * 100.0) / 100.0);
+  return shares;
+}
 
 std::vector<TensorGroupAdvice> advise_tensor_groups(const ModelCost& cost, const ClusterSpec& cluster) {
   std::vector<std::vector<size_t>> groups;

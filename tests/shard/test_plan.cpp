@@ -329,6 +329,16 @@ TEST(Plan, TensorGroupsInsideABoxNotAcrossSlowLinks) {
   EXPECT_NE(text.find("-> pipeline"), std::string::npos) << text;
 }
 
+// Measured speeds become --tp-shares: small whole numbers, and even when within 10% (noise).
+TEST(Plan, WholeSharesFromSpeeds) {
+  EXPECT_EQ(whole_shares({23.6, 22.4}), (std::vector<double>{1, 1}));
+  EXPECT_EQ(whole_shares({20, 22}), (std::vector<double>{1, 1}));
+  EXPECT_EQ(whole_shares({8, 4}), (std::vector<double>{2, 1}));
+  EXPECT_EQ(whole_shares({3.8, 23.6}), (std::vector<double>{1, 6}));
+  EXPECT_EQ(whole_shares({1, 1.15}), (std::vector<double>{4, 5}));
+  EXPECT_EQ(whole_shares({5}), (std::vector<double>{1}));
+}
+
 TEST(Plan, NodesOfOneHostAreAdjacentAndTheCoordinatorFirst) {
   const ModelCost cost = model_of(std::vector<uint64_t>(16, 10 * MiB));
   ClusterSpec cluster;
