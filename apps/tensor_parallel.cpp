@@ -53,9 +53,13 @@ std::string shares_text(const std::vector<double>& shares) {
 }
 
 // What the speed measurement reads: larger than the last-level caches, so it times memory as a
-// decode step does; the best of 5 passes, so a rank descheduled for one still times its memory
-// (~50-150 ms on one CPU thread, by kernel level).
+// decode step does. The best of up to 40 passes in about 0.1 s a rank, one rank after another: on
+// a loaded 2-core machine 5 passes of both ranks at once read 22.6 and 13.0 GB/s on two equal
+// ranks (ctest beside them), 40 at once 23.5 and 17.5; one after another, 8 runs out of 8 within
+// 7% of each other.
 constexpr size_t kSpeedProbeBytes = size_t{64} << 20;
+constexpr int kSpeedProbePasses = 40;
+constexpr double kSpeedProbeSeconds = 0.1;
 
 }  // namespace
 
@@ -97,8 +101,17 @@ TpRuntime::TpRuntime(const TpArgs& args, const engine::Model& model, const std::
     if (args.tp > 1 && by_speed) {
       // Every shard of the group times its own backend and all see every figure, so all compute
       // the same slices.
-      const float mine = static_cast<float>(
-          bench::measure_matvec_bandwidth(*backends_[0], kSpeedProbeBytes, 5).bytes_per_second / 1e9);
+      // One rank at a time, the others waiting at a barrier: ranks of one host would otherwise
+      // read memory against each other, each pass slowed by whatever the other ran meanwhile.
+      float mine = 0.0f;
+      for (int r = 0; r < args.tp; ++r) {
+        mpi_comm_->barrier();
+        if (r != mpi_comm_->rank()) continue;
+        mine = static_cast<float>(
+            bench::measure_matvec_bandwidth(*backends_[0], kSpeedProbeBytes, kSpeedProbePasses, kSpeedProbeSeconds)
+                .bytes_per_second /
+            1e9);
+      }
       std::vector<float> speeds(static_cast<size_t>(args.tp));
       const std::vector<int64_t> counts(static_cast<size_t>(args.tp), 1);
       mpi_comm_->all_gather(std::span<const float>(&mine, 1), speeds, counts);
