@@ -92,6 +92,8 @@ int run_plan(const PlanArgs& given) {
   std::string out;
   if (args.output == "json") {
     nlohmann::ordered_json j = plan.to_json();
+    const shard::PipelinePlan::MpirunForm mpirun = plan.mpirun_form();
+    j["mpirun"] = {{"command", mpirun.command}, {"ranks", mpirun.ranks}, {"note", mpirun.note}};
     if (!args.workers.empty()) {
       j["workers"] = nlohmann::ordered_json::array();
       for (const shard::NodeSpec& n : cluster.nodes) {

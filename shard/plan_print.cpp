@@ -118,8 +118,6 @@ nlohmann::ordered_json PipelinePlan::to_json() const {
     }
   }
   if (!why.empty()) j["why"] = why;
-  const MpirunForm mpirun = mpirun_form();
-  j["mpirun"] = {{"command", mpirun.command}, {"ranks", mpirun.ranks}, {"note", mpirun.note}};
   j["dropped"] = nlohmann::ordered_json::array();
   for (const DroppedNode& d : dropped) j["dropped"].push_back({{"node", d.node}, {"reason", d.reason}});
   j["token_ms"] = token_ms();
