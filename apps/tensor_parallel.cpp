@@ -5,9 +5,9 @@
 #include <cstdlib>
 #include <string_view>
 
+#include "bench/memory_bandwidth.h"
 #include "core/error.h"
 #include "engine/model/tensor_parallel.h"
-#include "bench/memory_bandwidth.h"
 #include "kernels/registry.h"
 #include "shard/plan.h"
 #include "shard/tensor_parallel_steps.h"
@@ -100,9 +100,8 @@ TpRuntime::TpRuntime(const TpArgs& args, const engine::Model& model, const std::
     backends_.push_back(kernels::make_backend(backend_spec, {.n_threads = threads}));
     if (args.tp > 1 && by_speed) {
       // Every shard of the group times its own backend and all see every figure, so all compute
-      // the same slices.
-      // One rank at a time, the others waiting at a barrier: ranks of one host would otherwise
-      // read memory against each other, each pass slowed by whatever the other ran meanwhile.
+      // the same slices. One rank at a time, the others waiting at a barrier: ranks of one host
+      // would otherwise read memory against each other.
       float mine = 0.0f;
       for (int r = 0; r < args.tp; ++r) {
         mpi_comm_->barrier();
