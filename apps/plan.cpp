@@ -80,9 +80,10 @@ int run_plan(const PlanArgs& given) {
   options.kv_type = shard::parse_plan_dtype(args.kv_type, "--kv-type");
   options.wire_dtype = shard::parse_plan_dtype(args.wire_dtype, "--wire-dtype");
   options.allow_drop_nodes = !args.keep_all_nodes;
-  // --local's nodes each have this machine's whole bandwidth (they would share it): a group of them
-  // would sum one bandwidth twice, so only described or probed nodes form tensor-parallel stages.
-  options.form_tensor_groups = args.local == 0;
+  // Only a nodes file's nodes form tensor-parallel stages: --local's each have this machine's whole
+  // bandwidth, and probed CPU workers of one host each measured the whole machine's, so a group of
+  // them would count one bandwidth twice (the file says what each node really has: a socket, a GPU).
+  options.form_tensor_groups = !args.nodes_file.empty();
 
   const shard::PipelinePlan plan =
       args.split.empty()
