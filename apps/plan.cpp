@@ -80,6 +80,10 @@ int run_plan(const PlanArgs& given) {
   options.kv_type = shard::parse_plan_dtype(args.kv_type, "--kv-type");
   options.wire_dtype = shard::parse_plan_dtype(args.wire_dtype, "--wire-dtype");
   options.allow_drop_nodes = !args.keep_all_nodes;
+  // Only a nodes file's nodes form tensor-parallel stages: --local's each have this machine's whole
+  // bandwidth, and probed CPU workers of one host each measured the whole machine's, so a group of
+  // them would count one bandwidth twice (the file says what each node really has: a socket, a GPU).
+  options.form_tensor_groups = !args.nodes_file.empty();
 
   const shard::PipelinePlan plan =
       args.split.empty()
@@ -89,6 +93,8 @@ int run_plan(const PlanArgs& given) {
   std::string out;
   if (args.output == "json") {
     nlohmann::ordered_json j = plan.to_json();
+    const shard::PipelinePlan::MpirunForm mpirun = plan.mpirun_form();
+    j["mpirun"] = {{"command", mpirun.command}, {"ranks", mpirun.ranks}, {"note", mpirun.note}};
     if (!args.workers.empty()) {
       j["workers"] = nlohmann::ordered_json::array();
       for (const shard::NodeSpec& n : cluster.nodes) {

@@ -1,12 +1,15 @@
 #include "apps/tensor_parallel.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <string_view>
 
+#include "bench/memory_bandwidth.h"
 #include "core/error.h"
 #include "engine/model/tensor_parallel.h"
 #include "kernels/registry.h"
+#include "shard/plan.h"
 #include "shard/tensor_parallel_steps.h"
 #ifdef HEARTH_HAS_MPI
 #include "shard/collective_mpi.h"
@@ -21,8 +24,9 @@ void add_tp_options(CLI::App& command, TpArgs& args) {
                      "`mpirun -np N`)")
       ->check(CLI::Range(1, 64));
   command.add_option("--tp-shares", args.shares,
-                     "Each shard's share of heads, FFN features and vocabulary, e.g. 2,1 (default: even; rounded to "
-                     "whole heads and quant blocks)");
+                     "Each shard's share of heads, FFN features and vocabulary, e.g. 2,1, or even (default: under "
+                     "mpirun proportional to each rank's measured matvec speed, even within 10%; in-process even; "
+                     "rounded to whole heads and quant blocks)");
   command.add_option("--tp-join", args.join,
                      "How the shards join attn_output and ffn_down: sum (one all-reduce each; rounding differs from "
                      "one device) or gather (two all-gathers each; bit for bit one device's output)")
@@ -42,6 +46,21 @@ std::string slice_text(const engine::TensorSlice& s) {
                      s.vocab_first, s.vocab_first + s.n_vocab, s.embd_first, s.embd_first + s.n_embd);
 }
 
+std::string shares_text(const std::vector<double>& shares) {
+  std::string out;
+  for (size_t i = 0; i < shares.size(); ++i) out += fmt::format("{}{:g}", i > 0 ? ":" : "", shares[i]);
+  return out;
+}
+
+// What the speed measurement reads: larger than the last-level caches, so it times memory as a
+// decode step does. The best of up to 40 passes in about 0.1 s a rank, one rank after another: on
+// a loaded 2-core machine 5 passes of both ranks at once read 22.6 and 13.0 GB/s on two equal
+// ranks (ctest beside them), 40 at once 23.5 and 17.5; one after another, 8 runs out of 8 within
+// 7% of each other.
+constexpr size_t kSpeedProbeBytes = size_t{64} << 20;
+constexpr int kSpeedProbePasses = 40;
+constexpr double kSpeedProbeSeconds = 0.1;
+
 }  // namespace
 
 bool TpRuntime::mpi_follower(const TpArgs& args) {
@@ -59,9 +78,11 @@ bool TpRuntime::mpi_follower(const TpArgs& args) {
 TpRuntime::TpRuntime(const TpArgs& args, const engine::Model& model, const std::string& backend_spec, int threads,
                      const engine::StageOptions& options) {
   const engine::ModelConfig& config = model.config();
-  const std::vector<double> shares = args.shares.empty() ? std::vector<double>{} : engine::parse_shares(args.shares);
-  const std::vector<engine::TensorSlice> slices =
-      engine::tensor_slices(config, args.tp, shares, engine::slice_granularity_of(model.file(), config));
+  const bool even = args.shares == "even", by_speed = args.shares.empty();
+  std::vector<double> shares = even || by_speed ? std::vector<double>{} : engine::parse_shares(args.shares);
+  const engine::SliceGranularity granularity = engine::slice_granularity_of(model.file(), config);
+  std::vector<engine::TensorSlice> slices = engine::tensor_slices(config, args.tp, shares, granularity);
+  std::string shares_why = even ? "even (--tp-shares even)" : by_speed ? "" : shares_text(shares) + " (--tp-shares)";
 
 #ifdef HEARTH_HAS_MPI
   if (shard::MpiRuntime::launched_by_mpirun()) {
@@ -77,6 +98,36 @@ TpRuntime::TpRuntime(const TpArgs& args, const engine::Model& model, const std::
     // The shards of this rank's stage, ordered by shard.
     mpi_comm_ = mpi_world_->split(grid_.stage, grid_.shard);
     backends_.push_back(kernels::make_backend(backend_spec, {.n_threads = threads}));
+    if (args.tp > 1 && by_speed) {
+      // Every shard of the group times its own backend and all see every figure, so all compute
+      // the same slices. One rank at a time, the others waiting at a barrier: ranks of one host
+      // would otherwise read memory against each other.
+      float mine = 0.0f;
+      for (int r = 0; r < args.tp; ++r) {
+        mpi_comm_->barrier();
+        if (r != mpi_comm_->rank()) continue;
+        mine = static_cast<float>(
+            bench::measure_matvec_bandwidth(*backends_[0], kSpeedProbeBytes, kSpeedProbePasses, kSpeedProbeSeconds)
+                .bytes_per_second /
+            1e9);
+      }
+      std::vector<float> speeds(static_cast<size_t>(args.tp));
+      const std::vector<int64_t> counts(static_cast<size_t>(args.tp), 1);
+      mpi_comm_->all_gather(std::span<const float>(&mine, 1), speeds, counts);
+      const std::vector<double> gbps(speeds.begin(), speeds.end());
+      shares = shard::whole_shares(gbps);
+      slices = engine::tensor_slices(config, args.tp, shares, granularity);
+      std::string figures;
+      for (size_t i = 0; i < gbps.size(); ++i) figures += fmt::format("{}{:.1f}", i > 0 ? ", " : "", gbps[i]);
+      const bool all_even = std::all_of(shares.begin(), shares.end(), [&](double s) { return s == shares[0]; });
+      shares_why = fmt::format("{} (matvec measured at {} GB/s by shards 0-{}: {})", shares_text(shares), figures,
+                               args.tp - 1,
+                               all_even ? "within 10% of each other, so even" : "shares proportional to speed");
+      // Rank 0 prints its stage's in the description; later stages' leaders say theirs here.
+      if (grid_.leader() && rank_ != 0) {
+        std::fprintf(stderr, "hearth: tensor parallel: stage %d: shares %s\n", grid_.stage, shares_why.c_str());
+      }
+    }
     engine::StageOptions o = options;
     o.tp_join = engine::parse_tp_join(args.join);
     if (args.tp > 1) {
@@ -88,10 +139,11 @@ TpRuntime::TpRuntime(const TpArgs& args, const engine::Model& model, const std::
     const int32_t first = grid_.first_layer(grid_.stage, config.n_layer),
                   last = grid_.first_layer(grid_.stage + 1, config.n_layer);
     stages_.push_back(std::make_unique<engine::Stage>(model.file(), config, *backends_[0], first, last, o));
-    description_ = fmt::format("{} MPI ranks of {} threads: {} pipeline stage{} of {} shard{}, joined by {}; rank 0: "
+    description_ = fmt::format("{} MPI ranks of {} threads: {} pipeline stage{} of {} shard{}, joined by {}{}; rank 0: "
                                "layers {}-{}{}",
                                mpi_world_->size(), threads, grid_.stages, grid_.stages == 1 ? "" : "s", args.tp,
-                               args.tp == 1 ? "" : "s", args.join, first, last,
+                               args.tp == 1 ? "" : "s", args.join,
+                               args.tp > 1 ? ", shares " + shares_why : std::string(), first, last,
                                args.tp > 1 ? ", " + slice_text(o.tp_slice) : std::string());
     return;
   }
@@ -133,7 +185,9 @@ TpRuntime::TpRuntime(const TpArgs& args, const engine::Model& model, const std::
     for (auto& t : followers_) t.join();
     throw;
   }
-  description_ = fmt::format("{} in-process shards of {} threads, joined by {}", args.tp, per_shard, args.join);
+  if (by_speed) shares_why = "even (in-process shards run one backend on one machine: the same speed, nothing to measure)";
+  description_ = fmt::format("{} in-process shards of {} threads, joined by {}, shares {}", args.tp, per_shard,
+                             args.join, shares_why);
   for (int r = 0; r < args.tp; ++r) description_ += fmt::format("; shard {}: {}", r, slice_text(slices[static_cast<size_t>(r)]));
 }
 

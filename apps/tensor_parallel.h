@@ -28,7 +28,9 @@ namespace hearth::apps {
 
 struct TpArgs {
   int32_t tp = 0;      // shards (0: no tensor parallelism)
-  std::string shares;  // "2,1": each shard's share of heads, features and vocabulary (empty: even)
+  // "2,1": each shard's share of heads, features and vocabulary; "even"; empty: by each rank's
+  // measured matvec speed under mpirun, even in-process (the shards share one backend)
+  std::string shares;
   std::string join = "sum";  // "sum" | "gather": engine::TpJoin
   int32_t pp = 1;            // under mpirun: pipeline stages of tp ranks each (shard/mpi_pipeline.h)
   bool enabled() const { return tp > 0; }

@@ -50,7 +50,8 @@ BandwidthResult measure_triad_bandwidth(int threads, size_t array_bytes, int rep
   return {best, array_bytes, pool.size()};
 }
 
-BandwidthResult measure_matvec_bandwidth(kernels::Backend& backend, size_t weight_bytes, int repetitions) {
+BandwidthResult measure_matvec_bandwidth(kernels::Backend& backend, size_t weight_bytes, int repetitions,
+                                         double max_seconds) {
   constexpr int64_t k = 4096;
   const size_t row_bytes = dtype_row_bytes(DType::Q8_0, k);
   const int64_t m = std::max<int64_t>(1, static_cast<int64_t>(weight_bytes / row_bytes));
@@ -69,7 +70,12 @@ BandwidthResult measure_matvec_bandwidth(kernels::Backend& backend, size_t weigh
   backend.matmul(w, x, y);  // warm-up: pipelines, caches
   backend.synchronize();
   double best = 0.0;
+  const auto begin = std::chrono::steady_clock::now();
   for (int r = 0; r < std::max(1, repetitions); ++r) {
+    if (max_seconds > 0 && r >= 3 &&
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count() > max_seconds) {
+      break;
+    }
     const auto t0 = std::chrono::steady_clock::now();
     backend.matmul(w, x, y);
     backend.synchronize();

@@ -23,7 +23,8 @@ BandwidthResult measure_triad_bandwidth(int threads, size_t array_bytes = size_t
 // times one token (matmul, as a stage's decode step does it), best of the repetitions after one
 // warm-up. For a GPU worker this is what the planner weighs its stages by, where a triad over
 // host memory would say nothing of the device. (array_bytes: the matrix's bytes; threads: 0.)
+// `max_seconds` > 0 ends the repetitions early once that long has passed (after 3 at least).
 BandwidthResult measure_matvec_bandwidth(kernels::Backend& backend, size_t weight_bytes = size_t{64} << 20,
-                                         int repetitions = 3);
+                                         int repetitions = 3, double max_seconds = 0);
 
 }  // namespace hearth::bench

@@ -152,6 +152,12 @@ std::vector<TensorGroupAdvice> advise_tensor_groups(const ModelCost& cost, const
 // Markdown: one line per group with its shares, both estimates and the choice.
 std::string tensor_groups_markdown(const std::vector<TensorGroupAdvice>& groups);
 
+// Tensor-parallel shares for members of these speeds (bandwidths, any unit, > 0): the smallest
+// whole numbers within 10% of the ratios (2:1 rather than 0.667:0.333, 4:5 for 1:1.15), so speeds
+// within 10% of each other give even shares (1:1) — measurement noise must not cost a rounding of
+// heads and quant blocks. Beyond 8:8 scales, the ratios to 1/100.
+std::vector<double> whole_shares(const std::vector<double>& speeds);
+
 // ---------------------------------------------------------------------------------------------
 // The plan
 
@@ -164,6 +170,9 @@ struct PlanOptions {
   bool allow_drop_nodes = true;    // a node may get no layers (too small, or not worth a hop)
   uint64_t reserve_bytes = uint64_t{64} << 20;  // per used node: runtime, allocator slack
   size_t exhaustive_order_limit = 8;  // up to this many nodes every order is tried; beyond, one greedy order
+  // Let a stage be a tensor-parallel group (`hearth plan`; off for the runtimes that build TCP
+  // pipelines from a plan, which cannot run one): see make_plan.
+  bool form_tensor_groups = false;
 };
 
 // Compute buffers of a stage (estimate): n_batch tokens of f32 activations through a layer
@@ -196,6 +205,10 @@ struct StagePlan {
   uint64_t read_bytes_per_token = 0;
   double compute_ms = 0;        // per token, without the hop
   HopEstimate hop;              // to the next stage (or the coordinator)
+  // A tensor-parallel stage: its nodes (the group's order; `node` is their names joined by "+",
+  // `address` the first's, which leads and hops) and each one's share; empty for one node.
+  std::vector<std::string> members;
+  std::vector<double> shares;
   double stage_ms() const { return compute_ms + hop.ms; }
   friend bool operator==(const StagePlan&, const StagePlan&) = default;
 };
@@ -218,12 +231,24 @@ struct PipelinePlan {
   std::vector<StagePlan> stages;
   std::vector<DroppedNode> dropped;
   bool manual = false;           // the split was given by the user, not optimised
+  // Why each tensor-parallel group was formed or not (form_tensor_groups), one sentence each.
+  std::vector<std::string> why;
 
   double token_ms() const;                 // one sequence: feed + every stage + every hop
   double tokens_per_s() const;             // 1000 / token_ms
   double bottleneck_ms() const;            // the slowest stage (with its outgoing hop)
   double pipelined_tokens_per_s() const;   // 1000 / bottleneck_ms: >= stages sequences in flight
   double parallel_tokens_per_s() const;    // with n_seq in flight: min(n_seq * one, pipelined)
+  // The ranks mpirun would run this plan with: stages of equal size T (1: no group) make
+  // `mpirun -np P*T hearth serve -m MODEL --tp T --pp P` (world rank r = shard r % T of stage
+  // r / T); `note` says what mpirun does differently from the plan (it splits layers evenly and
+  // measures shares), or why it cannot run it (stages of different sizes). `command` is empty then.
+  struct MpirunForm {
+    std::string command;
+    std::string ranks;  // "0-1: socket0, socket1; 2: desktop"
+    std::string note;
+  };
+  MpirunForm mpirun_form() const;
 
   nlohmann::ordered_json to_json() const;
   static PipelinePlan from_json(const nlohmann::json& json);  // throws hearth::Error
@@ -236,6 +261,13 @@ struct PipelinePlan {
 // first), an exact dynamic program over contiguous splits minimises the slowest stage time, then
 // the one-sequence token time, then the number of links between hosts. Throws hearth::Error
 // naming what does not fit when no plan exists.
+//
+// With `form_tensor_groups`, the groups advise_tensor_groups finds faster as tensor-parallel
+// (disjoint, the largest saving first) each become one stage candidate — a node with the summed
+// bandwidth and memory, a per-layer overhead of its slowest member's plus 2 all-reduces over its
+// slowest link, its first member's links — and the split is searched over those as above. The
+// plan with the groups is kept when it gives more tokens/s with n_seq sequences in flight
+// (parallel_tokens_per_s; one sequence by default) than the plain one; `why` says which and why.
 PipelinePlan make_plan(const ModelCost& cost, const ClusterSpec& cluster, const PlanOptions& options);
 
 // The one order tried beyond `exhaustive_order_limit` nodes: the coordinator's host first, the

@@ -28,6 +28,11 @@ inline uint64_t values_bytes(int64_t n, DType type) {
   throw Error(fmt::format("type {} is not a KV-cache or wire type (f32, f16, q8_0)", dtype_name(type)));
 }
 
+// make_plan's tail when options.form_tensor_groups: the plan over the advised tensor-parallel
+// groups if it is faster than `plain` (plan_tensor.cpp).
+PipelinePlan with_tensor_groups(const ModelCost& cost, const ClusterSpec& cluster, const PlanOptions& options,
+                                PipelinePlan plain);
+
 inline double link_ms(const LinkSpec& link, uint64_t bytes) {
   return link.latency_ms + static_cast<double>(bytes) * 8.0 / (link.gbit_per_s * 1e9) * 1e3;
 }

@@ -36,6 +36,45 @@ double PipelinePlan::parallel_tokens_per_s() const {
   return std::min(static_cast<double>(n_seq) * tokens_per_s(), pipelined_tokens_per_s());
 }
 
+PipelinePlan::MpirunForm PipelinePlan::mpirun_form() const {
+  MpirunForm f;
+  const auto size_of = [](const StagePlan& s) { return std::max<size_t>(1, s.members.size()); };
+  const size_t t = size_of(stages.front());
+  std::string sizes;
+  bool equal = true;
+  int32_t rank = 0;
+  for (size_t k = 0; k < stages.size(); ++k) {
+    const StagePlan& s = stages[k];
+    equal = equal && size_of(s) == t;
+    sizes += fmt::format("{}{}", k > 0 ? ", " : "", size_of(s));
+    const int32_t n = static_cast<int32_t>(size_of(s));
+    std::string names;
+    for (size_t i = 0; i < s.members.size(); ++i) names += (i > 0 ? ", " : "") + s.members[i];
+    f.ranks += fmt::format("{}{}: {}", k > 0 ? "; " : "", n == 1 ? fmt::format("{}", rank) : fmt::format("{}-{}", rank, rank + n - 1),
+                           s.members.empty() ? s.node : names);
+    rank += n;
+  }
+  if (!equal) {
+    f.note = fmt::format("not one mpirun: its stages have {} nodes, and `mpirun --tp T --pp P` runs stages of T ranks "
+                         "each; hearth cannot run stages of different sizes together yet",
+                         sizes);
+    return f;
+  }
+  const auto p = static_cast<int32_t>(stages.size());
+  f.command = fmt::format("mpirun -np {} hearth serve -m MODEL --tp {} --pp {}", p * static_cast<int32_t>(t), t, p);
+  bool even_split = true;
+  for (int32_t k = 0; k < p; ++k) {
+    const int32_t first = static_cast<int32_t>(static_cast<int64_t>(n_layer) * k / p);
+    even_split = even_split && stages[static_cast<size_t>(k)].first == first;
+  }
+  std::vector<std::string> notes;
+  if (!even_split) notes.push_back("mpirun splits the layers evenly across its stages, not as this plan does");
+  if (t > 1) notes.push_back("the ranks measure their own speeds for the shares at start (--tp-shares forces them)");
+  if (p * t > 1) notes.push_back("place the ranks in this order with --host or a hostfile");
+  for (size_t i = 0; i < notes.size(); ++i) f.note += (i > 0 ? "; " : "") + notes[i];
+  return f;
+}
+
 namespace {
 nlohmann::ordered_json hop_json(const HopEstimate& h) {
   return {{"to", h.to}, {"bytes_per_token", h.bytes_per_token}, {"ms", h.ms}};
@@ -73,7 +112,12 @@ nlohmann::ordered_json PipelinePlan::to_json() const {
                            {"compute_ms", s.compute_ms},
                            {"hop", hop_json(s.hop)},
                            {"stage_ms", s.stage_ms()}});
+    if (!s.members.empty()) {
+      j["stages"].back()["members"] = s.members;
+      j["stages"].back()["shares"] = s.shares;
+    }
   }
+  if (!why.empty()) j["why"] = why;
   j["dropped"] = nlohmann::ordered_json::array();
   for (const DroppedNode& d : dropped) j["dropped"].push_back({{"node", d.node}, {"reason", d.reason}});
   j["token_ms"] = token_ms();
@@ -116,6 +160,11 @@ PipelinePlan PipelinePlan::from_json(const nlohmann::json& j) {
       st.read_bytes_per_token = s.at("read_bytes_per_token").get<uint64_t>();
       st.compute_ms = s.at("compute_ms").get<double>();
       st.hop = hop_from(s.at("hop"));
+      st.members = s.value("members", std::vector<std::string>{});
+      st.shares = s.value("shares", std::vector<double>{});
+      if (st.members.size() != st.shares.size()) {
+        throw Error(fmt::format("stage on {}: {} members and {} shares", st.node, st.members.size(), st.shares.size()));
+      }
       p.stages.push_back(std::move(st));
     }
     if (p.stages.empty() || next != p.n_layer) {
@@ -124,6 +173,7 @@ PipelinePlan PipelinePlan::from_json(const nlohmann::json& j) {
     for (const nlohmann::json& d : j.at("dropped")) {
       p.dropped.push_back({d.at("node").get<std::string>(), d.at("reason").get<std::string>()});
     }
+    p.why = j.value("why", std::vector<std::string>{});
     return p;
   } catch (const nlohmann::json::exception& e) {
     throw Error(fmt::format("not a pipeline plan: {}", e.what()));
@@ -138,7 +188,14 @@ std::string PipelinePlan::to_markdown() const {
   out += "| ---: | --- | --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |\n";
   for (size_t k = 0; k < stages.size(); ++k) {
     const StagePlan& s = stages[k];
-    out += fmt::format("| {} | {} | {} | {}-{} ({}) | {} | {} | {} / {} | {:.3f} | {} | {} | {:.3f} |\n", k, s.node,
+    std::string node = s.node;
+    if (!s.members.empty()) {
+      node.clear();
+      for (size_t i = 0; i < s.members.size(); ++i) {
+        node += fmt::format("{}{} {:g}", i > 0 ? " + " : "tensor-parallel: ", s.members[i], s.shares[i]);
+      }
+    }
+    out += fmt::format("| {} | {} | {} | {}-{} ({}) | {} | {} | {} / {} | {:.3f} | {} | {} | {:.3f} |\n", k, node,
                        s.device.empty() ? s.backend : fmt::format("{} ({})", s.backend, s.device), s.first, s.last, s.last - s.first, format_bytes(s.weight_bytes),
                        format_bytes(s.kv_bytes), format_bytes(s.memory_bytes), format_bytes(s.memory_budget),
                        s.compute_ms, s.hop.to, s.hop.bytes_per_token, s.hop.ms);
@@ -156,6 +213,17 @@ std::string PipelinePlan::to_markdown() const {
   out += fmt::format("pipelined bound: {:.1f} tokens/s with >= {} sequences in flight (slowest: stage {} on {}, {:.3f} ms)\n",
                      pipelined_tokens_per_s(), stages.size(), slowest, stages[slowest].node, stages[slowest].stage_ms());
   if (n_seq > 1) out += fmt::format("with {} sequences in flight: {:.1f} tokens/s\n", n_seq, parallel_tokens_per_s());
+  if (!why.empty()) {
+    out += "\nwhy these stages:\n";
+    for (const std::string& w : why) out += "- " + w + "\n";
+  }
+  const MpirunForm mpirun = mpirun_form();
+  if (!mpirun.command.empty()) {
+    out += fmt::format("\nas MPI ranks: {}   (ranks {}{}{})\n", mpirun.command, mpirun.ranks,
+                       mpirun.note.empty() ? "" : "; ", mpirun.note);
+  } else {
+    out += fmt::format("\nas MPI ranks: {}\n", mpirun.note);
+  }
   return out;
 }
 

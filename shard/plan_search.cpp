@@ -492,7 +492,9 @@ PipelinePlan make_plan(const ModelCost& cost, const ClusterSpec& cluster, const 
     best = solve_fixed_order(table, options, greedy_node_order(cluster));
   }
   if (best.order.empty()) throw_infeasible(model);
-  return build_plan(model, best.order, best.ranges, false);
+  PipelinePlan plan = build_plan(model, best.order, best.ranges, false);
+  if (options.form_tensor_groups) return with_tensor_groups(cost, cluster, options, std::move(plan));
+  return plan;
 }
 
 PipelinePlan make_manual_plan(const ModelCost& cost, const ClusterSpec& cluster, const PlanOptions& options,

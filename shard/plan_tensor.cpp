@@ -2,6 +2,7 @@
 // tensor-parallel stage or as pipeline stages (the cost model is in plan.h).
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <numeric>
 #include <set>
 
@@ -15,27 +16,20 @@ namespace {
 
 using plan_detail::link_ms;
 
-double overhead_ms(const NodeSpec& n) {
-  return n.layer_overhead_ms >= 0 ? n.layer_overhead_ms : default_layer_overhead_ms(n.backend);
+std::string joined(const std::vector<std::string>& names, const char* separator) {
+  std::string out;
+  for (size_t i = 0; i < names.size(); ++i) out += (i > 0 ? separator : "") + names[i];
+  return out;
 }
 
-// Shares in the smallest whole numbers within 10% of the bandwidth ratios (2:1 rather than
-// 0.667:0.333), for --tp-shares.
-std::vector<double> whole_shares(const std::vector<double>& bandwidth) {
-  const double low = *std::min_element(bandwidth.begin(), bandwidth.end());
-  for (int scale = 1; scale <= 8; ++scale) {
-    std::vector<double> shares;
-    bool close = true;
-    for (double b : bandwidth) {
-      const double exact = b / low * scale;
-      shares.push_back(std::max(1.0, std::round(exact)));
-      close = close && std::abs(shares.back() - exact) <= 0.1 * exact;
-    }
-    if (close) return shares;
-  }
-  std::vector<double> shares;
-  for (double b : bandwidth) shares.push_back(std::round(b / low * 100.0) / 100.0);
-  return shares;
+std::string shares_text(const std::vector<double>& shares) {
+  std::string out;
+  for (size_t i = 0; i < shares.size(); ++i) out += fmt::format("{}{:g}", i > 0 ? ":" : "", shares[i]);
+  return out;
+}
+
+double overhead_ms(const NodeSpec& n) {
+  return n.layer_overhead_ms >= 0 ? n.layer_overhead_ms : default_layer_overhead_ms(n.backend);
 }
 
 TensorGroupAdvice estimate(const ModelCost& cost, const ClusterSpec& cluster, const std::vector<size_t>& members) {
@@ -81,6 +75,25 @@ TensorGroupAdvice estimate(const ModelCost& cost, const ClusterSpec& cluster, co
 
 }  // namespace
 
+std::vector<double> whole_shares(const std::vector<double>& speeds) {
+  HEARTH_CHECK(!speeds.empty(), "no speeds to share by");
+  for (double b : speeds) HEARTH_CHECK(b > 0.0 && std::isfinite(b), "speed {} is not positive", b);
+  const double low = *std::min_element(speeds.begin(), speeds.end());
+  for (int scale = 1; scale <= 8; ++scale) {
+    std::vector<double> shares;
+    bool close = true;
+    for (double b : speeds) {
+      const double exact = b / low * scale;
+      shares.push_back(std::max(1.0, std::round(exact)));
+      close = close && std::abs(shares.back() - exact) <= 0.1 * exact;
+    }
+    if (close) return shares;
+  }
+  std::vector<double> shares;
+  for (double b : speeds) shares.push_back(std::round(b / low * 100.0) / 100.0);
+  return shares;
+}
+
 std::vector<TensorGroupAdvice> advise_tensor_groups(const ModelCost& cost, const ClusterSpec& cluster) {
   std::vector<std::vector<size_t>> groups;
   std::set<std::vector<size_t>> seen;
@@ -105,6 +118,114 @@ std::vector<TensorGroupAdvice> advise_tensor_groups(const ModelCost& cost, const
   for (const auto& g : groups) out.push_back(estimate(cost, cluster, g));
   return out;
 }
+
+namespace plan_detail {
+
+PipelinePlan with_tensor_groups(const ModelCost& cost, const ClusterSpec& cluster, const PlanOptions& options,
+                                PipelinePlan plain) {
+  std::vector<TensorGroupAdvice> advice = advise_tensor_groups(cost, cluster);
+  // Disjoint groups, the largest saving first.
+  std::stable_sort(advice.begin(), advice.end(), [](const TensorGroupAdvice& a, const TensorGroupAdvice& b) {
+    return a.pp_ms - a.tp_ms > b.pp_ms - b.tp_ms;
+  });
+  std::vector<const TensorGroupAdvice*> chosen;
+  std::set<std::string> taken;
+  for (const TensorGroupAdvice& a : advice) {
+    const std::string name = joined(a.members, " + ");
+    if (!a.tensor_parallel) {
+      plain.why.push_back(fmt::format("{} stay separate nodes: as pipeline stages {:.2f} ms/token, as one "
+                                      "tensor-parallel group {:.2f} ({})",
+                                      name, a.pp_ms, a.tp_ms, a.why));
+      continue;
+    }
+    if (std::any_of(a.members.begin(), a.members.end(), [&](const std::string& m) { return taken.contains(m); })) {
+      plain.why.push_back(fmt::format("{}: not a group, a member already joins a group that saves more", name));
+      continue;
+    }
+    taken.insert(a.members.begin(), a.members.end());
+    chosen.push_back(&a);
+  }
+  if (chosen.empty()) return plain;
+
+  // The cluster with each group as one node, at its first member's place.
+  ClusterSpec merged;
+  merged.default_link = cluster.default_link;
+  merged.local_link = cluster.local_link;
+  merged.coordinator = cluster.coordinator;
+  std::map<std::string, std::string> node_of;  // original name -> merged node's name ("" for non-leading members)
+  for (const NodeSpec& n : cluster.nodes) {
+    const auto group = std::find_if(chosen.begin(), chosen.end(), [&](const TensorGroupAdvice* a) {
+      return std::find(a->members.begin(), a->members.end(), n.name) != a->members.end();
+    });
+    if (group == chosen.end()) {
+      merged.nodes.push_back(n);
+      node_of[n.name] = n.name;
+      continue;
+    }
+    const TensorGroupAdvice& a = **group;
+    const std::string name = joined(a.members, "+");
+    if (cluster.coordinator == n.name) merged.coordinator = name;
+    if (a.members.front() != n.name) {
+      node_of[n.name] = "";
+      continue;
+    }
+    node_of[n.name] = name;
+    NodeSpec g = n;
+    g.name = name;
+    g.memory_bytes = 0;
+    g.bandwidth_gbps = 0;
+    double overhead = 0.0;
+    for (const std::string& m : a.members) {
+      const NodeSpec& member = *std::find_if(cluster.nodes.begin(), cluster.nodes.end(),
+                                             [&](const NodeSpec& x) { return x.name == m; });
+      g.memory_bytes += member.memory_bytes;
+      g.bandwidth_gbps += member.bandwidth_gbps;
+      overhead = std::max(overhead, overhead_ms(member));
+    }
+    g.layer_overhead_ms = overhead + 2.0 * a.all_reduce_ms;
+    merged.nodes.push_back(std::move(g));
+  }
+  // Hops leave and reach a group at its first member.
+  for (const auto& [pair, link] : cluster.links) {
+    const std::string& a = node_of[pair.first];
+    const std::string& b = node_of[pair.second];
+    if (!a.empty() && !b.empty() && a != b) merged.add_link(a, b, link);
+  }
+
+  PlanOptions plain_options = options;
+  plain_options.form_tensor_groups = false;
+  PipelinePlan grouped;
+  try {
+    grouped = make_plan(cost, merged, plain_options);
+  } catch (const Error& e) {
+    plain.why.push_back(fmt::format("no plan with the tensor-parallel groups: {}", e.what()));
+    return plain;
+  }
+  for (StagePlan& st : grouped.stages) {
+    for (const TensorGroupAdvice* a : chosen) {
+      if (st.node == joined(a->members, "+")) st.members = a->members, st.shares = a->shares;
+    }
+  }
+  const bool better = grouped.parallel_tokens_per_s() > plain.parallel_tokens_per_s() * (1.0 + 1e-9);
+  PipelinePlan& kept = better ? grouped : plain;
+  std::vector<std::string> why;
+  for (const TensorGroupAdvice* a : chosen) {
+    why.push_back(fmt::format("{} {} one tensor-parallel stage, shares {}: as one group {:.2f} ms/token, as "
+                              "pipeline stages {:.2f} ({})",
+                              joined(a->members, " + "), better ? "form" : "would form", shares_text(a->shares),
+                              a->tp_ms, a->pp_ms, a->why));
+  }
+  why.push_back(fmt::format("{} the groups: {:.1f} tokens/s with {} sequence{} in flight, against {:.1f} {}",
+                            better ? "with" : "without", kept.parallel_tokens_per_s(), options.n_seq,
+                            options.n_seq == 1 ? "" : "s",
+                            (better ? plain : grouped).parallel_tokens_per_s(),
+                            better ? "without them" : "with them"));
+  why.insert(why.end(), plain.why.begin(), plain.why.end());
+  kept.why = std::move(why);
+  return std::move(kept);
+}
+
+}  // namespace plan_detail
 
 std::string tensor_groups_markdown(const std::vector<TensorGroupAdvice>& groups) {
   if (groups.empty()) return {};

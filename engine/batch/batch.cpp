@@ -160,8 +160,11 @@ std::vector<SampledToken> LocalExecutor::run(std::span<const BatchEntry> entries
   flatten_entries(entries, tokens_, kv_slots_, output_rows_);
   const auto n_vocab = static_cast<size_t>(stage_.config().n_vocab);
   // A tensor-parallel stage sends its shards' best tokens instead of gathering the logits when
-  // the samplers need no more.
-  const int32_t k = stage_.tensor_parallel() ? samplers_.candidates_needed(entries, n_vocab) : 0;
+  // the samplers need no more; so does the last stage of a pipeline this stage leads in other
+  // processes (StageOptions::rest_of_pipeline), which would otherwise send a vocabulary of floats
+  // back a token (llama 3: 513 KB) where 12 bytes do for greedy.
+  const bool remote_logits = stage_.tensor_parallel() || static_cast<bool>(stage_.options().rest_of_pipeline);
+  const int32_t k = remote_logits ? samplers_.candidates_needed(entries, n_vocab) : 0;
   stage_.forward({.tokens = tokens_, .hidden = {}, .slots = kv_slots_, .output_rows = output_rows_, .top_k = k},
                  logits_);
   if (k == 0) return samplers_.sample(entries, logits_, n_vocab);

@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "core/fp16.h"
+#include "engine/batch/batch.h"
 #include "engine/format/gguf.h"
 #include "engine/model/model_config.h"
 #include "engine/model/stage.h"
@@ -297,6 +298,61 @@ TEST(MpiPipeline, StagesOfGroupsGiveOneDevicesBits) {
   std::printf("[ mpi pipeline ] %d stages of %d shards: %zu logits, %s one device's\n", grid.stages, grid.shards,
               single.size(), piped == single ? "bit for bit" : "NOT");
   EXPECT_EQ(piped, single);
+  std::filesystem::remove(path);
+}
+
+// The leader of an mpirun pipeline (LocalExecutor over stage 0) asks the last stage, another
+// process, for the greedy candidate (candidate_row_width(1) floats a row) instead of the
+// vocabulary's logits, and samples the tokens one device's logits give.
+TEST(MpiPipeline, LeaderSamplesFromTheLastStagesCandidates) {
+  MpiCollective& w = *world();
+  const std::filesystem::path path = synth_model(w.rank());
+  const gguf::GgufFile file = gguf::GgufFile::open(path);
+  const engine::ModelConfig config = engine::ModelConfig::from_gguf(file);
+  if (w.size() > config.n_layer) GTEST_SKIP() << w.size() << " ranks";
+  const MpiGrid grid = mpi_grid(w.rank(), w.size(), 1, config.n_layer);
+  engine::StageOptions o;
+  o.n_ctx = 32;
+  std::vector<size_t> returned;  // floats the last stage sent back, per step
+  if (w.rank() == 0) {
+    lead_pipeline(o, w, grid);
+    o.rest_of_pipeline = [inner = o.rest_of_pipeline, &returned](const engine::StageInput& in, std::vector<float>& out) {
+      inner(in, out);
+      returned.push_back(out.size());
+    };
+  }
+  kernels::CpuBackend backend(1);
+  engine::Stage stage(file, config, backend, grid.first_layer(grid.stage, config.n_layer),
+                      grid.first_layer(grid.stage + 1, config.n_layer), o);
+  if (w.rank() != 0) {
+    relay_pipeline(stage, w, grid);
+    std::filesystem::remove(path);
+    return;
+  }
+  engine::SamplingParams greedy;
+  greedy.temperature = 0.0f;
+  const auto generate = [&](engine::Stage& st) {
+    engine::LocalExecutor executor(st);
+    std::vector<engine::Token> tokens = {5, 77, 901, 1500, 33};
+    for (int step = 0; step < 4; ++step) {
+      const int32_t pos0 = step == 0 ? 0 : static_cast<int32_t>(tokens.size()) - 1;
+      const std::span<const engine::Token> feed = std::span<const engine::Token>(tokens).subspan(static_cast<size_t>(pos0));
+      const engine::BatchEntry e{.slot = 0, .pos0 = pos0, .tokens = feed, .sample = true,
+                                 .begin = step == 0 ? &greedy : nullptr};
+      executor.submit(std::span(&e, 1));
+      tokens.push_back(executor.collect().at(0).token);
+    }
+    return tokens;
+  };
+  const std::vector<engine::Token> piped = generate(stage);
+  stop_pipeline(w, grid);
+  kernels::CpuBackend one_backend(1);
+  engine::StageOptions whole;
+  whole.n_ctx = 32;
+  engine::Stage one(file, config, one_backend, 0, config.n_layer, whole);
+  EXPECT_EQ(piped, generate(one));
+  ASSERT_EQ(returned.size(), 4u);
+  for (size_t n : returned) EXPECT_EQ(n, static_cast<size_t>(engine::candidate_row_width(1)));
   std::filesystem::remove(path);
 }
 

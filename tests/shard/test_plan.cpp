@@ -329,6 +329,53 @@ TEST(Plan, TensorGroupsInsideABoxNotAcrossSlowLinks) {
   EXPECT_NE(text.find("-> pipeline"), std::string::npos) << text;
 }
 
+// The search forms the groups: two boxes of two GPUs each over 1 GbE become two stages of two
+// tensor-parallel shards (2:1), which one mpirun runs as --tp 2 --pp 2; each stage's time is its
+// bytes at the summed bandwidth plus, per layer, the slower overhead and two all-reduces.
+TEST(Plan, SearchFormsTensorParallelStages) {
+  ModelCost cost = model_of(std::vector<uint64_t>(16, 40 * MiB));
+  cost.n_embd = 2048;
+  ClusterSpec cluster;
+  cluster.nodes = {node("a0", 4096 * MiB, 300, "a"), node("a1", 4096 * MiB, 150, "a"),
+                   node("b0", 4096 * MiB, 300, "b"), node("b1", 4096 * MiB, 150, "b")};
+  cluster.local_link = {40, 0.02};
+  PlanOptions options = small_options();
+  const PipelinePlan plain = make_plan(cost, cluster, options);
+  for (const StagePlan& st : plain.stages) EXPECT_TRUE(st.members.empty());
+  options.form_tensor_groups = true;
+  const PipelinePlan plan = make_plan(cost, cluster, options);
+  ASSERT_EQ(plan.stages.size(), 2u) << plan.to_markdown();
+  EXPECT_EQ(plan.stages[0].members, (std::vector<std::string>{"a0", "a1"}));
+  EXPECT_EQ(plan.stages[0].shares, (std::vector<double>{2, 1}));
+  EXPECT_EQ(plan.stages[0].node, "a0+a1");
+  EXPECT_EQ(plan.stages[1].members, (std::vector<std::string>{"b0", "b1"}));
+  EXPECT_EQ(plan.stages[0].last - plan.stages[0].first, 8);
+  const double all_reduce = 0.02 + 2048 * 4 * 8 / 40e9 * 1e3;
+  EXPECT_NEAR(plan.stages[0].compute_ms, 8 * 40.0 * MiB / 450e9 * 1e3 + 8 * (0.01 + 2 * all_reduce), 1e-9);
+  EXPECT_GT(plan.parallel_tokens_per_s(), plain.parallel_tokens_per_s());
+  ASSERT_FALSE(plan.why.empty());
+  EXPECT_NE(plan.why[0].find("a0 + a1 form one tensor-parallel stage, shares 2:1"), std::string::npos) << plan.why[0];
+  const PipelinePlan::MpirunForm mpirun = plan.mpirun_form();
+  EXPECT_EQ(mpirun.command, "mpirun -np 4 hearth serve -m MODEL --tp 2 --pp 2");
+  EXPECT_EQ(mpirun.ranks, "0-1: a0, a1; 2-3: b0, b1");
+  EXPECT_EQ(PipelinePlan::from_json(plan.to_json()), plan);
+  // Over 1 GbE inside the boxes, the groups do not pay: four nodes, one per stage.
+  cluster.local_link = {1, 0.3};
+  const PipelinePlan slow = make_plan(cost, cluster, options);
+  for (const StagePlan& st : slow.stages) EXPECT_TRUE(st.members.empty()) << slow.to_markdown();
+  EXPECT_EQ(slow.mpirun_form().command, "mpirun -np 4 hearth serve -m MODEL --tp 1 --pp 4");
+}
+
+// Measured speeds become --tp-shares: small whole numbers, and even when within 10% (noise).
+TEST(Plan, WholeSharesFromSpeeds) {
+  EXPECT_EQ(whole_shares({23.6, 22.4}), (std::vector<double>{1, 1}));
+  EXPECT_EQ(whole_shares({20, 22}), (std::vector<double>{1, 1}));
+  EXPECT_EQ(whole_shares({8, 4}), (std::vector<double>{2, 1}));
+  EXPECT_EQ(whole_shares({3.8, 23.6}), (std::vector<double>{1, 6}));
+  EXPECT_EQ(whole_shares({1, 1.15}), (std::vector<double>{4, 5}));
+  EXPECT_EQ(whole_shares({5}), (std::vector<double>{1}));
+}
+
 TEST(Plan, NodesOfOneHostAreAdjacentAndTheCoordinatorFirst) {
   const ModelCost cost = model_of(std::vector<uint64_t>(16, 10 * MiB));
   ClusterSpec cluster;
