@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string_view>
+#include <utility>
 
 #include "bench/memory_bandwidth.h"
 #include "core/error.h"
@@ -29,9 +30,9 @@ void add_tp_options(CLI::App& command, TpArgs& args) {
                      "rounded to whole heads and quant blocks)");
   command.add_option("--tp-join", args.join,
                      "How the shards join attn_output and ffn_down: sum (one all-reduce each; rounding differs from "
-                     "one device) or gather (two all-gathers each; bit for bit one device's output)")
-      ->check(CLI::IsMember({"sum", "gather"}))
-      ->capture_default_str();
+                     "one device) or gather (two all-gathers each; bit for bit one device's output). Default: gather "
+                     "when every shard is on one host, sum across hosts (half the collectives over the network)")
+      ->check(CLI::IsMember({"sum", "gather"}));
   command.add_option("--pp", args.pp,
                      "Under mpirun with --tp T: the ranks form this many pipeline stages of T ranks each (np = P x T), "
                      "linked by MPI point-to-point messages")
@@ -60,6 +61,15 @@ std::string shares_text(const std::vector<double>& shares) {
 constexpr size_t kSpeedProbeBytes = size_t{64} << 20;
 constexpr int kSpeedProbePasses = 40;
 constexpr double kSpeedProbeSeconds = 0.1;
+
+// The join: as asked, or gather where the shards share a host (its two extra all-gathers a layer
+// cost little there, and the output is one device's bit for bit: the same greedy text), sum
+// across hosts, where every collective pays the network's latency.
+std::pair<std::string, std::string> choose_join(const std::string& asked, bool one_host) {
+  if (!asked.empty()) return {asked, "as asked"};
+  if (one_host) return {"gather", "every shard on one host: one device's output bit for bit"};
+  return {"sum", "shards on several hosts: half the collectives of the gather join"};
+}
 
 }  // namespace
 
@@ -96,7 +106,10 @@ TpRuntime::TpRuntime(const TpArgs& args, const engine::Model& model, const std::
     grid_ = shard::mpi_grid(rank_, mpi_world_->size(), args.tp, config.n_layer);
     mpi_stages_ = grid_.stages, mpi_stage_ = grid_.stage;
     // The shards of this rank's stage, ordered by shard.
-    mpi_comm_ = mpi_world_->split(grid_.stage, grid_.shard);
+    std::unique_ptr<shard::MpiCollective> group = mpi_world_->split(grid_.stage, grid_.shard);
+    // Asked of the group only when the join is left to it (a collective call: every rank asks).
+    const bool group_one_host = args.tp > 1 && args.join.empty() ? group->one_host() : true;
+    mpi_comm_ = std::move(group);
     backends_.push_back(kernels::make_backend(backend_spec, {.n_threads = threads}));
     if (args.tp > 1 && by_speed) {
       // Every shard of the group times its own backend and all see every figure, so all compute
@@ -128,8 +141,11 @@ TpRuntime::TpRuntime(const TpArgs& args, const engine::Model& model, const std::
         std::fprintf(stderr, "hearth: tensor parallel: stage %d: shares %s\n", grid_.stage, shares_why.c_str());
       }
     }
+    const std::pair<std::string, std::string> joined = choose_join(args.join, group_one_host);
+    const std::string& join = joined.first;
+    const std::string& join_why = joined.second;
     engine::StageOptions o = options;
-    o.tp_join = engine::parse_tp_join(args.join);
+    o.tp_join = engine::parse_tp_join(join);
     if (args.tp > 1) {
       o.tp_comm = mpi_comm_.get();
       o.tp_slice = slices[static_cast<size_t>(grid_.shard)];
@@ -139,10 +155,10 @@ TpRuntime::TpRuntime(const TpArgs& args, const engine::Model& model, const std::
     const int32_t first = grid_.first_layer(grid_.stage, config.n_layer),
                   last = grid_.first_layer(grid_.stage + 1, config.n_layer);
     stages_.push_back(std::make_unique<engine::Stage>(model.file(), config, *backends_[0], first, last, o));
-    description_ = fmt::format("{} MPI ranks of {} threads: {} pipeline stage{} of {} shard{}, joined by {}{}; rank 0: "
-                               "layers {}-{}{}",
+    description_ = fmt::format("{} MPI ranks of {} threads: {} pipeline stage{} of {} shard{}, joined by {} ({}){}; "
+                               "rank 0: layers {}-{}{}",
                                mpi_world_->size(), threads, grid_.stages, grid_.stages == 1 ? "" : "s", args.tp,
-                               args.tp == 1 ? "" : "s", args.join,
+                               args.tp == 1 ? "" : "s", join, join_why,
                                args.tp > 1 ? ", shares " + shares_why : std::string(), first, last,
                                args.tp > 1 ? ", " + slice_text(o.tp_slice) : std::string());
     return;
@@ -157,9 +173,12 @@ TpRuntime::TpRuntime(const TpArgs& args, const engine::Model& model, const std::
   stages_.resize(static_cast<size_t>(args.tp));
   follower_errors_.resize(static_cast<size_t>(args.tp));
   for (int r = 0; r < args.tp; ++r) backends_.push_back(kernels::make_backend(backend_spec, {.n_threads = per_shard}));
+  const std::pair<std::string, std::string> joined = choose_join(args.join, true);
+  const std::string& join = joined.first;
+  const std::string& join_why = joined.second;
   const auto options_of = [&](int r) {
     engine::StageOptions o = options;
-    o.tp_join = engine::parse_tp_join(args.join);
+    o.tp_join = engine::parse_tp_join(join);
     o.tp_comm = ranks_[static_cast<size_t>(r)].get();
     o.tp_slice = slices[static_cast<size_t>(r)];
     return o;
@@ -186,8 +205,8 @@ TpRuntime::TpRuntime(const TpArgs& args, const engine::Model& model, const std::
     throw;
   }
   if (by_speed) shares_why = "even (in-process shards run one backend on one machine: the same speed, nothing to measure)";
-  description_ = fmt::format("{} in-process shards of {} threads, joined by {}, shares {}", args.tp, per_shard,
-                             args.join, shares_why);
+  description_ = fmt::format("{} in-process shards of {} threads, joined by {} ({}), shares {}", args.tp, per_shard,
+                             join, join_why, shares_why);
   for (int r = 0; r < args.tp; ++r) description_ += fmt::format("; shard {}: {}", r, slice_text(slices[static_cast<size_t>(r)]));
 }
 

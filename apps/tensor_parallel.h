@@ -31,7 +31,9 @@ struct TpArgs {
   // "2,1": each shard's share of heads, features and vocabulary; "even"; empty: by each rank's
   // measured matvec speed under mpirun, even in-process (the shards share one backend)
   std::string shares;
-  std::string join = "sum";  // "sum" | "gather": engine::TpJoin
+  // "sum" | "gather" (engine::TpJoin); empty: gather where every shard is on one host, sum
+  // across hosts (TpRuntime says why)
+  std::string join;
   int32_t pp = 1;            // under mpirun: pipeline stages of tp ranks each (shard/mpi_pipeline.h)
   bool enabled() const { return tp > 0; }
 };

@@ -63,8 +63,8 @@ echo "TP-2 in-process, 1 thread each:   tg $inproc tokens/s   $(tp_line)"
 mpi="$(best_tg mpirun -np 2 --oversubscribe "$HEARTH" "${RUN[@]}" -t 1 --tp 2)"
 echo "TP-2 mpirun -np 2, 1 thread each: tg $mpi tokens/s   $(tp_line)"
 awk -v a="$mpi" -v b="$one1" -v c="$one2" 'BEGIN { printf "mpirun TP-2 / 1 thread: %.2fx (goal 1.6x); / 2 threads: %.2fx (goal 0.85x)\n", a / b, a / c }'
-mpig="$(best_tg mpirun -np 2 --oversubscribe "$HEARTH" "${RUN[@]}" -t 1 --tp 2 --tp-join gather)"
-echo "TP-2 mpirun -np 2, joined by gathers: tg $mpig tokens/s   $(tp_line)"
+mpig="$(best_tg mpirun -np 2 --oversubscribe "$HEARTH" "${RUN[@]}" -t 1 --tp 2 --tp-join sum)"
+echo "TP-2 mpirun -np 2, joined by sums: tg $mpig tokens/s   $(tp_line)"
 # The collective alone: all-reduces of 2048 floats back to back (no compute between them).
 LATENCY_TEST="${LATENCY_TEST:-$(dirname "$HEARTH")/test_collective_mpi}"
 if [[ -x "$LATENCY_TEST" ]]; then

@@ -95,6 +95,18 @@ std::unique_ptr<MpiCollective> MpiCollective::split(int color, int key) const {
   return std::unique_ptr<MpiCollective>(new MpiCollective(std::move(comm)));
 }
 
+bool MpiCollective::one_host() const {
+  MPI_Comm shared = MPI_COMM_NULL;
+  check(MPI_Comm_split_type(comm_->comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &shared), "split by host");
+  int shared_size = 0;
+  check(MPI_Comm_size(shared, &shared_size), "size");
+  check(MPI_Comm_free(&shared), "free");
+  // Each rank knows only its own host's group; the groups agree when every one is the whole.
+  int mine = shared_size == size_ ? 1 : 0, all = 0;
+  check(MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_MIN, comm_->comm), "one host");
+  return all == 1;
+}
+
 void MpiCollective::wait(void* request_ptr, const char* what, bool idle) {
   auto& request = *static_cast<MPI_Request*>(request_ptr);
   const auto start = std::chrono::steady_clock::now();

@@ -43,6 +43,10 @@ class MpiCollective final : public Collective {
   // The ranks of this group that pass the same `color` form a new group, ordered by `key` then
   // by rank here (MPI_Comm_split). Every rank of this group must call it.
   std::unique_ptr<MpiCollective> split(int color, int key) const;
+  // True when every rank of this group runs on one host (they share memory:
+  // MPI_Comm_split_type with MPI_COMM_TYPE_SHARED gives one group as large as this one). Every
+  // rank must call it; all get the same answer.
+  bool one_host() const;
 
   std::string name() const override { return "mpi"; }
   int rank() const override { return rank_; }
