@@ -113,14 +113,16 @@ void OpenAiServer::Impl::cluster(const httplib::Request&, httplib::Response& res
   engine::Model* m = ready(res);
   if (m == nullptr) return;
   const engine::SchedulerStats st = scheduler.load()->stats();
-  // Rates over the time since the previous call (at least half a second, else the last rates).
+  // Rates over the time since the previous call: at least half a second, or any time in which
+  // tokens were generated (a short answer can finish inside half a second), else the last rates.
   double tps = 0;
   std::vector<double> busy;
   {
     std::lock_guard lock(rates.mutex);
     const Clock::time_point now = Clock::now();
     const double dt = rates.at == Clock::time_point{} ? 0 : seconds_between(rates.at, now);
-    if (dt >= 0.5) {
+    const bool fresh = dt >= 0.5 || (dt > 0 && st.generated_tokens > rates.generated);
+    if (fresh) {
       rates.tokens_per_second = static_cast<double>(st.generated_tokens - rates.generated) / dt;
       rates.busy_share.assign(st.stage_busy_seconds.size(), 0.0);
       for (size_t i = 0; i < st.stage_busy_seconds.size(); ++i) {
@@ -128,7 +130,7 @@ void OpenAiServer::Impl::cluster(const httplib::Request&, httplib::Response& res
         rates.busy_share[i] = std::clamp((st.stage_busy_seconds[i] - before) / dt, 0.0, 1.0);
       }
     }
-    if (dt >= 0.5 || rates.at == Clock::time_point{}) {
+    if (fresh || rates.at == Clock::time_point{}) {
       rates.at = now;
       rates.generated = st.generated_tokens;
       rates.busy = st.stage_busy_seconds;
