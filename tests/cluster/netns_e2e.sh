@@ -72,15 +72,22 @@ echo "ok: hearth plan --discover plans over the same 3 hosts"
 # answer is the single process's, and neither the prompt's token ids nor the answer's cross a
 # link in clear (the links are encrypted; tests/api/test_link_encryption.py has the control).
 if command -v tcpdump >/dev/null; then
-  port=$((20000 + RANDOM % 20000))
   tcpdump -i hearth-br0 -U -s 0 -w /tmp/hearth-netns-e2e.pcap tcp >/dev/null 2>&1 &
   dump=$!
-  "$HEARTH" serve -m "$MODEL" --port "$port" --discover --min-nodes 3 --discover-timeout 20 \
-    --cluster-key /tmp/hearth-netns/cluster.key >/tmp/hearth-netns-serve.log 2>&1 &
-  serve=$!
-  for _ in $(seq 1 300); do
-    [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health") == 200 ]] && break
-    sleep 0.2
+  # A port the kernel has just handed out as free; other tests run beside this one, so a port can
+  # still be taken before serve binds it: then another.
+  for _ in 1 2 3; do
+    port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    "$HEARTH" serve -m "$MODEL" --port "$port" --discover --min-nodes 3 --discover-timeout 20 \
+      --cluster-key /tmp/hearth-netns/cluster.key >/tmp/hearth-netns-serve.log 2>&1 &
+    serve=$!
+    for _ in $(seq 1 300); do
+      [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health") == 200 ]] && break
+      kill -0 "$serve" 2>/dev/null || break
+      sleep 0.2
+    done
+    kill -0 "$serve" 2>/dev/null || ! grep -q "cannot listen" /tmp/hearth-netns-serve.log || continue
+    break
   done
   body='{"model":"m","messages":[{"role":"user","content":"'"$PROMPT"'"}],"max_tokens":32,"ignore_eos":true,"temperature":0}'
   answer="$(curl -s "http://127.0.0.1:$port/v1/chat/completions" -H 'Content-Type: application/json' -d "$body")"
