@@ -60,13 +60,14 @@ class TpRuntime {
   std::string describe() const { return description_; }
 
  private:
+#ifdef HEARTH_HAS_MPI
+  // Only where MPI is built in: the types are complete in tensor_parallel.cpp only then.
   std::unique_ptr<shard::MpiRuntime> mpi_;
   std::unique_ptr<shard::MpiCollective> mpi_world_;
-  std::unique_ptr<shard::Collective> mpi_comm_;  // this rank's stage group (the world with one stage)
-  int mpi_stages_ = 1, mpi_stage_ = 0;
-#ifdef HEARTH_HAS_MPI
   shard::MpiGrid grid_;
 #endif
+  std::unique_ptr<shard::Collective> mpi_comm_;  // this rank's stage group (the world with one stage)
+  int mpi_stages_ = 1, mpi_stage_ = 0;
   std::vector<std::unique_ptr<shard::InProcessCollective>> ranks_;
   std::vector<std::unique_ptr<kernels::Backend>> backends_;
   std::vector<std::unique_ptr<engine::Stage>> stages_;  // [0]: this process's (leader's) shard
