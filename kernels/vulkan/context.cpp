@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <cstring>
+#include <map>
 
 #include "core/error.h"
 
@@ -33,7 +34,7 @@ void check(VkResult r, const char* what) {
 
 namespace {
 
-VkInstance make_instance() {
+VkInstance create_instance() {
   VkApplicationInfo app{};
   app.sType = VK_STRUCTURE_TYPE_APPLICATION_INFO;
   app.pApplicationName = "hearth";
@@ -44,6 +45,16 @@ VkInstance make_instance() {
   VkInstance instance = VK_NULL_HANDLE;
   check(vkCreateInstance(&ci, nullptr, &instance), "vkCreateInstance");
   return instance;
+}
+
+// The process's instance, created on first use and never destroyed (see Context). A failed
+// creation is not kept: the next call tries again (a driver installed meanwhile).
+std::mutex instance_mutex;
+VkInstance process_instance = VK_NULL_HANDLE;
+VkInstance make_instance() {
+  std::lock_guard lock(instance_mutex);
+  if (process_instance == VK_NULL_HANDLE) process_instance = create_instance();
+  return process_instance;
 }
 
 std::vector<VkPhysicalDevice> physical_devices(VkInstance instance) {
@@ -181,7 +192,6 @@ DeviceList list_devices() {
     VkInstance instance = make_instance();
     int index = 0;
     for (VkPhysicalDevice d : physical_devices(instance)) out.devices.push_back(describe(d, index++));
-    vkDestroyInstance(instance, nullptr);
     if (out.devices.empty()) out.note = "the Vulkan loader found no device (no driver installed?)";
   } catch (const Error& e) {
     out.note = e.what();
@@ -232,7 +242,6 @@ Context::Context(int index) {
     vkGetDeviceQueue(device, queue_family, 0, &queue);
   } catch (...) {
     if (device != VK_NULL_HANDLE) vkDestroyDevice(device, nullptr);
-    vkDestroyInstance(instance, nullptr);
     throw;
   }
 }
@@ -242,7 +251,17 @@ Context::~Context() {
     vkDeviceWaitIdle(device);
     vkDestroyDevice(device, nullptr);
   }
-  vkDestroyInstance(instance, nullptr);
+}
+
+std::shared_ptr<Context> Context::shared(int index) {
+  // Never destroyed: contexts live until the process exits (a lost one stays with the backends
+  // that still hold it, and is replaced here).
+  static std::mutex mu;
+  static auto* contexts = new std::map<int, std::shared_ptr<Context>>();
+  std::lock_guard lock(mu);
+  std::shared_ptr<Context>& c = (*contexts)[index];
+  if (c == nullptr || c->lost) c = std::make_shared<Context>(index);
+  return c;
 }
 
 uint32_t Context::memory_type(uint32_t type_bits, VkMemoryPropertyFlags required, VkMemoryPropertyFlags preferred) const {

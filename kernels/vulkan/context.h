@@ -4,6 +4,9 @@
 
 #include <vulkan/vulkan.h>
 
+#include <atomic>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -19,10 +22,20 @@ struct DeviceList {
 // lack what the backend needs are listed with property ("usable", "no: <why>"). Never throws.
 DeviceList list_devices();
 
-// One opened device: instance, physical and logical device, a compute queue. Throws
-// hearth::Error naming what is missing.
+// One opened device: physical and logical device, a compute queue, on the process's instance.
+// Throws hearth::Error naming what is missing.
+//
+// A process holds one instance and one logical device per physical device, opened on first use
+// and kept until it exits (Context::shared), as Vulkan applications do: backends come and go
+// (a worker reloading its stage, the op suite making one per case), and NVIDIA's driver failed
+// vkCreateInstance with VK_ERROR_INCOMPATIBLE_DRIVER after 36 instances and devices had been
+// created and destroyed in turn on an H200. The backends on one device share its queue
+// (submissions under queue_mutex); each keeps its own command pools, fences and memory.
 class Context {
  public:
+  // The process's context of device `index` (a new one after the last was lost).
+  static std::shared_ptr<Context> shared(int index);
+
   explicit Context(int index);
   ~Context();
   Context(const Context&) = delete;
@@ -38,6 +51,8 @@ class Context {
   uint32_t subgroup_size = 0;  // the matrix-vector shaders' workgroup width
   bool integer_dot = false;    // Vulkan 1.3 shaderIntegerDotProduct, enabled on the device
   DeviceInfo info;
+  std::mutex queue_mutex;          // vkQueueSubmit on `queue` (shared by the device's backends)
+  std::atomic<bool> lost = false;  // VK_ERROR_DEVICE_LOST seen: shared() opens a new one
 
   // A memory type index allowed by `type_bits` with every flag of `required`, preferring one
   // that also has `preferred`. Throws hearth::Error when there is none.

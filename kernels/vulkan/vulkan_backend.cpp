@@ -309,7 +309,7 @@ int64_t matvec_rows(int64_t n) { return n == 1 ? 8 : 4; }
 class VulkanBackend final : public Backend {
  public:
   VulkanBackend(int index, const VulkanOptions& options)
-      : ctx_(std::make_shared<Context>(index)),
+      : ctx_(Context::shared(index)),
         pool_(std::make_shared<Pool>(ctx_, false)),
         staging_pool_(std::make_shared<Pool>(ctx_, true)) {
     software_ = ctx_->properties.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU;
@@ -831,7 +831,12 @@ class VulkanBackend final : public Backend {
     si.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO;
     si.commandBufferCount = static_cast<uint32_t>(cbs.size());
     si.pCommandBuffers = cbs.data();
-    const VkResult r = vkQueueSubmit(ctx_->queue, 1, &si, fence_);
+    VkResult r;
+    {
+      std::lock_guard lock(ctx_->queue_mutex);
+      r = vkQueueSubmit(ctx_->queue, 1, &si, fence_);
+    }
+    if (r == VK_ERROR_DEVICE_LOST) ctx_->lost = true;
     if (r != VK_SUCCESS) {
       failed_ = fmt::format("vkQueueSubmit: {}", vulkan::result_name(r));
       throw Error(fmt::format("vulkan:{}: {}", ctx_->info.index, failed_));
@@ -846,6 +851,7 @@ class VulkanBackend final : public Backend {
     if (in_flight_) {
       const VkResult r = vkWaitForFences(ctx_->device, 1, &fence_, VK_TRUE, UINT64_MAX);
       in_flight_ = false;
+      if (r == VK_ERROR_DEVICE_LOST) ctx_->lost = true;
       if (r != VK_SUCCESS) {
         failed_ = fmt::format("waiting for the GPU: {}", vulkan::result_name(r));
         throw Error(fmt::format("vulkan:{}: {}", ctx_->info.index, failed_));
