@@ -137,11 +137,14 @@ import json, statistics, sys, os
 tmp, reps, model, threads, kv = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 cpu_model, cpu_flags, level, reference = sys.argv[6], sys.argv[7].strip(), sys.argv[8], sys.argv[9]
 hearth, llama, info, llama_info = {}, {}, None, None
+fractions, bandwidths = {}, []
 for rep in range(1, reps + 1):
     h = json.load(open(os.path.join(tmp, f"hearth-{rep}.json")))
     info = h
+    bandwidths.append(h["memory_bandwidth_bytes_per_s"])
     for t in h["tests"]:
         hearth.setdefault(t["test"], []).append(t["tokens_per_s_mean"])
+        fractions.setdefault(t["test"], []).append(t["fraction_of_limit"])
     for name, v in json.load(open(os.path.join(tmp, f"llama-{rep}.json"))).items():
         if name == "_info":
             llama_info = v
@@ -164,12 +167,16 @@ print("| --- | ---: | ---: | ---: |")
 for name in hearth:
     if name in llama:
         print(f"| {name} | {ms(hearth[name])} | {ms(llama[name])} | {statistics.mean(hearth[name]) / statistics.mean(llama[name]):.2f}x |")
-limit = info["tg_limit_tokens_per_s"]
+# The limit: hearth bench's (on the CPU, the read bandwidth probed after each of its tg
+# repetitions; hearth's fraction pairs each repetition with its own probe), averaged over the
+# alternating runs; llama.cpp's fraction is against that mean.
+bandwidth = statistics.mean(bandwidths)
+limit = bandwidth / info["weight_bytes_per_token"]
 print()
-print(f"bandwidth limit: {info['memory_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s / {info['weight_bytes_per_token'] / 2**20:.1f} MiB "
-      f"per token = {limit:.1f} tokens/s")
+print(f"bandwidth limit: {bandwidth / 1e9:.1f} GB/s ({info.get('memory_bandwidth_method', 'triad')}; mean of {reps} runs) / "
+      f"{info['weight_bytes_per_token'] / 2**20:.1f} MiB per token = {limit:.1f} tokens/s")
 for name in hearth:
     if name.startswith("tg"):
-        print(f"  {name}: hearth at {statistics.mean(hearth[name]) / limit:.0%} of it, llama.cpp at "
+        print(f"  {name}: hearth at {statistics.mean(fractions[name]):.0%} of it, llama.cpp at "
               f"{statistics.mean(llama.get(name, [0])) / limit:.0%}")
 PY

@@ -50,6 +50,117 @@ BandwidthResult measure_triad_bandwidth(int threads, size_t array_bytes, int rep
   return {best, array_bytes, pool.size()};
 }
 
+namespace {
+
+// Sums bytes [begin, end) of `p` (64-byte aligned, a multiple of 256 bytes long) in vectors of
+// V (16 bytes: SSE2 / NEON; 32 and 64 in the AVX2 / AVX-512 copies below), 256 bytes per step,
+// prefetching kAhead bytes ahead into L2 (0: none).
+template <class V, size_t kAhead>
+__attribute__((always_inline)) inline uint64_t read_sum(const uint8_t* p, size_t begin, size_t end) {
+  constexpr int kPerStep = 256 / sizeof(V);
+  V acc[kPerStep] = {};
+  for (size_t i = begin; i < end; i += 256) {
+    if constexpr (kAhead > 0) {
+      for (size_t line = 0; line < 256; line += 64) __builtin_prefetch(p + i + kAhead + line, 0, 1);  // prefetcht2
+    }
+    const auto* v = reinterpret_cast<const V*>(p + i);
+    for (int k = 0; k < kPerStep; ++k) acc[k] += v[k];
+  }
+  V total = {};
+  for (const V& a : acc) total += a;
+  uint64_t out = 0;
+  for (size_t k = 0; k < sizeof(V) / 8; ++k) out += total[k];
+  return out;
+}
+
+typedef uint64_t V16 __attribute__((vector_size(16)));
+uint64_t read_plain(const uint8_t* p, size_t b, size_t e) { return read_sum<V16, 0>(p, b, e); }
+uint64_t read_plain_l2(const uint8_t* p, size_t b, size_t e) { return read_sum<V16, 4096>(p, b, e); }
+#if defined(__x86_64__)
+typedef uint64_t V32 __attribute__((vector_size(32)));
+typedef uint64_t V64 __attribute__((vector_size(64)));
+__attribute__((target("avx2"))) uint64_t read_avx2(const uint8_t* p, size_t b, size_t e) { return read_sum<V32, 0>(p, b, e); }
+__attribute__((target("avx512f"))) uint64_t read_avx512(const uint8_t* p, size_t b, size_t e) {
+  return read_sum<V64, 0>(p, b, e);
+}
+__attribute__((target("avx512f"))) uint64_t read_avx512_l2(const uint8_t* p, size_t b, size_t e) {
+  return read_sum<V64, 2048>(p, b, e);
+}
+#endif
+
+using ReadFn = uint64_t (*)(const uint8_t*, size_t, size_t);
+
+// The ways of reading this CPU has: plain 16-byte vectors with and without L2 prefetches, and
+// the widest vectors it has.
+std::vector<ReadFn> read_ways() {
+  std::vector<ReadFn> ways = {read_plain, read_plain_l2};
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2")) ways.push_back(read_avx2);
+  if (__builtin_cpu_supports("avx512f")) {
+    ways.push_back(read_avx512);
+    ways.push_back(read_avx512_l2);
+  }
+#endif
+  return ways;
+}
+
+}  // namespace
+
+BandwidthResult measure_read_bandwidth(int threads, size_t array_bytes, int repetitions) {
+  const size_t bytes = std::max<size_t>(array_bytes / 4096 * 4096, 4096);
+  void* raw = std::aligned_alloc(4096, bytes);
+  HEARTH_CHECK(raw != nullptr, "cannot allocate {} bytes for the bandwidth test", bytes);
+  const std::unique_ptr<uint8_t[], decltype(&std::free)> data(static_cast<uint8_t*>(raw), std::free);
+  ThreadPool pool(threads);
+  const auto chunks = static_cast<int64_t>(bytes / 4096);
+  // First touch from the threads that will read the pages.
+  pool.parallel_for(chunks, [&](int64_t c0, int64_t c1, int) {
+    std::memset(data.get() + c0 * 4096, static_cast<int>(c0 & 0x7f), static_cast<size_t>(c1 - c0) * 4096);
+  });
+  const std::vector<ReadFn> ways = read_ways();
+  std::vector<uint64_t> sums(static_cast<size_t>(pool.size()), 0);
+  double best = 0.0;
+  for (int r = 0; r < std::max(1, repetitions); ++r) {
+    for (const ReadFn read : ways) {
+      const auto start = std::chrono::steady_clock::now();
+      pool.parallel_for(chunks, [&](int64_t c0, int64_t c1, int t) {
+        sums[static_cast<size_t>(t)] += read(data.get(), static_cast<size_t>(c0) * 4096, static_cast<size_t>(c1) * 4096);
+      });
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      best = std::max(best, static_cast<double>(bytes) / seconds);
+    }
+  }
+  volatile uint64_t sink = 0;
+  for (uint64_t v : sums) sink = sink + v;  // keep the reads
+  return {best, bytes, pool.size()};
+}
+
+BandwidthResult measure_device_add_bandwidth(kernels::Backend& backend, size_t array_bytes, int repetitions) {
+  const int64_t n = static_cast<int64_t>(array_bytes / sizeof(float));
+  auto array = [&](float value) {
+    kernels::Tensor t{DType::F32, {n, 1, 1, 1}, backend.new_buffer(static_cast<size_t>(n) * sizeof(float)), 0};
+    const std::vector<float> v(static_cast<size_t>(n), value);
+    backend.write(t, v.data(), v.size() * sizeof(float));
+    return t;
+  };
+  const kernels::Tensor a = array(1.0f), b = array(2.0f), y = array(0.0f);
+  backend.add(a, b, y);  // warm-up
+  backend.synchronize();
+  double best = 0.0;
+  for (int r = 0; r < std::max(1, repetitions); ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    backend.add(a, b, y);
+    backend.synchronize();
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, 3.0 * static_cast<double>(n) * sizeof(float) / s);
+  }
+  float check = 0.0f;
+  backend.read(y.rows(0, 1), &check, sizeof(float));
+  HEARTH_CHECK(check == 3.0f, "the device bandwidth test computed {} for 1 + 2", check);
+  return {best, static_cast<size_t>(n) * sizeof(float), 0};
+}
+
 BandwidthResult measure_matvec_bandwidth(kernels::Backend& backend, size_t weight_bytes, int repetitions,
                                          double max_seconds) {
   constexpr int64_t k = 4096;

@@ -19,6 +19,21 @@ struct BandwidthResult {
 
 BandwidthResult measure_triad_bandwidth(int threads, size_t array_bytes = size_t{256} << 20, int repetitions = 5);
 
+// The rate `threads` threads read memory at, and nothing else: decode's own limit (it reads
+// each weight byte once and writes almost nothing). Each thread sums its share of one array far
+// larger than the caches with independent vector accumulators, in three ways — the hardware
+// prefetchers alone, and software prefetches into L2 (as the matmul kernels issue them) 1 KiB
+// and 4 KiB ahead — and the best of the three over the repetitions is the result (a read rate no
+// code on this machine is known to beat; the triad, which also writes, reads less).
+BandwidthResult measure_read_bandwidth(int threads, size_t array_bytes = size_t{512} << 20, int repetitions = 3);
+
+// The memory bandwidth of `backend`'s device itself (a GPU's memory, not the host's): y = a + b
+// over three f32 arrays of `array_bytes` each on the device, through the backend's own add,
+// counting 2 arrays read and 1 written, best of the repetitions after one warm-up. The limit
+// line of `hearth bench` on a GPU backend (a host triad would say nothing of the device).
+BandwidthResult measure_device_add_bandwidth(kernels::Backend& backend, size_t array_bytes = size_t{512} << 20,
+                                             int repetitions = 10);
+
 // What decoding reads weights at on `backend`'s device: a Q8_0 matrix of about `weight_bytes`
 // times one token (matmul, as a stage's decode step does it), best of the repetitions after one
 // warm-up. For a GPU worker this is what the planner weighs its stages by, where a triad over

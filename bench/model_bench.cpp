@@ -24,6 +24,15 @@ double TestResult::stddev() const {
   return std::sqrt(sq / static_cast<double>(tokens_per_second.size() - 1));
 }
 
+double TestResult::fraction_of_limit(uint64_t bytes_per_token) const {
+  if (bandwidth.empty() || bandwidth.size() != tokens_per_second.size()) return 0.0;
+  double sum = 0.0;
+  for (size_t i = 0; i < bandwidth.size(); ++i) {
+    sum += tokens_per_second[i] * static_cast<double>(bytes_per_token) / bandwidth[i];
+  }
+  return sum / static_cast<double>(bandwidth.size());
+}
+
 uint64_t weight_bytes_per_token(const gguf::GgufFile& file, const engine::ModelConfig& config) {
   uint64_t bytes = 0;
   for (const gguf::TensorInfo& t : file.tensors()) {
@@ -82,7 +91,7 @@ std::vector<TestResult> run_model_bench(const gguf::GgufFile& file, const engine
 
   std::vector<TestResult> results;
   if (p.n_prompt > 0) {
-    TestResult r{fmt::format("pp{}{}", p.n_prompt, at_depth), p.n_prompt, {}};
+    TestResult r{fmt::format("pp{}{}", p.n_prompt, at_depth), p.n_prompt, {}, {}};
     const auto tokens = random_tokens(p.n_prompt);
     for (int rep = -1; rep < p.repetitions; ++rep) {  // rep -1: warm-up
       if (p.depth > 0) prefill(stage, depth_tokens, 0, p.n_batch, out);
@@ -95,7 +104,7 @@ std::vector<TestResult> run_model_bench(const gguf::GgufFile& file, const engine
     results.push_back(std::move(r));
   }
   if (p.n_gen > 0) {
-    TestResult r{fmt::format("tg{}{}", p.n_gen, at_depth), p.n_gen, {}};
+    TestResult r{fmt::format("tg{}{}", p.n_gen, at_depth), p.n_gen, {}, {}};
     const auto tokens = random_tokens(p.n_gen);
     for (int rep = -1; rep < p.repetitions; ++rep) {
       if (p.depth > 0) prefill(stage, depth_tokens, 0, p.n_batch, out);
@@ -111,7 +120,10 @@ std::vector<TestResult> run_model_bench(const gguf::GgufFile& file, const engine
       }
       backend.synchronize();
       const double s = std::chrono::duration<double>(Clock::now() - start).count();
-      if (rep >= 0) r.tokens_per_second.push_back(p.n_gen / s);
+      if (rep >= 0) {
+        r.tokens_per_second.push_back(p.n_gen / s);
+        if (p.bandwidth_probe) r.bandwidth.push_back(p.bandwidth_probe());
+      }
     }
     results.push_back(std::move(r));
   }

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -23,14 +24,22 @@ struct ModelBenchParams {
   int32_t n_batch = 512;
   DType kv_type = DType::F16;  // of the KV cache
   uint64_t seed = 1234;       // random token ids
+  // Called right after each timed tg repetition (optional): the memory bandwidth (bytes/s) at
+  // that moment, so that the fraction of the limit pairs each repetition with the bandwidth the
+  // machine gave just then (a shared machine's bandwidth drifts by half between minutes).
+  std::function<double()> bandwidth_probe;
 };
 
 struct TestResult {
   std::string name;           // "pp512", "tg128", "pp512 @ d4096"
   int32_t n_tokens = 0;
   std::vector<double> tokens_per_second;  // one per repetition
+  std::vector<double> bandwidth;          // tg with a bandwidth_probe: bytes/s after each repetition
   double mean() const;
   double stddev() const;
+  // tg with a bandwidth_probe: the mean over repetitions of tokens/s x bytes per token / the
+  // bandwidth probed after it; 0 without one.
+  double fraction_of_limit(uint64_t bytes_per_token) const;
 };
 
 // Bytes of weights a decode step reads: every layer tensor and the output head, plus one
