@@ -441,19 +441,22 @@ void quantize_avx512(DType type, const float* x, void* out, int64_t k) { quantiz
         PackedKernel{quantize, x86::ns::packed_gemm_q6_K},                                                         \
   }
 const PackedKernel kAvx512[] = HEARTH_PACKED_SET(avx512, quantize_avx512);
-// Q8_0 at the avx512 level: one token through the ymm kernel with EVEX vpdpbusd, several
-// through the zmm kernel (the same layout, activations and bits). Streaming Q8_0 weights from
-// memory for one token, the ymm kernel read 24-29 GB/s where the zmm one read 19-20 (Zen 4
-// EPYC, kernel_lab DecodeLayers/Q8_0/packed/llama1bx4, one thread, interleaved runs); for the
-// 4-bit types and Q4_K the zmm kernel reads as fast or faster, and prefill is the zmm
-// kernel's.
-void packed_gemm_q8_0_avx512(const void* w, int64_t k, int64_t m, int64_t g0, int64_t g1, const void* xa,
-                             size_t act_stride, int64_t n, float* y, int64_t y_stride) {
-  (n == 1 ? x86::avx2_evex::packed_gemm_q8_0 : x86::avx512::packed_gemm_q8_0)(w, k, m, g0, g1, xa, act_stride, n, y,
-                                                                              y_stride);
-}
-const PackedKernel kAvx512Q8_0{quantize_avx512, packed_gemm_q8_0_avx512};
 const PackedKernel kAvx2[] = HEARTH_PACKED_SET(avx2, quantize_avx2);
+// Q4_0, Q4_1 and Q8_0 at the avx512 level: one token through the AVX2 ymm kernel (vpmaddubsw,
+// the same layout and bits; its activation bytes are the avx512 quantizer's), several through
+// the zmm kernel. For one token the ymm kernel streams these types from memory faster:
+// kernel_lab DecodeLayers/<type>/packed/llama1bx4, one thread, Zen 4 EPYC, interleaved runs:
+// Q4_0 26-29 GB/s against 18-21, Q4_1 24 against 19, Q8_0 23-31 against 20-24 (llama-1b Q4_0
+// one thread: 36.8 t/s at the avx2 level against 30.4 at avx512). Q5_0 / Q5_1 (the fifth bits
+// cost AVX2 more) and the k-quants read as fast or faster on zmm, and prefill is zmm's.
+template <int I>
+void packed_gemm_one_token_ymm(const void* w, int64_t k, int64_t m, int64_t g0, int64_t g1, const void* xa,
+                               size_t act_stride, int64_t n, float* y, int64_t y_stride) {
+  (n == 1 ? kAvx2[I].gemm : kAvx512[I].gemm)(w, k, m, g0, g1, xa, act_stride, n, y, y_stride);
+}
+const PackedKernel kAvx512OneTokenYmm[] = {{quantize_avx512, packed_gemm_one_token_ymm<0>},
+                                           {quantize_avx512, packed_gemm_one_token_ymm<1>},
+                                           {quantize_avx512, packed_gemm_one_token_ymm<4>}};
 #if defined(HEARTH_X86_AVXVNNI)
 const PackedKernel kAvxVnni[] = HEARTH_PACKED_SET(avxvnni, quantize_avx2);
 #endif
@@ -501,7 +504,11 @@ const PackedKernel* packed_kernel(DType type, CpuLevel level) {
   if (i < 0 || !cpu_level_supported(level)) return nullptr;
 #if defined(HEARTH_X86_KERNELS)
   if (i >= static_cast<int>(std::size(kAvx2))) return nullptr;  // a type with aarch64 kernels only
-  if (level == CpuLevel::Avx512 && cpu_has_vnni()) return i == packed_index(DType::Q8_0) ? &kAvx512Q8_0 : &kAvx512[i];
+  if (level == CpuLevel::Avx512 && cpu_has_vnni()) {
+    if (i == 0 || i == 1) return &kAvx512OneTokenYmm[i];  // Q4_0, Q4_1
+    if (i == 4) return &kAvx512OneTokenYmm[2];            // Q8_0
+    return &kAvx512[i];
+  }
   // The ymm kernels serve the avx2 level, and the avx512 level of a CPU without VNNI.
   if (level == CpuLevel::Avx2 || level == CpuLevel::Avx512) {
 #if defined(HEARTH_X86_AVXVNNI)
@@ -538,7 +545,7 @@ std::vector<PackedVariant> packed_kernel_variants(DType type) {
   if (cpu_level_supported(CpuLevel::Avx512) && cpu_has_vnni()) {
     out.push_back({"avx2 vpdpbusd (evex)", &kAvx2Evex[i]});
     out.push_back({"avx512", &kAvx512[i]});
-    if (i == packed_index(DType::Q8_0)) out.push_back({"avx512 (one token: ymm)", &kAvx512Q8_0});
+    if (i == 0 || i == 1 || i == 4) out.push_back({"avx512 (one token: avx2)", &kAvx512OneTokenYmm[i == 4 ? 2 : i]});
   }
 #endif
 #if defined(HEARTH_ARM_KERNELS)
