@@ -141,7 +141,7 @@ void group_tile(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_
   const __m256i low4 = _mm256_set1_epi8(0x0F), ones16 = _mm256_set1_epi16(1), flip = _mm256_set1_epi8(static_cast<char>(0x80));
   // One block of one half (eight rows) into acc: the block's eight decoded registers and the
   // tile's accumulators of one half fit the sixteen ymm registers. Inlined into each_half's
-  // loop, except for Q8_0 (below).
+  // loop, except for one token of Q8_0 (below).
   const auto block = [&](int h, size_t ub, __m256 (&acc)[T]) __attribute__((always_inline)) {
     const uint8_t* qs = grp + reg.qs + ub * reg.qs_block;
     if (h == 0) {
