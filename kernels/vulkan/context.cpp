@@ -176,6 +176,7 @@ DeviceInfo describe(VkPhysicalDevice d, int index) {
       {"storage_16bit", yes(f.v11.storageBuffer16BitAccess)},
       {"storage_8bit", yes(f.v12.storageBuffer8BitAccess)},
       {"integer_dot_product", yes(f.v13.shaderIntegerDotProduct)},
+      {"float64", yes(f.f2.features.shaderFloat64)},
       {"cooperative_matrix", yes(has_extension(d, "VK_KHR_cooperative_matrix"))},
       {"shared_memory", std::to_string(p.limits.maxComputeSharedMemorySize)},
       {"heaps", heaps},
@@ -225,6 +226,8 @@ Context::Context(int index) {
     q.pQueuePriorities = &priority;
     Features want;
     want.f2.features.shaderInt64 = VK_TRUE;
+    float64 = f.f2.features.shaderFloat64 == VK_TRUE;
+    want.f2.features.shaderFloat64 = float64 ? VK_TRUE : VK_FALSE;
     want.v11.storageBuffer16BitAccess = VK_TRUE;
     want.v12.storageBuffer8BitAccess = VK_TRUE;
     want.v12.bufferDeviceAddress = VK_TRUE;

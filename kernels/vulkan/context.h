@@ -50,6 +50,7 @@ class Context {
   VkPhysicalDeviceMemoryProperties memory{};
   uint32_t subgroup_size = 0;  // the matrix-vector shaders' workgroup width
   bool integer_dot = false;    // Vulkan 1.3 shaderIntegerDotProduct, enabled on the device
+  bool float64 = false;        // shaderFloat64, enabled on the device (RoPE's angles in double)
   DeviceInfo info;
   std::mutex queue_mutex;          // vkQueueSubmit on `queue` (shared by the device's backends)
   std::atomic<bool> lost = false;  // VK_ERROR_DEVICE_LOST seen: shared() opens a new one

@@ -28,6 +28,10 @@ struct VulkanOptions {
   // uses the instruction where the device reports it. Both give the same bits; the op suite
   // runs both on every device that has the instruction.
   enum class IntegerDot { Auto, Off } integer_dot = IntegerDot::Auto;
+  // RoPE's angles: sin / cos in double where the device has shaderFloat64 (the CPU's sinf /
+  // cosf to the bit), or in float (within 1.4e-7; devices without doubles); Auto uses double
+  // where it can. The op suite runs both on every device with doubles.
+  enum class Float64 { Auto, Off } float64 = Float64::Auto;
 };
 // Throws hearth::Error when the device cannot be opened or lacks what the backend needs.
 std::unique_ptr<Backend> make_vulkan_backend(int index, const VulkanOptions& options = {});

@@ -315,6 +315,7 @@ class VulkanBackend final : public Backend {
     software_ = ctx_->properties.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU;
     if (software_) split_target_ = 8;
     integer_dot_ = ctx_->integer_dot && options.integer_dot == VulkanOptions::IntegerDot::Auto;
+    rope_f64_ = ctx_->float64 && options.float64 == VulkanOptions::Float64::Auto;
     chunked_prefill_ = options.prefill == VulkanOptions::Prefill::Auto ? software_
                                                                        : options.prefill == VulkanOptions::Prefill::Chunked;
     VkPushConstantRange pc{VK_SHADER_STAGE_COMPUTE_BIT, 0, 128};
@@ -324,6 +325,7 @@ class VulkanBackend final : public Backend {
     li.pPushConstantRanges = &pc;
     check(vkCreatePipelineLayout(ctx_->device, &li, nullptr, &layout_), "vkCreatePipelineLayout");
     for (const vulkan::SpirvModule& m : vulkan::spirv_modules()) {
+      if (m.name == "rope_f64" && !rope_f64_) continue;  // needs shaderFloat64
       VkShaderModuleCreateInfo si{};
       si.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO;
       si.codeSize = m.words.size() * 4;
@@ -578,7 +580,10 @@ class VulkanBackend final : public Backend {
     op("rope", {&x, &positions, &factors}, [=, this](VkCommandBuffer cb) {
       std::vector<Range> reads = {range_of(x), range_of(positions)};
       if (!factors.empty()) reads.push_back(range_of(factors));
-      dispatch(cb, "rope", 0, &pc, sizeof(pc), groups_1d(u32(n_tokens)), reads, {range_of(x)});
+      // The angles in double where the device has it: the CPU's sinf / cosf to the bit
+      // (kernels/vulkan/shaders/rope.glsl).
+      dispatch(cb, rope_f64_ ? "rope_f64" : "rope", 0, &pc, sizeof(pc), groups_1d(u32(n_tokens)), reads,
+               {range_of(x)});
     }, {bits(pc.theta_scale), bits(pc.freq_scale), pc.neox, pc.n_rot, pc.n_heads});
   }
 
@@ -887,6 +892,7 @@ class VulkanBackend final : public Backend {
   bool software_ = false;  // a CPU implementation (lavapipe): prefers few barriers to tiles
   bool chunked_prefill_ = false;
   bool integer_dot_ = false;  // matvec*_dot: the device's packed 8-bit dot product instruction
+  bool rope_f64_ = false;     // rope_f64: RoPE's angles in double
   std::shared_ptr<Pool> pool_, staging_pool_;
   VkPipelineLayout layout_ = VK_NULL_HANDLE;
   std::unordered_map<std::string, VkShaderModule> modules_;

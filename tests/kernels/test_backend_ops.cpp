@@ -93,6 +93,13 @@ std::vector<BackendConfig> backend_configs() {
                          [index, prefill] { return make_vulkan_backend(index, {.prefill = prefill}); },
                          ok ? "" : device.spec() + " is not usable here"});
         }
+        // RoPE's angles in float, where the device has doubles (its default then takes them).
+        if (test::device_property_is(device, "float64", "yes")) {
+          const int index = device.index;
+          out.push_back({name + "_f32rope",
+                         [index] { return make_vulkan_backend(index, {.float64 = VulkanOptions::Float64::Off}); },
+                         ok ? "" : device.spec() + " is not usable here"});
+        }
         // Matrix-vector without the packed dot product instruction, where the device has one
         // (its default then takes the instruction).
         if (test::device_property_is(device, "integer_dot_product", "yes")) {
