@@ -1,5 +1,5 @@
-// The body of rope.comp and rope_f64.comp (see rope.comp); HEARTH_ROPE_F64 picks the angles'
-// arithmetic.
+// The body of rope.comp (the angles' sin / cos in float) and rope_f64.comp (in double, where
+// the device has shaderFloat64); HEARTH_ROPE_F64 picks which.
 // RoPE in place on x [n_tokens, n_heads, head_dim]: one workgroup per token; the angles of its
 // position once into shared memory (theta_i = pos * theta_scale^i by repeated multiplication,
 // as the reference), then every head's pairs (normal: (2i, 2i+1); NeoX: (i, i + n_rot / 2)).
