@@ -1,5 +1,6 @@
 // `hearth bench`: llama-bench style pp/tg throughput of a model on this machine, with the
 // memory-bandwidth limit of generation beside it.
+#include <algorithm>
 #include <cctype>
 #include <cstdio>
 #include <nlohmann/json.hpp>
@@ -55,23 +56,29 @@ int run_bench(const BenchArgs& args) {
   // The limit of decoding: the rate the memory holding the weights is read at. On the CPU, what
   // the bench's threads read (bench/memory_bandwidth.h), probed right after each tg repetition
   // (a shared machine's bandwidth drifts): each repetition's fraction of the limit is taken
-  // against its own probe, and the limit shown is their mean. On a GPU, the device's own memory
-  // (y = a + b on the device), once after the tests.
+  // against its own probe, and the limit shown is their mean (a run without tg: measured once
+  // after the tests). On a GPU, the device's own memory (y = a + b on the device), once after
+  // the tests, on arrays sized to the device.
   const bool on_host = backend.name() == "cpu";
+  std::unique_ptr<bench::ReadBandwidthProbe> probe;
   if (on_host) {
-    p.bandwidth_probe = [threads] { return bench::measure_read_bandwidth(threads, size_t{256} << 20, 1).bytes_per_second; };
+    probe = std::make_unique<bench::ReadBandwidthProbe>(threads);
+    p.bandwidth_probe = [&probe] { return probe->measure().bytes_per_second; };
   }
   const auto results = bench::run_model_bench(file, config, backend, p);
   bench::BandwidthResult bw;
   std::string bw_method;
   if (!on_host) {
-    bw = bench::measure_device_add_bandwidth(backend);
+    // Three arrays of up to 512 MiB, a sixteenth of the device each at most (a small GPU).
+    const size_t device_bytes = static_cast<size_t>(backend.device().memory_total);
+    bw = bench::measure_device_add_bandwidth(
+        backend, std::clamp<size_t>(device_bytes / 16 / 4096 * 4096, size_t{4} << 20, size_t{512} << 20));
     bw_method = "device add, y = a + b";
   } else {
     std::vector<double> probes;
     for (const auto& r : results) probes.insert(probes.end(), r.bandwidth.begin(), r.bandwidth.end());
     if (probes.empty()) {
-      bw = bench::measure_read_bandwidth(threads);
+      bw = probe->measure(3);
       bw_method = fmt::format("read, {} threads", bw.threads);
     } else {
       for (double b : probes) bw.bytes_per_second += b / static_cast<double>(probes.size());

@@ -90,8 +90,7 @@ __attribute__((target("avx512f"))) uint64_t read_avx512_l2(const uint8_t* p, siz
 
 using ReadFn = uint64_t (*)(const uint8_t*, size_t, size_t);
 
-// The ways of reading this CPU has: plain 16-byte vectors with and without L2 prefetches, and
-// the widest vectors it has.
+// The ways of reading this CPU has (see ReadBandwidthProbe).
 std::vector<ReadFn> read_ways() {
   std::vector<ReadFn> ways = {read_plain, read_plain_l2};
 #if defined(__x86_64__)
@@ -107,33 +106,48 @@ std::vector<ReadFn> read_ways() {
 
 }  // namespace
 
-BandwidthResult measure_read_bandwidth(int threads, size_t array_bytes, int repetitions) {
-  const size_t bytes = std::max<size_t>(array_bytes / 4096 * 4096, 4096);
-  void* raw = std::aligned_alloc(4096, bytes);
-  HEARTH_CHECK(raw != nullptr, "cannot allocate {} bytes for the bandwidth test", bytes);
-  const std::unique_ptr<uint8_t[], decltype(&std::free)> data(static_cast<uint8_t*>(raw), std::free);
-  ThreadPool pool(threads);
-  const auto chunks = static_cast<int64_t>(bytes / 4096);
-  // First touch from the threads that will read the pages.
-  pool.parallel_for(chunks, [&](int64_t c0, int64_t c1, int) {
-    std::memset(data.get() + c0 * 4096, static_cast<int>(c0 & 0x7f), static_cast<size_t>(c1 - c0) * 4096);
-  });
-  const std::vector<ReadFn> ways = read_ways();
-  std::vector<uint64_t> sums(static_cast<size_t>(pool.size()), 0);
+struct ReadBandwidthProbe::State {
+  State(int threads, size_t array_bytes)
+      : bytes(std::max<size_t>(array_bytes / 4096 * 4096, 4096)),
+        data(static_cast<uint8_t*>(std::aligned_alloc(4096, bytes)), std::free),
+        pool(threads),
+        ways(read_ways()),
+        sums(static_cast<size_t>(pool.size()), 0) {
+    HEARTH_CHECK(data != nullptr, "cannot allocate {} bytes for the bandwidth test", bytes);
+    // First touch from the threads that will read the pages.
+    pool.parallel_for(chunks(), [&](int64_t c0, int64_t c1, int) {
+      std::memset(data.get() + c0 * 4096, static_cast<int>(c0 & 0x7f), static_cast<size_t>(c1 - c0) * 4096);
+    });
+  }
+  int64_t chunks() const { return static_cast<int64_t>(bytes / 4096); }
+
+  size_t bytes;
+  std::unique_ptr<uint8_t[], decltype(&std::free)> data;
+  ThreadPool pool;
+  std::vector<ReadFn> ways;
+  std::vector<uint64_t> sums;  // kept, so that the reads are not optimised away
+};
+
+ReadBandwidthProbe::ReadBandwidthProbe(int threads, size_t array_bytes)
+    : state_(std::make_unique<State>(threads, array_bytes)) {}
+ReadBandwidthProbe::~ReadBandwidthProbe() = default;
+
+BandwidthResult ReadBandwidthProbe::measure(int repetitions) {
+  State& st = *state_;
   double best = 0.0;
   for (int r = 0; r < std::max(1, repetitions); ++r) {
-    for (const ReadFn read : ways) {
+    for (const ReadFn read : st.ways) {
       const auto start = std::chrono::steady_clock::now();
-      pool.parallel_for(chunks, [&](int64_t c0, int64_t c1, int t) {
-        sums[static_cast<size_t>(t)] += read(data.get(), static_cast<size_t>(c0) * 4096, static_cast<size_t>(c1) * 4096);
+      st.pool.parallel_for(st.chunks(), [&](int64_t c0, int64_t c1, int t) {
+        st.sums[static_cast<size_t>(t)] += read(st.data.get(), static_cast<size_t>(c0) * 4096, static_cast<size_t>(c1) * 4096);
       });
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      best = std::max(best, static_cast<double>(bytes) / seconds);
+      best = std::max(best, static_cast<double>(st.bytes) / seconds);
     }
   }
   volatile uint64_t sink = 0;
-  for (uint64_t v : sums) sink = sink + v;  // keep the reads
-  return {best, bytes, pool.size()};
+  for (uint64_t v : st.sums) sink = sink + v;  // keep the reads
+  return {best, st.bytes, st.pool.size()};
 }
 
 BandwidthResult measure_device_add_bandwidth(kernels::Backend& backend, size_t array_bytes, int repetitions) {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <memory>
 
 namespace hearth::kernels {
 class Backend;
@@ -21,11 +22,23 @@ BandwidthResult measure_triad_bandwidth(int threads, size_t array_bytes = size_t
 
 // The rate `threads` threads read memory at, and nothing else: decode's own limit (it reads
 // each weight byte once and writes almost nothing). Each thread sums its share of one array far
-// larger than the caches with independent vector accumulators, in three ways — the hardware
-// prefetchers alone, and software prefetches into L2 (as the matmul kernels issue them) 1 KiB
-// and 4 KiB ahead — and the best of the three over the repetitions is the result (a read rate no
-// code on this machine is known to beat; the triad, which also writes, reads less).
-BandwidthResult measure_read_bandwidth(int threads, size_t array_bytes = size_t{512} << 20, int repetitions = 3);
+// larger than the caches with independent vector accumulators, in each way this CPU has:
+// 16-byte vectors with and without software prefetches into L2, and the widest vectors (AVX2,
+// AVX-512, the latter also with L2 prefetches); the best way over the repetitions is the result
+// (the triad, which also writes, reads less). The array is allocated and first touched, and the
+// threads started, once: `hearth bench` measures after every tg repetition.
+class ReadBandwidthProbe {
+ public:
+  ReadBandwidthProbe(int threads, size_t array_bytes = size_t{256} << 20);
+  ~ReadBandwidthProbe();
+  ReadBandwidthProbe(const ReadBandwidthProbe&) = delete;
+  ReadBandwidthProbe& operator=(const ReadBandwidthProbe&) = delete;
+  BandwidthResult measure(int repetitions = 1);
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
 
 // The memory bandwidth of `backend`'s device itself (a GPU's memory, not the host's): y = a + b
 // over three f32 arrays of `array_bytes` each on the device, through the backend's own add,

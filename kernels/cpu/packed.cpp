@@ -454,9 +454,18 @@ void packed_gemm_one_token_ymm(const void* w, int64_t k, int64_t m, int64_t g0, 
                                size_t act_stride, int64_t n, float* y, int64_t y_stride) {
   (n == 1 ? kAvx2[I].gemm : kAvx512[I].gemm)(w, k, m, g0, g1, xa, act_stride, n, y, y_stride);
 }
-const PackedKernel kAvx512OneTokenYmm[] = {{quantize_avx512, packed_gemm_one_token_ymm<0>},
-                                           {quantize_avx512, packed_gemm_one_token_ymm<1>},
-                                           {quantize_avx512, packed_gemm_one_token_ymm<4>}};
+const PackedKernel kAvx512OneTokenYmm[] = {{quantize_avx512, packed_gemm_one_token_ymm<0>},   // Q4_0
+                                           {quantize_avx512, packed_gemm_one_token_ymm<1>},   // Q4_1
+                                           {quantize_avx512, packed_gemm_one_token_ymm<4>}};  // Q8_0
+// The avx512 level's kernel set for packable type index i (the composite where there is one).
+const PackedKernel* avx512_kernel(int i) {
+  switch (i) {
+    case 0: return &kAvx512OneTokenYmm[0];
+    case 1: return &kAvx512OneTokenYmm[1];
+    case 4: return &kAvx512OneTokenYmm[2];
+    default: return &kAvx512[i];
+  }
+}
 #if defined(HEARTH_X86_AVXVNNI)
 const PackedKernel kAvxVnni[] = HEARTH_PACKED_SET(avxvnni, quantize_avx2);
 #endif
@@ -504,11 +513,7 @@ const PackedKernel* packed_kernel(DType type, CpuLevel level) {
   if (i < 0 || !cpu_level_supported(level)) return nullptr;
 #if defined(HEARTH_X86_KERNELS)
   if (i >= static_cast<int>(std::size(kAvx2))) return nullptr;  // a type with aarch64 kernels only
-  if (level == CpuLevel::Avx512 && cpu_has_vnni()) {
-    if (i == 0 || i == 1) return &kAvx512OneTokenYmm[i];  // Q4_0, Q4_1
-    if (i == 4) return &kAvx512OneTokenYmm[2];            // Q8_0
-    return &kAvx512[i];
-  }
+  if (level == CpuLevel::Avx512 && cpu_has_vnni()) return avx512_kernel(i);
   // The ymm kernels serve the avx2 level, and the avx512 level of a CPU without VNNI.
   if (level == CpuLevel::Avx2 || level == CpuLevel::Avx512) {
 #if defined(HEARTH_X86_AVXVNNI)
@@ -545,7 +550,7 @@ std::vector<PackedVariant> packed_kernel_variants(DType type) {
   if (cpu_level_supported(CpuLevel::Avx512) && cpu_has_vnni()) {
     out.push_back({"avx2 vpdpbusd (evex)", &kAvx2Evex[i]});
     out.push_back({"avx512", &kAvx512[i]});
-    if (i == 0 || i == 1 || i == 4) out.push_back({"avx512 (one token: avx2)", &kAvx512OneTokenYmm[i == 4 ? 2 : i]});
+    if (avx512_kernel(i) != &kAvx512[i]) out.push_back({"avx512 (one token: avx2)", avx512_kernel(i)});
   }
 #endif
 #if defined(HEARTH_ARM_KERNELS)
