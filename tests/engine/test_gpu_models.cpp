@@ -289,7 +289,7 @@ TEST_P(GpuSteps, AReusedBackendNeverReplaysAnotherStagesSteps) {
 // Backends come and go in one process (a worker reloads its stage after a new plan; the op
 // suite makes one per case), and each leaves nothing behind: after 48 backends, each created,
 // used for a matrix product and destroyed in turn, the process holds no more open files than
-// after the first (a driver's device handles, where a backend leaked its instance or device), and
+// after the first (a driver's device handles, where a backend leaked its instance or device),
 // and no more threads (lavapipe's rasterizer threads, where a device was never destroyed), and
 // a new backend still computes. On an H200 through NVIDIA's Vulkan driver, instance creation
 // failed with VK_ERROR_INCOMPATIBLE_DRIVER after 36 such backends.
