@@ -1,7 +1,5 @@
 #include "kernels/cpu/cpu_backend.h"
 
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -64,26 +62,6 @@ std::shared_ptr<void> allocate(size_t bytes) {
   void* p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
   HEARTH_CHECK(p != nullptr, "out of memory allocating {} bytes", bytes);
   return {p, std::free};
-}
-
-// Long-lived buffers (repacked weights): their own mapping, 2 MiB aligned and asked
-// to be backed by transparent huge pages, so a pass over a matrix walks one page-table entry
-// per 2 MiB instead of one per 4 KiB. Not through malloc: the huge-page advice must not reach
-// heap memory that per-step buffers reuse (each new touch would zero a whole 2 MiB page).
-std::shared_ptr<void> allocate_lasting(size_t bytes) {
-  constexpr size_t kHuge = size_t{2} << 20;
-  if (bytes < kHuge) return allocate(bytes);
-  const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
-  const size_t span = rounded + kHuge;  // room to align the start
-  void* raw = ::mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  HEARTH_CHECK(raw != MAP_FAILED, "out of memory mapping {} bytes", bytes);
-  const auto base = reinterpret_cast<uintptr_t>(raw);
-  const uintptr_t start = (base + kHuge - 1) / kHuge * kHuge;
-  if (start > base) ::munmap(raw, start - base);
-  if (base + span > start + rounded) ::munmap(reinterpret_cast<void*>(start + rounded), base + span - (start + rounded));
-  void* p = reinterpret_cast<void*>(start);
-  ::madvise(p, rounded, MADV_HUGEPAGE);  // advice: refused is harmless
-  return {p, [rounded](void* q) { ::munmap(q, rounded); }};
 }
 
 }  // namespace
@@ -216,7 +194,7 @@ Tensor CpuBackend::weight(DType type, std::array<int64_t, 4> ne, const void* hos
   if (pack_weights_ && packed_kernel(type, level_) != nullptr && ne[0] % dtype_block_size(type) == 0 && ne[2] == 1 && ne[3] == 1) {
     const int64_t k = ne[0], m = ne[1];
     const size_t bytes = packed_bytes(type, k, m);
-    auto memory = allocate_lasting(bytes);
+    auto memory = allocate_huge_pages(bytes);
     pool_.parallel_for(packed_groups(m), [&](int64_t g0, int64_t g1, int) { pack_groups(type, host, k, m, memory.get(), g0, g1); });
     void* base = memory.get();
     t.buffer = std::make_shared<CpuBuffer>(base, bytes, std::move(memory), false);
