@@ -175,7 +175,7 @@ template <int T>
 void group_tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k, const uint8_t* xa,
                    size_t act_stride, float* y, int64_t y_stride, __mmask16 rows) {
   const size_t corr_at = static_cast<size_t>(k) + 4 * static_cast<size_t>(nb);
-  const __m512i low4 = _mm512_set1_epi8(0x0F), low2 = _mm512_set1_epi8(0x03);
+  const __m512i low4 = _mm512_set1_epi8(0x0F), bits45 = _mm512_set1_epi8(0x30);
   __m512 acc[T];
   for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
@@ -197,9 +197,14 @@ void group_tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int
       for (int i = 0; i < 4; ++i) {
         const __m512i lo = _mm512_loadu_si512(ql + 64 * (16 * h + 8 * (quarter % 2) + 4 * half + i));
         const __m512i hi = _mm512_loadu_si512(qh + 64 * (8 * h + 4 * half + i));
-        const __m512i low = _mm512_and_si512(quarter / 2 == 0 ? lo : _mm512_srli_epi16(lo, 4), low4);
-        const __m512i high = _mm512_and_si512(_mm512_srl_epi16(hi, _mm_cvtsi32_si128(2 * quarter)), low2);
-        w[i] = _mm512_or_si512(low, _mm512_slli_epi16(high, 4));
+        // The quarter's two high bits (bits 2 quarter and 2 quarter + 1 of each qh byte) shifted
+        // by a constant to bits 4-5 and masked, then one vpternlogd: (nibble source & 0x0F) | high.
+        const __m512i moved = quarter == 0   ? _mm512_slli_epi16(hi, 4)
+                              : quarter == 1 ? _mm512_slli_epi16(hi, 2)
+                              : quarter == 2 ? hi
+                                             : _mm512_srli_epi16(hi, 2);
+        const __m512i high = _mm512_and_si512(moved, bits45);
+        w[i] = _mm512_ternarylogic_epi32(quarter / 2 == 0 ? lo : _mm512_srli_epi16(lo, 4), high, low4, 0xEC);
       }
       const __m512i sc =
           _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(grp + reg.sc + ub * 256 + 16 * static_cast<size_t>(j))));
