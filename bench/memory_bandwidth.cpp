@@ -123,9 +123,9 @@ struct ReadBandwidthProbe::State {
   int64_t chunks() const { return static_cast<int64_t>(bytes / 4096); }
 
   size_t bytes;
-  // The memory weights live in (kernels/cpu: repacked copies on 2 MiB pages): on 4 KiB pages a
-  // stream pays a page walk per 4 KiB, and the probe read 26 GB/s on one Zen 4 core where a
-  // Q8_0 decode read 28 from its weights.
+  // The kind of memory the weights live in (kernels/cpu: repacked copies on 2 MiB pages): on
+  // 4 KiB pages the probe read 26-27 GB/s on one Zen 4 core, less than a Q8_0 decode read from
+  // its weights (28); on 2 MiB pages it reads 34-36.
   std::shared_ptr<void> memory;
   uint8_t* data;
   ThreadPool pool;

@@ -22,7 +22,8 @@ BandwidthResult measure_triad_bandwidth(int threads, size_t array_bytes = size_t
 
 // The rate `threads` threads read memory at, and nothing else: decode's own limit (it reads
 // each weight byte once and writes almost nothing). Each thread sums its share of one array far
-// larger than the caches with independent vector accumulators, in each way this CPU has:
+// larger than the caches (on 2 MiB pages, as the repacked weights) with independent vector
+// accumulators, in each way this CPU has:
 // 16-byte vectors with and without software prefetches into L2, and the widest vectors (AVX2,
 // AVX-512, the latter also with L2 prefetches); the best way over the repetitions is the result
 // (the triad, which also writes, reads less). The array is allocated and first touched, and the
