@@ -37,6 +37,13 @@ inline uint64_t load_u64(const uint8_t* p) {
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
+// acc + the products of w's bytes with the four bytes at p, broadcast to every lane: vpdpbusd with
+// the broadcast folded into its memory operand ({1to16}), which GCC 12 does not do for
+// _mm512_set1_epi32 (a separate vpbroadcastd per product).
+inline __m512i dpbusd_bcast(__m512i acc, __m512i w, const uint8_t* p) {
+  asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*reinterpret_cast<const int32_t*>(p)));
+  return acc;
+}
 
 template <DType Type, int T>
 void group_tile(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k, const uint8_t* xa,
@@ -204,7 +211,9 @@ void group_tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int
                               : quarter == 2 ? hi
                                              : _mm512_srli_epi16(hi, 2);
         const __m512i high = _mm512_and_si512(moved, bits45);
-        w[i] = _mm512_ternarylogic_epi32(quarter / 2 == 0 ? lo : _mm512_srli_epi16(lo, 4), high, low4, 0xEC);
+        // high | (nibble source & 0x0F): high, which dies here, is the operand vpternlogd
+        // overwrites (the nibble source may live on for another quarter: no copy to make).
+        w[i] = _mm512_ternarylogic_epi32(high, quarter / 2 == 0 ? lo : _mm512_srli_epi16(lo, 4), low4, 0xF8);
       }
       const __m512i sc =
           _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(grp + reg.sc + ub * 256 + 16 * static_cast<size_t>(j))));
@@ -213,10 +222,10 @@ void group_tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int
         const uint8_t* aq = a + 256 * ub + 16 * static_cast<size_t>(j);
         __m512i s0 = _mm512_set1_epi32(load_i32(a + corr_at + 64 * ub + 4 * static_cast<size_t>(j)));
         __m512i s1 = _mm512_setzero_si512();
-        s0 = _mm512_dpbusd_epi32(s0, w[0], _mm512_set1_epi32(load_i32(aq)));
-        s1 = _mm512_dpbusd_epi32(s1, w[1], _mm512_set1_epi32(load_i32(aq + 4)));
-        s0 = _mm512_dpbusd_epi32(s0, w[2], _mm512_set1_epi32(load_i32(aq + 8)));
-        s1 = _mm512_dpbusd_epi32(s1, w[3], _mm512_set1_epi32(load_i32(aq + 12)));
+        s0 = dpbusd_bcast(s0, w[0], aq);
+        s1 = dpbusd_bcast(s1, w[1], aq + 4);
+        s0 = dpbusd_bcast(s0, w[2], aq + 8);
+        s1 = dpbusd_bcast(s1, w[3], aq + 12);
         total[t] = _mm512_add_epi32(total[t], _mm512_mullo_epi32(_mm512_add_epi32(s0, s1), sc));
       };
       [&]<int... I>(std::integer_sequence<int, I...>) { (token(std::integral_constant<int, I>{}), ...); }(
