@@ -120,7 +120,7 @@ void copy(bool to_packed, uint8_t* packed, uint8_t* native_bytes, size_t len) {
 void transfer_32(DType type, bool to_packed, uint8_t* grp, const PackedRegions& reg, size_t ub, size_t r, uint8_t* blk) {
   const PackedFormat f = packed_format(type);
   const Native nat = native(type);
-  uint8_t* qs = grp + reg.qs + ub * reg.qs_block;
+  uint8_t* qs = grp + reg.at(reg.qs, reg.qs_block, ub);
   if (f.q8) {  // stored as q + 128
     for (size_t e = 0; e < 32; ++e) {
       uint8_t& p = qs[64 * (e / 4) + 4 * r + e % 4];
@@ -134,14 +134,14 @@ void transfer_32(DType type, bool to_packed, uint8_t* grp, const PackedRegions& 
   } else {
     for (size_t i = 0; i < 4; ++i) copy(to_packed, qs + 64 * i + 4 * r, blk + nat.qs_at + 4 * i, 4);
   }
-  copy(to_packed, grp + reg.d + (ub * kPackRows + r) * 2, blk + nat.d_at, 2);
-  if (f.has_min) copy(to_packed, grp + reg.m + (ub * kPackRows + r) * 2, blk + nat.m_at, 2);
+  copy(to_packed, grp + reg.at(reg.d, 2 * kPackRows, ub) + r * 2, blk + nat.d_at, 2);
+  if (f.has_min) copy(to_packed, grp + reg.at(reg.m, 2 * kPackRows, ub) + r * 2, blk + nat.m_at, 2);
   if (f.has_qh) {  // 32 fifth bits <-> four bits of each of eight 64-bit masks
     uint32_t qh = 0;
     if (to_packed) std::memcpy(&qh, blk + nat.qh_at, sizeof(qh));
     for (size_t j = 0; j < 8; ++j) {
       uint64_t word;
-      uint8_t* at = grp + reg.qh + (ub * 8 + j) * sizeof(uint64_t);
+      uint8_t* at = grp + reg.at(reg.qh, 8 * sizeof(uint64_t), ub) + j * sizeof(uint64_t);
       std::memcpy(&word, at, sizeof(word));
       if (to_packed) {
         word |= static_cast<uint64_t>((qh >> (4 * j)) & 0xF) << (4 * r);
@@ -157,17 +157,17 @@ void transfer_32(DType type, bool to_packed, uint8_t* grp, const PackedRegions& 
 // Q4_K, and Q5_K with its fifth bits: the blocks differ only in qh and where qs starts.
 template <class Block>
 void transfer_k4(bool to_packed, uint8_t* grp, const PackedRegions& reg, size_t ub, size_t r, uint8_t* blk) {
-  for (size_t c = 0; c < 32; ++c) copy(to_packed, grp + reg.qs + ub * reg.qs_block + 64 * c + 4 * r, blk + offsetof(Block, qs) + 4 * c, 4);
+  for (size_t c = 0; c < 32; ++c) copy(to_packed, grp + reg.at(reg.qs, reg.qs_block, ub) + 64 * c + 4 * r, blk + offsetof(Block, qs) + 4 * c, 4);
   if constexpr (sizeof(Block) == sizeof(BlockQ5_K)) {
-    for (size_t c = 0; c < 8; ++c) copy(to_packed, grp + reg.qh + ub * 512 + 64 * c + 4 * r, blk + offsetof(BlockQ5_K, qh) + 4 * c, 4);
+    for (size_t c = 0; c < 8; ++c) copy(to_packed, grp + reg.at(reg.qh, 512, ub) + 64 * c + 4 * r, blk + offsetof(BlockQ5_K, qh) + 4 * c, 4);
   }
-  copy(to_packed, grp + reg.d + (ub * kPackRows + r) * 2, blk + offsetof(Block, d), 2);
-  copy(to_packed, grp + reg.m + (ub * kPackRows + r) * 2, blk + offsetof(Block, dmin), 2);
+  copy(to_packed, grp + reg.at(reg.d, 2 * kPackRows, ub) + r * 2, blk + offsetof(Block, d), 2);
+  copy(to_packed, grp + reg.at(reg.m, 2 * kPackRows, ub) + r * 2, blk + offsetof(Block, dmin), 2);
   int sc[8], mn[8];
   if (to_packed) unpack_scales_mins_k4(blk + offsetof(Block, scales), sc, mn);
   for (size_t j = 0; j < 8; ++j) {
-    uint8_t& ps = grp[reg.sc + ub * 128 + 16 * j + r];
-    uint8_t& pm = grp[reg.mn + ub * 128 + 32 * (j / 2) + 2 * r + j % 2];
+    uint8_t& ps = grp[reg.at(reg.sc, 128, ub) + 16 * j + r];
+    uint8_t& pm = grp[reg.at(reg.mn, 128, ub) + 32 * (j / 2) + 2 * r + j % 2];
     if (to_packed) {
       ps = static_cast<uint8_t>(sc[j]);
       pm = static_cast<uint8_t>(mn[j]);
@@ -180,10 +180,10 @@ void transfer_k4(bool to_packed, uint8_t* grp, const PackedRegions& reg, size_t 
 }
 
 void transfer_q6_K(bool to_packed, uint8_t* grp, const PackedRegions& reg, size_t ub, size_t r, uint8_t* blk) {
-  for (size_t c = 0; c < 32; ++c) copy(to_packed, grp + reg.qs + ub * reg.qs_block + 64 * c + 4 * r, blk + offsetof(BlockQ6_K, ql) + 4 * c, 4);
-  for (size_t c = 0; c < 16; ++c) copy(to_packed, grp + reg.qh + ub * 1024 + 64 * c + 4 * r, blk + offsetof(BlockQ6_K, qh) + 4 * c, 4);
-  for (size_t j = 0; j < 16; ++j) copy(to_packed, grp + reg.sc + ub * 256 + 16 * j + r, blk + offsetof(BlockQ6_K, scales) + j, 1);
-  copy(to_packed, grp + reg.d + (ub * kPackRows + r) * 2, blk + offsetof(BlockQ6_K, d), 2);
+  for (size_t c = 0; c < 32; ++c) copy(to_packed, grp + reg.at(reg.qs, reg.qs_block, ub) + 64 * c + 4 * r, blk + offsetof(BlockQ6_K, ql) + 4 * c, 4);
+  for (size_t c = 0; c < 16; ++c) copy(to_packed, grp + reg.at(reg.qh, 1024, ub) + 64 * c + 4 * r, blk + offsetof(BlockQ6_K, qh) + 4 * c, 4);
+  for (size_t j = 0; j < 16; ++j) copy(to_packed, grp + reg.at(reg.sc, 256, ub) + 16 * j + r, blk + offsetof(BlockQ6_K, scales) + j, 1);
+  copy(to_packed, grp + reg.at(reg.d, 2 * kPackRows, ub) + r * 2, blk + offsetof(BlockQ6_K, d), 2);
 }
 
 void transfer(DType type, bool to_packed, uint8_t* grp, const PackedRegions& reg, size_t ub, size_t r, uint8_t* blk) {
@@ -307,7 +307,7 @@ float dot_k4_ref(PackedFormat f, const uint8_t* grp, const PackedRegions& reg, i
     const auto ub = static_cast<size_t>(b);
     float dx;
     std::memcpy(&dx, a + k + 4 * b, 4);
-    const uint8_t* qs = grp + reg.qs + ub * reg.qs_block;
+    const uint8_t* qs = grp + reg.at(reg.qs, reg.qs_block, ub);
     int32_t total = 0, msum = 0;
     for (int j = 0; j < 8; ++j) {  // sub-block j
       int32_t isum = 0;
@@ -315,17 +315,17 @@ float dot_k4_ref(PackedFormat f, const uint8_t* grp, const PackedRegions& reg, i
         for (int c = 0; c < 4; ++c) {
           const uint8_t byte = qs[64 * (8 * (j / 2) + i) + 4 * r + c];
           int q = j % 2 == 0 ? (byte & 0xF) : (byte >> 4);
-          if (f.has_qh) q |= ((grp[reg.qh + ub * 512 + 64 * static_cast<size_t>(i) + 4 * static_cast<size_t>(r) + static_cast<size_t>(c)] >> j) & 1) << 4;
+          if (f.has_qh) q |= ((grp[reg.at(reg.qh, 512, ub) + 64 * static_cast<size_t>(i) + 4 * static_cast<size_t>(r) + static_cast<size_t>(c)] >> j) & 1) << 4;
           isum += q * aq[256 * b + 32 * j + 4 * i + c];
         }
       }
-      total += isum * grp[reg.sc + ub * 128 + 16 * static_cast<size_t>(j) + static_cast<size_t>(r)];
+      total += isum * grp[reg.at(reg.sc, 128, ub) + 16 * static_cast<size_t>(j) + static_cast<size_t>(r)];
       int16_t bsum;
       std::memcpy(&bsum, a + k + 4 * nb + 16 * b + 2 * j, 2);
-      msum += bsum * grp[reg.mn + ub * 128 + 32 * static_cast<size_t>(j / 2) + 2 * static_cast<size_t>(r) + j % 2];
+      msum += bsum * grp[reg.at(reg.mn, 128, ub) + 32 * static_cast<size_t>(j / 2) + 2 * static_cast<size_t>(r) + j % 2];
     }
-    const float dw = fp16_to_fp32(load_u16(grp + reg.d + (ub * kPackRows + static_cast<size_t>(r)) * 2));
-    const float dmin = fp16_to_fp32(load_u16(grp + reg.m + (ub * kPackRows + static_cast<size_t>(r)) * 2));
+    const float dw = fp16_to_fp32(load_u16(grp + reg.at(reg.d, 2 * kPackRows, ub) + static_cast<size_t>(r) * 2));
+    const float dmin = fp16_to_fp32(load_u16(grp + reg.at(reg.m, 2 * kPackRows, ub) + static_cast<size_t>(r) * 2));
     acc = std::fma(static_cast<float>(total), dw * dx, acc);
     acc = std::fma(-static_cast<float>(msum), dmin * dx, acc);
   }
@@ -354,11 +354,11 @@ float dot_k6_ref(const uint8_t* grp, const PackedRegions& reg, int r, int64_t nb
       int32_t isum;  // starts at -32 * sum(q_x): the quants' offset
       std::memcpy(&isum, a + k + 4 * nb + 64 * b + 4 * j, 4);
       for (int e = 16 * j; e < 16 * j + 16; ++e) {
-        isum += q6_at(grp + reg.qs + ub * reg.qs_block, grp + reg.qh + ub * 1024, r, e) * aq[256 * b + e];
+        isum += q6_at(grp + reg.at(reg.qs, reg.qs_block, ub), grp + reg.at(reg.qh, 1024, ub), r, e) * aq[256 * b + e];
       }
-      total += isum * static_cast<int8_t>(grp[reg.sc + ub * 256 + 16 * static_cast<size_t>(j) + static_cast<size_t>(r)]);
+      total += isum * static_cast<int8_t>(grp[reg.at(reg.sc, 256, ub) + 16 * static_cast<size_t>(j) + static_cast<size_t>(r)]);
     }
-    const float dw = fp16_to_fp32(load_u16(grp + reg.d + (ub * kPackRows + static_cast<size_t>(r)) * 2));
+    const float dw = fp16_to_fp32(load_u16(grp + reg.at(reg.d, 2 * kPackRows, ub) + static_cast<size_t>(r) * 2));
     acc = std::fma(static_cast<float>(total), dw * dx, acc);
   }
   return acc;
@@ -397,9 +397,9 @@ void packed_gemm_ref(DType type, const void* w, int64_t k, int64_t m, int64_t g0
           } else {
             std::memcpy(&isum, a + k + 4 * nb + 4 * b, 4);
           }
-          const uint8_t* qs = grp + reg.qs + ub * reg.qs_block;
+          const uint8_t* qs = grp + reg.at(reg.qs, reg.qs_block, ub);
           uint64_t hbits[8] = {};
-          if (f.has_qh) std::memcpy(hbits, grp + reg.qh + ub * 64, 64);
+          if (f.has_qh) std::memcpy(hbits, grp + reg.at(reg.qh, 64, ub), 64);
           for (int j = 0; j < 8; ++j) {  // k-step j: elements 4 j .. 4 j + 3
             for (int c = 0; c < 4; ++c) {
               int q;
@@ -413,10 +413,10 @@ void packed_gemm_ref(DType type, const void* w, int64_t k, int64_t m, int64_t g0
               isum += q * aq[32 * b + 4 * j + c];
             }
           }
-          const float dw = fp16_to_fp32(load_u16(grp + reg.d + (ub * kPackRows + static_cast<size_t>(r)) * 2));
+          const float dw = fp16_to_fp32(load_u16(grp + reg.at(reg.d, 2 * kPackRows, ub) + static_cast<size_t>(r) * 2));
           acc = std::fma(static_cast<float>(isum), dw * dx, acc);
           if (f.has_min) {
-            const float mw = fp16_to_fp32(load_u16(grp + reg.m + (ub * kPackRows + static_cast<size_t>(r)) * 2));
+            const float mw = fp16_to_fp32(load_u16(grp + reg.at(reg.m, 2 * kPackRows, ub) + static_cast<size_t>(r) * 2));
             acc = std::fma(mw, sx, acc);
           }
         }

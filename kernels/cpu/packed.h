@@ -8,7 +8,8 @@
 //
 // Layout, for a weight [m, k] of 32-element blocks (nb = k / 32 blocks per row): rows in groups
 // of 16 (the last group padded with zero rows), group g at g * packed_group_bytes. Inside a
-// group, regions one after the other, each indexed by block b:
+// group, one slot per block in each region below, the regions interleaved by block (chunks of
+// one block, or of two where a block's slots do not fill whole cache lines: see PackedRegions):
 //   qs   nb x 256 bytes (4-bit types) or nb x 512 (Q8_0). For 4- and 5-bit types, the 64 bytes
 //        at 64 i (i = 0..3) hold, at 4 r + c, byte 4 i + c of row r's native qs: low nibbles are
 //        elements 4 i + c, high nibbles 16 + 4 i + c. For Q8_0, the 64 bytes at 64 j hold, at
@@ -17,7 +18,8 @@
 //   m    nb x 16 f16: the rows' mins (Q4_1, Q5_1 only).
 //   qh   nb x 8 u64 (Q5_0, Q5_1 only): bit 4 r + c of word j is the fifth bit of element
 //        4 j + c of row r.
-// The byte count equals the native one for whole groups.
+// The byte count equals the native one for whole groups (and an even nb where chunks are of two
+// blocks; an odd one pads the last chunk by one block).
 //
 // Q4_K (super-blocks of 256, nb = k / 256): qs nb x 2048, the 64 bytes at 64 (8 p + i) holding,
 // at 4 r + c, byte 32 p + 4 i + c of row r's native qs (low nibble: element 4 i + c of
@@ -84,21 +86,42 @@ struct PackedFormat {
     default: return {};
   }
 }
+// Where a group's regions lie. The regions are interleaved by block: a chunk of blocks (one, or
+// two where one block's bytes are not a multiple of 64, so that every chunk starts on a cache
+// line) holds those blocks' slots of each region one after the other, and the chunks follow one
+// another, so that decoding a group walks up one run of memory instead of one run per region.
+// qs, d, ...: the offset of block 0's slot in its chunk; at(region, slot_bytes, b): the offset of
+// block b's slot in the group.
 struct PackedRegions {
   size_t qs = 0, d = 0, m = 0, qh = 0, sc = 0, mn = 0, total = 0;
-  size_t qs_block = 0;  // bytes of one block's quants
+  size_t qs_block = 0;     // bytes of one block's quants
+  size_t block = 0;        // bytes of one block's slots in every region
+  size_t chunk_shift = 0;  // log2 of the blocks per chunk (0 or 1)
+  size_t chunk_bytes = 0;  // block << chunk_shift
+  [[gnu::always_inline]] constexpr size_t at(size_t region, size_t slot_bytes, size_t b) const {
+    return (b >> chunk_shift) * chunk_bytes + region + (b & ((size_t{1} << chunk_shift) - 1)) * slot_bytes;
+  }
 };
 // nb: blocks per row (k / f.block).
 [[gnu::always_inline]] constexpr PackedRegions packed_regions(PackedFormat f, int64_t nb) {
   const auto n = static_cast<size_t>(nb);
   PackedRegions r;
   r.qs_block = f.k4 || f.k6 ? 2048 : f.q8 ? 512 : 256;
-  r.d = n * r.qs_block;
-  r.m = r.d + n * 2 * kPackRows;
-  r.qh = r.m + (f.has_min ? n * 2 * kPackRows : 0);
-  r.sc = r.qh + (f.has_qh ? n * (f.k6 ? 64 * kPackRows : f.k4 ? 32 * kPackRows : 8 * sizeof(uint64_t)) : 0);
-  r.mn = r.sc + (f.k4 ? n * 8 * kPackRows : f.k6 ? n * 16 * kPackRows : 0);
-  r.total = r.mn + (f.k4 ? n * 8 * kPackRows : 0);
+  const size_t d = 2 * kPackRows, m = f.has_min ? 2 * kPackRows : 0;
+  const size_t qh = f.has_qh ? (f.k6 ? 64 * kPackRows : f.k4 ? 32 * kPackRows : 8 * sizeof(uint64_t)) : 0;
+  const size_t sc = f.k4 ? 8 * kPackRows : f.k6 ? 16 * kPackRows : 0;
+  const size_t mn = f.k4 ? 8 * kPackRows : 0;
+  r.block = r.qs_block + d + m + qh + sc + mn;
+  r.chunk_shift = r.block % 64 == 0 ? 0 : 1;
+  const size_t per = size_t{1} << r.chunk_shift;
+  r.chunk_bytes = r.block * per;
+  r.qs = 0;
+  r.d = r.qs + per * r.qs_block;
+  r.m = r.d + per * d;
+  r.qh = r.m + per * m;
+  r.sc = r.qh + per * qh;
+  r.mn = r.sc + per * sc;
+  r.total = (n + per - 1) / per * r.chunk_bytes;
   return r;
 }
 

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstddef>
+#include <algorithm>
 #include <cstring>
 #include <random>
 #include <string>
@@ -96,20 +97,67 @@ class PackedType : public ::testing::TestWithParam<DType> {};
 TEST_P(PackedType, LayoutRoundTripsEveryRow) {
   const DType type = GetParam();
   std::mt19937 rng(1);
-  for (const int64_t m : {1, 15, 16, 17, 37}) {
-    const int64_t k = row_of(type, 3);
-    const std::vector<uint8_t> native = random_rows(type, k, m, rng);
-    const Packed packed(type, native, k, m);
-    // The native size for whole groups; Q4_K's and Q5_K's scales and mins unpacked to bytes add
-    // 64 per super-block of 16 rows.
-    const size_t native_group =
-        kPackRows * dtype_row_bytes(type, k) + (type == DType::Q4_K || type == DType::Q5_K ? 64 * 3 : 0);
-    EXPECT_EQ(packed.bytes.size(), static_cast<size_t>(packed_groups(m)) * native_group);
-    std::vector<uint8_t> row(dtype_row_bytes(type, k));
-    for (int64_t r = 0; r < m; ++r) {
-      unpack_row(type, packed.bytes.data(), k, r, row.data());
-      EXPECT_EQ(0, std::memcmp(row.data(), native.data() + static_cast<size_t>(r) * row.size(), row.size())) << "row " << r;
+  for (const int64_t blocks : {3, 4}) {
+    for (const int64_t m : {1, 15, 16, 17, 37}) {
+      const int64_t k = row_of(type, blocks);
+      const std::vector<uint8_t> native = random_rows(type, k, m, rng);
+      const Packed packed(type, native, k, m);
+      // The native size for whole groups; Q4_K's and Q5_K's scales and mins unpacked to bytes add
+      // 64 per super-block of 16 rows. Types whose block slots do not fill whole cache lines (Q4_0,
+      // Q5_0, Q8_0, Q6_K) interleave blocks in pairs: an odd count pads one block a group.
+      const size_t block_bytes = kPackRows * dtype_row_bytes(type, k) / static_cast<size_t>(blocks) +
+                                 (type == DType::Q4_K || type == DType::Q5_K ? 64 : 0);
+      const size_t pad = block_bytes % 64 != 0 && blocks % 2 == 1 ? block_bytes : 0;
+      EXPECT_EQ(packed.bytes.size(), static_cast<size_t>(packed_groups(m)) * (static_cast<size_t>(blocks) * block_bytes + pad))
+          << blocks << " blocks";
+      std::vector<uint8_t> row(dtype_row_bytes(type, k));
+      for (int64_t r = 0; r < m; ++r) {
+        unpack_row(type, packed.bytes.data(), k, r, row.data());
+        EXPECT_EQ(0, std::memcmp(row.data(), native.data() + static_cast<size_t>(r) * row.size(), row.size())) << "row " << r;
+      }
     }
+  }
+}
+
+// The regions are interleaved by block: every slot of block b lies in chunk b / per (per = 1 or
+// 2 blocks, chunks whole cache lines), the slots never overlap and fill the group but for an odd
+// count's padding block, so decoding a group reads one ascending run of memory.
+TEST_P(PackedType, RegionsInterleaveByBlockInWholeLines) {
+  const DType type = GetParam();
+  const PackedFormat f = packed_format(type);
+  for (const int64_t nb : {1, 2, 3, 8}) {
+    const PackedRegions reg = packed_regions(f, nb);
+    const size_t per = size_t{1} << reg.chunk_shift;
+    EXPECT_EQ(reg.chunk_bytes % 64, 0u) << nb;
+    EXPECT_EQ(reg.total, (static_cast<size_t>(nb) + per - 1) / per * reg.chunk_bytes) << nb;
+    // (offset in the group, bytes) of every slot: quants, scales, mins, fifth/high bits, sub-block
+    // scales and mins, as the layout comment in packed.h lists them.
+    std::vector<std::pair<size_t, size_t>> slots;
+    size_t block_bytes = 0;
+    for (int64_t b = 0; b < nb; ++b) {
+      const auto ub = static_cast<size_t>(b);
+      std::vector<std::pair<size_t, size_t>> mine = {{reg.at(reg.qs, reg.qs_block, ub), reg.qs_block}, {reg.at(reg.d, 32, ub), 32}};
+      if (f.has_min) mine.emplace_back(reg.at(reg.m, 32, ub), 32);
+      if (f.has_qh) {
+        const size_t qh = f.k6 ? 1024 : f.k4 ? 512 : 64;
+        mine.emplace_back(reg.at(reg.qh, qh, ub), qh);
+      }
+      if (f.k4 || f.k6) mine.emplace_back(reg.at(reg.sc, f.k6 ? 256 : 128, ub), f.k6 ? 256 : 128);
+      if (f.k4) mine.emplace_back(reg.at(reg.mn, 128, ub), 128);
+      block_bytes = 0;
+      for (const auto& [at, size] : mine) {
+        EXPECT_GE(at, ub / per * reg.chunk_bytes) << "block " << b << " of " << nb;
+        EXPECT_LE(at + size, (ub / per + 1) * reg.chunk_bytes) << "block " << b << " of " << nb;
+        block_bytes += size;
+        slots.emplace_back(at, size);
+      }
+    }
+    EXPECT_EQ(block_bytes, reg.block);
+    std::sort(slots.begin(), slots.end());
+    for (size_t i = 1; i < slots.size(); ++i) {
+      EXPECT_LE(slots[i - 1].first + slots[i - 1].second, slots[i].first) << "overlapping slots, " << nb << " blocks";
+    }
+    EXPECT_LE(reg.total - static_cast<size_t>(nb) * reg.block, nb % 2 == 1 ? reg.block * (per - 1) : 0) << nb;
   }
 }
 

@@ -142,7 +142,7 @@ inline void store_rows(float* y, float32x4_t v, int64_t rows) {
 template <DType Type>
 [[gnu::always_inline]] inline void decode_32(const uint8_t* grp, const PackedRegions& reg, size_t ub, int q, int8x16_t w[8]) {
   constexpr PackedFormat f = packed_format(Type);
-  const uint8_t* qs = grp + reg.qs + ub * reg.qs_block + 16 * q;
+  const uint8_t* qs = grp + reg.at(reg.qs, reg.qs_block, ub) + 16 * q;
   if constexpr (f.q8) {
 #pragma GCC unroll 16
     for (int j = 0; j < 8; ++j) w[j] = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(qs + 64 * j), vdupq_n_u8(0x80)));
@@ -152,7 +152,7 @@ template <DType Type>
       const uint8x16_t v = vld1q_u8(qs + 64 * i);
       uint8x16_t lo = vandq_u8(v, vdupq_n_u8(0x0F)), hi = vshrq_n_u8(v, 4);
       if constexpr (f.has_qh) {
-        const uint8_t* qh = grp + reg.qh + ub * 64;
+        const uint8_t* qh = grp + reg.at(reg.qh, 64, ub);
         lo = vorrq_u8(lo, fifth_bits_quarter(qh + 8 * i, q));
         hi = vorrq_u8(hi, fifth_bits_quarter(qh + 8 * (i + 4), q));
       }
@@ -175,7 +175,7 @@ void tile_32(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k
     for (int64_t b = 0; b < nb; ++b) {
       const auto ub = static_cast<size_t>(b);
       if (h == 0) {  // the same block of the next group, one group ahead of its use
-        const uint8_t* next = grp + reg.total + reg.qs + ub * reg.qs_block;
+        const uint8_t* next = grp + reg.total + reg.at(reg.qs, reg.qs_block, ub);
         for (size_t line = 0; line < reg.qs_block; line += 64) __builtin_prefetch(next + line);
       }
 #pragma GCC unroll 16
@@ -183,9 +183,9 @@ void tile_32(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k
         const int q = 2 * h + qq;
         int8x16_t w[8];
         decode_32<Type>(grp, reg, ub, q, w);
-        const float32x4_t dw = f16x4(grp + reg.d + ub * 32 + 8 * static_cast<size_t>(q));
+        const float32x4_t dw = f16x4(grp + reg.at(reg.d, 32, ub) + 8 * static_cast<size_t>(q));
         float32x4_t mw = vdupq_n_f32(0.0f);
-        if constexpr (f.has_min) mw = f16x4(grp + reg.m + ub * 32 + 8 * static_cast<size_t>(q));
+        if constexpr (f.has_min) mw = f16x4(grp + reg.at(reg.m, 32, ub) + 8 * static_cast<size_t>(q));
 #pragma GCC unroll 16
         for (int t = 0; t < T; ++t) {
           const uint8_t* a = xa + static_cast<size_t>(t) * act_stride;
@@ -241,7 +241,7 @@ void tile_32_mmla(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int6
     for (int64_t b = 0; b < nb; ++b) {
       const auto ub = static_cast<size_t>(b);
       if (h == 0) {
-        const uint8_t* next = grp + reg.total + reg.qs + ub * reg.qs_block;
+        const uint8_t* next = grp + reg.total + reg.at(reg.qs, reg.qs_block, ub);
         for (size_t line = 0; line < reg.qs_block; line += 64) __builtin_prefetch(next + line);
       }
       // Per pair: scales and corrections as (token 0, token 1, token 0, token 1).
@@ -278,11 +278,11 @@ void tile_32_mmla(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int6
           rows01[p] = vreinterpretq_s8_s32(vzip1q_s32(e, o));
           rows23[p] = vreinterpretq_s8_s32(vzip2q_s32(e, o));
         }
-        const float32x4_t dw = f16x4(grp + reg.d + ub * 32 + 8 * static_cast<size_t>(q));
+        const float32x4_t dw = f16x4(grp + reg.at(reg.d, 32, ub) + 8 * static_cast<size_t>(q));
         const float32x4_t dw01 = vzip1q_f32(dw, dw), dw23 = vzip2q_f32(dw, dw);
         float32x4_t mw01 = vdupq_n_f32(0.0f), mw23 = vdupq_n_f32(0.0f);
         if constexpr (f.has_min) {
-          const float32x4_t mw = f16x4(grp + reg.m + ub * 32 + 8 * static_cast<size_t>(q));
+          const float32x4_t mw = f16x4(grp + reg.at(reg.m, 32, ub) + 8 * static_cast<size_t>(q));
           mw01 = vzip1q_f32(mw, mw);
           mw23 = vzip2q_f32(mw, mw);
         }
@@ -332,7 +332,7 @@ void tile_k4(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k
     for (int64_t b = 0; b < nb; ++b) {
       const auto ub = static_cast<size_t>(b);
       if (q == 0) {
-        const uint8_t* next = grp + reg.total + reg.qs + ub * reg.qs_block;
+        const uint8_t* next = grp + reg.total + reg.at(reg.qs, reg.qs_block, ub);
         for (size_t line = 0; line < reg.qs_block; line += 64) __builtin_prefetch(next + line);
       }
       int32x4_t total[T], msum[T];
@@ -341,14 +341,14 @@ void tile_k4(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k
 #pragma GCC unroll 16
       for (int p = 0; p < 4; ++p) {  // sub-blocks 2 p (low nibbles) and 2 p + 1 (high)
         int8x16_t lo[8], hi[8];
-        const uint8_t* qs = grp + reg.qs + ub * reg.qs_block + 512 * static_cast<size_t>(p) + 16 * static_cast<size_t>(q);
+        const uint8_t* qs = grp + reg.at(reg.qs, reg.qs_block, ub) + 512 * static_cast<size_t>(p) + 16 * static_cast<size_t>(q);
 #pragma GCC unroll 16
         for (int i = 0; i < 8; ++i) {
           const uint8x16_t v = vld1q_u8(qs + 64 * i);
           uint8x16_t l = vandq_u8(v, vdupq_n_u8(0x0F)), h = vshrq_n_u8(v, 4);
           if constexpr (packed_format(Type).has_qh) {
             // bit 2 p (the low nibbles' sub-block) and bit 2 p + 1 (the high ones') to bit 4
-            const uint8x16_t bits = vld1q_u8(grp + reg.qh + ub * 512 + 64 * static_cast<size_t>(i) + 16 * static_cast<size_t>(q));
+            const uint8x16_t bits = vld1q_u8(grp + reg.at(reg.qh, 512, ub) + 64 * static_cast<size_t>(i) + 16 * static_cast<size_t>(q));
             const uint8x16_t fifth = vdupq_n_u8(0x10);
             l = vorrq_u8(l, vandq_u8(vshlq_u8(bits, vdupq_n_s8(static_cast<int8_t>(4 - 2 * p))), fifth));
             h = vorrq_u8(h, vandq_u8(vshlq_u8(bits, vdupq_n_s8(static_cast<int8_t>(3 - 2 * p))), fifth));
@@ -356,10 +356,10 @@ void tile_k4(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k
           lo[i] = vreinterpretq_s8_u8(l);
           hi[i] = vreinterpretq_s8_u8(h);
         }
-        const uint8_t* sc = grp + reg.sc + ub * 128 + 4 * static_cast<size_t>(q);
+        const uint8_t* sc = grp + reg.at(reg.sc, 128, ub) + 4 * static_cast<size_t>(q);
         const int32x4_t sc_lo = u8x4_to_s32(sc + 16 * (2 * p)), sc_hi = u8x4_to_s32(sc + 16 * (2 * p + 1));
         // Mins of sub-blocks 2 p, 2 p + 1 for the quarter's rows: (row, even), (row, odd) pairs.
-        const int16x8_t mn = vreinterpretq_s16_u16(vmovl_u8(vld1_u8(grp + reg.mn + ub * 128 + 32 * static_cast<size_t>(p) + 8 * static_cast<size_t>(q))));
+        const int16x8_t mn = vreinterpretq_s16_u16(vmovl_u8(vld1_u8(grp + reg.at(reg.mn, 128, ub) + 32 * static_cast<size_t>(p) + 8 * static_cast<size_t>(q))));
 #pragma GCC unroll 16
         for (int t = 0; t < T; ++t) {
           const uint8_t* a = xa + static_cast<size_t>(t) * act_stride;
@@ -374,8 +374,8 @@ void tile_k4(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k
           msum[t] = vaddq_s32(msum[t], vpaddq_s32(vmull_s16(vget_low_s16(mn), vget_low_s16(bs)), vmull_high_s16(mn, bs)));
         }
       }
-      const float32x4_t dw = f16x4(grp + reg.d + ub * 32 + 8 * static_cast<size_t>(q));
-      const float32x4_t dmin = f16x4(grp + reg.m + ub * 32 + 8 * static_cast<size_t>(q));
+      const float32x4_t dw = f16x4(grp + reg.at(reg.d, 32, ub) + 8 * static_cast<size_t>(q));
+      const float32x4_t dmin = f16x4(grp + reg.at(reg.m, 32, ub) + 8 * static_cast<size_t>(q));
 #pragma GCC unroll 16
       for (int t = 0; t < T; ++t) {
         const float dx = load_f32(xa + static_cast<size_t>(t) * act_stride + k + 4 * ub);
@@ -404,8 +404,8 @@ void tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k
     for (auto& v : acc) v = vdupq_n_f32(0.0f);
     for (int64_t b = 0; b < nb; ++b) {
       const auto ub = static_cast<size_t>(b);
-      const uint8_t* ql = grp + reg.qs + ub * reg.qs_block + 16 * static_cast<size_t>(q);
-      const uint8_t* qh = grp + reg.qh + ub * 1024 + 16 * static_cast<size_t>(q);
+      const uint8_t* ql = grp + reg.at(reg.qs, reg.qs_block, ub) + 16 * static_cast<size_t>(q);
+      const uint8_t* qh = grp + reg.at(reg.qh, 1024, ub) + 16 * static_cast<size_t>(q);
       if (q == 0) {
         for (size_t line = 0; line < reg.qs_block; line += 64) __builtin_prefetch(ql + reg.total + line);
         for (size_t line = 0; line < 1024; line += 64) __builtin_prefetch(qh + reg.total + line);
@@ -432,8 +432,8 @@ void tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k
               hi[i] = vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8(l, 4), vandq_u8(h_hi, two)));
             }
             const int j_lo = 8 * hh + 2 * qq + c4, j_hi = j_lo + 4;  // sub-blocks of 16
-            const int32x4_t sc_lo = s8x4_to_s32(grp + reg.sc + ub * 256 + 16 * static_cast<size_t>(j_lo) + 4 * static_cast<size_t>(q));
-            const int32x4_t sc_hi = s8x4_to_s32(grp + reg.sc + ub * 256 + 16 * static_cast<size_t>(j_hi) + 4 * static_cast<size_t>(q));
+            const int32x4_t sc_lo = s8x4_to_s32(grp + reg.at(reg.sc, 256, ub) + 16 * static_cast<size_t>(j_lo) + 4 * static_cast<size_t>(q));
+            const int32x4_t sc_hi = s8x4_to_s32(grp + reg.at(reg.sc, 256, ub) + 16 * static_cast<size_t>(j_hi) + 4 * static_cast<size_t>(q));
 #pragma GCC unroll 16
             for (int t = 0; t < T; ++t) {
               const uint8_t* a = xa + static_cast<size_t>(t) * act_stride;
@@ -448,7 +448,7 @@ void tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k
           }
         }
       }
-      const float32x4_t dw = f16x4(grp + reg.d + ub * 32 + 8 * static_cast<size_t>(q));
+      const float32x4_t dw = f16x4(grp + reg.at(reg.d, 32, ub) + 8 * static_cast<size_t>(q));
 #pragma GCC unroll 16
       for (int t = 0; t < T; ++t) {
         const float dx = load_f32(xa + static_cast<size_t>(t) * act_stride + k + 4 * ub);

@@ -3,8 +3,8 @@
 // (four activation bytes per row and lane each), then for every token eight vpdpbusd with the
 // token's four bytes broadcast from memory give the block's 16 integer sums, lane r holding row
 // r's; one conversion and one FMA per token and block apply the scales. The arithmetic per lane
-// is that of packed_gemm_ref, so a token's result never depends on its company. Prefetches of
-// the group after the last run past the buffer, which a prefetch may (it never faults).
+// is that of packed_gemm_ref, so a token's result never depends on its company. Software
+// prefetches run a fixed distance ahead of the decoding (prefetch_stream).
 
 // GCC 12 reports its own _mm512_undefined_ps() inside _mm512_cvtepi32_ps / _mm512_cvtph_ps as
 // "may be used uninitialized" once they are inlined here; the value is never read.
@@ -55,17 +55,8 @@ void group_tile(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_
   for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const auto ub = static_cast<size_t>(b);
-    const uint8_t* qs = grp + reg.qs + ub * reg.qs_block;
-    // The same block of the next group, one group (several KiB) ahead of its use: the hardware
-    // prefetchers alone leave a matrix larger than the caches latency-bound. Into L2 (T2), not
-    // L1: a burst of L1 prefetches per block fills the L1 miss buffers the kernel's own loads
-    // wait on. Measured on a Zen 4 EPYC (kernel_lab, llama1b_head, 1 token, from memory): Q4_K
-    // 11.5 -> 22 GB/s, Q6_K 8.9 -> 19, Q4_0 17 -> 22.5, Q8_0 unchanged at 20.
-    const uint8_t* next = qs + reg.total;
-    for (size_t line = 0; line < reg.qs_block; line += 64) _mm_prefetch(reinterpret_cast<const char*>(next + line), _MM_HINT_T2);
-    _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.d + ub * 32), _MM_HINT_T2);
-    if constexpr (f.has_min) _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.m + ub * 32), _MM_HINT_T2);
-    if constexpr (f.has_qh) _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.qh + ub * 64), _MM_HINT_T2);
+    const uint8_t* qs = grp + reg.at(reg.qs, reg.qs_block, ub);
+    prefetch_stream(grp, reg, ub);
     __m512i w[8];
     if constexpr (f.q8) {
 #pragma GCC unroll 8
@@ -78,15 +69,15 @@ void group_tile(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_
         w[i + 4] = _mm512_and_si512(_mm512_srli_epi16(p, 4), low4);
       }
       if constexpr (f.has_qh) {
-        const uint8_t* qh = grp + reg.qh + ub * 64;
+        const uint8_t* qh = grp + reg.at(reg.qh, 64, ub);
         const __m512i bit4 = _mm512_set1_epi8(0x10);
 #pragma GCC unroll 8
         for (int j = 0; j < 8; ++j) w[j] = _mm512_or_si512(w[j], _mm512_maskz_mov_epi8(load_u64(qh + 8 * j), bit4));
       }
     }
-    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(grp + reg.d + ub * 32)));
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(grp + reg.at(reg.d, 32, ub))));
     __m512 mw = _mm512_setzero_ps();
-    if constexpr (f.has_min) mw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(grp + reg.m + ub * 32)));
+    if constexpr (f.has_min) mw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(grp + reg.at(reg.m, 32, ub))));
     // One token: constant t after unrolling, so acc[] stays in registers.
     const auto token = [&]<int t>(std::integral_constant<int, t>) {
       const uint8_t* a = xa + static_cast<size_t>(t) * act_stride;
@@ -121,28 +112,19 @@ void group_tile_k4(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int
   for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const auto ub = static_cast<size_t>(b);
-    const uint8_t* next = grp + reg.total + reg.qs + ub * reg.qs_block;
-    for (size_t line = 0; line < reg.qs_block; line += 64) _mm_prefetch(reinterpret_cast<const char*>(next + line), _MM_HINT_T2);
-    // And the next group's scales and mins, which are separate streams.
-    const uint8_t* g_next = grp + reg.total;
-    _mm_prefetch(reinterpret_cast<const char*>(g_next + reg.d + ub * 32), _MM_HINT_T2);
-    _mm_prefetch(reinterpret_cast<const char*>(g_next + reg.m + ub * 32), _MM_HINT_T2);
-    for (size_t line = 0; line < 128; line += 64) {
-      _mm_prefetch(reinterpret_cast<const char*>(g_next + reg.sc + ub * 128 + line), _MM_HINT_T2);
-      _mm_prefetch(reinterpret_cast<const char*>(g_next + reg.mn + ub * 128 + line), _MM_HINT_T2);
-    }
+    prefetch_stream(grp, reg, ub);
     __m512i total[T];
     for (int t = 0; t < T; ++t) total[t] = _mm512_setzero_si512();
 #pragma GCC unroll 8
     for (int j = 0; j < 8; ++j) {
-      const uint8_t* qs = grp + reg.qs + ub * reg.qs_block + 512 * static_cast<size_t>(j / 2);
+      const uint8_t* qs = grp + reg.at(reg.qs, reg.qs_block, ub) + 512 * static_cast<size_t>(j / 2);
       __m512i w[8];
 #pragma GCC unroll 8
       for (int i = 0; i < 8; ++i) {
         const __m512i p = _mm512_loadu_si512(qs + 64 * i);
         w[i] = _mm512_and_si512(j % 2 == 0 ? p : _mm512_srli_epi16(p, 4), low4);
       }
-      const __m512i sc = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(grp + reg.sc + ub * 128 + 16 * static_cast<size_t>(j))));
+      const __m512i sc = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(grp + reg.at(reg.sc, 128, ub) + 16 * static_cast<size_t>(j))));
       const auto token = [&]<int t>(std::integral_constant<int, t>) {
         const uint8_t* aq = xa + static_cast<size_t>(t) * act_stride + 256 * ub + 32 * static_cast<size_t>(j);
         __m512i s[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
@@ -154,11 +136,11 @@ void group_tile_k4(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int
       [&]<int... I>(std::integer_sequence<int, I...>) { (token(std::integral_constant<int, I>{}), ...); }(
           std::make_integer_sequence<int, T>{});
     }
-    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(grp + reg.d + ub * 32)));
-    const __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(grp + reg.m + ub * 32)));
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(grp + reg.at(reg.d, 32, ub))));
+    const __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(grp + reg.at(reg.m, 32, ub))));
     __m512i mn[4];
     for (int q = 0; q < 4; ++q) {
-      mn[q] = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(grp + reg.mn + ub * 128 + 32 * static_cast<size_t>(q))));
+      mn[q] = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(grp + reg.at(reg.mn, 128, ub) + 32 * static_cast<size_t>(q))));
     }
     const auto finish = [&]<int t>(std::integral_constant<int, t>) {
       const uint8_t* a = xa + static_cast<size_t>(t) * act_stride;
@@ -187,12 +169,9 @@ void group_tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int
   for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const auto ub = static_cast<size_t>(b);
-    const uint8_t* ql = grp + reg.qs + ub * reg.qs_block;
-    const uint8_t* qh = grp + reg.qh + ub * 1024;
-    for (size_t line = 0; line < reg.qs_block; line += 64) _mm_prefetch(reinterpret_cast<const char*>(ql + reg.total + line), _MM_HINT_T2);
-    for (size_t line = 0; line < 1024; line += 64) _mm_prefetch(reinterpret_cast<const char*>(qh + reg.total + line), _MM_HINT_T2);
-    for (size_t line = 0; line < 256; line += 64) _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.sc + ub * 256 + line), _MM_HINT_T2);
-    _mm_prefetch(reinterpret_cast<const char*>(grp + reg.total + reg.d + ub * 32), _MM_HINT_T2);
+    const uint8_t* ql = grp + reg.at(reg.qs, reg.qs_block, ub);
+    const uint8_t* qh = grp + reg.at(reg.qh, 1024, ub);
+    prefetch_stream(grp, reg, ub);
     __m512i total[T];
     for (int t = 0; t < T; ++t) total[t] = _mm512_setzero_si512();
     // Unrolled: every offset and shift below becomes a constant.
@@ -216,7 +195,7 @@ void group_tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int
         w[i] = _mm512_ternarylogic_epi32(high, quarter / 2 == 0 ? lo : _mm512_srli_epi16(lo, 4), low4, 0xF8);
       }
       const __m512i sc =
-          _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(grp + reg.sc + ub * 256 + 16 * static_cast<size_t>(j))));
+          _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(grp + reg.at(reg.sc, 256, ub) + 16 * static_cast<size_t>(j))));
       const auto token = [&]<int t>(std::integral_constant<int, t>) {
         const uint8_t* a = xa + static_cast<size_t>(t) * act_stride;
         const uint8_t* aq = a + 256 * ub + 16 * static_cast<size_t>(j);
@@ -231,7 +210,7 @@ void group_tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int
       [&]<int... I>(std::integer_sequence<int, I...>) { (token(std::integral_constant<int, I>{}), ...); }(
           std::make_integer_sequence<int, T>{});
     }
-    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(grp + reg.d + ub * 32)));
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(grp + reg.at(reg.d, 32, ub))));
     for (int t = 0; t < T; ++t) {
       const __m512 dx = _mm512_set1_ps(load_f32(xa + static_cast<size_t>(t) * act_stride + k + 4 * ub));
       acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total[t]), _mm512_mul_ps(dw, dx), acc[t]);
