@@ -184,7 +184,7 @@ void group_tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int
         const __m512i lo = _mm512_loadu_si512(ql + 64 * (16 * h + 8 * (quarter % 2) + 4 * half + i));
         const __m512i hi = _mm512_loadu_si512(qh + 64 * (8 * h + 4 * half + i));
         // The quarter's two high bits (bits 2 quarter and 2 quarter + 1 of each qh byte) shifted
-        // by a constant to bits 4-5 and masked, then one vpternlogd: (nibble source & 0x0F) | high.
+        // by a constant to bits 4-5 and masked, then one vpternlogd merges the nibble.
         const __m512i moved = quarter == 0   ? _mm512_slli_epi16(hi, 4)
                               : quarter == 1 ? _mm512_slli_epi16(hi, 2)
                               : quarter == 2 ? hi
