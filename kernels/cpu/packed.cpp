@@ -180,9 +180,10 @@ void transfer_k4(bool to_packed, uint8_t* grp, const PackedRegions& reg, size_t 
 }
 
 void transfer_q6_K(bool to_packed, uint8_t* grp, const PackedRegions& reg, size_t ub, size_t r, uint8_t* blk) {
-  for (size_t c = 0; c < 32; ++c) copy(to_packed, grp + reg.at(reg.qs, reg.qs_block, ub) + 64 * c + 4 * r, blk + offsetof(BlockQ6_K, ql) + 4 * c, 4);
-  for (size_t c = 0; c < 16; ++c) copy(to_packed, grp + reg.at(reg.qh, 1024, ub) + 64 * c + 4 * r, blk + offsetof(BlockQ6_K, qh) + 4 * c, 4);
-  for (size_t j = 0; j < 16; ++j) copy(to_packed, grp + reg.at(reg.sc, 256, ub) + 16 * j + r, blk + offsetof(BlockQ6_K, scales) + j, 1);
+  uint8_t* units = grp + reg.at(reg.qs, reg.qs_block, ub);
+  for (int c = 0; c < 32; ++c) copy(to_packed, units + q6k_ql(c) + 4 * r, blk + offsetof(BlockQ6_K, ql) + 4 * static_cast<size_t>(c), 4);
+  for (int c = 0; c < 16; ++c) copy(to_packed, units + q6k_qh(c) + 4 * r, blk + offsetof(BlockQ6_K, qh) + 4 * static_cast<size_t>(c), 4);
+  for (int j = 0; j < 16; ++j) copy(to_packed, units + q6k_sc(j) + r, blk + offsetof(BlockQ6_K, scales) + static_cast<size_t>(j), 1);
   copy(to_packed, grp + reg.at(reg.d, 2 * kPackRows, ub) + r * 2, blk + offsetof(BlockQ6_K, d), 2);
 }
 
@@ -334,11 +335,11 @@ float dot_k4_ref(PackedFormat f, const uint8_t* grp, const PackedRegions& reg, i
 
 // The 6-bit quant of element e (0..255) of lane r in a packed Q6_K super-block: the native
 // layout's low four bits from ql, high two from qh (as dequantize_row_q6_K reads them).
-int q6_at(const uint8_t* ql, const uint8_t* qh, int r, int e) {
+int q6_at(const uint8_t* units, int r, int e) {
   const int h = e / 128, quarter = e % 128 / 32, l = e % 32;
   const int ql_byte = 64 * h + 32 * (quarter % 2) + l, qh_byte = 32 * h + l;
-  const uint8_t lo = ql[64 * (ql_byte / 4) + 4 * r + ql_byte % 4];
-  const uint8_t hi = qh[64 * (qh_byte / 4) + 4 * r + qh_byte % 4];
+  const uint8_t lo = units[q6k_ql(ql_byte / 4) + static_cast<size_t>(4 * r + ql_byte % 4)];
+  const uint8_t hi = units[q6k_qh(qh_byte / 4) + static_cast<size_t>(4 * r + qh_byte % 4)];
   return ((lo >> (4 * (quarter / 2))) & 0xF) | (((hi >> (2 * quarter)) & 3) << 4);
 }
 
@@ -354,9 +355,9 @@ float dot_k6_ref(const uint8_t* grp, const PackedRegions& reg, int r, int64_t nb
       int32_t isum;  // starts at -32 * sum(q_x): the quants' offset
       std::memcpy(&isum, a + k + 4 * nb + 64 * b + 4 * j, 4);
       for (int e = 16 * j; e < 16 * j + 16; ++e) {
-        isum += q6_at(grp + reg.at(reg.qs, reg.qs_block, ub), grp + reg.at(reg.qh, 1024, ub), r, e) * aq[256 * b + e];
+        isum += q6_at(grp + reg.at(reg.qs, reg.qs_block, ub), r, e) * aq[256 * b + e];
       }
-      total += isum * static_cast<int8_t>(grp[reg.at(reg.sc, 256, ub) + 16 * static_cast<size_t>(j) + static_cast<size_t>(r)]);
+      total += isum * static_cast<int8_t>(grp[reg.at(reg.qs, reg.qs_block, ub) + q6k_sc(j) + static_cast<size_t>(r)]);
     }
     const float dw = fp16_to_fp32(load_u16(grp + reg.at(reg.d, 2 * kPackRows, ub) + static_cast<size_t>(r) * 2));
     acc = std::fma(static_cast<float>(total), dw * dx, acc);

@@ -21,21 +21,28 @@
 // The byte count equals the native one for whole groups (and an even nb where chunks are of two
 // blocks; an odd one pads the last chunk by one block).
 //
-// Q4_K (super-blocks of 256, nb = k / 256): qs nb x 2048, the 64 bytes at 64 (8 p + i) holding,
-// at 4 r + c, byte 32 p + 4 i + c of row r's native qs (low nibble: element 4 i + c of
-// sub-block 2 p, high: of sub-block 2 p + 1); d and m (dmin) nb x 16 f16; sc nb x 8 x 16 u8
-// (sub-block j's 6-bit scale of row r at 16 j + r); mn nb x 4 x 16 x 2 u8 (the mins of
-// sub-blocks 2 q and 2 q + 1 of row r at 32 q + 2 r, as pairs for vpdpwssd). 2368 bytes per
-// super-block of 16 rows, 2.8% over the native 2304.
+// Q4_K (super-blocks of 256, nb = k / 256), in this order in a block's chunk: d and m (dmin)
+// nb x 16 f16; sc nb x 8 x 16 u8 (sub-block j's 6-bit scale of row r at 16 j + r); mn
+// nb x 4 x 16 x 2 u8 (the mins of sub-blocks 2 q and 2 q + 1 of row r at 32 q + 2 r, as pairs
+// for vpdpwssd); qs nb x 2048, the 64 bytes at 64 (8 p + i) holding, at 4 r + c, byte
+// 32 p + 4 i + c of row r's native qs (low nibble: element 4 i + c of sub-block 2 p, high: of
+// sub-block 2 p + 1). 2368 bytes per super-block of 16 rows, 2.8% over the native 2304.
 //
-// Q5_K: Q4_K's regions, plus qh nb x 512 between m and sc (the 64 bytes at 64 c, c = 0..7, hold
+// Q5_K: Q4_K's regions, plus qh nb x 512 between mn and qs (the 64 bytes at 64 c, c = 0..7, hold
 // at 4 r + c' byte 4 c + c' of row r's native qh: bit j of it is the fifth bit of element
 // 4 c + c' of sub-block j). 2880 bytes per super-block of 16 rows, 2.3% over the native 2816.
 // Its activations are Q4_K's. (aarch64 kernels only so far.)
 //
-// Q6_K (nb = k / 256): ql nb x 2048 (the 64 bytes at 64 c hold, at 4 r + c', byte 4 c + c' of
-// row r's native ql), qh nb x 1024 (likewise 16 chunks of its native qh), sc nb x 16 x 16 int8
-// (sub-block j's scale of row r at 16 j + r), d nb x 16 f16: exactly the native size.
+// Q6_K (nb = k / 256): 52 lines of 64 bytes per super-block, its slot in qs (qs_block 3328):
+// "ql line c" (c = 0..31) holds, at 4 r + c', byte 4 c + c' of row r's native ql, "qh line c"
+// (c = 0..15) likewise of its native qh, and "sc line" 16 int8 scales per sub-block (row r's at
+// r). The lines lie in four units of 13, in the order the one-token kernel first reads them:
+// unit u = 2 h + half (h, half = 0..1) is the scales of sub-blocks 8 h + 2 q + half (q = 0..3,
+// 16 bytes each), then ql lines 16 h + 4 half + i, qh lines 8 h + 4 half + i and ql lines
+// 16 h + 8 + 4 half + i (i = 0..3): the unit holds every bit of its four sub-blocks (q6k_ql,
+// q6k_qh, q6k_sc give the offsets). d nb x 16 f16, in chunks of two blocks like the others but
+// ahead of the quants ([d of both][units of block 2 c][units of block 2 c + 1]), so one block
+// pair is one ascending run: exactly the native size.
 //
 // Activations for a packed matmul are quantized per token to a row of packed_act_row_bytes:
 // k int8 (Q8_0's rounding), then nb float scales (Q8_0's f16 scale widened), then nb 32-bit
@@ -106,15 +113,28 @@ struct PackedRegions {
 [[gnu::always_inline]] constexpr PackedRegions packed_regions(PackedFormat f, int64_t nb) {
   const auto n = static_cast<size_t>(nb);
   PackedRegions r;
-  r.qs_block = f.k4 || f.k6 ? 2048 : f.q8 ? 512 : 256;
+  r.qs_block = f.k6 ? 3328 : f.k4 ? 2048 : f.q8 ? 512 : 256;
   const size_t d = 2 * kPackRows, m = f.has_min ? 2 * kPackRows : 0;
-  const size_t qh = f.has_qh ? (f.k6 ? 64 * kPackRows : f.k4 ? 32 * kPackRows : 8 * sizeof(uint64_t)) : 0;
-  const size_t sc = f.k4 ? 8 * kPackRows : f.k6 ? 16 * kPackRows : 0;
+  const size_t qh = f.has_qh && !f.k6 ? (f.k4 ? 32 * kPackRows : 8 * sizeof(uint64_t)) : 0;
+  const size_t sc = f.k4 ? 8 * kPackRows : 0;
   const size_t mn = f.k4 ? 8 * kPackRows : 0;
   r.block = r.qs_block + d + m + qh + sc + mn;
   r.chunk_shift = r.block % 64 == 0 ? 0 : 1;
   const size_t per = size_t{1} << r.chunk_shift;
   r.chunk_bytes = r.block * per;
+  if (f.k4 || f.k6) {
+    // The super-block types: the small regions lead each chunk and the quants follow, so that
+    // their one-token kernels read a chunk as one ascending run, the small regions first (for
+    // Q6_K only d; its sub-block scales and high bits live in its quants' slot).
+    r.d = 0;
+    r.m = r.d + per * d;
+    r.sc = r.m + per * m;
+    r.mn = r.sc + per * sc;
+    r.qh = r.mn + per * mn;
+    r.qs = r.qh + per * qh;
+    r.total = (n + per - 1) / per * r.chunk_bytes;
+    return r;
+  }
   r.qs = 0;
   r.d = r.qs + per * r.qs_block;
   r.m = r.d + per * d;
@@ -124,6 +144,15 @@ struct PackedRegions {
   r.total = (n + per - 1) / per * r.chunk_bytes;
   return r;
 }
+
+// Offsets inside a Q6_K block's slot (see the layout above): of ql line c (0..31), qh line c
+// (0..15) and sub-block j's 16 scales (0..15).
+[[gnu::always_inline]] constexpr size_t q6k_unit(int h, int half) { return 832 * static_cast<size_t>(2 * h + half); }
+[[gnu::always_inline]] constexpr size_t q6k_ql(int c) {
+  return q6k_unit(c / 16, c % 8 / 4) + (c % 16 / 8 == 0 ? 64 : 576) + 64 * static_cast<size_t>(c % 4);
+}
+[[gnu::always_inline]] constexpr size_t q6k_qh(int c) { return q6k_unit(c / 8, c % 8 / 4) + 320 + 64 * static_cast<size_t>(c % 4); }
+[[gnu::always_inline]] constexpr size_t q6k_sc(int j) { return q6k_unit(j / 8, j % 2) + 16 * static_cast<size_t>(j % 8 / 2); }
 
 int64_t packed_groups(int64_t m);
 size_t packed_group_bytes(DType type, int64_t k);

@@ -119,6 +119,49 @@ TEST_P(PackedType, LayoutRoundTripsEveryRow) {
   }
 }
 
+// Q6_K's block slot: the 32 ql lines, 16 qh lines and 16 sub-blocks' scales (four lines) fill
+// its 52 lines once each, and the one-token kernel, unit by unit and quarter by quarter (a
+// quarter's scales, then four ql lines and the four qh lines beside them), first reads each line
+// after every line below it: the block is one ascending run.
+TEST(PackedQ6K, UnitsHoldEveryLineOnceInReadingOrder) {
+  std::vector<int> uses(52 * 4, 0);  // 16-byte pieces of the 52 lines
+  const auto mark = [&](size_t at, size_t bytes) {
+    ASSERT_EQ(at % 16, 0u);
+    for (size_t p = at / 16; p < (at + bytes) / 16; ++p) {
+      ASSERT_LT(p, uses.size()) << "offset " << at;
+      ++uses[p];
+    }
+  };
+  for (int c = 0; c < 32; ++c) mark(q6k_ql(c), 64);
+  for (int c = 0; c < 16; ++c) mark(q6k_qh(c), 64);
+  for (int j = 0; j < 16; ++j) mark(q6k_sc(j), 16);
+  for (size_t p = 0; p < uses.size(); ++p) EXPECT_EQ(uses[p], 1) << "16-byte piece " << p;
+  EXPECT_EQ(packed_regions(packed_format(DType::Q6_K), 2).qs_block, 52u * 64u);
+
+  std::vector<bool> seen(52, false);
+  size_t highest = 0;
+  bool first = true;
+  const auto touch = [&](size_t at) {
+    const size_t line = at / 64;
+    if (seen[line]) return;
+    seen[line] = true;
+    if (!first) {
+      EXPECT_GT(line, highest) << "line " << line << " first read after line " << highest;
+    }
+    highest = std::max(highest, line);
+    first = false;
+  };
+  for (int u = 0; u < 4; ++u) {
+    const int h = u / 2, half = u % 2;
+    for (int quarter = 0; quarter < 4; ++quarter) {
+      touch(q6k_sc(8 * h + 2 * quarter + half));
+      for (int i = 0; i < 4; ++i) touch(q6k_ql(16 * h + 8 * (quarter % 2) + 4 * half + i));
+      for (int i = 0; i < 4; ++i) touch(q6k_qh(8 * h + 4 * half + i));
+    }
+  }
+  EXPECT_EQ(std::count(seen.begin(), seen.end(), true), 52);
+}
+
 // The regions are interleaved by block: every slot of block b lies in chunk b / per (per = 1 or
 // 2 blocks, chunks whole cache lines), the slots never overlap and fill the group but for an odd
 // count's padding block, so decoding a group reads one ascending run of memory.
@@ -138,11 +181,11 @@ TEST_P(PackedType, RegionsInterleaveByBlockInWholeLines) {
       const auto ub = static_cast<size_t>(b);
       std::vector<std::pair<size_t, size_t>> mine = {{reg.at(reg.qs, reg.qs_block, ub), reg.qs_block}, {reg.at(reg.d, 32, ub), 32}};
       if (f.has_min) mine.emplace_back(reg.at(reg.m, 32, ub), 32);
-      if (f.has_qh) {
-        const size_t qh = f.k6 ? 1024 : f.k4 ? 512 : 64;
+      if (f.has_qh && !f.k6) {  // Q6_K's high bits and sub-block scales lie in its quants' slot
+        const size_t qh = f.k4 ? 512 : 64;
         mine.emplace_back(reg.at(reg.qh, qh, ub), qh);
       }
-      if (f.k4 || f.k6) mine.emplace_back(reg.at(reg.sc, f.k6 ? 256 : 128, ub), f.k6 ? 256 : 128);
+      if (f.k4) mine.emplace_back(reg.at(reg.sc, 128, ub), 128);
       if (f.k4) mine.emplace_back(reg.at(reg.mn, 128, ub), 128);
       block_bytes = 0;
       for (const auto& [at, size] : mine) {

@@ -404,11 +404,10 @@ void tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k
     for (auto& v : acc) v = vdupq_n_f32(0.0f);
     for (int64_t b = 0; b < nb; ++b) {
       const auto ub = static_cast<size_t>(b);
-      const uint8_t* ql = grp + reg.at(reg.qs, reg.qs_block, ub) + 16 * static_cast<size_t>(q);
-      const uint8_t* qh = grp + reg.at(reg.qh, 1024, ub) + 16 * static_cast<size_t>(q);
+      const uint8_t* units = grp + reg.at(reg.qs, reg.qs_block, ub);
+      const uint8_t* lanes = units + 16 * static_cast<size_t>(q);  // this quarter's four rows of each line
       if (q == 0) {
-        for (size_t line = 0; line < reg.qs_block; line += 64) __builtin_prefetch(ql + reg.total + line);
-        for (size_t line = 0; line < 1024; line += 64) __builtin_prefetch(qh + reg.total + line);
+        for (size_t line = 0; line < reg.qs_block; line += 64) __builtin_prefetch(units + reg.total + line);
       }
       int32x4_t total[T];
 #pragma GCC unroll 16
@@ -423,8 +422,8 @@ void tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k
 #pragma GCC unroll 16
             for (int i = 0; i < 4; ++i) {
               const int c = 4 * c4 + i;
-              const uint8x16_t l = vld1q_u8(ql + 64 * (16 * hh + 8 * qq + c));
-              const uint8x16_t h = vld1q_u8(qh + 64 * (8 * hh + c));
+              const uint8x16_t l = vld1q_u8(lanes + q6k_ql(16 * hh + 8 * qq + c));
+              const uint8x16_t h = vld1q_u8(lanes + q6k_qh(8 * hh + c));
               // bits 2 qq, 2 qq + 1 (low) and 2 qq + 4, 2 qq + 5 (high) of h to bits 4, 5
               const uint8x16_t h_lo = qq == 0 ? vshlq_n_u8(h, 4) : vshlq_n_u8(h, 2);
               const uint8x16_t h_hi = qq == 0 ? h : vshrq_n_u8(h, 2);
@@ -432,8 +431,8 @@ void tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k
               hi[i] = vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8(l, 4), vandq_u8(h_hi, two)));
             }
             const int j_lo = 8 * hh + 2 * qq + c4, j_hi = j_lo + 4;  // sub-blocks of 16
-            const int32x4_t sc_lo = s8x4_to_s32(grp + reg.at(reg.sc, 256, ub) + 16 * static_cast<size_t>(j_lo) + 4 * static_cast<size_t>(q));
-            const int32x4_t sc_hi = s8x4_to_s32(grp + reg.at(reg.sc, 256, ub) + 16 * static_cast<size_t>(j_hi) + 4 * static_cast<size_t>(q));
+            const int32x4_t sc_lo = s8x4_to_s32(units + q6k_sc(j_lo) + 4 * static_cast<size_t>(q));
+            const int32x4_t sc_hi = s8x4_to_s32(units + q6k_sc(j_hi) + 4 * static_cast<size_t>(q));
 #pragma GCC unroll 16
             for (int t = 0; t < T; ++t) {
               const uint8_t* a = xa + static_cast<size_t>(t) * act_stride;

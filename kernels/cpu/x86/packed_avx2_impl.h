@@ -38,11 +38,11 @@ namespace {
 constexpr bool kDpbusd = HEARTH_PACKED_DPBUSD != 0;
 // How far ahead the ymm kernels prefetch (prefetch_stream; their one token decodes each block
 // twice, a half of eight rows at a time). Zen 4 EPYC, one thread, HEARTH_CPU_LEVEL=avx2,
-// kernel_lab DecodeLayers/*/packed/llama1bx4, GB/s against the old layout (regions one after the
-// other) with the next group's prefetches, three interleaved rounds: Q6_K 20.8 -> 21.6 at 16384
-// (19.3 at 8192, 14.5 at 4096); Q4_K 23.5 -> 29.9 at 8192; Q4_0 32.4 -> 32.8 and Q8_0 30.5 -> 31.4
-// at 16384 (within the noise).
-constexpr size_t kAheadBlocks = 16384, kAheadK4 = 8192, kAheadK6 = 16384;
+// kernel_lab DecodeLayers/*/packed/llama1bx4, GB/s against the layout of regions one after the
+// other with the next group's prefetches, three interleaved rounds: Q4_K 23.5 -> 29.9 at 8192;
+// Q4_0 32.4 -> 32.8 and Q8_0 30.5 -> 31.4 at 16384 (within the noise). Q6_K prefetches nothing:
+// its one token reads each unit in a burst (group_tile_k6).
+constexpr size_t kAheadBlocks = 16384, kAheadK4 = 8192;
 // Tokens per register tile: a half-group's eight decoded registers and the tile's accumulators
 // (and int32 totals) share sixteen ymm registers.
 constexpr int kAvx2Tile = 4;
@@ -310,47 +310,37 @@ void group_tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int
   const __m256i low4 = _mm256_set1_epi8(0x0F), low2 = _mm256_set1_epi8(0x03);
   // One super-block of one half (eight rows) into acc (see group_tile).
   const auto block = [&](int h, size_t ub, __m256 (&acc)[T]) __attribute__((always_inline)) {
-    const uint8_t* ql = grp + reg.at(reg.qs, reg.qs_block, ub);
-    const uint8_t* qh = grp + reg.at(reg.qh, 1024, ub);
-    if (h == 0) prefetch_stream<kAheadK6>(grp, reg, ub);
+    const uint8_t* units = grp + reg.at(reg.qs, reg.qs_block, ub);
     const auto uh = static_cast<size_t>(h);
     __m256i total[T];
     for (int t = 0; t < T; ++t) total[t] = _mm256_setzero_si256();
-    if constexpr (!kDpbusd) {
-      // The offset's share: vpmaddwd of (scale_2q, scale_2q+1) lane pairs with the token's
-      // (-sum_2q, -sum_2q+1), times 32.
-      __m256i scq[8];
-#pragma GCC unroll 8
-      for (int q = 0; q < 8; ++q) {
-        const uint8_t* s = grp + reg.at(reg.sc, 256, ub) + 32 * static_cast<size_t>(q) + 8 * uh;
-        scq[q] = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(load64(s), load64(s + 16)));
-      }
-      each_token<T>([&]<int t>(std::integral_constant<int, t>) {
-        const uint8_t* c = xa + static_cast<size_t>(t) * act_stride + corr_at + 64 * ub;
-        const __m256i neg0 = _mm256_srai_epi32(load256(c), 5), neg1 = _mm256_srai_epi32(load256(c + 32), 5);
-        // int16 -sum_0 .. -sum_15 in order; |sum| <= 16 x 127.
-        const __m256i neg = _mm256_permute4x64_epi64(_mm256_packs_epi32(neg0, neg1), 0xD8);
-        __m256i off = _mm256_madd_epi16(scq[0], _mm256_permutevar8x32_epi32(neg, _mm256_setzero_si256()));
-        for (int q = 1; q < 8; ++q) {
-          off = _mm256_add_epi32(off, _mm256_madd_epi16(scq[q], _mm256_permutevar8x32_epi32(neg, _mm256_set1_epi32(q))));
-        }
-        total[t] = _mm256_slli_epi32(off, 5);
-      });
-    }
     // Unrolled: every offset and shift below becomes a constant.
 #pragma GCC unroll 16
-    for (int j = 0; j < 16; ++j) {
-      const int hh = j / 8, quarter = j % 8 / 2, half = j % 2;
+    for (int jj = 0; jj < 16; ++jj) {
+      const int hh = jj / 8, half = jj / 4 % 2, quarter = jj % 4, j = 8 * hh + 2 * quarter + half;
+      // One token, first half: the unit's 13 lines (and, before the first, the block pair's d
+      // line) loaded in one burst, so that their misses overlap; the decoding then finds them
+      // in L1, and the second half too. Zen 4 EPYC, one thread, kernel_lab
+      // DecodeLayers/Q6_K/packed/llama1bx4, four interleaved rounds: 25.1 GB/s against 22.0 with
+      // software prefetches 16 KiB ahead over the former layout (14.2 with those over this one;
+      // 17.1 with both; 7.4 with the whole block in one burst).
+      if (T == 1 && h == 0 && quarter == 0) {
+        const uint8_t* unit = units + q6k_unit(hh, half);
+        __m256i touched = hh == 0 && half == 0 ? load256(grp + reg.at(reg.d, 32, ub)) : _mm256_setzero_si256();
+#pragma GCC unroll 13
+        for (int l = 0; l < 13; ++l) touched = _mm256_or_si256(touched, load256(unit + 64 * l));
+        asm volatile("" : : "x"(touched));
+      }
       __m256i w[4];
 #pragma GCC unroll 4
       for (int i = 0; i < 4; ++i) {
-        const __m256i lo = load256(ql + 64 * (16 * hh + 8 * (quarter % 2) + 4 * half + i) + 32 * uh);
-        const __m256i hi = load256(qh + 64 * (8 * hh + 4 * half + i) + 32 * uh);
+        const __m256i lo = load256(units + q6k_ql(16 * hh + 8 * (quarter % 2) + 4 * half + i) + 32 * uh);
+        const __m256i hi = load256(units + q6k_qh(8 * hh + 4 * half + i) + 32 * uh);
         const __m256i low = _mm256_and_si256(quarter / 2 == 0 ? lo : _mm256_srli_epi16(lo, 4), low4);
         const __m256i high = _mm256_and_si256(_mm256_srl_epi16(hi, _mm_cvtsi32_si128(2 * quarter)), low2);
         w[i] = _mm256_or_si256(low, _mm256_slli_epi16(high, 4));
       }
-      const uint8_t* sc = grp + reg.at(reg.sc, 256, ub) + 16 * static_cast<size_t>(j) + 8 * uh;
+      const uint8_t* sc = units + q6k_sc(j) + 8 * uh;
       if constexpr (kDpbusd) {
         const __m256i sc32 = _mm256_cvtepi8_epi32(load64(sc));
         each_token<T>([&]<int t>(std::integral_constant<int, t>) {
@@ -373,6 +363,28 @@ void group_tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int
           total[t] = _mm256_add_epi32(total[t], _mm256_add_epi32(_mm256_madd_epi16(s0, scp), _mm256_madd_epi16(s1, scp)));
         });
       }
+    }
+    // After the quants (integer sums: the order is free), so the block is read in its order.
+    if constexpr (!kDpbusd) {
+      // The offset's share: vpmaddwd of (scale_2q, scale_2q+1) lane pairs with the token's
+      // (-sum_2q, -sum_2q+1), times 32.
+      __m256i scq[8];
+#pragma GCC unroll 8
+      for (int q = 0; q < 8; ++q) {
+        const uint8_t* s = units + 8 * uh;
+        scq[q] = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(load64(s + q6k_sc(2 * q)), load64(s + q6k_sc(2 * q + 1))));
+      }
+      each_token<T>([&]<int t>(std::integral_constant<int, t>) {
+        const uint8_t* c = xa + static_cast<size_t>(t) * act_stride + corr_at + 64 * ub;
+        const __m256i neg0 = _mm256_srai_epi32(load256(c), 5), neg1 = _mm256_srai_epi32(load256(c + 32), 5);
+        // int16 -sum_0 .. -sum_15 in order; |sum| <= 16 x 127.
+        const __m256i neg = _mm256_permute4x64_epi64(_mm256_packs_epi32(neg0, neg1), 0xD8);
+        __m256i off = _mm256_madd_epi16(scq[0], _mm256_permutevar8x32_epi32(neg, _mm256_setzero_si256()));
+        for (int q = 1; q < 8; ++q) {
+          off = _mm256_add_epi32(off, _mm256_madd_epi16(scq[q], _mm256_permutevar8x32_epi32(neg, _mm256_set1_epi32(q))));
+        }
+        total[t] = _mm256_add_epi32(total[t], _mm256_slli_epi32(off, 5));
+      });
     }
     const __m256 dw = load_f16x8(grp + reg.at(reg.d, 32, ub) + 16 * uh);
     for (int t = 0; t < T; ++t) {
