@@ -307,7 +307,7 @@ template <int T>
 void group_tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k, const uint8_t* xa,
                    size_t act_stride, float* y, int64_t y_stride, int64_t valid) {
   const size_t corr_at = static_cast<size_t>(k) + 4 * static_cast<size_t>(nb);
-  const __m256i low4 = _mm256_set1_epi8(0x0F), low2 = _mm256_set1_epi8(0x03);
+  const __m256i low4 = _mm256_set1_epi8(0x0F), bits45 = _mm256_set1_epi8(0x30);
   // One super-block of one half (eight rows) into acc (see group_tile).
   const auto block = [&](int h, size_t ub, __m256 (&acc)[T]) __attribute__((always_inline)) {
     const uint8_t* units = grp + reg.at(reg.qs, reg.qs_block, ub);
@@ -337,8 +337,12 @@ void group_tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int
         const __m256i lo = load256(units + q6k_ql(16 * hh + 8 * (quarter % 2) + 4 * half + i) + 32 * uh);
         const __m256i hi = load256(units + q6k_qh(8 * hh + 4 * half + i) + 32 * uh);
         const __m256i low = _mm256_and_si256(quarter / 2 == 0 ? lo : _mm256_srli_epi16(lo, 4), low4);
-        const __m256i high = _mm256_and_si256(_mm256_srl_epi16(hi, _mm_cvtsi32_si128(2 * quarter)), low2);
-        w[i] = _mm256_or_si256(low, _mm256_slli_epi16(high, 4));
+        // The quarter's two high bits shifted by a constant to bits 4-5, then masked.
+        const __m256i moved = quarter == 0   ? _mm256_slli_epi16(hi, 4)
+                              : quarter == 1 ? _mm256_slli_epi16(hi, 2)
+                              : quarter == 2 ? hi
+                                             : _mm256_srli_epi16(hi, 2);
+        w[i] = _mm256_or_si256(low, _mm256_and_si256(moved, bits45));
       }
       const uint8_t* sc = units + q6k_sc(j) + 8 * uh;
       if constexpr (kDpbusd) {
