@@ -234,7 +234,14 @@ void group_tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int
         const size_t sc_at = q6k_sc(j) - q6k_unit(h, half);
         __m128i sc8;
         if constexpr (T == 1) {
-          sc8 = _mm512_extracti32x4_epi32(line[sc_at / 64], sc_at % 64 / 16);
+          // An immediate lane (a constant once unrolled; the switch keeps unoptimized builds valid).
+          static_assert(q6k_sc(2) - q6k_unit(0, 0) == 16, "a unit's first line: its four sub-blocks' scales");
+          switch (quarter) {
+            case 0: sc8 = _mm512_extracti32x4_epi32(line[0], 0); break;
+            case 1: sc8 = _mm512_extracti32x4_epi32(line[0], 1); break;
+            case 2: sc8 = _mm512_extracti32x4_epi32(line[0], 2); break;
+            default: sc8 = _mm512_extracti32x4_epi32(line[0], 3); break;
+          }
         } else {
           sc8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(unit + sc_at));
         }
