@@ -34,11 +34,12 @@ namespace hearth::kernels::x86 {
 // buffers the kernel's own loads wait on) of a group's run of memory (its regions interleaved by
 // block: PackedRegions) kPrefetchAhead bytes ahead of block b's share of it (b * block bytes in),
 // called once per block. Past the last group they run beyond the buffer, which a prefetch may (it
-// never faults). The AVX-512 kernels use kPrefetchAhead; the ymm kernels choose their own
+// never faults). The AVX-512 32-element kernels use kPrefetchAhead; the ymm kernels choose their own
 // (packed_avx2_impl.h). Measured on a Zen 4 EPYC, one thread, kernel_lab DecodeLayers/*/packed/llama1bx4
 // (from memory), against the same block of the next group (the layout before, regions one after
 // the other): Q6_K 22.4 -> 26.0 GB/s, Q4_K 27.0 -> 28.8 (six interleaved rounds); 4096 bytes ahead
-// was slower (Q6_K 20.6, Q4_K 22.3), 10240-16384 no better than before.
+// was slower (Q6_K 20.6, Q4_K 22.3), 10240-16384 no better than before. (The k-quants' one-token
+// zmm kernels have since dropped these for burst loads over an ascending layout: packed_avx512.cpp.)
 inline constexpr size_t kPrefetchAhead = 8192;
 template <size_t Ahead = kPrefetchAhead>
 [[gnu::always_inline]] inline void prefetch_stream(const uint8_t* grp, const PackedRegions& reg, size_t b) {
