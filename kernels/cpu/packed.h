@@ -122,25 +122,18 @@ struct PackedRegions {
   r.chunk_shift = r.block % 64 == 0 ? 0 : 1;
   const size_t per = size_t{1} << r.chunk_shift;
   r.chunk_bytes = r.block * per;
-  if (f.k4 || f.k6) {
-    // The super-block types: the small regions lead each chunk and the quants follow, so that
-    // their one-token kernels read a chunk as one ascending run, the small regions first (for
-    // Q6_K only d; its sub-block scales and high bits live in its quants' slot).
-    r.d = 0;
-    r.m = r.d + per * d;
-    r.sc = r.m + per * m;
-    r.mn = r.sc + per * sc;
-    r.qh = r.mn + per * mn;
-    r.qs = r.qh + per * qh;
-    r.total = (n + per - 1) / per * r.chunk_bytes;
-    return r;
-  }
+  // The super-block types put their quants last, so that their one-token kernels read a chunk
+  // as one ascending run with the small regions first (for Q6_K only d: its sub-block scales and
+  // high bits live in its quants' slot); the 32-element types put them first.
+  const bool quants_last = f.k4 || f.k6;
+  size_t at = quants_last ? 0 : per * r.qs_block;
   r.qs = 0;
-  r.d = r.qs + per * r.qs_block;
-  r.m = r.d + per * d;
-  r.qh = r.m + per * m;
-  r.sc = r.qh + per * qh;
-  r.mn = r.sc + per * sc;
+  r.d = at;
+  r.m = at += per * d;
+  r.sc = at += per * m;
+  r.mn = at += per * sc;
+  r.qh = at += per * mn;
+  if (quants_last) r.qs = at + per * qh;
   r.total = (n + per - 1) / per * r.chunk_bytes;
   return r;
 }
