@@ -172,6 +172,13 @@ TEST_P(PackedType, RegionsInterleaveByBlockInWholeLines) {
     const PackedRegions reg = packed_regions(f, nb);
     const size_t per = size_t{1} << reg.chunk_shift;
     EXPECT_EQ(reg.chunk_bytes % 64, 0u) << nb;
+    // The super-block types' quants close each chunk (their one token reads the small regions
+    // first); the 32-element types' open it.
+    if (f.k4 || f.k6) {
+      EXPECT_EQ(reg.qs + per * reg.qs_block, reg.chunk_bytes) << nb;
+    } else {
+      EXPECT_EQ(reg.qs, 0u) << nb;
+    }
     EXPECT_EQ(reg.total, (static_cast<size_t>(nb) + per - 1) / per * reg.chunk_bytes) << nb;
     // (offset in the group, bytes) of every slot: quants, scales, mins, fifth/high bits, sub-block
     // scales and mins, as the layout comment in packed.h lists them.
