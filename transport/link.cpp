@@ -117,14 +117,17 @@ void Link::close_impl(std::string reason, bool notify_peer, bool log, std::strin
   }
   if (log) log_line(fmt::format("link to {} closed: {}", peer_, reason));
   if (notify_peer) {
-    std::unique_lock lock(send_mutex_, std::try_to_lock);
-    if (lock.owns_lock() && writable_now()) {
+    // The peer should learn why: a frame another thread is writing (a heartbeat, a batch) is
+    // let finish first, and a full send buffer given time to drain, within bounds, so that the
+    // reason is not lost to a momentary lock or a burst of data ahead of it.
+    std::unique_lock lock(send_mutex_, kCloseSendWait);
+    if (lock.owns_lock()) {
       const std::string_view message = tell_peer.empty() ? std::string_view(reason) : tell_peer;
       const std::string_view r = message.substr(0, kMaxCloseReasonBytes);
       const ByteSpan payload(reinterpret_cast<const std::byte*>(r.data()), r.size());
       try {
         send_frame(msg::kClose, std::span<const ByteSpan>(&payload, 1), payload.size(),
-                   deadline_after(Timeout(100)));
+                   deadline_after(kCloseDrainWait));
       } catch (const LinkError&) {
         // Best effort: the peer learns from the closed connection instead.
       }

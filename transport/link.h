@@ -37,6 +37,11 @@ struct LinkKeys;  // frame_cipher.h
 using Clock = std::chrono::steady_clock;
 using Timeout = std::chrono::milliseconds;
 inline constexpr Timeout kNoTimeout = Timeout::max();
+// How long close() waits for a frame another thread is writing, and then for room to write its
+// Close frame, before it gives up telling the peer why (the peer then learns of the close from
+// the connection alone).
+inline constexpr Timeout kCloseSendWait{250};
+inline constexpr Timeout kCloseDrainWait{100};
 
 // now + timeout, saturating (kNoTimeout → time_point::max()).
 Clock::time_point deadline_after(Timeout timeout);
@@ -87,6 +92,8 @@ class Link {
   bool try_send_heartbeat();
 
   bool is_closed() const { return closed_.load(std::memory_order_acquire); }
+  // True while a thread is inside receive(): it will see the peer's Close or hang-up itself.
+  bool receiving() const { return receiving_.load(std::memory_order_acquire); }
   // Why the link closed ("" while open).
   std::string close_reason() const;
   // The peer, for messages: "127.0.0.1:5000", "[::1]:5000", "local:a".
@@ -134,13 +141,14 @@ class Link {
 
  private:
   // Closes with `reason`; `notify_peer`: try to send a Close frame saying `tell_peer` (or
-  // `reason` when empty); `log`: report it.
+  // `reason` when empty), after the frame another thread may be writing (waiting up to
+  // kCloseSendWait for it, then kCloseDrainWait for room); `log`: report it.
   void close_impl(std::string reason, bool notify_peer, bool log, std::string_view tell_peer = {});
   [[noreturn]] void rethrow_closed();
 
   const std::string peer_;
   const std::shared_ptr<const FrameLimits> limits_;
-  std::mutex send_mutex_;
+  std::timed_mutex send_mutex_;
   std::atomic<bool> closed_{false};
   std::atomic<bool> receiving_{false};
   mutable std::mutex reason_mutex_;

@@ -126,6 +126,47 @@ TEST_P(FramesOverLink, CloseFromAnotherThreadWakesABlockedReceive) {
   EXPECT_EQ(p.b->close_reason(), "shutting down");
 }
 
+// close() from one thread while another streams frames: the frame in flight is finished, then
+// the peer gets the Close with its reason (not a connection cut in the middle of a frame, nor a
+// reason lost because the sender held the link's send lock at that moment).
+TEST_P(FramesOverLink, ACloseWhileAnotherThreadSendsTellsThePeerWhyAfterTheFrameInFlight) {
+  LinkPair p = make();
+  const std::vector<std::byte> frame(2u << 20, std::byte{0x42});
+  std::atomic<int> sent{0};
+  std::thread sender([&] {
+    try {
+      while (true) {
+        p.a->send(kData, frame, Timeout(10000));
+        ++sent;
+      }
+    } catch (const LinkError&) {
+    }
+  });
+  std::string why;
+  int received = 0;
+  bool whole = true;
+  std::thread receiver([&] {
+    ByteBuffer buffer;
+    try {
+      while (auto m = p.b->receive(buffer, Timeout(10000))) {
+        whole = whole && m->payload.size() == frame.size();
+        ++received;
+      }
+      why = "receive timed out";
+    } catch (const LinkError& e) {
+      why = e.what();
+    }
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  while (sent < 20 && seconds_since(t0) < 30.0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  p.a->close("the stage is stopping (test reason)");
+  sender.join();
+  receiver.join();
+  EXPECT_NE(why.find("peer closed the link: the stage is stopping (test reason)"), std::string::npos) << why;
+  EXPECT_TRUE(whole);
+  EXPECT_GE(received, 20);
+}
+
 TEST_P(FramesOverLink, ConcurrentSendersNeverInterleaveFrames) {
   LinkPair p = make();
   constexpr int kThreads = 4, kPerThread = 200;
