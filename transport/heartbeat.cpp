@@ -68,7 +68,10 @@ void LinkMonitor::run() {
     auto last_receive = link_.last_receive_time();
     if (unread && !hung_up) last_receive = now;
     const auto silent = now - last_receive;
-    if ((hung_up && !unread) || silent >= options_.dead_after) {
+    // A thread inside receive() reads what the peer left (its Close, with the reason) and
+    // closes the link itself; declaring the hang-up here first would lose that reason.
+    const bool receiver_will_see = hung_up && link_.receiving();
+    if (!receiver_will_see && ((hung_up && !unread) || silent >= options_.dead_after)) {
       const std::string reason =
           hung_up ? std::string(unread ? "the peer closed the connection (input left unread)"
                                        : "the peer closed the connection")

@@ -4,6 +4,9 @@
 
 #include "transport_test_util.h"
 
+#include <condition_variable>
+#include <cstring>
+
 namespace hearth::transport::test {
 namespace {
 
@@ -172,6 +175,62 @@ TEST(Heartbeat, BusyReceiverDoesNotKillALivePeer) {
   EXPECT_FALSE(monitor_a.peer_dead()) << monitor_a.reason();
   EXPECT_TRUE(p.a->has_unread_input());
   p.b->close("test over");
+}
+
+// A link caught in the moment after its receiver has read the peer's Close and before it has
+// acted on it: the peer has hung up and no input is left unread, but the reason is in the
+// receiver's hands. (receive_frame() holds the Close until deliver().)
+class CloseInTheReceiversHands : public Link {
+ public:
+  static constexpr std::string_view kReason = "the next stage refused a frame (test)";
+  CloseInTheReceiversHands() : Link("test:peer", test_limits()) {}
+  void deliver() {
+    std::lock_guard lock(mutex_);
+    delivered_ = true;
+    changed_.notify_all();
+  }
+  bool has_unread_input() const override { return false; }
+  bool peer_hung_up() const override { return true; }
+  bool start_encryption(const LinkKeys&) override { return false; }
+
+ protected:
+  void send_frame(MessageType, std::span<const ByteSpan>, uint64_t, Clock::time_point) override {}
+  std::optional<Message> receive_frame(ByteBuffer& buffer, Clock::time_point) override {
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] { return delivered_ || shut_; });
+    if (!delivered_) throw LinkClosed("the link was shut before the Close was handled");
+    auto bytes = buffer.resize_for_overwrite(kReason.size());
+    std::memcpy(bytes.data(), kReason.data(), kReason.size());
+    return Message{msg::kClose, buffer.bytes()};
+  }
+  bool writable_now() const override { return true; }
+  void shutdown_transport() override {
+    std::lock_guard lock(mutex_);
+    shut_ = true;
+    changed_.notify_all();
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  bool delivered_ = false, shut_ = false;
+};
+
+TEST(Heartbeat, AHangUpIsLeftToTheReceiverThatHoldsThePeersReason) {
+  CloseInTheReceiversHands link;
+  Receiver receiver(link);
+  const auto t0 = std::chrono::steady_clock::now();
+  while (!link.receiving() && seconds_since(t0) < 10.0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ASSERT_TRUE(link.receiving());
+  DeathClock clock;
+  LinkMonitor monitor(link, {Timeout(100), Timeout(500)}, clock.callback());
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_FALSE(monitor.peer_dead()) << monitor.reason();
+  link.deliver();
+  EXPECT_GE(clock.wait(10.0), 0.0);
+  receiver.join();
+  EXPECT_NE(monitor.reason().find(CloseInTheReceiversHands::kReason), std::string::npos) << monitor.reason();
+  EXPECT_NE(receiver.error().find(CloseInTheReceiversHands::kReason), std::string::npos) << receiver.error();
 }
 
 TEST(Heartbeat, LocalLinkSilentPeer) {
