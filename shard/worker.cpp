@@ -241,7 +241,7 @@ void Worker::run_session(std::unique_ptr<transport::TcpLink> control) {
   std::unique_ptr<transport::TcpLink> upstream, downstream;
   std::unique_ptr<LoadedStage> loaded;
   std::vector<std::unique_ptr<transport::LinkMonitor>> monitors;
-  std::thread control_reader;
+  std::thread control_reader, downstream_reader;
   auto close_all = [&](const std::string& reason) {
     for (Link* l : {static_cast<Link*>(control.get()), static_cast<Link*>(upstream.get()), static_cast<Link*>(downstream.get())}) {
       if (l != nullptr) l->close(reason);
@@ -344,6 +344,24 @@ void Worker::run_session(std::unique_ptr<transport::TcpLink> control) {
       });
     }
 
+    if (downstream) {
+      // The next stage sends nothing but heartbeats on this link. Reading them lets its Close
+      // (why it refused a frame, or stopped) reach this stage, which passes the reason on to
+      // the coordinator instead of a bare "the peer closed the connection".
+      downstream_reader = std::thread([&] {
+        transport::ByteBuffer b;
+        try {
+          while (true) {
+            if (auto other = downstream->receive(b); other) {
+              throw WireError(fmt::format("unexpected message type {} from the next stage", other->type));
+            }
+          }
+        } catch (const Error& e) {
+          close_all(e.what());
+        }
+      });
+    }
+
     const int64_t n_embd = config->n_embd;
     const size_t n_vocab = static_cast<size_t>(config->n_vocab);
     // Token bytes for grammar-constrained sequences (the last stage samples), kept with the stage.
@@ -389,6 +407,7 @@ void Worker::run_session(std::unique_ptr<transport::TcpLink> control) {
     close_all(e.what());
   }
   if (control_reader.joinable()) control_reader.join();
+  if (downstream_reader.joinable()) downstream_reader.join();
   monitors.clear();
   for (Link* l : {static_cast<Link*>(control.get()), static_cast<Link*>(upstream.get()), static_cast<Link*>(downstream.get())}) {
     if (l != nullptr) track(l, false);

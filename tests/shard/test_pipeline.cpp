@@ -32,6 +32,9 @@
 #include "tests/support/devices.h"
 #include "tests/support/fixtures.h"
 #include "transport/byte_buffer.h"
+#include "transport/handshake.h"
+#include "transport/heartbeat.h"
+#include "transport/tcp_link.h"
 #include "transport/log.h"
 
 namespace hearth::shard {
@@ -618,6 +621,70 @@ TEST_F(PipelineTest, ASessionWithTheSameLayersReusesTheLoadedStage) {
   EXPECT_EQ(loaded(), before + 2);
   const std::vector<Outcome> got = run_all(moved, model_->tokenizer(), {prompts_[0]}, kTokens);
   EXPECT_EQ(got[0].tokens, want[0].tokens);
+}
+
+// A stage that refuses a frame tells the stage before it why (a Close frame), and that stage
+// passes the reason on to the coordinator, whose failure names it. The second stage here is a
+// fake: it closes the link from worker 0 with a reason of its own when the first Batch arrives,
+// and keeps its own link to the coordinator open (heartbeats only), so the reason can reach the
+// coordinator only through worker 0.
+TEST_F(PipelineTest, AStagesReasonForClosingReachesTheCoordinatorThroughTheStageBeforeIt) {
+  const transport::ClusterKey key = transport::generate_cluster_key();
+  InProcessCluster cluster(1, key);
+  transport::TcpListener listener(pipeline_frame_limits());
+  const std::string reason = "the fake stage refused this batch (test reason 4711)";
+  std::unique_ptr<transport::TcpLink> from_coordinator, from_upstream;
+  std::vector<std::unique_ptr<transport::LinkMonitor>> monitors;
+  std::string fake_error;
+  std::thread fake([&] {
+    try {
+      while (!from_coordinator || !from_upstream) {
+        auto link = listener.accept(transport::Timeout(60000));
+        if (!link) throw Error("nobody connected");
+        transport::HandshakeOptions hs;
+        hs.capabilities = json{{"backend", "cpu"}}.dump();
+        const json caps = json::parse(transport::handshake(*link, transport::Role::responder, key, hs).peer_capabilities);
+        monitors.push_back(std::make_unique<transport::LinkMonitor>(*link));  // heartbeats: a live stage
+        if (caps.at("role") == "coordinator") {
+          transport::ByteBuffer b;
+          const auto m = link->receive(b, transport::Timeout(30000));
+          if (!m || m->type != msg::kLoadStage) throw Error("no LoadStage from the coordinator");
+          send_json(*link, msg::kStageReady, {{"ok", true}}, transport::Timeout(5000));
+          from_coordinator = std::move(link);
+        } else {
+          from_upstream = std::move(link);
+        }
+      }
+      transport::ByteBuffer b;
+      const auto m = from_upstream->receive(b, transport::Timeout(60000));
+      if (!m || m->type != msg::kBatch) throw Error("no Batch from worker 0");
+      from_upstream->close(reason);
+    } catch (const std::exception& e) {
+      fake_error = e.what();
+    }
+  });
+  std::vector<Outcome> got;
+  std::string failure;
+  try {
+    const int32_t n_layer = model_->config().n_layer;
+    PipelineExecutor pipeline(smollm2(), model_->config(),
+                              {{cluster.addresses()[0], 0, n_layer / 2}, {listener.address(), n_layer / 2, n_layer}}, key,
+                              options());
+    got = run_all(pipeline, model_->tokenizer(), {prompts_[0]}, 4);
+    failure = pipeline.failure();
+  } catch (const std::exception& e) {
+    listener.close();
+    fake.join();
+    FAIL() << e.what() << " / the fake stage: " << fake_error;
+  }
+  fake.join();
+  ASSERT_EQ(fake_error, "");
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].finish_reason, "error");
+  EXPECT_NE(got[0].error.find(reason), std::string::npos) << got[0].error;
+  EXPECT_EQ(failure.rfind("stage 0 (", 0), 0u) << failure;  // reported by worker 0: the fake never closed its own link
+  EXPECT_NE(failure.find(reason), std::string::npos) << failure;
+  monitors.clear();
 }
 
 TEST_F(PipelineTest, AKilledWorkerIsReportedWithinThreeSecondsAndTheCoordinatorStaysUp) {
