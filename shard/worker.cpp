@@ -328,39 +328,26 @@ void Worker::run_session(std::unique_ptr<transport::TcpLink> control) {
     }
     Link& in = upstream ? static_cast<Link&>(*upstream) : static_cast<Link&>(*control);
     Link& out = downstream ? static_cast<Link&>(*downstream) : static_cast<Link&>(*control);
-    if (&in != control.get()) {
-      // The coordinator sends nothing more on this link, but its heartbeats must be read.
-      control_reader = std::thread([&] {
+    // Links this stage does not receive batches on: the coordinator's (unless it is the input)
+    // and the next stage's. Their peers send nothing but heartbeats, which must be read, and
+    // perhaps a Close, whose reason ends the session and goes on in this stage's own Closes: a
+    // next stage that refused a frame is named to the coordinator, not a bare closed connection.
+    const auto read_heartbeats = [&close_all](Link& link, const char* who) {
+      return std::thread([&close_all, &link, who] {
         transport::ByteBuffer b;
         try {
           while (true) {
-            if (auto other = control->receive(b); other) {
-              throw WireError(fmt::format("unexpected message type {} from the coordinator", other->type));
+            if (auto other = link.receive(b); other) {
+              throw WireError(fmt::format("unexpected message type {} from {}", other->type, who));
             }
           }
         } catch (const Error& e) {
           close_all(e.what());
         }
       });
-    }
-
-    if (downstream) {
-      // The next stage sends nothing but heartbeats on this link. Reading them lets its Close
-      // (why it refused a frame, or stopped) reach this stage, which passes the reason on to
-      // the coordinator instead of a bare "the peer closed the connection".
-      downstream_reader = std::thread([&] {
-        transport::ByteBuffer b;
-        try {
-          while (true) {
-            if (auto other = downstream->receive(b); other) {
-              throw WireError(fmt::format("unexpected message type {} from the next stage", other->type));
-            }
-          }
-        } catch (const Error& e) {
-          close_all(e.what());
-        }
-      });
-    }
+    };
+    if (&in != control.get()) control_reader = read_heartbeats(*control, "the coordinator");
+    if (downstream) downstream_reader = read_heartbeats(*downstream, "the next stage");
 
     const int64_t n_embd = config->n_embd;
     const size_t n_vocab = static_cast<size_t>(config->n_vocab);
