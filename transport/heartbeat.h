@@ -12,7 +12,9 @@
 // a loop (heartbeats are consumed there) and one sender thread; the monitor needs neither to
 // cooperate. With a peer that heartbeats every 1 s and the default 3 s timeout, a silent peer is
 // declared dead 3 s after the last byte it sent, and a closed connection as soon as the
-// receiver reads the end of the stream.
+// receiver reads the end of the stream. With nobody receiving, the monitor reports a hung-up
+// connection itself; while a thread is inside receive(), it leaves that to the receiver, which
+// holds the peer's Close and its reason.
 #pragma once
 
 #include "transport/link.h"

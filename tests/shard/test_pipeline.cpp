@@ -34,8 +34,8 @@
 #include "transport/byte_buffer.h"
 #include "transport/handshake.h"
 #include "transport/heartbeat.h"
-#include "transport/tcp_link.h"
 #include "transport/log.h"
+#include "transport/tcp_link.h"
 
 namespace hearth::shard {
 namespace {
