@@ -54,16 +54,17 @@ int run_bench(const BenchArgs& args) {
   std::fprintf(stderr, "hearth bench: %s on %s, %d threads, %d repetitions...\n", args.model.c_str(),
                backend_desc.c_str(), threads, p.repetitions);
   // The limit of decoding: the rate the memory holding the weights is read at. On the CPU, what
-  // the bench's threads read (bench/memory_bandwidth.h), probed right after each tg repetition
-  // (a shared machine's bandwidth drifts): each repetition's fraction of the limit is taken
-  // against its own probe, and the limit shown is their mean (a run without tg: measured once
-  // after the tests). On a GPU, the device's own memory (y = a + b on the device), once after
-  // the tests, on arrays sized to the device.
+  // the bench's threads read (bench/memory_bandwidth.h), interleaved with the decode steps of
+  // an untimed tg pass after the timed repetitions (ModelBenchParams::read_probe: a shared
+  // machine's bandwidth switches between states that last seconds); the fraction of the limit
+  // is that pass's decode rate against its reads' rate (a run without tg: the bandwidth is
+  // measured once after the tests). On a GPU, the device's own memory (y = a + b on the
+  // device), once after the tests, on arrays sized to the device.
   const bool on_host = backend.name() == "cpu";
   std::unique_ptr<bench::ReadBandwidthProbe> probe;
   if (on_host) {
     probe = std::make_unique<bench::ReadBandwidthProbe>(threads);
-    p.bandwidth_probe = [&probe] { return probe->measure().bytes_per_second; };
+    p.read_probe = [&probe] { return probe->read_once(); };
   }
   const auto results = bench::run_model_bench(file, config, backend, p);
   bench::BandwidthResult bw;
@@ -75,20 +76,20 @@ int run_bench(const BenchArgs& args) {
         backend, std::clamp<size_t>(device_bytes / 16 / 4096 * 4096, size_t{4} << 20, size_t{512} << 20));
     bw_method = "device add, y = a + b";
   } else {
-    std::vector<double> probes;
-    for (const auto& r : results) probes.insert(probes.end(), r.bandwidth.begin(), r.bandwidth.end());
-    if (probes.empty()) {
+    const auto tg = std::find_if(results.begin(), results.end(), [](const bench::TestResult& r) { return r.limit_pass.tokens > 0; });
+    if (tg == results.end()) {
       bw = probe->measure(3);
       bw_method = fmt::format("read, {} threads", bw.threads);
     } else {
-      for (double b : probes) bw.bytes_per_second += b / static_cast<double>(probes.size());
-      bw_method = fmt::format("read, {} threads, the mean of {} probes taken after each tg repetition", threads,
-                              probes.size());
+      bw.bytes_per_second = tg->limit_pass.read_bytes_per_second();
+      bw_method = fmt::format("read, {} threads, {} reads of {} MiB, one after each decode step of an untimed {} pass",
+                              threads, tg->limit_pass.tokens, tg->limit_pass.read_bytes / tg->limit_pass.tokens >> 20,
+                              tg->name);
     }
   }
   const uint64_t bytes_per_token = bench::weight_bytes_per_token(file, config);
   const double limit = bw.bytes_per_second / static_cast<double>(bytes_per_token);
-  // A test's fraction of the limit: against its own probes where it has them.
+  // A test's fraction of the limit: its limit pass's where it has one.
   const auto fraction = [&](const bench::TestResult& r) {
     const double paired = r.fraction_of_limit(bytes_per_token);
     return paired > 0 ? paired : r.mean() / limit;
@@ -118,7 +119,8 @@ int run_bench(const BenchArgs& args) {
                               {"tokens_per_s_mean", r.mean()},
                               {"tokens_per_s_sd", r.stddev()},
                               {"samples", r.tokens_per_second},
-                              {"fraction_of_limit", r.name.starts_with("tg") ? fraction(r) : 0.0}});
+                              {"fraction_of_limit", r.name.starts_with("tg") ? fraction(r) : 0.0},
+                              {"limit_pass_tokens_per_s", r.limit_pass.decode_tokens_per_second()}});
     }
     std::printf("%s\n", out.dump(2).c_str());
     return 0;
@@ -145,7 +147,12 @@ int run_bench(const BenchArgs& args) {
               bw.bytes_per_second / 1e9, bw_method.c_str(), human_size(static_cast<double>(bytes_per_token)).c_str(),
               limit);
   for (const auto& r : results) {
-    if (r.name.starts_with("tg")) std::printf("; %s reaches %.1f%% of it", r.name.c_str(), 100.0 * fraction(r));
+    if (!r.name.starts_with("tg")) continue;
+    std::printf("; %s reaches %.1f%% of it", r.name.c_str(), 100.0 * fraction(r));
+    if (r.limit_pass.tokens > 0) {
+      std::printf(" (%.2f tokens/s between the reads, against %.1f GB/s)", r.limit_pass.decode_tokens_per_second(),
+                  r.limit_pass.read_bytes_per_second() / 1e9);
+    }
   }
   std::printf("\nbuild: %s (%s)\n", build::kCommit, build::kBuildType);
   return 0;

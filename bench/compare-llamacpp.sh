@@ -167,9 +167,11 @@ print("| --- | ---: | ---: | ---: |")
 for name in hearth:
     if name in llama:
         print(f"| {name} | {ms(hearth[name])} | {ms(llama[name])} | {statistics.mean(hearth[name]) / statistics.mean(llama[name]):.2f}x |")
-# The limit: hearth bench's (on the CPU, the read bandwidth probed after each of its tg
-# repetitions; hearth's fraction pairs each repetition with its own probe), averaged over the
-# alternating runs; llama.cpp's fraction is against that mean.
+# The limit: hearth bench's (on the CPU, the read bandwidth measured between the decode steps
+# of an untimed tg pass after its timed repetitions; hearth's fraction is that pass's decode rate
+# against those reads), averaged over the alternating runs. llama.cpp's fraction is its mean
+# tokens/s against that mean: not measured over the same seconds, so only a rough figure on a
+# machine whose bandwidth switches between states.
 bandwidth = statistics.mean(bandwidths)
 limit = bandwidth / info["weight_bytes_per_token"]
 print()

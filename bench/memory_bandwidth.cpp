@@ -121,6 +121,8 @@ struct ReadBandwidthProbe::State {
     });
   }
   int64_t chunks() const { return static_cast<int64_t>(bytes / 4096); }
+  // One read of the array with `read` on every thread; its seconds.
+  double read_seconds(ReadFn read);
 
   size_t bytes;
   // The kind of memory the weights live in (kernels/cpu: repacked copies on 2 MiB pages): on
@@ -131,28 +133,43 @@ struct ReadBandwidthProbe::State {
   ThreadPool pool;
   std::vector<ReadFn> ways;
   std::vector<uint64_t> sums;  // kept, so that the reads are not optimised away
+  ReadFn fastest = nullptr;    // the way measure() found fastest
 };
 
 ReadBandwidthProbe::ReadBandwidthProbe(int threads, size_t array_bytes)
     : state_(std::make_unique<State>(threads, array_bytes)) {}
 ReadBandwidthProbe::~ReadBandwidthProbe() = default;
 
+double ReadBandwidthProbe::State::read_seconds(ReadFn read) {
+  const auto start = std::chrono::steady_clock::now();
+  pool.parallel_for(chunks(), [&](int64_t c0, int64_t c1, int t) {
+    sums[static_cast<size_t>(t)] += read(data, static_cast<size_t>(c0) * 4096, static_cast<size_t>(c1) * 4096);
+  });
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  volatile uint64_t sink = 0;
+  for (uint64_t v : sums) sink = sink + v;  // keep the reads
+  return seconds;
+}
+
 BandwidthResult ReadBandwidthProbe::measure(int repetitions) {
   State& st = *state_;
   double best = 0.0;
   for (int r = 0; r < std::max(1, repetitions); ++r) {
     for (const ReadFn read : st.ways) {
-      const auto start = std::chrono::steady_clock::now();
-      st.pool.parallel_for(st.chunks(), [&](int64_t c0, int64_t c1, int t) {
-        st.sums[static_cast<size_t>(t)] += read(st.data, static_cast<size_t>(c0) * 4096, static_cast<size_t>(c1) * 4096);
-      });
-      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      best = std::max(best, static_cast<double>(st.bytes) / seconds);
+      const double rate = static_cast<double>(st.bytes) / st.read_seconds(read);
+      if (rate > best) {
+        best = rate;
+        st.fastest = read;
+      }
     }
   }
-  volatile uint64_t sink = 0;
-  for (uint64_t v : st.sums) sink = sink + v;  // keep the reads
   return {best, st.bytes, st.pool.size()};
+}
+
+ReadSample ReadBandwidthProbe::read_once() {
+  State& st = *state_;
+  if (st.fastest == nullptr) measure(3);
+  return {st.bytes, st.read_seconds(st.fastest)};
 }
 
 BandwidthResult measure_device_add_bandwidth(kernels::Backend& backend, size_t array_bytes, int repetitions) {

@@ -18,6 +18,12 @@ struct BandwidthResult {
   int threads = 0;
 };
 
+// One timed read: `bytes` in `seconds`.
+struct ReadSample {
+  size_t bytes = 0;
+  double seconds = 0.0;
+};
+
 BandwidthResult measure_triad_bandwidth(int threads, size_t array_bytes = size_t{256} << 20, int repetitions = 5);
 
 // The rate `threads` threads read memory at, and nothing else: decode's own limit (it reads
@@ -27,14 +33,19 @@ BandwidthResult measure_triad_bandwidth(int threads, size_t array_bytes = size_t
 // 16-byte vectors with and without software prefetches into L2, and the widest vectors (AVX2,
 // AVX-512, the latter also with L2 prefetches); the best way over the repetitions is the result
 // (the triad, which also writes, reads less). The array is allocated and first touched, and the
-// threads started, once: `hearth bench` measures after every tg repetition.
+// threads started, once: `hearth bench` reads it between the decode steps of a tg pass.
 class ReadBandwidthProbe {
  public:
   ReadBandwidthProbe(int threads, size_t array_bytes = size_t{256} << 20);
   ~ReadBandwidthProbe();
   ReadBandwidthProbe(const ReadBandwidthProbe&) = delete;
   ReadBandwidthProbe& operator=(const ReadBandwidthProbe&) = delete;
+  // The best rate over every way and repetition; the fastest way is kept for read_once().
   BandwidthResult measure(int repetitions = 1);
+  // One read of the whole array in the fastest way (measure(3) picks it first if measure has not
+  // run): its bytes and seconds. Not a best-of: a mean over many of these is what the memory
+  // gave over the time they were spread across.
+  ReadSample read_once();
 
  private:
   struct State;

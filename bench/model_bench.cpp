@@ -25,12 +25,9 @@ double TestResult::stddev() const {
 }
 
 double TestResult::fraction_of_limit(uint64_t bytes_per_token) const {
-  if (bandwidth.empty() || bandwidth.size() != tokens_per_second.size()) return 0.0;
-  double sum = 0.0;
-  for (size_t i = 0; i < bandwidth.size(); ++i) {
-    sum += tokens_per_second[i] * static_cast<double>(bytes_per_token) / bandwidth[i];
-  }
-  return sum / static_cast<double>(bandwidth.size());
+  const double read = limit_pass.read_bytes_per_second();
+  if (read <= 0) return 0.0;
+  return limit_pass.decode_tokens_per_second() * static_cast<double>(bytes_per_token) / read;
 }
 
 uint64_t weight_bytes_per_token(const gguf::GgufFile& file, const engine::ModelConfig& config) {
@@ -106,23 +103,34 @@ std::vector<TestResult> run_model_bench(const gguf::GgufFile& file, const engine
   if (p.n_gen > 0) {
     TestResult r{fmt::format("tg{}{}", p.n_gen, at_depth), p.n_gen, {}, {}};
     const auto tokens = random_tokens(p.n_gen);
+    const auto decode = [&](int32_t i) {
+      const kernels::KvSlot slot{0, p.depth + i};
+      const int32_t row0 = 0;
+      stage.forward({.tokens = std::span<const engine::Token>(&tokens[static_cast<size_t>(i)], 1),
+                     .hidden = {},
+                     .slots = std::span(&slot, 1),
+                     .output_rows = std::span(&row0, 1)},
+                    out);
+    };
     for (int rep = -1; rep < p.repetitions; ++rep) {
       if (p.depth > 0) prefill(stage, depth_tokens, 0, p.n_batch, out);
       const auto start = Clock::now();
-      for (int32_t i = 0; i < p.n_gen; ++i) {
-        const kernels::KvSlot slot{0, p.depth + i};
-        const int32_t row0 = 0;
-        stage.forward({.tokens = std::span<const engine::Token>(&tokens[static_cast<size_t>(i)], 1),
-                       .hidden = {},
-                       .slots = std::span(&slot, 1),
-                       .output_rows = std::span(&row0, 1)},
-                      out);
-      }
+      for (int32_t i = 0; i < p.n_gen; ++i) decode(i);
       backend.synchronize();
       const double s = std::chrono::duration<double>(Clock::now() - start).count();
-      if (rep >= 0) {
-        r.tokens_per_second.push_back(p.n_gen / s);
-        if (p.bandwidth_probe) r.bandwidth.push_back(p.bandwidth_probe());
+      if (rep >= 0) r.tokens_per_second.push_back(p.n_gen / s);
+    }
+    if (p.read_probe) {  // the limit pass
+      if (p.depth > 0) prefill(stage, depth_tokens, 0, p.n_batch, out);
+      for (int32_t i = 0; i < p.n_gen; ++i) {
+        const auto start = Clock::now();
+        decode(i);
+        backend.synchronize();
+        r.limit_pass.decode_seconds += std::chrono::duration<double>(Clock::now() - start).count();
+        r.limit_pass.tokens += 1;
+        const ReadSample read = p.read_probe();
+        r.limit_pass.read_bytes += read.bytes;
+        r.limit_pass.read_seconds += read.seconds;
       }
     }
     results.push_back(std::move(r));
