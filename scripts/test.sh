@@ -62,7 +62,7 @@ log "building build-san/ (AddressSanitizer + UndefinedBehaviorSanitizer)"
 cmake -S . -B build-san -G Ninja -DCMAKE_BUILD_TYPE=Debug -DHEARTH_WERROR=ON -DHEARTH_CUDA=OFF -DHEARTH_VULKAN=OFF \
   "-DHEARTH_SANITIZE=address;undefined" "${CCACHE[@]}" >/dev/null
 cmake --build build-san -j "$JOBS" --target test_core test_quants test_backend_ops test_attention test_ops_simd test_dot_simd test_cuda_on_cpu test_gpu_models test_gguf test_gguf_writer test_tensor_map test_tokenizer \
-  test_chat_template test_sampler test_model test_stage_steps test_plan test_wire test_serve_bench test_transport
+  test_chat_template test_sampler test_model test_stage_steps test_plan test_wire test_serve_bench test_model_bench test_transport
 log "running the hardening suites under sanitizers"
 (cd build-san && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --output-on-failure -j "$JOBS" -L sanitize --timeout 900)
