@@ -17,6 +17,8 @@ namespace {
 
 using namespace std::chrono_literals;
 
+gguf::GgufFile tiny_model() { return gguf::GgufFile::open(test::fixtures_dir() / "arch" / "qwen2-tiny.gguf"); }
+
 TEST(ModelBench, TheFractionOfTheLimitIsTheLimitPassDecodeRateAgainstItsReads) {
   TestResult r;
   EXPECT_EQ(r.fraction_of_limit(100), 0.0) << "no limit pass, no fraction";
@@ -28,7 +30,7 @@ TEST(ModelBench, TheFractionOfTheLimitIsTheLimitPassDecodeRateAgainstItsReads) {
 }
 
 TEST(ModelBench, EachDecodeStepOfTheLimitPassIsFollowedByOneReadThatItsTimeLeavesOut) {
-  gguf::GgufFile file = gguf::GgufFile::open(test::fixtures_dir() / "arch" / "qwen2-tiny.gguf");
+  const gguf::GgufFile file = tiny_model();
   const engine::ModelConfig config = engine::ModelConfig::from_gguf(file);
   kernels::CpuBackend backend(1);
   ModelBenchParams p;
@@ -58,7 +60,7 @@ TEST(ModelBench, EachDecodeStepOfTheLimitPassIsFollowedByOneReadThatItsTimeLeave
 }
 
 TEST(ModelBench, WithoutAReadProbeThereIsNoLimitPass) {
-  gguf::GgufFile file = gguf::GgufFile::open(test::fixtures_dir() / "arch" / "qwen2-tiny.gguf");
+  const gguf::GgufFile file = tiny_model();
   const engine::ModelConfig config = engine::ModelConfig::from_gguf(file);
   kernels::CpuBackend backend(1);
   ModelBenchParams p;
