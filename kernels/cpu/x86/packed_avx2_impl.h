@@ -36,13 +36,21 @@ namespace hearth::kernels::x86::HEARTH_PACKED_NS {
 namespace {
 
 constexpr bool kDpbusd = HEARTH_PACKED_DPBUSD != 0;
-// How far ahead the ymm kernels prefetch (prefetch_stream; their one token decodes each block
-// twice, a half of eight rows at a time). Zen 4 EPYC, one thread, HEARTH_CPU_LEVEL=avx2,
-// kernel_lab DecodeLayers/*/packed/llama1bx4, GB/s against the layout of regions one after the
-// other with the next group's prefetches, three interleaved rounds: Q4_K 23.5 -> 29.9 at 8192;
-// Q4_0 32.4 -> 32.8 and Q8_0 30.5 -> 31.4 at 16384 (within the noise). Q6_K prefetches nothing:
-// its one token reads each unit in a burst (group_tile_k6).
+// How far ahead the ymm kernels prefetch (prefetch_stream; the 32-element types' one token
+// decodes each block twice, a half of eight rows at a time; several tokens, every type). Zen 4
+// EPYC, one thread, HEARTH_CPU_LEVEL=avx2, kernel_lab DecodeLayers/*/packed/llama1bx4 (one token,
+// Q4_K then half by half), GB/s against the layout of regions one after the other with the next
+// group's prefetches, three interleaved rounds: Q4_K 23.5 -> 29.9 at 8192; Q4_0 32.4 -> 32.8 and
+// Q8_0 30.5 -> 31.4 at 16384 (within the noise). Q6_K's one token prefetches nothing: it reads
+// each unit in a burst (group_tile_k6).
 constexpr size_t kAheadBlocks = 16384, kAheadK4 = 8192;
+// Q4_K's one token (both halves of a block at once, group_tile_k4) prefetches a quarter of each
+// block before each pair of sub-blocks, 24 KiB ahead. Zen 4 EPYC, one thread, the avx2 level,
+// k 2048 x m 8192 and k 8192 x m 2048 from memory, the kernel's rate against a plain read of as
+// many bytes right after each call, variants compiled apart and alternated in one process, three
+// runs: the whole block 8 KiB ahead at its start 0.82-0.87 of the read; spread 16 KiB ahead
+// 0.89-0.91, 24 KiB 0.91-0.92, 32 KiB 0.90-0.92, 48 KiB 0.89-0.92; one line per k-step 0.69-0.80.
+constexpr size_t kAheadK4Token = 24576;
 // Tokens per register tile: a half-group's eight decoded registers and the tile's accumulators
 // (and int32 totals) share sixteen ymm registers.
 constexpr int kAvx2Tile = 4;
@@ -236,11 +244,103 @@ void group_tile(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_
 // Q4_K: per sub-block of 32 the same eight k-steps; on AVX2 the int16 sums meet the sub-block's
 // 6-bit scales in vpmaddwd, with vpdpbusd the int32 sums in vpmulld. The mins meet the token's
 // sums of 32 in four vpmaddwd (pairs of sub-blocks, the layout's order for vpdpwssd).
+//
+// One token takes both halves of a block at once (token_k4): each 64-byte line is read whole,
+// each activation broadcast serves sixteen rows, and the decoded registers go straight into
+// their products. Zen 4 EPYC, one thread, the avx2 level, k 2048 x m 8192 from memory, the
+// kernel's rate against a plain read of as many bytes right after each call (alternated, so
+// that both see the same state of this machine's memory): 0.78-0.80 of it half by half, 0.83-0.85
+// so; from L2 34.7 -> 36.6 GB/s.
 template <int T>
-void group_tile_k4(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k, const uint8_t* xa,
+[[gnu::noinline]] void group_tile_k4(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k, const uint8_t* xa,
                    size_t act_stride, float* y, int64_t y_stride, int64_t valid) {
   const size_t sums_at = static_cast<size_t>(k) + 4 * static_cast<size_t>(nb);
   const __m256i low4 = _mm256_set1_epi8(0x0F);
+  if constexpr (T == 1) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const auto ub = static_cast<size_t>(b);
+      const uint8_t* qs_block = grp + reg.at(reg.qs, reg.qs_block, ub);
+      const uint8_t* sc_block = grp + reg.at(reg.sc, 128, ub);
+      __m256i total0 = _mm256_setzero_si256(), total1 = _mm256_setzero_si256();
+      // Sub-blocks in pairs: the low nibbles of a line are sub-block 2 p, the high ones 2 p + 1.
+#pragma GCC unroll 4
+      for (int p = 0; p < 4; ++p) {
+        const uint8_t* qs = qs_block + 512 * static_cast<size_t>(p);
+        // A quarter of the block kAheadK4Token ahead, spread over the pairs (see kAheadK4Token).
+        {
+          const uint8_t* from = grp + reg.at(reg.d, 32, ub) + kAheadK4Token;
+          const size_t l0 = 640 * static_cast<size_t>(p), l1 = p == 3 ? reg.block : l0 + 640;
+          for (size_t line = l0; line < l1; line += 64) _mm_prefetch(reinterpret_cast<const char*>(from + line), _MM_HINT_T2);
+        }
+        // The pair's eight lines (and, before the first pair, the block's scales and mins) read
+        // in one burst, as Q6_K's units (see group_tile_k6): the prefetches above bring them to L2,
+        // the burst overlaps their way into L1; the memory clobber keeps GCC from scattering the
+        // loads among the products.
+        __m256i touched = _mm256_setzero_si256();
+        if (p == 0) {
+          const uint8_t* head = grp + reg.at(reg.d, 32, ub);
+          for (size_t o = 0; o < reg.qs; o += 64) touched = _mm256_or_si256(touched, load256(head + o));
+        }
+#pragma GCC unroll 8
+        for (int l = 0; l < 8; ++l) touched = _mm256_or_si256(touched, load256(qs + 64 * l));
+        asm volatile("" : : "x"(touched) : "memory");
+        const uint8_t* aq = xa + 256 * ub + 64 * static_cast<size_t>(p);
+        const uint8_t* sc = sc_block + 32 * static_cast<size_t>(p);
+        // s[n][h]: sub-block 2 p + n, half h.
+        __m256i s[2][2] = {};
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; ++i) {
+          const __m256i line[2] = {load256(qs + 64 * i), load256(qs + 64 * i + 32)};
+          for (int n = 0; n < 2; ++n) {
+            const __m256i a = bcast32(aq + 32 * n + 4 * i);
+            for (int h = 0; h < 2; ++h) {
+              const __m256i w = _mm256_and_si256(n == 0 ? line[h] : _mm256_srli_epi16(line[h], 4), low4);
+              if constexpr (kDpbusd) {
+                s[n][h] = dpbusd(s[n][h], w, a);
+              } else {
+                s[n][h] = _mm256_add_epi16(s[n][h], _mm256_maddubs_epi16(w, a));
+              }
+            }
+          }
+          // The chains in this order: GCC would otherwise gather the products to add them as a
+          // tree, spilling them (kernel_lab: from L2 38.5 -> 40.5 GB/s).
+          asm("" : "+x"(s[0][0]), "+x"(s[0][1]), "+x"(s[1][0]), "+x"(s[1][1]));
+        }
+        for (int h = 0; h < 2; ++h) {
+          __m256i& total = h == 0 ? total0 : total1;
+          for (int n = 0; n < 2; ++n) {
+            const uint8_t* scale = sc + 16 * n + 8 * h;
+            if constexpr (kDpbusd) {
+              total = _mm256_add_epi32(total, _mm256_mullo_epi32(s[n][h], _mm256_cvtepu8_epi32(load64(scale))));
+            } else {
+              total = _mm256_add_epi32(total, _mm256_madd_epi16(s[n][h], pairs_u8(scale)));
+            }
+          }
+        }
+        asm("" : "+x"(total0), "+x"(total1));
+      }
+      // The mins against the token's sums of 32, shared by both halves.
+      const uint8_t* sums = xa + sums_at + 16 * ub;
+      const uint8_t* mn = grp + reg.at(reg.mn, 128, ub);
+      __m256i msum0 = _mm256_setzero_si256(), msum1 = msum0;
+      for (int q = 0; q < 4; ++q) {
+        const __m256i s = bcast32(sums + 4 * q);
+        msum0 = _mm256_add_epi32(msum0, _mm256_madd_epi16(_mm256_cvtepu8_epi16(load128(mn + 32 * static_cast<size_t>(q))), s));
+        msum1 = _mm256_add_epi32(msum1, _mm256_madd_epi16(_mm256_cvtepu8_epi16(load128(mn + 32 * static_cast<size_t>(q) + 16)), s));
+      }
+      const uint8_t* d = grp + reg.at(reg.d, 32, ub);
+      const uint8_t* dmin = grp + reg.at(reg.m, 32, ub);
+      const __m256 dx = _mm256_set1_ps(load_f32(xa + k + 4 * ub));
+      acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total0), _mm256_mul_ps(load_f16x8(d), dx), acc0);
+      acc0 = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum0), _mm256_mul_ps(load_f16x8(dmin), dx), acc0);
+      acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total1), _mm256_mul_ps(load_f16x8(d + 16), dx), acc1);
+      acc1 = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum1), _mm256_mul_ps(load_f16x8(dmin + 16), dx), acc1);
+    }
+    store_rows(y, acc0, valid);
+    store_rows(y + 8, acc1, valid - 8);
+    return;
+  }
   // One super-block of one half (eight rows) into acc (see group_tile).
   const auto block = [&](int h, size_t ub, __m256 (&acc)[T]) __attribute__((always_inline)) {
     if (h == 0) prefetch_stream<kAheadK4>(grp, reg, ub);
@@ -297,17 +397,123 @@ void group_tile_k4(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int
   each_half<T>(nb, y, y_stride, valid, block);
 }
 
+// Q6_K on AVX2: the int16 pairs (scale_2q, scale_2q+1) of eight rows (units: a block's slot,
+// plus 8 for rows 8-15), for vpmaddwd against q6k_negated_sums.
+inline __m256i q6k_scale_pairs(const uint8_t* units, int q) {
+  return _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(load64(units + q6k_sc(2 * q)), load64(units + q6k_sc(2 * q + 1))));
+}
+// A token's int32 corrections of a block (-32 x the sum of each 16 quants) -> int16 -sum_0 ..
+// -sum_15 in order (exact: the corrections are multiples of 32, |sum| <= 16 x 127).
+inline __m256i q6k_negated_sums(const uint8_t* corr) {
+  const __m256i neg0 = _mm256_srai_epi32(load256(corr), 5), neg1 = _mm256_srai_epi32(load256(corr + 32), 5);
+  return _mm256_permute4x64_epi64(_mm256_packs_epi32(neg0, neg1), 0xD8);
+}
+
 // Q6_K: per sub-block of 16, four k-steps. With vpdpbusd each chain starts at the token's
 // -32 x sum of the 16 quants and the sum meets the int8 scale in vpmulld (as the AVX-512
 // kernel). On AVX2 the two int16 pair sums meet the scales in vpmaddwd, and the -32 offset is
 // added once per super-block: sum_j scale_j (-32 sum_j) = 32 sum over pairs of sub-blocks of
 // vpmaddwd((scale_2q, scale_2q+1), (-sum_2q, -sum_2q+1)), the sums recovered exactly from the
 // token's int32 corrections by an arithmetic shift.
+//
+// One token takes both halves of a block at once, as Q4_K's (token rate against a plain read of
+// as many bytes, measured as there: 0.745-0.77 half by half, 0.83-0.84 so; from L2 31.1 -> 33.4
+// GB/s). It reads each unit's 13 lines (and, before the first, the block pair's d line) in one
+// burst, so that their misses overlap; the decoding then finds them in L1. (Zen 4 EPYC, one
+// thread, kernel_lab DecodeLayers/Q6_K/packed/llama1bx4 at the time half by half, four
+// interleaved rounds: 25.1 GB/s against 22.0 with software prefetches 16 KiB ahead over the
+// former layout, 14.2 with those over this one, 17.1 with both, 7.4 with the whole block in one
+// burst; without the burst, both halves at once: 0.61-0.69 of the read.)
 template <int T>
-void group_tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k, const uint8_t* xa,
+[[gnu::noinline]] void group_tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k, const uint8_t* xa,
                    size_t act_stride, float* y, int64_t y_stride, int64_t valid) {
   const size_t corr_at = static_cast<size_t>(k) + 4 * static_cast<size_t>(nb);
   const __m256i low4 = _mm256_set1_epi8(0x0F), bits45 = _mm256_set1_epi8(0x30);
+  // The quants of quarter q (0..3) of a line pair: low nibble or high nibble of the ql line, the
+  // quarter's two bits of the qh line shifted by a constant to bits 4-5.
+  // (quarter is a constant once the loops that call this are unrolled.)
+  const auto decode = [&](int quarter, __m256i lo, __m256i hi) __attribute__((always_inline)) {
+    const __m256i low = _mm256_and_si256(quarter / 2 == 0 ? lo : _mm256_srli_epi16(lo, 4), low4);
+    const __m256i moved = quarter == 0   ? _mm256_slli_epi16(hi, 4)
+                          : quarter == 1 ? _mm256_slli_epi16(hi, 2)
+                          : quarter == 2 ? hi
+                                         : _mm256_srli_epi16(hi, 2);
+    return _mm256_or_si256(low, _mm256_and_si256(moved, bits45));
+  };
+  if constexpr (T == 1) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const auto ub = static_cast<size_t>(b);
+      const uint8_t* units = grp + reg.at(reg.qs, reg.qs_block, ub);
+      const uint8_t* corr = xa + corr_at + 64 * ub;
+      __m256i total0 = _mm256_setzero_si256(), total1 = _mm256_setzero_si256();
+      // Unrolled: every offset and shift below becomes a constant.
+#pragma GCC unroll 16
+      for (int jj = 0; jj < 16; ++jj) {
+        const int hh = jj / 8, half = jj / 4 % 2, quarter = jj % 4, j = 8 * hh + 2 * quarter + half;
+        if (quarter == 0) {
+          const uint8_t* unit = units + q6k_unit(hh, half);
+          __m256i touched = hh == 0 && half == 0 ? load256(grp + reg.at(reg.d, 32, ub)) : _mm256_setzero_si256();
+#pragma GCC unroll 13
+          for (int l = 0; l < 13; ++l) touched = _mm256_or_si256(touched, load256(unit + 64 * l));
+          asm volatile("" : : "x"(touched) : "memory");
+        }
+        const uint8_t* aq = xa + 256 * ub + 16 * static_cast<size_t>(j);
+        // Two chains per half (k-steps 0-1 and 2-3: two int16 pair sums of 6-bit products fit).
+        __m256i s0a = _mm256_setzero_si256(), s0b = s0a, s1a = s0a, s1b = s0a;
+        if constexpr (kDpbusd) s0a = s1a = _mm256_set1_epi32(load_i32(corr + 4 * static_cast<size_t>(j)));
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) {
+          const uint8_t* lo = units + q6k_ql(16 * hh + 8 * (quarter % 2) + 4 * half + i);
+          const uint8_t* hi = units + q6k_qh(8 * hh + 4 * half + i);
+          const __m256i a = bcast32(aq + 4 * i);
+          const __m256i w0 = decode(quarter, load256(lo), load256(hi)), w1 = decode(quarter, load256(lo + 32), load256(hi + 32));
+          __m256i& s0 = (kDpbusd ? i % 2 == 0 : i < 2) ? s0a : s0b;
+          __m256i& s1 = (kDpbusd ? i % 2 == 0 : i < 2) ? s1a : s1b;
+          if constexpr (kDpbusd) {
+            s0 = dpbusd(s0, w0, a);
+            s1 = dpbusd(s1, w1, a);
+          } else {
+            s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(w0, a));
+            s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(w1, a));
+          }
+          asm("" : "+x"(s0a), "+x"(s0b), "+x"(s1a), "+x"(s1b));
+        }
+        const uint8_t* sc = units + q6k_sc(j);
+        if constexpr (kDpbusd) {
+          total0 = _mm256_add_epi32(total0, _mm256_mullo_epi32(_mm256_add_epi32(s0a, s0b), _mm256_cvtepi8_epi32(load64(sc))));
+          total1 = _mm256_add_epi32(total1, _mm256_mullo_epi32(_mm256_add_epi32(s1a, s1b), _mm256_cvtepi8_epi32(load64(sc + 8))));
+        } else {
+          const __m256i scp0 = pairs_i8(sc), scp1 = pairs_i8(sc + 8);
+          total0 = _mm256_add_epi32(total0, _mm256_add_epi32(_mm256_madd_epi16(s0a, scp0), _mm256_madd_epi16(s0b, scp0)));
+          total1 = _mm256_add_epi32(total1, _mm256_add_epi32(_mm256_madd_epi16(s1a, scp1), _mm256_madd_epi16(s1b, scp1)));
+        }
+        // Sums in this order: GCC would otherwise gather the products of all sixteen to add them
+        // as a tree at the end, spilling them.
+        asm("" : "+x"(total0), "+x"(total1));
+      }
+      if constexpr (!kDpbusd) {
+        // The offset's share (see below), the token's sums shared by both halves.
+        const __m256i neg = q6k_negated_sums(corr);
+        __m256i off0 = _mm256_setzero_si256(), off1 = off0;
+#pragma GCC unroll 8
+        for (int q = 0; q < 8; ++q) {
+          const __m256i nq = _mm256_permutevar8x32_epi32(neg, _mm256_set1_epi32(q));
+          off0 = _mm256_add_epi32(off0, _mm256_madd_epi16(q6k_scale_pairs(units, q), nq));
+          off1 = _mm256_add_epi32(off1, _mm256_madd_epi16(q6k_scale_pairs(units + 8, q), nq));
+        }
+        total0 = _mm256_add_epi32(total0, _mm256_slli_epi32(off0, 5));
+        total1 = _mm256_add_epi32(total1, _mm256_slli_epi32(off1, 5));
+      }
+      const uint8_t* d = grp + reg.at(reg.d, 32, ub);
+      const __m256 dx = _mm256_set1_ps(load_f32(xa + k + 4 * ub));
+      acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total0), _mm256_mul_ps(load_f16x8(d), dx), acc0);
+      acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total1), _mm256_mul_ps(load_f16x8(d + 16), dx), acc1);
+    }
+    store_rows(y, acc0, valid);
+    store_rows(y + 8, acc1, valid - 8);
+    return;
+  }
   // One super-block of one half (eight rows) into acc (see group_tile).
   const auto block = [&](int h, size_t ub, __m256 (&acc)[T]) __attribute__((always_inline)) {
     const uint8_t* units = grp + reg.at(reg.qs, reg.qs_block, ub);
@@ -318,31 +524,12 @@ void group_tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int
 #pragma GCC unroll 16
     for (int jj = 0; jj < 16; ++jj) {
       const int hh = jj / 8, half = jj / 4 % 2, quarter = jj % 4, j = 8 * hh + 2 * quarter + half;
-      // One token, first half: the unit's 13 lines (and, before the first, the block pair's d
-      // line) loaded in one burst, so that their misses overlap; the decoding then finds them
-      // in L1, and the second half too. Zen 4 EPYC, one thread, kernel_lab
-      // DecodeLayers/Q6_K/packed/llama1bx4, four interleaved rounds: 25.1 GB/s against 22.0 with
-      // software prefetches 16 KiB ahead over the former layout (14.2 with those over this one;
-      // 17.1 with both; 7.4 with the whole block in one burst).
-      if (T == 1 && h == 0 && quarter == 0) {
-        const uint8_t* unit = units + q6k_unit(hh, half);
-        __m256i touched = hh == 0 && half == 0 ? load256(grp + reg.at(reg.d, 32, ub)) : _mm256_setzero_si256();
-#pragma GCC unroll 13
-        for (int l = 0; l < 13; ++l) touched = _mm256_or_si256(touched, load256(unit + 64 * l));
-        asm volatile("" : : "x"(touched));
-      }
       __m256i w[4];
 #pragma GCC unroll 4
       for (int i = 0; i < 4; ++i) {
         const __m256i lo = load256(units + q6k_ql(16 * hh + 8 * (quarter % 2) + 4 * half + i) + 32 * uh);
         const __m256i hi = load256(units + q6k_qh(8 * hh + 4 * half + i) + 32 * uh);
-        const __m256i low = _mm256_and_si256(quarter / 2 == 0 ? lo : _mm256_srli_epi16(lo, 4), low4);
-        // The quarter's two high bits shifted by a constant to bits 4-5, then masked.
-        const __m256i moved = quarter == 0   ? _mm256_slli_epi16(hi, 4)
-                              : quarter == 1 ? _mm256_slli_epi16(hi, 2)
-                              : quarter == 2 ? hi
-                                             : _mm256_srli_epi16(hi, 2);
-        w[i] = _mm256_or_si256(low, _mm256_and_si256(moved, bits45));
+        w[i] = decode(quarter, lo, hi);
       }
       const uint8_t* sc = units + q6k_sc(j) + 8 * uh;
       if constexpr (kDpbusd) {
@@ -374,15 +561,9 @@ void group_tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int
       // (-sum_2q, -sum_2q+1), times 32.
       __m256i scq[8];
 #pragma GCC unroll 8
-      for (int q = 0; q < 8; ++q) {
-        const uint8_t* s = units + 8 * uh;
-        scq[q] = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(load64(s + q6k_sc(2 * q)), load64(s + q6k_sc(2 * q + 1))));
-      }
+      for (int q = 0; q < 8; ++q) scq[q] = q6k_scale_pairs(units + 8 * uh, q);
       each_token<T>([&]<int t>(std::integral_constant<int, t>) {
-        const uint8_t* c = xa + static_cast<size_t>(t) * act_stride + corr_at + 64 * ub;
-        const __m256i neg0 = _mm256_srai_epi32(load256(c), 5), neg1 = _mm256_srai_epi32(load256(c + 32), 5);
-        // int16 -sum_0 .. -sum_15 in order; |sum| <= 16 x 127.
-        const __m256i neg = _mm256_permute4x64_epi64(_mm256_packs_epi32(neg0, neg1), 0xD8);
+        const __m256i neg = q6k_negated_sums(xa + static_cast<size_t>(t) * act_stride + corr_at + 64 * ub);
         __m256i off = _mm256_madd_epi16(scq[0], _mm256_permutevar8x32_epi32(neg, _mm256_setzero_si256()));
         for (int q = 1; q < 8; ++q) {
           off = _mm256_add_epi32(off, _mm256_madd_epi16(scq[q], _mm256_permutevar8x32_epi32(neg, _mm256_set1_epi32(q))));
