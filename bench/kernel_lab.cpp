@@ -9,6 +9,11 @@
 // weight bytes read per second (the figure to hold against memory bandwidth at one token) and
 // multiply-adds per second (the one that matters for prefill and batches).
 //
+// DecodeLayers/<type>/<path>/<model>x<layers>: every matrix of that many layers for one token,
+// read from memory as in a model. Counters: weight_B/s; read_B/s, a plain read of as many bytes
+// after each pass (untimed); of_read, the passes' rate over the reads' (comparable across runs
+// where weight_B/s is not: this machine's read rate swings by half within seconds).
+//
 // Attention/<shape>/<kv>/decode<S>x<ctx> and /prefill<P>: CpuBackend::attention for S sequences
 // of one new token over `ctx` cached positions each (a continuous-batching decode step), and for
 // one prompt of P tokens attending causally to itself. Quantize/<type>/<k>: one activation row
@@ -16,12 +21,14 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "bench/memory_bandwidth.h"
 #include "core/dtype.h"
 #include "core/fp16.h"
 #include "core/quant_blocks.h"
@@ -131,16 +138,32 @@ void decode_layers(benchmark::State& state, DType type, LayerShape shape, bool p
   Tensor x = backend.new_tensor(DType::F32, {widest, 1, 1, 1});
   Tensor y = backend.new_tensor(DType::F32, {widest, 1, 1, 1});
   fill_normal(x, 5);
+  // After each pass, untimed, one plain read of as many bytes (the probe `hearth bench` takes its
+  // limit from, in its fastest way): this machine's read rate swings by half within seconds, so
+  // the pass's rate is only comparable to a read taken beside it.
+  bench::ReadBandwidthProbe probe(1, bytes);
+  double pass_seconds = 0.0, read_seconds = 0.0;
+  size_t read_bytes = 0;
   for (auto _ : state) {
+    const auto start = std::chrono::steady_clock::now();
     for (const Tensor& w : weights) {
       Tensor xv = x, yv = y;
       xv.ne[0] = w.ne[0], yv.ne[0] = w.ne[1];
       backend.matmul(w, xv, yv);
     }
     benchmark::DoNotOptimize(CpuBackend::host(y));
+    pass_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    state.PauseTiming();
+    const bench::ReadSample read = probe.read_once();
+    read_bytes += read.bytes;
+    read_seconds += read.seconds;
+    state.ResumeTiming();
   }
-  state.counters["weight_B/s"] =
-      benchmark::Counter(static_cast<double>(state.iterations()) * static_cast<double>(bytes), benchmark::Counter::kIsRate);
+  const double iters = static_cast<double>(state.iterations());
+  state.counters["weight_B/s"] = benchmark::Counter(iters * static_cast<double>(bytes), benchmark::Counter::kIsRate);
+  const double read_rate = static_cast<double>(read_bytes) / read_seconds;
+  state.counters["read_B/s"] = read_rate;
+  state.counters["of_read"] = iters * static_cast<double>(bytes) / pass_seconds / read_rate;
 }
 
 
