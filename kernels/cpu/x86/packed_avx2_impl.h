@@ -245,12 +245,13 @@ void group_tile(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_
 // 6-bit scales in vpmaddwd, with vpdpbusd the int32 sums in vpmulld. The mins meet the token's
 // sums of 32 in four vpmaddwd (pairs of sub-blocks, the layout's order for vpdpwssd).
 //
-// One token takes both halves of a block at once (token_k4): each 64-byte line is read whole,
-// each activation broadcast serves sixteen rows, and the decoded registers go straight into
-// their products. Zen 4 EPYC, one thread, the avx2 level, k 2048 x m 8192 from memory, the
-// kernel's rate against a plain read of as many bytes right after each call (alternated, so
-// that both see the same state of this machine's memory): 0.78-0.80 of it half by half, 0.83-0.85
-// so; from L2 34.7 -> 36.6 GB/s.
+// One token takes both halves of a block in the same pass: each 64-byte line is read whole and
+// gives two sub-blocks (its low and high nibbles), each activation broadcast serves sixteen
+// rows, the decoded registers go straight into their products; the lines come in bursts with
+// prefetches spread ahead (kAheadK4Token). Zen 4 EPYC, one thread, the avx2 level, kernel_lab
+// DecodeLayers/Q4_K/packed/llama1bx4 of_read (its rate over a plain read of as many bytes beside
+// it), three alternated runs: 0.76-0.82 half by half with the block's prefetches 8 KiB ahead,
+// 0.87-0.91 so.
 template <int T>
 [[gnu::noinline]] void group_tile_k4(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k, const uint8_t* xa,
                    size_t act_stride, float* y, int64_t y_stride, int64_t valid) {
@@ -416,14 +417,15 @@ inline __m256i q6k_negated_sums(const uint8_t* corr) {
 // vpmaddwd((scale_2q, scale_2q+1), (-sum_2q, -sum_2q+1)), the sums recovered exactly from the
 // token's int32 corrections by an arithmetic shift.
 //
-// One token takes both halves of a block at once, as Q4_K's (token rate against a plain read of
-// as many bytes, measured as there: 0.745-0.77 half by half, 0.83-0.84 so; from L2 31.1 -> 33.4
-// GB/s). It reads each unit's 13 lines (and, before the first, the block pair's d line) in one
-// burst, so that their misses overlap; the decoding then finds them in L1. (Zen 4 EPYC, one
-// thread, kernel_lab DecodeLayers/Q6_K/packed/llama1bx4 at the time half by half, four
-// interleaved rounds: 25.1 GB/s against 22.0 with software prefetches 16 KiB ahead over the
-// former layout, 14.2 with those over this one, 17.1 with both, 7.4 with the whole block in one
-// burst; without the burst, both halves at once: 0.61-0.69 of the read.)
+// One token takes both halves of a block in the same pass, as Q4_K's (kernel_lab
+// DecodeLayers/Q6_K/packed/llama1bx4 of_read, measured as there: 0.75-0.78 half by half,
+// 0.83-0.85 so). It reads each unit's 13 lines (and, before the first, the block pair's d line)
+// in one burst, so that their misses overlap; the decoding then finds them in L1. Without the
+// burst 0.61-0.69 of the read; with it but without the memory clobber that keeps its loads
+// together, 0.59-0.66 at k 8192; with prefetches 8-32 KiB ahead besides, no better (0.79-0.85
+// against 0.86-0.92). (Half by half, GB/s from memory: 25.1 against 22.0 with software
+// prefetches 16 KiB ahead over the former layout, 14.2 with those over this one, 17.1 with both,
+// 7.4 with the whole block in one burst.)
 template <int T>
 [[gnu::noinline]] void group_tile_k6(const uint8_t* grp, const PackedRegions& reg, int64_t nb, int64_t k, const uint8_t* xa,
                    size_t act_stride, float* y, int64_t y_stride, int64_t valid) {
