@@ -422,8 +422,8 @@ inline __m256i q6k_negated_sums(const uint8_t* corr) {
 // 0.83-0.85 so). It reads each unit's 13 lines (and, before the first, the block pair's d line)
 // in one burst, so that their misses overlap; the decoding then finds them in L1. Without the
 // burst 0.61-0.69 of the read; with it but without the memory clobber that keeps its loads
-// together, 0.59-0.66 at k 8192; with prefetches 8-32 KiB ahead besides, no better (0.79-0.85
-// against 0.86-0.92). (Half by half, GB/s from memory: 25.1 against 22.0 with software
+// together, 0.59-0.66 at k 8192; with prefetches 8-32 KiB ahead besides, no better (0.79-0.90
+// against 0.86-0.92, and once 0.65). (Half by half, GB/s from memory: 25.1 against 22.0 with software
 // prefetches 16 KiB ahead over the former layout, 14.2 with those over this one, 17.1 with both,
 // 7.4 with the whole block in one burst.)
 template <int T>
